@@ -1,0 +1,178 @@
+"""[CLS]-attention capture that leaves fused attention in place.
+
+A forward hook on each block's ``attn.qkv`` projection takes the query of the [CLS] token and
+the keys of all tokens, and computes the one attention row softmax(q_cls K^T / sqrt(d)). The
+block itself keeps calling ``scaled_dot_product_attention``, and no N x N map is ever built:
+the extra cost is O(heads x tokens x head_dim) per layer, against the block's O(tokens^2).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HEAD_FUSIONS = ('mean', 'max', 'none')
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of a timm ViT's blocks, in depth order.
+
+    Args:
+        model: A timm ``VisionTransformer`` (or subclass, e.g. DeiT distilled).
+    """
+    blocks = getattr(model, 'blocks', None)
+    attns = [getattr(block, 'attn', None) for block in blocks] if blocks is not None else []
+    if not attns or not all(isinstance(getattr(a, 'qkv', None), nn.Linear) for a in attns):
+        raise TypeError(
+            f'{type(model).__name__} is not a ViT with qkv attention blocks: '
+            'attention capture needs a timm VisionTransformer')
+    return attns
+
+
+def cls_attention_row(qkv: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+    """The [CLS] query's attention over all tokens, from the output of ``attn.qkv``.
+
+    Args:
+        qkv: Output of the qkv projection, shape (batch, tokens, 3 * heads * head_dim).
+        attn: The timm ``Attention`` module that produced it (for heads, norms and scale).
+
+    Returns:
+        Attention probabilities in float32, shape (batch, heads, tokens).
+    """
+    batch, tokens, _ = qkv.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    width = heads * head_dim
+    q_cls = qkv[:, :1, :width].reshape(batch, 1, heads, head_dim).transpose(1, 2)
+    keys = qkv[:, :, width:2 * width].reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+    q_cls, keys = attn.q_norm(q_cls), attn.k_norm(keys)
+    logits = (q_cls * attn.scale) @ keys.transpose(-2, -1)  # (batch, heads, 1, tokens)
+    return logits.squeeze(2).float().softmax(dim=-1)
+
+
+class ClsAttentionCapture:
+    """Records, on every forward of a ViT, each layer's [CLS] attention over its patch tokens.
+
+    Gradients flow through the recorded maps when the forward runs with grad enabled (the
+    student); run the forward under ``torch.no_grad()`` for a teacher.
+
+    Args:
+        model: A timm ViT. Prefix tokens (CLS, distillation, registers) are dropped from the
+            maps and the patch part renormalised to sum to one.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self._attns = attention_modules(model)
+        self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
+        self._handles = [
+            attn.qkv.register_forward_hook(partial(self._record, index, attn))
+            for index, attn in enumerate(self._attns)]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._attns)
+
+    def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, qkv: torch.Tensor) -> None:
+        self._rows[index] = cls_attention_row(qkv, attn)
+
+    def pop(self) -> torch.Tensor:
+        """The maps of the last forward, shape (batch, layers, heads, patches); clears them."""
+        if any(row is None for row in self._rows):
+            raise RuntimeError('no attention recorded: run a forward pass of the model first')
+        rows = torch.stack(self._rows, dim=1)[..., self.num_prefix_tokens:]
+        self._rows = [None] * len(self._attns)
+        return rows / rows.sum(dim=-1, keepdim=True)
+
+    def remove(self) -> None:
+        """Detach the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> 'ClsAttentionCapture':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def fuse_heads(maps: torch.Tensor, fusion: str | int = 'mean') -> torch.Tensor:
+    """Fuse per-head maps (batch, layers, heads, patches) into (batch, layers, H', patches).
+
+    Args:
+        maps: Per-head attention distributions.
+        fusion: ``'mean'`` (the paper's: H' = 1), ``'max'`` (renormalised, H' = 1),
+            ``'none'`` (keep every head) or an int selecting one head.
+    """
+    if isinstance(fusion, int):
+        if not 0 <= fusion < maps.shape[2]:
+            raise ValueError(f'head {fusion} out of range: the model has {maps.shape[2]} heads')
+        return maps[:, :, fusion:fusion + 1]
+    if fusion == 'mean':
+        return maps.mean(dim=2, keepdim=True)
+    if fusion == 'max':
+        fused = maps.amax(dim=2, keepdim=True)
+        return fused / fused.sum(dim=-1, keepdim=True)
+    if fusion == 'none':
+        return maps
+    raise ValueError(f'unknown head fusion {fusion!r}: choose one of {HEAD_FUSIONS} or a head index')
+
+
+def layer_mapping(student_layers: int, teacher_layers: int, explicit: Sequence[int] | None = None) -> list[int]:
+    """For each student layer, the teacher layer it is distilled from.
+
+    Args:
+        student_layers: Student depth.
+        teacher_layers: Teacher depth.
+        explicit: One teacher index per student layer; default spreads them uniformly so
+            that the last student layer meets the last teacher layer.
+    """
+    if explicit is None:
+        return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+    mapping = [int(i) for i in explicit]
+    if len(mapping) != student_layers:
+        raise ValueError(f'layer map has {len(mapping)} entries, the student has {student_layers} layers')
+    if not all(0 <= i < teacher_layers for i in mapping):
+        raise ValueError(f'layer map {mapping} names layers outside the teacher\'s 0..{teacher_layers - 1}')
+    return mapping
+
+
+def resample_to_grid(maps: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int]) -> torch.Tensor:
+    """Resample patch maps (..., rows*cols) from one patch grid to another, renormalised.
+
+    Args:
+        maps: Attention distributions over ``source_grid`` patches.
+        source_grid: (rows, cols) of the maps.
+        target_grid: (rows, cols) wanted.
+    """
+    if tuple(source_grid) == tuple(target_grid):
+        return maps
+    lead = maps.shape[:-1]
+    grid = maps.reshape(-1, 1, *source_grid)
+    resized = F.interpolate(grid, size=tuple(target_grid), mode='bilinear', align_corners=False, antialias=True)
+    resized = resized.clamp_min(0).reshape(*lead, target_grid[0] * target_grid[1])
+    return resized / resized.sum(dim=-1, keepdim=True)
+
+
+def align_teacher_maps(
+        teacher_maps: torch.Tensor,
+        student_layers: int,
+        teacher_grid: tuple[int, int],
+        student_grid: tuple[int, int],
+        layer_map: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Select and resample teacher maps (batch, L_t, H, P_t) to match the student's layers and grid.
+
+    Args:
+        teacher_maps: Fused teacher maps.
+        student_layers: Student depth.
+        teacher_grid: Teacher patch grid.
+        student_grid: Student patch grid.
+        layer_map: Optional explicit teacher layer per student layer.
+    """
+    index = layer_mapping(student_layers, teacher_maps.shape[1], layer_map)
+    selected = teacher_maps[:, index] if index != list(range(teacher_maps.shape[1])) else teacher_maps
+    return resample_to_grid(selected, teacher_grid, student_grid)

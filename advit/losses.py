@@ -1,0 +1,205 @@
+"""Losses: plain ViT, DeiT hard/soft distillation, and ADViT attention distillation.
+
+Method names, each combining cross-entropy with the terms it names:
+
+- ``vit``: cross-entropy only.
+- ``deit_hard`` (paper eq. 3): (1 - alpha) CE(label) + alpha CE(teacher argmax), alpha = 0.5.
+- ``deit_soft`` (paper eq. 2): (1 - lambda) CE(label) + lambda tau^2 KL(p_t^tau || p_s^tau).
+- ``advit_l1`` / ``advit_l2`` (eqs. 5, 6): CE + w mean_layers sum_patches |A_s - A_t| (or squared).
+- ``advit_kl_paper`` (eq. 4 as printed): CE + w tau^2 KL(softmax(A_t / tau) || softmax(A_s / tau)).
+  The softmax is applied to maps that are already distributions, which flattens them.
+- ``advit_kl``: CE + w KL(A_t || A_s) on the attention distributions themselves.
+- ``deit_hard+advit_l1`` etc.: a DeiT logit term and an ADViT attention term at once.
+
+With a distillation token the student returns (class logits, distillation logits) while training;
+the DeiT term is computed on the distillation head and cross-entropy on the class head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads
+from .models import is_distilled, model_normalization, patch_grid
+
+LOGIT_METHODS = ('deit_hard', 'deit_soft')
+ATTENTION_METHODS = ('advit_l1', 'advit_l2', 'advit_kl_paper', 'advit_kl')
+METHODS = ('vit', *LOGIT_METHODS, *ATTENTION_METHODS) + tuple(
+    f'{logit}+{attn}' for logit in LOGIT_METHODS for attn in ATTENTION_METHODS)
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed method name: which logit distillation and which attention distance, if any."""
+    logit: str | None
+    attention: str | None
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.logit is not None or self.attention is not None
+
+
+def parse_method(name: str) -> Method:
+    """Parse a method name such as ``advit_l1`` or ``deit_hard+advit_kl``."""
+    if name not in METHODS:
+        raise ValueError(f'unknown method {name!r}: choose one of {", ".join(METHODS)}')
+    parts = name.split('+')
+    logit = next((p for p in parts if p in LOGIT_METHODS), None)
+    attention = next((p.removeprefix('advit_') for p in parts if p in ATTENTION_METHODS), None)
+    return Method(logit=logit, attention=attention)
+
+
+def attention_gap(student: torch.Tensor, teacher: torch.Tensor, kind: str, tau: float = 1.0) -> torch.Tensor:
+    """Per-sample, per-layer, per-head distance between attention maps, summed over patches.
+
+    Args:
+        student: Student maps (..., patches), distributions over the patches.
+        teacher: Teacher maps of the same shape.
+        kind: ``'l1'``, ``'l2'``, ``'kl'`` (KL(teacher || student)) or ``'kl_paper'`` (KL of the
+            softmax-with-temperature of both maps, times tau^2).
+        tau: Temperature of ``'kl_paper'``.
+
+    Returns:
+        Distances of shape ``student.shape[:-1]``.
+    """
+    if kind == 'l1':
+        return (student - teacher).abs().sum(dim=-1)
+    if kind == 'l2':
+        return (student - teacher).pow(2).sum(dim=-1)
+    if kind == 'kl':
+        return (teacher * (teacher.clamp_min(_EPS).log() - student.clamp_min(_EPS).log())).sum(dim=-1)
+    if kind == 'kl_paper':
+        log_p_teacher = F.log_softmax(teacher / tau, dim=-1)
+        log_p_student = F.log_softmax(student / tau, dim=-1)
+        return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1) * tau * tau
+    raise ValueError(f'unknown attention distance {kind!r}: choose l1, l2, kl or kl_paper')
+
+
+def renormalize(images: torch.Tensor, source: tuple, target: tuple) -> torch.Tensor:
+    """Re-express images normalised with ``source`` (mean, std) in ``target`` (mean, std)."""
+    if source == target:
+        return images
+    def column(values):
+        return torch.tensor(values, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    (src_mean, src_std), (dst_mean, dst_std) = source, target
+    return (images * column(src_std) + column(src_mean) - column(dst_mean)) / column(dst_std)
+
+
+class DistillationLoss(nn.Module):
+    """Cross-entropy plus the chosen distillation terms; owns the teacher call.
+
+    Args:
+        method: A name from ``METHODS``.
+        student: The (unwrapped) student; its attention is captured when the method needs it.
+        teacher: The teacher, or None for ``vit``. Frozen and kept in eval mode.
+        attn_weight: Weight of the attention term.
+        alpha: Weight of the DeiT term (0.5 in the paper's eq. 3; lambda in eq. 2).
+        tau: Temperature of ``deit_soft`` and ``advit_kl_paper``.
+        label_smoothing: Label smoothing of the cross-entropy on labels.
+        head_fusion: How attention heads are fused before comparison (the paper: mean).
+        layer_map: Teacher layer per student layer; default uniform.
+    """
+
+    def __init__(
+            self,
+            method: str,
+            student: nn.Module,
+            teacher: nn.Module | None = None,
+            attn_weight: float = 1.0,
+            alpha: float = 0.5,
+            tau: float = 1.0,
+            label_smoothing: float = 0.0,
+            head_fusion: str = 'mean',
+            layer_map: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.method = parse_method(method)
+        if self.method.needs_teacher and teacher is None:
+            raise ValueError(f'method {method!r} needs a teacher')
+        if self.method.attention and not hasattr(teacher, 'blocks'):
+            raise ValueError(f'method {method!r} distils attention and needs a ViT teacher, '
+                             f'not {type(teacher).__name__}')
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.teacher = teacher
+        self.attn_weight, self.alpha, self.tau = attn_weight, alpha, tau
+        self.head_fusion = head_fusion
+        self.uses_distill_token = is_distilled(student) and self.method.logit is not None
+        self.student_norm = model_normalization(student)
+        self.teacher_norm = model_normalization(teacher) if teacher is not None else None
+        self.student_capture = self.teacher_capture = None
+        if self.method.attention:
+            if head_fusion == 'none' and student.blocks[0].attn.num_heads != teacher.blocks[0].attn.num_heads:
+                raise ValueError('per-head distillation needs the same head count in teacher and student')
+            self.student_capture = ClsAttentionCapture(student)
+            self.teacher_capture = ClsAttentionCapture(teacher)
+            self.student_grid, self.teacher_grid = patch_grid(student), patch_grid(teacher)
+            self.layer_map = layer_map
+            # Validate the mapping now, not at the first step.
+            align_teacher_maps(torch.zeros(1, len(teacher.blocks), 1, 1), len(student.blocks), (1, 1), (1, 1), layer_map)
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'DistillationLoss':
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never trains (dropout, drop-path stay off)
+        return self
+
+    def forward(
+            self,
+            images: torch.Tensor,
+            outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+            labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one batch, and its terms (detached) for logging.
+
+        Args:
+            images: The batch the student saw (normalised for the student).
+            outputs: Student logits, or (class logits, distillation logits) with a distillation token.
+            labels: Class indices.
+        """
+        class_logits, distill_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        ce = self.criterion(class_logits, labels)
+        terms = {'ce': ce.detach()}
+        if not self.method.needs_teacher:
+            terms['loss'] = terms['ce']
+            return ce, terms
+
+        with torch.no_grad():
+            teacher_logits = self.teacher(renormalize(images, self.student_norm, self.teacher_norm))
+        loss = ce
+        if self.method.logit is not None:
+            kd = self._logit_term(distill_logits, teacher_logits.float())
+            terms['kd'] = kd.detach()
+            loss = (1 - self.alpha) * ce + self.alpha * kd
+        if self.method.attention is not None:
+            attn = self.attention_term()
+            terms['attn'] = attn.detach()
+            loss = loss + self.attn_weight * attn
+        terms['loss'] = loss.detach()
+        return loss, terms
+
+    def _logit_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        if self.method.logit == 'deit_hard':
+            return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
+        log_p_student = F.log_softmax(student_logits / self.tau, dim=-1)
+        log_p_teacher = F.log_softmax(teacher_logits / self.tau, dim=-1)
+        return F.kl_div(log_p_student, log_p_teacher, reduction='batchmean', log_target=True) * self.tau ** 2
+
+    def aligned_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student and teacher maps of the last forward, fused and aligned as the loss compares them."""
+        student = fuse_heads(self.student_capture.pop(), self.head_fusion)
+        teacher = fuse_heads(self.teacher_capture.pop(), self.head_fusion)
+        teacher = align_teacher_maps(
+            teacher, student.shape[1], self.teacher_grid, self.student_grid, self.layer_map)
+        return student, teacher
+
+    def attention_term(self) -> torch.Tensor:
+        """The attention distance of the last forward, averaged over batch, layers and heads."""
+        student, teacher = self.aligned_maps()
+        return attention_gap(student, teacher, self.method.attention, self.tau).mean()

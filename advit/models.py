@@ -1,0 +1,139 @@
+"""Models: timm ViTs by name, CIFAR-native ViTs at 32x32, and DeiT variants with a distillation token.
+
+The CIFAR-native models are registered with timm, so ``timm.create_model('vit_tiny_patch4_32')``
+builds them once ``advit`` is imported. Their ``deit_*_distilled_patch4_32`` twins carry a
+distillation token (two heads while training, their average at inference), like timm's DeiT.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch.nn as nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+# Patch 4 on a 32x32 image gives an 8x8 grid: 64 patch tokens, the CIFAR analogue of 14x14 at 224.
+_CIFAR_SIZES = {
+    'tiny': dict(embed_dim=192, depth=12, num_heads=3),
+    'small': dict(embed_dim=384, depth=12, num_heads=6),
+    'base': dict(embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def _cifar_cfg() -> dict[str, Any]:
+    return dict(
+        url='', num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0,
+        interpolation='bilinear', mean=CIFAR10_MEAN, std=CIFAR10_STD,
+        first_conv='patch_embed.proj', classifier='head',
+    )
+
+
+default_cfgs = generate_default_cfgs({
+    **{f'vit_{size}_patch4_32': _cifar_cfg() for size in _CIFAR_SIZES},
+    **{f'deit_{size}_distilled_patch4_32': dict(_cifar_cfg(), classifier=('head', 'head_dist'))
+       for size in _CIFAR_SIZES},
+})
+
+
+def _create_cifar_vit(variant: str, size: str, pretrained: bool, distilled: bool, **kwargs) -> VisionTransformer:
+    model_args = dict(img_size=32, patch_size=4, num_classes=10, **_CIFAR_SIZES[size])
+    return build_model_with_cfg(
+        VisionTransformerDistilled if distilled else VisionTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **dict(model_args, **kwargs),
+    )
+
+
+@register_model
+def vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Tiny for 32x32 inputs, patch 4 (8x8 grid)."""
+    return _create_cifar_vit('vit_tiny_patch4_32', 'tiny', pretrained, distilled=False, **kwargs)
+
+
+@register_model
+def vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Small for 32x32 inputs, patch 4 (8x8 grid)."""
+    return _create_cifar_vit('vit_small_patch4_32', 'small', pretrained, distilled=False, **kwargs)
+
+
+@register_model
+def vit_base_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Base for 32x32 inputs, patch 4 (8x8 grid)."""
+    return _create_cifar_vit('vit_base_patch4_32', 'base', pretrained, distilled=False, **kwargs)
+
+
+@register_model
+def deit_tiny_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformerDistilled:
+    """ViT-Tiny with a distillation token for 32x32 inputs, patch 4."""
+    return _create_cifar_vit('deit_tiny_distilled_patch4_32', 'tiny', pretrained, distilled=True, **kwargs)
+
+
+@register_model
+def deit_small_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformerDistilled:
+    """ViT-Small with a distillation token for 32x32 inputs, patch 4."""
+    return _create_cifar_vit('deit_small_distilled_patch4_32', 'small', pretrained, distilled=True, **kwargs)
+
+
+@register_model
+def deit_base_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformerDistilled:
+    """ViT-Base with a distillation token for 32x32 inputs, patch 4."""
+    return _create_cifar_vit('deit_base_distilled_patch4_32', 'base', pretrained, distilled=True, **kwargs)
+
+
+def create_model(
+        name: str,
+        num_classes: int = 10,
+        pretrained: bool = False,
+        pretrained_file: str | Path | None = None,
+        **model_args: Any,
+) -> nn.Module:
+    """Build a timm model by name with a fresh ``num_classes`` head.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag (``vit_small_patch16_224.augreg_in21k_ft_in1k``).
+        num_classes: Size of the classification head(s).
+        pretrained: Load the tag's pretrained weights from the Hugging Face hub (needs a network).
+        pretrained_file: Load pretrained weights from this local file instead (no network).
+        model_args: Architecture arguments passed to the timm entrypoint (``img_size``, ``depth``...).
+    """
+    base_name = name.split('.', 1)[0]
+    if not timm.is_model(base_name):
+        raise ValueError(f'unknown model {name!r}: not a timm model name (see timm.list_models())')
+    overlay = None
+    if pretrained_file is not None:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise FileNotFoundError(f'pretrained weights file not found: {path}')
+        overlay = dict(file=str(path))
+        pretrained = True
+    return timm.create_model(
+        name, pretrained=pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay, **model_args)
+
+
+def is_distilled(model: nn.Module) -> bool:
+    """True for models with a DeiT distillation token and head."""
+    return isinstance(model, VisionTransformerDistilled)
+
+
+def patch_grid(model: nn.Module) -> tuple[int, int]:
+    """The (rows, cols) grid of patch tokens of a ViT."""
+    return tuple(model.patch_embed.grid_size)
+
+
+def model_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a model's inputs are normalised with, from its pretrained config."""
+    cfg = model.pretrained_cfg
+    return tuple(cfg['mean']), tuple(cfg['std'])
+
+
+def model_image_size(model: nn.Module) -> int:
+    """The square input size a ViT was built for."""
+    return int(model.patch_embed.img_size[0])
