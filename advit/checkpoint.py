@@ -1,0 +1,181 @@
+"""Checkpoints: self-describing safetensors files, and plain ``.pth``/``.pt`` state dicts.
+
+A checkpoint's metadata (one JSON header under the key ``advit``) holds the architecture and its
+arguments, class names, image size, normalisation, method, teacher and accuracy, so the file
+alone rebuilds its model. A training checkpoint (``last``) also holds the optimiser state and
+RNG states under ``train_state/`` keys, which loading a model ignores. Files are written
+atomically: a crash mid-write leaves the previous file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path
+from .models import create_model
+
+FORMAT = 'advit-checkpoint/1'
+TRAIN_STATE_PREFIX = 'train_state/'
+_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or does not fit its model."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode) and its metadata."""
+    model: nn.Module
+    meta: dict[str, Any]
+
+
+def save_checkpoint(
+        path: str | Path,
+        model: nn.Module,
+        meta: dict[str, Any],
+        train_state: dict[str, torch.Tensor] | None = None,
+        half: bool = False,
+) -> None:
+    """Write a model and its metadata atomically as safetensors.
+
+    Args:
+        path: Target file (``.safetensors``).
+        model: The model (unwrapped: no DDP or compile wrapper).
+        meta: JSON-serialisable metadata; must hold ``model`` and ``model_args`` to be rebuildable.
+        train_state: Extra tensors to resume training (stored under ``train_state/``).
+        half: Store floating-point weights as float16 (a smaller file for shipping).
+    """
+    tensors = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().to('cpu')
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[strip_wrapper_prefixes(name)] = value.contiguous()
+    for name, value in (train_state or {}).items():
+        tensors[TRAIN_STATE_PREFIX + name] = value.detach().to('cpu').contiguous()
+    header = {'advit': json.dumps(dict(meta, format=FORMAT))}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an advit safetensors checkpoint, without reading its tensors."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f'{path} is not a readable safetensors file: {err}') from err
+    if 'advit' not in header:
+        raise CheckpointError(f'{path} has no advit metadata: pass the architecture (--model) to load it')
+    try:
+        return json.loads(header['advit'])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f'{path} has corrupt advit metadata: {err}') from err
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint: safetensors, or a ``.pth``/``.pt`` state dict (weights only)."""
+    path = _existing(path)
+    if path.suffix == '.safetensors':
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f'{path} is not a readable safetensors file: {err}') from err
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError... for bad or unsafe files
+        raise CheckpointError(f'{path} is not a loadable weights-only state dict: {err}') from err
+    for key in ('model', 'state_dict', 'model_state'):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f'{path} does not hold a state dict of tensors')
+    return state
+
+
+def strip_wrapper_prefixes(name: str) -> str:
+    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from a key."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's weights among a checkpoint's tensors, wrapper prefixes stripped."""
+    return {strip_wrapper_prefixes(k): v for k, v in tensors.items() if not k.startswith(TRAIN_STATE_PREFIX)}
+
+
+def train_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The resume state among a checkpoint's tensors."""
+    return {k[len(TRAIN_STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_STATE_PREFIX)}
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str = 'checkpoint') -> None:
+    """Load weights into a model, or raise naming every missing, unexpected and misshapen key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    misshapen = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}'
+                 for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or misshapen:
+        problems = []
+        for label, items in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', misshapen)):
+            if items:
+                shown = ', '.join(items[:5]) + (f' (+{len(items) - 5} more)' if len(items) > 5 else '')
+                problems.append(f'{label}: {shown}')
+        raise CheckpointError(f'{source} does not fit {type(model).__name__}: ' + '; '.join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
+
+
+def load_checkpoint(
+        path: str | Path,
+        model_name: str | None = None,
+        model_args: dict[str, Any] | None = None,
+        device: torch.device | str = 'cpu',
+) -> Checkpoint:
+    """Rebuild a model from a checkpoint, in eval mode.
+
+    Args:
+        path: An advit ``.safetensors`` checkpoint, or a ``.pth``/``.pt``/plain safetensors state dict.
+        model_name: Architecture, needed when the file has no advit metadata.
+        model_args: Architecture arguments for ``model_name`` (``num_classes``, ``img_size``...).
+        device: Where the model goes.
+    """
+    path = _existing(path)
+    meta: dict[str, Any] = {}
+    if path.suffix == '.safetensors' and model_name is None:
+        meta = read_metadata(path)
+    tensors = read_tensors(path)
+    name = model_name or meta.get('model')
+    if name is None:
+        raise CheckpointError(f'{path} does not name its architecture: pass the model name')
+    args = dict(meta.get('model_args', {})) if model_name is None else dict(model_args or {})
+    try:
+        model = create_model(name, **args)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f'{path}: cannot build {name} with {args}: {err}') from err
+    load_weights(model, model_weights(tensors), source=str(path))
+    meta.setdefault('model', name)
+    meta.setdefault('model_args', args)
+    return Checkpoint(model=model.to(device).eval(), meta=meta)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    return path

@@ -1,0 +1,135 @@
+"""Command line: ``advit train``, ``advit eval`` (also ``python -m advit``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from .checkpoint import CheckpointError
+from .data import DatasetError
+from .losses import METHODS
+from .presets import PRESETS, preset
+from .train import TrainConfig, TrainingError
+
+DEFAULT_DATA = TrainConfig.data
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition('=')
+    if not sep:
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _layer_map(text: str) -> list[int]:
+    try:
+        return [int(i) for i in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated layer indices, got {text!r}') from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='advit', description='Attention distillation for Vision Transformers.')
+    commands = parser.add_subparsers(dest='command', required=True)
+
+    t = commands.add_parser('train', help='train a student (or a teacher) by any method',
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument('--preset', choices=sorted(PRESETS), help='start from these settings; flags override them')
+    t.add_argument('--resume', metavar='RUN', help='continue the run in this folder from its last checkpoint')
+    t.add_argument('--out', help='run folder (default runs/<method>)')
+    t.add_argument('--data', help=f'CIFAR-10 archive or folder, or an ImageFolder root (default {DEFAULT_DATA})')
+    t.add_argument('--method', choices=METHODS, help='loss: vit, DeiT, ADViT, or DeiT+ADViT (default vit)')
+    t.add_argument('--model', help='student architecture, a timm name (default vit_tiny_patch4_32)')
+    t.add_argument('--model-arg', action='append', type=_model_arg, metavar='KEY=VALUE',
+                   help='architecture argument for the student, e.g. depth=6 (repeatable)')
+    t.add_argument('--pretrained', action='store_true', default=None, help='student weights from the hub')
+    t.add_argument('--pretrained-file', help='student pretrained weights from a local file')
+    t.add_argument('--teacher', help='teacher: an advit checkpoint, a state-dict file, or a timm name')
+    t.add_argument('--teacher-model', help='architecture of a teacher state dict that lacks advit metadata')
+    t.add_argument('--teacher-pretrained-file', help='local weights for a teacher given by timm name')
+    t.add_argument('--image-size', type=int, help='input size (default 32)')
+    t.add_argument('--recipe', choices=('cifar32', 'rrc224'), help='augmentation (default cifar32)')
+    t.add_argument('--subset', type=int, help='train on a fixed subset of N images')
+    t.add_argument('--test-subset', type=int, help='evaluate on a fixed subset of N test images')
+    t.add_argument('--epochs', type=float, help='run length in epochs')
+    t.add_argument('--steps', type=int, help='run length in optimiser steps')
+    t.add_argument('--time-budget', type=float, metavar='SECONDS', help='run length in seconds of training')
+    t.add_argument('--batch-size', type=int, help='global batch size, split over processes (default 128)')
+    t.add_argument('--lr', type=float, help='peak learning rate (default 1e-3)')
+    t.add_argument('--min-lr', type=float, help='final learning rate of the cosine (default 1e-5)')
+    t.add_argument('--weight-decay', type=float, help='AdamW weight decay (default 0.05)')
+    t.add_argument('--warmup-fraction', type=float, help='share of the run spent warming up (default 0.05)')
+    t.add_argument('--grad-clip', type=float, help='gradient norm clip, 0 for none (default 1.0)')
+    t.add_argument('--drop-path', type=float, help='stochastic depth rate (default 0.1)')
+    t.add_argument('--label-smoothing', type=float, help='label smoothing (default 0)')
+    t.add_argument('--attn-weight', type=float, help='weight of the attention loss (default 1.0)')
+    t.add_argument('--alpha', type=float, help='weight of the DeiT term; lambda for deit_soft (default 0.5)')
+    t.add_argument('--tau', type=float, help='temperature of deit_soft and advit_kl_paper (default 1.0)')
+    t.add_argument('--head-fusion', choices=('mean', 'max', 'none'), help='fusion of heads (default mean)')
+    t.add_argument('--layer-map', type=_layer_map, help='teacher layer per student layer, e.g. 1,3,5,7,9,11')
+    t.add_argument('--seed', type=int, help='random seed (default 0)')
+    t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default auto')
+    t.add_argument('--no-amp', dest='amp', action='store_false', default=None, help='no bf16 autocast on CUDA')
+    t.add_argument('--log-every', type=int, help='steps between metrics lines (default 50)')
+    t.add_argument('--eval-every', type=int, help='steps between evaluations; 0: each epoch (default 0)')
+    t.add_argument('--save-every', type=int, help='steps between last checkpoints; 0: at evaluations')
+    t.add_argument('--eval-batch-size', type=int, help='default 512')
+    t.add_argument('--cache-dir', help='decoded-dataset cache (default $ADVIT_CACHE or ~/.cache/advit)')
+
+    e = commands.add_parser('eval', help='evaluate a checkpoint; save metrics and predictions beside it',
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument('checkpoint', help='an advit checkpoint, or a state dict with --model')
+    e.add_argument('--data', default=DEFAULT_DATA, help='dataset (its test split is used)')
+    e.add_argument('--model', help='architecture of a state dict without advit metadata')
+    e.add_argument('--subset', type=int, help='evaluate on a fixed subset of N test images')
+    e.add_argument('--batch-size', type=int, default=256)
+    e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    e.add_argument('--cache-dir', help='decoded-dataset cache')
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """The run's configuration from flags: a resumed run's saved config, or defaults < preset < flags."""
+    if args.resume:
+        saved = Path(args.resume) / 'config.json'
+        if not saved.is_file():
+            raise TrainingError(f'cannot resume: {saved} not found')
+        values = json.loads(saved.read_text())
+        values.pop('world_size', None)
+        values.pop('versions', None)
+        return TrainConfig.from_dict(dict(values, out=str(Path(args.resume)))), True
+    values = preset(args.preset) if args.preset else {}
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.model_arg:
+        flags['model_args'] = dict(args.model_arg)
+    values.update(flags)
+    values.setdefault('out', f'runs/{values.get("method", "vit")}')
+    return TrainConfig.from_dict(values), False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == 'train':
+            from .train import train
+            cfg, resume = train_config(args)
+            run = train(cfg, resume=resume)
+            if os.environ.get('RANK', '0') == '0':
+                print(f'run folder: {run}')
+        else:
+            from .evaluate import evaluate_checkpoint
+            metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                          device=args.device, subset=args.subset, cache_dir=args.cache_dir,
+                                          model_name=args.model)
+            print(json.dumps({k: metrics[k] for k in ('checkpoint', 'top1', 'count', 'per_class')}, indent=2))
+    except (TrainingError, CheckpointError, DatasetError, ValueError, RuntimeError) as err:
+        print(f'advit {args.command}: error: {err}', file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,124 @@
+"""Evaluation: top-1, per-class accuracy (paper Table 2), confusion matrix, and every prediction.
+
+Evaluating checkpoint ``D/NAME.safetensors`` writes ``D/NAME.eval.json`` (metrics) and
+``D/NAME.predictions.npz`` (per test image: label, prediction, class probabilities), which
+the app's comparison gallery (paper Table 3) reads.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .augment import BatchTransform
+from .checkpoint import load_checkpoint
+from .data import ImageSet, batches, load_dataset
+from .io import atomic_path, write_json
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if enabled and device.type == 'cuda':
+        return torch.autocast('cuda', dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet, transform: BatchTransform, batch_size: int,
+            device: torch.device, amp: bool = True) -> torch.Tensor:
+    """Class probabilities (float32, on the CPU) of every image of a split, in order."""
+    was_training = model.training
+    model.eval()
+    probs = []
+    for images, _ in batches(data, batch_size, shuffle=False):
+        with autocast(device, amp):
+            logits = model(transform.eval(images.to(device)))
+        probs.append(logits.float().softmax(dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(probs)
+
+
+def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Top-1 and per-class accuracy in percent, and the confusion matrix (rows: true class)."""
+    labels = labels.cpu()
+    preds = probs.argmax(dim=-1)
+    num_classes = len(classes)
+    confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(num_classes, -1)
+    per_class = (confusion.diag().double() / confusion.sum(dim=1).clamp_min(1) * 100).tolist()
+    return {
+        'top1': float((preds == labels).double().mean() * 100),
+        'count': int(len(labels)),
+        'per_class': dict(zip(classes, per_class)),
+        'confusion': confusion.tolist(),
+        'classes': classes,
+    }
+
+
+def evaluation_paths(checkpoint: str | Path) -> tuple[Path, Path]:
+    """Where the evaluation of a checkpoint is written: (metrics JSON, predictions npz)."""
+    checkpoint = Path(checkpoint)
+    stem = checkpoint.with_suffix('')
+    return stem.with_name(stem.name + '.eval.json'), stem.with_name(stem.name + '.predictions.npz')
+
+
+def save_evaluation(checkpoint: str | Path, probs: torch.Tensor, labels: torch.Tensor,
+                    classes: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """Write a checkpoint's metrics and predictions beside it, atomically; return the metrics."""
+    metrics_path, predictions_path = evaluation_paths(checkpoint)
+    metrics = dict(extra, **summarize(probs, labels, classes))
+    with atomic_path(predictions_path) as tmp:
+        with open(tmp, 'wb') as f:
+            np.savez(f, labels=labels.cpu().numpy().astype(np.int16),
+                     preds=probs.argmax(dim=-1).numpy().astype(np.int16),
+                     probs=probs.numpy().astype(np.float16))
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def load_predictions(checkpoint: str | Path) -> dict[str, np.ndarray]:
+    """The saved predictions of a checkpoint (labels, preds, probs)."""
+    with np.load(evaluation_paths(checkpoint)[1], allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
+def evaluate_checkpoint(
+        checkpoint: str | Path,
+        data: str | Path,
+        batch_size: int = 256,
+        device: str = 'auto',
+        subset: int | None = None,
+        cache_dir: str | Path | None = None,
+        model_name: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a dataset's test split and save metrics and predictions beside it.
+
+    Args:
+        checkpoint: The checkpoint file.
+        data: Dataset path (see ``data.load_dataset``).
+        batch_size: Images per forward.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        subset: Evaluate on a fixed subset of this many test images.
+        cache_dir: Decoded-dataset cache folder.
+        model_name: Architecture, for a state dict without advit metadata.
+    """
+    from .distributed import resolve_device
+    from .models import model_image_size, model_normalization
+
+    target = resolve_device(device)
+    loaded = load_checkpoint(checkpoint, model_name=model_name, device=target)
+    test = load_dataset(data, cache_dir)['test'].subset(subset)
+    classes = loaded.meta.get('classes', test.classes)
+    if list(classes) != list(test.classes):
+        raise ValueError(f'{checkpoint} was trained on classes {classes}, the dataset has {test.classes}')
+    mean, std = loaded.meta.get('mean'), loaded.meta.get('std')
+    if mean is None or std is None:
+        mean, std = model_normalization(loaded.model)
+    transform = BatchTransform('cifar32', model_image_size(loaded.model), mean, std, seed=0, device=target)
+    probs = predict(loaded.model, test, transform, batch_size, target)
+    extra = {'checkpoint': str(checkpoint), 'data': str(data), 'model': loaded.meta.get('model'),
+             'method': loaded.meta.get('method')}
+    return save_evaluation(checkpoint, probs, test.labels, test.classes, extra)

@@ -1,0 +1,30 @@
+"""Training presets: plain dicts of ``TrainConfig`` fields; command-line flags override them.
+
+``paper-*`` follow the paper (224x224, ImageNet-pretrained timm students, ViT-Base teacher,
+AdamW, 300 epochs, DeiT augmentation); they need pretrained weights (a network or local files)
+and a GPU. ``cifar32-*`` train from scratch at 32x32 with patch 4 and run on a CPU at small scale.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_PAPER = dict(image_size=224, recipe='rrc224', pretrained=True, epochs=300, batch_size=256,
+              lr=2.5e-4, weight_decay=0.05, warmup_fraction=5 / 300, drop_path=0.1)
+_CIFAR32 = dict(image_size=32, recipe='cifar32', pretrained=False, epochs=100, batch_size=256,
+                lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, drop_path=0.1, label_smoothing=0.1)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    'paper-tiny': dict(_PAPER, model='vit_tiny_patch16_224.augreg_in21k_ft_in1k'),
+    'paper-small': dict(_PAPER, model='vit_small_patch16_224.augreg_in21k_ft_in1k'),
+    'paper-base': dict(_PAPER, model='vit_base_patch16_224.augreg_in21k_ft_in1k'),
+    'cifar32-tiny': dict(_CIFAR32, model='vit_tiny_patch4_32'),
+    'cifar32-small': dict(_CIFAR32, model='vit_small_patch4_32'),
+    'cifar32-base': dict(_CIFAR32, model='vit_base_patch4_32'),
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A copy of a preset's fields."""
+    if name not in PRESETS:
+        raise ValueError(f'unknown preset {name!r}: choose one of {", ".join(PRESETS)}')
+    return dict(PRESETS[name])

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real CIFAR-10 archive, a per-session decode cache, tiny models and a tiny teacher."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_ARCHIVE = Path(os.environ.get('ADVIT_CIFAR', REPO.parent / 'shared' / 'data' / 'cifar10' / 'cifar10-jpeg.tar.xz'))
+# Small enough for two CPU steps in a second, deep enough to test layer mapping.
+TINY = dict(depth=2, embed_dim=48, num_heads=3)
+
+
+def tiny_flags(**overrides) -> list[str]:
+    """``--model-arg`` flags for a tiny student."""
+    args = dict(TINY, **overrides)
+    return [flag for key, value in args.items() for flag in ('--model-arg', f'{key}={value}')]
+
+
+@pytest.fixture(scope='session')
+def cifar_archive() -> Path:
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.fail(f'CIFAR-10 archive not found at {CIFAR_ARCHIVE} (set ADVIT_CIFAR)')
+    return CIFAR_ARCHIVE
+
+
+@pytest.fixture(scope='session', autouse=True)
+def cache_dir(tmp_path_factory) -> Path:
+    """One decode cache for the session, also seen by subprocesses through ADVIT_CACHE."""
+    path = tmp_path_factory.mktemp('advit-cache')
+    os.environ['ADVIT_CACHE'] = str(path)
+    return path
+
+
+@pytest.fixture(scope='session')
+def cifar(cifar_archive, cache_dir):
+    from advit.data import load_dataset
+    return load_dataset(cifar_archive, cache_dir)
+
+
+@pytest.fixture(scope='session')
+def data_flags(cifar_archive, cifar) -> list[str]:
+    """Flags for a 256-image run on the real archive (``cifar`` warms the cache first)."""
+    return ['--data', str(cifar_archive), '--subset', '256', '--test-subset', '128', '--batch-size', '64',
+            '--log-every', '1']
+
+
+@pytest.fixture(scope='session')
+def teacher_checkpoint(tmp_path_factory, data_flags) -> Path:
+    """A tiny teacher trained for two steps through the CLI (deeper than the students: 4 layers)."""
+    from advit.cli import main
+    out = tmp_path_factory.mktemp('teacher') / 'run'
+    assert main(['train', '--method', 'vit', '--steps', '2', '--out', str(out), *data_flags,
+                 *tiny_flags(depth=4, num_heads=4)]) == 0
+    return out / 'best.safetensors'
