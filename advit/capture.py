@@ -64,8 +64,8 @@ class ClsAttentionCapture:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
         self._attns = attention_modules(model)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
         self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
         self._handles = [
             attn.qkv.register_forward_hook(partial(self._record, index, attn))
@@ -131,7 +131,7 @@ def layer_mapping(student_layers: int, teacher_layers: int, explicit: Sequence[i
             that the last student layer meets the last teacher layer.
     """
     if explicit is None:
-        return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+        return [-(-(i + 1) * teacher_layers // student_layers) - 1 for i in range(student_layers)]  # ceil
     mapping = [int(i) for i in explicit]
     if len(mapping) != student_layers:
         raise ValueError(f'layer map has {len(mapping)} entries, the student has {student_layers} layers')

@@ -137,7 +137,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
     run, device = Path(cfg.out), ctx.device
-    log = _logger(run, ctx.is_main)
     method = parse_method(cfg.method)
 
     # Data: rank 0 decodes and caches first, so the others read the cache instead of racing it.
@@ -177,7 +176,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
     model = DistributedDataParallel(student, device_ids=[device] if device.type == 'cuda' else None) \
         if ctx.distributed else student
 
-    # Resume, or start a fresh run folder.
+    # Resume, or start a fresh run folder: nothing is written before data and models have loaded.
+    log = _logger(run, ctx.is_main)
     step, elapsed_before, best_top1 = 0, 0.0, -1.0
     last_path, best_path = run / 'last.safetensors', run / 'best.safetensors'
     metrics_path = run / 'metrics.jsonl'
@@ -252,8 +252,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
             # Checked before anything is written, so a diverged run never overwrites a good checkpoint.
             values = {name: (total / window_steps).item() for name, total in sums.items()}
             if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
+                kept = f'{last_path} holds the last good state' if last_path.is_file() else 'no checkpoint was saved'
                 raise TrainingError(f'loss is not finite at step {step} ({values}): the run stopped; '
-                                    f'lower --lr or check the data. {last_path} holds the last good state')
+                                    f'lower --lr or check the data; {kept}')
             seconds = time.time() - window_start
             record = dict(event='train', step=step, epoch=round(step / epoch_steps, 4), lr=lr, **values,
                           images_per_s=window_steps * cfg.batch_size / max(seconds, 1e-9),

@@ -1,0 +1,33 @@
+"""The explicit attention a capture must match: softmax(Q K^T / sqrt(d)) built in full from a block's input."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def explicit_cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Per layer, the [CLS] row of the full N x N attention, prefix tokens dropped and renormalised.
+
+    Computed from each attention module's input with its own weights, independently of the
+    module's forward (fused or not) and of ``advit.capture``. Shape (batch, layers, heads, patches).
+    """
+    rows = []
+
+    def record(attn, inputs):
+        x = inputs[0]
+        batch, tokens, _ = x.shape
+        heads, head_dim = attn.num_heads, attn.head_dim
+        qkv = nn.functional.linear(x, attn.qkv.weight, attn.qkv.bias)
+        q, k, _ = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        full = torch.softmax(q @ k.transpose(-2, -1) / head_dim ** 0.5, dim=-1)  # (batch, heads, N, N)
+        rows.append(full[:, :, 0])
+
+    handles = [block.attn.register_forward_pre_hook(record) for block in model.blocks]
+    try:
+        model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps = torch.stack(rows, dim=1)[..., model.num_prefix_tokens:]
+    return maps / maps.sum(dim=-1, keepdim=True)

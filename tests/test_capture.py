@@ -1,0 +1,124 @@
+"""[CLS]-attention capture: equal to the explicit attention row on fused and unfused paths."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import advit  # noqa: F401  (registers the CIFAR models)
+from advit.capture import (ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping,
+                           resample_to_grid)
+from attention_reference import explicit_cls_attention
+from conftest import TINY
+
+MODELS = [
+    ('vit_tiny_patch4_32', TINY, 32),
+    ('vit_small_patch4_32', dict(depth=3), 32),
+    ('deit_tiny_distilled_patch4_32', TINY, 32),  # CLS + distillation token
+    ('vit_tiny_patch4_32', dict(TINY, qk_norm=True), 32),  # q/k norms applied before the row
+    ('vit_small_patch16_224', dict(depth=2), 224),  # 196 patches, as in the paper
+]
+
+
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'unfused'])
+@pytest.mark.parametrize('name,args,size', MODELS, ids=[f'{m[0]}-{i}' for i, m in enumerate(MODELS)])
+def test_capture_equals_explicit_attention_row(name, args, size, fused):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **args).eval()
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+    images = torch.randn(3, 3, size, size)
+    expected = explicit_cls_attention(model, images)
+    with ClsAttentionCapture(model) as capture, torch.no_grad():
+        logits = model(images)
+        maps = capture.pop()
+    assert maps.shape == expected.shape == (3, len(model.blocks), model.blocks[0].attn.num_heads,
+                                            model.patch_embed.num_patches)
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
+    # The hooks only read: the model's output is what it is without them.
+    torch.testing.assert_close(logits, model(images))
+
+
+def test_gradient_reaches_student_qkv_and_teacher_stays_detached():
+    student = timm.create_model('vit_tiny_patch4_32', **TINY)
+    capture = ClsAttentionCapture(student)
+    student(torch.randn(2, 3, 32, 32))
+    maps = capture.pop()
+    assert maps.requires_grad
+    (maps ** 2).sum().backward()
+    for block in student.blocks:
+        assert block.attn.qkv.weight.grad is not None and block.attn.qkv.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        student(torch.randn(2, 3, 32, 32))
+    assert not capture.pop().requires_grad
+
+
+def test_pop_clears_and_remove_detaches():
+    model = timm.create_model('vit_tiny_patch4_32', **TINY).eval()
+    capture = ClsAttentionCapture(model)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    capture.pop()
+    with pytest.raises(RuntimeError, match='no attention recorded'):
+        capture.pop()
+    capture.remove()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(RuntimeError):
+        capture.pop()
+
+
+def test_non_vit_model_is_refused():
+    with pytest.raises(TypeError, match='not a ViT'):
+        ClsAttentionCapture(timm.create_model('resnet10t', num_classes=10))
+
+
+def test_fuse_heads():
+    maps = torch.softmax(torch.randn(2, 3, 4, 16), dim=-1)
+    torch.testing.assert_close(fuse_heads(maps, 'mean'), maps.mean(2, keepdim=True))
+    top = fuse_heads(maps, 'max')
+    torch.testing.assert_close(top, maps.amax(2, keepdim=True) / maps.amax(2, keepdim=True).sum(-1, keepdim=True))
+    torch.testing.assert_close(top.sum(-1), torch.ones(2, 3, 1))
+    assert fuse_heads(maps, 'none') is maps
+    torch.testing.assert_close(fuse_heads(maps, 2), maps[:, :, 2:3])
+    with pytest.raises(ValueError, match='out of range'):
+        fuse_heads(maps, 4)
+    with pytest.raises(ValueError, match='unknown head fusion'):
+        fuse_heads(maps, 'median')
+
+
+def test_layer_mapping():
+    assert layer_mapping(12, 12) == list(range(12))
+    assert layer_mapping(2, 4) == [1, 3]
+    assert layer_mapping(6, 12) == [1, 3, 5, 7, 9, 11]
+    assert layer_mapping(4, 2) == [0, 0, 1, 1]
+    assert layer_mapping(3, 12, [0, 5, 11]) == [0, 5, 11]
+    with pytest.raises(ValueError, match='3 layers'):
+        layer_mapping(3, 12, [0, 1])
+    with pytest.raises(ValueError, match='outside'):
+        layer_mapping(2, 4, [0, 4])
+
+
+def test_resample_to_grid_keeps_distributions():
+    maps = torch.softmax(torch.randn(2, 5, 1, 14 * 14), dim=-1)
+    assert resample_to_grid(maps, (14, 14), (14, 14)) is maps
+    small = resample_to_grid(maps, (14, 14), (7, 7))
+    assert small.shape == (2, 5, 1, 49)
+    torch.testing.assert_close(small.sum(-1), torch.ones(2, 5, 1))
+    assert (small >= 0).all()
+    uniform = torch.full((1, 1, 1, 64), 1 / 64)
+    torch.testing.assert_close(resample_to_grid(uniform, (8, 8), (14, 14)), torch.full((1, 1, 1, 196), 1 / 196))
+    # A peak in the top-left corner stays in the top-left corner.
+    peak = torch.zeros(1, 1, 1, 196)
+    peak[..., 0] = 1
+    assert resample_to_grid(peak, (14, 14), (7, 7)).argmax() == 0
+
+
+def test_align_teacher_maps_selects_layers_then_resamples():
+    teacher = torch.softmax(torch.randn(2, 4, 1, 196), dim=-1)
+    aligned = align_teacher_maps(teacher, student_layers=2, teacher_grid=(14, 14), student_grid=(14, 14))
+    torch.testing.assert_close(aligned, teacher[:, [1, 3]])
+    aligned = align_teacher_maps(teacher, 2, (14, 14), (7, 7), layer_map=[0, 2])
+    torch.testing.assert_close(aligned, resample_to_grid(teacher[:, [0, 2]], (14, 14), (7, 7)))
