@@ -1,0 +1,184 @@
+"""Training through the CLI on the real CIFAR-10 archive: every method, resume after a kill, torchrun, bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advit.checkpoint import load_checkpoint, read_metadata
+from advit.cli import main
+from advit.losses import METHODS, parse_method
+from advit.train import TrainConfig, lr_at
+from conftest import REPO, tiny_flags
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+
+
+def advit_process(*args: str, **kwargs) -> subprocess.Popen:
+    """``python -m advit ...`` as a real process in its own session (so a kill takes its children)."""
+    return subprocess.Popen([sys.executable, '-m', 'advit', *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_every_method_trains_two_steps(method, tmp_path, data_flags, teacher_checkpoint):
+    out = tmp_path / 'run'
+    teacher = [] if method == 'vit' else ['--teacher', str(teacher_checkpoint)]
+    assert main(['train', '--method', method, '--steps', '2', '--out', str(out), *teacher, *data_flags,
+                 *tiny_flags()]) == 0
+    lines = metrics(out)
+    train_lines = [line for line in lines if line['event'] == 'train']
+    assert [line['step'] for line in train_lines] == [1, 2]
+    parsed = parse_method(method)
+    for line in train_lines:
+        assert line['ce'] > 0 and line['images_per_s'] > 0 and line['lr'] >= 0
+        assert ('kd' in line) == (parsed.logit is not None)
+        assert ('attn' in line) == (parsed.attention is not None)
+    assert [line['step'] for line in lines if line['event'] == 'eval'] == [2]
+    loaded = load_checkpoint(out / 'best.safetensors')
+    assert loaded.meta['method'] == method and loaded.meta['step'] == 2
+    assert loaded.meta['classes'][0] == 'airplane' and len(loaded.meta['classes']) == 10
+    assert json.loads((out / 'best.eval.json').read_text())['count'] == 128
+    config = json.loads((out / 'config.json').read_text())
+    assert config['method'] == method and config['steps'] == 2
+
+
+def test_deit_with_distillation_token_and_eval_cli(tmp_path, data_flags, teacher_checkpoint, cifar_archive, capsys):
+    out = tmp_path / 'run'
+    assert main(['train', '--method', 'deit_hard', '--model', 'deit_tiny_distilled_patch4_32', '--steps', '2',
+                 '--teacher', str(teacher_checkpoint), '--out', str(out), *data_flags, *tiny_flags()]) == 0
+    checkpoint = out / 'best.safetensors'
+    assert 'head_dist.weight' in load_checkpoint(checkpoint).model.state_dict()
+    capsys.readouterr()
+    assert main(['eval', str(checkpoint), '--data', str(cifar_archive), '--subset', '100']) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed['count'] == 100
+    saved = json.loads((out / 'best.eval.json').read_text())
+    assert saved['top1'] == printed['top1'] and len(saved['confusion']) == 10
+
+
+def test_time_budget_ends_the_run(tmp_path, data_flags):
+    out = tmp_path / 'run'
+    started = time.time()
+    assert main(['train', '--time-budget', '3', '--out', str(out), *data_flags, '--log-every', '5',
+                 *tiny_flags()]) == 0
+    assert time.time() - started < 60
+    steps = [line['step'] for line in metrics(out) if line['event'] == 'train']
+    assert steps and steps[-1] >= 2
+    assert read_metadata(out / 'last.safetensors')['progress']['elapsed'] >= 3
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_fraction=0.1)
+    assert lr_at(0.0, cfg) == 0.0
+    assert lr_at(0.05, cfg) == pytest.approx(5e-4)
+    assert lr_at(0.1, cfg) == pytest.approx(1e-3)
+    assert lr_at(0.55, cfg) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr_at(1.0, cfg) == pytest.approx(1e-5)
+
+
+def test_killed_run_resumes_from_last(tmp_path, data_flags, teacher_checkpoint):
+    out = tmp_path / 'run'
+    args = ['train', '--method', 'advit_l1', '--teacher', str(teacher_checkpoint), '--steps', '400',
+            '--save-every', '4', '--eval-every', '1000', '--out', str(out), *data_flags, *tiny_flags()]
+    process = advit_process(*args)
+    last = out / 'last.safetensors'
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if last.is_file() and read_metadata(last)['progress']['step'] >= 8:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = read_metadata(last)['progress']['step']
+    assert 8 <= killed_at < 400, 'the run must be killed in the middle'
+
+    assert main(['train', '--resume', str(out)]) == 0
+    assert f'resumed from {last} at step {killed_at}' in (out / 'train.log').read_text()
+    steps = [line['step'] for line in metrics(out) if line['event'] == 'train']
+    assert steps == list(range(1, 401)), 'each step logged once: none lost, none repeated'
+    assert read_metadata(last)['progress']['step'] == 400
+    assert load_checkpoint(out / 'best.safetensors').meta['step'] == 400
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, data_flags, teacher_checkpoint):
+    out = tmp_path / 'ddp'
+    torchrun = shutil.which('torchrun') or pytest.fail('torchrun not on PATH')
+    result = subprocess.run(
+        [torchrun, '--standalone', '--nproc_per_node=2', '-m', 'advit', 'train', '--method', 'deit_hard+advit_kl',
+         '--teacher', str(teacher_checkpoint), '--steps', '3', '--device', 'cpu', '--out', str(out),
+         *data_flags, *tiny_flags()],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / 'config.json').read_text())['world_size'] == 2
+    assert [line['step'] for line in metrics(out) if line['event'] == 'train'] == [1, 2, 3], 'only rank 0 writes'
+    assert result.stdout.count('run folder:') == 1
+    loaded = load_checkpoint(out / 'best.safetensors')
+    assert not any(key.startswith('module.') for key in loaded.model.state_dict())
+
+
+def _assert_refused(args: list[str], message: str, capsys, out: Path | None = None) -> None:
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    if out is not None:
+        assert not out.exists(), 'a refused run must not leave a run folder behind'
+
+
+def test_bad_inputs_are_refused_clearly(tmp_path, data_flags, cifar_archive, teacher_checkpoint, capsys):
+    out = tmp_path / 'run'
+    common = ['--steps', '2', '--out', str(out), *tiny_flags()]
+    data = data_flags[2:]  # the subset flags, without --data
+    missing = tmp_path / 'nowhere.tar.xz'
+    _assert_refused(['train', '--data', str(missing), *data, *common], f'dataset not found: {missing}', capsys, out)
+
+    corrupt = tmp_path / 'cifar.tar.xz'
+    corrupt.write_bytes(cifar_archive.read_bytes()[:200_000])
+    _assert_refused(['train', '--data', str(corrupt), *data, *common], 'cannot read archive', capsys, out)
+
+    garbage = tmp_path / 'teacher.safetensors'
+    garbage.write_bytes(os.urandom(2048))
+    _assert_refused(['train', '--method', 'advit_l1', '--teacher', str(garbage), *data_flags, *common],
+                    'not a readable safetensors file', capsys, out)
+    truncated = tmp_path / 'truncated.safetensors'
+    truncated.write_bytes(teacher_checkpoint.read_bytes()[:5000])
+    _assert_refused(['train', '--method', 'deit_hard', '--teacher', str(truncated), *data_flags, *common],
+                    'cannot load teacher', capsys, out)
+    _assert_refused(['train', '--method', 'deit_hard', '--teacher', str(tmp_path / 'gone.safetensors'),
+                     *data_flags, *common], 'teacher checkpoint not found', capsys, out)
+    _assert_refused(['train', '--method', 'advit_l1', *data_flags, *common], 'needs a teacher', capsys, out)
+    _assert_refused(['train', '--model', 'vit_nonexistent_patch4_32', *data_flags, *common], 'unknown model', capsys, out)
+    _assert_refused(['train', *data_flags, '--out', str(out)], 'give a run length', capsys, out)
+    _assert_refused(['eval', str(truncated), '--data', str(cifar_archive)], 'not a readable safetensors file', capsys)
+    with pytest.raises(SystemExit) as exited:
+        main(['train', '--method', 'advit_l3', *data_flags, *common])
+    assert exited.value.code == 2
+
+
+def test_unknown_method_exits_nonzero_from_a_real_process(data_flags):
+    process = advit_process('train', '--method', 'advit_l3', *data_flags, '--steps', '1')
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and "invalid choice: 'advit_l3'" in err
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_flags, capsys):
+    out = tmp_path / 'run'
+    assert main(['train', '--steps', '4', '--out', str(out), *data_flags, *tiny_flags()]) == 0
+    good = (out / 'last.safetensors').read_bytes()
+    config = json.loads((out / 'config.json').read_text())
+    # Continue the same run with an absurd learning rate: it must diverge and stop without saving.
+    config.update(steps=40, lr=1e12, grad_clip=0.0, warmup_fraction=0.0)
+    (out / 'config.json').write_text(json.dumps(config))
+    assert main(['train', '--resume', str(out)]) == 2
+    assert 'loss is not finite' in capsys.readouterr().err
+    assert (out / 'last.safetensors').read_bytes() == good
+    assert all(torch.isfinite(p).all() for p in load_checkpoint(out / 'last.safetensors').model.parameters())
