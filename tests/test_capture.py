@@ -41,6 +41,23 @@ def test_capture_equals_explicit_attention_row(name, args, size, fused):
     torch.testing.assert_close(logits, model(images))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run on the lent GPU machine)')
+def test_capture_on_cuda_fp32_and_bf16():
+    torch.manual_seed(0)
+    model = timm.create_model('vit_small_patch16_224', depth=3).cuda().eval()
+    images = torch.randn(4, 3, 224, 224, device='cuda')
+    torch.backends.cuda.matmul.allow_tf32 = False
+    expected = explicit_cls_attention(model, images)
+    with ClsAttentionCapture(model) as capture, torch.no_grad():
+        model(images)
+        torch.testing.assert_close(capture.pop(), expected, atol=1e-5, rtol=0)
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            model(images)
+        bf16 = capture.pop()
+    assert bf16.dtype == torch.float32  # softmax in float32 even under autocast
+    assert (bf16 - expected).abs().sum(-1).max() < 0.05  # bf16 logits: close in L1 over the patches
+
+
 def test_gradient_reaches_student_qkv_and_teacher_stays_detached():
     student = timm.create_model('vit_tiny_patch4_32', **TINY)
     capture = ClsAttentionCapture(student)
@@ -122,3 +139,23 @@ def test_align_teacher_maps_selects_layers_then_resamples():
     torch.testing.assert_close(aligned, teacher[:, [1, 3]])
     aligned = align_teacher_maps(teacher, 2, (14, 14), (7, 7), layer_map=[0, 2])
     torch.testing.assert_close(aligned, resample_to_grid(teacher[:, [0, 2]], (14, 14), (7, 7)))
+
+
+def test_capture_on_the_gpu_machines_timm():
+    """The same capture tests under timm 1.0.29, the version on the lent GPU machine (installed by `make`)."""
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    timm_dir = REPO / '.cache' / 'timm-1.0.29'
+    if not (timm_dir / 'timm').is_dir():
+        pytest.skip(f'{timm_dir} not installed: `make install` puts timm 1.0.29 there')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(timm_dir), str(REPO)]))
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', str(REPO / 'tests' / 'test_capture.py'),
+         '-k', 'not gpu_machines_timm', '-o', 'addopts='], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    probe = subprocess.run([sys.executable, '-c', 'import timm; print(timm.__version__)'], env=env,
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == '1.0.29'

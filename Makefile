@@ -1,0 +1,18 @@
+# Set-up is part of each target, so a fresh machine needs only `make app` or `make test`.
+PYTHON ?= python3
+# The lent GPU machine runs timm 1.0.29: the capture tests also run against it (tests/test_capture.py).
+TIMM_GPU_VERSION := 1.0.29
+TIMM_GPU_DIR := .cache/timm-$(TIMM_GPU_VERSION)
+
+.PHONY: install test app
+
+install:
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -e .
+	test -d $(TIMM_GPU_DIR) || $(PYTHON) -m pip install -q --no-deps --target $(TIMM_GPU_DIR) timm==$(TIMM_GPU_VERSION)
+
+test: install
+	$(PYTHON) -m pytest
+
+app: install
+	$(PYTHON) app.py
