@@ -28,7 +28,6 @@ from .io import atomic_path
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.xz', '.txz', '.tar.bz2', '.zip')
 TEST_SPLIT_NAMES = ('test', 'val')
-DEFAULT_CACHE_DIR = Path(os.environ.get('ADVIT_CACHE', Path.home() / '.cache' / 'advit'))
 # Images of a tree whose sizes differ are stored at this square size (enough for a 224 crop).
 DEFAULT_STORE_SIZE = 256
 
@@ -77,7 +76,7 @@ def load_dataset(path: str | Path, cache_dir: str | Path | None = None) -> dict[
     source = Path(path).expanduser()
     if not source.exists():
         raise DatasetError(f'dataset not found: {source}')
-    cache = Path(cache_dir or DEFAULT_CACHE_DIR) / f'{_cache_key(source)}.safetensors'
+    cache = Path(cache_dir or default_cache_dir()) / f'{_cache_key(source)}.safetensors'
     if cache.is_file():
         try:
             return _read_cache(cache)
@@ -89,11 +88,17 @@ def load_dataset(path: str | Path, cache_dir: str | Path | None = None) -> dict[
     return splits
 
 
+def default_cache_dir() -> Path:
+    """``$ADVIT_CACHE``, read at each call, or ``~/.cache/advit``."""
+    return Path(os.environ.get('ADVIT_CACHE') or Path.home() / '.cache' / 'advit')
+
+
 def _cache_key(source: Path) -> str:
     """Changes whenever the source (its path, size or modification time) changes."""
     stat = source.stat()
     if source.is_dir():  # a folder's mtime misses edits deep inside; its listing does not
-        stamp = sorted((str(p.relative_to(source)), p.stat().st_size) for p in source.rglob('*') if p.is_file())
+        stamp = sorted((str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns)
+                       for p in source.rglob('*') if p.is_file())
     else:
         stamp = (stat.st_size, stat.st_mtime_ns)
     text = json.dumps([str(source.resolve()), stamp, DEFAULT_STORE_SIZE, 1])

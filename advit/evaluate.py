@@ -43,12 +43,17 @@ def predict(model: nn.Module, data: ImageSet, transform: BatchTransform, batch_s
 
 
 def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Top-1 and per-class accuracy in percent, and the confusion matrix (rows: true class)."""
+    """Top-1 and per-class accuracy in percent, and the confusion matrix (rows: true class).
+
+    A class without test images has per-class accuracy None, not 0.
+    """
     labels = labels.cpu()
     preds = probs.argmax(dim=-1)
     num_classes = len(classes)
     confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(num_classes, -1)
-    per_class = (confusion.diag().double() / confusion.sum(dim=1).clamp_min(1) * 100).tolist()
+    support = confusion.sum(dim=1)
+    per_class = [float(hit) / float(count) * 100 if count else None  # None: no test image of that class
+                 for hit, count in zip(confusion.diag(), support)]
     return {
         'top1': float((preds == labels).double().mean() * 100),
         'count': int(len(labels)),

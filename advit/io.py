@@ -26,6 +26,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, 'rb') as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the mode an ordinary write would have.
+        os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -35,3 +37,14 @@ def write_json(target: str | Path, payload: Any) -> None:
     """Write JSON atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + '\n')
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022

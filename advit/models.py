@@ -101,7 +101,8 @@ def create_model(
         name: timm model name, optionally with a pretrained tag (``vit_small_patch16_224.augreg_in21k_ft_in1k``).
         num_classes: Size of the classification head(s).
         pretrained: Load the tag's pretrained weights from the Hugging Face hub (needs a network).
-        pretrained_file: Load pretrained weights from this local file instead (no network).
+        pretrained_file: Load pretrained weights from this local file instead (no network). Its head
+            is kept when it has ``num_classes`` outputs, otherwise replaced by a fresh one.
         model_args: Architecture arguments passed to the timm entrypoint (``img_size``, ``depth``...).
     """
     base_name = name.split('.', 1)[0]
@@ -112,10 +113,23 @@ def create_model(
         path = Path(pretrained_file)
         if not path.is_file():
             raise FileNotFoundError(f'pretrained weights file not found: {path}')
-        overlay = dict(file=str(path))
+        # timm keeps the file's head only when its size is the cfg's num_classes: tell it the file's.
+        overlay = dict(file=str(path), num_classes=_head_size(path, name))
         pretrained = True
-    return timm.create_model(
-        name, pretrained=pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay, **model_args)
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay, **model_args)
+    except RuntimeError as err:  # load_state_dict's size mismatches and missing keys
+        raise ValueError(f'pretrained weights {pretrained_file} do not fit {name}: {err}') from err
+
+
+def _head_size(path: Path, name: str) -> int | None:
+    """Output size of the classifier stored in a weights file (None if it holds none)."""
+    from .checkpoint import model_weights, read_tensors  # checkpoint imports this module
+    classifier = timm.models.get_pretrained_cfg_value(name.split('.', 1)[0], 'classifier') or 'head'
+    head = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    weight = model_weights(read_tensors(path)).get(f'{head}.weight')
+    return None if weight is None else int(weight.shape[0])
 
 
 def is_distilled(model: nn.Module) -> bool:
