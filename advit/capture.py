@@ -48,8 +48,10 @@ def cls_attention_row(qkv: torch.Tensor, attn: nn.Module) -> torch.Tensor:
     q_cls = qkv[:, :1, :width].reshape(batch, 1, heads, head_dim).transpose(1, 2)
     keys = qkv[:, :, width:2 * width].reshape(batch, tokens, heads, head_dim).transpose(1, 2)
     q_cls, keys = attn.q_norm(q_cls), attn.k_norm(keys)
-    logits = (q_cls * attn.scale) @ keys.transpose(-2, -1)  # (batch, heads, 1, tokens)
-    return logits.squeeze(2).float().softmax(dim=-1)
+    # A broadcast product and sum, not a matmul: matmul would copy the strided keys of every layer
+    # and keep that copy for backward; this keeps only views of qkv, which attention saves anyway.
+    logits = (q_cls * attn.scale * keys).sum(dim=-1)  # (batch, heads, tokens)
+    return logits.float().softmax(dim=-1)
 
 
 class ClsAttentionCapture:
