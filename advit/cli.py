@@ -97,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The run's configuration from flags: a resumed run's saved config, or defaults < preset < flags."""
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.model_arg:
+        flags['model_args'] = dict(args.model_arg)
     if args.resume:
+        if flags or args.preset:
+            raise TrainingError('--resume continues a run with its saved config.json: give no other flags')
         saved = Path(args.resume) / 'config.json'
         if not saved.is_file():
             raise TrainingError(f'cannot resume: {saved} not found')
@@ -106,9 +111,6 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         values.pop('versions', None)
         return TrainConfig.from_dict(dict(values, out=str(Path(args.resume)))), True
     values = preset(args.preset) if args.preset else {}
-    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    if args.model_arg:
-        flags['model_args'] = dict(args.model_arg)
     values.update(flags)
     values.setdefault('out', f'runs/{values.get("method", "vit")}')
     return TrainConfig.from_dict(values), False

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads
+from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
 from .models import is_distilled, model_normalization, patch_grid
 
 LOGIT_METHODS = ('deit_hard', 'deit_soft')
@@ -139,8 +139,7 @@ class DistillationLoss(nn.Module):
             self.teacher_capture = ClsAttentionCapture(teacher)
             self.student_grid, self.teacher_grid = patch_grid(student), patch_grid(teacher)
             self.layer_map = layer_map
-            # Validate the mapping now, not at the first step.
-            align_teacher_maps(torch.zeros(1, len(teacher.blocks), 1, 1), len(student.blocks), (1, 1), (1, 1), layer_map)
+            layer_mapping(len(student.blocks), len(teacher.blocks), layer_map)  # refuse a bad map now
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 

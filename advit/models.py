@@ -121,6 +121,12 @@ def create_model(
             name, pretrained=pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay, **model_args)
     except RuntimeError as err:  # load_state_dict's size mismatches and missing keys
         raise ValueError(f'pretrained weights {pretrained_file} do not fit {name}: {err}') from err
+    except OSError as err:  # the hub unreachable and the weights not in its local cache
+        if overlay is not None:
+            raise
+        raise ValueError(f'cannot fetch pretrained weights of {name} from the Hugging Face hub '
+                         f'({type(err).__name__}): without a network, give a local file '
+                         '(--pretrained-file / --teacher-pretrained-file)') from err
 
 
 def _head_size(path: Path, name: str) -> int | None:

@@ -284,6 +284,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
                 train_state=optimizer_tensors(optimizer))
         if evaluate_now or save_now:
             distributed.barrier(ctx)  # the other ranks wait while rank 0 evaluates and writes
+            window_start = time.time()  # images/s counts training, not evaluation and saving
     bar.close()
     log.info('done at step %d in %.0fs: best test top-1 %.2f%%', step, time.time() - start, best_top1)
     return run

@@ -182,3 +182,18 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert 'loss is not finite' in capsys.readouterr().err
     assert (out / 'last.safetensors').read_bytes() == good
     assert all(torch.isfinite(p).all() for p in load_checkpoint(out / 'last.safetensors').model.parameters())
+
+
+def test_resume_takes_no_other_flags(tmp_path, capsys):
+    _assert_refused(['train', '--resume', str(tmp_path), '--lr', '0.1'], 'give no other flags', capsys)
+
+
+def test_paper_preset_without_network_says_how_to_give_weights(tmp_path, data_flags):
+    """The hub download path is real; with the hub unreachable (offline here) it must fail clearly."""
+    out = tmp_path / 'paper'
+    process = advit_process('train', '--preset', 'paper-tiny', '--method', 'vit', '--steps', '1',
+                            '--out', str(out), *data_flags, env=dict(os.environ, HF_HUB_OFFLINE='1'))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err[-2000:]
+    assert 'cannot fetch pretrained weights of vit_tiny_patch16_224.augreg_in21k_ft_in1k' in err
+    assert '--pretrained-file' in err and not out.exists()
