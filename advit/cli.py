@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--preset', choices=sorted(PRESETS), help='start from these settings; flags override them')
     t.add_argument('--resume', metavar='RUN', help='continue the run in this folder from its last checkpoint')
     t.add_argument('--out', help='run folder (default runs/<method>)')
-    t.add_argument('--data', help=f'CIFAR-10 archive or folder, or an ImageFolder root (default {DEFAULT_DATA})')
+    t.add_argument('--data', help=f'CIFAR-10 archive or folder, an ImageFolder root, or "cifar10" to download the '
+                   f'official release (default {DEFAULT_DATA})')
     t.add_argument('--method', choices=METHODS, help='loss: vit, DeiT, ADViT, or DeiT+ADViT (default vit)')
     t.add_argument('--model', help='student architecture, a timm name (default vit_tiny_patch4_32)')
     t.add_argument('--model-arg', action='append', type=_model_arg, metavar='KEY=VALUE',

@@ -28,6 +28,7 @@ from .io import atomic_path
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.xz', '.txz', '.tar.bz2', '.zip')
 TEST_SPLIT_NAMES = ('test', 'val')
+OFFICIAL_CIFAR10 = 'cifar10'  # the name that asks for the official release
 # Images of a tree whose sizes differ are stored at this square size (enough for a 224 crop).
 DEFAULT_STORE_SIZE = 256
 
@@ -71,9 +72,13 @@ def load_dataset(path: str | Path, cache_dir: str | Path | None = None) -> dict[
         path: The CIFAR-10 JPEG archive (or any archive of an ImageFolder tree), its extracted
             folder, an official ``cifar-10-batches-py`` folder, or any ImageFolder root with
             ``train/`` and ``test/`` (or ``val/``) class folders.
+            ``cifar10`` (when no such path exists) downloads the official release into the cache
+            folder, where a network allows.
         cache_dir: Where decoded arrays are cached (default ``$ADVIT_CACHE`` or ``~/.cache/advit``).
     """
     source = Path(path).expanduser()
+    if str(path) == OFFICIAL_CIFAR10 and not source.exists():
+        source = download_cifar10(Path(cache_dir or default_cache_dir()))
     if not source.exists():
         raise DatasetError(f'dataset not found: {source}')
     cache = Path(cache_dir or default_cache_dir()) / f'{_cache_key(source)}.safetensors'
@@ -86,6 +91,20 @@ def load_dataset(path: str | Path, cache_dir: str | Path | None = None) -> dict[
     cache.parent.mkdir(parents=True, exist_ok=True)
     _write_cache(cache, splits)
     return splits
+
+
+def download_cifar10(root: Path) -> Path:
+    """The official ``cifar-10-batches-py`` folder under ``root``, downloaded (and checked) once."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
+    folder = root / CIFAR10.base_folder
+    if not (folder / 'test_batch').is_file():
+        try:  # torchvision's URL and checksum; the batches are decoded by _decode_cifar_batches
+            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad checksum a RuntimeError
+            raise DatasetError(f'cannot download the official CIFAR-10 release ({err}): without a network, give '
+                               'the JPEG archive (../shared/data/cifar10/cifar10-jpeg.tar.xz) or a folder') from err
+    return folder
 
 
 def default_cache_dir() -> Path:

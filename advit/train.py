@@ -27,7 +27,7 @@ from . import distributed
 from .augment import RECIPES, BatchTransform
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, model_weights, read_metadata,
                          read_tensors, save_checkpoint, train_state)
-from .data import ImageSet, batches, load_dataset, steps_per_epoch
+from .data import OFFICIAL_CIFAR10, ImageSet, batches, load_dataset, steps_per_epoch
 from .evaluate import autocast, predict, save_evaluation
 from .io import atomic_path, write_json
 from .losses import DistillationLoss, parse_method
@@ -107,7 +107,7 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise TrainingError(f'{name} must be positive, got {value}')
-    if not Path(cfg.data).exists():
+    if not Path(cfg.data).exists() and cfg.data != OFFICIAL_CIFAR10:
         raise TrainingError(f'dataset not found: {cfg.data}')
 
 

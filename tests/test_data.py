@@ -435,3 +435,48 @@ def test_unshuffled_batches_cover_everything_in_order():
     assert [len(labels) for _, labels in got] == [8, 8, 5]  # the last partial batch is kept
     assert torch.equal(torch.cat([labels for _, labels in got]), torch.arange(21))
     assert torch.equal(torch.cat([images for images, _ in got]), data.images)
+
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def local_release(tmp_path, monkeypatch):
+    """An official-format CIFAR-10 release served over real HTTP from localhost.
+
+    The one stand-in: torchvision's download URL and checksums point at this small release
+    instead of the real 170 MB one, which cannot be fetched here (no network)."""
+    import http.server
+    import threading
+    from torchvision.datasets import CIFAR10
+    served = tmp_path / 'served'
+    expected = _write_official(served / 'cifar-10-batches-py', np.random.default_rng(2))
+    with tarfile.open(served / 'cifar-10-python.tar.gz', 'w:gz') as tf:
+        tf.add(served / 'cifar-10-batches-py', arcname='cifar-10-batches-py')
+    handler = lambda *args: http.server.SimpleHTTPRequestHandler(*args, directory=str(served))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(CIFAR10, 'url', f'http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz')
+    monkeypatch.setattr(CIFAR10, 'tgz_md5', _md5(served / 'cifar-10-python.tar.gz'))
+    yield expected
+    server.shutdown()
+
+
+def test_official_release_downloads_once_and_loads(tmp_path, local_release):
+    cache = tmp_path / 'cache'
+    loaded = load_dataset('cifar10', cache)
+    for split, (images, labels) in local_release.items():
+        np.testing.assert_array_equal(loaded[split].images.numpy(), images)
+        np.testing.assert_array_equal(loaded[split].labels.numpy(), labels)
+    assert (cache / 'cifar-10-batches-py' / 'test_batch').is_file()
+
+
+def test_official_release_download_fails_clearly_without_a_network(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+    monkeypatch.setattr(CIFAR10, 'url', 'http://127.0.0.1:9/cifar-10-python.tar.gz')  # nothing listens there
+    with pytest.raises(DatasetError, match='cannot download the official CIFAR-10 release'):
+        load_dataset('cifar10', tmp_path)
+    assert not (tmp_path / 'cifar-10-batches-py').exists()
