@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.ti
 ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.xz', '.txz', '.tar.bz2', '.zip')
 TEST_SPLIT_NAMES = ('test', 'val')
 OFFICIAL_CIFAR10 = 'cifar10'  # the name that asks for the official release
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 # Images of a tree whose sizes differ are stored at this square size (enough for a 224 crop).
 DEFAULT_STORE_SIZE = 256
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,8 +29,13 @@ def autocast(device: torch.device, enabled: bool = True):
 
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageSet, transform: BatchTransform, batch_size: int,
-            device: torch.device, amp: bool = True) -> torch.Tensor:
-    """Class probabilities (float32, on the CPU) of every image of a split, in order."""
+            device: torch.device, amp: bool = True,
+            progress: Callable[[float], None] | None = None) -> torch.Tensor:
+    """Class probabilities (float32, on the CPU) of every image of a split, in order.
+
+    Args:
+        progress: Called with the fraction done after each batch.
+    """
     was_training = model.training
     model.eval()
     probs = []
@@ -38,6 +43,8 @@ def predict(model: nn.Module, data: ImageSet, transform: BatchTransform, batch_s
         with autocast(device, amp):
             logits = model(transform.eval(images.to(device)))
         probs.append(logits.float().softmax(dim=-1).cpu())
+        if progress is not None:
+            progress(min(1.0, len(probs) * batch_size / len(data)))
     model.train(was_training)
     return torch.cat(probs)
 
@@ -98,6 +105,7 @@ def evaluate_checkpoint(
         subset: int | None = None,
         cache_dir: str | Path | None = None,
         model_name: str | None = None,
+        progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset's test split and save metrics and predictions beside it.
 
@@ -109,6 +117,7 @@ def evaluate_checkpoint(
         subset: Evaluate on a fixed subset of this many test images.
         cache_dir: Decoded-dataset cache folder.
         model_name: Architecture, for a state dict without advit metadata.
+        progress: Called with the fraction of test images done.
     """
     from .distributed import resolve_device
     from .models import model_image_size, model_normalization
@@ -123,7 +132,7 @@ def evaluate_checkpoint(
     if mean is None or std is None:
         mean, std = model_normalization(loaded.model)
     transform = BatchTransform('cifar32', model_image_size(loaded.model), mean, std, seed=0, device=target)
-    probs = predict(loaded.model, test, transform, batch_size, target)
+    probs = predict(loaded.model, test, transform, batch_size, target, progress=progress)
     extra = {'checkpoint': str(checkpoint), 'data': str(data), 'model': loaded.meta.get('model'),
              'method': loaded.meta.get('method')}
     return save_evaluation(checkpoint, probs, test.labels, test.classes, extra)

@@ -1,0 +1,144 @@
+"""The models the app can offer: the checkpoint bundle, finished runs, and timm models whose weights are on disk.
+
+Each checkpoint is checked without loading its weights (the safetensors header against the
+architecture built on the ``meta`` device), so a corrupt or mismatched file is listed as
+unusable with its reason instead of failing when chosen.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+
+from .checkpoint import TRAIN_STATE_PREFIX, CheckpointError, load_checkpoint, read_metadata
+from .models import create_model
+
+# Paper models offered when their ImageNet weights are in the local Hugging Face cache.
+TIMM_MODELS = (
+    'vit_tiny_patch16_224.augreg_in21k_ft_in1k',
+    'vit_small_patch16_224.augreg_in21k_ft_in1k',
+    'vit_base_patch16_224.augreg_in21k_ft_in1k',
+)
+TIMM_PREFIX = 'timm:'
+
+
+@dataclass
+class ModelEntry:
+    """One model the app can load: a checkpoint path or ``timm:<name>``, its metadata, and whether it loads."""
+    key: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None
+
+    @property
+    def is_vit(self) -> bool:
+        return self.meta.get('model', '').split('.')[0].startswith(('vit_', 'deit_'))
+
+    def label(self) -> str:
+        """A one-line description for a model list."""
+        parts = [self.meta.get('model', '?'), self.meta.get('method') or 'pretrained']
+        if self.meta.get('test_top1') is not None:
+            parts.append(f"{self.meta['test_top1']:.2f}% top-1")
+        return f'{self.key} ({", ".join(parts)})'
+
+    def describe(self) -> str:
+        """Markdown: what this model is, from its metadata."""
+        meta = self.meta
+        rows = [('architecture', meta.get('model')), ('method', meta.get('method')),
+                ('teacher', meta.get('teacher')), ('image size', meta.get('image_size')),
+                ('classes', len(meta.get('classes', [])) or None), ('parameters',
+                f"{meta['params'] / 1e6:.1f}M" if meta.get('params') else None),
+                ('test top-1', f"{meta['test_top1']:.2f}%" if meta.get('test_top1') is not None else None),
+                ('trained steps', meta.get('step'))]
+        return '\n'.join(f'- **{name}**: {value}' for name, value in rows if value not in (None, ''))
+
+
+def discover(checkpoint_dirs: list[Path], runs_dir: Path | None) -> list[ModelEntry]:
+    """Every model on offer: ``*.safetensors`` in the checkpoint folders, each run's ``best``, cached timm models."""
+    paths: list[Path] = []
+    for folder in checkpoint_dirs:
+        paths += sorted(Path(folder).glob('*.safetensors'))
+    if runs_dir is not None and Path(runs_dir).is_dir():
+        paths += sorted(Path(runs_dir).glob('*/best.safetensors'))
+    return [check_checkpoint(path) for path in paths] + cached_timm_models()
+
+
+def check_checkpoint(path: Path) -> ModelEntry:
+    """An entry for a checkpoint, with the reason if it cannot be loaded (weights are not read)."""
+    entry = ModelEntry(key=str(path))
+    try:
+        entry.meta = read_metadata(path)
+        with torch.device('meta'):
+            model = create_model(entry.meta['model'], **entry.meta.get('model_args', {}))
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        with safe_open(str(path), framework='pt') as f:
+            found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()
+                     if not name.startswith(TRAIN_STATE_PREFIX)}
+        if expected != found:
+            missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+            misshapen = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+            details = [f'{label} {", ".join(keys[:3])}' for label, keys in
+                       (('missing', missing), ('unexpected', unexpected), ('wrong shape', misshapen)) if keys]
+            entry.problem = f'weights do not fit {entry.meta["model"]}: ' + '; '.join(details)
+    except (CheckpointError, SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        entry.problem = str(err) or type(err).__name__
+    return entry
+
+
+def cached_timm_models() -> list[ModelEntry]:
+    """The paper's timm models whose weights are already in the Hugging Face cache (no download)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return []
+    entries = []
+    for name in TIMM_MODELS:
+        if isinstance(try_to_load_from_cache(f'timm/{name}', 'model.safetensors'), str):
+            entries.append(ModelEntry(key=TIMM_PREFIX + name, meta={'model': name, 'image_size': 224}))
+    return entries
+
+
+class ModelCache:
+    """Loaded models by entry key, the least recently used dropped beyond ``capacity`` (thread-safe)."""
+
+    def __init__(self, capacity: int = 6) -> None:
+        self.capacity = capacity
+        self._models: OrderedDict[tuple[str, float], tuple[nn.Module, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[nn.Module, dict[str, Any]]:
+        """The model (eval mode, CPU) and metadata of an entry key; a changed file is reloaded."""
+        stamp = Path(key).stat().st_mtime if not key.startswith(TIMM_PREFIX) else 0.0
+        with self._lock:
+            if (key, stamp) in self._models:
+                self._models.move_to_end((key, stamp))
+                return self._models[key, stamp]
+        loaded = self._load(key)
+        with self._lock:
+            self._models[key, stamp] = loaded
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+        return loaded
+
+    @staticmethod
+    def _load(key: str) -> tuple[nn.Module, dict[str, Any]]:
+        if key.startswith(TIMM_PREFIX):
+            import timm
+            name = key[len(TIMM_PREFIX):]
+            model = create_model(name, num_classes=1000, pretrained=True).eval()
+            info = timm.data.ImageNetInfo()
+            meta = {'model': name, 'classes': [info.index_to_description(i) for i in range(1000)],
+                    'mean': list(model.pretrained_cfg['mean']), 'std': list(model.pretrained_cfg['std']),
+                    'image_size': 224}
+            return model, meta
+        loaded = load_checkpoint(key)
+        return loaded.model, loaded.meta

@@ -1,0 +1,83 @@
+"""Two classifiers on the CIFAR-10 test set: where one is right and the other wrong (paper Table 3),
+and their per-class accuracy side by side (paper Table 2), from the predictions saved at evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data import ImageSet
+from .evaluate import evaluate_checkpoint, evaluation_paths, load_predictions
+
+
+@dataclass
+class Comparison:
+    """Two models' predictions on one test set."""
+    labels: np.ndarray
+    preds_a: np.ndarray
+    preds_b: np.ndarray
+    classes: list[str]
+
+    def disagreements(self, class_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Test indices where A is right and B wrong, and where B is right and A wrong (of one true class)."""
+        right_a, right_b = self.preds_a == self.labels, self.preds_b == self.labels
+        keep = np.ones_like(right_a) if class_name is None else self.labels == self.classes.index(class_name)
+        return np.flatnonzero(right_a & ~right_b & keep), np.flatnonzero(right_b & ~right_a & keep)
+
+    def per_class(self) -> tuple[list[float], list[float]]:
+        """Per-class top-1 (percent) of A and of B."""
+        def accuracy(preds: np.ndarray) -> list[float]:
+            return [float((preds[self.labels == c] == c).mean() * 100) if (self.labels == c).any() else float('nan')
+                    for c in range(len(self.classes))]
+        return accuracy(self.preds_a), accuracy(self.preds_b)
+
+    def top1(self) -> tuple[float, float]:
+        return float((self.preds_a == self.labels).mean() * 100), float((self.preds_b == self.labels).mean() * 100)
+
+    def table(self) -> list[list]:
+        """Rows (class, A %, B %, B − A) and a last row for all classes."""
+        per_a, per_b = self.per_class()
+        rows = [[name, round(a, 2), round(b, 2), round(b - a, 2)] for name, a, b in zip(self.classes, per_a, per_b)]
+        top_a, top_b = self.top1()
+        return rows + [['all (top-1)', round(top_a, 2), round(top_b, 2), round(top_b - top_a, 2)]]
+
+
+def saved_predictions(
+        checkpoint: str | Path,
+        test: ImageSet,
+        data: str | Path,
+        progress: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """A checkpoint's predicted class per test image: from its saved predictions when they cover this
+    test set, otherwise computed once (and saved beside it)."""
+    if evaluation_paths(checkpoint)[1].is_file():
+        saved = load_predictions(checkpoint)
+        if len(saved['labels']) == len(test) and np.array_equal(saved['labels'], test.labels.numpy()):
+            return saved['preds'].astype(np.int64)
+    evaluate_checkpoint(checkpoint, data, device='cpu', progress=progress)
+    return load_predictions(checkpoint)['preds'].astype(np.int64)
+
+
+def compare(
+        checkpoint_a: str | Path,
+        checkpoint_b: str | Path,
+        test: ImageSet,
+        data: str | Path,
+        progress: Callable[[float], None] | None = None,
+) -> Comparison:
+    """Compare two checkpoints on a test split.
+
+    Args:
+        checkpoint_a: First model (e.g. the ADViT student).
+        checkpoint_b: Second model (e.g. the DeiT student).
+        test: The test split the predictions refer to.
+        data: The dataset path (to evaluate a checkpoint whose predictions are missing).
+        progress: Called with the fraction done while predictions are computed.
+    """
+    def part(offset: float) -> Callable[[float], None] | None:
+        return None if progress is None else (lambda done: progress(offset + done / 2))
+    preds_a = saved_predictions(checkpoint_a, test, data, part(0.0))
+    preds_b = saved_predictions(checkpoint_b, test, data, part(0.5))
+    return Comparison(labels=test.labels.numpy(), preds_a=preds_a, preds_b=preds_b, classes=test.classes)

@@ -1,0 +1,67 @@
+"""Uploaded images, decoded safely: any common format to RGB, with clear errors and size limits."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # about 6300 x 6300; a larger image is refused before it is decoded
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image; the message says why, for the user."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file to RGB: first frame of an animation, EXIF rotation applied.
+
+    Args:
+        path: The uploaded file.
+
+    Raises:
+        ImageError: not an image, truncated or corrupt, too large in bytes or pixels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError('no image was uploaded')
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ImageError(f'the file is {size / 2**20:.1f} MB: the limit is {MAX_FILE_BYTES // 2**20} MB')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f'the image is {width} x {height} pixels: the limit is {MAX_PIXELS / 1e6:.0f} '
+                                 'megapixels')
+            image.seek(0)  # the first frame of an animated GIF/WebP/PNG
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError('the file is not an image in a format this app reads (PNG, JPEG, WebP, GIF, BMP, TIFF)') \
+            from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f'the image is too large to decode safely ({err})') from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated data, broken headers
+        raise ImageError(f'the image is truncated or corrupt ({err})') from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any PIL mode: 16-bit and float scaled to 8 bits, transparency composited on white."""
+    if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith('I;16') or values.max() > 255 else 255.0
+        if image.mode == 'F' and values.max() <= 1.0:
+            top = 1.0
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), mode='L')
+    if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
+        rgba = image.convert('RGBA')
+        background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert('RGB')
+    return image.convert('RGB')

@@ -1,0 +1,102 @@
+"""Teacher vs student [CLS] attention on one image, layer by layer, as the training loss sees it.
+
+The maps are fused and aligned exactly as ``DistillationLoss`` does (``fuse_heads``, then the
+teacher mapped to the student's layers and resampled to its grid), and the gaps are
+``losses.attention_gap``, so what the app shows is what training minimises.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from .augment import normalize
+from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
+from .losses import attention_gap
+from .models import model_image_size, patch_grid
+
+GAP_KINDS = ('l1', 'l2', 'kl')
+
+
+@dataclass
+class AttentionReport:
+    """Per student layer: both maps on the student's grid, the teacher layer used, and the gaps."""
+    student_maps: np.ndarray  # (layers, patches)
+    teacher_maps: np.ndarray  # (layers, patches), aligned to the student
+    teacher_layers: list[int]
+    grid: tuple[int, int]
+    gaps: dict[str, np.ndarray]  # kind -> (layers,)
+    student_top5: dict[str, float]
+    teacher_top5: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: one record per layer."""
+        layers = [
+            dict(layer=i, teacher_layer=t, student_map=self.student_maps[i].tolist(),
+                 teacher_map=self.teacher_maps[i].tolist(), **{k: float(v[i]) for k, v in self.gaps.items()})
+            for i, t in enumerate(self.teacher_layers)]
+        return dict(grid=list(self.grid), layers=layers, student_top5=self.student_top5,
+                    teacher_top5=self.teacher_top5)
+
+
+def model_input(image: Image.Image, meta: dict[str, Any], model: nn.Module) -> torch.Tensor:
+    """The image resized (whole, bicubic) to the model's input size and normalised with its mean/std."""
+    size = model_image_size(model)
+    pixels = np.asarray(image.convert('RGB').resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    mean = meta.get('mean') or model.pretrained_cfg['mean']
+    std = meta.get('std') or model.pretrained_cfg['std']
+    return normalize(tensor, tuple(mean), tuple(std))
+
+
+def fused_maps(model: nn.Module, inputs: torch.Tensor, fusion: str | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, fused [CLS] maps of shape (batch, layers, 1, patches)) of one forward."""
+    with ClsAttentionCapture(model) as capture, torch.inference_mode():
+        logits = model(inputs)
+        maps = capture.pop()
+    if not torch.isfinite(maps).all() or not torch.isfinite(logits).all():
+        raise ValueError(f'{type(model).__name__} produced non-finite attention or logits for this image')
+    if isinstance(fusion, int) and fusion >= maps.shape[2]:
+        raise ValueError(f'head {fusion} does not exist: this model has {maps.shape[2]} heads (0-{maps.shape[2] - 1})')
+    return logits, fuse_heads(maps, fusion)
+
+
+def top5(logits: torch.Tensor, classes: list[str]) -> dict[str, float]:
+    probs = logits.float().softmax(dim=-1)[0]
+    values, index = probs.topk(min(5, len(probs)))
+    names = classes or [str(i) for i in range(len(probs))]
+    return {names[i]: float(v) for v, i in zip(values, index)}
+
+
+def inspect_pair(
+        teacher: nn.Module, teacher_meta: dict[str, Any],
+        student: nn.Module, student_meta: dict[str, Any],
+        image: Image.Image, fusion: str | int = 'mean',
+) -> AttentionReport:
+    """Both models' [CLS] attention on ``image``, aligned as in training, and their per-layer gaps.
+
+    Args:
+        teacher: The teacher ViT (eval mode).
+        teacher_meta: Its checkpoint metadata (classes, mean, std).
+        student: The student ViT (eval mode).
+        student_meta: Its checkpoint metadata.
+        image: Any RGB image; each model sees it resized to its own input size.
+        fusion: Head fusion: ``'mean'`` (as trained), ``'max'``, or a head index.
+    """
+    if fusion == 'none':
+        raise ValueError('choose mean, max or one head to display')
+    teacher_logits, teacher_maps = fused_maps(teacher, model_input(image, teacher_meta, teacher), fusion)
+    student_logits, student_maps = fused_maps(student, model_input(image, student_meta, student), fusion)
+    grid = patch_grid(student)
+    layers = student_maps.shape[1]
+    aligned = align_teacher_maps(teacher_maps, layers, patch_grid(teacher), grid)
+    gaps = {kind: attention_gap(student_maps, aligned, kind)[0, :, 0].numpy() for kind in GAP_KINDS}
+    return AttentionReport(
+        student_maps=student_maps[0, :, 0].numpy(), teacher_maps=aligned[0, :, 0].numpy(),
+        teacher_layers=layer_mapping(layers, teacher_maps.shape[1]), grid=grid, gaps=gaps,
+        student_top5=top5(student_logits, student_meta.get('classes', [])),
+        teacher_top5=top5(teacher_logits, teacher_meta.get('classes', [])))

@@ -1,0 +1,75 @@
+"""Pictures and charts of attention and accuracy: heatmap overlays (numpy + a matplotlib colormap) and plotly figures."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib import colormaps
+from PIL import Image
+
+from .inspection import AttentionReport
+
+PANEL_SIZE = 160  # pixels of each heatmap panel
+_COLORMAP = colormaps['inferno']
+
+
+def overlay(image: Image.Image, attention: np.ndarray, grid: tuple[int, int], vmax: float,
+            opacity: float, size: int = PANEL_SIZE) -> Image.Image:
+    """The image with a heatmap of ``attention`` (patches of ``grid``) blended over it.
+
+    Args:
+        image: The RGB image.
+        attention: One map, ``grid[0] * grid[1]`` values.
+        grid: Patch grid (rows, cols).
+        vmax: The value drawn at the top of the colour scale (shared by the maps of one layer).
+        opacity: 0 shows the image alone, 1 the heatmap alone.
+        size: Output side in pixels.
+    """
+    scaled = np.clip(attention.reshape(grid) / max(vmax, 1e-12), 0.0, 1.0)
+    heat = Image.fromarray((_COLORMAP(scaled)[..., :3] * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+    base = image.convert('RGB').resize((size, size), Image.BICUBIC)
+    return Image.blend(base, heat, float(np.clip(opacity, 0.0, 1.0)))
+
+
+def layer_panels(report: AttentionReport, image: Image.Image, opacity: float) -> list[tuple[Image.Image, str]]:
+    """Per layer, the teacher's then the student's overlay on one colour scale, with captions."""
+    panels = []
+    for layer, teacher_layer in enumerate(report.teacher_layers):
+        teacher_map, student_map = report.teacher_maps[layer], report.student_maps[layer]
+        vmax = float(max(teacher_map.max(), student_map.max()))
+        gap = f'L1 {report.gaps["l1"][layer]:.3f}'
+        panels.append((overlay(image, teacher_map, report.grid, vmax, opacity),
+                       f'layer {layer + 1} · teacher (its layer {teacher_layer + 1})'))
+        panels.append((overlay(image, student_map, report.grid, vmax, opacity), f'layer {layer + 1} · student · {gap}'))
+    return panels
+
+
+def gap_table(report: AttentionReport) -> list[list]:
+    """Rows of (student layer, teacher layer, L1, L2, KL), 1-based layers."""
+    return [[layer + 1, teacher_layer + 1, *(round(float(report.gaps[k][layer]), 6) for k in ('l1', 'l2', 'kl'))]
+            for layer, teacher_layer in enumerate(report.teacher_layers)]
+
+
+def gap_figure(report: AttentionReport) -> go.Figure:
+    """The per-layer gaps (L1, L2, KL) across layers, each on its own axis."""
+    from plotly.subplots import make_subplots
+    layers = list(range(1, len(report.teacher_layers) + 1))
+    titles = {'l1': 'L1: Σ|A_s − A_t|', 'l2': 'L2: Σ(A_s − A_t)²', 'kl': 'KL(A_t ‖ A_s)'}
+    figure = make_subplots(rows=1, cols=3, subplot_titles=list(titles.values()))
+    for column, kind in enumerate(titles, start=1):
+        figure.add_trace(go.Scatter(x=layers, y=report.gaps[kind], mode='lines+markers', name=kind.upper()),
+                         row=1, col=column)
+        figure.update_xaxes(title_text='student layer', dtick=1, row=1, col=column)
+    figure.update_layout(height=320, showlegend=False, margin=dict(l=40, r=20, t=50, b=40))
+    return figure
+
+
+def per_class_figure(classes: Sequence[str], accuracy_a: Sequence[float], accuracy_b: Sequence[float],
+                     name_a: str, name_b: str) -> go.Figure:
+    """Grouped bars of two models' per-class accuracy."""
+    figure = go.Figure([go.Bar(name=name_a, x=list(classes), y=list(accuracy_a)),
+                        go.Bar(name=name_b, x=list(classes), y=list(accuracy_b))])
+    figure.update_layout(barmode='group', height=340, yaxis_title='top-1 (%)',
+                         margin=dict(l=40, r=20, t=30, b=40), legend=dict(orientation='h'))
+    return figure

@@ -1,0 +1,215 @@
+"""What the app does, without the app: model choices, the attention view and the comparison view.
+
+``app.py`` only lays out components and wires them to a ``Studio``; every result here is plain
+Python (PIL images, plotly figures, rows), so it is tested without a browser.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from .catalog import ModelCache, ModelEntry, discover
+from .compare import compare
+from .data import DatasetError, ImageSet, load_dataset
+from .images import load_image
+from .inspection import inspect_pair
+from .render import gap_figure, gap_table, layer_panels, per_class_figure
+
+REPO = Path(__file__).resolve().parents[1]
+GALLERY_LIMIT = 60  # images shown per direction in the comparison
+THUMBNAIL_SIZE = 96
+
+
+class StudioError(ValueError):
+    """A request the studio cannot serve; the message is for the user."""
+
+
+@dataclass
+class AttentionView:
+    panels: list[tuple[Image.Image, str]]
+    figure: go.Figure
+    table: list[list]
+    teacher_top5: dict[str, float]
+    student_top5: dict[str, float]
+    data: dict[str, Any]
+
+
+@dataclass
+class CompareView:
+    a_only: list[tuple[Image.Image, str]]
+    b_only: list[tuple[Image.Image, str]]
+    table: list[list]
+    figure: go.Figure
+    summary: str
+
+
+class Studio:
+    """The models on offer and the views of them.
+
+    Args:
+        checkpoint_dirs: Folders whose ``*.safetensors`` are offered (the bundle first).
+        runs_dir: A runs folder whose ``*/best.safetensors`` are offered.
+        data: The dataset whose test split the comparison shows.
+    """
+
+    def __init__(self, checkpoint_dirs: list[Path], runs_dir: Path | None, data: Path) -> None:
+        self.checkpoint_dirs, self.runs_dir, self.data = checkpoint_dirs, runs_dir, data
+        self.models = ModelCache()
+        self._test: ImageSet | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> 'Studio':
+        """Paths from ``ADVIT_CHECKPOINTS``, ``ADVIT_RUNS`` and ``ADVIT_DATA``, defaulting to the repository's."""
+        checkpoints = os.environ.get('ADVIT_CHECKPOINTS', str(REPO / 'checkpoints'))
+        return cls(checkpoint_dirs=[Path(p) for p in checkpoints.split(os.pathsep) if p],
+                   runs_dir=Path(os.environ.get('ADVIT_RUNS', REPO / 'runs')),
+                   data=Path(os.environ.get('ADVIT_DATA', REPO.parent / 'shared/data/cifar10/cifar10-jpeg.tar.xz')))
+
+    # --- the models on offer ---------------------------------------------------------------------
+
+    def entries(self) -> list[ModelEntry]:
+        """Every model found now (a finished run appears without a restart)."""
+        return discover(self.checkpoint_dirs, self.runs_dir)
+
+    def choices(self, vit_only: bool = False) -> list[tuple[str, str]]:
+        """(label, key) of the usable models."""
+        return [(e.label(), e.key) for e in self.entries() if e.usable and (e.is_vit or not vit_only)]
+
+    def problems(self) -> str:
+        """Markdown listing the checkpoints that cannot be used, with the reason, or how to get models."""
+        entries = self.entries()
+        lines = [f'- `{e.key}`: {e.problem}' for e in entries if not e.usable]
+        if not any(e.usable for e in entries):
+            folders = ', '.join(f'`{d}`' for d in self.checkpoint_dirs)
+            lines.insert(0, f'No usable models found in {folders} or `{self.runs_dir}`. Train some with '
+                            '`advit train ...` (see the README), or put the checkpoint bundle in `checkpoints/`.')
+        elif lines:
+            lines.insert(0, 'Unusable checkpoints:')
+        return '\n'.join(lines)
+
+    def describe(self, key: str | None) -> str:
+        """Markdown describing a model from its metadata."""
+        entry = next((e for e in self.entries() if e.key == key), None)
+        return entry.describe() if entry is not None else ''
+
+    def default_keys(self) -> dict[str, str | None]:
+        """Sensible defaults: the largest plain model as teacher; the best ADViT and the best DeiT student."""
+        usable = [e for e in self.entries() if e.usable and e.is_vit]
+        def best(predicate: Callable[[ModelEntry], bool]) -> ModelEntry | None:
+            found = [e for e in usable if predicate(e)]
+            return max(found, key=lambda e: e.meta.get('test_top1') or 0) if found else None
+        teacher = max(usable, key=lambda e: e.meta.get('params') or 0, default=None)
+        advit = best(lambda e: 'advit' in (e.meta.get('method') or ''))
+        deit = best(lambda e: (e.meta.get('method') or '').startswith('deit'))
+        student = advit or next((e for e in usable if e is not teacher), teacher)
+        return dict(teacher=teacher and teacher.key, student=student and student.key,
+                    compare_a=(advit or student) and (advit or student).key,
+                    compare_b=(deit or teacher) and (deit or teacher).key)
+
+    def _model(self, key: str | None, role: str):
+        if not key:
+            raise StudioError(f'choose a {role} model')
+        try:
+            return self.models.get(key)
+        except Exception as err:  # any load failure is the user's to read, never a crash
+            raise StudioError(f'the {role} model {key} cannot be loaded: {err}') from err
+
+    # --- the attention view ----------------------------------------------------------------------
+
+    def attention(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str = 'mean',
+                  head: int = 0, opacity: float = 0.6) -> AttentionView:
+        """Teacher and student [CLS] attention on an uploaded image, layer by layer, with their gaps.
+
+        Args:
+            image_path: The uploaded image file.
+            teacher_key: Catalog key of the teacher.
+            student_key: Catalog key of the student.
+            fusion: ``'mean'``, ``'max'`` or ``'head'`` (then ``head`` selects it).
+            head: Head index for ``fusion='head'``.
+            opacity: Heatmap opacity over the image.
+        """
+        if image_path is None:
+            raise StudioError('upload an image or pick an example')
+        image = load_image(image_path)
+        if fusion not in ('mean', 'max', 'head'):
+            raise StudioError(f'unknown head fusion {fusion!r}: choose mean, max or head')
+        teacher, teacher_meta = self._model(teacher_key, 'teacher')
+        student, student_meta = self._model(student_key, 'student')
+        for model, key in ((teacher, teacher_key), (student, student_key)):
+            if not hasattr(model, 'blocks'):
+                raise StudioError(f'{key} is not a ViT: attention views need ViT models')
+        try:
+            report = inspect_pair(teacher, teacher_meta, student, student_meta, image,
+                                  int(head) if fusion == 'head' else fusion)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        return AttentionView(panels=layer_panels(report, image, opacity), figure=gap_figure(report),
+                             table=gap_table(report), teacher_top5=report.teacher_top5,
+                             student_top5=report.student_top5, data=report.as_dict())
+
+    # --- the comparison view ---------------------------------------------------------------------
+
+    def test_set(self) -> ImageSet:
+        with self._lock:
+            if self._test is None:
+                try:
+                    self._test = load_dataset(self.data)['test']
+                except DatasetError as err:
+                    raise StudioError(f'the comparison needs the CIFAR-10 test set: {err}') from err
+            return self._test
+
+    def compare(self, key_a: str, key_b: str, class_name: str | None = None,
+                progress: Callable[[float], None] | None = None) -> CompareView:
+        """Where A is right and B wrong and the reverse, per-class accuracy of both, on the test set.
+
+        Args:
+            key_a: Catalog key of model A (a checkpoint).
+            key_b: Catalog key of model B.
+            class_name: Show only test images of this true class (None or 'all': every class).
+            progress: Called with the fraction done while missing predictions are computed.
+        """
+        for key in (key_a, key_b):
+            if not key or not Path(key).is_file():
+                raise StudioError(f'choose two checkpoints to compare (got {key!r})')
+        test = self.test_set()
+        class_name = None if class_name in (None, '', 'all') else class_name
+        if class_name is not None and class_name not in test.classes:
+            raise StudioError(f'unknown class {class_name!r}')
+        try:
+            comparison = compare(key_a, key_b, test, self.data, progress)
+        except Exception as err:
+            raise StudioError(f'cannot compare: {err}') from err
+        a_only, b_only = comparison.disagreements(class_name)
+        name_a, name_b = Path(key_a).stem, Path(key_b).stem
+        top_a, top_b = comparison.top1()
+        per_a, per_b = comparison.per_class()
+        summary = (f'**A** `{key_a}`: {top_a:.2f}% · **B** `{key_b}`: {top_b:.2f}% top-1 on '
+                   f'{len(test)} test images. A right and B wrong: **{len(a_only)}**; B right and A wrong: '
+                   f'**{len(b_only)}**' + (f' (true class {class_name})' if class_name else '') +
+                   f'. Galleries show up to {GALLERY_LIMIT} each.')
+        return CompareView(
+            a_only=self._gallery(test, a_only, comparison, 'A', 'B'),
+            b_only=self._gallery(test, b_only, comparison, 'B', 'A'),
+            table=comparison.table(), figure=per_class_figure(test.classes, per_a, per_b, name_a, name_b),
+            summary=summary)
+
+    @staticmethod
+    def _gallery(test: ImageSet, indices: np.ndarray, comparison, right: str, wrong: str) -> list[tuple[Image.Image, str]]:
+        items = []
+        for index in indices[:GALLERY_LIMIT]:
+            pixels = test.images[index].permute(1, 2, 0).numpy()
+            thumbnail = Image.fromarray(pixels).resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BICUBIC)
+            classes = comparison.classes
+            pred = {'A': comparison.preds_a[index], 'B': comparison.preds_b[index]}
+            caption = (f'#{index} true {classes[comparison.labels[index]]} · {right}: {classes[pred[right]]} ✓ · '
+                       f'{wrong}: {classes[pred[wrong]]} ✗')
+            items.append((thumbnail, caption))
+        return items
