@@ -54,3 +54,40 @@ def teacher_checkpoint(tmp_path_factory, data_flags) -> Path:
     assert main(['train', '--method', 'vit', '--steps', '2', '--out', str(out), *data_flags,
                  *tiny_flags(depth=4, num_heads=4)]) == 0
     return out / 'best.safetensors'
+
+
+def save_tiny_checkpoint(path: Path, method: str, seed: int, **arch) -> Path:
+    """A tiny CIFAR-native ViT with random weights, saved as a self-describing advit checkpoint."""
+    import timm
+    import torch
+    import advit  # noqa: F401
+    from advit.checkpoint import save_checkpoint
+    from advit.data import CIFAR10_CLASSES
+    from advit.models import CIFAR10_MEAN, CIFAR10_STD
+    args = dict(TINY, **arch)
+    name = 'deit_tiny_distilled_patch4_32' if method.startswith('deit') else 'vit_tiny_patch4_32'
+    torch.manual_seed(seed)
+    model = timm.create_model(name, **args)
+    save_checkpoint(path, model, dict(
+        model=name, model_args=dict(args, num_classes=10, img_size=32), classes=list(CIFAR10_CLASSES),
+        image_size=32, mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD), method=method, teacher=None,
+        params=sum(p.numel() for p in model.parameters())))
+    return path
+
+
+@pytest.fixture(scope='session')
+def tiny_bundle(tmp_path_factory, cifar_archive, cifar) -> Path:
+    """A checkpoint folder like the shipped bundle, with tiny models evaluated on the real test set,
+    and one corrupt file that must be listed as unusable."""
+    from advit.checkpoint import load_checkpoint, save_checkpoint
+    from advit.evaluate import evaluate_checkpoint
+    folder = tmp_path_factory.mktemp('bundle')
+    for method, seed, arch in (('vit', 0, dict(depth=4, num_heads=4, embed_dim=64)), ('advit_l1', 1, {}),
+                               ('deit_hard', 2, {})):
+        path = save_tiny_checkpoint(folder / f'{"teacher" if method == "vit" else method}.safetensors',
+                                    method, seed, **arch)
+        top1 = evaluate_checkpoint(path, cifar_archive, device='cpu')['top1']
+        loaded = load_checkpoint(path)
+        save_checkpoint(path, loaded.model, dict(loaded.meta, test_top1=top1))
+    (folder / 'broken.safetensors').write_bytes(b'\x00' * 100)
+    return folder

@@ -1,0 +1,173 @@
+"""The real app over HTTP: a launched server driven with gradio_client."""
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from advit.catalog import ModelCache
+from advit.compare import Comparison
+from advit.evaluate import load_predictions
+from advit.images import MAX_FILE_BYTES, load_image
+from advit.inspection import inspect_pair
+from app_server import running_app
+from conftest import REPO
+
+EXAMPLE = REPO / 'assets' / 'examples' / 'ship_8000.png'
+
+
+@pytest.fixture(scope='module')
+def app_url(tiny_bundle, cifar_archive, tmp_path_factory):
+    runs = tmp_path_factory.mktemp('runs')
+    with running_app(tmp_path_factory.mktemp('log') / 'app.log', ADVIT_CHECKPOINTS=str(tiny_bundle),
+                     ADVIT_RUNS=str(runs), ADVIT_DATA=str(cifar_archive)) as url:
+        yield url
+
+
+@pytest.fixture(scope='module')
+def client(app_url) -> Client:
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope='module')
+def keys(tiny_bundle) -> dict[str, str]:
+    return {name: str(tiny_bundle / f'{name}.safetensors') for name in ('teacher', 'advit_l1', 'deit_hard')}
+
+
+def attention(client: Client, image, keys, fusion='mean', head=0):
+    return client.predict(handle_file(str(image)), keys['teacher'], keys['advit_l1'], fusion, head, 0.6,
+                          api_name='/attention')
+
+
+def page_config(url: str) -> str:
+    return urllib.request.urlopen(f'{url}/config', timeout=30).read().decode()
+
+
+def test_attention_endpoint_maps_and_gaps_match_advit(client, keys):
+    panels, figure, table, teacher_top5, student_top5, data = attention(client, EXAMPLE, keys)
+    layers = data['layers']
+    assert len(layers) == 2 and len(panels) == 4  # one teacher and one student map per student layer
+    assert all(len(layer['teacher_map']) == len(layer['student_map']) == 64 for layer in layers)
+
+    cache = ModelCache()
+    (teacher, teacher_meta), (student, student_meta) = cache.get(keys['teacher']), cache.get(keys['advit_l1'])
+    direct = inspect_pair(teacher, teacher_meta, student, student_meta, load_image(EXAMPLE), 'mean')
+    for i, layer in enumerate(layers):
+        for kind in ('l1', 'l2', 'kl'):
+            assert layer[kind] == pytest.approx(float(direct.gaps[kind][i]), abs=1e-6)
+        np.testing.assert_allclose(layer['student_map'], direct.student_maps[i], atol=1e-6)
+        np.testing.assert_allclose(layer['teacher_map'], direct.teacher_maps[i], atol=1e-6)
+    assert [row[2] for row in table['data']] == pytest.approx([layer['l1'] for layer in layers], abs=1e-6)
+    assert student_top5['label'] == max(direct.student_top5, key=direct.student_top5.get)
+
+
+def test_head_fusion_changes_the_maps(client, keys):
+    mean = attention(client, EXAMPLE, keys, 'mean')[5]['layers']
+    top = attention(client, EXAMPLE, keys, 'max')[5]['layers']
+    head = attention(client, EXAMPLE, keys, 'head', 2)[5]['layers']
+    assert not np.allclose(mean[0]['student_map'], top[0]['student_map'])
+    assert not np.allclose(mean[0]['student_map'], head[0]['student_map'])
+
+
+def test_compare_endpoint_matches_saved_predictions(client, keys, cifar):
+    summary, a_only, b_only, table, _ = client.predict(keys['advit_l1'], keys['deit_hard'], 'all',
+                                                       api_name='/compare')
+    a, b = load_predictions(keys['advit_l1']), load_predictions(keys['deit_hard'])
+    expected = Comparison(a['labels'].astype(int), a['preds'].astype(int), b['preds'].astype(int),
+                          cifar['test'].classes)
+    assert table['data'] == expected.table()
+    a_right, b_right = expected.disagreements()
+    assert f'A right and B wrong: **{len(a_right)}**' in summary
+    captions = [item['caption'] for item in a_only]
+    assert captions[0].startswith(f'#{a_right[0]} ')
+    assert len(b_only) == min(60, len(b_right))
+    _, a_dogs, b_dogs, _, _ = client.predict(keys['advit_l1'], keys['deit_hard'], 'dog', api_name='/compare')
+    assert all(' true dog ' in item['caption'] for item in a_dogs + b_dogs)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    """A 1-bit 20000 x 20000 PNG: a few kB on disk, 400 megapixels once decoded."""
+    return _png(Image.new('1', (20000, 20000)))
+
+
+def _exif_rotated() -> bytes:
+    image = Image.fromarray(np.tile(np.arange(48, dtype=np.uint8), (32, 1)).repeat(3).reshape(32, 48, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, format='JPEG', exif=exif)
+    return buffer.getvalue()
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new('RGB', (16, 16), color) for color in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format='GIF', save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+UPLOADS = {  # name: (bytes, error expected in the message, or None for a correct result)
+    'text.png': (b'just some text, not an image', 'not an image'),
+    'truncated.png': (_png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))[:400],
+                      'truncated or corrupt'),
+    'bomb.png': (_bomb(), 'too large'),
+    'one_pixel.png': (_png(Image.new('RGB', (1, 1), (200, 10, 10))), None),
+    'gray.png': (_png(Image.new('L', (40, 30), 90)), None),
+    'rgba.png': (_png(Image.new('RGBA', (32, 32), (0, 255, 0, 128))), None),
+    'palette.png': (_png(Image.new('RGB', (32, 32), (10, 200, 30)).convert('P')), None),
+    'cmyk.jpg': (None, None),
+    'sixteen_bit.png': (_png(Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16))), None),
+    'animated.gif': (_animated_gif(), None),
+    'rotated.jpg': (_exif_rotated(), None),
+}
+
+
+@pytest.mark.parametrize('name', list(UPLOADS))
+def test_bad_uploads_get_a_message_and_the_next_request_succeeds(client, keys, tmp_path, name):
+    payload, error = UPLOADS[name]
+    path = tmp_path / name
+    if name == 'cmyk.jpg':
+        Image.new('CMYK', (24, 24), (0, 128, 255, 0)).save(path, format='JPEG')
+    else:
+        path.write_bytes(payload)
+    if error is None:
+        assert len(attention(client, path, keys)[5]['layers']) == 2
+    else:
+        with pytest.raises(Exception) as raised:
+            attention(client, path, keys)
+        assert error in str(raised.value)
+    assert len(attention(client, EXAMPLE, keys)[5]['layers']) == 2, 'the server keeps serving'
+
+
+def test_upload_size_limit(client, keys, tmp_path):
+    huge = tmp_path / 'huge.png'
+    huge.write_bytes(_png(Image.new('RGB', (8, 8))) + b'\0' * (MAX_FILE_BYTES + 1024))
+    with pytest.raises(Exception) as raised:
+        attention(client, huge, keys)
+    assert 'too large' in str(raised.value).lower() or 'size' in str(raised.value).lower()
+    assert len(attention(client, EXAMPLE, keys)[5]['layers']) == 2
+
+
+def test_unusable_checkpoint_is_listed_with_its_reason(app_url):
+    config = page_config(app_url)
+    assert 'broken.safetensors' in config and 'not a readable safetensors file' in config
+
+
+def test_app_starts_with_no_checkpoints_and_says_how_to_get_them(tmp_path, cifar_archive):
+    with running_app(tmp_path / 'app.log', ADVIT_CHECKPOINTS=str(tmp_path / 'none'), ADVIT_RUNS=str(tmp_path / 'runs'),
+                     ADVIT_DATA=str(cifar_archive)) as url:
+        config = page_config(url)
+        assert 'No usable models found' in config and 'advit train' in config
+        endpoints = Client(url, verbose=False).view_api(print_info=False, return_format='dict')['named_endpoints']
+        assert {'/attention', '/compare'} <= set(endpoints)

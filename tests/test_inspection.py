@@ -1,0 +1,83 @@
+"""The attention view's numbers are the training loss's numbers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import advit  # noqa: F401
+from advit.inspection import GAP_KINDS, inspect_pair, model_input
+from advit.losses import DistillationLoss, attention_gap
+from conftest import REPO, TINY
+
+CLASSES = [f'class{i}' for i in range(10)]
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return Image.open(REPO / 'assets' / 'examples' / 'cat_3000.png').convert('RGB')
+
+
+def models(teacher_args: dict) -> tuple:
+    torch.manual_seed(0)
+    student = timm.create_model('vit_tiny_patch4_32', **TINY).eval()
+    teacher = timm.create_model('vit_tiny_patch4_32', **teacher_args).eval()
+    return teacher, student
+
+
+@pytest.mark.parametrize('teacher_args', [dict(TINY, depth=4, num_heads=4), dict(TINY, depth=3, patch_size=8)],
+                         ids=['deeper-teacher', 'coarser-grid-teacher'])
+def test_gaps_equal_the_training_loss_terms(image, teacher_args):
+    teacher, student = models(teacher_args)
+    meta = {'classes': CLASSES}
+    report = inspect_pair(teacher, meta, student, meta, image, 'mean')
+
+    # The same maps through DistillationLoss, as a training step computes them.
+    criterion = DistillationLoss('advit_l1', student, teacher)
+    with torch.no_grad():
+        student(model_input(image, meta, student))
+        teacher(model_input(image, meta, teacher))
+    student_maps, teacher_maps = criterion.aligned_maps()
+    for kind in GAP_KINDS:
+        expected = attention_gap(student_maps, teacher_maps, kind)[0, :, 0].numpy()
+        np.testing.assert_allclose(report.gaps[kind], expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(report.student_maps, student_maps[0, :, 0].numpy(), atol=1e-7)
+    np.testing.assert_allclose(report.teacher_maps, teacher_maps[0, :, 0].numpy(), atol=1e-7)
+    assert report.student_maps.shape == (2, 64) and report.grid == (8, 8)
+    assert len(report.teacher_layers) == 2
+
+
+def test_head_fusion_changes_the_maps(image):
+    teacher, student = models(dict(TINY, depth=4, num_heads=4))
+    meta = {'classes': CLASSES}
+    mean = inspect_pair(teacher, meta, student, meta, image, 'mean')
+    top = inspect_pair(teacher, meta, student, meta, image, 'max')
+    head = inspect_pair(teacher, meta, student, meta, image, 2)
+    assert not np.allclose(mean.student_maps, top.student_maps)
+    assert not np.allclose(mean.student_maps, head.student_maps)
+    np.testing.assert_allclose(top.student_maps.sum(-1), 1, rtol=1e-5)
+    with pytest.raises(ValueError, match='head 3 does not exist'):
+        inspect_pair(teacher, meta, student, meta, image, 3)  # the student has 3 heads
+
+
+def test_top5_and_data(image):
+    teacher, student = models(dict(TINY, depth=4, num_heads=4))
+    report = inspect_pair(teacher, {'classes': CLASSES}, student, {'classes': CLASSES}, image)
+    with torch.no_grad():
+        probs = student(model_input(image, {}, student)).softmax(-1)[0]
+    expected = {CLASSES[i]: float(p) for p, i in zip(*probs.topk(5))}
+    assert list(report.student_top5) == list(expected)
+    np.testing.assert_allclose(list(report.student_top5.values()), list(expected.values()), rtol=1e-5)
+    data = report.as_dict()
+    assert [layer['teacher_layer'] for layer in data['layers']] == [1, 3]
+    assert data['layers'][0]['l1'] == pytest.approx(float(report.gaps['l1'][0]))
+
+
+def test_a_model_producing_nan_is_an_error(image):
+    teacher, student = models(dict(TINY, depth=4, num_heads=4))
+    with torch.no_grad():
+        student.blocks[0].attn.qkv.weight.fill_(float('nan'))
+    with pytest.raises(ValueError, match='non-finite'):
+        inspect_pair(teacher, {}, student, {}, image)

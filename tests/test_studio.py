@@ -1,0 +1,86 @@
+"""The app's views, computed by Studio without a browser."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from advit.compare import Comparison
+from advit.evaluate import load_predictions
+from advit.images import ImageError
+from advit.studio import GALLERY_LIMIT, Studio, StudioError
+from conftest import REPO
+
+EXAMPLE = str(REPO / 'assets' / 'examples' / 'dog_5000.png')
+
+
+@pytest.fixture(scope='module')
+def studio(tiny_bundle, cifar_archive, tmp_path_factory) -> Studio:
+    return Studio([tiny_bundle], tmp_path_factory.mktemp('runs'), cifar_archive)
+
+
+def test_choices_defaults_and_problems(studio, tiny_bundle):
+    keys = [key for _, key in studio.choices()]
+    assert sorted(keys) == sorted(str(tiny_bundle / f'{n}.safetensors') for n in ('teacher', 'advit_l1', 'deit_hard'))
+    defaults = studio.default_keys()
+    assert defaults['teacher'].endswith('teacher.safetensors')  # the largest model
+    assert defaults['student'].endswith('advit_l1.safetensors') and defaults['compare_a'] == defaults['student']
+    assert defaults['compare_b'].endswith('deit_hard.safetensors')
+    problems = studio.problems()
+    assert 'broken.safetensors' in problems and 'Unusable' in problems
+    assert 'advit_l1' in studio.describe(defaults['student'])
+
+
+def test_empty_studio_says_how_to_get_models(tmp_path, cifar_archive):
+    empty = Studio([tmp_path / 'checkpoints'], tmp_path / 'runs', cifar_archive)
+    assert empty.choices() == []
+    assert 'No usable models found' in empty.problems() and 'advit train' in empty.problems()
+    assert empty.default_keys() == dict(teacher=None, student=None, compare_a=None, compare_b=None)
+    with pytest.raises(StudioError, match='choose a teacher'):
+        empty.attention(EXAMPLE, None, None)
+
+
+def test_attention_view(studio):
+    defaults = studio.default_keys()
+    view = studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'mean', 0, 0.5)
+    layers = view.data['layers']
+    assert len(layers) == 2 and len(view.panels) == 4
+    assert [caption.split(' · ')[1] for _, caption in view.panels[:2]] == ['teacher (its layer 2)', 'student']
+    assert all(image.size == (160, 160) for image, _ in view.panels)
+    assert [row[2] for row in view.table] == pytest.approx([layer['l1'] for layer in layers], abs=1e-6)
+    assert len(view.teacher_top5) == 5 and sum(view.student_top5.values()) <= 1 + 1e-6
+    other = studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'head', 1, 0.5)
+    assert not np.allclose(layers[0]['student_map'], other.data['layers'][0]['student_map'])
+    with pytest.raises(StudioError, match='head 7 does not exist'):
+        studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'head', 7, 0.5)
+
+
+def test_attention_refuses_bad_requests(studio, tmp_path, tiny_bundle):
+    defaults = studio.default_keys()
+    text = tmp_path / 'notes.png'
+    text.write_text('not an image')
+    with pytest.raises(ImageError, match='not an image'):
+        studio.attention(str(text), defaults['teacher'], defaults['student'])
+    with pytest.raises(StudioError, match='upload an image'):
+        studio.attention(None, defaults['teacher'], defaults['student'])
+    with pytest.raises(StudioError, match='cannot be loaded'):
+        studio.attention(EXAMPLE, str(tiny_bundle / 'broken.safetensors'), defaults['student'])
+    with pytest.raises(StudioError, match='unknown head fusion'):
+        studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'median')
+
+
+def test_compare_view_matches_saved_predictions(studio):
+    defaults = studio.default_keys()
+    a, b = defaults['compare_a'], defaults['compare_b']
+    saved_a, saved_b = load_predictions(a), load_predictions(b)
+    expected = Comparison(saved_a['labels'].astype(int), saved_a['preds'].astype(int), saved_b['preds'].astype(int),
+                          studio.test_set().classes)
+    view = studio.compare(a, b, 'all')
+    assert view.table == expected.table()
+    a_only, b_only = expected.disagreements()
+    assert len(view.a_only) == min(GALLERY_LIMIT, len(a_only)) and len(view.b_only) == min(GALLERY_LIMIT, len(b_only))
+    index = a_only[0]
+    assert view.a_only[0][1].startswith(f'#{index} true {expected.classes[expected.labels[index]]}')
+    cats = studio.compare(a, b, 'cat')
+    assert all(' true cat ' in caption for _, caption in cats.a_only + cats.b_only)
+    with pytest.raises(StudioError, match='unknown class'):
+        studio.compare(a, b, 'unicorn')
