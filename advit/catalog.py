@@ -77,6 +77,8 @@ def check_checkpoint(path: Path) -> ModelEntry:
     entry = ModelEntry(key=str(path))
     try:
         entry.meta = read_metadata(path)
+        if 'model' not in entry.meta:
+            raise CheckpointError(f'{path} does not name its architecture in its metadata')
         with torch.device('meta'):
             model = create_model(entry.meta['model'], **entry.meta.get('model_args', {}))
         expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -112,22 +114,25 @@ class ModelCache:
 
     def __init__(self, capacity: int = 6) -> None:
         self.capacity = capacity
-        self._models: OrderedDict[tuple[str, float], tuple[nn.Module, dict[str, Any]]] = OrderedDict()
+        # key -> (file modification time, model, metadata)
+        self._models: OrderedDict[str, tuple[float, nn.Module, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: str) -> tuple[nn.Module, dict[str, Any]]:
-        """The model (eval mode, CPU) and metadata of an entry key; a changed file is reloaded."""
+        """The model (eval mode, CPU) and metadata of an entry key; a rewritten file is reloaded."""
         stamp = Path(key).stat().st_mtime if not key.startswith(TIMM_PREFIX) else 0.0
         with self._lock:
-            if (key, stamp) in self._models:
-                self._models.move_to_end((key, stamp))
-                return self._models[key, stamp]
-        loaded = self._load(key)
+            cached = self._models.get(key)
+            if cached is not None and cached[0] == stamp:
+                self._models.move_to_end(key)
+                return cached[1], cached[2]
+        model, meta = self._load(key)
         with self._lock:
-            self._models[key, stamp] = loaded
+            self._models[key] = (stamp, model, meta)  # replaces a stale version of the same file
+            self._models.move_to_end(key)
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
-        return loaded
+        return model, meta
 
     @staticmethod
     def _load(key: str) -> tuple[nn.Module, dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from .data import ImageSet
-from .evaluate import evaluate_checkpoint, evaluation_paths, load_predictions
+from .evaluate import evaluate_split, evaluation_paths, load_predictions
 
 
 @dataclass
@@ -50,13 +50,13 @@ def saved_predictions(
         data: str | Path,
         progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
-    """A checkpoint's predicted class per test image: from its saved predictions when they cover this
-    test set, otherwise computed once (and saved beside it)."""
+    """A checkpoint's predicted class per image of ``test``: from its saved predictions when they cover
+    this test set, otherwise computed on it once (and saved beside the checkpoint)."""
     if evaluation_paths(checkpoint)[1].is_file():
         saved = load_predictions(checkpoint)
         if len(saved['labels']) == len(test) and np.array_equal(saved['labels'], test.labels.numpy()):
             return saved['preds'].astype(np.int64)
-    evaluate_checkpoint(checkpoint, data, device='cpu', progress=progress)
+    evaluate_split(checkpoint, test, str(data), device='cpu', progress=progress)
     return load_predictions(checkpoint)['preds'].astype(np.int64)
 
 
@@ -73,7 +73,7 @@ def compare(
         checkpoint_a: First model (e.g. the ADViT student).
         checkpoint_b: Second model (e.g. the DeiT student).
         test: The test split the predictions refer to.
-        data: The dataset path (to evaluate a checkpoint whose predictions are missing).
+        data: Where the test split came from (recorded with predictions computed here).
         progress: Called with the fraction done while predictions are computed.
     """
     def part(offset: float) -> Callable[[float], None] | None:

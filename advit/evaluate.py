@@ -119,12 +119,35 @@ def evaluate_checkpoint(
         model_name: Architecture, for a state dict without advit metadata.
         progress: Called with the fraction of test images done.
     """
+    test = load_dataset(data, cache_dir)['test'].subset(subset)
+    return evaluate_split(checkpoint, test, str(data), batch_size, device, model_name, progress)
+
+
+def evaluate_split(
+        checkpoint: str | Path,
+        test: ImageSet,
+        data_name: str,
+        batch_size: int = 256,
+        device: str = 'auto',
+        model_name: str | None = None,
+        progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a test split in memory; save metrics and predictions beside it.
+
+    Args:
+        checkpoint: The checkpoint file.
+        test: The images and labels.
+        data_name: Where the split came from, recorded in the metrics.
+        batch_size: Images per forward.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        model_name: Architecture, for a state dict without advit metadata.
+        progress: Called with the fraction of test images done.
+    """
     from .distributed import resolve_device
     from .models import model_image_size, model_normalization
 
     target = resolve_device(device)
     loaded = load_checkpoint(checkpoint, model_name=model_name, device=target)
-    test = load_dataset(data, cache_dir)['test'].subset(subset)
     classes = loaded.meta.get('classes', test.classes)
     if list(classes) != list(test.classes):
         raise ValueError(f'{checkpoint} was trained on classes {classes}, the dataset has {test.classes}')
@@ -133,6 +156,6 @@ def evaluate_checkpoint(
         mean, std = model_normalization(loaded.model)
     transform = BatchTransform('cifar32', model_image_size(loaded.model), mean, std, seed=0, device=target)
     probs = predict(loaded.model, test, transform, batch_size, target, progress=progress)
-    extra = {'checkpoint': str(checkpoint), 'data': str(data), 'model': loaded.meta.get('model'),
+    extra = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
              'method': loaded.meta.get('method')}
     return save_evaluation(checkpoint, probs, test.labels, test.classes, extra)

@@ -29,18 +29,18 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError('no image was uploaded')
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise ImageError(f'the file is {size / 2**20:.1f} MB: the limit is {MAX_FILE_BYTES // 2**20} MB')
+        raise ImageError(f'the file is {size / 2**20:.2f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)
-            image = Image.open(path)
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f'the image is {width} x {height} pixels: the limit is {MAX_PIXELS / 1e6:.0f} '
-                                 'megapixels')
-            image.seek(0)  # the first frame of an animated GIF/WebP/PNG
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            with Image.open(path) as image:  # closed here: Pillow keeps multi-frame files open otherwise
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(f'the image is {width} x {height} pixels: the limit is '
+                                     f'{MAX_PIXELS / 1e6:.0f} megapixels')
+                image.seek(0)  # the first frame of an animated GIF/WebP/PNG
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -60,7 +60,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode == 'F' and values.max() <= 1.0:
             top = 1.0
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), mode='L')
-    if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
+    if image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info:  # alpha, or a keyed colour
         rgba = image.convert('RGBA')
         background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert('RGB')

@@ -1,0 +1,194 @@
+"""Two classifiers on one test set: disagreements and per-class accuracy, and the predictions they come from."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import advit  # noqa: F401  (registers the CIFAR ViTs with timm)
+from advit.checkpoint import save_checkpoint
+from advit.compare import Comparison, compare, saved_predictions
+from advit.data import load_dataset
+from advit.evaluate import evaluation_paths, load_predictions, save_evaluation
+from advit.models import CIFAR10_MEAN, CIFAR10_STD
+from conftest import TINY
+
+NAME = 'vit_tiny_patch4_32'
+
+
+# --- Comparison on a hand-made example --------------------------------------------------------------
+#
+#   index     0  1  2  3  4  5
+#   label     0  0  0  1  1  1      (class 2, ship, has no test image)
+#   A         0  0  1  1  0  2      right: 0 1 . 3 . .   cat 2/3, dog 1/3, all 3/6
+#   B         0  1  2  1  1  1      right: 0 . . 3 4 5   cat 1/3, dog 3/3, all 4/6
+
+@pytest.fixture()
+def example() -> Comparison:
+    return Comparison(labels=np.array([0, 0, 0, 1, 1, 1]), preds_a=np.array([0, 0, 1, 1, 0, 2]),
+                      preds_b=np.array([0, 1, 2, 1, 1, 1]), classes=['cat', 'dog', 'ship'])
+
+
+def test_disagreements(example):
+    a_only, b_only = example.disagreements()
+    assert a_only.tolist() == [1] and b_only.tolist() == [4, 5]
+
+
+@pytest.mark.parametrize('name, a_only, b_only', [('cat', [1], []), ('dog', [], [4, 5]), ('ship', [], [])])
+def test_disagreements_of_one_class(example, name, a_only, b_only):
+    found_a, found_b = example.disagreements(name)
+    assert found_a.tolist() == a_only and found_b.tolist() == b_only
+
+
+def test_disagreements_of_an_unknown_class(example):
+    with pytest.raises(ValueError):
+        example.disagreements('horse')
+
+
+def test_per_class(example):
+    per_a, per_b = example.per_class()
+    assert per_a[:2] == pytest.approx([200 / 3, 100 / 3]) and math.isnan(per_a[2])
+    assert per_b[:2] == pytest.approx([100 / 3, 100.0]) and math.isnan(per_b[2])
+
+
+def test_top1(example):
+    assert example.top1() == pytest.approx((50.0, 400 / 6))
+
+
+def test_table(example):
+    rows = example.table()
+    assert [row[0] for row in rows] == ['cat', 'dog', 'ship', 'all (top-1)']
+    assert rows[0][1:] == [66.67, 33.33, -33.33]
+    assert rows[1][1:] == [33.33, 100.0, 66.67]
+    assert all(math.isnan(value) for value in rows[2][1:])
+    assert rows[3][1:] == [50.0, 66.67, 16.67]
+
+
+def test_identical_models_never_disagree():
+    labels = np.arange(20) % 4
+    preds = (labels + (np.arange(20) % 3 == 0)) % 4  # some right, some wrong
+    same = Comparison(labels=labels, preds_a=preds, preds_b=preds.copy(), classes=list('abcd'))
+    assert all(len(found) == 0 for found in same.disagreements())
+    per_a, per_b = same.per_class()
+    assert per_a == per_b
+    assert all(row[3] == 0 for row in same.table())
+
+
+# --- predictions saved beside a checkpoint ----------------------------------------------------------
+
+def tiny_checkpoint(path: Path, classes: list[str], seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = timm.create_model(NAME, **TINY)
+    save_checkpoint(path, model, dict(model=NAME, model_args=dict(TINY, num_classes=10), classes=classes,
+                                      mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD), method='vit',
+                                      test_top1=None, params=sum(p.numel() for p in model.parameters())))
+    return path
+
+
+@torch.no_grad()
+def predicted_here(seed: int, images: torch.Tensor) -> np.ndarray:
+    """The classes the checkpoint's model predicts, computed here (its own normalisation)."""
+    torch.manual_seed(seed)
+    model = timm.create_model(NAME, **TINY).eval()
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    return model((images.float() / 255 - mean) / std).argmax(dim=-1).numpy()
+
+
+def stamp(path: Path) -> tuple[int, bytes]:
+    return path.stat().st_mtime_ns, path.read_bytes()
+
+
+def one_hot(classes: np.ndarray, count: int = 10) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.as_tensor(classes, dtype=torch.long), count).float()
+
+
+def test_saved_predictions_that_cover_the_test_set_are_used(tmp_path, cifar, cifar_archive):
+    test = cifar['test']
+    checkpoint = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=0)
+    labels = test.labels.numpy()
+    fake = (labels + 3) % 10  # predictions no model made: proof that the file is what is read
+    save_evaluation(checkpoint, one_hot(fake), test.labels, test.classes, {})
+    predictions = evaluation_paths(checkpoint)[1]
+    before = stamp(predictions)
+    calls = []
+    preds = saved_predictions(checkpoint, test, cifar_archive, calls.append)
+    assert preds.dtype == np.int64 and np.array_equal(preds, fake)
+    assert calls == []  # nothing computed
+    assert stamp(predictions) == before  # nor rewritten
+
+
+@pytest.fixture(scope='module')
+def small_data(tmp_path_factory, cifar) -> Path:
+    """An ImageFolder tree of 30 real CIFAR-10 test images (3 a class) and 10 train images, as PNG files."""
+    root = tmp_path_factory.mktemp('small-cifar')
+    for split, source, per_class in (('test', cifar['test'], 3), ('train', cifar['train'], 1)):
+        labels = source.labels.numpy()
+        for label, name in enumerate(source.classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in np.flatnonzero(labels == label)[:per_class]:
+                Image.fromarray(source.images[i].permute(1, 2, 0).numpy()).save(folder / f'{i:05d}.png')
+    return root
+
+
+def test_predictions_of_the_same_size_but_other_images_are_recomputed(tmp_path, small_data):
+    test = load_dataset(small_data)['test']
+    assert len(test) == 30 and test.classes == sorted(test.classes)
+    checkpoint = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=5)
+    other = torch.roll(test.labels, 1)  # 30 labels, not these
+    save_evaluation(checkpoint, one_hot(np.zeros(30, dtype=np.int64)), other, test.classes, {})
+    calls = []
+    preds = saved_predictions(checkpoint, test, small_data, calls.append)
+    assert np.array_equal(preds, predicted_here(5, test.images))
+    assert calls[-1] == pytest.approx(1.0)
+    saved = load_predictions(checkpoint)
+    assert np.array_equal(saved['labels'], test.labels.numpy()) and np.array_equal(saved['preds'], preds)
+
+
+def test_saved_predictions_for_a_subset_test_set(tmp_path, small_data):
+    test = load_dataset(small_data)['test'].subset(10)
+    checkpoint = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=6)
+    preds = saved_predictions(checkpoint, test, small_data)
+    assert len(preds) == len(test) == 10
+
+
+def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
+    test = cifar['test']
+    a = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=3)
+    b = tiny_checkpoint(tmp_path / 'b.safetensors', test.classes, seed=4)
+    subset = test.subset(300)  # A: predictions of another test set (e.g. a run with --test-subset 300)
+    save_evaluation(a, one_hot(subset.labels.numpy()), subset.labels, subset.classes, {})
+    assert not evaluation_paths(b)[1].exists()  # B: none yet
+    fractions = []
+    comparison = compare(a, b, test, cifar_archive, fractions.append)
+    assert np.array_equal(comparison.labels, test.labels.numpy()) and comparison.classes == test.classes
+    assert len(comparison.preds_a) == len(comparison.preds_b) == 10000
+    for checkpoint, preds, seed in ((a, comparison.preds_a, 3), (b, comparison.preds_b, 4)):
+        saved = load_predictions(checkpoint)  # computed on the whole test set and saved
+        assert np.array_equal(saved['labels'], test.labels.numpy()) and np.array_equal(saved['preds'], preds)
+        here = predicted_here(seed, test.images[:300])
+        assert (preds[:300] != here).sum() <= 2  # the model's own predictions (a near-tie may flip in another batch)
+    assert not np.array_equal(comparison.preds_a, comparison.preds_b)  # two different models
+    # Progress: A's evaluation fills the first half, B's the second, rising to 1.
+    assert len(fractions) >= 4
+    assert all(0 < f <= 1 for f in fractions) and fractions == sorted(fractions)
+    assert fractions[-1] == pytest.approx(1.0) and 0.5 in fractions
+    assert any(f < 0.5 for f in fractions) and any(0.5 < f < 1 for f in fractions)
+    # The saved predictions serve the next comparison: nothing computed, nothing rewritten.
+    before = stamp(evaluation_paths(a)[1]), stamp(evaluation_paths(b)[1])
+    fractions = []
+    again = compare(a, b, test, cifar_archive, fractions.append)
+    assert fractions == []
+    assert (stamp(evaluation_paths(a)[1]), stamp(evaluation_paths(b)[1])) == before
+    assert np.array_equal(again.preds_a, comparison.preds_a) and np.array_equal(again.preds_b, comparison.preds_b)
+    # The summary row is each model's top-1 over the saved predictions.
+    expected = [float((comparison.preds_a == test.labels.numpy()).mean() * 100),
+                float((comparison.preds_b == test.labels.numpy()).mean() * 100)]
+    assert comparison.top1() == pytest.approx(tuple(expected))
+    assert comparison.table()[-1] == ['all (top-1)', round(expected[0], 2), round(expected[1], 2),
+                                      round(expected[1] - expected[0], 2)]
