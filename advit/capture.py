@@ -7,6 +7,7 @@ the extra cost is O(heads x tokens x head_dim) per layer, against the block's O(
 """
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import Sequence
 
@@ -58,7 +59,9 @@ class ClsAttentionCapture:
     """Records, on every forward of a ViT, each layer's [CLS] attention over its patch tokens.
 
     Gradients flow through the recorded maps when the forward runs with grad enabled (the
-    student); run the forward under ``torch.no_grad()`` for a teacher.
+    student); run the forward under ``torch.no_grad()`` for a teacher. A capture records only
+    the forwards of the thread that created it, so concurrent requests sharing one model (the
+    app's) each get their own maps.
 
     Args:
         model: A timm ViT. Prefix tokens (CLS, distillation, registers) are dropped from the
@@ -68,6 +71,7 @@ class ClsAttentionCapture:
     def __init__(self, model: nn.Module) -> None:
         self._attns = attention_modules(model)
         self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self._thread = threading.get_ident()
         self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
         self._handles = [
             attn.qkv.register_forward_hook(partial(self._record, index, attn))
@@ -78,7 +82,8 @@ class ClsAttentionCapture:
         return len(self._attns)
 
     def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, qkv: torch.Tensor) -> None:
-        self._rows[index] = cls_attention_row(qkv, attn)
+        if threading.get_ident() == self._thread:
+            self._rows[index] = cls_attention_row(qkv, attn)
 
     def pop(self) -> torch.Tensor:
         """The maps of the last forward, shape (batch, layers, heads, patches); clears them."""

@@ -159,3 +159,30 @@ def test_capture_on_the_gpu_machines_timm():
     probe = subprocess.run([sys.executable, '-c', 'import timm; print(timm.__version__)'], env=env,
                            capture_output=True, text=True)
     assert probe.stdout.strip() == '1.0.29'
+
+
+def test_concurrent_captures_on_one_model_keep_their_own_maps():
+    """The app shares one model between requests: each thread's capture must see only its own forwards."""
+    import threading
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch4_32', **TINY).eval()
+    inputs = [torch.randn(1, 3, 32, 32) for _ in range(4)]
+    expected = [explicit_cls_attention(model, x) for x in inputs]
+    errors, barrier = [], threading.Barrier(len(inputs))
+
+    def request(index: int) -> None:
+        with ClsAttentionCapture(model) as capture:
+            barrier.wait()  # all captures attached before any forward runs
+            for _ in range(20):
+                with torch.inference_mode():
+                    model(inputs[index])
+                maps = capture.pop()
+                if not torch.allclose(maps, expected[index], atol=1e-5):
+                    errors.append(index)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
