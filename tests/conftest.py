@@ -12,6 +12,15 @@ CIFAR_ARCHIVE = Path(os.environ.get('ADVIT_CIFAR', REPO.parent / 'shared' / 'dat
 TINY = dict(depth=2, embed_dim=48, num_heads=3)
 
 
+def tiny_vit(seed: int = 0, name: str = 'vit_tiny_patch4_32', **overrides):
+    """A tiny CIFAR-native ViT (eval mode) with seeded random weights."""
+    import timm
+    import torch
+    import advit  # noqa: F401  (registers the CIFAR models)
+    torch.manual_seed(seed)
+    return timm.create_model(name, **dict(TINY, **overrides)).eval()
+
+
 def tiny_flags(**overrides) -> list[str]:
     """``--model-arg`` flags for a tiny student."""
     args = dict(TINY, **overrides)
@@ -58,16 +67,12 @@ def teacher_checkpoint(tmp_path_factory, data_flags) -> Path:
 
 def save_tiny_checkpoint(path: Path, method: str, seed: int, **arch) -> Path:
     """A tiny CIFAR-native ViT with random weights, saved as a self-describing advit checkpoint."""
-    import timm
-    import torch
-    import advit  # noqa: F401
     from advit.checkpoint import save_checkpoint
     from advit.data import CIFAR10_CLASSES
     from advit.models import CIFAR10_MEAN, CIFAR10_STD
     args = dict(TINY, **arch)
     name = 'deit_tiny_distilled_patch4_32' if method.startswith('deit') else 'vit_tiny_patch4_32'
-    torch.manual_seed(seed)
-    model = timm.create_model(name, **args)
+    model = tiny_vit(seed, name, **arch)
     save_checkpoint(path, model, dict(
         model=name, model_args=dict(args, num_classes=10, img_size=32), classes=list(CIFAR10_CLASSES),
         image_size=32, mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD), method=method, teacher=None,

@@ -5,23 +5,18 @@ import os
 from pathlib import Path
 
 import pytest
-import timm
 import torch
-import torch.nn as nn
 from safetensors.torch import save_file
 
 import advit  # noqa: F401  (registers the CIFAR ViTs with timm)
 from advit.catalog import TIMM_PREFIX, ModelCache, ModelEntry, cached_timm_models, check_checkpoint, discover
 from advit.checkpoint import save_checkpoint
+from advit.data import CIFAR10_CLASSES
 from conftest import TINY
+from conftest import tiny_vit as tiny
 
 NAME = 'vit_tiny_patch4_32'
-CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-
-
-def tiny(seed: int = 0, **overrides) -> nn.Module:
-    torch.manual_seed(seed)
-    return timm.create_model(NAME, **dict(TINY, **overrides)).eval()
+CLASSES = list(CIFAR10_CLASSES)
 
 
 def meta_for(**model_args) -> dict:

@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-import timm
 import torch
 import torch.nn as nn
 from safetensors import safe_open
@@ -16,15 +15,12 @@ import advit.checkpoint
 from advit.checkpoint import (CheckpointError, load_checkpoint, read_metadata, read_tensors, save_checkpoint,
                               train_state)
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
+from advit.data import CIFAR10_CLASSES
 from conftest import TINY
+from conftest import tiny_vit as tiny
 
 NAME = 'vit_tiny_patch4_32'
-CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-
-
-def tiny(seed: int = 0, **overrides) -> nn.Module:
-    torch.manual_seed(seed)
-    return timm.create_model(NAME, **dict(TINY, **overrides)).eval()
+CLASSES = list(CIFAR10_CLASSES)
 
 
 def meta_for(**model_args) -> dict:
