@@ -19,9 +19,17 @@ import gradio as gr  # noqa: E402
 from advit.about import about_markdown  # noqa: E402
 from advit.data import CIFAR10_CLASSES  # noqa: E402
 from advit.images import MAX_FILE_BYTES, ImageError  # noqa: E402
+from advit.jobs import JobError  # noqa: E402
+from advit.losses import METHODS  # noqa: E402
 from advit.studio import Studio, StudioError  # noqa: E402
+from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled  # noqa: E402
 
 studio = Studio.from_env()
+desk = TrainDesk.from_env(studio.runs_dir) if jobs_enabled() else None
+if desk is not None:
+    desk.manager.start_scheduler()
+STUDENTS = ['vit_tiny_patch4_32', 'vit_small_patch4_32', 'deit_tiny_distilled_patch4_32',
+            'deit_small_distilled_patch4_32', 'vit_base_patch4_32', 'vit_tiny_patch16_224', 'vit_small_patch16_224']
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / 'assets' / 'examples').glob('*.png'))
 
 
@@ -31,7 +39,7 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (StudioError, ImageError) as err:
+        except (StudioError, ImageError, JobError) as err:
             raise gr.Error(str(err)) from None
     return wrapper
 
@@ -47,6 +55,39 @@ def compare(model_a, model_b, class_name, progress=gr.Progress()):
     view = studio.compare(model_a, model_b, class_name,
                           progress=lambda done: progress(done, desc='predicting the test set once'))
     return view.summary, view.a_only, view.b_only, view.table, view.figure
+
+
+@user_errors
+def start_job(name, method, model, model_args, teacher, data, length, amount, lr, attn_weight, alpha, tau, seed,
+              subset, batch_size, device, token):
+    job = desk.start(name, method, model, model_args, teacher, data, length, amount, lr, attn_weight, alpha, tau,
+                     seed, subset, batch_size, device, token)
+    return job, gr.Dropdown(choices=[row[0] for row in desk.rows()], value=job['name']), desk.rows()
+
+
+@user_errors
+def job_status(name):
+    view = desk.view(name)
+    return view.progress, view.figure, view.log, view.job
+
+
+@user_errors
+def cancel_job(name, token):
+    return desk.cancel(name, token)
+
+
+@user_errors
+def resume_job(name, token):
+    return desk.resume(name, token)
+
+
+def list_jobs():
+    return desk.rows()
+
+
+def job_names(selected):
+    names = [row[0] for row in desk.rows()]
+    return gr.Dropdown(choices=names, value=selected if selected in names else (names[0] if names else None))
 
 
 def refresh():
@@ -115,6 +156,58 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                                       interactive=False)
         gr.on([run_compare.click, class_name.change], compare, inputs=[model_a, model_b, class_name],
               outputs=[summary, a_only, b_only, per_class_rows, per_class_plot], api_name='compare')
+
+    with gr.Tab('Train'):
+        if desk is None:
+            gr.Markdown('Training jobs are off on this deployment. Set `ADVIT_JOBS=on` to enable them.')
+        else:
+            with gr.Row():
+                with gr.Column(scale=1):
+                    run_name = gr.Textbox(label='Run name (folder in runs/)', placeholder='e.g. tiny-l1')
+                    method = gr.Dropdown(list(METHODS), value='advit_l1', label='Method')
+                    student_model = gr.Dropdown(STUDENTS, value='vit_tiny_patch4_32', allow_custom_value=True,
+                                                label='Student architecture (timm name)')
+                    model_args = gr.Textbox(label='Architecture arguments', placeholder='depth=6, embed_dim=192')
+                    job_teacher = gr.Dropdown(label='Teacher checkpoint', choices=studio.choices(vit_only=True),
+                                              value=studio.default_keys()['teacher'], allow_custom_value=True)
+                    dataset = gr.Textbox(label='Dataset (CIFAR-10 archive or an ImageFolder path on the server)',
+                                         value=str(studio.data))
+                    with gr.Row():
+                        length = gr.Radio(['epochs', 'steps', 'seconds'], value='steps', label='Run length in')
+                        amount = gr.Number(200, label='how many')
+                    with gr.Row():
+                        lr = gr.Number(1e-3, label='Learning rate')
+                        attn_weight = gr.Number(1.0, label='Attention loss weight')
+                        alpha = gr.Number(0.5, label='DeiT weight (alpha)')
+                        tau = gr.Number(1.0, label='Temperature (tau)')
+                    with gr.Row():
+                        seed = gr.Number(0, precision=0, label='Seed')
+                        subset = gr.Number(0, precision=0, label='Subset (0: all images)')
+                        batch_size = gr.Number(128, precision=0, label='Batch size')
+                        device = gr.Radio(['auto', 'cpu', 'cuda'], value='auto', label='Device')
+                    token = gr.Textbox(label='Token', type='password', visible=desk.token is not None)
+                    launch = gr.Button('Launch', variant='primary')
+                    launched = gr.JSON(label='Launched job')
+                with gr.Column(scale=2):
+                    jobs = gr.Dataframe(headers=LIST_HEADERS, value=desk.rows(), interactive=False, label='Jobs')
+                    selected = gr.Dropdown(label='Job', choices=[row[0] for row in desk.rows()])
+                    progress = gr.HTML()
+                    curves = gr.Plot(label='Loss terms and test accuracy')
+                    log = gr.Textbox(label='Output (end)', lines=12, max_lines=12, autoscroll=True)
+                    with gr.Row():
+                        cancel = gr.Button('Cancel', variant='stop')
+                        resume = gr.Button('Resume')
+                    job = gr.JSON(label='Job status')
+            launch.click(start_job, inputs=[run_name, method, student_model, model_args, job_teacher, dataset, length,
+                                            amount, lr, attn_weight, alpha, tau, seed, subset, batch_size, device,
+                                            token],
+                         outputs=[launched, selected, jobs], api_name='start_job')
+            gr.on([selected.change, gr.Timer(2.0).tick], job_status, inputs=selected,
+                  outputs=[progress, curves, log, job], api_name='job_status', show_progress='hidden')
+            cancel.click(cancel_job, inputs=[selected, token], outputs=job, api_name='cancel_job')
+            resume.click(resume_job, inputs=[selected, token], outputs=job, api_name='resume_job')
+            gr.Timer(3.0).tick(list_jobs, outputs=jobs, api_name='list_jobs', show_progress='hidden')
+            jobs.change(job_names, inputs=selected, outputs=selected, api_visibility='private', show_progress='hidden')
 
     with gr.Tab('About'):
         gr.Markdown(about_markdown(studio.entries()))

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument('--preset', choices=sorted(PRESETS), help='start from these settings; flags override them')
     t.add_argument('--resume', metavar='RUN', help='continue the run in this folder from its last checkpoint')
+    t.add_argument('--config', metavar='JSON', help='a JSON file of run settings (config.json fields); '
+                   'flags override it')
     t.add_argument('--out', help='run folder (default runs/<method>)')
     t.add_argument('--data', help=f'CIFAR-10 archive or folder, an ImageFolder root, or "cifar10" to download the '
                    f'official release (default {DEFAULT_DATA})')
@@ -102,16 +104,19 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if args.model_arg:
         flags['model_args'] = dict(args.model_arg)
     if args.resume:
-        if flags or args.preset:
+        if flags or args.preset or args.config:
             raise TrainingError('--resume continues a run with its saved config.json: give no other flags')
         saved = Path(args.resume) / 'config.json'
         if not saved.is_file():
             raise TrainingError(f'cannot resume: {saved} not found')
         values = json.loads(saved.read_text())
-        values.pop('world_size', None)
-        values.pop('versions', None)
         return TrainConfig.from_dict(dict(values, out=str(Path(args.resume)))), True
     values = preset(args.preset) if args.preset else {}
+    if args.config:
+        try:
+            values.update(json.loads(Path(args.config).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise TrainingError(f'cannot read --config {args.config}: {err}') from err
     values.update(flags)
     values.setdefault('out', f'runs/{values.get("method", "vit")}')
     return TrainConfig.from_dict(values), False

@@ -73,3 +73,37 @@ def per_class_figure(classes: Sequence[str], accuracy_a: Sequence[float], accura
     figure.update_layout(barmode='group', height=340, yaxis_title='top-1 (%)',
                          margin=dict(l=40, r=20, t=30, b=40), legend=dict(orientation='h'))
     return figure
+
+
+def training_curves(metrics: list[dict]) -> go.Figure:
+    """Loss terms (left) and test top-1 (right) against steps, from a run's metrics lines."""
+    from plotly.subplots import make_subplots
+    figure = make_subplots(rows=1, cols=2, subplot_titles=['loss terms', 'test top-1 (%)'])
+    train = [m for m in metrics if m.get('event') == 'train']
+    for term in ('loss', 'ce', 'kd', 'attn'):
+        points = [(m['step'], m[term]) for m in train if term in m]
+        if points:
+            steps, values = zip(*points)
+            figure.add_trace(go.Scatter(x=steps, y=values, mode='lines', name=term), row=1, col=1)
+    evals = [(m['step'], m['test_top1']) for m in metrics if m.get('event') == 'eval']
+    if evals:
+        steps, values = zip(*evals)
+        figure.add_trace(go.Scatter(x=steps, y=values, mode='lines+markers', name='test top-1'), row=1, col=2)
+    figure.update_xaxes(title_text='step')
+    figure.update_layout(height=320, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation='h'))
+    return figure
+
+
+def progress_html(step: int | None, total: int | None, fraction: float | None, eta_s: float | None,
+                  state: str) -> str:
+    """A progress bar with step, total and ETA."""
+    percent = 100.0 * (fraction or 0.0)
+    parts = [f'<b>{state}</b>']
+    if step is not None:
+        parts.append(f'step {step}' + (f' / {total}' if total else ''))
+    parts.append(f'{percent:.0f}%')
+    if eta_s is not None and state == 'running':
+        minutes, seconds = divmod(int(eta_s), 60)
+        parts.append(f'ETA {minutes}m{seconds:02d}s')
+    return (f'<progress value="{percent:.1f}" max="100" style="width:100%"></progress>'
+            f'<div>{" · ".join(parts)}</div>')

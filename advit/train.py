@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -36,6 +38,9 @@ from .models import create_model, is_distilled, model_image_size, model_normaliz
 
 class TrainingError(Exception):
     """A run that cannot start or cannot go on (bad configuration, non-finite loss)."""
+
+
+_CONFIG_RECORD_KEYS = ('world_size', 'versions')  # written beside the fields in config.json
 
 
 @dataclass
@@ -82,6 +87,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> 'TrainConfig':
+        """From a dict of fields, such as a saved ``config.json`` (its bookkeeping keys ignored)."""
+        values = {k: v for k, v in values.items() if k not in _CONFIG_RECORD_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -129,13 +136,58 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """
     validate(cfg)
     ctx = distributed.setup(cfg.device)
+    status = RunStatus(Path(cfg.out), ctx.is_main)
     try:
-        return _train(cfg, ctx, resume)
+        with StopSignal() as stop:
+            return _train(cfg, ctx, resume, status, stop)
+    except BaseException as err:
+        status.write('failed', error=str(err) or type(err).__name__)
+        raise
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
+class RunStatus:
+    """The run's own account of itself in ``status.json`` (state, progress, best accuracy), written
+    atomically by rank 0, so that a job list only reads files.
+
+    States: ``running``, ``finished``, ``cancelled``, ``failed`` (with ``error``).
+    """
+
+    def __init__(self, run: Path, enabled: bool) -> None:
+        self.path, self.enabled = run / 'status.json', enabled
+        self.fields: dict[str, Any] = {}
+
+    def write(self, state: str, **fields: Any) -> None:
+        if not self.enabled or not self.path.parent.is_dir():
+            return  # a run refused before its folder exists leaves nothing behind
+        self.fields.update(fields, state=state, pid=os.getpid(), updated=time.time())
+        write_json(self.path, self.fields)
+
+
+class StopSignal:
+    """SIGTERM (a cancel) asks the loop to stop at the next step, save ``last`` and end as cancelled."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> 'StopSignal':
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: RunStatus, stop: StopSignal) -> Path:
     run, device = Path(cfg.out), ctx.device
     method = parse_method(cfg.method)
 
@@ -220,7 +272,16 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
             return by_steps
         return max(by_steps, distributed.broadcast_float((time.time() - start) / cfg.time_budget, ctx))
 
+    def report(state: str) -> None:
+        elapsed = time.time() - start
+        eta = elapsed / progress * (1 - progress) if 0 < progress < 1 else None
+        status.write(state, step=step, total_steps=total_steps, progress=min(progress, 1.0), elapsed=elapsed,
+                     eta_s=eta, best_top1=best_top1 if best_top1 >= 0 else None, started=status.fields.get(
+                         'started', time.time()))
+
     progress = run_progress()
+    report('running')
+    cancelled = False
     for images, labels in _batch_stream(train_set, batch_size, cfg.seed, step, epoch_steps, ctx):
         if progress >= 1.0:
             break
@@ -244,10 +305,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
             sums[name] = sums.get(name, 0) + value.float()
 
         progress = run_progress()
+        # Ranks agree on a cancel at log steps only, to spare a collective on every step.
+        if not ctx.distributed or step % cfg.log_every == 0:
+            cancelled = distributed.any_rank(stop.requested, ctx)
         finished = progress >= 1.0
         end_of_epoch = step % epoch_steps == 0
-        evaluate_now = finished or (step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch)
-        save_now = evaluate_now or (cfg.save_every and step % cfg.save_every == 0)
+        evaluate_now = not cancelled and (
+            finished or (step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch))
+        save_now = evaluate_now or cancelled or (cfg.save_every and step % cfg.save_every == 0)
         if step % cfg.log_every == 0 or save_now:
             # Checked before anything is written, so a diverged run never overwrites a good checkpoint.
             values = {name: (total / window_steps).item() for name, total in sums.items()}
@@ -264,6 +329,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
             log.info('step %d: %s, %.0f images/s', step,
                      ', '.join(f'{name} {value:.4f}' for name, value in values.items()), record['images_per_s'])
             sums, window_start, window_steps = {}, time.time(), 0
+            report('running')
         if evaluate_now:
             if ctx.is_main:
                 probs = predict(student, test_set, transform, cfg.eval_batch_size, device, cfg.amp)
@@ -285,8 +351,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> Path:
         if evaluate_now or save_now:
             distributed.barrier(ctx)  # the other ranks wait while rank 0 evaluates and writes
             window_start = time.time()  # images/s counts training, not evaluation and saving
+        if cancelled:
+            break
     bar.close()
-    log.info('done at step %d in %.0fs: best test top-1 %.2f%%', step, time.time() - start, best_top1)
+    if cancelled:
+        log.info('cancelled at step %d; %s holds it', step, last_path)
+    else:
+        log.info('done at step %d in %.0fs: best test top-1 %.2f%%', step, time.time() - start, best_top1)
+    report('cancelled' if cancelled else 'finished')
     return run
 
 

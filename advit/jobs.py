@@ -1,0 +1,320 @@
+"""Background training jobs: ``advit train`` runs launched as their own processes, queued, watched and cancelled.
+
+Everything a job is lives in its run folder, so the list survives an app restart:
+
+- ``request.json``: the run's settings (``TrainConfig`` fields), written when the job is submitted;
+- ``job.json``: the app's record: when it was queued, each launch (pid, process group, process
+  start time), a cancel request;
+- ``status.json``: the job's own account (running, finished, cancelled, failed; step, progress,
+  best accuracy), written atomically by the training process itself;
+- ``output.log``: the process's stdout and stderr; plus the run's ``metrics.jsonl`` and checkpoints.
+
+A job whose process is gone without a final status (killed, machine restarted) is reported
+failed with the end of its output, never as running forever.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .io import write_json
+from .train import TrainConfig, TrainingError, validate
+
+STATES = ('queued', 'running', 'finished', 'failed', 'cancelled')
+ACTIVE = ('queued', 'running')
+CANCEL_GRACE_S = 8.0  # SIGTERM first; the process group is killed if still there after this
+NAME_PATTERN = re.compile(r'[^A-Za-z0-9._-]+|\.{2,}')  # no separators, no '..'
+REPO = Path(__file__).resolve().parents[1]
+
+
+class JobError(ValueError):
+    """A job request or action that cannot be done; the message is for the user."""
+
+
+@dataclass
+class JobLimits:
+    """What jobs may do: how many run at once, and at most how many steps and seconds each."""
+    max_concurrent: int = 1
+    max_steps: int | None = None
+    max_seconds: float | None = None
+
+    @classmethod
+    def from_env(cls) -> 'JobLimits':
+        """``ADVIT_MAX_JOBS``, ``ADVIT_JOB_MAX_STEPS``, ``ADVIT_JOB_MAX_SECONDS``."""
+        def number(name: str, kind: type):
+            value = os.environ.get(name)
+            return kind(value) if value else None
+        return cls(max_concurrent=number('ADVIT_MAX_JOBS', int) or 1,
+                   max_steps=number('ADVIT_JOB_MAX_STEPS', int), max_seconds=number('ADVIT_JOB_MAX_SECONDS', float))
+
+
+def sanitize_name(name: str) -> str:
+    """A run name safe as one folder name: letters, digits, '.', '_' and '-', no leading dots."""
+    cleaned = re.sub(r'-{2,}', '-', NAME_PATTERN.sub('-', name.strip())).strip('.-')[:80]
+    if not cleaned:
+        raise JobError(f'run name {name!r} has no usable characters: use letters, digits, ".", "_" or "-"')
+    return cleaned
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a live process (to tell it from a later process with the same pid)."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(')') + 2:].split()
+    return None if fields[0] == 'Z' else fields[19]  # a zombie has ended
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class JobManager:
+    """Submits, starts (in queue order, up to ``limits.max_concurrent``), reconciles and cancels jobs.
+
+    Args:
+        runs_dir: The folder of run folders.
+        limits: Concurrency and per-job limits.
+        python: The interpreter that runs ``-m advit train``.
+    """
+
+    def __init__(self, runs_dir: Path, limits: JobLimits | None = None, python: str = sys.executable) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.limits = limits or JobLimits()
+        self.python = python
+        self._children: dict[str, subprocess.Popen] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+
+    # --- submitting ------------------------------------------------------------------------------
+
+    def submit(self, name: str, settings: dict[str, Any]) -> str:
+        """Queue a run; return its (sanitised, unique) name.
+
+        Args:
+            name: The wanted run name.
+            settings: ``TrainConfig`` fields (``out`` is set from the name).
+        """
+        settings = dict(settings)
+        self._apply_limits(settings)
+        with self._lock:
+            run = self._new_run_folder(sanitize_name(name))
+            settings['out'] = str(run)
+            try:
+                validate(TrainConfig.from_dict(settings))
+            except (TrainingError, TypeError) as err:
+                raise JobError(str(err)) from err
+            run.mkdir(parents=True)
+            write_json(run / 'request.json', settings)
+            write_json(run / 'job.json', {'name': run.name, 'queued': time.time(), 'launches': []})
+        self.poll()
+        return run.name
+
+    def _apply_limits(self, settings: dict[str, Any]) -> None:
+        limits = self.limits
+        if limits.max_steps is not None:
+            if settings.get('epochs') or not (settings.get('steps') or settings.get('time_budget')):
+                raise JobError(f'on this server a job is limited to {limits.max_steps} steps: give steps '
+                               '(or a time budget), not epochs')
+            if settings.get('steps') and settings['steps'] > limits.max_steps:
+                raise JobError(f'{settings["steps"]} steps asked for: the limit here is {limits.max_steps}')
+        if limits.max_seconds is not None:
+            budget = settings.get('time_budget')
+            if budget is not None and budget > limits.max_seconds:
+                raise JobError(f'a {budget:.0f}s time budget asked for: the limit here is {limits.max_seconds:.0f}s')
+            settings['time_budget'] = budget or limits.max_seconds  # the job ends itself in time
+
+    def _new_run_folder(self, name: str) -> Path:
+        root = self.runs_dir.resolve()
+        candidate, suffix = root / name, 2
+        while candidate.exists():
+            candidate, suffix = root / f'{name}-{suffix}', suffix + 1
+        if candidate.parent != root:  # sanitize_name allows no separators; this is the last guard
+            raise JobError(f'run name {name!r} would leave {root}')
+        return candidate
+
+    # --- the queue -------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Reap finished children, finish overdue cancels, and start queued jobs while slots are free."""
+        with self._lock:
+            for name, child in list(self._children.items()):
+                if child.poll() is not None:
+                    del self._children[name]
+            jobs = self.list()
+            for job in jobs:
+                if job['state'] == 'running' and job.get('cancel_requested'):
+                    if time.time() - job['cancel_requested'] > CANCEL_GRACE_S:
+                        self._signal(job['name'], signal.SIGKILL)
+            running = sum(job['state'] == 'running' for job in jobs)
+            queued = sorted((job for job in jobs if job['state'] == 'queued'), key=lambda job: job['queued'])
+            for job in queued[:max(0, self.limits.max_concurrent - running)]:
+                self._launch(job['name'])
+
+    def _launch(self, name: str) -> None:
+        run = self.runs_dir / name
+        record = _read_json(run / 'job.json') or {}
+        if (run / 'config.json').is_file():  # a run that got going before: continue from its last checkpoint
+            command = [self.python, '-m', 'advit', 'train', '--resume', str(run)]
+        else:
+            command = [self.python, '-m', 'advit', 'train', '--config', str(run / 'request.json')]
+        with open(run / 'output.log', 'ab') as output:
+            output.write(f'\n$ {" ".join(command)}\n'.encode())
+            output.flush()
+            child = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        self._children[name] = child
+        record.setdefault('launches', []).append(
+            {'pid': child.pid, 'started': time.time(), 'process_start': _process_start(child.pid)})
+        record.pop('cancel_requested', None)
+        write_json(run / 'job.json', record)
+
+    def start_scheduler(self, interval: float = 1.0) -> threading.Thread:
+        """Poll in a daemon thread, so the queue moves with no browser open."""
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.poll()
+                except Exception:  # a bad run folder must not stop the queue
+                    pass
+        thread = threading.Thread(target=loop, name='advit-jobs', daemon=True)
+        thread.start()
+        return thread
+
+    def stop_scheduler(self) -> None:
+        self._stop.set()
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every job in the runs folder, newest first."""
+        records = self.runs_dir.glob('*/job.json') if self.runs_dir.is_dir() else []
+        jobs = [self.status(record.parent.name) for record in records]
+        return sorted(jobs, key=lambda job: job['queued'], reverse=True)
+
+    def status(self, name: str) -> dict[str, Any]:
+        """A job's state from its files and its process: job.json, status.json, and whether it lives."""
+        run = self._run(name)
+        record = _read_json(run / 'job.json')
+        if record is None:
+            raise JobError(f'{name} is not a job (no job.json)')
+        request = _read_json(run / 'request.json') or {}
+        reported = _read_json(run / 'status.json') or {}
+        job = {'name': run.name, 'queued': record.get('queued', 0.0), 'method': request.get('method'),
+               'model': request.get('model'), 'cancel_requested': record.get('cancel_requested'),
+               'step': reported.get('step'), 'total_steps': reported.get('total_steps'),
+               'progress': reported.get('progress'), 'eta_s': reported.get('eta_s'),
+               'best_top1': reported.get('best_top1'), 'error': None}
+        launches = record.get('launches', [])
+        if record.get('state') == 'cancelled':
+            job['state'] = 'cancelled'
+        elif not launches:
+            job['state'] = 'queued'
+        else:
+            launch = launches[-1]
+            job['started'] = launch['started']
+            alive = launch.get('process_start') is not None and _process_start(launch['pid']) == launch['process_start']
+            fresh = reported.get('updated', 0) >= launch['started'] - 1  # written by this launch
+            final = fresh and reported.get('state') in ('finished', 'cancelled', 'failed')
+            if alive and not final:
+                job['state'] = 'running'
+            elif final:
+                job['state'] = reported['state']
+                job['error'] = reported.get('error')
+            elif job['cancel_requested']:
+                job['state'] = 'cancelled'
+            else:
+                job['state'] = 'failed'
+                job['error'] = 'the process ended without reporting (killed, or the machine restarted):\n' + \
+                    self.log_tail(name, 15)
+        if job['state'] == 'failed' and not job['error']:
+            job['error'] = self.log_tail(name, 15)
+        return job
+
+    def metrics(self, name: str) -> list[dict[str, Any]]:
+        """The run's metrics lines; a torn or corrupt line is skipped."""
+        path = self._run(name) / 'metrics.jsonl'
+        records = []
+        if path.is_file():
+            for line in path.read_text(errors='replace').splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        """The last lines of the job's output."""
+        path = self._run(name) / 'output.log'
+        if not path.is_file():
+            return ''
+        with open(path, 'rb') as f:
+            f.seek(max(0, path.stat().st_size - 64 * 1024))
+            return '\n'.join(f.read().decode(errors='replace').splitlines()[-lines:])
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def cancel(self, name: str) -> dict[str, Any]:
+        """Cancel a queued job, or stop a running one (SIGTERM to its process group, SIGKILL after a grace)."""
+        with self._lock:
+            job = self.status(name)
+            run = self._run(name)
+            record = _read_json(run / 'job.json') or {}
+            if job['state'] == 'queued':
+                record['state'] = 'cancelled'
+            elif job['state'] == 'running':
+                record['cancel_requested'] = time.time()
+                self._signal(name, signal.SIGTERM)
+            else:
+                raise JobError(f'{name} is {job["state"]}: only queued or running jobs can be cancelled')
+            write_json(run / 'job.json', record)
+        return self.status(name)
+
+    def resume(self, name: str) -> dict[str, Any]:
+        """Queue a cancelled or failed job again; it continues from its last checkpoint."""
+        with self._lock:
+            job = self.status(name)
+            if job['state'] not in ('cancelled', 'failed'):
+                raise JobError(f'{name} is {job["state"]}: only cancelled or failed jobs can be resumed')
+            run = self._run(name)
+            record = _read_json(run / 'job.json') or {}
+            record.pop('state', None)
+            record.pop('cancel_requested', None)
+            record['queued'] = time.time()
+            record['resumed_launches'] = len(record.get('launches', []))
+            record['launches'] = []  # queued again: the next launch is its only one
+            write_json(run / 'job.json', record)
+        self.poll()
+        return self.status(name)
+
+    def _signal(self, name: str, signum: int) -> None:
+        record = _read_json(self._run(name) / 'job.json') or {}
+        launch = (record.get('launches') or [None])[-1]
+        if launch and _process_start(launch['pid']) == launch.get('process_start'):
+            try:
+                os.killpg(launch['pid'], signum)  # the job leads its own process group
+            except ProcessLookupError:
+                pass
+
+    def _run(self, name: str) -> Path:
+        root = self.runs_dir.resolve()
+        run = (root / name).resolve()
+        if run.parent != root:
+            raise JobError(f'{name!r} is not a run in {root}')
+        return run
