@@ -110,11 +110,13 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                 image = gr.File(label='Image (PNG, JPEG, WebP, GIF, BMP, TIFF)', file_types=['image'],
                                 type='filepath')
                 gr.Examples(EXAMPLES, inputs=image, label='CIFAR-10 test images', examples_per_page=20)
+                # Custom values let API clients name runs that finished after start-up; the Studio
+                # accepts only models on offer.
                 teacher = gr.Dropdown(label='Teacher', choices=studio.choices(vit_only=True),
-                                      value=studio.default_keys()['teacher'])
+                                      value=studio.default_keys()['teacher'], allow_custom_value=True)
                 teacher_info = gr.Markdown(studio.describe(teacher.value))
                 student = gr.Dropdown(label='Student', choices=studio.choices(vit_only=True),
-                                      value=studio.default_keys()['student'])
+                                      value=studio.default_keys()['student'], allow_custom_value=True)
                 student_info = gr.Markdown(studio.describe(student.value))
                 fusion = gr.Radio(['mean', 'max', 'head'], value='mean', label='Head fusion (mean: as trained)')
                 head = gr.Slider(0, 15, value=0, step=1, label='Head (when fusion is "head")')
@@ -142,9 +144,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                     '(paper Table 3), and per-class accuracy side by side (Table 2).')
         with gr.Row():
             model_a = gr.Dropdown(label='Model A (default: the best ADViT student)', choices=studio.choices(),
-                                  value=studio.default_keys()['compare_a'])
+                                  value=studio.default_keys()['compare_a'], allow_custom_value=True)
             model_b = gr.Dropdown(label='Model B (default: the DeiT student)', choices=studio.choices(),
-                                  value=studio.default_keys()['compare_b'])
+                                  value=studio.default_keys()['compare_b'], allow_custom_value=True)
             class_name = gr.Dropdown(['all', *CIFAR10_CLASSES], value='all', label='True class')
         run_compare = gr.Button('Compare', variant='primary')
         summary = gr.Markdown()

@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from .catalog import ModelCache, ModelEntry, discover
+from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
 from .data import DatasetError, ImageSet, load_dataset
 from .images import load_image
@@ -117,6 +117,8 @@ class Studio:
     def _model(self, key: str | None, role: str):
         if not key:
             raise StudioError(f'choose a {role} model')
+        if key not in {entry.key for entry in self.entries() if entry.usable}:
+            raise StudioError(f'{key} is not one of the models on offer')  # no arbitrary paths from a request
         try:
             return self.models.get(key)
         except Exception as err:  # any load failure is the user's to read, never a crash
@@ -176,9 +178,10 @@ class Studio:
             class_name: Show only test images of this true class (None or 'all': every class).
             progress: Called with the fraction done while missing predictions are computed.
         """
+        offered = {entry.key for entry in self.entries() if entry.usable and not entry.key.startswith(TIMM_PREFIX)}
         for key in (key_a, key_b):
-            if not key or not Path(key).is_file():
-                raise StudioError(f'choose two checkpoints to compare (got {key!r})')
+            if key not in offered:
+                raise StudioError(f'choose two checkpoints on offer to compare (got {key!r})')
         test = self.test_set()
         class_name = None if class_name in (None, '', 'all') else class_name
         if class_name is not None and class_name not in test.classes:

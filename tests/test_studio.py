@@ -62,8 +62,14 @@ def test_attention_refuses_bad_requests(studio, tmp_path, tiny_bundle):
         studio.attention(str(text), defaults['teacher'], defaults['student'])
     with pytest.raises(StudioError, match='upload an image'):
         studio.attention(None, defaults['teacher'], defaults['student'])
-    with pytest.raises(StudioError, match='cannot be loaded'):
+    with pytest.raises(StudioError, match='not one of the models on offer'):
         studio.attention(EXAMPLE, str(tiny_bundle / 'broken.safetensors'), defaults['student'])
+    outside = tmp_path / 'elsewhere.safetensors'  # a loadable file, but not offered: never loaded from a request
+    outside.write_bytes((tiny_bundle / 'teacher.safetensors').read_bytes())
+    with pytest.raises(StudioError, match='not one of the models on offer'):
+        studio.attention(EXAMPLE, str(outside), defaults['student'])
+    with pytest.raises(StudioError, match='choose two checkpoints on offer'):
+        studio.compare(str(outside), defaults['student'])
     with pytest.raises(StudioError, match='unknown head fusion'):
         studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'median')
 

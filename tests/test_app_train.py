@@ -1,0 +1,153 @@
+"""The Train tab over HTTP: real jobs launched, watched, cancelled and resumed through gradio_client."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+from advit.checkpoint import load_checkpoint, read_metadata
+from app_server import running_app
+from conftest import REPO, TINY
+
+TINY_ARGS = ', '.join(f'{key}={value}' for key, value in TINY.items())
+
+
+def start(client: Client, name: str, data: Path, steps: int, token: str = '', method: str = 'vit',
+          teacher: str | None = None) -> dict:
+    job, _, _ = client.predict(name, method, 'vit_tiny_patch4_32', TINY_ARGS, teacher, str(data), 'steps', steps,
+                               1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', token, api_name='/start_job')
+    return job
+
+
+def status(client: Client, name: str) -> dict:
+    return client.predict(name, api_name='/job_status')[3]
+
+
+def wait_for(client: Client, name: str, states: tuple[str, ...], timeout: float = 120, min_step: int = 0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = status(client, name)
+        if job['state'] in states and (job.get('step') or 0) >= min_step:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f'{name} did not reach {states} (step >= {min_step}) in {timeout}s: {job}')
+
+
+def launch_pid(runs: Path, name: str) -> int:
+    return json.loads((runs / name / 'job.json').read_text())['launches'][-1]['pid']
+
+
+def group_gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp('runs')
+
+
+@pytest.fixture(scope='module')
+def app(runs, cifar, cifar_archive, tiny_bundle, tmp_path_factory):
+    log = tmp_path_factory.mktemp('log') / 'app.log'
+    with running_app(log, ADVIT_RUNS=str(runs), ADVIT_CHECKPOINTS=str(tiny_bundle), ADVIT_DATA=str(cifar_archive),
+                     ADVIT_MAX_JOBS='1', ADVIT_JOBS='on') as url:
+        yield url
+
+
+@pytest.fixture(scope='module')
+def client(app) -> Client:
+    return Client(app, verbose=False)
+
+
+def test_tiny_job_runs_to_the_end_and_its_checkpoint_is_offered(client, runs, cifar_archive, tiny_bundle):
+    job = start(client, 'tiny', cifar_archive, 3)
+    assert job['state'] in ('queued', 'running')
+    done = wait_for(client, 'tiny', ('finished', 'failed'))
+    assert done['state'] == 'finished', done
+    assert done['step'] == done['total_steps'] == 3 and done['best_top1'] is not None
+    progress, figure, log, _ = client.predict('tiny', api_name='/job_status')
+    assert 'step 3 / 3' in progress and 'done at step 3' in log
+    metrics = [json.loads(line) for line in (runs / 'tiny' / 'metrics.jsonl').read_text().splitlines()]
+    assert [m['step'] for m in metrics if m['event'] == 'train'][-1] == 3
+    assert [m['step'] for m in metrics if m['event'] == 'eval'] == [3]
+    assert load_checkpoint(runs / 'tiny' / 'best.safetensors').meta['step'] == 3
+    rows = client.predict(api_name='/list_jobs')['data']
+    assert ['tiny', 'vit', 'vit_tiny_patch4_32', 'finished'] == rows[0][:4]
+    # The finished run is offered to the Attention tab without a restart.
+    example = handle_file(str(REPO / 'assets' / 'examples' / 'cat_3000.png'))
+    data = client.predict(example, str(tiny_bundle / 'teacher.safetensors'), str(runs / 'tiny' / 'best.safetensors'),
+                          'mean', 0, 0.5, api_name='/attention')[5]
+    assert len(data['layers']) == TINY['depth']
+
+
+def test_queue_cancel_kill_resume_and_names(client, runs, cifar_archive):
+    long = start(client, '../../long', cifar_archive, 100_000)
+    assert long['name'] == 'long' and (runs / 'long').is_dir() and not (runs.parent / 'long').exists()
+    running = wait_for(client, 'long', ('running',), min_step=5)
+    # With one job at a time, a second one waits, visibly queued.
+    start(client, 'second', cifar_archive, 100_000)
+    time.sleep(2)
+    assert status(client, 'second')['state'] == 'queued'
+
+    pid = launch_pid(runs, 'long')
+    cancelled_at = time.time()
+    assert client.predict('long', '', api_name='/cancel_job')['name'] == 'long'
+    job = wait_for(client, 'long', ('cancelled',), timeout=15)
+    assert time.time() - cancelled_at < 10
+    deadline = time.time() + 10
+    while not group_gone(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert group_gone(pid), 'the whole process group must be gone'
+    saved_step = read_metadata(runs / 'long' / 'last.safetensors')['progress']['step']
+    assert saved_step >= running['step']
+
+    # The queued job starts once the slot is free; kill it outright: it is reported failed.
+    wait_for(client, 'second', ('running',), min_step=1)
+    os.killpg(launch_pid(runs, 'second'), signal.SIGKILL)
+    failed = wait_for(client, 'second', ('failed',), timeout=30)
+    assert 'ended without reporting' in failed['error']
+
+    # Resume continues from the saved step.
+    client.predict('long', '', api_name='/resume_job')
+    wait_for(client, 'long', ('running',), min_step=saved_step + 1)
+    assert f'resumed from {runs / "long" / "last.safetensors"} at step {saved_step}' in \
+        (runs / 'long' / 'train.log').read_text()
+    client.predict('long', '', api_name='/cancel_job')
+    wait_for(client, 'long', ('cancelled',), timeout=15)
+
+
+def test_the_list_survives_an_app_restart(client, runs, cifar_archive, tiny_bundle, tmp_path):
+    before = client.predict(api_name='/list_jobs')['data']
+    assert {row[0] for row in before} >= {'tiny', 'long', 'second'}
+    with running_app(tmp_path / 'again.log', ADVIT_RUNS=str(runs), ADVIT_CHECKPOINTS=str(tiny_bundle),
+                     ADVIT_DATA=str(cifar_archive), ADVIT_JOBS='on') as url:
+        after = Client(url, verbose=False).predict(api_name='/list_jobs')['data']
+    assert [row[:6] for row in after] == [row[:6] for row in before]
+
+
+def test_public_deployment_has_no_train_endpoints_unless_enabled(tmp_path, cifar_archive):
+    with running_app(tmp_path / 'space.log', SPACE_ID='someone/advit', ADVIT_RUNS=str(tmp_path / 'runs'),
+                     ADVIT_CHECKPOINTS=str(tmp_path / 'none'), ADVIT_DATA=str(cifar_archive)) as url:
+        endpoints = Client(url, verbose=False).view_api(print_info=False, return_format='dict')['named_endpoints']
+    assert '/attention' in endpoints and '/start_job' not in endpoints
+
+
+def test_token_is_needed_when_set(tmp_path, cifar_archive):
+    runs = tmp_path / 'runs'
+    with running_app(tmp_path / 'token.log', ADVIT_JOBS='on', ADVIT_JOBS_TOKEN='s3cret', ADVIT_RUNS=str(runs),
+                     ADVIT_CHECKPOINTS=str(tmp_path / 'none'), ADVIT_DATA=str(cifar_archive)) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match='valid token'):
+            start(client, 'nope', cifar_archive, 2)
+        assert not runs.exists() or not any(runs.iterdir())
+        job = start(client, 'yes', cifar_archive, 2, token='s3cret')
+        assert wait_for(client, job['name'], ('finished', 'failed'))['state'] == 'finished'
