@@ -4,14 +4,18 @@ PYTHON ?= python3
 TIMM_GPU_VERSION := 1.0.29
 TIMM_GPU_DIR := .cache/timm-$(TIMM_GPU_VERSION)
 
-.PHONY: install test app
+.PHONY: install browser test app
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps -e .
 	test -d $(TIMM_GPU_DIR) || $(PYTHON) -m pip install -q --no-deps --target $(TIMM_GPU_DIR) timm==$(TIMM_GPU_VERSION)
 
-test: install
+# The browser test drives Debian's Chromium (Playwright's own browser download needs the internet).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: install browser
 	$(PYTHON) -m pytest
 
 app: install

@@ -124,8 +124,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                 show = gr.Button('Show attention', variant='primary')
             with gr.Column(scale=2):
                 panels = gr.Gallery(label='[CLS] attention per layer: teacher (left) and student (right), '
-                                          'one colour scale per layer', columns=2, height='auto')
-                gap_plot = gr.Plot(label='Gap between the maps, per layer')
+                                          'one colour scale per layer', columns=2, height='auto',
+                                    elem_id='attention-panels')
+                gap_plot = gr.Plot(label='Gap between the maps, per layer', elem_id='gap-plot')
                 gap_rows = gr.Dataframe(headers=['student layer', 'teacher layer', 'L1', 'L2', 'KL'],
                                         label='Gap per layer', interactive=False)
                 with gr.Row():
@@ -151,11 +152,11 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
         run_compare = gr.Button('Compare', variant='primary')
         summary = gr.Markdown()
         with gr.Row():
-            a_only = gr.Gallery(label='A right, B wrong', columns=6, height=360)
-            b_only = gr.Gallery(label='B right, A wrong', columns=6, height=360)
+            a_only = gr.Gallery(label='A right, B wrong', columns=6, height=360, elem_id='a-only')
+            b_only = gr.Gallery(label='B right, A wrong', columns=6, height=360, elem_id='b-only')
         per_class_plot = gr.Plot(label='Per-class top-1')
         per_class_rows = gr.Dataframe(headers=['class', 'A %', 'B %', 'B − A'], label='Per-class top-1',
-                                      interactive=False)
+                                      interactive=False, elem_id='per-class-table')
         gr.on([run_compare.click, class_name.change], compare, inputs=[model_a, model_b, class_name],
               outputs=[summary, a_only, b_only, per_class_rows, per_class_plot], api_name='compare')
 
@@ -193,8 +194,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                 with gr.Column(scale=2):
                     jobs = gr.Dataframe(headers=LIST_HEADERS, value=desk.rows(), interactive=False, label='Jobs')
                     selected = gr.Dropdown(label='Job', choices=[row[0] for row in desk.rows()])
-                    progress = gr.HTML()
-                    curves = gr.Plot(label='Loss terms and test accuracy')
+                    progress = gr.HTML(elem_id='job-progress')
+                    curves = gr.Plot(label='Loss terms and test accuracy', elem_id='job-curves')
                     log = gr.Textbox(label='Output (end)', lines=12, max_lines=12, autoscroll=True)
                     with gr.Row():
                         cancel = gr.Button('Cancel', variant='stop')

@@ -126,16 +126,15 @@ class JobManager:
     def _apply_limits(self, settings: dict[str, Any]) -> None:
         limits = self.limits
         if limits.max_steps is not None:
-            if settings.get('epochs') or not (settings.get('steps') or settings.get('time_budget')):
-                raise JobError(f'on this server a job is limited to {limits.max_steps} steps: give steps '
-                               '(or a time budget), not epochs')
-            if settings.get('steps') and settings['steps'] > limits.max_steps:
-                raise JobError(f'{settings["steps"]} steps asked for: the limit here is {limits.max_steps}')
+            steps = settings.get('steps')
+            if steps is not None and steps > limits.max_steps:
+                raise JobError(f'{steps} steps asked for: the limit here is {limits.max_steps}')
+            settings['steps'] = steps or limits.max_steps  # epochs or a time budget may end it sooner
         if limits.max_seconds is not None:
             budget = settings.get('time_budget')
             if budget is not None and budget > limits.max_seconds:
                 raise JobError(f'a {budget:.0f}s time budget asked for: the limit here is {limits.max_seconds:.0f}s')
-            settings['time_budget'] = budget or limits.max_seconds  # the job ends itself in time
+            settings['time_budget'] = limits.max_seconds if budget is None else budget  # it ends itself in time
 
     def _new_run_folder(self, name: str) -> Path:
         root = self.runs_dir.resolve()
@@ -185,6 +184,8 @@ class JobManager:
 
     def start_scheduler(self, interval: float = 1.0) -> threading.Thread:
         """Poll in a daemon thread, so the queue moves with no browser open."""
+        self._stop = threading.Event()
+
         def loop() -> None:
             while not self._stop.wait(interval):
                 try:
@@ -228,7 +229,7 @@ class JobManager:
             launch = launches[-1]
             job['started'] = launch['started']
             alive = launch.get('process_start') is not None and _process_start(launch['pid']) == launch['process_start']
-            fresh = reported.get('updated', 0) >= launch['started'] - 1  # written by this launch
+            fresh = reported.get('updated', 0) >= launch['started']  # written by this launch, not an earlier one
             final = fresh and reported.get('state') in ('finished', 'cancelled', 'failed')
             if alive and not final:
                 job['state'] = 'running'

@@ -69,7 +69,7 @@ class TrainDesk:
         return cls(JobManager(runs_dir, JobLimits.from_env()), os.environ.get('ADVIT_JOBS_TOKEN'))
 
     def _authorise(self, token: str | None) -> None:
-        if self.token is not None and not hmac.compare_digest(str(token or ''), self.token):
+        if self.token is not None and not hmac.compare_digest(str(token or '').encode(), self.token.encode()):
             raise JobError('this server needs a valid token to start, cancel or resume jobs')
 
     def start(self, name: str, method: str, model: str, model_args: str, teacher: str | None, data: str,

@@ -1,0 +1,397 @@
+"""Background jobs: real ``python -m advit train`` processes launched, queued, cancelled, resumed, killed and
+found again by a new manager, on tiny models and the real CIFAR-10 archive."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from advit.checkpoint import load_checkpoint
+from advit.jobs import ACTIVE, JobError, JobLimits, JobManager, _process_start, sanitize_name
+from conftest import TINY
+
+LONG = 100_000  # steps: a job that runs until it is cancelled or killed
+
+
+def job_settings(archive: Path, **overrides) -> dict:
+    """TrainConfig fields for a tiny run of 256 images on the real archive."""
+    return dict(dict(method='vit', model='vit_tiny_patch4_32', model_args=dict(TINY), data=str(archive),
+                     subset=256, test_subset=64, batch_size=64, log_every=1, device='cpu', steps=3), **overrides)
+
+
+def record(manager: JobManager, name: str) -> dict:
+    return json.loads((manager.runs_dir / name / 'job.json').read_text())
+
+
+def last_pid(manager: JobManager, name: str) -> int:
+    return record(manager, name)['launches'][-1]['pid']
+
+
+def group_gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_until(what: str, check, timeout: float, *polled: JobManager):
+    """Poll ``check`` (moving the queues of ``polled``) until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for manager in polled:
+            manager.poll()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            states = [(job['name'], job['state'], job['step'], job['error']) for job in polled[0].list()] \
+                if polled else []
+            pytest.fail(f'not within {timeout}s: {what}; jobs: {states}')
+        time.sleep(0.05)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def running_at(manager: JobManager, name: str, step: int = 1) -> dict | None:
+    """The job's status once its latest launch runs and has itself reported at least ``step`` steps."""
+    job = manager.status(name)
+    launches = record(manager, name)['launches']
+    reported = read_json(manager.runs_dir / name / 'status.json')
+    if job['state'] == 'running' and launches and reported.get('updated', 0) >= launches[-1]['started'] \
+            and (reported.get('step') or 0) >= step:
+        return job
+    return None
+
+
+@pytest.fixture
+def jobs(tmp_path, cifar):
+    """A maker of JobManagers over ``tmp_path/runs``; every process any of them launched is killed afterwards.
+
+    ``cifar`` warms the decode cache that the job processes share through ADVIT_CACHE.
+    """
+    made: list[JobManager] = []
+    extra: list[tuple[int, str | None]] = []  # (pid, process start) of launches a job.json no longer lists
+
+    def make(limits: JobLimits | None = None) -> JobManager:
+        manager = JobManager(tmp_path / 'runs', limits or JobLimits())
+        made.append(manager)
+        return manager
+
+    def remember(manager: JobManager, name: str) -> None:
+        launch = record(manager, name)['launches'][-1]
+        extra.append((launch['pid'], launch['process_start']))
+
+    make.remember = remember
+    yield make
+    for manager in made:
+        manager.stop_scheduler()
+    launches = set(extra)
+    for job_json in (tmp_path / 'runs').glob('*/job.json'):
+        launches |= {(launch['pid'], launch['process_start'])
+                     for launch in json.loads(job_json.read_text()).get('launches', [])}
+    for pid, started in launches:
+        if started is not None and _process_start(pid) == started:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for manager in made:
+        for child in manager._children.values():
+            child.kill()
+            child.wait(timeout=30)
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('../../x', 'x'), ('a/b', 'a-b'), ('a\\b', 'a-b'), ('  my run  ', 'my-run'), ('run 1 / final', 'run-1-final'),
+    ('.hidden', 'hidden'), ('a..b', 'a-b'), ('v1.2_ok-3', 'v1.2_ok-3'), ('héllo wörld', 'h-llo-w-rld'),
+    ('學習', None), ('..', None), ('.', None), ('', None), ('   ', None), ('/', None), ('../..', None),
+])
+def test_sanitize_name_gives_one_safe_folder_name_or_refuses(name, expected):
+    if expected is None:
+        with pytest.raises(JobError, match='no usable characters'):
+            sanitize_name(name)
+        return
+    cleaned = sanitize_name(name)
+    assert cleaned == expected
+    assert '/' not in cleaned and '\\' not in cleaned and '..' not in cleaned and not cleaned.startswith(('.', '-'))
+
+
+def test_sanitize_name_caps_the_length():
+    assert sanitize_name('a' * 200) == 'a' * 80
+
+
+def test_submitted_folders_stay_inside_the_runs_folder_and_get_unique_names(tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=0))  # nothing launches: only the folders are looked at
+    runs = (tmp_path / 'runs').resolve()
+    names = [manager.submit(name, job_settings(cifar_archive))
+             for name in ('../../escape', 'a/b', '../a/b', 'ok', 'ok', 'ok', 'ünïcode run')]
+    assert names == ['escape', 'a-b', 'a-b-2', 'ok', 'ok-2', 'ok-3', 'n-code-run']
+    for name in names:
+        folder = (runs / name).resolve()
+        assert folder.parent == runs and (folder / 'request.json').is_file() and (folder / 'job.json').is_file()
+        assert json.loads((folder / 'request.json').read_text())['out'] == str(folder)
+    assert sorted(path.name for path in runs.iterdir()) == sorted(names)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['runs'], 'nothing written beside the runs folder'
+    assert {job['name']: job['state'] for job in manager.list()} == dict.fromkeys(names, 'queued')
+    with pytest.raises(JobError, match='no usable characters'):
+        manager.submit('../..', job_settings(cifar_archive))
+    for trick in ('../ok', '..', '', 'ok/../../x'):
+        with pytest.raises(JobError):
+            manager.status(trick)
+
+
+# --- submitting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(method='advit_l3'), "unknown method 'advit_l3'"),
+    (dict(method='advit_l1'), 'needs a teacher'),
+    (dict(data='/nowhere/cifar.tar.xz'), 'dataset not found: /nowhere/cifar.tar.xz'),
+    (dict(steps=0), 'steps must be positive'),
+    (dict(steps=-5), 'steps must be positive'),
+    (dict(steps=None), 'give a run length'),
+    (dict(model='vit_nonexistent_patch4_32'), 'unknown model'),
+    (dict(bogus=1), 'unknown config fields: bogus'),
+])
+def test_submit_refuses_a_bad_request_and_leaves_nothing(overrides, message, tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=0))
+    with pytest.raises(JobError, match=message):
+        manager.submit('bad', job_settings(cifar_archive, **overrides))
+    runs = tmp_path / 'runs'
+    assert not runs.exists() or list(runs.iterdir()) == []
+    assert manager.list() == []
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_max_steps_caps_every_job_and_refuses_more(tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=0, max_steps=5))
+
+    def steps(name: str) -> int:
+        return json.loads((tmp_path / 'runs' / name / 'request.json').read_text())['steps']
+
+    with pytest.raises(JobError, match='6 steps asked for: the limit here is 5'):
+        manager.submit('many', job_settings(cifar_archive, steps=6))
+    assert not (tmp_path / 'runs').exists() or list((tmp_path / 'runs').iterdir()) == []
+    assert steps(manager.submit('five', job_settings(cifar_archive, steps=5))) == 5
+    assert steps(manager.submit('epochs', job_settings(cifar_archive, steps=None, epochs=1.0))) == 5
+    assert steps(manager.submit('budget', job_settings(cifar_archive, steps=None, time_budget=3600.0))) == 5
+
+
+def test_max_seconds_sets_or_clamps_the_time_budget(tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=0, max_seconds=30))
+
+    def budget(name: str) -> float:
+        return json.loads((tmp_path / 'runs' / name / 'request.json').read_text())['time_budget']
+
+    assert budget(manager.submit('steps-only', job_settings(cifar_archive))) == 30
+    assert budget(manager.submit('shorter', job_settings(cifar_archive, time_budget=10.0))) == 10
+    assert budget(manager.submit('equal', job_settings(cifar_archive, steps=None, time_budget=30.0))) == 30
+    with pytest.raises(JobError, match='a 31s time budget asked for: the limit here is 30s'):
+        manager.submit('longer', job_settings(cifar_archive, time_budget=31.0))
+    assert sorted(path.name for path in (tmp_path / 'runs').iterdir()) == ['equal', 'shorter', 'steps-only']
+
+
+def test_limits_from_env(monkeypatch):
+    for variable in ('ADVIT_MAX_JOBS', 'ADVIT_JOB_MAX_STEPS', 'ADVIT_JOB_MAX_SECONDS'):
+        monkeypatch.delenv(variable, raising=False)
+    assert JobLimits.from_env() == JobLimits(max_concurrent=1, max_steps=None, max_seconds=None)
+    monkeypatch.setenv('ADVIT_MAX_JOBS', '3')
+    monkeypatch.setenv('ADVIT_JOB_MAX_STEPS', '500')
+    monkeypatch.setenv('ADVIT_JOB_MAX_SECONDS', '90.5')
+    limits = JobLimits.from_env()
+    assert limits == JobLimits(max_concurrent=3, max_steps=500, max_seconds=90.5)
+    assert isinstance(limits.max_steps, int) and isinstance(limits.max_seconds, float)
+    monkeypatch.setenv('ADVIT_MAX_JOBS', '')
+    monkeypatch.setenv('ADVIT_JOB_MAX_STEPS', '')
+    assert JobLimits.from_env() == JobLimits(max_concurrent=1, max_steps=None, max_seconds=90.5)
+
+
+# --- lifecycle with real processes ---------------------------------------------------------------
+
+
+def test_queue_runs_jobs_one_at_a_time_to_the_end(tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=1))
+    first = manager.submit('first', job_settings(cifar_archive))
+    second = manager.submit('second', job_settings(cifar_archive, seed=1))
+    third = manager.submit('third', job_settings(cifar_archive))
+    assert manager.status(first)['state'] == 'running', 'submit starts a job when a slot is free'
+    assert [manager.status(name)['state'] for name in (second, third)] == ['queued', 'queued']
+    cancelled = manager.cancel(third)
+    assert cancelled['state'] == 'cancelled'
+    with pytest.raises(JobError, match='only queued or running jobs can be cancelled'):
+        manager.cancel(third)
+    manager.start_scheduler(interval=0.1)  # from here on the scheduler thread alone moves the queue
+
+    def second_and_third_while_first_runs():
+        middle, after = manager.status(second), manager.status(third)
+        # The first is still running after the others were read, so no poll had yet seen it end.
+        return manager.status(first)['state'] == 'running' and (middle, after)
+    middle, after = wait_until('the first job is seen running', second_and_third_while_first_runs, 60)
+    assert middle['state'] == 'queued' and after['state'] == 'cancelled'
+
+    wait_until('both jobs finish', lambda: all(manager.status(name)['state'] == 'finished'
+                                               for name in (first, second)), 120)
+    for name in (first, second):
+        job = manager.status(name)
+        assert job['step'] == job['total_steps'] == 3 and job['progress'] == 1.0 and job['error'] is None
+        assert job['method'] == 'vit' and job['model'] == 'vit_tiny_patch4_32'
+        assert isinstance(job['best_top1'], float) and 0 <= job['best_top1'] <= 100
+        reported = json.loads((tmp_path / 'runs' / name / 'status.json').read_text())
+        assert reported['state'] == 'finished' and reported['step'] == 3
+        metrics = manager.metrics(name)
+        assert [line['step'] for line in metrics if line['event'] == 'train'] == [1, 2, 3]
+        assert [line['best_top1'] for line in metrics if line['event'] == 'eval'] == [job['best_top1']]
+        assert len(record(manager, name)['launches']) == 1
+        assert f'--config {tmp_path / "runs" / name / "request.json"}' in manager.log_tail(name)
+    # One at a time: the second was launched only after the first had reported its end.
+    first_end = json.loads((tmp_path / 'runs' / first / 'status.json').read_text())['updated']
+    assert record(manager, second)['launches'][0]['started'] >= first_end
+    # The queued job that was cancelled never ran, however often the queue moved.
+    manager.poll()
+    assert manager.status(third)['state'] == 'cancelled'
+    assert record(manager, third)['launches'] == [] and not (tmp_path / 'runs' / third / 'output.log').exists()
+    with pytest.raises(JobError, match='first is finished: only queued or running jobs can be cancelled'):
+        manager.cancel(first)
+    with pytest.raises(JobError, match='first is finished: only cancelled or failed jobs can be resumed'):
+        manager.resume(first)
+    assert [job['name'] for job in manager.list()] == [third, second, first], 'newest first'
+
+
+def test_cancel_saves_the_last_checkpoint_and_resume_continues_from_it(tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=1))
+    name = manager.submit('long', job_settings(cifar_archive, steps=LONG))
+    run = tmp_path / 'runs' / name
+    wait_until('the job runs its first steps', lambda: running_at(manager, name, 2), 60, manager)
+    pid = last_pid(manager, name)
+    with pytest.raises(JobError, match='only cancelled or failed jobs can be resumed'):
+        manager.resume(name)
+    asked = time.monotonic()
+    manager.cancel(name)
+    assert record(manager, name)['cancel_requested'] is not None
+    job = wait_until('the job is cancelled', lambda: (job := manager.status(name))['state'] == 'cancelled' and job,
+                     10, manager)
+    wait_until('the process group is gone', lambda: group_gone(pid), 10 - (time.monotonic() - asked), manager)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    stopped_at = job['step']
+    assert 2 <= stopped_at < LONG and job['error'] is None
+    assert json.loads((run / 'status.json').read_text())['state'] == 'cancelled'
+    last = load_checkpoint(run / 'last.safetensors')
+    assert last.meta['progress']['step'] == stopped_at
+    assert sum(p.numel() for p in last.model.parameters()) == last.meta['params']
+    with pytest.raises(JobError, match='only queued or running jobs can be cancelled'):
+        manager.cancel(name)
+
+    resumed = manager.resume(name)
+    assert resumed['state'] in ACTIVE and resumed['cancel_requested'] is None
+    assert record(manager, name)['resumed_launches'] == 1 and len(record(manager, name)['launches']) == 1
+    job = wait_until('the resumed job goes past its saved step',
+                     lambda: running_at(manager, name, stopped_at + 1), 60, manager)
+    assert job['step'] > stopped_at
+    assert f'resumed from {run / "last.safetensors"} at step {stopped_at}' in (run / 'train.log').read_text()
+    assert f'--resume {run}' in (run / 'output.log').read_text()
+    new_pid = last_pid(manager, name)
+    assert new_pid != pid
+
+    manager.cancel(name)
+    job = wait_until('the resumed job is cancelled', lambda: (job := manager.status(name))['state'] == 'cancelled'
+                     and job, 10, manager)
+    wait_until('the resumed process group is gone', lambda: group_gone(new_pid), 10, manager)
+    steps = [line['step'] for line in manager.metrics(name) if line['event'] == 'train']
+    assert steps == list(range(1, job['step'] + 1)), 'each step logged once across the two launches'
+
+
+def test_resume_right_after_a_cancel_reports_the_new_launch(cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=1))
+    name = manager.submit('quick', job_settings(cifar_archive, steps=LONG))
+    wait_until('the job runs', lambda: running_at(manager, name, 1), 60, manager)
+    manager.cancel(name)
+    deadline = time.monotonic() + 10
+    while manager.status(name)['state'] != 'cancelled':
+        assert time.monotonic() < deadline, 'not cancelled within 10 s'
+        time.sleep(0.01)
+    state = manager.resume(name)['state']
+    jobs.remember(manager, name)
+    try:
+        manager.resume(name)
+        second_resume = 'allowed'
+        jobs.remember(manager, name)
+    except JobError:
+        second_resume = 'refused'
+    assert (state, second_resume) in (('queued', 'refused'), ('running', 'refused'))
+
+
+def test_a_killed_job_is_failed_and_a_new_manager_sees_and_cancels_running_jobs(tmp_path, cifar_archive, jobs):
+    old = jobs(JobLimits(max_concurrent=1))
+    name = old.submit('survivor', job_settings(cifar_archive, steps=LONG))
+    waiting = old.submit('waiting', job_settings(cifar_archive))
+    dropped = old.submit('dropped', job_settings(cifar_archive))
+    old.cancel(dropped)
+    wait_until('the job runs', lambda: running_at(old, name, 1), 60, old)
+    pid = last_pid(old, name)
+
+    new = jobs(JobLimits(max_concurrent=1))  # as after an app restart: only the files are shared
+    states = [(job['name'], job['state']) for job in new.list()]
+    assert states == [(job['name'], job['state']) for job in old.list()]
+    assert states == [(dropped, 'cancelled'), (waiting, 'queued'), (name, 'running')]
+    new.poll()
+    assert new.status(waiting)['state'] == 'queued', 'the running job holds the one slot for the new manager too'
+    assert new.cancel(waiting)['state'] == 'cancelled'
+
+    new.cancel(name)
+    wait_until('cancelled through the new manager', lambda: new.status(name)['state'] == 'cancelled', 10, new)
+    assert old.status(name)['state'] == 'cancelled'
+    wait_until('the process group is gone', lambda: group_gone(pid), 10, new, old)  # old reaps its child
+    stopped_at = new.status(name)['step']
+
+    assert new.resume(name)['state'] in ACTIVE
+    wait_until('the resumed job runs', lambda: running_at(new, name, stopped_at + 1), 60, new)
+    pid = last_pid(new, name)
+    os.killpg(pid, signal.SIGKILL)
+    job = wait_until('the killed job is failed', lambda: (job := new.status(name))['state'] == 'failed' and job,
+                     10, new)
+    assert 'ended without reporting' in job['error']
+    assert json.loads((tmp_path / 'runs' / name / 'status.json').read_text())['state'] == 'running', \
+        'the process never wrote its end: the manager alone knows it failed'
+    wait_until('the killed process is reaped', lambda: group_gone(pid), 10, new)
+    assert JobManager(tmp_path / 'runs').status(name)['state'] == 'failed'
+    with pytest.raises(JobError, match='only queued or running jobs can be cancelled'):
+        new.cancel(name)
+
+
+# --- reading a job -------------------------------------------------------------------------------
+
+
+def test_metrics_skip_corrupt_and_torn_lines_and_log_tail_gives_the_last_lines(tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=0))
+    name = manager.submit('read', job_settings(cifar_archive))
+    run = tmp_path / 'runs' / name
+    assert manager.metrics(name) == [] and manager.log_tail(name) == ''
+    (run / 'metrics.jsonl').write_text(
+        '{"event": "train", "step": 1, "loss": 2.3}\n'
+        'not json at all\n'
+        '[1, 2, 3]\n'
+        '\n'
+        '{"event": "train", "step": 2, "loss": 2.2}\n'
+        '{"event": "eval", "step": 2, "test_top1": 12.5}\n'
+        '{"event": "train", "step": 3, "lo')
+    assert manager.metrics(name) == [{'event': 'train', 'step': 1, 'loss': 2.3},
+                                     {'event': 'train', 'step': 2, 'loss': 2.2},
+                                     {'event': 'eval', 'step': 2, 'test_top1': 12.5}]
+    (run / 'output.log').write_text(''.join(f'line {i}\n' for i in range(100)))
+    assert manager.log_tail(name, 3) == 'line 97\nline 98\nline 99'
+    assert manager.log_tail(name).splitlines() == [f'line {i}' for i in range(60, 100)]
+    with pytest.raises(JobError, match='not a job'):
+        manager.status('missing')

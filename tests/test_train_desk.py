@@ -1,0 +1,222 @@
+"""The Train tab's logic: access rules, form validation, the job list and one job's live view, over real jobs."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from advit.jobs import JobError, JobLimits, JobManager, _process_start
+from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled, parse_model_args
+from conftest import TINY
+
+
+def form(archive: Path, **overrides) -> dict:
+    """The Train form's values for a tiny 3-step run of 256 images."""
+    return dict(dict(name='tiny run', method='vit', model='vit_tiny_patch4_32', model_args='depth=2, embed_dim=48, '
+                     'num_heads=3', teacher=None, data=str(archive), length='steps', amount=3, lr=1e-3,
+                     attn_weight=1.0, alpha=0.5, tau=1.0, seed=0, subset=256, batch_size=64, device='cpu'),
+                **overrides)
+
+
+def wait_until(what: str, check, timeout: float, manager: JobManager):
+    deadline = time.monotonic() + timeout
+    while True:
+        manager.poll()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f'not within {timeout}s: {what}; jobs: '
+                        f'{[(job["name"], job["state"], job["error"]) for job in manager.list()]}')
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def desks(tmp_path, cifar):
+    """A maker of TrainDesks over ``tmp_path/runs``; every job process is killed afterwards."""
+    made: list[JobManager] = []
+
+    def make(token: str | None = None, limits: JobLimits | None = None) -> TrainDesk:
+        manager = JobManager(tmp_path / 'runs', limits or JobLimits(max_concurrent=0))  # 0: nothing launches
+        made.append(manager)
+        return TrainDesk(manager, token)
+
+    yield make
+    for job_json in (tmp_path / 'runs').glob('*/job.json'):
+        for launch in json.loads(job_json.read_text()).get('launches', []):
+            if launch['process_start'] is not None and _process_start(launch['pid']) == launch['process_start']:
+                try:
+                    os.killpg(launch['pid'], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    for manager in made:
+        for child in manager._children.values():
+            child.kill()
+            child.wait(timeout=30)
+
+
+def run_folders(tmp_path: Path) -> list[str]:
+    runs = tmp_path / 'runs'
+    return sorted(path.name for path in runs.iterdir()) if runs.is_dir() else []
+
+
+# --- access --------------------------------------------------------------------------------------
+
+
+def test_jobs_enabled_by_default_off_on_a_space_and_overridden_by_advit_jobs(monkeypatch):
+    monkeypatch.delenv('ADVIT_JOBS', raising=False)
+    monkeypatch.delenv('SPACE_ID', raising=False)
+    assert jobs_enabled() is True
+    monkeypatch.setenv('SPACE_ID', 'someone/advit')
+    assert jobs_enabled() is False
+    for value, expected in (('on', True), ('ON', True), ('1', True), ('yes', True), ('off', False),
+                            ('0', False), ('false', False), ('maybe', False)):
+        monkeypatch.setenv('ADVIT_JOBS', value)
+        assert jobs_enabled() is expected, value
+    monkeypatch.delenv('SPACE_ID')
+    monkeypatch.setenv('ADVIT_JOBS', 'off')
+    assert jobs_enabled() is False
+    monkeypatch.setenv('ADVIT_JOBS', 'maybe')
+    assert jobs_enabled() is True, 'an unknown setting falls back to the default'
+
+
+def test_from_env_reads_limits_and_token(monkeypatch, tmp_path):
+    monkeypatch.setenv('ADVIT_MAX_JOBS', '2')
+    monkeypatch.setenv('ADVIT_JOB_MAX_STEPS', '10')
+    monkeypatch.delenv('ADVIT_JOB_MAX_SECONDS', raising=False)
+    monkeypatch.setenv('ADVIT_JOBS_TOKEN', 's3cret')
+    desk = TrainDesk.from_env(tmp_path / 'runs')
+    assert desk.token == 's3cret' and desk.manager.runs_dir == tmp_path / 'runs'
+    assert desk.manager.limits == JobLimits(max_concurrent=2, max_steps=10, max_seconds=None)
+    monkeypatch.setenv('ADVIT_JOBS_TOKEN', '')
+    assert TrainDesk.from_env(tmp_path / 'runs').token is None, 'an empty token means no token'
+
+
+def test_parse_model_args():
+    assert parse_model_args('depth=2, embed_dim=48') == {'depth': 2, 'embed_dim': 48}
+    assert parse_model_args(' depth = 2 ,, qkv_bias=false, act_layer=gelu ') == \
+        {'depth': 2, 'qkv_bias': False, 'act_layer': 'gelu'}
+    assert parse_model_args('') == {} and parse_model_args(None) == {}
+    for bad in ('depth', 'depth=2, 48', '=3'):
+        with pytest.raises(JobError, match='KEY=VALUE'):
+            parse_model_args(bad)
+
+
+# --- starting ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(length='minutes'), "run length is epochs, steps or seconds, not 'minutes'"),
+    (dict(amount=0), 'the run length must be positive, got 0'),
+    (dict(amount=-2.5), 'the run length must be positive'),
+    (dict(amount=None), 'the run length must be positive'),
+    (dict(lr=0.0), 'learning rate must be between'),
+    (dict(lr=2.0), 'learning rate must be between'),
+    (dict(lr=None), 'learning rate must be between'),
+    (dict(attn_weight=-1.0), 'attention weight must be between'),
+    (dict(alpha=1.5), 'alpha must be between 0 and 1, got 1.5'),
+    (dict(tau=0.0), 'tau must be between'),
+    (dict(batch_size=0), 'batch size must be between 1 and 65536, got 0'),
+    (dict(batch_size=100_000), 'batch size must be between'),
+    (dict(model_args='depth'), 'KEY=VALUE'),
+    (dict(method='advit_l1', teacher='/nowhere/teacher.safetensors'),
+     'teacher checkpoint not found: /nowhere/teacher.safetensors'),
+    (dict(method='advit_l1'), 'needs a teacher'),
+    (dict(data='/nowhere/cifar'), 'dataset not found'),
+    (dict(length='steps', amount=0.5), 'steps must be positive'),
+])
+def test_start_refuses_bad_form_values(overrides, message, tmp_path, cifar_archive, desks):
+    desk = desks()
+    with pytest.raises(JobError, match=message):
+        desk.start(**form(cifar_archive, **overrides))
+    assert run_folders(tmp_path) == [] and desk.rows() == []
+
+
+@pytest.mark.parametrize('length, amount, field, value', [
+    ('steps', 3, 'steps', 3), ('epochs', 0.5, 'epochs', 0.5), ('seconds', 20, 'time_budget', 20.0)])
+def test_start_queues_the_form_as_a_request(length, amount, field, value, tmp_path, cifar_archive, desks):
+    desk = desks()
+    job = desk.start(**form(cifar_archive, length=length, amount=amount, name=''))
+    assert job['state'] == 'queued' and job['name'] == 'vit', 'no name: the method names the run'
+    request = json.loads((tmp_path / 'runs' / 'vit' / 'request.json').read_text())
+    assert request[field] == value and type(request[field]) is type(value)
+    assert {key for key in ('steps', 'epochs', 'time_budget') if key in request} == {field}
+    assert request['model_args'] == TINY and request['subset'] == 256 and request['teacher'] is None
+    assert request['batch_size'] == 64 and request['device'] == 'cpu' and request['lr'] == 1e-3
+
+
+def test_a_token_guards_start_cancel_and_resume(tmp_path, cifar_archive, desks):
+    desk = desks(token='s3cret')
+    for token in (None, '', 'wrong', 's3cret '):
+        with pytest.raises(JobError, match='needs a valid token'):
+            desk.start(**form(cifar_archive), token=token)
+    assert run_folders(tmp_path) == []
+    name = desk.start(**form(cifar_archive), token='s3cret')['name']
+    assert name == 'tiny-run' and run_folders(tmp_path) == ['tiny-run']
+    for token in (None, 'wrong'):
+        with pytest.raises(JobError, match='needs a valid token'):
+            desk.cancel(name, token=token)
+    assert desk.manager.status(name)['state'] == 'queued', 'a refused cancel changes nothing'
+    assert desk.cancel(name, token='s3cret')['state'] == 'cancelled'
+    for token in (None, 'wrong'):
+        with pytest.raises(JobError, match='needs a valid token'):
+            desk.resume(name, token=token)
+    assert desk.manager.status(name)['state'] == 'cancelled', 'a refused resume changes nothing'
+    assert desk.resume(name, token='s3cret')['state'] == 'queued'
+    open_desk = TrainDesk(desk.manager)  # no token set: none needed
+    assert open_desk.cancel(name)['state'] == 'cancelled'
+    assert open_desk.resume(name, token='anything')['state'] == 'queued'
+
+
+def test_a_non_ascii_token_is_refused_as_a_job_error(tmp_path, cifar_archive, desks):
+    desk = desks(token='s3cret')
+    with pytest.raises(JobError, match='needs a valid token'):
+        desk.start(**form(cifar_archive), token='sécret')
+
+
+# --- the list and the live view --------------------------------------------------------------------
+
+
+def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, desks):
+    desk = desks(limits=JobLimits(max_concurrent=2))
+    assert desk.view(None).progress == '' and desk.view('').log == '' and desk.view(None).job == {}
+    # The finished job goes through the manager to evaluate on 64 test images (the form has no test subset).
+    done = desk.manager.submit('done run', dict(
+        method='vit', model='vit_tiny_patch4_32', model_args=dict(TINY), data=str(cifar_archive), subset=256,
+        test_subset=64, batch_size=64, log_every=1, device='cpu', steps=3))
+    # 16 images do not fill one batch of 64: the process itself fails, after loading the data.
+    broken = desk.start(**form(cifar_archive, name='broken', subset=16))['name']
+    assert broken == 'broken' and desk.manager.status(broken)['state'] == 'running'
+    wait_until('both jobs end', lambda: {desk.manager.status(name)['state'] for name in (done, broken)}
+               == {'finished', 'failed'}, 90, desk.manager)
+    assert desk.manager.status(done)['state'] == 'finished'
+
+    rows = {row[0]: row for row in desk.rows()}
+    assert [row[0] for row in desk.rows()] == [broken, done], 'newest first'
+    assert all(len(row) == len(LIST_HEADERS) for row in rows.values())
+    job = desk.manager.status(done)
+    name, method, model, state, progress, best, started = rows[done]
+    assert (name, method, model, state, progress) == ('done-run', 'vit', 'vit_tiny_patch4_32', 'finished', '100%')
+    assert best == f'{job["best_top1"]:.2f}' and 0 <= float(best) <= 100
+    assert datetime.datetime.strptime(started, '%Y-%m-%d %H:%M:%S').timestamp() == pytest.approx(job['started'], abs=1)
+    assert rows[broken][3] == 'failed' and rows[broken][5] == ''
+
+    view = desk.view(done)
+    assert view.job['state'] == 'finished'
+    assert 'step 3 / 3' in view.progress and '100%' in view.progress and '<b>finished</b>' in view.progress
+    assert 'ETA' not in view.progress
+    traces = {trace.name: trace for trace in view.figure.data}
+    assert {'loss', 'ce', 'test top-1'} <= set(traces)
+    assert list(traces['loss'].x) == [1, 2, 3] and list(traces['test top-1'].y) == [job['best_top1']]
+    assert 'done at step 3' in view.log and not view.log.startswith('FAILED:')
+
+    failed = desk.view(broken)
+    assert failed.log.startswith('FAILED: ')
+    assert 'do not fill one batch of 64' in failed.log.split('--- output ---')[0]
+    assert '--- output ---' in failed.log and '<b>failed</b>' in failed.progress
+    assert len(failed.figure.data) == 0, 'no metrics: an empty figure'
