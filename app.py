@@ -25,7 +25,8 @@ from advit.studio import Studio, StudioError  # noqa: E402
 from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled  # noqa: E402
 
 studio = Studio.from_env()
-desk = TrainDesk.from_env(studio.runs_dir) if jobs_enabled() else None
+desk = TrainDesk.from_env(studio.runs_dir, lambda: {key for _, key in studio.choices(vit_only=True)},
+                          studio.data) if jobs_enabled() else None
 if desk is not None:
     desk.manager.start_scheduler()
 STUDENTS = ['vit_tiny_patch4_32', 'vit_small_patch4_32', 'deit_tiny_distilled_patch4_32',

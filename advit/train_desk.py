@@ -11,10 +11,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import plotly.graph_objects as go
 
+from .data import OFFICIAL_CIFAR10
 from .jobs import JobError, JobLimits, JobManager
 from .render import progress_html, training_curves
 
@@ -59,14 +60,33 @@ class TrainDesk:
     Args:
         manager: The job manager over the runs folder.
         token: When set, the token that starting, cancelling and resuming need.
+        teachers: When set, gives the teacher checkpoints a job may use (the models on offer);
+            a typed path outside them is refused.
+        data_roots: When set, the folders a job's dataset must lie in (or ``cifar10``).
     """
 
-    def __init__(self, manager: JobManager, token: str | None = None) -> None:
+    def __init__(self, manager: JobManager, token: str | None = None,
+                 teachers: Callable[[], set[str]] | None = None, data_roots: list[Path] | None = None) -> None:
         self.manager, self.token = manager, token or None
+        self.teachers, self.data_roots = teachers, data_roots
 
     @classmethod
-    def from_env(cls, runs_dir: Path) -> 'TrainDesk':
-        return cls(JobManager(runs_dir, JobLimits.from_env()), os.environ.get('ADVIT_JOBS_TOKEN'))
+    def from_env(cls, runs_dir: Path, teachers: Callable[[], set[str]], data: Path) -> 'TrainDesk':
+        """Limits and token from the environment; datasets confined to ``data``'s folder and
+        ``ADVIT_DATA_ROOTS`` (folders, ``:``-separated)."""
+        roots = [Path(data).resolve().parent] + [Path(p) for p in os.environ.get('ADVIT_DATA_ROOTS', '').split(
+            os.pathsep) if p]
+        return cls(JobManager(runs_dir, JobLimits.from_env()), os.environ.get('ADVIT_JOBS_TOKEN'), teachers, roots)
+
+    def _confine(self, teacher: str | None, data: str) -> None:
+        """Refuse server paths a user typed that lie outside what this server offers."""
+        if teacher and self.teachers is not None and teacher not in self.teachers():
+            raise JobError(f'teacher {teacher} is not one of the checkpoints on offer (the bundle and finished runs)')
+        if self.data_roots is not None and data != OFFICIAL_CIFAR10:
+            resolved = Path(data).resolve()
+            if not any(resolved.is_relative_to(root.resolve()) for root in self.data_roots):
+                allowed = ', '.join(str(root) for root in self.data_roots)
+                raise JobError(f'dataset {data} is outside the folders this server allows ({allowed})')
 
     def _authorise(self, token: str | None) -> None:
         if self.token is not None and not hmac.compare_digest(str(token or '').encode(), self.token.encode()):
@@ -97,6 +117,7 @@ class TrainDesk:
                         batch_size=int(batch_size), device=device, log_every=10,
                         **{dict(epochs='epochs', steps='steps', seconds='time_budget')[length]:
                            int(amount) if length == 'steps' else float(amount)})
+        self._confine(settings['teacher'], data)
         if settings['teacher'] is not None and not Path(settings['teacher']).is_file():
             raise JobError(f'teacher checkpoint not found: {settings["teacher"]}')
         return self.manager.status(self.manager.submit(name or method, settings))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -170,3 +171,12 @@ def test_app_starts_with_no_checkpoints_and_says_how_to_get_them(tmp_path, cifar
         assert 'No usable models found' in config and 'advit train' in config
         endpoints = Client(url, verbose=False).view_api(print_info=False, return_format='dict')['named_endpoints']
         assert {'/attention', '/compare'} <= set(endpoints)
+
+
+@pytest.mark.parametrize('route', ['/gradio_api/file=/etc/passwd', '/gradio_api/file=../../etc/passwd',
+                                   '/gradio_api/file=%2Fetc%2Fpasswd', '/file=/etc/passwd'])
+def test_no_file_outside_the_app_is_served(app_url, route, tiny_bundle):
+    for target in (route, route.replace('/etc/passwd', str(tiny_bundle / 'teacher.safetensors'))):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(app_url + target, timeout=10)
+        assert refused.value.code in (403, 404)

@@ -90,11 +90,14 @@ def test_from_env_reads_limits_and_token(monkeypatch, tmp_path):
     monkeypatch.setenv('ADVIT_JOB_MAX_STEPS', '10')
     monkeypatch.delenv('ADVIT_JOB_MAX_SECONDS', raising=False)
     monkeypatch.setenv('ADVIT_JOBS_TOKEN', 's3cret')
-    desk = TrainDesk.from_env(tmp_path / 'runs')
+    monkeypatch.setenv('ADVIT_DATA_ROOTS', str(tmp_path / 'more'))
+    data = tmp_path / 'data' / 'cifar.tar.xz'
+    desk = TrainDesk.from_env(tmp_path / 'runs', set, data)
     assert desk.token == 's3cret' and desk.manager.runs_dir == tmp_path / 'runs'
     assert desk.manager.limits == JobLimits(max_concurrent=2, max_steps=10, max_seconds=None)
+    assert desk.data_roots == [data.parent.resolve(), tmp_path / 'more']
     monkeypatch.setenv('ADVIT_JOBS_TOKEN', '')
-    assert TrainDesk.from_env(tmp_path / 'runs').token is None, 'an empty token means no token'
+    assert TrainDesk.from_env(tmp_path / 'runs', set, data).token is None, 'an empty token means no token'
 
 
 def test_parse_model_args():
@@ -220,3 +223,19 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
     assert 'do not fill one batch of 64' in failed.log.split('--- output ---')[0]
     assert '--- output ---' in failed.log and '<b>failed</b>' in failed.progress
     assert len(failed.figure.data) == 0, 'no metrics: an empty figure'
+
+
+def test_typed_paths_are_confined_to_what_the_server_offers(tmp_path, cifar_archive, tiny_bundle):
+    offered = {str(tiny_bundle / 'teacher.safetensors')}
+    desk = TrainDesk(JobManager(tmp_path / 'runs', JobLimits(max_concurrent=0)),
+                     teachers=lambda: offered, data_roots=[cifar_archive.parent])
+    outside = tmp_path / 'elsewhere.safetensors'
+    outside.write_bytes((tiny_bundle / 'teacher.safetensors').read_bytes())
+    with pytest.raises(JobError, match='not one of the checkpoints on offer'):
+        desk.start(**form(cifar_archive, method='advit_l1', teacher=str(outside)))
+    for data in ('/etc', str(cifar_archive.parent / '..' / '..' / 'etc')):
+        with pytest.raises(JobError, match='outside the folders this server allows'):
+            desk.start(**form(cifar_archive, data=data))
+    assert not (tmp_path / 'runs').exists() or list((tmp_path / 'runs').iterdir()) == []
+    job = desk.start(**form(cifar_archive, method='advit_l1', teacher=str(tiny_bundle / 'teacher.safetensors')))
+    assert job['state'] == 'queued'
