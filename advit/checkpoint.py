@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .io import atomic_path
 from .models import create_model
@@ -62,8 +62,9 @@ def save_checkpoint(
     for name, value in (train_state or {}).items():
         tensors[TRAIN_STATE_PREFIX + name] = value.detach().to('cpu').contiguous()
     header = {'advit': json.dumps(dict(meta, format=FORMAT))}
+    payload = save(tensors, metadata=header)  # bytes: safetensors' own save_file leaves a temp file when killed
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        tmp.write_bytes(payload)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

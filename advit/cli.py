@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           device=args.device, subset=args.subset, cache_dir=args.cache_dir,
                                           model_name=args.model)
             print(json.dumps({k: metrics[k] for k in ('checkpoint', 'top1', 'count', 'per_class')}, indent=2))
-    except (TrainingError, CheckpointError, DatasetError, ValueError, RuntimeError) as err:
+    except (TrainingError, CheckpointError, DatasetError, ValueError, RuntimeError, OSError) as err:
         print(f'advit {args.command}: error: {err}', file=sys.stderr)
         return 2
     return 0

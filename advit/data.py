@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from .io import atomic_path
 
@@ -131,8 +131,9 @@ def _write_cache(cache: Path, splits: dict[str, ImageSet]) -> None:
         tensors[f'{name}.images'] = split.images.numpy()
         tensors[f'{name}.labels'] = split.labels.numpy()
         classes = split.classes
+    payload = save(tensors, metadata={'classes': json.dumps(classes)})
     with atomic_path(cache) as tmp:
-        save_file(tensors, str(tmp), metadata={'classes': json.dumps(classes)})
+        tmp.write_bytes(payload)
 
 
 def _read_cache(cache: Path) -> dict[str, ImageSet]:

@@ -19,7 +19,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
+    _remove_orphans(target)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.{os.getpid()}.', suffix='.tmp', dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -31,6 +32,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _remove_orphans(target: Path) -> None:
+    """Delete temporary files of ``target`` left by writers that were killed (their process is gone)."""
+    for stale in target.parent.glob(f'.{target.name}.*.tmp'):
+        pid = stale.name[len(target.name) + 2:].split('.', 1)[0]
+        if pid.isdigit() and not Path(f'/proc/{pid}').exists():
+            stale.unlink(missing_ok=True)
 
 
 def write_json(target: str | Path, payload: Any) -> None:

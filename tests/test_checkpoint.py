@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,10 +239,10 @@ def test_missing_file(tmp_path):
 
 # --- atomic writes ---------------------------------------------------------------------------------
 
-def _failing_save_file(tensors, filename, metadata=None):
+def _failing_write_bytes(self, data):
     """Writes part of a file, as a crash or a full disk would, then fails."""
-    with open(filename, 'wb') as f:
-        f.write(b'\x08\x00\x00\x00\x00\x00\x00\x00{"partial')
+    with open(self, 'wb') as f:
+        f.write(data[:20])
     raise OSError('no space left on device')
 
 
@@ -250,7 +251,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch, inputs):
     first = tiny(seed=0)
     save_checkpoint(path, first, meta_for())
     before = path.read_bytes()
-    monkeypatch.setattr(advit.checkpoint, 'save_file', _failing_save_file)
+    monkeypatch.setattr(Path, 'write_bytes', _failing_write_bytes)
     with pytest.raises(OSError, match='no space'):
         save_checkpoint(path, tiny(seed=1), meta_for())
     monkeypatch.undo()
