@@ -72,8 +72,30 @@ def discover(checkpoint_dirs: list[Path], runs_dir: Path | None) -> list[ModelEn
     return [check_checkpoint(path) for path in paths] + cached_timm_models()
 
 
+_checked: dict[tuple[str, int, int], ModelEntry] = {}  # by (path, mtime, size): a file is checked once
+_checked_lock = threading.Lock()
+
+
 def check_checkpoint(path: Path) -> ModelEntry:
-    """An entry for a checkpoint, with the reason if it cannot be loaded (weights are not read)."""
+    """An entry for a checkpoint, with the reason if it cannot be loaded (weights are not read).
+
+    The result is remembered until the file changes: every request looks at the catalog.
+    """
+    try:
+        stat = Path(path).stat()
+        stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+    except OSError as err:
+        return ModelEntry(key=str(path), problem=str(err))
+    with _checked_lock:
+        if stamp in _checked:
+            return _checked[stamp]
+    entry = _check(path)
+    with _checked_lock:
+        _checked[stamp] = entry
+    return entry
+
+
+def _check(path: Path) -> ModelEntry:
     entry = ModelEntry(key=str(path))
     try:
         entry.meta = read_metadata(path)
