@@ -96,3 +96,36 @@ def tiny_bundle(tmp_path_factory, cifar_archive, cifar) -> Path:
         save_checkpoint(path, loaded.model, dict(loaded.meta, test_top1=top1))
     (folder / 'broken.safetensors').write_bytes(b'\x00' * 100)
     return folder
+
+
+def group_gone(pid: int) -> bool:
+    """True when no process of the group led by ``pid`` is left."""
+    import os
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def kill_jobs(runs: Path, managers=(), launches=()) -> None:
+    """Test clean-up: SIGKILL every live job process group recorded under ``runs`` (and ``launches``:
+    extra (pid, process start) pairs), then reap the managers' children."""
+    import json
+    import os
+    import signal
+    from advit.jobs import _process_start
+    recorded = set(launches)
+    for job_json in runs.glob('*/job.json'):
+        recorded |= {(launch['pid'], launch['process_start'])
+                     for launch in json.loads(job_json.read_text()).get('launches', [])}
+    for pid, started in recorded:
+        if started is not None and _process_start(pid) == started:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for manager in managers:
+        for child in manager._children.values():
+            child.kill()
+            child.wait(timeout=30)

@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file
 
 from advit.checkpoint import load_checkpoint, read_metadata
 from app_server import running_app
-from conftest import REPO, TINY
+from conftest import REPO, TINY, group_gone
 
 TINY_ARGS = ', '.join(f'{key}={value}' for key, value in TINY.items())
 
@@ -40,14 +40,6 @@ def wait_for(client: Client, name: str, states: tuple[str, ...], timeout: float 
 
 def launch_pid(runs: Path, name: str) -> int:
     return json.loads((runs / name / 'job.json').read_text())['launches'][-1]['pid']
-
-
-def group_gone(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.fixture(scope='module')
@@ -101,7 +93,7 @@ def test_queue_cancel_kill_resume_and_names(client, runs, cifar_archive):
     pid = launch_pid(runs, 'long')
     cancelled_at = time.time()
     assert client.predict('long', '', api_name='/cancel_job')['name'] == 'long'
-    job = wait_for(client, 'long', ('cancelled',), timeout=15)
+    wait_for(client, 'long', ('cancelled',), timeout=15)
     assert time.time() - cancelled_at < 10
     deadline = time.time() + 10
     while not group_gone(pid) and time.time() < deadline:

@@ -12,7 +12,6 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import advit.checkpoint
 from advit.checkpoint import (CheckpointError, load_checkpoint, read_metadata, read_tensors, save_checkpoint,
                               train_state)
 from advit.models import CIFAR10_MEAN, CIFAR10_STD

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from advit.checkpoint import load_checkpoint
-from advit.jobs import ACTIVE, JobError, JobLimits, JobManager, _process_start, sanitize_name
-from conftest import TINY
+from advit.jobs import ACTIVE, JobError, JobLimits, JobManager, sanitize_name
+from conftest import TINY, group_gone, kill_jobs
 
 LONG = 100_000  # steps: a job that runs until it is cancelled or killed
 
@@ -29,14 +29,6 @@ def record(manager: JobManager, name: str) -> dict:
 
 def last_pid(manager: JobManager, name: str) -> int:
     return record(manager, name)['launches'][-1]['pid']
-
-
-def group_gone(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def wait_until(what: str, check, timeout: float, *polled: JobManager):
@@ -92,20 +84,7 @@ def jobs(tmp_path, cifar):
     yield make
     for manager in made:
         manager.stop_scheduler()
-    launches = set(extra)
-    for job_json in (tmp_path / 'runs').glob('*/job.json'):
-        launches |= {(launch['pid'], launch['process_start'])
-                     for launch in json.loads(job_json.read_text()).get('launches', [])}
-    for pid, started in launches:
-        if started is not None and _process_start(pid) == started:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for manager in made:
-        for child in manager._children.values():
-            child.kill()
-            child.wait(timeout=30)
+    kill_jobs(tmp_path / 'runs', made, extra)
 
 
 # --- names -------------------------------------------------------------------------------------

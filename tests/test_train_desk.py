@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from advit.jobs import JobError, JobLimits, JobManager, _process_start
+from advit.jobs import JobError, JobLimits, JobManager
 from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled, parse_model_args
-from conftest import TINY
+from conftest import TINY, kill_jobs
 
 
 def form(archive: Path, **overrides) -> dict:
@@ -47,17 +45,7 @@ def desks(tmp_path, cifar):
         return TrainDesk(manager, token)
 
     yield make
-    for job_json in (tmp_path / 'runs').glob('*/job.json'):
-        for launch in json.loads(job_json.read_text()).get('launches', []):
-            if launch['process_start'] is not None and _process_start(launch['pid']) == launch['process_start']:
-                try:
-                    os.killpg(launch['pid'], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    for manager in made:
-        for child in manager._children.values():
-            child.kill()
-            child.wait(timeout=30)
+    kill_jobs(tmp_path / 'runs', made)
 
 
 def run_folders(tmp_path: Path) -> list[str]:
