@@ -154,7 +154,8 @@ def evaluate_split(
     mean, std = loaded.meta.get('mean'), loaded.meta.get('std')
     if mean is None or std is None:
         mean, std = model_normalization(loaded.model)
-    transform = BatchTransform('cifar32', model_image_size(loaded.model), mean, std, seed=0, device=target)
+    size = loaded.meta.get('image_size') or model_image_size(loaded.model)  # a CNN takes the size it trained at
+    transform = BatchTransform('cifar32', size, mean, std, seed=0, device=target)
     probs = predict(loaded.model, test, transform, batch_size, target, progress=progress)
     extra = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
              'method': loaded.meta.get('method')}

@@ -121,9 +121,10 @@ class DistillationLoss(nn.Module):
         self.method = parse_method(method)
         if self.method.needs_teacher and teacher is None:
             raise ValueError(f'method {method!r} needs a teacher')
-        if self.method.attention and not hasattr(teacher, 'blocks'):
-            raise ValueError(f'method {method!r} distils attention and needs a ViT teacher, '
-                             f'not {type(teacher).__name__}')
+        for role, model in (('teacher', teacher), ('student', student)):
+            if self.method.attention and not hasattr(model, 'blocks'):
+                raise ValueError(f'method {method!r} distils attention and needs a ViT {role}, '
+                                 f'not {type(model).__name__}')
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.teacher = teacher
         self.attn_weight, self.alpha, self.tau = attn_weight, alpha, tau

@@ -88,11 +88,21 @@ def deit_base_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionT
     return _create_cifar_vit('deit_base_distilled_patch4_32', 'base', pretrained, distilled=True, **kwargs)
 
 
+# timm modules whose models are ViTs built for one input size (``img_size``); CNNs take any size.
+_VIT_MODULES = ('vision_transformer', 'deit', __name__.rsplit('.', 1)[-1])
+
+
+def is_vit_name(name: str) -> bool:
+    """True for the ViTs of timm's vision_transformer and deit modules and ours."""
+    return timm.models.is_model_in_modules(name.split('.', 1)[0], _VIT_MODULES)
+
+
 def create_model(
         name: str,
         num_classes: int = 10,
         pretrained: bool = False,
         pretrained_file: str | Path | None = None,
+        img_size: int | None = None,
         **model_args: Any,
 ) -> nn.Module:
     """Build a timm model by name with a fresh ``num_classes`` head.
@@ -100,6 +110,7 @@ def create_model(
     Args:
         name: timm model name, optionally with a pretrained tag (``vit_small_patch16_224.augreg_in21k_ft_in1k``).
         num_classes: Size of the classification head(s).
+        img_size: Input size of a ViT (its patch grid follows); ignored for CNNs, which take any size.
         pretrained: Load the tag's pretrained weights from the Hugging Face hub (needs a network).
         pretrained_file: Load pretrained weights from this local file instead (no network). Its head
             is kept when it has ``num_classes`` outputs, otherwise replaced by a fresh one.
@@ -116,9 +127,13 @@ def create_model(
         # timm keeps the file's head only when its size is the cfg's num_classes: tell it the file's.
         overlay = dict(file=str(path), num_classes=_head_size(path, name))
         pretrained = True
+    if img_size is not None and is_vit_name(name):
+        model_args['img_size'] = img_size
     try:
         return timm.create_model(
             name, pretrained=pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay, **model_args)
+    except TypeError as err:  # an architecture argument the model does not take
+        raise ValueError(f'cannot build {name} with {model_args}: {err}') from err
     except RuntimeError as err:  # load_state_dict's size mismatches and missing keys
         raise ValueError(f'pretrained weights {pretrained_file} do not fit {name}: {err}') from err
     except OSError as err:  # the hub unreachable and the weights not in its local cache
@@ -155,5 +170,7 @@ def model_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[floa
 
 
 def model_image_size(model: nn.Module) -> int:
-    """The square input size a ViT was built for."""
-    return int(model.patch_embed.img_size[0])
+    """The square input size a ViT was built for; a CNN's pretrained input size."""
+    if hasattr(model, 'patch_embed'):
+        return int(model.patch_embed.img_size[0])
+    return int(model.pretrained_cfg['input_size'][-1])

@@ -223,7 +223,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
         label_smoothing=cfg.label_smoothing, head_fusion=cfg.head_fusion, layer_map=cfg.layer_map)
     mean, std = model_normalization(student)
     transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device)
-    groups = param_groups_weight_decay(student, cfg.weight_decay, student.no_weight_decay())
+    no_decay = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else ()  # ViTs: pos/cls tokens
+    groups = param_groups_weight_decay(student, cfg.weight_decay, no_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == 'cuda')
     model = DistributedDataParallel(student, device_ids=[device] if device.type == 'cuda' else None) \
         if ctx.distributed else student
@@ -265,6 +266,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
     start = time.time() - elapsed_before
     student.train()
     criterion.train()
+
     def run_progress() -> float:
         """How far the run is, in [0, 1]: by steps, by time, whichever is further."""
         by_steps = step / total_steps if total_steps else 0.0

@@ -130,3 +130,14 @@ def test_missing_pretrained_file(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         create_model('vit_tiny_patch4_32', pretrained_file=missing, **TINY)
     assert str(missing) in str(info.value)
+
+
+def test_image_size_goes_to_vits_only_and_bad_arguments_are_value_errors():
+    from advit.models import is_vit_name
+    assert is_vit_name('vit_small_patch16_224.augreg_in21k_ft_in1k') and is_vit_name('vit_tiny_patch4_32')
+    assert is_vit_name('deit_tiny_distilled_patch16_224') and not is_vit_name('resnet10t')
+    assert create_model('vit_tiny_patch16_224', img_size=32, depth=1).patch_embed.img_size == (32, 32)
+    cnn = create_model('resnet10t', img_size=32)  # a CNN takes any size: the argument is not its to take
+    assert cnn.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    with pytest.raises(ValueError, match='cannot build resnet10t'):
+        create_model('resnet10t', depth=3)

@@ -197,3 +197,28 @@ def test_paper_preset_without_network_says_how_to_give_weights(tmp_path, data_fl
     assert process.returncode == 2, err[-2000:]
     assert 'cannot fetch pretrained weights of vit_tiny_patch16_224.augreg_in21k_ft_in1k' in err
     assert '--pretrained-file' in err and not out.exists()
+
+
+def test_a_cnn_trains_by_cross_entropy_and_teaches_deit(tmp_path, data_flags, cifar_archive, capsys):
+    cnn = tmp_path / 'cnn'
+    assert main(['train', '--method', 'vit', '--model', 'resnet10t', '--steps', '2', '--out', str(cnn),
+                 *data_flags]) == 0
+    loaded = load_checkpoint(cnn / 'best.safetensors')
+    assert type(loaded.model).__name__ == 'ResNet' and loaded.meta['image_size'] == 32
+    capsys.readouterr()
+    assert main(['eval', str(cnn / 'best.safetensors'), '--data', str(cifar_archive), '--subset', '64']) == 0
+    assert json.loads(capsys.readouterr().out)['count'] == 64  # evaluated at 32x32, the size it trained at
+
+    student = tmp_path / 'deit'
+    assert main(['train', '--method', 'deit_hard', '--teacher', str(cnn / 'best.safetensors'), '--steps', '2',
+                 '--out', str(student), *data_flags, *tiny_flags()]) == 0
+    assert all('kd' in line for line in metrics(student) if line['event'] == 'train')
+
+
+def test_attention_distillation_with_a_cnn_teacher_is_refused_before_anything_runs(tmp_path, data_flags, capsys):
+    cnn = tmp_path / 'cnn'
+    assert main(['train', '--method', 'vit', '--model', 'resnet10t', '--steps', '1', '--out', str(cnn),
+                 *data_flags]) == 0
+    out = tmp_path / 'advit'
+    _assert_refused(['train', '--method', 'advit_kl', '--teacher', str(cnn / 'best.safetensors'), '--steps', '2',
+                     '--out', str(out), *data_flags, *tiny_flags()], 'needs a ViT teacher, not ResNet', capsys, out)
