@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from .checkpoint import CheckpointError
 from .data import DatasetError
 from .losses import METHODS
+from .report import ReportError
 from .presets import PRESETS, preset
 from .train import TrainConfig, TrainingError
 
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--batch-size', type=int, default=256)
     e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     e.add_argument('--cache-dir', help='decoded-dataset cache')
+    r = commands.add_parser('report', help='results tables (paper Tables 1 and 2) from run folders')
+    r.add_argument('runs', nargs='+', help='run folders (each with best.safetensors and best.eval.json)')
+    r.add_argument('--out', default='report', help='folder for table1.md/.csv, table2.md/.csv, per_class.png')
+    r.add_argument('--compare', nargs=2, metavar=('RUN_A', 'RUN_B'), help='two runs for Table 2 (per class)')
     return parser
 
 
@@ -131,13 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = train(cfg, resume=resume)
             if os.environ.get('RANK', '0') == '0':
                 print(f'run folder: {run}')
+        elif args.command == 'report':
+            from .report import write_report
+            out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None)
+            print((out / 'table1.md').read_text(), end='')
+            print(f'written to {out}')
         else:
             from .evaluate import evaluate_checkpoint
             metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                           device=args.device, subset=args.subset, cache_dir=args.cache_dir,
                                           model_name=args.model)
             print(json.dumps({k: metrics[k] for k in ('checkpoint', 'top1', 'count', 'per_class')}, indent=2))
-    except (TrainingError, CheckpointError, DatasetError, ValueError, RuntimeError, OSError) as err:
+    except (TrainingError, CheckpointError, DatasetError, ReportError, ValueError, RuntimeError, OSError) as err:
         print(f'advit {args.command}: error: {err}', file=sys.stderr)
         return 2
     return 0

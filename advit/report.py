@@ -1,0 +1,158 @@
+"""Results tables from run folders: the paper's Table 1 (family, method, loss, top-1, params) with mean
+and standard deviation over seeds, and Table 2 (per-class accuracy of two runs side by side).
+
+    advit report runs/* --out report/ [--compare runs/l1 runs/deit]
+
+writes ``table1.md`` / ``table1.csv`` and, with ``--compare``, ``table2.md`` / ``table2.csv`` and
+``per_class.png``. Each run contributes its best checkpoint's evaluation (``best.eval.json``) and
+metadata; runs that differ only in their seed are one row.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import read_metadata
+from .evaluate import evaluation_paths
+
+LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
+              'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
+
+
+class ReportError(ValueError):
+    """A run folder that cannot be reported on."""
+
+
+@dataclass
+class RunResult:
+    """One evaluated run."""
+    path: Path
+    model: str  # the architecture: timm name, and its arguments when not the defaults
+    method: str
+    seed: int
+    top1: float
+    params: int
+    per_class: dict[str, float | None]
+
+    @property
+    def family(self) -> str:
+        return 'ViT' if self.model.split('.')[0].startswith(('vit_', 'deit_')) else 'CNN'
+
+    @property
+    def loss(self) -> str:
+        return ' + '.join(dict.fromkeys(LOSS_TYPES.get(part, part) for part in self.method.split('+')))
+
+
+def load_run(run: str | Path) -> RunResult:
+    """A run folder's best checkpoint, its evaluation and its seed."""
+    run = Path(run)
+    checkpoint = run / 'best.safetensors'
+    metrics_path = evaluation_paths(checkpoint)[0]
+    if not checkpoint.is_file() or not metrics_path.is_file():
+        raise ReportError(f'{run} has no evaluated best checkpoint (best.safetensors and best.eval.json)')
+    meta = read_metadata(checkpoint)
+    evaluation = json.loads(metrics_path.read_text())
+    config = json.loads((run / 'config.json').read_text()) if (run / 'config.json').is_file() else {}
+    arch = {k: v for k, v in meta.get('model_args', {}).items() if k not in ('num_classes', 'img_size')}
+    model = meta['model'] + (f' ({", ".join(f"{k}={v}" for k, v in sorted(arch.items()))})' if arch else '')
+    return RunResult(path=run, model=model, method=meta.get('method') or 'vit', seed=int(config.get('seed', 0)),
+                     top1=float(evaluation['top1']), params=int(meta.get('params') or 0),
+                     per_class=evaluation['per_class'])
+
+
+def table1(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Rows of Table 1: one per (model, method), top-1 as mean and standard deviation over seeds."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for result in results:
+        groups.setdefault((result.model, result.method), []).append(result)
+    rows = []
+    for (model, method), runs in sorted(groups.items()):
+        scores = [run.top1 for run in runs]
+        rows.append(dict(family=runs[0].family, model=model, method=method, loss=runs[0].loss,
+                         top1_mean=statistics.fmean(scores),
+                         top1_std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                         seeds=sorted(run.seed for run in runs), params_m=runs[0].params / 1e6))
+    return rows
+
+
+def table2(a: RunResult, b: RunResult) -> list[dict[str, Any]]:
+    """Rows of Table 2: per-class top-1 of two runs and their difference."""
+    if list(a.per_class) != list(b.per_class):
+        raise ReportError(f'{a.path} and {b.path} were evaluated on different classes')
+    rows = []
+    for name in a.per_class:
+        score_a, score_b = a.per_class[name], b.per_class[name]
+        diff = None if score_a is None or score_b is None else score_b - score_a
+        rows.append({'class': name, 'a': score_a, 'b': score_b, 'b_minus_a': diff})
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f'{value:.2f}'
+        if isinstance(value, list):
+            return ','.join(str(v) for v in value)
+        return '–' if value is None else str(value)
+    lines = ['| ' + ' | '.join(title for _, title in columns) + ' |', '|' + ' --- |' * len(columns)]
+    lines += ['| ' + ' | '.join(cell(row[key]) for key, _ in columns) + ' |' for row in rows]
+    return '\n'.join(lines) + '\n'
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({k: ','.join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+TABLE1_COLUMNS = [('family', 'family'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'),
+                  ('top1_mean', 'top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds'), ('params_m', 'params (M)')]
+
+
+def write_report(runs: list[str | Path], out: str | Path, compare: tuple[str, str] | None = None) -> Path:
+    """Write Table 1 (and Table 2 with its chart when ``compare`` names two runs) into ``out``."""
+    from .io import atomic_path
+    results = [load_run(run) for run in runs]
+    if not results:
+        raise ReportError('no runs given')
+    out = Path(out)
+    outputs = {'table1.md': _markdown(table1(results), TABLE1_COLUMNS), 'table1.csv': _csv(table1(results))}
+    if compare is not None:
+        a, b = load_run(compare[0]), load_run(compare[1])
+        rows = table2(a, b)
+        columns = [('class', 'class'), ('a', f'{a.path.name} (%)'), ('b', f'{b.path.name} (%)'),
+                   ('b_minus_a', 'difference')]
+        outputs['table2.md'] = _markdown(rows, columns)
+        outputs['table2.csv'] = _csv(rows)
+        _per_class_chart(rows, a.path.name, b.path.name, out / 'per_class.png')
+    for name, text in outputs.items():
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text)
+    return out
+
+
+def _per_class_chart(rows: list[dict[str, Any]], name_a: str, name_b: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from .io import atomic_path
+    classes = [row['class'] for row in rows]
+    positions = range(len(classes))
+    figure, axes = plt.subplots(figsize=(9, 3.5))
+    axes.bar([p - 0.2 for p in positions], [row['a'] or 0 for row in rows], width=0.4, label=name_a)
+    axes.bar([p + 0.2 for p in positions], [row['b'] or 0 for row in rows], width=0.4, label=name_b)
+    axes.set_xticks(list(positions), classes, rotation=30)
+    axes.set_ylabel('top-1 (%)')
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format='png')
+    plt.close(figure)

@@ -1,0 +1,62 @@
+"""advit report: Table 1 with mean and spread over seeds, Table 2 per class, from real tiny runs."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+
+from advit.cli import main
+from advit.report import ReportError, load_run, table1
+from conftest import tiny_flags
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, data_flags, teacher_checkpoint):
+    folder = tmp_path_factory.mktemp('runs')
+    for name, method, seed in (('vit-0', 'vit', 0), ('vit-1', 'vit', 1), ('deit-0', 'deit_hard', 0)):
+        teacher = [] if method == 'vit' else ['--teacher', str(teacher_checkpoint)]
+        assert main(['train', '--method', method, '--seed', str(seed), '--steps', '2', '--out', str(folder / name),
+                     *teacher, *data_flags, *tiny_flags()]) == 0
+    return folder
+
+
+def evaluation(run) -> dict:
+    return json.loads((run / 'best.eval.json').read_text())
+
+
+def test_table1_mean_and_spread_over_seeds_match_the_runs(runs, tmp_path, capsys):
+    assert main(['report', *(str(runs / n) for n in ('vit-0', 'vit-1', 'deit-0')), '--out', str(tmp_path),
+                 '--compare', str(runs / 'vit-0'), str(runs / 'deit-0')]) == 0
+    rows = {row['method']: row for row in csv.DictReader(open(tmp_path / 'table1.csv'))}
+    scores = [evaluation(runs / n)['top1'] for n in ('vit-0', 'vit-1')]
+    assert scores[0] != scores[1], 'two seeds should differ for the spread to mean something'
+    assert float(rows['vit']['top1_mean']) == pytest.approx(statistics.fmean(scores))
+    assert float(rows['vit']['top1_std']) == pytest.approx(statistics.stdev(scores))
+    assert rows['vit']['seeds'] == '0,1' and rows['vit']['family'] == 'ViT' and rows['vit']['loss'] == 'CE'
+    assert float(rows['deit_hard']['top1_mean']) == pytest.approx(evaluation(runs / 'deit-0')['top1'])
+    assert float(rows['deit_hard']['top1_std']) == 0.0 and rows['deit_hard']['loss'] == 'CE + hard KD'
+    assert 'depth=2' in rows['vit']['model']
+    assert '| ViT |' in capsys.readouterr().out
+
+    per_class = list(csv.DictReader(open(tmp_path / 'table2.csv')))
+    a, b = evaluation(runs / 'vit-0')['per_class'], evaluation(runs / 'deit-0')['per_class']
+    assert [row['class'] for row in per_class] == list(a)
+    for row in per_class:
+        assert float(row['a']) == pytest.approx(a[row['class']]) and float(row['b']) == pytest.approx(b[row['class']])
+        assert float(row['b_minus_a']) == pytest.approx(b[row['class']] - a[row['class']])
+    assert (tmp_path / 'per_class.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert '| airplane |' in (tmp_path / 'table2.md').read_text()
+
+
+def test_a_single_run_has_no_spread(runs):
+    rows = table1([load_run(runs / 'vit-0')])
+    assert rows[0]['params_m'] > 0 and rows[0]['top1_std'] == 0.0
+
+
+def test_a_folder_without_an_evaluated_checkpoint_is_refused(tmp_path, capsys):
+    with pytest.raises(ReportError, match='no evaluated best checkpoint'):
+        load_run(tmp_path)
+    assert main(['report', str(tmp_path), '--out', str(tmp_path / 'out')]) == 2
+    assert 'no evaluated best checkpoint' in capsys.readouterr().err
