@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('runs', nargs='+', help='run folders (each with best.safetensors and best.eval.json)')
     r.add_argument('--out', default='report', help='folder for table1.md/.csv, table2.md/.csv, per_class.png')
     r.add_argument('--compare', nargs=2, metavar=('RUN_A', 'RUN_B'), help='two runs for Table 2 (per class)')
+    r.add_argument('--paper', action='store_true', help="add the paper's Table 1, labelled with its setting")
     return parser
 
 
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f'run folder: {run}')
         elif args.command == 'report':
             from .report import write_report
-            out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None)
+            out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None, args.paper)
             print((out / 'table1.md').read_text(), end='')
             print(f'written to {out}')
         else:

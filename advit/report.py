@@ -113,17 +113,35 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 TABLE1_COLUMNS = [('family', 'family'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'),
-                  ('top1_mean', 'top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds'), ('params_m', 'params (M)')]
+                  ('top1_mean', 'top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds (or setting)'),
+                  ('params_m', 'params (M)')]
 
 
-def write_report(runs: list[str | Path], out: str | Path, compare: tuple[str, str] | None = None) -> Path:
-    """Write Table 1 (and Table 2 with its chart when ``compare`` names two runs) into ``out``."""
+PAPER_SETTING = 'paper: CIFAR-10 at 224, ImageNet-pretrained, ViT-B teacher'
+
+
+def paper_rows() -> list[dict[str, Any]]:
+    """The paper's Table 1 in the same columns, its setting in the ``seeds`` column."""
+    from .about import PAPER_TOP1
+    return [dict(family='ViT', model=student, method=method, loss=LOSS_TYPES[method], top1_mean=score, top1_std=None,
+                 seeds=PAPER_SETTING, params_m=None)
+            for student, scores in PAPER_TOP1.items() for method, score in scores.items()]
+
+
+def write_report(runs: list[str | Path], out: str | Path, compare: tuple[str, str] | None = None,
+                 with_paper: bool = False) -> Path:
+    """Write Table 1 (and Table 2 with its chart when ``compare`` names two runs) into ``out``.
+
+    Args:
+        with_paper: Add the paper's own Table 1 rows, labelled with their setting.
+    """
     from .io import atomic_path
     results = [load_run(run) for run in runs]
     if not results:
         raise ReportError('no runs given')
     out = Path(out)
-    outputs = {'table1.md': _markdown(table1(results), TABLE1_COLUMNS), 'table1.csv': _csv(table1(results))}
+    rows = table1(results) + (paper_rows() if with_paper else [])
+    outputs = {'table1.md': _markdown(rows, TABLE1_COLUMNS), 'table1.csv': _csv(rows)}
     if compare is not None:
         a, b = load_run(compare[0]), load_run(compare[1])
         rows = table2(a, b)

@@ -60,3 +60,13 @@ def test_a_folder_without_an_evaluated_checkpoint_is_refused(tmp_path, capsys):
         load_run(tmp_path)
     assert main(['report', str(tmp_path), '--out', str(tmp_path / 'out')]) == 2
     assert 'no evaluated best checkpoint' in capsys.readouterr().err
+
+
+def test_the_papers_numbers_come_labelled_with_their_setting(runs, tmp_path):
+    from advit.about import PAPER_TOP1
+    assert main(['report', str(runs / 'vit-0'), '--out', str(tmp_path), '--paper']) == 0
+    rows = list(csv.DictReader(open(tmp_path / 'table1.csv')))
+    paper = [row for row in rows if row['seeds'].startswith('paper: CIFAR-10 at 224')]
+    assert len(paper) == sum(len(scores) for scores in PAPER_TOP1.values())
+    l1_tiny = next(row for row in paper if row['model'] == 'ViT-Tiny' and row['method'] == 'advit_l1')
+    assert float(l1_tiny['top1_mean']) == PAPER_TOP1['ViT-Tiny']['advit_l1']
