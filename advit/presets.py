@@ -2,7 +2,8 @@
 
 ``paper-*`` follow the paper (224x224, ImageNet-pretrained timm students, ViT-Base teacher,
 AdamW, 300 epochs, DeiT augmentation); they need pretrained weights (a network or local files)
-and a GPU. ``cifar32-*`` train from scratch at 32x32 with patch 4 and run on a CPU at small scale.
+and a GPU. ``cifar32-*`` train from scratch at 32x32 (ViTs with patch 4) and run on a CPU at small
+scale. ``paper-<cnn>`` / ``cifar32-<cnn>`` train the paper's CNN baselines by cross-entropy.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ _PAPER = dict(image_size=224, recipe='rrc224', pretrained=True, epochs=300, batc
 _CIFAR32 = dict(image_size=32, recipe='cifar32', pretrained=False, epochs=100, batch_size=256,
                 lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, drop_path=0.1, label_smoothing=0.1)
 
+# The paper's CNN baselines (Table 1), trained by cross-entropy: ImageNet weights at 224, or from scratch at 32.
+CNN_BASELINES = ('resnet10t', 'resnet34', 'efficientnet_b1', 'efficientnet_b4')
+
 PRESETS: dict[str, dict[str, Any]] = {
     'paper-tiny': dict(_PAPER, model='vit_tiny_patch16_224.augreg_in21k_ft_in1k'),
     'paper-small': dict(_PAPER, model='vit_small_patch16_224.augreg_in21k_ft_in1k'),
@@ -20,6 +24,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     'cifar32-tiny': dict(_CIFAR32, model='vit_tiny_patch4_32'),
     'cifar32-small': dict(_CIFAR32, model='vit_small_patch4_32'),
     'cifar32-base': dict(_CIFAR32, model='vit_base_patch4_32'),
+    **{f'paper-{cnn}': dict(_PAPER, model=cnn, method='vit', drop_path=0.0) for cnn in CNN_BASELINES},
+    **{f'cifar32-{cnn}': dict(_CIFAR32, model=cnn, method='vit', drop_path=0.0) for cnn in CNN_BASELINES},
 }
 
 

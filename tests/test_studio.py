@@ -90,3 +90,22 @@ def test_compare_view_matches_saved_predictions(studio):
     assert all(' true cat ' in caption for _, caption in cats.a_only + cats.b_only)
     with pytest.raises(StudioError, match='unknown class'):
         studio.compare(a, b, 'unicorn')
+
+
+def test_a_cnn_is_compared_but_has_no_attention_view(studio, tiny_bundle, tmp_path, cifar_archive):
+    from advit.checkpoint import save_checkpoint
+    from advit.data import CIFAR10_CLASSES
+    from advit.models import create_model
+    folder = tmp_path / 'with-cnn'
+    folder.mkdir()
+    cnn = create_model('resnet10t', num_classes=10)
+    save_checkpoint(folder / 'resnet.safetensors', cnn, dict(
+        model='resnet10t', model_args=dict(num_classes=10, img_size=32), classes=list(CIFAR10_CLASSES),
+        image_size=32, mean=[0.5] * 3, std=[0.5] * 3, method='vit', params=sum(p.numel() for p in cnn.parameters())))
+    mixed = Studio([tiny_bundle, folder], None, cifar_archive)
+    cnn_key, deit_key = str(folder / 'resnet.safetensors'), str(tiny_bundle / 'deit_hard.safetensors')
+    assert cnn_key in [key for _, key in mixed.choices()] and cnn_key not in [k for _, k in mixed.choices(vit_only=True)]
+    view = mixed.compare(cnn_key, deit_key, 'all')
+    assert len(view.table) == 11 and 'resnet' in view.summary
+    with pytest.raises(StudioError, match='not a ViT: attention views need ViT models'):
+        mixed.attention(EXAMPLE, mixed.default_keys()['teacher'], cnn_key)

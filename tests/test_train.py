@@ -222,3 +222,10 @@ def test_attention_distillation_with_a_cnn_teacher_is_refused_before_anything_ru
     out = tmp_path / 'advit'
     _assert_refused(['train', '--method', 'advit_kl', '--teacher', str(cnn / 'best.safetensors'), '--steps', '2',
                      '--out', str(out), *data_flags, *tiny_flags()], 'needs a ViT teacher, not ResNet', capsys, out)
+
+
+def test_cnn_presets_train_the_papers_baselines_by_cross_entropy():
+    from advit.presets import CNN_BASELINES, preset
+    for cnn in CNN_BASELINES:
+        assert preset(f'cifar32-{cnn}')['model'] == cnn and preset(f'cifar32-{cnn}')['image_size'] == 32
+        assert preset(f'paper-{cnn}')['pretrained'] and preset(f'paper-{cnn}')['method'] == 'vit'
