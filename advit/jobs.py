@@ -29,8 +29,7 @@ from typing import Any
 from .io import write_json
 from .train import TrainConfig, TrainingError, validate
 
-STATES = ('queued', 'running', 'finished', 'failed', 'cancelled')
-ACTIVE = ('queued', 'running')
+ACTIVE = ('queued', 'running')  # the states in which a job can still be cancelled
 CANCEL_GRACE_S = 8.0  # SIGTERM first; the process group is killed if still there after this
 NAME_PATTERN = re.compile(r'[^A-Za-z0-9._-]+|\.{2,}')  # no separators, no '..'
 REPO = Path(__file__).resolve().parents[1]
