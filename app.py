@@ -29,6 +29,7 @@ desk = TrainDesk.from_env(studio.runs_dir, lambda: {key for _, key in studio.cho
                           studio.data) if jobs_enabled() else None
 if desk is not None:
     desk.manager.start_scheduler()
+defaults = studio.default_keys()  # each call scans the catalog: once for the layout
 STUDENTS = ['vit_tiny_patch4_32', 'vit_small_patch4_32', 'deit_tiny_distilled_patch4_32',
             'deit_small_distilled_patch4_32', 'vit_base_patch4_32', 'vit_tiny_patch16_224', 'vit_small_patch16_224']
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / 'assets' / 'examples').glob('*.png'))
@@ -63,7 +64,8 @@ def start_job(name, method, model, model_args, teacher, data, length, amount, lr
               subset, batch_size, device, token):
     job = desk.start(name, method, model, model_args, teacher, data, length, amount, lr, attn_weight, alpha, tau,
                      seed, subset, batch_size, device, token)
-    return job, gr.Dropdown(choices=[row[0] for row in desk.rows()], value=job['name']), desk.rows()
+    rows = desk.rows()
+    return job, gr.Dropdown(choices=[row[0] for row in rows], value=job['name']), rows
 
 
 @user_errors
@@ -93,10 +95,10 @@ def job_names(selected):
 
 def refresh():
     """Rescan checkpoints and runs (a finished run appears without a restart)."""
-    vits, everything, defaults = studio.choices(vit_only=True), studio.choices(), studio.default_keys()
-    return (gr.Dropdown(choices=vits, value=defaults['teacher']), gr.Dropdown(choices=vits, value=defaults['student']),
-            gr.Dropdown(choices=everything, value=defaults['compare_a']),
-            gr.Dropdown(choices=everything, value=defaults['compare_b']), studio.problems())
+    vits, everything, now = studio.choices(vit_only=True), studio.choices(), studio.default_keys()
+    return (gr.Dropdown(choices=vits, value=now['teacher']), gr.Dropdown(choices=vits, value=now['student']),
+            gr.Dropdown(choices=everything, value=now['compare_a']),
+            gr.Dropdown(choices=everything, value=now['compare_b']), studio.problems())
 
 
 with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
@@ -114,10 +116,10 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                 # Custom values let API clients name runs that finished after start-up; the Studio
                 # accepts only models on offer.
                 teacher = gr.Dropdown(label='Teacher', choices=studio.choices(vit_only=True),
-                                      value=studio.default_keys()['teacher'], allow_custom_value=True)
+                                      value=defaults['teacher'], allow_custom_value=True)
                 teacher_info = gr.Markdown(studio.describe(teacher.value))
                 student = gr.Dropdown(label='Student', choices=studio.choices(vit_only=True),
-                                      value=studio.default_keys()['student'], allow_custom_value=True)
+                                      value=defaults['student'], allow_custom_value=True)
                 student_info = gr.Markdown(studio.describe(student.value))
                 fusion = gr.Radio(['mean', 'max', 'head'], value='mean', label='Head fusion (mean: as trained)')
                 head = gr.Slider(0, 15, value=0, step=1, label='Head (when fusion is "head")')
@@ -146,9 +148,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                     '(paper Table 3), and per-class accuracy side by side (Table 2).')
         with gr.Row():
             model_a = gr.Dropdown(label='Model A (default: the best ADViT student)', choices=studio.choices(),
-                                  value=studio.default_keys()['compare_a'], allow_custom_value=True)
+                                  value=defaults['compare_a'], allow_custom_value=True)
             model_b = gr.Dropdown(label='Model B (default: the DeiT student)', choices=studio.choices(),
-                                  value=studio.default_keys()['compare_b'], allow_custom_value=True)
+                                  value=defaults['compare_b'], allow_custom_value=True)
             class_name = gr.Dropdown(['all', *CIFAR10_CLASSES], value='all', label='True class')
         run_compare = gr.Button('Compare', variant='primary')
         summary = gr.Markdown()
@@ -173,7 +175,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                                                 label='Student architecture (timm name)')
                     model_args = gr.Textbox(label='Architecture arguments', placeholder='depth=6, embed_dim=192')
                     job_teacher = gr.Dropdown(label='Teacher checkpoint', choices=studio.choices(vit_only=True),
-                                              value=studio.default_keys()['teacher'], allow_custom_value=True)
+                                              value=defaults['teacher'], allow_custom_value=True)
                     dataset = gr.Textbox(label='Dataset (CIFAR-10 archive or an ImageFolder path on the server)',
                                          value=str(studio.data))
                     with gr.Row():
@@ -193,8 +195,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                     launch = gr.Button('Launch', variant='primary')
                     launched = gr.JSON(label='Launched job')
                 with gr.Column(scale=2):
-                    jobs = gr.Dataframe(headers=LIST_HEADERS, value=desk.rows(), interactive=False, label='Jobs')
-                    selected = gr.Dropdown(label='Job', choices=[row[0] for row in desk.rows()])
+                    rows = desk.rows()
+                    jobs = gr.Dataframe(headers=LIST_HEADERS, value=rows, interactive=False, label='Jobs')
+                    selected = gr.Dropdown(label='Job', choices=[row[0] for row in rows])
                     progress = gr.HTML(elem_id='job-progress')
                     curves = gr.Plot(label='Loss terms and test accuracy', elem_id='job-curves')
                     log = gr.Textbox(label='Output (end)', lines=12, max_lines=12, autoscroll=True)

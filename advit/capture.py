@@ -74,16 +74,24 @@ class ClsAttentionCapture:
         self._thread = threading.get_ident()
         self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
         self._handles = [
-            attn.qkv.register_forward_hook(partial(self._record, index, attn))
+            self._hooked_module(attn).register_forward_hook(partial(self._record, index, attn))
             for index, attn in enumerate(self._attns)]
 
     @property
     def num_layers(self) -> int:
         return len(self._attns)
 
-    def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, qkv: torch.Tensor) -> None:
+    def _hooked_module(self, attn: nn.Module) -> nn.Module:
+        """The submodule whose output gives the row: the qkv projection."""
+        return attn.qkv
+
+    def _row(self, attn: nn.Module, output: torch.Tensor) -> torch.Tensor:
+        """The [CLS] row over all tokens, (batch, heads, tokens), from the hooked module's output."""
+        return cls_attention_row(output, attn)
+
+    def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
         if threading.get_ident() == self._thread:
-            self._rows[index] = cls_attention_row(qkv, attn)
+            self._rows[index] = self._row(attn, output)
 
     def pop(self) -> torch.Tensor:
         """The maps of the last forward, shape (batch, layers, heads, patches); clears them."""

@@ -17,7 +17,9 @@ import torch.nn as nn
 from .augment import BatchTransform
 from .checkpoint import load_checkpoint
 from .data import ImageSet, batches, load_dataset
+from .distributed import resolve_device
 from .io import atomic_path, write_json
+from .models import model_image_size, model_normalization
 
 
 def autocast(device: torch.device, enabled: bool = True):
@@ -143,9 +145,6 @@ def evaluate_split(
         model_name: Architecture, for a state dict without advit metadata.
         progress: Called with the fraction of test images done.
     """
-    from .distributed import resolve_device
-    from .models import model_image_size, model_normalization
-
     target = resolve_device(device)
     loaded = load_checkpoint(checkpoint, model_name=model_name, device=target)
     classes = loaded.meta.get('classes', test.classes)

@@ -46,7 +46,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from advit.capture import attention_modules
+from advit.capture import ClsAttentionCapture
 from advit.distributed import resolve_device
 from advit.evaluate import autocast
 from advit.losses import DistillationLoss
@@ -58,41 +58,23 @@ VARIANTS = STEP_VARIANTS + FORWARD_VARIANTS
 LOSS_TOLERANCE = 1e-4
 
 
-class FullMapCapture:
+class FullMapCapture(ClsAttentionCapture):
     """Records every block's full softmax attention map (unfused attention) through ``attn.attn_drop``.
 
     A drop-in for ``ClsAttentionCapture`` inside ``DistillationLoss``: ``pop()`` returns the same
-    (batch, layers, heads, patches) [CLS] maps, taken from row 0 of the full maps.
+    (batch, layers, heads, patches) [CLS] maps, taken from row 0 of the full maps, which stay
+    alive as AttentionExtract keeps them.
 
     Args:
         model: A timm ViT; its blocks are switched to the unfused attention path.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
-        attns = attention_modules(model)
-        for attn in attns:
-            attn.fused_attn = False  # the unfused path builds softmax(q k^T) and passes it to attn_drop
-        self._maps: list[torch.Tensor | None] = [None] * len(attns)
-        self._handles = [attn.attn_drop.register_forward_hook(partial(self._record, index))
-                         for index, attn in enumerate(attns)]
+    def _hooked_module(self, attn: nn.Module) -> nn.Module:
+        attn.fused_attn = False  # the unfused path builds softmax(q k^T) and passes it to attn_drop
+        return attn.attn_drop
 
-    def _record(self, index: int, _module: nn.Module, _inputs: Any, attn_map: torch.Tensor) -> None:
-        self._maps[index] = attn_map  # (batch, heads, tokens, tokens), as AttentionExtract keeps it
-
-    def pop(self) -> torch.Tensor:
-        """The [CLS] rows of the last forward's maps, (batch, layers, heads, patches); clears them."""
-        if any(m is None for m in self._maps):
-            raise RuntimeError('no attention recorded: run a forward pass of the model first')
-        rows = torch.stack([m[:, :, 0, self.num_prefix_tokens:] for m in self._maps], dim=1).float()
-        self._maps = [None] * len(self._maps)
-        return rows / rows.sum(dim=-1, keepdim=True)
-
-    def remove(self) -> None:
-        """Detach the hooks (the blocks stay unfused)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def _row(self, attn: nn.Module, attn_map: torch.Tensor) -> torch.Tensor:
+        return attn_map[:, :, 0].float()  # a view of the full (batch, heads, tokens, tokens) map
 
 
 class Setup:
