@@ -4,18 +4,21 @@ PYTHON ?= python3
 TIMM_GPU_VERSION := 1.0.29
 TIMM_GPU_DIR := .cache/timm-$(TIMM_GPU_VERSION)
 
-.PHONY: install browser test app
+.PHONY: install install-test browser test app
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps -e .
+
+install-test: install
+	$(PYTHON) -m pip install -q -r requirements-test.txt
 	test -d $(TIMM_GPU_DIR) || $(PYTHON) -m pip install -q --no-deps --target $(TIMM_GPU_DIR) timm==$(TIMM_GPU_VERSION)
 
 # The browser test drives Debian's Chromium (Playwright's own browser download needs the internet).
 browser:
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: install browser
+test: install-test browser
 	$(PYTHON) -m pytest
 
 app: install
