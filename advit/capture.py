@@ -1,9 +1,10 @@
 """[CLS]-attention capture that leaves fused attention in place.
 
 A forward hook on each block's ``attn.qkv`` projection takes the query of the [CLS] token and
-the keys of all tokens, and computes the one attention row softmax(q_cls K^T / sqrt(d)). The
-block itself keeps calling ``scaled_dot_product_attention``, and no N x N map is ever built:
-the extra cost is O(heads x tokens x head_dim) per layer, against the block's O(tokens^2).
+the keys of all tokens, and computes the one row of logits q_cls K^T / sqrt(d); the softmax runs
+once over every layer's row when the maps are taken. The block itself keeps calling
+``scaled_dot_product_attention``, and no N x N map is ever built: the extra cost is
+O(heads x tokens x head_dim) per layer, against the block's O(tokens^2).
 """
 from __future__ import annotations
 
@@ -33,26 +34,37 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return attns
 
 
-def cls_attention_row(qkv: torch.Tensor, attn: nn.Module) -> torch.Tensor:
-    """The [CLS] query's attention over all tokens, from the output of ``attn.qkv``.
+def cls_attention_logits(qkv: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+    """The [CLS] query's attention logits over all tokens, from the output of ``attn.qkv``.
 
     Args:
         qkv: Output of the qkv projection, shape (batch, tokens, 3 * heads * head_dim).
         attn: The timm ``Attention`` module that produced it (for heads, norms and scale).
 
     Returns:
-        Attention probabilities in float32, shape (batch, heads, tokens).
+        q_cls . k / sqrt(head_dim) per head, shape (batch, heads, tokens), in qkv's dtype.
     """
     batch, tokens, _ = qkv.shape
     heads, head_dim = attn.num_heads, attn.head_dim
     width = heads * head_dim
+    if isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity):
+        # One batched matmul over the keys where they lie in qkv (rows 3 * width apart, which
+        # BLAS takes as they are: no copy, nothing new saved for backward). The [CLS] query is
+        # spread over a block-diagonal (width, heads) matrix, so that each head's dot products come
+        # out as one column; the zeros cost heads x more multiply-adds, which is still under 1% of
+        # the qkv projection's.
+        query = (qkv[:, 0, :width] * attn.scale).unsqueeze(-1) * _head_blocks(heads, head_dim, qkv)
+        return torch.bmm(qkv[:, :, width:2 * width], query).transpose(1, 2)
     q_cls = qkv[:, :1, :width].reshape(batch, 1, heads, head_dim).transpose(1, 2)
     keys = qkv[:, :, width:2 * width].reshape(batch, tokens, heads, head_dim).transpose(1, 2)
     q_cls, keys = attn.q_norm(q_cls), attn.k_norm(keys)
-    # A broadcast product and sum, not a matmul: matmul would copy the strided keys of every layer
-    # and keep that copy for backward; this keeps only views of qkv, which attention saves anyway.
-    logits = (q_cls * attn.scale * keys).sum(dim=-1)  # (batch, heads, tokens)
-    return logits.float().softmax(dim=-1)
+    # Per-head norms need the heads apart: a broadcast product and sum over views of qkv.
+    return (q_cls * attn.scale * keys).sum(dim=-1)
+
+
+def _head_blocks(heads: int, head_dim: int, like: torch.Tensor) -> torch.Tensor:
+    """(heads * head_dim, heads) with ones where a row's channel belongs to the column's head."""
+    return torch.eye(heads, device=like.device, dtype=like.dtype).repeat_interleave(head_dim, dim=0)
 
 
 class ClsAttentionCapture:
@@ -85,21 +97,25 @@ class ClsAttentionCapture:
         """The submodule whose output gives the row: the qkv projection."""
         return attn.qkv
 
-    def _row(self, attn: nn.Module, output: torch.Tensor) -> torch.Tensor:
-        """The [CLS] row over all tokens, (batch, heads, tokens), from the hooked module's output."""
-        return cls_attention_row(output, attn)
+    def _logits(self, attn: nn.Module, output: torch.Tensor) -> torch.Tensor:
+        """The [CLS] row's logits over all tokens, (batch, heads, tokens), from the hooked module's output."""
+        return cls_attention_logits(output, attn)
 
     def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        if threading.get_ident() == self._thread:
-            self._rows[index] = self._row(attn, output)
+        # A compiled forward skips the thread check, which torch.compile cannot trace (a graph break
+        # per layer): compiled models are trained, never shared between request threads.
+        if torch.compiler.is_compiling() or threading.get_ident() == self._thread:
+            self._rows[index] = self._logits(attn, output)
 
     def pop(self) -> torch.Tensor:
         """The maps of the last forward, shape (batch, layers, heads, patches); clears them."""
         if any(row is None for row in self._rows):
             raise RuntimeError('no attention recorded: run a forward pass of the model first')
-        rows = torch.stack(self._rows, dim=1)[..., self.num_prefix_tokens:]
+        logits = torch.stack(self._rows, dim=1)[..., self.num_prefix_tokens:]
         self._rows = [None] * len(self._attns)
-        return rows / rows.sum(dim=-1, keepdim=True)
+        # All layers at once. The softmax over the patches alone is the full row's softmax with the
+        # prefix tokens dropped and the rest renormalised.
+        return logits.float().softmax(dim=-1)
 
     def remove(self) -> None:
         """Detach the hooks from the model."""

@@ -186,3 +186,28 @@ def test_concurrent_captures_on_one_model_keep_their_own_maps():
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+@pytest.mark.parametrize('args', [TINY, dict(TINY, qk_norm=True)], ids=['fast path', 'qk norms'])
+def test_capture_compiles_into_one_graph_with_the_eager_maps(args):
+    """torch.compile traces the hooks into the model's graph (no break per layer), and the maps
+    and their gradient are the eager ones. Dynamo's eager backend: inductor's code generation
+    would only add minutes here."""
+    import torch._dynamo
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch4_32', **args).train()
+    images = torch.randn(2, 3, 32, 32)
+    with ClsAttentionCapture(model) as capture:
+        torch._dynamo.reset()
+        assert torch._dynamo.explain(model)(images).graph_break_count == 0
+        capture.pop()
+        maps = {}
+        for name, forward in (('eager', model), ('compiled', torch.compile(model, backend='eager'))):
+            torch.manual_seed(1)  # the same drop-path draws
+            forward(images)
+            maps[name] = capture.pop()
+            maps[name][:, :, :, 0].sum().backward()
+            maps[name + ' grad'] = model.blocks[0].attn.qkv.weight.grad.clone()
+            model.zero_grad()
+    torch.testing.assert_close(maps['compiled'], maps['eager'])
+    torch.testing.assert_close(maps['compiled grad'], maps['eager grad'])
