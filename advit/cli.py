@@ -1,4 +1,4 @@
-"""Command line: ``advit train``, ``advit eval`` (also ``python -m advit``)."""
+"""Command line: ``advit train``, ``advit eval``, ``advit report``, ``advit bundle`` (also ``python -m advit``)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from .augment import RECIPES
+from .bundle import MAX_MB, BundleError
 from .checkpoint import CheckpointError
 from .data import DatasetError
 from .losses import METHODS
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--teacher-model', help='architecture of a teacher state dict that lacks advit metadata')
     t.add_argument('--teacher-pretrained-file', help='local weights for a teacher given by timm name')
     t.add_argument('--image-size', type=int, help='input size (default 32)')
-    t.add_argument('--recipe', choices=('cifar32', 'rrc224'), help='augmentation (default cifar32)')
+    t.add_argument('--recipe', choices=RECIPES, help='augmentation (default cifar32)')
     t.add_argument('--subset', type=int, help='train on a fixed subset of N images')
     t.add_argument('--test-subset', type=int, help='evaluate on a fixed subset of N test images')
     t.add_argument('--epochs', type=float, help='run length in epochs')
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--grad-clip', type=float, help='gradient norm clip, 0 for none (default 1.0)')
     t.add_argument('--drop-path', type=float, help='stochastic depth rate (default 0.1)')
     t.add_argument('--label-smoothing', type=float, help='label smoothing (default 0)')
+    t.add_argument('--mixup', type=float, help='Beta alpha of mixup, e.g. 0.8; 0: off (default 0)')
+    t.add_argument('--cutmix', type=float, help='Beta alpha of CutMix, e.g. 1.0; 0: off (default 0)')
+    t.add_argument('--mix-prob', type=float, help='share of batches mixed by mixup or CutMix (default 1.0)')
     t.add_argument('--attn-weight', type=float, help='weight of the attention loss (default 1.0)')
     t.add_argument('--alpha', type=float, help='weight of the DeiT term; lambda for deit_soft (default 0.5)')
     t.add_argument('--tau', type=float, help='temperature of deit_soft and advit_kl_paper (default 1.0)')
@@ -101,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--out', default='report', help='folder for table1.md/.csv, table2.md/.csv, per_class.png')
     r.add_argument('--compare', nargs=2, metavar=('RUN_A', 'RUN_B'), help='two runs for Table 2 (per class)')
     r.add_argument('--paper', action='store_true', help="add the paper's Table 1, labelled with its setting")
+    b = commands.add_parser('bundle', help='export the checkpoint bundle from its run folders: fp16 weights, '
+                            'evaluations and the model card (scripts/train_bundle.sh calls it)',
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument('runs', help='folder of the runs teacher/, vit/, deit_hard/, advit_*/ (and commands.tsv)')
+    b.add_argument('--out', default='checkpoints', help='the bundle folder')
+    b.add_argument('--max-mb', type=float, default=MAX_MB, help='size limit of the bundle folder (MB of 10^6 bytes)')
+    b.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='for evaluating the exports')
     return parser
 
 
@@ -142,13 +154,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None, args.paper)
             print((out / 'table1.md').read_text(), end='')
             print(f'written to {out}')
+        elif args.command == 'bundle':
+            from .bundle import export_bundle
+            size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device)
+            print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
+                  f'model card {Path(args.out) / "README.md"}')
         else:
             from .evaluate import evaluate_checkpoint
             metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                           device=args.device, subset=args.subset, cache_dir=args.cache_dir,
                                           model_name=args.model)
             print(json.dumps({k: metrics[k] for k in ('checkpoint', 'top1', 'count', 'per_class')}, indent=2))
-    except (TrainingError, CheckpointError, DatasetError, ReportError, ValueError, RuntimeError, OSError) as err:
+    except (TrainingError, CheckpointError, DatasetError, ReportError, BundleError, ValueError, RuntimeError,
+            OSError) as err:
         print(f'advit {args.command}: error: {err}', file=sys.stderr)
         return 2
     return 0

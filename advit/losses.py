@@ -11,6 +11,9 @@ Method names, each combining cross-entropy with the terms it names:
 - ``advit_kl``: CE + w KL(A_t || A_s) on the attention distributions themselves.
 - ``deit_hard+advit_l1`` etc.: a DeiT logit term and an ADViT attention term at once.
 
+Labels may be soft targets (mixup / CutMix): cross-entropy takes them as given, the teacher sees the
+same mixed images as the student, and the DeiT-hard target stays the teacher's argmax.
+
 With a distillation token the student returns (class logits, distillation logits) while training;
 the DeiT term is computed on the distillation head and cross-entropy on the class head.
 """
@@ -100,7 +103,8 @@ class DistillationLoss(nn.Module):
         attn_weight: Weight of the attention term.
         alpha: Weight of the DeiT term (0.5 in the paper's eq. 3; lambda in eq. 2).
         tau: Temperature of ``deit_soft`` and ``advit_kl_paper``.
-        label_smoothing: Label smoothing of the cross-entropy on labels.
+        label_smoothing: Label smoothing of the cross-entropy on class indices (soft targets
+            carry their own, see ``forward``).
         head_fusion: How attention heads are fused before comparison (the paper: mean).
         layer_map: Teacher layer per student layer; default uniform.
     """
@@ -161,10 +165,12 @@ class DistillationLoss(nn.Module):
         Args:
             images: The batch the student saw (normalised for the student).
             outputs: Student logits, or (class logits, distillation logits) with a distillation token.
-            labels: Class indices.
+            labels: Class indices, or (batch, classes) probabilities (mixup / CutMix targets), taken
+                as given: they already hold their label smoothing.
         """
         class_logits, distill_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
-        ce = self.criterion(class_logits, labels)
+        criterion = F.cross_entropy if labels.is_floating_point() else self.criterion  # no second smoothing
+        ce = criterion(class_logits, labels)
         terms = {'ce': ce.detach()}
         if not self.method.needs_teacher:
             terms['loss'] = terms['ce']

@@ -48,13 +48,18 @@ class RunResult:
         return ' + '.join(dict.fromkeys(LOSS_TYPES.get(part, part) for part in self.method.split('+')))
 
 
-def load_run(run: str | Path) -> RunResult:
-    """A run folder's best checkpoint, its evaluation and its seed."""
+def load_run(run: str | Path, evaluation: str | Path | None = None) -> RunResult:
+    """A run folder's best checkpoint, its evaluation and its seed.
+
+    Args:
+        evaluation: An ``.eval.json`` to use instead of the checkpoint's own (the bundle's re-evaluation
+            of its fp16 export).
+    """
     run = Path(run)
     checkpoint = run / 'best.safetensors'
-    metrics_path = evaluation_paths(checkpoint)[0]
+    metrics_path = Path(evaluation) if evaluation is not None else evaluation_paths(checkpoint)[0]
     if not checkpoint.is_file() or not metrics_path.is_file():
-        raise ReportError(f'{run} has no evaluated best checkpoint (best.safetensors and best.eval.json)')
+        raise ReportError(f'{run} has no evaluated best checkpoint (best.safetensors and {metrics_path.name})')
     meta = read_metadata(checkpoint)
     evaluation = json.loads(metrics_path.read_text())
     config = json.loads((run / 'config.json').read_text()) if (run / 'config.json').is_file() else {}
@@ -92,7 +97,8 @@ def table2(a: RunResult, b: RunResult) -> list[dict[str, Any]]:
     return rows
 
 
-def _markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table of ``rows`` in ``columns`` (key, title): floats to 2 decimals, None as a dash."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f'{value:.2f}'
@@ -102,6 +108,11 @@ def _markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str
     lines = ['| ' + ' | '.join(title for _, title in columns) + ' |', '|' + ' --- |' * len(columns)]
     lines += ['| ' + ' | '.join(cell(row[key]) for key, _ in columns) + ' |' for row in rows]
     return '\n'.join(lines) + '\n'
+
+
+def table2_columns(a: RunResult, b: RunResult) -> list[tuple[str, str]]:
+    """Markdown columns of Table 2, headed by the two runs' folder names."""
+    return [('class', 'class'), ('a', f'{a.path.name} (%)'), ('b', f'{b.path.name} (%)'), ('b_minus_a', 'difference')]
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -141,13 +152,11 @@ def write_report(runs: list[str | Path], out: str | Path, compare: tuple[str, st
         raise ReportError('no runs given')
     out = Path(out)
     rows = table1(results) + (paper_rows() if with_paper else [])
-    outputs = {'table1.md': _markdown(rows, TABLE1_COLUMNS), 'table1.csv': _csv(rows)}
+    outputs = {'table1.md': markdown_table(rows, TABLE1_COLUMNS), 'table1.csv': _csv(rows)}
     if compare is not None:
         a, b = load_run(compare[0]), load_run(compare[1])
         rows = table2(a, b)
-        columns = [('class', 'class'), ('a', f'{a.path.name} (%)'), ('b', f'{b.path.name} (%)'),
-                   ('b_minus_a', 'difference')]
-        outputs['table2.md'] = _markdown(rows, columns)
+        outputs['table2.md'] = markdown_table(rows, table2_columns(a, b))
         outputs['table2.csv'] = _csv(rows)
         _per_class_chart(rows, a.path.name, b.path.name, out / 'per_class.png')
     for name, text in outputs.items():

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
-from .augment import RECIPES, BatchTransform
+from .augment import RECIPES, BatchTransform, Mixup
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, model_weights, read_metadata,
                          read_tensors, save_checkpoint, train_state)
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, load_dataset, steps_per_epoch
@@ -70,7 +70,10 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     drop_path: float = 0.1
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # with mixup / CutMix, folded into their soft targets
+    mixup: float = 0.0  # Beta alpha of mixup (timm's 0.8); 0: off
+    cutmix: float = 0.0  # Beta alpha of CutMix (timm's 1.0); 0: off; with mixup on too, each mixes half
+    mix_prob: float = 1.0  # share of batches mixed when mixup or CutMix is on
     attn_weight: float = 1.0
     alpha: float = 0.5
     tau: float = 1.0
@@ -114,6 +117,9 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise TrainingError(f'{name} must be positive, got {value}')
+    if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
+        raise TrainingError(f'mixup and cutmix must be >= 0 and mix_prob in [0, 1], got {cfg.mixup}, '
+                            f'{cfg.cutmix}, {cfg.mix_prob}')
     if not Path(cfg.data).exists() and cfg.data != OFFICIAL_CIFAR10:
         raise TrainingError(f'dataset not found: {cfg.data}')
 
@@ -210,7 +216,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
         step_limits.append(math.ceil(cfg.epochs * epoch_steps))
     total_steps = min(step_limits, default=None)  # None: the time budget alone ends the run
 
-    # Models, loss, optimiser.
+    # Models, loss, optimiser. Seeded: runs of one seed start from the same weights (so students that
+    # differ only in their method start alike).
+    torch.manual_seed(cfg.seed)
     student = create_model(
         cfg.model, num_classes=len(classes), pretrained=cfg.pretrained and cfg.pretrained_file is None,
         pretrained_file=cfg.pretrained_file, img_size=cfg.image_size, drop_path_rate=cfg.drop_path,
@@ -246,6 +254,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
     stream_seed = cfg.seed * 1_000_003 + ctx.rank * 10_007 + step
     torch.manual_seed(stream_seed)
     transform.generator.manual_seed(stream_seed)
+    mixer = Mixup(cfg.mixup, cfg.cutmix, len(classes), cfg.label_smoothing, cfg.mix_prob, seed=stream_seed) \
+        if cfg.mixup or cfg.cutmix else None
     params = sum(p.numel() for p in student.parameters())
     log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d test images, %s steps of %d',
              cfg.method, cfg.model, params / 1e6, device, ctx.world_size, len(train_set), len(test_set),
@@ -292,6 +302,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
             group['lr'] = lr
 
         inputs = transform.train(images)
+        if mixer is not None:
+            inputs, labels = mixer(inputs, labels)  # (batch, classes) soft targets from here
         with autocast(device, cfg.amp):
             outputs = model(inputs)
             loss, terms = criterion(inputs, outputs, labels)

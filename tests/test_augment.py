@@ -1,11 +1,17 @@
 """Batch-wise augmentation on real CIFAR-10 images."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from timm.data.mixup import mixup_target
+from torchvision.transforms import InterpolationMode
 
-from advit.augment import BatchTransform, random_crop_flip, random_erasing, random_resized_crop_flip
+from advit.augment import (TRIVIAL_OPS, BatchTransform, Mixup, random_crop_flip, random_erasing,
+                           random_resized_crop_flip, trivial_augment, trivial_ops)
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
 
 
@@ -47,7 +53,7 @@ def test_cifar32_resizes_to_image_size(images):
 
 
 def test_same_seed_same_output_other_seed_other(images):
-    for recipe, size in (('cifar32', 32), ('rrc224', 64)):
+    for recipe, size in (('cifar32', 32), ('cifar32_strong', 32), ('rrc224', 64)):
         def run(seed):
             transform = BatchTransform(recipe, size, CIFAR10_MEAN, CIFAR10_STD, seed=seed)
             return transform.train(images), transform.train(images)
@@ -188,3 +194,168 @@ def test_eval_normalises_with_the_given_mean_and_std(size):
         expected = (value / 255 - mean[channel]) / std[channel]
         assert out[:, channel].mean().item() == pytest.approx(expected, abs=1e-5)
         assert out[:, channel].std().item() < 1e-5
+
+
+# --- cifar32_strong: TrivialAugment ---------------------------------------------------------------
+
+def _shear(axis: int):
+    """torchvision's bilinear shear about the centre (its TrivialAugment shears about the corner: a shift more)."""
+    def apply(image: torch.Tensor, m: float) -> torch.Tensor:
+        shear = [0.0, 0.0]
+        shear[axis] = math.degrees(math.atan(0.3 * m))
+        return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear,
+                         interpolation=InterpolationMode.BILINEAR)
+    return apply
+
+
+# torchvision's functional ops, one image and one magnitude m in [-1, 1] at a time, at RandAugment's ranges.
+REFERENCES = {
+    'identity': lambda image, m: image,
+    'brightness': lambda image, m: TF.adjust_brightness(image, 1 + 0.9 * m),
+    'color': lambda image, m: TF.adjust_saturation(image, 1 + 0.9 * m),
+    'contrast': lambda image, m: TF.adjust_contrast(image, 1 + 0.9 * m),
+    'sharpness': lambda image, m: TF.adjust_sharpness(image, 1 + 0.9 * m),
+    'posterize': lambda image, m: TF.posterize(image, 8 - round(4 * abs(m))),
+    'solarize': lambda image, m: TF.solarize(image, 1 - abs(m)),
+    'autocontrast': lambda image, m: TF.autocontrast(image),
+    'equalize': lambda image, m: TF.equalize(image),
+    'rotate': lambda image, m: TF.rotate(image, 30 * m, InterpolationMode.BILINEAR),
+    'shear_x': _shear(0),
+    'shear_y': _shear(1),
+}
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_each_trivial_op_matches_torchvision(images, name):
+    x = images[:16].float() / 255
+    magnitudes = torch.linspace(-1, 1, len(x))
+    out = trivial_ops(x, torch.full((len(x),), TRIVIAL_OPS.index(name)), magnitudes)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    for i in range(len(x)):
+        expected = REFERENCES[name](x[i], magnitudes[i].item())
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0, msg=f'{name}, image {i}')
+    if name == 'identity':
+        assert torch.equal(out, x)
+    elif name not in ('autocontrast', 'equalize'):  # no magnitude; an image may already be stretched
+        assert not torch.equal(out[0], x[0])  # at full strength it changes the image: the check is not vacuous
+
+
+@pytest.mark.parametrize('name, axis', [('translate_x', -1), ('translate_y', -2)])
+@pytest.mark.parametrize('pixels', [5, -3])
+def test_translation_moves_by_its_magnitude_and_fills_black(images, name, axis, pixels):
+    x = images[:4].float() / 255
+    magnitude = pixels / (32 * 150 / 331)  # the strongest translation is 150/331 of the side
+    out = trivial_ops(x, torch.full((4,), TRIVIAL_OPS.index(name)), torch.full((4,), magnitude))
+    shifted = torch.zeros_like(x)
+    if axis == -1:
+        shifted[..., max(pixels, 0):32 + min(pixels, 0)] = x[..., max(-pixels, 0):32 - max(pixels, 0)]
+    else:
+        shifted[..., max(pixels, 0):32 + min(pixels, 0), :] = x[..., max(-pixels, 0):32 - max(pixels, 0), :]
+    torch.testing.assert_close(out, shifted, atol=1e-5, rtol=0)
+
+
+def test_each_image_gets_its_own_op_and_magnitude(images):
+    """The batched ops agree with the same op applied to each image alone: no image sees another's."""
+    x = images[:28].float() / 255
+    ops = torch.arange(28) % len(TRIVIAL_OPS)
+    magnitudes = torch.linspace(-1, 1, 28)
+    out = trivial_ops(x, ops, magnitudes)
+    for i in range(len(x)):
+        alone = trivial_ops(x[i:i + 1], ops[i:i + 1], magnitudes[i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], alone, atol=1e-6, rtol=0, msg=TRIVIAL_OPS[ops[i]])
+
+
+def test_trivial_augment_draws_per_image_and_is_seeded(images):
+    same = images[:1].expand(512, -1, -1, -1).float() / 255  # one image, 512 times
+    out = trivial_augment(same, generator(0))
+    assert out.shape == same.shape and out.min() >= 0 and out.max() <= 1
+    distinct = {tuple(row) for row in out.flatten(1)[:, ::7].tolist()}
+    # Only identity, autocontrast and equalize give the same output for every copy (3 of 14 ops).
+    assert len(distinct) > 512 * 0.6
+    unchanged = (out == same).flatten(1).all(dim=1).float().mean().item()
+    assert 0.02 < unchanged < 0.25  # identity (1/14), plus ops that leave this image as it is
+    torch.testing.assert_close(out, trivial_augment(same, generator(0)), atol=0, rtol=0)
+    assert not torch.equal(out, trivial_augment(same, generator(1)))
+
+
+def test_cifar32_strong_keeps_cifar32_then_augments_and_erases(images):
+    strong = BatchTransform('cifar32_strong', 32, CIFAR10_MEAN, CIFAR10_STD, seed=0)
+    out = strong.train(images)
+    assert out.shape == images.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    plain = BatchTransform('cifar32', 32, CIFAR10_MEAN, CIFAR10_STD, seed=0).train(images)
+    assert not torch.equal(out, plain)
+    # The same generator stream drives the crop first: the crop and flip are cifar32's.
+    g = generator(0)
+    cropped = random_crop_flip(images.float() / 255, padding=4, generator=g)
+    expected = random_erasing(
+        (trivial_augment(cropped, g) - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1), g)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+# --- Mixup / CutMix ---------------------------------------------------------------------------------
+
+LABELS = torch.arange(8)  # reversed, every image meets another class
+
+
+def _lam(targets: torch.Tensor, smoothing: float = 0.1, classes: int = 10) -> torch.Tensor:
+    """The mixing weight of each row, read back from its own class's target."""
+    return (targets[torch.arange(len(targets)), LABELS] - smoothing / classes) / (1 - smoothing)
+
+
+def test_mixup_mixes_images_as_its_targets_say():
+    x = torch.randn(8, 3, 32, 32)
+    mixer = Mixup(mixup=0.8, cutmix=0.0, num_classes=10, label_smoothing=0.1, seed=0)
+    lams = []
+    for _ in range(20):
+        out, targets = mixer(x, LABELS)
+        assert targets.shape == (8, 10) and (targets >= 0).all()
+        torch.testing.assert_close(targets.sum(-1), torch.ones(8))
+        lam = _lam(targets)
+        assert torch.allclose(lam, lam[0])  # one weight per batch
+        torch.testing.assert_close(out, lam[0] * x + (1 - lam[0]) * x.flip(0))
+        torch.testing.assert_close(targets, mixup_target(LABELS, 10, lam[0].item(), 0.1))  # timm's targets
+        lams.append(lam[0].item())
+    assert 0 < min(lams) and max(lams) < 1 and len(set(lams)) == 20
+
+
+def test_cutmix_pastes_one_box_whose_area_sets_the_targets():
+    x = torch.randn(8, 3, 32, 32)
+    mixer = Mixup(mixup=0.0, cutmix=1.0, num_classes=10, label_smoothing=0.1, seed=1)
+    for _ in range(20):
+        out, targets = mixer(x, LABELS)
+        torch.testing.assert_close(targets.sum(-1), torch.ones(8))
+        pasted = (out != x).any(dim=1)  # (8, 32, 32): where the reversed batch shows
+        assert torch.equal(out[:, :, pasted[0]], x.flip(0)[:, :, pasted[0]])
+        assert all(torch.equal(pasted[i], pasted[0]) for i in range(8))  # one box for the batch
+        rows, cols = pasted[0].any(1).nonzero().flatten(), pasted[0].any(0).nonzero().flatten()
+        if len(rows):
+            box = torch.zeros(32, 32, dtype=torch.bool)
+            box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+            assert torch.equal(pasted[0], box)
+        lam = _lam(targets)
+        torch.testing.assert_close(lam, torch.full((8,), 1 - pasted[0].float().mean().item()))
+
+
+def test_both_switch_per_batch_and_prob_zero_leaves_images():
+    x = torch.randn(8, 3, 32, 32)
+    mixer = Mixup(mixup=0.8, cutmix=1.0, num_classes=10, label_smoothing=0.1, seed=2)
+    kinds = []
+    for _ in range(200):
+        out, _ = mixer(x, LABELS)
+        changed = (out != x).any(dim=1)[0].float().mean().item()
+        kinds.append('mixup' if changed == 1.0 else 'cutmix')
+    assert 0.35 < kinds.count('cutmix') / 200 < 0.65
+    off = Mixup(mixup=0.8, cutmix=1.0, num_classes=10, label_smoothing=0.1, prob=0.0, seed=2)
+    out, targets = off(x, LABELS)
+    assert torch.equal(out, x)
+    torch.testing.assert_close(targets, mixup_target(LABELS, 10, 1.0, 0.1))  # smoothed one-hot
+
+
+def test_mixup_is_seeded():
+    x = torch.randn(8, 3, 32, 32)
+    a = [Mixup(0.8, 1.0, 10, seed=3)(x, LABELS) for _ in range(2)]
+    b = Mixup(0.8, 1.0, 10, seed=4)(x, LABELS)
+    assert torch.equal(a[0][0], a[1][0]) and torch.equal(a[0][1], a[1][1])
+    assert not torch.equal(a[0][1], b[1])

@@ -175,3 +175,35 @@ def test_bad_setups_are_refused(pair):
         DistillationLoss('advit_l1', student, teacher, head_fusion='none')
     with pytest.raises(ValueError, match='outside'):
         DistillationLoss('advit_l1', student, teacher, layer_map=[0, 7])
+
+
+def test_soft_targets_cross_entropy_by_hand_and_no_second_smoothing(pair):
+    student, _, images, labels = pair
+    logits = student(images)
+    targets = torch.softmax(torch.randn(4, 10, generator=torch.Generator().manual_seed(0)), -1)
+    log_p = [[z - math.log(sum(math.exp(v) for v in row)) for z in row] for row in logits.tolist()]
+    by_hand = -sum(t * lp for t_row, lp_row in zip(targets.tolist(), log_p) for t, lp in zip(t_row, lp_row)) / 4
+    for smoothing in (0.0, 0.1):  # soft targets carry their own smoothing: the loss's is not applied again
+        loss, terms = DistillationLoss('vit', student, label_smoothing=smoothing)(images, logits, targets)
+        assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+        assert terms['ce'].item() == pytest.approx(by_hand, rel=1e-5)
+    # Class indices still get the configured smoothing.
+    smoothed, _ = DistillationLoss('vit', student, label_smoothing=0.1)(images, logits, labels)
+    torch.testing.assert_close(smoothed, F.cross_entropy(logits, labels, label_smoothing=0.1))
+    assert not torch.allclose(smoothed, F.cross_entropy(logits, labels))
+
+
+def test_deit_hard_with_soft_targets_keeps_the_teachers_hard_label(pair):
+    student, teacher, images, labels = pair
+    mixed = 0.7 * images + 0.3 * images.flip(0)  # what the student sees after mixup
+    targets = 0.7 * F.one_hot(labels, 10).float() + 0.3 * F.one_hot(labels.flip(0), 10).float()
+    seen = []
+    teacher.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    logits = student(mixed)
+    loss, terms = DistillationLoss('deit_hard', student, teacher, label_smoothing=0.1)(mixed, logits, targets)
+    assert torch.equal(seen[0], mixed)  # the teacher sees the same mixed images
+    with torch.no_grad():
+        hard = teacher(mixed).argmax(-1)
+    soft_ce = -(targets * torch.log_softmax(logits, -1)).sum(-1).mean()
+    torch.testing.assert_close(terms['kd'], F.cross_entropy(logits, hard).detach())
+    torch.testing.assert_close(loss, 0.5 * soft_ce + 0.5 * F.cross_entropy(logits, hard))

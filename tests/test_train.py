@@ -78,6 +78,43 @@ def test_time_budget_ends_the_run(tmp_path, data_flags):
     assert read_metadata(out / 'last.safetensors')['progress']['elapsed'] >= 3
 
 
+def test_strong_recipe_with_mixup_and_cutmix_trains(tmp_path, data_flags, teacher_checkpoint, capsys):
+    out = tmp_path / 'run'
+    assert main(['train', '--method', 'deit_hard+advit_l1', '--teacher', str(teacher_checkpoint), '--steps', '3',
+                 '--recipe', 'cifar32_strong', '--mixup', '0.8', '--cutmix', '1.0', '--label-smoothing', '0.1',
+                 '--out', str(out), *data_flags, *tiny_flags()]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert [config[key] for key in ('recipe', 'mixup', 'cutmix', 'mix_prob')] == ['cifar32_strong', 0.8, 1.0, 1.0]
+    train_lines = [line for line in metrics(out) if line['event'] == 'train']
+    assert [line['step'] for line in train_lines] == [1, 2, 3]
+    assert all(line['ce'] > 0 and line['kd'] > 0 and line['attn'] >= 0 for line in train_lines)
+    loaded = load_checkpoint(out / 'best.safetensors')
+    assert loaded.meta['recipe'] == 'cifar32_strong' and loaded.meta['step'] == 3
+    # The same run unmixed (same seed: same weights, batch and augmentation, so without mixing the same
+    # loss to the bit) has another first loss: the mixing reaches the loss. Near ln 10 at initialisation.
+    plain = tmp_path / 'plain'
+    assert main(['train', '--method', 'deit_hard+advit_l1', '--teacher', str(teacher_checkpoint), '--steps', '1',
+                 '--recipe', 'cifar32_strong', '--label-smoothing', '0.1', '--out', str(plain), *data_flags,
+                 *tiny_flags()]) == 0
+    assert abs(metrics(plain)[0]['ce'] - train_lines[0]['ce']) > 1e-5
+    _assert_refused(['train', '--mix-prob', '1.5', '--mixup', '0.8', '--steps', '1', '--out', str(tmp_path / 'bad'),
+                     *data_flags, *tiny_flags()], 'mix_prob in [0, 1]', capsys, tmp_path / 'bad')
+    _assert_refused(['train', '--cutmix', '-1', '--steps', '1', '--out', str(tmp_path / 'bad'), *data_flags,
+                     *tiny_flags()], 'mixup and cutmix must be >= 0', capsys, tmp_path / 'bad')
+
+
+def test_runs_of_one_seed_start_from_the_same_weights(tmp_path, data_flags):
+    """After one step (learning rate 0 at the start of warmup) the weights are the initial ones."""
+    def initial(name: str, seed: int) -> dict[str, torch.Tensor]:
+        out = tmp_path / name
+        flags = ['--steps', '1', '--seed', str(seed), '--out', str(out), *data_flags, *tiny_flags()]
+        assert main(['train', *flags]) == 0
+        return load_checkpoint(out / 'best.safetensors').model.state_dict()
+    a, b, other = initial('a', 0), initial('b', 0), initial('c', 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a['blocks.0.attn.qkv.weight'], other['blocks.0.attn.qkv.weight'])
+
+
 def test_lr_schedule_warms_up_then_decays():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_fraction=0.1)
     assert lr_at(0.0, cfg) == 0.0

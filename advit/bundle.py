@@ -1,0 +1,201 @@
+"""The checkpoint bundle: fp16 weights, evaluations and a model card, exported from its run folders.
+
+    advit bundle runs/bundle --out checkpoints
+
+``scripts/train_bundle.sh`` trains the runs (``teacher``, then the students ``vit``, ``deit_hard``,
+``advit_l1``, ``advit_l2``, ``advit_kl``, ``advit_kl_paper``) and calls this. Within the size limit
+(80 MB: the app's Docker image carries the bundle) go the fp16 weights of the teacher, ``vit``,
+``deit_hard`` and the best ADViT student, each re-evaluated as shipped (``NAME.eval.json``,
+``NAME.predictions.npz``), the other runs' evaluations, and ``README.md``, the model card.
+Runs not (yet) finished are left out, and named in the card, so a cut-short session still
+exports what it has.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ImageSet, load_dataset
+from .evaluate import evaluate_split, evaluation_paths
+from .io import atomic_path
+from .report import RunResult, load_run, markdown_table, table2, table2_columns
+
+TEACHER = 'teacher'
+STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # the script's order
+ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student
+MAX_MB = 80.0
+CARD = 'README.md'
+COMMANDS = 'commands.tsv'  # written by the script: run name, wall seconds, command; one line per command
+
+
+class BundleError(Exception):
+    """Nothing to export, or a bundle over its size limit."""
+
+
+def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, device: str = 'auto') -> int:
+    """Export the finished bundle runs into ``out``; return the folder's size in bytes.
+
+    Args:
+        runs: Folder of the run folders (named as ``TEACHER`` and ``STUDENTS``).
+        out: The bundle folder, e.g. ``checkpoints``.
+        max_mb: Size limit of the whole folder, in MB of 10^6 bytes; over it, the card is not written
+            and ``BundleError`` says what is there.
+        device: Where the exported weights are evaluated.
+    """
+    runs, out = Path(runs), Path(out)
+    names = [name for name in (TEACHER, *STUDENTS)
+             if _read_json(runs / name / 'status.json').get('state') == 'finished']
+    if not names:
+        raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
+    attention = [name for name in names if name.startswith('advit_')]
+    best_attention = max(attention, key=lambda name: load_run(runs / name).top1, default=None)
+    shipped = [name for name in names if name in ALWAYS_SHIPPED or name == best_attention]
+    out.mkdir(parents=True, exist_ok=True)
+    test_sets: dict[tuple, ImageSet] = {}
+    for name in names:
+        target = out / f'{name}.safetensors'
+        if name in shipped:
+            _export_weights(runs / name, target, device, test_sets)
+        else:
+            target.unlink(missing_ok=True)  # an earlier export's weights, no longer shipped
+            for source, copy in zip(evaluation_paths(runs / name / 'best.safetensors'), evaluation_paths(target)):
+                with atomic_path(copy) as tmp:
+                    shutil.copyfile(source, tmp)
+    files = sorted(path for path in out.rglob('*') if path.is_file() and path.name != CARD)
+    card = model_card(runs, out, names, shipped, sum(path.stat().st_size for path in files), max_mb)
+    size = sum(path.stat().st_size for path in files) + len(card.encode())
+    if size > max_mb * 1e6:
+        (out / CARD).unlink(missing_ok=True)  # an earlier card would describe other files
+        listing = ', '.join(f'{path.name} {path.stat().st_size / 1e6:.1f} MB' for path in files)
+        raise BundleError(f'the bundle {out} would be {size / 1e6:.1f} MB, over its {max_mb:g} MB limit; '
+                          f'no model card written. Files: {listing}')
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text(card)
+    return size
+
+
+def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple, ImageSet]) -> None:
+    """The run's best checkpoint as fp16 safetensors, evaluated as shipped on the run's own test split."""
+    loaded = load_checkpoint(run / 'best.safetensors')
+    config = json.loads((run / 'config.json').read_text())
+    key = (config['data'], config.get('test_subset'), config.get('cache_dir'))
+    if key not in test_sets:
+        test_sets[key] = load_dataset(config['data'], config.get('cache_dir'))['test'].subset(config.get('test_subset'))
+    save_checkpoint(target, loaded.model, loaded.meta, half=True)
+    top1 = evaluate_split(target, test_sets[key], config['data'], device=device)['top1']
+    # The metadata carries the shipped file's own accuracy (fp16 weights can flip a few predictions).
+    save_checkpoint(target, loaded.model, dict(loaded.meta, test_top1=top1), half=True)
+
+
+def _paper_top1(name: str, result: RunResult) -> float | None:
+    """The paper's number for the same role: its ViT-Base teacher, or its student of the same size."""
+    if name == TEACHER:
+        return PAPER_TEACHER_TOP1
+    size = {'vit_tiny': 'ViT-Tiny', 'vit_small': 'ViT-Small'}.get('_'.join(result.model.split('_')[:2]))
+    return PAPER_TOP1.get(size, {}).get(result.method)
+
+
+def _differing_settings(configs: list[dict[str, Any]]) -> list[str]:
+    """The config fields on which runs differ, besides what tells students apart (method, teacher, folder)."""
+    keys = set().union(*configs) - {'method', 'teacher', 'out'}
+    return sorted(key for key in keys if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], files_size: int,
+               max_mb: float = MAX_MB) -> str:
+    """The bundle's README: setting, Tables 1 and 2 beside the paper's, and how every run was made.
+
+    Args:
+        runs: Folder of the run folders.
+        out: The bundle folder, holding each run's ``NAME.eval.json``.
+        names: The exported runs (finished).
+        shipped: Those whose weights are in the bundle.
+        files_size: Bytes of the bundle's files other than the card.
+        max_mb: The bundle's size limit.
+    """
+    results = {name: load_run(runs / name, evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
+    configs = {name: _read_json(runs / name / 'config.json') for name in names}
+    status = {name: _read_json(runs / name / 'status.json') for name in names}
+    evaluation = _read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0])
+    versions = sorted({f"torch {c['versions']['torch']}, timm {c['versions']['timm']}"
+                       for c in configs.values() if 'versions' in c})
+    versions = versions or [f'torch {torch.__version__}, timm {timm.__version__}']
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'
+
+    rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, top1=result.top1,
+                 paper=_paper_top1(name, result), params_m=result.params / 1e6, steps=status[name].get('step'),
+                 seconds=status[name].get('elapsed'), weights='yes' if name in shipped else 'no (evaluation only)')
+            for name, result in results.items()]
+    table1 = markdown_table(rows, [
+        ('run', 'run'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'), ('top1', 'top-1 (%)'),
+        ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'), ('steps', 'steps'),
+        ('seconds', 'training (s)'), ('weights', 'weights shipped')])
+    best = next((name for name in shipped if name.startswith('advit_')), None)
+    if 'deit_hard' in results and best is not None:
+        a, b = results['deit_hard'], results[best]
+        table2_text = (f'Per-class top-1 (%) of DeiT (`deit_hard`) and the best ADViT student (`{best}`):\n\n'
+                       + markdown_table(table2(a, b), table2_columns(a, b)))
+    else:
+        table2_text = 'Not made: it needs the `deit_hard` run and an ADViT run.\n'
+
+    commands = (runs / COMMANDS).read_text().splitlines() if (runs / COMMANDS).is_file() else []
+    command_rows = [dict(zip(('run', 'wall', 'command'), line.split('\t', 2))) for line in commands if line.strip()]
+    for row in command_rows:
+        row['command'] = f"`{row['command'].strip()}`"
+    runs_text = markdown_table(command_rows, [('run', 'run'), ('wall', 'wall time (s)'), ('command', 'command')]) \
+        if command_rows else f'No `{COMMANDS}` in `{runs}`: the runs were not made by `scripts/train_bundle.sh`.\n'
+    data = configs[names[0]].get('data', '?')
+    differing = _differing_settings([configs[name] for name in names if name != TEACHER])
+    same_text = ('The students\' settings (`config.json`) are the same apart from the method and teacher: same '
+                 'length, schedule, augmentation and seed (the steps column shows if a time cap cut one short).'
+                 if not differing else f'The students\' settings differ in {", ".join(differing)}: '
+                 'they are not compared like for like.')
+    missing = [name for name in (TEACHER, *STUDENTS) if name not in names]
+    missing_text = f"Not finished, so not in the bundle: {', '.join(f'`{name}`' for name in missing)}.\n" \
+        if missing else ''
+
+    return f'''# ADViT Studio checkpoint bundle
+
+CIFAR-10 classifiers for the app: a ViT teacher and ViT students trained from it by each method of
+the ADViT paper, all **from scratch at 32x32** (patch 4, an 8x8 grid) on `{data}`, evaluated on
+{evaluation.get('count', '?')} of its test images. Made on **{device}** with {'; '.join(versions)}.
+
+**Not the paper's setting.** The paper fine-tunes ImageNet-pretrained timm ViTs at 224x224 for 300
+epochs, with a ViT-Base teacher ({PAPER_TEACHER_TOP1}%); here every model starts from random weights at
+32x32 and trains for minutes. The paper's numbers stand beside ours to compare the ranking of the
+methods, not the accuracies. The paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps
+themselves) is this project's, not in the paper.
+
+## Table 1: top-1 per method
+
+{table1}
+{missing_text}{same_text}
+Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model is the fp16 file's.
+The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) to
+keep the bundle under {max_mb:g} MB.
+
+## Table 2: per class
+
+{table2_text}
+The paper's Table 2 makes this comparison at 224x224 with pretrained students; its per-class numbers
+are not repeated here.
+
+## How it was made
+
+`scripts/train_bundle.sh` ran these commands (wall time includes start-up and evaluation), then
+`advit bundle`:
+
+{runs_text}
+Bundle: {len(shipped)} weight files, {len(names)} evaluations, {files_size / 1e6:.1f} MB without this card.
+'''

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The checkpoint bundle (checkpoints/), trained from scratch with the project's own CLI:
+#
+#   1. a CIFAR-10 teacher, vit_small_patch4_32 (preset bundle-teacher), for TEACHER_SECONDS;
+#   2. vit_tiny_patch4_32 students (preset bundle-student), all for STUDENT_EPOCHS epochs, by
+#      vit, deit_hard, advit_l1, advit_l2, advit_kl, advit_kl_paper: the most wanted first, so a
+#      session cut short keeps those;
+#   3. `advit bundle`: fp16 weights of the teacher, vit, deit_hard and the best ADViT student, every
+#      run's evaluation, the model card (README.md), and the size check.
+#
+#   bash scripts/train_bundle.sh [OUT]       # OUT: the bundle folder (default checkpoints)
+#
+# Environment (defaults in brackets; relative paths are from the repository root):
+#   OUT, RUNS [runs/bundle: run folders, NAME.log of each command, commands.tsv],
+#   DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz], TEACHER_SECONDS [330],
+#   STUDENT_EPOCHS [10: the same length for every student], STUDENT_SECONDS [60: only a cap; a
+#   student that hits it trains fewer steps than the others, which the card's steps column shows],
+#   MAX_MB [80], PYTHON [python3], EXTRA: flags added to every `advit train`, e.g. a tiny CPU check:
+#   EXTRA="--subset 256 --test-subset 128 --batch-size 64 --steps 2 --device cpu --model-arg depth=2"
+#
+# Run again, it goes on: finished runs are skipped, an interrupted one resumes from its last checkpoint
+# (useful where one command may run for 10 minutes at most).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-checkpoints}}
+RUNS=${RUNS:-runs/bundle}
+DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.xz}
+TEACHER_SECONDS=${TEACHER_SECONDS:-330}
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-10}
+STUDENT_SECONDS=${STUDENT_SECONDS:-60}
+MAX_MB=${MAX_MB:-80}
+PYTHON=${PYTHON:-python3}
+read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
+mkdir -p "$RUNS"
+STARTED=$EPOCHREALTIME
+
+seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+train() {  # run name, then `advit train` flags
+  local name=$1 run=$RUNS/$1
+  shift
+  if grep -qs '"state": "finished"' "$run/status.json"; then
+    echo "== $name: finished earlier, kept"
+    return
+  fi
+  local cmd=("$PYTHON" -m advit train --out "$run" --data "$DATA" "$@" "${EXTRA_FLAGS[@]}")
+  if [[ -f $run/last.safetensors ]]; then
+    cmd=("$PYTHON" -m advit train --resume "$run")  # its saved config holds the flags
+  fi
+  local line start wall
+  printf -v line '%q ' "${cmd[@]}"
+  echo "== $name: $line"
+  start=$EPOCHREALTIME
+  "${cmd[@]}" 2>&1 | tee -a "$RUNS/$name.log"
+  wall=$(seconds_since "$start")
+  printf '%s\t%s\t%s\n' "$name" "$wall" "$line" >> "$RUNS/commands.tsv"
+  echo "== $name: ${wall}s wall"
+}
+
+train teacher --preset bundle-teacher --time-budget "$TEACHER_SECONDS"
+for method in vit deit_hard advit_l1 advit_l2 advit_kl advit_kl_paper; do
+  teacher=()
+  [[ $method == vit ]] || teacher=(--teacher "$RUNS/teacher/best.safetensors")
+  train "$method" --preset bundle-student --method "$method" "${teacher[@]}" \
+    --epochs "$STUDENT_EPOCHS" --time-budget "$STUDENT_SECONDS"
+done
+
+"$PYTHON" -m advit bundle "$RUNS" --out "$OUT" --max-mb "$MAX_MB"
+echo "== all done in $(seconds_since "$STARTED")s wall; the bundle is in $OUT"
