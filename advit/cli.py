@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--seed', type=int, help='random seed (default 0)')
     t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default auto')
     t.add_argument('--no-amp', dest='amp', action='store_false', default=None, help='no bf16 autocast on CUDA')
+    t.add_argument('--compile', action='store_true', default=None,
+                   help='torch.compile the forwards (minutes of compiling first; pays on long GPU runs)')
     t.add_argument('--log-every', type=int, help='steps between metrics lines (default 50)')
     t.add_argument('--eval-every', type=int, help='steps between evaluations; 0: each epoch (default 0)')
     t.add_argument('--save-every', type=int, help='steps between last checkpoints; 0: at evaluations')

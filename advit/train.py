@@ -82,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     device: str = 'auto'
     amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the student's and the teacher's forwards (pays on long GPU runs)
     log_every: int = 50
     eval_every: int = 0  # steps between evaluations; 0: at each epoch's end
     save_every: int = 0  # steps between `last` checkpoints; 0: at each evaluation
@@ -236,6 +237,10 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == 'cuda')
     model = DistributedDataParallel(student, device_ids=[device] if device.type == 'cuda' else None) \
         if ctx.distributed else student
+    if cfg.compile:  # the capture hooks compile with the forwards; checkpoints and evaluation use `student`
+        model = torch.compile(model)
+        if teacher is not None:
+            criterion.teacher = torch.compile(teacher)
 
     # Resume, or start a fresh run folder: nothing is written before data and models have loaded.
     log = _logger(run, ctx.is_main)

@@ -115,6 +115,21 @@ def test_runs_of_one_seed_start_from_the_same_weights(tmp_path, data_flags):
     assert not torch.equal(a['blocks.0.attn.qkv.weight'], other['blocks.0.attn.qkv.weight'])
 
 
+def test_compiled_run_trains_like_the_eager_one(tmp_path, data_flags, teacher_checkpoint):
+    """--compile (inductor, real code generation) with the attention capture inside the graphs: the
+    same losses step by step as the eager run of the same seed, and a checkpoint of plain weights."""
+    losses = {}
+    for name, extra in (('eager', []), ('compiled', ['--compile'])):
+        out = tmp_path / name
+        assert main(['train', '--method', 'advit_l1', '--teacher', str(teacher_checkpoint), '--steps', '2',
+                     '--log-every', '1', '--drop-path', '0', '--out', str(out), *data_flags,
+                     *tiny_flags(depth=2), *extra]) == 0
+        losses[name] = [(line['ce'], line['attn']) for line in metrics(out) if line['event'] == 'train']
+        assert not any(key.startswith('_orig_mod') for key in load_checkpoint(out / 'best.safetensors').model.state_dict())
+    assert len(losses['compiled']) == 2
+    torch.testing.assert_close(losses['compiled'], losses['eager'], rtol=1e-4, atol=1e-5)
+
+
 def test_lr_schedule_warms_up_then_decays():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_fraction=0.1)
     assert lr_at(0.0, cfg) == 0.0
