@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
-from .checkpoint import TRAIN_STATE_PREFIX, CheckpointError, load_checkpoint, read_metadata
+from .checkpoint import TRAIN_STATE_PREFIX, CheckpointError, describe_mismatch, load_checkpoint, read_metadata
 from .models import create_model
 
 # Paper models offered when their ImageNet weights are in the local Hugging Face cache.
@@ -107,12 +107,9 @@ def _check(path: Path) -> ModelEntry:
         with safe_open(str(path), framework='pt') as f:
             found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()
                      if not name.startswith(TRAIN_STATE_PREFIX)}
-        if expected != found:
-            missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-            misshapen = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-            details = [f'{label} {", ".join(keys[:3])}' for label, keys in
-                       (('missing', missing), ('unexpected', unexpected), ('wrong shape', misshapen)) if keys]
-            entry.problem = f'weights do not fit {entry.meta["model"]}: ' + '; '.join(details)
+        problem = describe_mismatch(expected, found)
+        if problem:
+            entry.problem = f'weights do not fit {entry.meta["model"]}: {problem}'
     except (CheckpointError, SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         entry.problem = str(err) or type(err).__name__
     return entry

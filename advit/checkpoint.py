@@ -125,20 +125,33 @@ def train_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(TRAIN_STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_STATE_PREFIX)}
 
 
+def describe_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
+                      shown: int = 5) -> str | None:
+    """Why weights of shapes ``found`` do not load into a model of shapes ``expected``, or None if they fit.
+
+    Args:
+        expected: Parameter and buffer names of the model, with their shapes.
+        found: Tensor names of the weights, with their shapes.
+        shown: Keys named per kind (missing, unexpected, shape mismatch); the rest are counted.
+    """
+    misshapen = [f'{k} {found[k]} vs {expected[k]}' for k in sorted(set(expected) & set(found))
+                 if found[k] != expected[k]]
+    problems = []
+    for label, items in (('missing', sorted(set(expected) - set(found))),
+                         ('unexpected', sorted(set(found) - set(expected))), ('shape mismatch', misshapen)):
+        if items:
+            more = f' (+{len(items) - shown} more)' if len(items) > shown else ''
+            problems.append(f'{label}: {", ".join(items[:shown])}{more}')
+    return '; '.join(problems) or None
+
+
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str = 'checkpoint') -> None:
     """Load weights into a model, or raise naming every missing, unexpected and misshapen key."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    misshapen = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}'
-                 for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
-    if missing or unexpected or misshapen:
-        problems = []
-        for label, items in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', misshapen)):
-            if items:
-                shown = ', '.join(items[:5]) + (f' (+{len(items) - 5} more)' if len(items) > 5 else '')
-                problems.append(f'{label}: {shown}')
-        raise CheckpointError(f'{source} does not fit {type(model).__name__}: ' + '; '.join(problems))
+    problem = describe_mismatch({k: tuple(v.shape) for k, v in expected.items()},
+                                {k: tuple(v.shape) for k, v in weights.items()})
+    if problem:
+        raise CheckpointError(f'{source} does not fit {type(model).__name__}: {problem}')
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
 
 

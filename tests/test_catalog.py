@@ -102,22 +102,22 @@ def test_deeper_metadata_than_weights(tmp_path):
     path = save(tmp_path / 'deep.safetensors', meta=meta_for(depth=3))  # weights of depth 2
     entry = check_checkpoint(path)
     assert not entry.usable
-    assert entry.problem.startswith(f'weights do not fit {NAME}: missing blocks.2.')
-    assert 'unexpected' not in entry.problem and 'wrong shape' not in entry.problem
+    assert entry.problem.startswith(f'weights do not fit {NAME}: missing: blocks.2.')
+    assert 'unexpected' not in entry.problem and 'shape mismatch' not in entry.problem
 
 
 def test_shallower_metadata_than_weights(tmp_path):
     path = save(tmp_path / 'shallow.safetensors', meta=meta_for(depth=1))
     entry = check_checkpoint(path)
     assert not entry.usable
-    assert entry.problem.startswith(f'weights do not fit {NAME}: unexpected blocks.1.')
+    assert entry.problem.startswith(f'weights do not fit {NAME}: unexpected: blocks.1.')
 
 
 def test_wrong_width(tmp_path):
     path = save(tmp_path / 'wide.safetensors', meta=meta_for(embed_dim=96))
     entry = check_checkpoint(path)
     assert not entry.usable
-    assert entry.problem.startswith(f'weights do not fit {NAME}: wrong shape ')
+    assert entry.problem.startswith(f'weights do not fit {NAME}: shape mismatch: ')
     assert 'missing' not in entry.problem
 
 
@@ -125,7 +125,8 @@ def test_wrong_class_count(tmp_path):
     path = save(tmp_path / 'seven.safetensors', meta=meta_for(num_classes=7))  # weights have 10 classes
     entry = check_checkpoint(path)
     assert not entry.usable
-    assert entry.problem == f'weights do not fit {NAME}: wrong shape head.bias, head.weight'
+    assert entry.problem == (f'weights do not fit {NAME}: shape mismatch: head.bias (10,) vs (7,), '
+                             'head.weight (10, 48) vs (7, 48)')
 
 
 def test_unknown_architecture(tmp_path):
