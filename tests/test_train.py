@@ -281,3 +281,21 @@ def test_cnn_presets_train_the_papers_baselines_by_cross_entropy():
     for cnn in CNN_BASELINES:
         assert preset(f'cifar32-{cnn}')['model'] == cnn and preset(f'cifar32-{cnn}')['image_size'] == 32
         assert preset(f'paper-{cnn}')['pretrained'] and preset(f'paper-{cnn}')['method'] == 'vit'
+
+
+def test_the_training_core_needs_none_of_the_apps_packages():
+    """The GPU machine has torch and timm but no gradio, matplotlib or plotly: `advit train`, `eval`
+    and `bundle` must import without them (the report's chart imports matplotlib when drawn)."""
+    blocker = '''
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('gradio', 'gradio_client', 'matplotlib', 'plotly'):
+            raise ModuleNotFoundError(f'no module named {name}', name=name)
+sys.meta_path.insert(0, Block())
+import advit.cli, advit.train, advit.evaluate, advit.bundle
+print(sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'matplotlib', 'plotly')))
+'''
+    result = subprocess.run([sys.executable, '-c', blocker], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == '[]'
