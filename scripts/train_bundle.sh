@@ -20,6 +20,12 @@
 #
 # Run again, it goes on: finished runs are skipped, an interrupted one resumes from its last checkpoint
 # (useful where one command may run for 10 minutes at most).
+#
+# On the lent GPU machine (no advit install needed: `python3 -m advit` runs from the repository root),
+# with the CIFAR archive carried in .carry/ and the bundle written where the files come back:
+#   ADVIT_CACHE=/tmp/advit-cache DATA=.carry/cifar10-jpeg.tar.xz bash scripts/train_bundle.sh $OUT/checkpoints
+# RUNS stays in runs/bundle (ignored by git, so kept on a warm machine between two calls, for the
+# resume; the teacher's last.safetensors with its optimiser state is too big to carry back and forth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-checkpoints}}
