@@ -15,7 +15,8 @@
 #   DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz], TEACHER_SECONDS [330],
 #   STUDENT_EPOCHS [10: the same length for every student], STUDENT_SECONDS [60: only a cap; a
 #   student that hits it trains fewer steps than the others, which the card's steps column shows],
-#   MAX_MB [80], PYTHON [python3], EXTRA: flags added to every `advit train`, e.g. a tiny CPU check:
+#   PARALLEL [1: students trained at once], MAX_MB [80], PYTHON [python3],
+#   EXTRA: flags added to every `advit train`, e.g. a tiny CPU check:
 #   EXTRA="--subset 256 --test-subset 128 --batch-size 64 --steps 2 --device cpu --model-arg depth=2"
 #
 # Run again, it goes on: finished runs are skipped, an interrupted one resumes from its last checkpoint
@@ -36,6 +37,7 @@ STUDENT_EPOCHS=${STUDENT_EPOCHS:-10}
 STUDENT_SECONDS=${STUDENT_SECONDS:-60}
 MAX_MB=${MAX_MB:-80}
 PYTHON=${PYTHON:-python3}
+PARALLEL=${PARALLEL:-1}
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 mkdir -p "$RUNS"
 STARTED=$EPOCHREALTIME
@@ -64,11 +66,23 @@ train() {  # run name, then `advit train` flags
 }
 
 train teacher --preset bundle-teacher --time-budget "$TEACHER_SECONDS"
-for method in vit deit_hard advit_l1 advit_l2 advit_kl advit_kl_paper; do
-  teacher=()
-  [[ $method == vit ]] || teacher=(--teacher "$RUNS/teacher/best.safetensors")
-  train "$method" --preset bundle-student --method "$method" "${teacher[@]}" \
-    --epochs "$STUDENT_EPOCHS" --time-budget "$STUDENT_SECONDS"
+# The students, PARALLEL at a time on the one device: a ViT-Tiny step leaves a big GPU mostly idle
+# (a DeiT student step ran at about 7% of an H200's bf16 rate: 11.7k images/s at 5 GFLOP an image),
+# so several may share it. Each keeps its fixed number of steps; only the wall time changes (raise
+# STUDENT_SECONDS with PARALLEL). Not yet tried on a GPU.
+STUDENTS=(vit deit_hard advit_l1 advit_l2 advit_kl advit_kl_paper)
+for ((first = 0; first < ${#STUDENTS[@]}; first += PARALLEL)); do
+  pids=()
+  for method in "${STUDENTS[@]:first:PARALLEL}"; do
+    teacher=()
+    [[ $method == vit ]] || teacher=(--teacher "$RUNS/teacher/best.safetensors")
+    train "$method" --preset bundle-student --method "$method" "${teacher[@]}" \
+      --epochs "$STUDENT_EPOCHS" --time-budget "$STUDENT_SECONDS" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid"  # a failed student stops the script (set -e), after the others of its group
+  done
 done
 
 "$PYTHON" -m advit bundle "$RUNS" --out "$OUT" --max-mb "$MAX_MB"

@@ -29,12 +29,12 @@ NAMES = (TEACHER, *STUDENTS)
 SCRIPT = REPO / 'scripts' / 'train_bundle.sh'
 
 
-def run_script(runs: Path, out: Path, data: Path) -> tuple[subprocess.CompletedProcess, float]:
+def run_script(runs: Path, out: Path, data: Path, **settings: str) -> tuple[subprocess.CompletedProcess, float]:
     """The script at tiny scale: two steps of 64 images per run (the first at learning rate 0), tiny ViTs,
-    evaluation on 64 test images."""
+    evaluation on 64 test images; ``settings`` are more of its environment variables."""
     extra = ['--subset', '128', '--test-subset', '64', '--batch-size', '64', '--steps', '2', '--device', 'cpu',
              '--log-every', '1', *tiny_flags()]
-    env = dict(os.environ, RUNS=str(runs), DATA=str(data), PYTHON=sys.executable, EXTRA=' '.join(extra))
+    env = dict(os.environ, RUNS=str(runs), DATA=str(data), PYTHON=sys.executable, EXTRA=' '.join(extra), **settings)
     started = time.time()
     result = subprocess.run(['bash', str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -184,3 +184,23 @@ def test_unfinished_runs_are_left_out_the_best_advit_is_shipped_unequal_settings
     assert 'Not finished, so not in the bundle: `advit_kl_paper`.' in table1 and '| advit_kl_paper |' not in table1
     assert "The students' settings differ in lr: they are not compared like for like." in card
     assert f'| class | deit_hard (%) | {best} (%) | difference |' in card
+
+
+def test_students_train_in_parallel_groups_to_the_same_bundle(tmp_path, cifar_archive, cifar):
+    """PARALLEL=3: the three students of a group are all launched before any ends, the next group
+    after all three end; each keeps its steps, and the export is whole."""
+    runs, out = tmp_path / 'runs', tmp_path / 'checkpoints'
+    result, _ = run_script(runs, out, cifar_archive, PARALLEL='3')
+    events = [(line.split(':')[0][3:], 'end' if line.endswith('s wall') else 'start')
+              for line in result.stdout.splitlines() if line.startswith('== ') and 'all done' not in line]
+    position = {event: index for index, event in enumerate(events)}
+    first, second = STUDENTS[:3], STUDENTS[3:]
+    assert max(position[name, 'start'] for name in first) < min(position[name, 'end'] for name in first)
+    assert max(position[name, 'end'] for name in first) < min(position[name, 'start'] for name in second)
+    assert max(position[name, 'start'] for name in second) < min(position[name, 'end'] for name in second)
+    names = [line.split('\t')[0] for line in (runs / 'commands.tsv').read_text().splitlines()]
+    assert names[0] == TEACHER and sorted(names[1:]) == sorted(STUDENTS)
+    for name in STUDENTS:
+        status = json.loads((runs / name / 'status.json').read_text())
+        assert status['state'] == 'finished' and status['step'] == 2
+    assert (out / 'README.md').is_file() and len(list(out.glob('*.eval.json'))) == len(NAMES)
