@@ -22,10 +22,10 @@ import torch.nn.functional as F
 RECIPES = ('cifar32', 'cifar32_strong', 'rrc224')
 
 
-def normalize(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """Normalise float images in [0, 1] per channel."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+def normalize(images: torch.Tensor, mean: tuple | torch.Tensor, std: tuple | torch.Tensor) -> torch.Tensor:
+    """Normalise float images in [0, 1] per channel (mean and std as tuples, or tensors on the images' device)."""
+    mean_t = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images - mean_t) / std_t
 
 
@@ -326,7 +326,8 @@ class BatchTransform:
         if recipe not in RECIPES:
             raise ValueError(f'unknown augmentation recipe {recipe!r}: choose one of {RECIPES}')
         self.recipe, self.image_size = recipe, image_size
-        self.mean, self.std = tuple(mean), tuple(std)
+        # Made once on the batches' device: a tensor copied from the host each step would sync a GPU stream.
+        self.mean, self.std = (torch.tensor(values, device=device) for values in (mean, std))
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def train(self, images: torch.Tensor) -> torch.Tensor:

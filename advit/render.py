@@ -34,6 +34,8 @@ def overlay(image: Image.Image, attention: np.ndarray, grid: tuple[int, int], vm
 
 def layer_panels(report: AttentionReport, image: Image.Image, opacity: float) -> list[tuple[Image.Image, str]]:
     """Per layer, the teacher's then the student's overlay on one colour scale, with captions."""
+    # Shrunk once, not for each of the 2 x layers overlays: an upload may have millions of pixels.
+    image = image.convert('RGB').resize((PANEL_SIZE, PANEL_SIZE), Image.BICUBIC)
     panels = []
     for layer, teacher_layer in enumerate(report.teacher_layers):
         teacher_map, student_map = report.teacher_maps[layer], report.student_maps[layer]
