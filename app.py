@@ -25,7 +25,8 @@ from advit.studio import Studio, StudioError  # noqa: E402
 from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled  # noqa: E402
 
 studio = Studio.from_env()
-desk = TrainDesk.from_env(studio.runs_dir, lambda: {key for _, key in studio.choices(vit_only=True)},
+desk = TrainDesk.from_env(studio.runs_dir,
+                          lambda: {key for _, key in studio.choices(vit_only=True, checkpoints_only=True)},
                           studio.data) if jobs_enabled() else None
 if desk is not None:
     desk.manager.start_scheduler()
@@ -174,7 +175,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                     student_model = gr.Dropdown(STUDENTS, value='vit_tiny_patch4_32', allow_custom_value=True,
                                                 label='Student architecture (timm name)')
                     model_args = gr.Textbox(label='Architecture arguments', placeholder='depth=6, embed_dim=192')
-                    job_teacher = gr.Dropdown(label='Teacher checkpoint', choices=studio.choices(vit_only=True),
+                    job_teacher = gr.Dropdown(label='Teacher checkpoint',
+                                              choices=studio.choices(vit_only=True, checkpoints_only=True),
                                               value=defaults['teacher'], allow_custom_value=True)
                     dataset = gr.Textbox(label='Dataset (CIFAR-10 archive or an ImageFolder path on the server)',
                                          value=str(studio.data))

@@ -89,10 +89,6 @@ class ClsAttentionCapture:
             self._hooked_module(attn).register_forward_hook(partial(self._record, index, attn))
             for index, attn in enumerate(self._attns)]
 
-    @property
-    def num_layers(self) -> int:
-        return len(self._attns)
-
     def _hooked_module(self, attn: nn.Module) -> nn.Module:
         """The submodule whose output gives the row: the qkv projection."""
         return attn.qkv

@@ -17,7 +17,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from .checkpoint import TRAIN_STATE_PREFIX, CheckpointError, describe_mismatch, load_checkpoint, read_metadata
-from .models import create_model
+from .models import create_model, is_vit_name
 
 # Paper models offered when their ImageNet weights are in the local Hugging Face cache.
 TIMM_MODELS = (
@@ -41,7 +41,7 @@ class ModelEntry:
 
     @property
     def is_vit(self) -> bool:
-        return self.meta.get('model', '').split('.')[0].startswith(('vit_', 'deit_'))
+        return is_vit_name(self.meta.get('model') or '')
 
     def label(self) -> str:
         """A one-line description for a model list."""

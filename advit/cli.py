@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from .augment import RECIPES
 from .bundle import MAX_MB, BundleError
+from .capture import HEAD_FUSIONS
 from .checkpoint import CheckpointError
 from .data import DatasetError
 from .losses import METHODS
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--attn-weight', type=float, help='weight of the attention loss (default 1.0)')
     t.add_argument('--alpha', type=float, help='weight of the DeiT term; lambda for deit_soft (default 0.5)')
     t.add_argument('--tau', type=float, help='temperature of deit_soft and advit_kl_paper (default 1.0)')
-    t.add_argument('--head-fusion', choices=('mean', 'max', 'none'), help='fusion of heads (default mean)')
+    t.add_argument('--head-fusion', choices=HEAD_FUSIONS, help='fusion of heads (default mean)')
     t.add_argument('--layer-map', type=_layer_map, help='teacher layer per student layer, e.g. 1,3,5,7,9,11')
     t.add_argument('--seed', type=int, help='random seed (default 0)')
     t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default auto')

@@ -12,7 +12,6 @@ import torch.distributed as dist
 class Context:
     """Where this process stands: its rank among ``world_size`` and its device."""
     rank: int
-    local_rank: int
     world_size: int
     device: torch.device
 
@@ -53,7 +52,7 @@ def setup(device: str = 'auto') -> Context:
         if resolved.type == 'cuda':
             torch.cuda.set_device(resolved)
         dist.init_process_group(backend='nccl' if resolved.type == 'cuda' else 'gloo')
-    return Context(rank=rank, local_rank=local_rank, world_size=world_size, device=resolved)
+    return Context(rank=rank, world_size=world_size, device=resolved)
 
 
 def cleanup() -> None:

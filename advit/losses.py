@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
-from .models import is_distilled, model_normalization, patch_grid
+from .models import model_normalization, patch_grid
 
 LOGIT_METHODS = ('deit_hard', 'deit_soft')
 ATTENTION_METHODS = ('advit_l1', 'advit_l2', 'advit_kl_paper', 'advit_kl')
@@ -133,7 +133,6 @@ class DistillationLoss(nn.Module):
         self.teacher = teacher
         self.attn_weight, self.alpha, self.tau = attn_weight, alpha, tau
         self.head_fusion = head_fusion
-        self.uses_distill_token = is_distilled(student) and self.method.logit is not None
         self.student_norm = model_normalization(student)
         self.teacher_norm = model_normalization(teacher) if teacher is not None else None
         self.student_capture = self.teacher_capture = None

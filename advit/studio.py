@@ -79,9 +79,10 @@ class Studio:
         """Every model found now (a finished run appears without a restart)."""
         return discover(self.checkpoint_dirs, self.runs_dir)
 
-    def choices(self, vit_only: bool = False) -> list[tuple[str, str]]:
-        """(label, key) of the usable models."""
-        return [(e.label(), e.key) for e in self.entries() if e.usable and (e.is_vit or not vit_only)]
+    def choices(self, vit_only: bool = False, checkpoints_only: bool = False) -> list[tuple[str, str]]:
+        """(label, key) of the usable models; ``checkpoints_only`` leaves out the timm hub models."""
+        return [(e.label(), e.key) for e in self.entries() if e.usable and (e.is_vit or not vit_only)
+                and not (checkpoints_only and e.key.startswith(TIMM_PREFIX))]
 
     def problems(self) -> str:
         """Markdown listing the checkpoints that cannot be used, with the reason, or how to get models."""
@@ -114,11 +115,15 @@ class Studio:
                     compare_a=(advit or student) and (advit or student).key,
                     compare_b=(deit or teacher) and (deit or teacher).key)
 
-    def _model(self, key: str | None, role: str):
+    def _model(self, key: str | None, role: str, vit: bool = False):
+        """The loaded model and metadata of a catalog key; with ``vit``, a ViT or refused before loading."""
         if not key:
             raise StudioError(f'choose a {role} model')
-        if key not in {entry.key for entry in self.entries() if entry.usable}:
+        entry = next((entry for entry in self.entries() if entry.key == key and entry.usable), None)
+        if entry is None:
             raise StudioError(f'{key} is not one of the models on offer')  # no arbitrary paths from a request
+        if vit and not entry.is_vit:
+            raise StudioError(f'{key} is not a ViT: attention views need ViT models')
         try:
             return self.models.get(key)
         except Exception as err:  # any load failure is the user's to read, never a crash
@@ -143,11 +148,8 @@ class Studio:
         image = load_image(image_path)
         if fusion not in ('mean', 'max', 'head'):
             raise StudioError(f'unknown head fusion {fusion!r}: choose mean, max or head')
-        teacher, teacher_meta = self._model(teacher_key, 'teacher')
-        student, student_meta = self._model(student_key, 'student')
-        for model, key in ((teacher, teacher_key), (student, student_key)):
-            if not hasattr(model, 'blocks'):
-                raise StudioError(f'{key} is not a ViT: attention views need ViT models')
+        teacher, teacher_meta = self._model(teacher_key, 'teacher', vit=True)
+        student, student_meta = self._model(student_key, 'student', vit=True)
         try:
             report = inspect_pair(teacher, teacher_meta, student, student_meta, image,
                                   int(head) if fusion == 'head' else fusion)
@@ -178,7 +180,7 @@ class Studio:
             class_name: Show only test images of this true class (None or 'all': every class).
             progress: Called with the fraction done while missing predictions are computed.
         """
-        offered = {entry.key for entry in self.entries() if entry.usable and not entry.key.startswith(TIMM_PREFIX)}
+        offered = {key for _, key in self.choices(checkpoints_only=True)}
         for key in (key_a, key_b):
             if key not in offered:
                 raise StudioError(f'choose two checkpoints on offer to compare (got {key!r})')

@@ -30,7 +30,7 @@ from .augment import RECIPES, BatchTransform, Mixup
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, model_weights, read_metadata,
                          read_tensors, save_checkpoint, train_state)
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, load_dataset, steps_per_epoch
-from .evaluate import autocast, predict, save_evaluation
+from .evaluate import autocast, predict, save_evaluation, summarize
 from .io import atomic_path, write_json
 from .losses import DistillationLoss, parse_method
 from .models import create_model, is_distilled, model_image_size, model_normalization
@@ -352,7 +352,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
         if evaluate_now:
             if ctx.is_main:
                 probs = predict(student, test_set, transform, cfg.eval_batch_size, device, cfg.amp)
-                top1 = float((probs.argmax(-1) == test_set.labels.cpu()).double().mean() * 100)
+                top1 = summarize(probs, test_set.labels, classes)['top1']
                 if top1 > best_top1:
                     best_top1 = top1
                     save_checkpoint(best_path, student, meta(top1))
@@ -362,7 +362,6 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
                 _append_metrics(metrics_path, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4),
                                                    test_top1=top1, best_top1=best_top1), ctx)
                 log.info('step %d: test top-1 %.2f%% (best %.2f%%)', step, top1, best_top1)
-            student.train()
         if save_now and ctx.is_main:
             save_checkpoint(last_path, student, dict(meta(best_top1), progress=dict(
                 step=step, elapsed=time.time() - start, best_top1=best_top1)),
