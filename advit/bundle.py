@@ -28,7 +28,7 @@ from .io import atomic_path
 from .report import RunResult, load_run, markdown_table, table2, table2_columns
 
 TEACHER = 'teacher'
-STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # the script's order
+STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # scripts/train_bundle.sh trains them in this order
 ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student
 MAX_MB = 80.0
 CARD = 'README.md'

@@ -47,7 +47,8 @@ seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b 
 train() {  # run name, then `advit train` flags
   local name=$1 run=$RUNS/$1
   shift
-  if grep -qs '"state": "finished"' "$run/status.json"; then
+  if "$PYTHON" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["state"] != "finished")' \
+      "$run/status.json" 2> /dev/null; then
     echo "== $name: finished earlier, kept"
     return
   fi
@@ -70,7 +71,7 @@ train teacher --preset bundle-teacher --time-budget "$TEACHER_SECONDS"
 # (a DeiT student step ran at about 7% of an H200's bf16 rate: 11.7k images/s at 5 GFLOP an image),
 # so several may share it. Each keeps its fixed number of steps; only the wall time changes (raise
 # STUDENT_SECONDS with PARALLEL). Not yet tried on a GPU.
-STUDENTS=(vit deit_hard advit_l1 advit_l2 advit_kl advit_kl_paper)
+read -r -a STUDENTS <<< "$("$PYTHON" -c 'from advit.bundle import STUDENTS; print(*STUDENTS)')"
 for ((first = 0; first < ${#STUDENTS[@]}; first += PARALLEL)); do
   pids=()
   for method in "${STUDENTS[@]:first:PARALLEL}"; do
@@ -80,9 +81,11 @@ for ((first = 0; first < ${#STUDENTS[@]}; first += PARALLEL)); do
       --epochs "$STUDENT_EPOCHS" --time-budget "$STUDENT_SECONDS" &
     pids+=($!)
   done
+  failed=0
   for pid in "${pids[@]}"; do
-    wait "$pid"  # a failed student stops the script (set -e), after the others of its group
+    wait "$pid" || failed=1  # the others of the group finish first, none is left running
   done
+  (( failed == 0 )) || { echo "== a student failed: see its log in $RUNS" >&2; exit 1; }
 done
 
 "$PYTHON" -m advit bundle "$RUNS" --out "$OUT" --max-mb "$MAX_MB"
