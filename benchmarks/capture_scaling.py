@@ -19,34 +19,29 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from advit.distributed import resolve_device  # noqa: E402
 from capture_step import parse_args as step_args, run_child  # noqa: E402
 
-# (image size, teacher, student): token counts 65, 197 and 577.
+# (image size, patch size, teacher, student): token counts 65, 197 and 577.
 SHAPES = (
-    (32, 'vit_base_patch4_32', 'vit_small_patch4_32'),
-    (224, 'vit_base_patch16_224', 'vit_small_patch16_224'),
-    (384, 'vit_base_patch16_224', 'vit_small_patch16_224'),
+    (32, 4, 'vit_base_patch4_32', 'vit_small_patch4_32'),
+    (224, 16, 'vit_base_patch16_224', 'vit_small_patch16_224'),
+    (384, 16, 'vit_base_patch16_224', 'vit_small_patch16_224'),
 )
-
-
-def tokens(image_size: int, teacher: str) -> int:
-    """Tokens of a patch-4 (32) or patch-16 model at ``image_size``, [CLS] included."""
-    patch = 4 if teacher.endswith('patch4_32') else 16
-    return (image_size // patch) ** 2 + 1
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time ``ours`` and ``full`` at every shape and batch size."""
     rows = []
-    for image_size, teacher, student in SHAPES:
+    for image_size, patch, teacher, student in SHAPES:
         for batch in args.batch_sizes:
             point = step_args(['--device', args.device, '--batch-size', str(batch), '--repeats', str(args.repeats),
                                '--warmup', str(args.warmup), '--image-size', str(image_size),
                                '--teacher', teacher, '--student', student])
             print(f'{image_size}px batch {batch} ...', file=sys.stderr, flush=True)
             ours, full = (run_child(point, variant) for variant in ('ours', 'full'))
-            rows.append(dict(image_size=image_size, tokens=tokens(image_size, teacher), batch=batch,
-                             ours_ms=ours['median_s'] * 1e3, full_ms=full['median_s'] * 1e3,
+            rows.append(dict(image_size=image_size, patch=patch, tokens=(image_size // patch) ** 2 + 1,
+                             batch=batch, ours_ms=ours['median_s'] * 1e3, full_ms=full['median_s'] * 1e3,
                              ours_mib=ours['peak_mem_bytes'] / 2**20, full_mib=full['peak_mem_bytes'] / 2**20,
                              device=point.device))
     return rows
@@ -57,21 +52,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print('| tokens (image/patch) | batch | ours ms | full ms | time x | ours MiB | full MiB | memory x |')
     print('| --- | --- | --- | --- | --- | --- | --- | --- |')
     for r in rows:
-        patch = 4 if r['image_size'] == 32 else 16
-        print(f'| {r["tokens"]} ({r["image_size"]}/{patch}) | {r["batch"]} | {r["ours_ms"]:.1f} | {r["full_ms"]:.1f} '
-              f'| {r["ours_ms"] / r["full_ms"]:.3f} | {r["ours_mib"]:.0f} | {r["full_mib"]:.0f} '
-              f'| {r["ours_mib"] / r["full_mib"]:.3f} |')
+        print(f'| {r["tokens"]} ({r["image_size"]}/{r["patch"]}) | {r["batch"]} '
+              f'| {r["ours_ms"]:.1f} | {r["full_ms"]:.1f} | {r["ours_ms"] / r["full_ms"]:.3f} '
+              f'| {r["ours_mib"]:.0f} | {r["full_mib"]:.0f} | {r["ours_mib"] / r["full_mib"]:.3f} |')
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    parser.add_argument('--batch-sizes', default=None, help='comma-separated; default 1,2,4 on CPU, 16,32,64,128 on CUDA')
+    parser.add_argument('--batch-sizes', help='comma-separated; default 1,2,4 on CPU, 16,32,64,128 on CUDA')
     parser.add_argument('--repeats', type=int, default=None, help='default 3 on CPU, 20 on CUDA')
     parser.add_argument('--warmup', type=int, default=None, help='default 1 on CPU, 5 on CUDA')
     parser.add_argument('--json', type=Path)
     args = parser.parse_args(argv)
-    on_cuda = step_args(['--device', args.device]).device == 'cuda'
+    on_cuda = resolve_device(args.device).type == 'cuda'
     args.batch_sizes = [int(b) for b in (args.batch_sizes or ('16,32,64,128' if on_cuda else '1,2,4')).split(',')]
     args.repeats = args.repeats or (20 if on_cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
