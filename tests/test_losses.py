@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import advit  # noqa: F401
-from advit.losses import METHODS, DistillationLoss, attention_gap, parse_method, renormalize
+from advit.losses import METHODS, DistillationLoss, Method, attention_gap, parse_method, renormalize
 from attention_reference import explicit_cls_attention
 from conftest import TINY
 
@@ -48,7 +48,7 @@ def test_attention_gap_is_zero_for_equal_maps_and_keeps_leading_dims():
 
 def test_parse_method():
     assert parse_method('vit').needs_teacher is False
-    assert parse_method('deit_hard') == parse_method('deit_hard')
+    assert parse_method('deit_hard') == Method(logit='deit_hard', attention=None) != parse_method('deit_soft')
     assert (parse_method('deit_hard').logit, parse_method('deit_hard').attention) == ('deit_hard', None)
     assert (parse_method('advit_kl_paper').logit, parse_method('advit_kl_paper').attention) == (None, 'kl_paper')
     both = parse_method('deit_hard+advit_l1')
