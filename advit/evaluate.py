@@ -22,10 +22,23 @@ from .io import atomic_path, write_json
 from .models import model_image_size, model_normalization
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 matmuls run in hardware: CUDA, and CPUs with AVX512-BF16 or AMX.
+
+    Elsewhere a CPU emulates bf16 and autocast would be slower than fp32, so it stays off.
+    """
+    if device.type == 'cuda':
+        return True
+    if device.type == 'cpu':
+        probes = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')  # private: absent on old torch, fp32
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if enabled and device.type == 'cuda':
-        return torch.autocast('cuda', dtype=torch.bfloat16)
+    """bf16 autocast where the device runs bf16 natively (``native_bf16``); full precision elsewhere."""
+    if enabled and native_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
