@@ -3,6 +3,11 @@
 The CIFAR-native models are registered with timm, so ``timm.create_model('vit_tiny_patch4_32')``
 builds them once ``advit`` is imported. Their ``deit_*_distilled_patch4_32`` twins carry a
 distillation token (two heads while training, their average at inference), like timm's DeiT.
+
+``vit_*_convstem_32`` are the CPU bundle's models: shallow ViTs whose patch embedding is a small
+convolutional stem ("early convolutions", Xiao et al. 2021), which learns far faster per second
+from scratch at 32x32. They stay timm ``VisionTransformer``s with a [CLS] token and an 8x8 grid,
+so capture, losses and the app treat them like any other ViT.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 
 import timm
 import torch.nn as nn
+from timm.layers import PatchEmbed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -34,8 +40,41 @@ def _cifar_cfg() -> dict[str, Any]:
     )
 
 
+# Conv-stem ViTs: depth and width for short CPU budgets (the bundle's teacher and students).
+CONVSTEM_SIZES = {
+    'tiny6': dict(embed_dim=192, depth=6, num_heads=3),
+    'mini6': dict(embed_dim=128, depth=6, num_heads=2),
+    'mini4': dict(embed_dim=128, depth=4, num_heads=2),
+}
+
+
+class ConvStem(PatchEmbed):
+    """A patch embedding made of 3x3 convolutions: one at full resolution, then one of stride 2 per
+    halving, to the same grid as a ``patch_size`` patchify (so patch 4 gives three convolutions).
+
+    Takes ``PatchEmbed``'s arguments (timm's ``embed_layer`` contract); ``patch_size`` must be a power of 2.
+    """
+
+    def __init__(self, img_size: int = 32, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 192,
+                 bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                         bias=bias, **kwargs)
+        halvings = int(patch_size).bit_length() - 1
+        if patch_size != 2 ** halvings or halvings == 0:
+            raise ValueError(f'a conv stem needs a patch size that is a power of 2 above 1, got {patch_size}')
+        widths = [in_chans] + [embed_dim // 2 ** (halvings - i) for i in range(halvings)] + [embed_dim]
+        layers: list[nn.Module] = []
+        for index, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
+            layers.append(nn.Conv2d(width_in, width_out, 3, stride=1 if index == 0 else 2, padding=1,
+                                    bias=index == halvings))
+            if index < halvings:  # the last convolution is the embedding itself, as in a patchify
+                layers += [nn.BatchNorm2d(width_out), nn.GELU()]
+        self.proj = nn.Sequential(*layers)
+
+
 default_cfgs = generate_default_cfgs({
     **{f'vit_{size}_patch4_32': _cifar_cfg() for size in _CIFAR_SIZES},
+    **{f'vit_{size}_convstem_32': dict(_cifar_cfg(), first_conv='patch_embed.proj.0') for size in CONVSTEM_SIZES},
     **{f'deit_{size}_distilled_patch4_32': dict(_cifar_cfg(), classifier=('head', 'head_dist'))
        for size in _CIFAR_SIZES},
 })
@@ -50,6 +89,30 @@ def _create_cifar_vit(variant: str, size: str, pretrained: bool, distilled: bool
         pretrained_filter_fn=checkpoint_filter_fn,
         **dict(model_args, **kwargs),
     )
+
+
+def _create_convstem_vit(variant: str, size: str, pretrained: bool, **kwargs) -> VisionTransformer:
+    model_args = dict(img_size=32, patch_size=4, num_classes=10, embed_layer=ConvStem, **CONVSTEM_SIZES[size])
+    return build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                **dict(model_args, **kwargs))
+
+
+@register_model
+def vit_tiny6_convstem_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """6 blocks of width 192, 3 heads, conv stem to an 8x8 grid, 32x32 inputs (the CPU bundle's teacher)."""
+    return _create_convstem_vit('vit_tiny6_convstem_32', 'tiny6', pretrained, **kwargs)
+
+
+@register_model
+def vit_mini6_convstem_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """6 blocks of width 128, 2 heads, conv stem to an 8x8 grid, 32x32 inputs."""
+    return _create_convstem_vit('vit_mini6_convstem_32', 'mini6', pretrained, **kwargs)
+
+
+@register_model
+def vit_mini4_convstem_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """4 blocks of width 128, 2 heads, conv stem to an 8x8 grid, 32x32 inputs."""
+    return _create_convstem_vit('vit_mini4_convstem_32', 'mini4', pretrained, **kwargs)
 
 
 @register_model
@@ -191,8 +254,13 @@ def vit_forward_flops(model: nn.Module) -> int:
     rows, cols = patch_grid(model)
     patches = rows * cols
     tokens = patches + model.num_prefix_tokens
-    conv = model.patch_embed.proj
-    macs = patches * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+    macs = 0
+    height, width = model.patch_embed.img_size
+    for conv in model.patch_embed.proj.modules():  # a patchify convolution, or the layers of a conv stem
+        if isinstance(conv, nn.Conv2d):
+            height, width = (height + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1, \
+                (width + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+            macs += height * width * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
     for block in model.blocks:
         attn, mlp = block.attn, block.mlp
         macs += tokens * sum(layer.in_features * layer.out_features
