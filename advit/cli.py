@@ -14,7 +14,7 @@ from .bundle import MAX_MB, BundleError
 from .capture import HEAD_FUSIONS
 from .checkpoint import CheckpointError
 from .data import DatasetError
-from .losses import METHODS
+from .losses import METHODS, parse_method
 from .report import ReportError
 from .presets import PRESETS, preset
 from .train import TrainConfig, TrainingError
@@ -39,6 +39,16 @@ def _layer_map(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f'expected comma-separated layer indices, got {text!r}') from None
 
 
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(',') if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f'unknown method(s) {", ".join(unknown) or text!r}: choose from {", ".join(METHODS)}')
+    if len(set(methods)) != len(methods):
+        raise argparse.ArgumentTypeError(f'a method is named twice in {text!r}')
+    return methods
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='advit', description='Attention distillation for Vision Transformers.')
     commands = parser.add_subparsers(dest='command', required=True)
@@ -46,13 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = commands.add_parser('train', help='train a student (or a teacher) by any method',
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument('--preset', choices=sorted(PRESETS), help='start from these settings; flags override them')
-    t.add_argument('--resume', metavar='RUN', help='continue the run in this folder from its last checkpoint')
+    t.add_argument('--resume', metavar='RUN', nargs='+', help='continue the run in this folder from its last '
+                   'checkpoint (several folders: the students of one --methods run, together)')
     t.add_argument('--config', metavar='JSON', help='a JSON file of run settings (config.json fields); '
                    'flags override it')
-    t.add_argument('--out', help='run folder (default runs/<method>)')
+    t.add_argument('--out', help='run folder (default runs/<method>); with --methods, the folder of the students\' '
+                   'folders (default runs), each named by its method')
     t.add_argument('--data', help=f'CIFAR-10 archive or folder, an ImageFolder root, or "cifar10" to download the '
                    f'official release (default {DEFAULT_DATA})')
     t.add_argument('--method', choices=METHODS, help='loss: vit, DeiT, ADViT, or DeiT+ADViT (default vit)')
+    t.add_argument('--methods', type=_methods, metavar='M1,M2,...',
+                   help='train one student per method at once, on the same batches, with one teacher forward '
+                   'per batch for all of them (e.g. vit,deit_hard,advit_l1)')
     t.add_argument('--model', help='student architecture, a timm name (default vit_tiny_patch4_32)')
     t.add_argument('--model-arg', action='append', type=_model_arg, metavar='KEY=VALUE',
                    help='architecture argument for the student, e.g. depth=6 (repeatable)')
@@ -64,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--image-size', type=int, help='input size (default 32)')
     t.add_argument('--recipe', choices=RECIPES, help='augmentation (default cifar32)')
     t.add_argument('--subset', type=int, help='train on a fixed subset of N images')
+    t.add_argument('--val-size', type=int, help='training images held out to select the best checkpoint on; '
+                   '0: none, the last evaluation is kept (default 5000)')
     t.add_argument('--test-subset', type=int, help='evaluate on a fixed subset of N test images')
     t.add_argument('--epochs', type=float, help='run length in epochs')
     t.add_argument('--steps', type=int, help='run length in optimiser steps')
@@ -86,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--layer-map', type=_layer_map, help='teacher layer per student layer, e.g. 1,3,5,7,9,11')
     t.add_argument('--seed', type=int, help='random seed (default 0)')
     t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default auto')
-    t.add_argument('--no-amp', dest='amp', action='store_false', default=None, help='no bf16 autocast on CUDA')
+    t.add_argument('--no-amp', dest='amp', action='store_false', default=None, help='no bf16 autocast (on by default where the device runs bf16 natively)')
     t.add_argument('--compile', action='store_true', default=None,
                    help='torch.compile the forwards (minutes of compiling first; pays on long GPU runs)')
     t.add_argument('--log-every', type=int, help='steps between metrics lines (default 50)')
@@ -116,22 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--out', default='checkpoints', help='the bundle folder')
     b.add_argument('--max-mb', type=float, default=MAX_MB, help='size limit of the bundle folder (MB of 10^6 bytes)')
     b.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='for evaluating the exports')
+    b.add_argument('--sweep', help='a sweep.jsonl of scripts/cpu_sweep.py to record in the model card')
     return parser
 
 
-def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
-    """The run's configuration from flags: a resumed run's saved config, or defaults < preset < flags."""
+def train_configs(args: argparse.Namespace) -> tuple[list[TrainConfig], bool]:
+    """The runs' configurations from flags: resumed runs' saved configs, or defaults < preset < flags;
+    one per method with ``--methods``."""
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     if args.model_arg:
         flags['model_args'] = dict(args.model_arg)
     if args.resume:
-        if flags or args.preset or args.config:
-            raise TrainingError('--resume continues a run with its saved config.json: give no other flags')
-        saved = Path(args.resume) / 'config.json'
-        if not saved.is_file():
-            raise TrainingError(f'cannot resume: {saved} not found')
-        values = json.loads(saved.read_text())
-        return TrainConfig.from_dict(dict(values, out=str(Path(args.resume)))), True
+        if flags or args.preset or args.config or args.methods:
+            raise TrainingError('--resume continues runs with their saved config.json: give no other flags')
+        configs = []
+        for run in args.resume:
+            saved = Path(run) / 'config.json'
+            if not saved.is_file():
+                raise TrainingError(f'cannot resume: {saved} not found')
+            configs.append(TrainConfig.from_dict(dict(json.loads(saved.read_text()), out=str(Path(run)))))
+        return configs, True
     values = preset(args.preset) if args.preset else {}
     if args.config:
         try:
@@ -139,19 +160,26 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         except (OSError, json.JSONDecodeError) as err:
             raise TrainingError(f'cannot read --config {args.config}: {err}') from err
     values.update(flags)
-    values.setdefault('out', f'runs/{values.get("method", "vit")}')
-    return TrainConfig.from_dict(values), False
+    if not args.methods:
+        values.setdefault('out', f'runs/{values.get("method", "vit")}')
+        return [TrainConfig.from_dict(values)], False
+    if args.method:
+        raise TrainingError('give --method or --methods, not both')
+    parent = Path(values.get('out', 'runs'))
+    return [TrainConfig.from_dict(dict(values, method=method, out=str(parent / method),
+                                       teacher=values.get('teacher') if parse_method(method).needs_teacher else None))
+            for method in args.methods], False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == 'train':
-            from .train import train
-            cfg, resume = train_config(args)
-            run = train(cfg, resume=resume)
+            from .train import train_group
+            configs, resume = train_configs(args)
+            runs = train_group(configs, resume=resume)
             if os.environ.get('RANK', '0') == '0':
-                print(f'run folder: {run}')
+                print('\n'.join(f'run folder: {run}' for run in runs))
         elif args.command == 'report':
             from .report import write_report
             out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None, args.paper)
@@ -159,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'written to {out}')
         elif args.command == 'bundle':
             from .bundle import export_bundle
-            size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device)
+            size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device, sweep=args.sweep)
             print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
                   f'model card {Path(args.out) / "README.md"}')
         else:

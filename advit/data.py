@@ -62,6 +62,19 @@ class ImageSet:
         order = order.sort().values
         return ImageSet(self.images[order], self.labels[order], self.classes)
 
+    def holdout(self, count: int) -> tuple['ImageSet', 'ImageSet']:
+        """Split off a fixed validation set: (the rest, ``count`` held-out images).
+
+        The same images for every run, seed and model (a permutation seeded apart from ``subset``'s),
+        so that checkpoints selected on it are selected alike and never see the test split.
+        """
+        if not 0 < count < len(self):
+            raise ValueError(f'cannot hold out {count} of {len(self)} images for validation')
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(10_007))
+        held, rest = order[:count].sort().values, order[count:].sort().values
+        return (ImageSet(self.images[rest], self.labels[rest], self.classes),
+                ImageSet(self.images[held], self.labels[held], self.classes))
+
     def to(self, device: torch.device | str) -> 'ImageSet':
         return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
 

@@ -218,7 +218,7 @@ class JobManager:
                'model': request.get('model'), 'cancel_requested': record.get('cancel_requested'),
                'step': reported.get('step'), 'total_steps': reported.get('total_steps'),
                'progress': reported.get('progress'), 'eta_s': reported.get('eta_s'),
-               'best_top1': reported.get('best_top1'), 'error': None}
+               'best_val_top1': reported.get('best_val_top1'), 'error': None}
         launches = record.get('launches', [])
         if record.get('state') == 'cancelled':
             job['state'] = 'cancelled'

@@ -16,6 +16,9 @@ same mixed images as the student, and the DeiT-hard target stays the teacher's a
 
 With a distillation token the student returns (class logits, distillation logits) while training;
 the DeiT term is computed on the distillation head and cross-entropy on the class head.
+
+The teacher call is a ``TeacherForward``: one per loss by default, or one shared by the losses of
+several students trained on the same batches, which then pay for one teacher forward per batch.
 """
 from __future__ import annotations
 
@@ -93,13 +96,49 @@ def renormalize(images: torch.Tensor, source: tuple, target: tuple) -> torch.Ten
     return (images * column(src_std) + column(src_mean) - column(dst_mean)) / column(dst_std)
 
 
+class TeacherForward:
+    """The frozen teacher's logits and per-head [CLS] maps of a batch.
+
+    Shared (``shared=True``), it runs once per batch: keyed by the batch tensor itself and its
+    version counter (an in-place change is a new batch), every loss holding it and called with the
+    same ``images`` reads the one forward, so several students on the same batches pay for one.
+
+    Args:
+        teacher: The teacher; put in eval mode and frozen.
+        input_norm: The (mean, std) the images come normalised with (the students'); they are
+            re-expressed in the teacher's own normalisation.
+        capture: Record the teacher's attention (needed by attention methods).
+        shared: Reuse the outputs while the same batch comes back; otherwise every call runs the teacher.
+    """
+
+    def __init__(self, teacher: nn.Module, input_norm: tuple, capture: bool, shared: bool = False) -> None:
+        self.model = teacher.eval().requires_grad_(False)
+        self.norm, self.input_norm = model_normalization(teacher), input_norm
+        self.grid = patch_grid(teacher) if capture else None
+        self.capture = ClsAttentionCapture(teacher) if capture else None
+        self.shared = shared
+        self._batch: tuple[torch.Tensor, int] | None = None
+        self._outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, maps of shape (batch, layers, heads, patches) or None) of the teacher on ``images``."""
+        # The reference held in _batch keeps a new batch from taking the old one's identity.
+        if not self.shared or self._batch is None or self._batch[0] is not images or self._batch[1] != images._version:
+            logits = self.model(renormalize(images, self.input_norm, self.norm))
+            self._outputs = logits, self.capture.pop() if self.capture else None
+            self._batch = (images, images._version) if self.shared else None
+        return self._outputs
+
+
 class DistillationLoss(nn.Module):
     """Cross-entropy plus the chosen distillation terms; owns the teacher call.
 
     Args:
         method: A name from ``METHODS``.
         student: The (unwrapped) student; its attention is captured when the method needs it.
-        teacher: The teacher, or None for ``vit``. Frozen and kept in eval mode.
+        teacher: The teacher, or None for ``vit``. Frozen and kept in eval mode. A ``TeacherForward``
+            shares one teacher forward per batch between several losses.
         attn_weight: Weight of the attention term.
         alpha: Weight of the DeiT term (0.5 in the paper's eq. 3; lambda in eq. 2).
         tau: Temperature of ``deit_soft`` and ``advit_kl_paper``.
@@ -113,7 +152,7 @@ class DistillationLoss(nn.Module):
             self,
             method: str,
             student: nn.Module,
-            teacher: nn.Module | None = None,
+            teacher: nn.Module | TeacherForward | None = None,
             attn_weight: float = 1.0,
             alpha: float = 0.5,
             tau: float = 1.0,
@@ -125,32 +164,34 @@ class DistillationLoss(nn.Module):
         self.method = parse_method(method)
         if self.method.needs_teacher and teacher is None:
             raise ValueError(f'method {method!r} needs a teacher')
-        for role, model in (('teacher', teacher), ('student', student)):
+        teacher_model = teacher.model if isinstance(teacher, TeacherForward) else teacher
+        for role, model in (('teacher', teacher_model), ('student', student)):
             if self.method.attention and not hasattr(model, 'blocks'):
                 raise ValueError(f'method {method!r} distils attention and needs a ViT {role}, '
                                  f'not {type(model).__name__}')
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.teacher = teacher
         self.attn_weight, self.alpha, self.tau = attn_weight, alpha, tau
         self.head_fusion = head_fusion
-        self.student_norm = model_normalization(student)
-        self.teacher_norm = model_normalization(teacher) if teacher is not None else None
-        self.student_capture = self.teacher_capture = None
+        # Not a submodule: the teacher's weights stay out of this loss's state_dict and parameters.
+        self.teacher_forward = TeacherForward(teacher, model_normalization(student), self.method.attention is not None) \
+            if isinstance(teacher, nn.Module) else teacher
+        self.student_capture = None
         if self.method.attention:
-            if head_fusion == 'none' and student.blocks[0].attn.num_heads != teacher.blocks[0].attn.num_heads:
+            if self.teacher_forward.capture is None:
+                raise ValueError(f'method {method!r} distils attention: its shared teacher must capture attention')
+            if self.teacher_forward.input_norm != model_normalization(student):
+                raise ValueError('a shared teacher takes images normalised as this student takes them')
+            if head_fusion == 'none' and student.blocks[0].attn.num_heads != teacher_model.blocks[0].attn.num_heads:
                 raise ValueError('per-head distillation needs the same head count in teacher and student')
             self.student_capture = ClsAttentionCapture(student)
-            self.teacher_capture = ClsAttentionCapture(teacher)
-            self.student_grid, self.teacher_grid = patch_grid(student), patch_grid(teacher)
+            self.student_grid = patch_grid(student)
             self.layer_map = layer_map
-            layer_mapping(len(student.blocks), len(teacher.blocks), layer_map)  # refuse a bad map now
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
+            layer_mapping(len(student.blocks), len(teacher_model.blocks), layer_map)  # refuse a bad map now
 
     def train(self, mode: bool = True) -> 'DistillationLoss':
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # the teacher never trains (dropout, drop-path stay off)
+        if self.teacher_forward is not None:
+            self.teacher_forward.model.eval()  # the teacher never trains (dropout, drop-path stay off)
         return self
 
     def forward(
@@ -175,15 +216,14 @@ class DistillationLoss(nn.Module):
             terms['loss'] = terms['ce']
             return ce, terms
 
-        with torch.no_grad():
-            teacher_logits = self.teacher(renormalize(images, self.student_norm, self.teacher_norm))
+        teacher_logits, teacher_maps = self.teacher_forward(images)
         loss = ce
         if self.method.logit is not None:
             kd = self._logit_term(distill_logits, teacher_logits.float())
             terms['kd'] = kd.detach()
             loss = (1 - self.alpha) * ce + self.alpha * kd
         if self.method.attention is not None:
-            attn = self.attention_term()
+            attn = self.attention_term(teacher_maps)
             terms['attn'] = attn.detach()
             loss = loss + self.attn_weight * attn
         terms['loss'] = loss.detach()
@@ -196,15 +236,16 @@ class DistillationLoss(nn.Module):
         log_p_teacher = F.log_softmax(teacher_logits / self.tau, dim=-1)
         return F.kl_div(log_p_student, log_p_teacher, reduction='batchmean', log_target=True) * self.tau ** 2
 
-    def aligned_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student and teacher maps of the last forward, fused and aligned as the loss compares them."""
+    def aligned_maps(self, teacher_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student maps of the student's last forward and the teacher's ``teacher_maps`` (per head, as
+        ``TeacherForward`` gives them), fused and aligned as the loss compares them."""
         student = fuse_heads(self.student_capture.pop(), self.head_fusion)
-        teacher = fuse_heads(self.teacher_capture.pop(), self.head_fusion)
+        teacher = fuse_heads(teacher_maps, self.head_fusion)
         teacher = align_teacher_maps(
-            teacher, student.shape[1], self.teacher_grid, self.student_grid, self.layer_map)
+            teacher, student.shape[1], self.teacher_forward.grid, self.student_grid, self.layer_map)
         return student, teacher
 
-    def attention_term(self) -> torch.Tensor:
-        """The attention distance of the last forward, averaged over batch, layers and heads."""
-        student, teacher = self.aligned_maps()
+    def attention_term(self, teacher_maps: torch.Tensor) -> torch.Tensor:
+        """The attention distance of the student's last forward, averaged over batch, layers and heads."""
+        student, teacher = self.aligned_maps(teacher_maps)
         return attention_gap(student, teacher, self.method.attention, self.tau).mean()

@@ -78,19 +78,23 @@ def per_class_figure(classes: Sequence[str], accuracy_a: Sequence[float], accura
 
 
 def training_curves(metrics: list[dict]) -> go.Figure:
-    """Loss terms (left) and test top-1 (right) against steps, from a run's metrics lines."""
+    """Loss terms (left) and validation top-1 (right) against steps, from a run's metrics lines.
+
+    The test top-1 of the selected checkpoint, evaluated once at the end, is the right panel's last point.
+    """
     from plotly.subplots import make_subplots
-    figure = make_subplots(rows=1, cols=2, subplot_titles=['loss terms', 'test top-1 (%)'])
+    figure = make_subplots(rows=1, cols=2, subplot_titles=['loss terms', 'top-1 (%)'])
     train = [m for m in metrics if m.get('event') == 'train']
     for term in ('loss', 'ce', 'kd', 'attn'):
         points = [(m['step'], m[term]) for m in train if term in m]
         if points:
             steps, values = zip(*points)
             figure.add_trace(go.Scatter(x=steps, y=values, mode='lines', name=term), row=1, col=1)
-    evals = [(m['step'], m['test_top1']) for m in metrics if m.get('event') == 'eval']
-    if evals:
-        steps, values = zip(*evals)
-        figure.add_trace(go.Scatter(x=steps, y=values, mode='lines+markers', name='test top-1'), row=1, col=2)
+    for event, key, name in (('eval', 'val_top1', 'validation top-1'), ('test', 'test_top1', 'test top-1 (selected)')):
+        points = [(m['step'], m[key]) for m in metrics if m.get('event') == event and m.get(key) is not None]
+        if points:
+            steps, values = zip(*points)
+            figure.add_trace(go.Scatter(x=steps, y=values, mode='lines+markers', name=name), row=1, col=2)
     figure.update_xaxes(title_text='step')
     figure.update_layout(height=320, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation='h'))
     return figure

@@ -4,6 +4,10 @@ A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON line per log ste
 evaluation, written as it goes), ``train.log``, ``last.safetensors`` (weights, optimiser state
 and progress: a killed run resumes from it), ``best.safetensors`` and the best checkpoint's
 evaluation (``best.eval.json``, ``best.predictions.npz``). Only rank 0 writes.
+
+Model selection never looks at the test set: ``val_size`` training images are held out (the same
+ones for every run), each evaluation scores the student on them, and ``best`` is the checkpoint with
+the highest validation top-1. The test split is evaluated once, on that checkpoint, when the run ends.
 """
 from __future__ import annotations
 
@@ -30,9 +34,10 @@ from .augment import RECIPES, BatchTransform, Mixup
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, model_weights, read_metadata,
                          read_tensors, save_checkpoint, train_state)
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, load_dataset, steps_per_epoch
-from .evaluate import autocast, predict, save_evaluation, summarize
+from .evaluate import autocast, native_bf16, predict, save_evaluation, summarize
 from .io import atomic_path, write_json
-from .losses import DistillationLoss, parse_method
+from .losses import DistillationLoss, TeacherForward, parse_method
+from .probe import PROBE_IMAGES, AttentionProbe
 from .models import create_model, is_distilled, model_image_size, model_normalization
 
 
@@ -40,7 +45,7 @@ class TrainingError(Exception):
     """A run that cannot start or cannot go on (bad configuration, non-finite loss)."""
 
 
-_CONFIG_RECORD_KEYS = ('world_size', 'versions')  # written beside the fields in config.json
+_CONFIG_RECORD_KEYS = ('world_size', 'versions', 'group')  # written beside the fields in config.json
 
 
 @dataclass
@@ -58,7 +63,8 @@ class TrainConfig:
     teacher_pretrained_file: str | None = None  # local weights for a teacher given by timm name
     image_size: int = 32
     recipe: str = 'cifar32'
-    subset: int | None = None  # train on a fixed subset of this many images
+    subset: int | None = None  # train on a fixed subset of this many images (after the validation holdout)
+    val_size: int = 5000  # training images held out to select `best` on; 0: none, `best` is the last evaluation
     test_subset: int | None = None
     epochs: float | None = None  # run length: epochs, steps and/or seconds; the first reached ends it
     steps: int | None = None
@@ -81,7 +87,7 @@ class TrainConfig:
     layer_map: list[int] | None = None
     seed: int = 0
     device: str = 'auto'
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / AMX)
     compile: bool = False  # torch.compile the student's and the teacher's forwards (pays on long GPU runs)
     log_every: int = 50
     eval_every: int = 0  # steps between evaluations; 0: at each epoch's end
@@ -118,6 +124,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise TrainingError(f'{name} must be positive, got {value}')
+    if cfg.val_size < 0:
+        raise TrainingError(f'val_size must be >= 0, got {cfg.val_size}')
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
         raise TrainingError(f'mixup and cutmix must be >= 0 and mix_prob in [0, 1], got {cfg.mixup}, '
                             f'{cfg.cutmix}, {cfg.mix_prob}')
@@ -141,17 +149,58 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         cfg: The run's configuration.
         resume: Continue from ``last.safetensors`` in ``cfg.out`` if it exists.
     """
-    validate(cfg)
-    ctx = distributed.setup(cfg.device)
-    status = RunStatus(Path(cfg.out), ctx.is_main)
+    return train_group([cfg], resume)[0]
+
+
+def train_group(cfgs: list[TrainConfig], resume: bool = False) -> list[Path]:
+    """Train several students on the same batches, with one teacher forward per batch; return their folders.
+
+    The students see identical data (order, augmentation, mixing) and differ only in their method:
+    the fairest comparison of methods, and the teacher's forward is paid once for all of them. Each
+    keeps its own run folder, exactly as a single run writes it.
+
+    Args:
+        cfgs: One configuration per student, equal but for ``method``, ``out`` and ``teacher`` (which
+            the methods that need one share).
+        resume: Continue each from ``last.safetensors`` in its folder (all at the same step).
+    """
+    for cfg in cfgs:
+        validate(cfg)
+    validate_group(cfgs)
+    ctx = distributed.setup(cfgs[0].device)
+    statuses = [RunStatus(Path(cfg.out), ctx.is_main) for cfg in cfgs]
     try:
         with StopSignal() as stop:
-            return _train(cfg, ctx, resume, status, stop)
+            return _train(cfgs, ctx, resume, statuses, stop)
     except BaseException as err:
-        status.write('failed', error=str(err) or type(err).__name__)
+        for status in statuses:
+            status.write('failed', error=str(err) or type(err).__name__)
         raise
     finally:
+        for cfg in cfgs:  # release each run's train.log
+            _close_logger(Path(cfg.out))
         distributed.cleanup()
+
+
+_GROUP_FREE_FIELDS = ('method', 'out', 'teacher')  # what may differ between the students of one group
+
+
+def validate_group(cfgs: list[TrainConfig]) -> None:
+    """Refuse students that cannot share batches: settings other than method, folder and teacher differ."""
+    if not cfgs:
+        raise TrainingError('no student to train')
+    first = asdict(cfgs[0])
+    for cfg in cfgs[1:]:
+        differing = sorted(k for k, v in asdict(cfg).items() if k not in _GROUP_FREE_FIELDS and first[k] != v)
+        if differing:
+            raise TrainingError(f'students trained together differ only in method: {cfg.out} and {cfgs[0].out} '
+                                f'differ in {", ".join(differing)}')
+    outs = [str(Path(cfg.out).resolve()) for cfg in cfgs]
+    if len(set(outs)) != len(outs):
+        raise TrainingError('each student of a group needs its own run folder')
+    teachers = {cfg.teacher for cfg in cfgs if parse_method(cfg.method).needs_teacher}
+    if len(teachers) > 1:
+        raise TrainingError(f'students trained together share one teacher, got {sorted(teachers)}')
 
 
 class RunStatus:
@@ -194,9 +243,27 @@ class StopSignal:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: RunStatus, stop: StopSignal) -> Path:
-    run, device = Path(cfg.out), ctx.device
-    method = parse_method(cfg.method)
+@dataclass
+class Student:
+    """One student of a run: its configuration, model, loss, optimiser, files and running record."""
+    cfg: TrainConfig
+    student: nn.Module  # unwrapped: checkpoints and evaluation use it
+    model: nn.Module  # what the step calls: `student`, DDP- and/or compile-wrapped
+    criterion: DistillationLoss
+    optimizer: torch.optim.Optimizer
+    status: RunStatus
+    log: logging.Logger
+    best_val_top1: float = -1.0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def run(self) -> Path:
+        return Path(self.cfg.out)
+
+
+def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, statuses: list[RunStatus],
+           stop: StopSignal) -> list[Path]:
+    cfg, device = cfgs[0], ctx.device  # the settings the students share (validate_group)
 
     # Data: rank 0 decodes and caches first, so the others read the cache instead of racing it.
     if not ctx.is_main:
@@ -204,7 +271,12 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
     data = load_dataset(cfg.data, cfg.cache_dir)
     if ctx.is_main:
         distributed.barrier(ctx)
-    train_set = data['train'].subset(cfg.subset).to(device)
+    try:
+        train_set, val_set = data['train'].holdout(cfg.val_size) if cfg.val_size else (data['train'], None)
+    except ValueError as err:
+        raise TrainingError(f'{err}: lower --val-size') from err
+    train_set = train_set.subset(cfg.subset).to(device)
+    val_set = val_set.to(device) if val_set is not None else None
     test_set = data['test'].subset(cfg.test_subset).to(device)
     classes = train_set.classes
     batch_size = cfg.batch_size // ctx.world_size
@@ -217,70 +289,101 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
         step_limits.append(math.ceil(cfg.epochs * epoch_steps))
     total_steps = min(step_limits, default=None)  # None: the time budget alone ends the run
 
-    # Models, loss, optimiser. Seeded: runs of one seed start from the same weights (so students that
-    # differ only in their method start alike).
-    torch.manual_seed(cfg.seed)
-    student = create_model(
-        cfg.model, num_classes=len(classes), pretrained=cfg.pretrained and cfg.pretrained_file is None,
-        pretrained_file=cfg.pretrained_file, img_size=cfg.image_size, drop_path_rate=cfg.drop_path,
-        **cfg.model_args).to(device)
-    teacher = load_teacher(cfg, classes, device) if method.needs_teacher else None
-    if method.logit is not None and is_distilled(student):
-        student.set_distilled_training(True)
-    criterion = DistillationLoss(
-        cfg.method, student, teacher, attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau,
-        label_smoothing=cfg.label_smoothing, head_fusion=cfg.head_fusion, layer_map=cfg.layer_map)
-    mean, std = model_normalization(student)
-    transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device)
-    no_decay = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else ()  # ViTs: pos/cls tokens
-    groups = param_groups_weight_decay(student, cfg.weight_decay, no_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == 'cuda')
-    model = DistributedDataParallel(student, device_ids=[device] if device.type == 'cuda' else None) \
-        if ctx.distributed else student
-    if cfg.compile:  # the capture hooks compile with the forwards; checkpoints and evaluation use `student`
-        model = torch.compile(model)
-        if teacher is not None:
-            criterion.teacher = torch.compile(teacher)
+    # The teacher, loaded once; its forward runs once per batch for every student that needs it.
+    methods = [parse_method(c.method) for c in cfgs]
+    teacher_cfg = next((c for c, m in zip(cfgs, methods) if m.needs_teacher), None)
+    teacher = load_teacher(teacher_cfg, classes, device) if teacher_cfg else None
+    shared_teacher = None
 
-    # Resume, or start a fresh run folder: nothing is written before data and models have loaded.
-    log = _logger(run, ctx.is_main)
-    step, elapsed_before, best_top1 = 0, 0.0, -1.0
-    last_path, best_path = run / 'last.safetensors', run / 'best.safetensors'
-    metrics_path = run / 'metrics.jsonl'
-    if resume and last_path.is_file():
-        step, elapsed_before, best_top1 = restore(last_path, student, optimizer)
-        log.info('resumed from %s at step %d', last_path, step)
+    # Students, losses, optimisers. Seeded: students of one seed start from the same weights (so
+    # students that differ only in their method start alike).
+    students = []
+    for member_cfg, method, status in zip(cfgs, methods, statuses):
+        torch.manual_seed(cfg.seed)
+        student = create_model(
+            cfg.model, num_classes=len(classes), pretrained=cfg.pretrained and cfg.pretrained_file is None,
+            pretrained_file=cfg.pretrained_file, img_size=cfg.image_size, drop_path_rate=cfg.drop_path,
+            **cfg.model_args).to(device)
+        if method.logit is not None and is_distilled(student):
+            student.set_distilled_training(True)
+        if teacher is not None and not students:
+            shared_teacher = TeacherForward(teacher, model_normalization(student),
+                                            capture=any(m.attention for m in methods), shared=True)
+            if cfg.compile:  # the capture hooks compile with the forwards
+                shared_teacher.model = torch.compile(teacher)
+        criterion = DistillationLoss(
+            member_cfg.method, student, shared_teacher if method.needs_teacher else None,
+            attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau, label_smoothing=cfg.label_smoothing,
+            head_fusion=cfg.head_fusion, layer_map=cfg.layer_map)
+        no_decay = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else ()  # ViTs: pos/cls tokens
+        groups = param_groups_weight_decay(student, cfg.weight_decay, no_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == 'cuda')
+        model = DistributedDataParallel(student, device_ids=[device] if device.type == 'cuda' else None) \
+            if ctx.distributed else student
+        if cfg.compile:
+            model = torch.compile(model)
+        log = _logger(Path(member_cfg.out), ctx.is_main, member_cfg.method if len(cfgs) > 1 else None)
+        students.append(Student(member_cfg, student, model, criterion, optimizer, status, log))
+    mean, std = model_normalization(students[0].student)
+    transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device)
+    # Each evaluation also measures every student's attention gap to a ViT teacher on held-out images.
+    probe = None
+    if hasattr(teacher, 'blocks') and val_set is not None and hasattr(students[0].student, 'blocks'):
+        same_heads = teacher.blocks[0].attn.num_heads == students[0].student.blocks[0].attn.num_heads
+        fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
+        probe = AttentionProbe(teacher, val_set.images[:PROBE_IMAGES], transform, fusion, cfg.layer_map, cfg.amp)
+
+    # Resume, or start fresh run folders: nothing is written before data and models have loaded.
+    step, elapsed_before = 0, 0.0
+    if resume and all((s.run / 'last.safetensors').is_file() for s in students):
+        resumed = []
+        for s in students:
+            at, elapsed_before, s.best_val_top1 = restore(s.run / 'last.safetensors', s.student, s.optimizer)
+            resumed.append(at)
+            s.log.info('resumed from %s at step %d', s.run / 'last.safetensors', at)
+        if len(set(resumed)) > 1:
+            raise TrainingError(f'the students stopped at different steps {resumed}: resume them one by one')
+        step = resumed[0]
+    elif resume and any((s.run / 'last.safetensors').is_file() for s in students):
+        raise TrainingError('some students of the group have a last checkpoint and some not: cannot resume together')
     if ctx.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        write_json(run / 'config.json', dict(asdict(cfg), world_size=ctx.world_size,
-                                             versions={'torch': torch.__version__, 'timm': timm.__version__}))
-        _truncate_metrics(metrics_path, step)
-    # Each rank and each resume point gets its own augmentation and dropout stream.
+        for s in students:
+            s.run.mkdir(parents=True, exist_ok=True)
+            write_json(s.run / 'config.json', dict(
+                asdict(s.cfg), world_size=ctx.world_size, group=[c.method for c in cfgs],
+                versions={'torch': torch.__version__, 'timm': timm.__version__}))
+            _truncate_metrics(s.run / 'metrics.jsonl', step)
+    # Each rank and each resume point gets its own augmentation and dropout stream; the students of
+    # the group share it (the same crops, flips and mixing).
     stream_seed = cfg.seed * 1_000_003 + ctx.rank * 10_007 + step
     torch.manual_seed(stream_seed)
     transform.generator.manual_seed(stream_seed)
     mixer = Mixup(cfg.mixup, cfg.cutmix, len(classes), cfg.label_smoothing, cfg.mix_prob, seed=stream_seed) \
         if cfg.mixup or cfg.cutmix else None
-    params = sum(p.numel() for p in student.parameters())
-    log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d test images, %s steps of %d',
-             cfg.method, cfg.model, params / 1e6, device, ctx.world_size, len(train_set), len(test_set),
-             total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size)
+    params = sum(p.numel() for p in students[0].student.parameters())
+    for s in students:
+        s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s%s',
+                   s.cfg.method, cfg.model, params / 1e6, device, ctx.world_size, len(train_set),
+                   len(val_set) if val_set is not None else 0, len(test_set),
+                   total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
+                   ', bf16' if cfg.amp and native_bf16(device) else '',
+                   f', with {len(cfgs) - 1} other students on the same batches' if len(cfgs) > 1 else '')
 
-    def meta(top1: float) -> dict[str, Any]:
+    def meta(s: Student, val_top1: float | None, test_top1: float | None = None) -> dict[str, Any]:
         return dict(
             model=cfg.model, model_args=dict(cfg.model_args, num_classes=len(classes), img_size=cfg.image_size),
-            classes=classes, image_size=cfg.image_size, mean=list(mean), std=list(std), method=cfg.method,
-            teacher=cfg.teacher, recipe=cfg.recipe, data=cfg.data, step=step, epoch=step / epoch_steps,
-            test_top1=top1, params=params)
+            classes=classes, image_size=cfg.image_size, mean=list(mean), std=list(std), method=s.cfg.method,
+            teacher=s.cfg.teacher, recipe=cfg.recipe, data=cfg.data, step=step, epoch=step / epoch_steps,
+            val_size=cfg.val_size, val_top1=val_top1, test_top1=test_top1, params=params)
 
     # The loop.
     bar = tqdm(total=total_steps, initial=step, disable=not (ctx.is_main and sys.stderr.isatty()),
                dynamic_ncols=True, leave=False)
-    sums: dict[str, torch.Tensor] = {}
     window_start, window_steps = time.time(), 0
     start = time.time() - elapsed_before
-    student.train()
-    criterion.train()
+    for s in students:
+        s.student.train()
+        s.criterion.train()
 
     def run_progress() -> float:
         """How far the run is, in [0, 1]: by steps, by time, whichever is further."""
@@ -292,9 +395,10 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
     def report(state: str) -> None:
         elapsed = time.time() - start
         eta = elapsed / progress * (1 - progress) if 0 < progress < 1 else None
-        status.write(state, step=step, total_steps=total_steps, progress=min(progress, 1.0), elapsed=elapsed,
-                     eta_s=eta, best_top1=best_top1 if best_top1 >= 0 else None, started=status.fields.get(
-                         'started', time.time()))
+        for s in students:
+            s.status.write(state, step=step, total_steps=total_steps, progress=min(progress, 1.0), elapsed=elapsed,
+                           eta_s=eta, best_val_top1=s.best_val_top1 if s.best_val_top1 >= 0 else None,
+                           started=s.status.fields.get('started', time.time()))
 
     progress = run_progress()
     report('running')
@@ -303,25 +407,25 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
         if progress >= 1.0:
             break
         lr = lr_at(progress, cfg)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-
         inputs = transform.train(images)
         if mixer is not None:
             inputs, labels = mixer(inputs, labels)  # (batch, classes) soft targets from here
-        with autocast(device, cfg.amp):
-            outputs = model(inputs)
-            loss, terms = criterion(inputs, outputs, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        optimizer.step()
+        for s in students:  # the first that needs the teacher runs its forward; the others reuse it
+            for group in s.optimizer.param_groups:
+                group['lr'] = lr
+            with autocast(device, cfg.amp):
+                outputs = s.model(inputs)
+                loss, terms = s.criterion(inputs, outputs, labels)
+            s.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(s.student.parameters(), cfg.grad_clip)
+            s.optimizer.step()
+            for name, value in terms.items():
+                s.sums[name] = s.sums.get(name, 0) + value.float()
         step += 1
         window_steps += 1
         bar.update(1)
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0) + value.float()
 
         progress = run_progress()
         # Ranks agree on a cancel at log steps only, to spare a collective on every step.
@@ -333,51 +437,76 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool, status: Run
             finished or (step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch))
         save_now = evaluate_now or cancelled or (cfg.save_every and step % cfg.save_every == 0)
         if step % cfg.log_every == 0 or save_now:
-            # Checked before anything is written, so a diverged run never overwrites a good checkpoint.
-            values = {name: (total / window_steps).item() for name, total in sums.items()}
-            if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
-                kept = f'{last_path} holds the last good state' if last_path.is_file() else 'no checkpoint was saved'
-                raise TrainingError(f'loss is not finite at step {step} ({values}): the run stopped; '
-                                    f'lower --lr or check the data; {kept}')
             seconds = time.time() - window_start
-            record = dict(event='train', step=step, epoch=round(step / epoch_steps, 4), lr=lr, **values,
-                          images_per_s=window_steps * cfg.batch_size / max(seconds, 1e-9),
-                          elapsed=time.time() - start)
-            _append_metrics(metrics_path, record, ctx)
+            for s in students:
+                # Checked before anything is written, so a diverged run never overwrites a good checkpoint.
+                values = {name: (total / window_steps).item() for name, total in s.sums.items()}
+                if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
+                    last = s.run / 'last.safetensors'
+                    kept = f'{last} holds the last good state' if last.is_file() else 'no checkpoint was saved'
+                    raise TrainingError(f'{s.cfg.method}: loss is not finite at step {step} ({values}): the run '
+                                        f'stopped; lower --lr or check the data; {kept}')
+                record = dict(event='train', step=step, epoch=round(step / epoch_steps, 4), lr=lr, **values,
+                              images_per_s=window_steps * cfg.batch_size / max(seconds, 1e-9),
+                              elapsed=time.time() - start)
+                _append_metrics(s.run / 'metrics.jsonl', record, ctx)
+                s.log.info('step %d: %s, %.0f images/s', step,
+                           ', '.join(f'{name} {value:.4f}' for name, value in values.items()), record['images_per_s'])
+                s.sums = {}
             bar.set_postfix(loss=f'{values["loss"]:.3f}', lr=f'{lr:.2e}')
-            log.info('step %d: %s, %.0f images/s', step,
-                     ', '.join(f'{name} {value:.4f}' for name, value in values.items()), record['images_per_s'])
-            sums, window_start, window_steps = {}, time.time(), 0
+            window_start, window_steps = time.time(), 0
             report('running')
-        if evaluate_now:
-            if ctx.is_main:
-                probs = predict(student, test_set, transform, cfg.eval_batch_size, device, cfg.amp)
-                top1 = summarize(probs, test_set.labels, classes)['top1']
-                if top1 > best_top1:
-                    best_top1 = top1
-                    save_checkpoint(best_path, student, meta(top1))
-                    save_evaluation(best_path, probs, test_set.labels, classes,
-                                    {'checkpoint': str(best_path), 'data': cfg.data, 'model': cfg.model,
-                                     'method': cfg.method, 'step': step})
-                _append_metrics(metrics_path, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4),
-                                                   test_top1=top1, best_top1=best_top1), ctx)
-                log.info('step %d: test top-1 %.2f%% (best %.2f%%)', step, top1, best_top1)
-        if save_now and ctx.is_main:
-            save_checkpoint(last_path, student, dict(meta(best_top1), progress=dict(
-                step=step, elapsed=time.time() - start, best_top1=best_top1)),
-                train_state=optimizer_tensors(optimizer))
+        for s in students:
+            if evaluate_now and ctx.is_main:
+                # Selection on the held-out training images; without them the latest evaluation is kept.
+                val_top1 = None
+                if val_set is not None:
+                    probs = predict(s.student, val_set, transform, cfg.eval_batch_size, device, cfg.amp)
+                    val_top1 = summarize(probs, val_set.labels, classes)['top1']
+                if val_top1 is None or val_top1 > s.best_val_top1:
+                    s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
+                    save_checkpoint(s.run / 'best.safetensors', s.student, meta(s, val_top1))
+                gaps = probe.record(s.student, step, s.run) if probe is not None else None
+                _append_metrics(s.run / 'metrics.jsonl', dict(
+                    event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
+                    best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {})), ctx)
+                s.log.info('step %d: validation top-1 %s (best %.2f%%)', step,
+                           f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1)
+            if save_now and ctx.is_main:
+                save_checkpoint(s.run / 'last.safetensors', s.student, dict(meta(s, s.best_val_top1), progress=dict(
+                    step=step, elapsed=time.time() - start, best_val_top1=s.best_val_top1)),
+                    train_state=optimizer_tensors(s.optimizer))
         if evaluate_now or save_now:
             distributed.barrier(ctx)  # the other ranks wait while rank 0 evaluates and writes
             window_start = time.time()  # images/s counts training, not evaluation and saving
         if cancelled:
             break
     bar.close()
-    if cancelled:
-        log.info('cancelled at step %d; %s holds it', step, last_path)
-    else:
-        log.info('done at step %d in %.0fs: best test top-1 %.2f%%', step, time.time() - start, best_top1)
+    for s in students:
+        if cancelled:
+            s.log.info('cancelled at step %d; %s holds it', step, s.run / 'last.safetensors')
+        elif ctx.is_main:
+            test_top1 = evaluate_selected(s.run / 'best.safetensors', test_set, s.cfg, device)
+            _append_metrics(s.run / 'metrics.jsonl', dict(event='test', step=step, test_top1=test_top1), ctx)
+            s.log.info('done at step %d in %.0fs: the checkpoint selected on validation has test top-1 %.2f%%',
+                       step, time.time() - start, test_top1)
+    distributed.barrier(ctx)
     report('cancelled' if cancelled else 'finished')
-    return run
+    return [s.run for s in students]
+
+
+def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, device: torch.device) -> float:
+    """Evaluate the selected checkpoint on the test split, once: its evaluation files beside it and
+    ``test_top1`` in its metadata. Returns the test top-1."""
+    loaded = load_checkpoint(best_path, device=device)
+    transform = BatchTransform(cfg.recipe, cfg.image_size, loaded.meta['mean'], loaded.meta['std'], seed=0, device=device)
+    probs = predict(loaded.model, test_set, transform, cfg.eval_batch_size, device, cfg.amp)
+    metrics = save_evaluation(best_path, probs, test_set.labels, test_set.classes, {
+        'checkpoint': str(best_path), 'data': cfg.data, 'split': 'test', 'model': cfg.model, 'method': cfg.method,
+        'step': loaded.meta['step'], 'selected_on': 'validation' if cfg.val_size else 'last evaluation',
+        'val_top1': loaded.meta.get('val_top1')})
+    save_checkpoint(best_path, loaded.model, dict(loaded.meta, test_top1=metrics['top1']))
+    return metrics['top1']
 
 
 def load_teacher(cfg: TrainConfig, classes: list[str], device: torch.device) -> nn.Module:
@@ -416,7 +545,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
 
 
 def restore(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float, float]:
-    """Load weights and optimiser state from a ``last`` checkpoint; return (step, elapsed, best top-1)."""
+    """Load weights and optimiser state from a ``last`` checkpoint; return (step, elapsed, best validation top-1)."""
     tensors = read_tensors(path)
     progress = read_metadata(path).get('progress')
     if progress is None:
@@ -431,7 +560,7 @@ def restore(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer) ->
         _, index, name = key.split('/')
         slots.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({'state': slots, 'param_groups': groups})
-    return int(progress['step']), float(progress['elapsed']), float(progress['best_top1'])
+    return int(progress['step']), float(progress['elapsed']), float(progress['best_val_top1'])
 
 
 def _batch_stream(data: ImageSet, batch_size: int, seed: int, step: int, epoch_steps: int,
@@ -465,19 +594,35 @@ def _truncate_metrics(path: Path, step: int) -> None:
         tmp.write_text(''.join(line + '\n' for line in kept))
 
 
-def _logger(run: Path, is_main: bool) -> logging.Logger:
-    """Log to the run's ``train.log`` and, around the progress bar, to stderr (rank 0 only)."""
-    log = logging.getLogger('advit.train')
+def _logger(run: Path, is_main: bool, tag: str | None = None) -> logging.Logger:
+    """Log to the run's ``train.log`` and, around the progress bar, to stderr (rank 0 only).
+
+    Args:
+        tag: Prefix of the stderr lines (the method, when several students train at once).
+    """
+    log = logging.getLogger(_logger_name(run))
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.INFO)
     if is_main:
         run.mkdir(parents=True, exist_ok=True)
-        formatter = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
-        for handler in (logging.FileHandler(run / 'train.log'), _TqdmHandler()):
-            handler.setFormatter(formatter)
-            log.addHandler(handler)
+        file_handler, console = logging.FileHandler(run / 'train.log'), _TqdmHandler()
+        file_handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+        console.setFormatter(logging.Formatter(f'%(asctime)s {tag + ": " if tag else ""}%(message)s', '%H:%M:%S'))
+        log.addHandler(file_handler)
+        log.addHandler(console)
     return log
+
+
+def _logger_name(run: Path) -> str:
+    return f'advit.train.{run.resolve()}'
+
+
+def _close_logger(run: Path) -> None:
+    log = logging.getLogger(_logger_name(run))
+    for handler in log.handlers:
+        handler.close()
+    log.handlers.clear()
 
 
 class _TqdmHandler(logging.Handler):

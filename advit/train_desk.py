@@ -19,7 +19,7 @@ from .data import OFFICIAL_CIFAR10
 from .jobs import JobError, JobLimits, JobManager
 from .render import progress_html, training_curves
 
-LIST_HEADERS = ['name', 'method', 'model', 'status', 'progress', 'best top-1', 'started']
+LIST_HEADERS = ['name', 'method', 'model', 'status', 'progress', 'best val top-1', 'started']
 
 
 def jobs_enabled() -> bool:
@@ -137,7 +137,7 @@ class TrainDesk:
             started = job.get('started')
             rows.append([job['name'], job['method'], job['model'], job['state'],
                          f"{100 * (job['progress'] or 0):.0f}%",
-                         f"{job['best_top1']:.2f}" if job['best_top1'] is not None else '',
+                         f"{job['best_val_top1']:.2f}" if job['best_val_top1'] is not None else '',
                          datetime.datetime.fromtimestamp(started).strftime('%Y-%m-%d %H:%M:%S') if started else ''])
         return rows
 

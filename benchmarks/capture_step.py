@@ -111,7 +111,7 @@ class Setup:
         # With --compile, both forwards are compiled; the capture hooks are traced into the graphs.
         self.forward = torch.compile(self.student) if args.compile else self.student
         if args.compile:
-            self.criterion.teacher = torch.compile(self.teacher)
+            self.criterion.teacher_forward.model = torch.compile(self.teacher)
         self.student.train()
         self.criterion.train()
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=1e-4, fused=device.type == 'cuda')
@@ -122,9 +122,9 @@ class Setup:
     def use_full_maps(self) -> None:
         """Swap the loss's [CLS] captures for full-map captures on unfused attention."""
         self.criterion.student_capture.remove()
-        self.criterion.teacher_capture.remove()
+        self.criterion.teacher_forward.capture.remove()
         self.criterion.student_capture = FullMapCapture(self.student)
-        self.criterion.teacher_capture = FullMapCapture(self.teacher)
+        self.criterion.teacher_forward.capture = FullMapCapture(self.teacher)
 
     def loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher and student forwards and the distillation loss on the fixed batch."""
@@ -152,7 +152,7 @@ class Setup:
             self.use_full_maps()
         if variant in STEP_METHODS:
             return self.train_step
-        self.criterion.teacher_capture.remove()
+        self.criterion.teacher_forward.capture.remove()
         if variant == 'forward':
             self.criterion.student_capture.remove()  # a plain student: no hooks at all
         return partial(self.student_forward, capture=variant == 'forward_capture')

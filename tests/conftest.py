@@ -50,9 +50,9 @@ def cifar(cifar_archive, cache_dir):
 
 @pytest.fixture(scope='session')
 def data_flags(cifar_archive, cifar) -> list[str]:
-    """Flags for a 256-image run on the real archive (``cifar`` warms the cache first)."""
-    return ['--data', str(cifar_archive), '--subset', '256', '--test-subset', '128', '--batch-size', '64',
-            '--log-every', '1']
+    """Flags for a 256-image run on the real archive, 128 held out for validation (``cifar`` warms the cache first)."""
+    return ['--data', str(cifar_archive), '--subset', '256', '--val-size', '128', '--test-subset', '128',
+            '--batch-size', '64', '--log-every', '1']
 
 
 @pytest.fixture(scope='session')

@@ -65,7 +65,7 @@ def test_tiny_job_runs_to_the_end_and_its_checkpoint_is_offered(client, runs, ci
     assert job['state'] in ('queued', 'running')
     done = wait_for(client, 'tiny', ('finished', 'failed'))
     assert done['state'] == 'finished', done
-    assert done['step'] == done['total_steps'] == 3 and done['best_top1'] is not None
+    assert done['step'] == done['total_steps'] == 3 and done['best_val_top1'] is not None
     progress, figure, log, _ = client.predict('tiny', api_name='/job_status')
     assert 'step 3 / 3' in progress and 'done at step 3' in log
     metrics = [json.loads(line) for line in (runs / 'tiny' / 'metrics.jsonl').read_text().splitlines()]

@@ -226,12 +226,12 @@ def test_queue_runs_jobs_one_at_a_time_to_the_end(tmp_path, cifar_archive, jobs)
         job = manager.status(name)
         assert job['step'] == job['total_steps'] == 3 and job['progress'] == 1.0 and job['error'] is None
         assert job['method'] == 'vit' and job['model'] == 'vit_tiny_patch4_32'
-        assert isinstance(job['best_top1'], float) and 0 <= job['best_top1'] <= 100
+        assert isinstance(job['best_val_top1'], float) and 0 <= job['best_val_top1'] <= 100
         reported = json.loads((tmp_path / 'runs' / name / 'status.json').read_text())
         assert reported['state'] == 'finished' and reported['step'] == 3
         metrics = manager.metrics(name)
         assert [line['step'] for line in metrics if line['event'] == 'train'] == [1, 2, 3]
-        assert [line['best_top1'] for line in metrics if line['event'] == 'eval'] == [job['best_top1']]
+        assert [line['best_val_top1'] for line in metrics if line['event'] == 'eval'] == [job['best_val_top1']]
         assert len(record(manager, name)['launches']) == 1
         assert f'--config {tmp_path / "runs" / name / "request.json"}' in manager.log_tail(name)
     # One at a time: the second was launched only after the first had reported its end.

@@ -193,7 +193,7 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
     job = desk.manager.status(done)
     name, method, model, state, progress, best, started = rows[done]
     assert (name, method, model, state, progress) == ('done-run', 'vit', 'vit_tiny_patch4_32', 'finished', '100%')
-    assert best == f'{job["best_top1"]:.2f}' and 0 <= float(best) <= 100
+    assert best == f'{job["best_val_top1"]:.2f}' and 0 <= float(best) <= 100
     assert datetime.datetime.strptime(started, '%Y-%m-%d %H:%M:%S').timestamp() == pytest.approx(job['started'], abs=1)
     assert rows[broken][3] == 'failed' and rows[broken][5] == ''
 
@@ -203,7 +203,7 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
     assert 'ETA' not in view.progress
     traces = {trace.name: trace for trace in view.figure.data}
     assert {'loss', 'ce', 'test top-1'} <= set(traces)
-    assert list(traces['loss'].x) == [1, 2, 3] and list(traces['test top-1'].y) == [job['best_top1']]
+    assert list(traces['loss'].x) == [1, 2, 3] and list(traces['validation top-1'].y) == [job['best_val_top1']]
     assert 'done at step 3' in view.log and not view.log.startswith('FAILED:')
 
     failed = desk.view(broken)

@@ -1,0 +1,102 @@
+"""The attention probe: at every evaluation, how far each student's attention is from the teacher's.
+
+On a fixed probe set of held-out training images (the first ``PROBE_IMAGES`` of the validation
+split, never test images), each evaluation records the student's per-layer gap to the teacher
+(L1, L2 and KL, as the losses define them, averaged over the probe images) and both models' maps
+on the first ``MAP_IMAGES`` of them. One small file per run, ``attention_probe.npz``, rewritten
+atomically at each evaluation, which the app's training view draws without a second training:
+
+- ``steps`` (E,), ``gaps`` (E, 3, layers) in the order of ``kinds``,
+- ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
+- ``images`` (MAP_IMAGES, 3, H, W) uint8, ``teacher_layers`` (layers,), ``grid`` (2,).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .augment import BatchTransform
+from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
+from .evaluate import autocast
+from .io import atomic_path
+from .losses import attention_gap, renormalize
+from .models import model_normalization, patch_grid
+
+PROBE_IMAGES = 256
+MAP_IMAGES = 8
+GAP_KINDS = ('l1', 'l2', 'kl')
+PROBE_FILE = 'attention_probe.npz'
+
+
+class AttentionProbe:
+    """Per-layer attention gaps of students to one teacher on fixed images, recorded evaluation by evaluation.
+
+    Args:
+        teacher: The frozen teacher (a timm ViT).
+        images: The probe images, uint8 (N, 3, H, W), on the models' device.
+        transform: The students' evaluation transform (normalises for the students).
+        head_fusion: How heads are fused before comparing (the run's, as the loss fuses them).
+        layer_map: Teacher layer per student layer (the run's); default uniform.
+        amp: bf16 autocast where native, as the run evaluates.
+    """
+
+    def __init__(self, teacher: nn.Module, images: torch.Tensor, transform: BatchTransform,
+                 head_fusion: str = 'mean', layer_map: list[int] | None = None, amp: bool = True) -> None:
+        self.teacher, self.images, self.transform = teacher, images, transform
+        self.head_fusion, self.layer_map, self.amp = head_fusion, layer_map, amp
+        self.teacher_grid = patch_grid(teacher)
+        self._teacher_maps: torch.Tensor | None = None  # the teacher is frozen: its maps once
+
+    @torch.no_grad()
+    def _maps(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        with ClsAttentionCapture(model) as capture, autocast(inputs.device, self.amp):
+            model(inputs)
+            maps = capture.pop()
+        model.train(was_training)
+        return fuse_heads(maps, self.head_fusion)
+
+    def gaps(self, student: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(gaps (3, layers), student maps, aligned teacher maps (MAP_IMAGES, layers, patches))."""
+        inputs = self.transform.eval(self.images)
+        if self._teacher_maps is None:
+            teacher_inputs = renormalize(inputs, model_normalization(student), model_normalization(self.teacher))
+            self._teacher_maps = self._maps(self.teacher, teacher_inputs)
+        student_maps = self._maps(student, inputs)
+        teacher_maps = align_teacher_maps(self._teacher_maps, student_maps.shape[1], self.teacher_grid,
+                                          patch_grid(student), self.layer_map)
+        # Per layer: averaged over images and (with per-head fusion) heads.
+        gaps = np.stack([attention_gap(student_maps, teacher_maps, kind).mean(dim=(0, 2)).cpu().numpy()
+                         for kind in GAP_KINDS])
+        return gaps, student_maps[:MAP_IMAGES, :, 0].cpu().numpy(), teacher_maps[:MAP_IMAGES, :, 0].cpu().numpy()
+
+    def record(self, student: nn.Module, step: int, run: Path) -> dict[str, list[float]]:
+        """Add this evaluation's gaps and maps to ``run/attention_probe.npz``; return the gaps by kind."""
+        gaps, student_maps, teacher_maps = self.gaps(student)
+        path = Path(run) / PROBE_FILE
+        earlier = read_probe(path) if path.is_file() else None
+        keep = earlier['steps'] < step if earlier is not None else None  # a resumed run writes its steps again
+        arrays = dict(
+            steps=np.append(earlier['steps'][keep], step) if earlier is not None else np.array([step]),
+            gaps=np.concatenate([earlier['gaps'][keep], gaps[None]]) if earlier is not None else gaps[None],
+            student_maps=np.concatenate([earlier['student_maps'][keep], student_maps[None].astype(np.float16)])
+            if earlier is not None else student_maps[None].astype(np.float16),
+            teacher_maps=teacher_maps.astype(np.float16),
+            images=self.images[:MAP_IMAGES].cpu().numpy(),
+            teacher_layers=np.array(layer_mapping(student_maps.shape[1], self._teacher_maps.shape[1], self.layer_map)),
+            grid=np.array(patch_grid(student)),
+            kinds=np.array(GAP_KINDS))
+        with atomic_path(path) as tmp:
+            with open(tmp, 'wb') as f:
+                np.savez(f, **arrays)
+        return {kind: [float(v) for v in row] for kind, row in zip(GAP_KINDS, gaps)}
+
+
+def read_probe(path: str | Path) -> dict[str, np.ndarray]:
+    """A run's ``attention_probe.npz`` as arrays (see the module's docstring)."""
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
