@@ -4,32 +4,42 @@
 
 ``scripts/train_bundle.sh`` trains the runs (``teacher``, then the students ``vit``, ``deit_hard``,
 ``advit_l1``, ``advit_l2``, ``advit_kl``, ``advit_kl_paper``) and calls this. Within the size limit
-(80 MB: the app's Docker image carries the bundle) go the fp16 weights of the teacher, ``vit``,
-``deit_hard`` and the best ADViT student, each re-evaluated as shipped (``NAME.eval.json``,
+(80 MB: the app's Docker image carries the bundle) go the fp16 weights of every run when they fit
+(the CPU bundle's small models), else of the teacher, ``vit``, ``deit_hard`` and the best ADViT
+student, each re-evaluated as shipped (``NAME.eval.json``,
 ``NAME.predictions.npz``), the other runs' evaluations, and ``README.md``, the model card.
 Runs not (yet) finished are left out, and named in the card, so a cut-short session still
-exports what it has.
+exports what it has. The best ADViT student is the one of highest top-1 on the held-out training
+images (validation), never chosen on the test set. Each run's attention probe (``probe.py``) is
+copied as ``NAME.probe.npz``; the sweep behind the recipe (``scripts/cpu_sweep.py``), when given,
+goes into the card.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from safetensors import safe_open
 
 from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import TRAIN_STATE_PREFIX, load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
 from .io import atomic_path
+from .probe import PROBE_FILE
 from .report import RunResult, load_run, markdown_table, table2, table2_columns
 
 TEACHER = 'teacher'
 STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # scripts/train_bundle.sh trains them in this order
-ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student
+ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student, when not all fit
+SHIP_ALL_SHARE = 0.9  # every run's weights are shipped if they take at most this share of the size limit
 MAX_MB = 80.0
 CARD = 'README.md'
 COMMANDS = 'commands.tsv'  # written by the script: run name, wall seconds, command; one line per command
@@ -39,7 +49,8 @@ class BundleError(Exception):
     """Nothing to export, or a bundle over its size limit."""
 
 
-def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, device: str = 'auto') -> int:
+def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, device: str = 'auto',
+                  sweep: str | Path | None = None) -> int:
     """Export the finished bundle runs into ``out``; return the folder's size in bytes.
 
     Args:
@@ -48,6 +59,7 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
         max_mb: Size limit of the whole folder, in MB of 10^6 bytes; over it, the card is not written
             and ``BundleError`` says what is there.
         device: Where the exported weights are evaluated.
+        sweep: A ``sweep.jsonl`` of ``scripts/cpu_sweep.py`` to record in the card.
     """
     runs, out = Path(runs), Path(out)
     names = [name for name in (TEACHER, *STUDENTS)
@@ -55,8 +67,13 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     if not names:
         raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
     attention = [name for name in names if name.startswith('advit_')]
-    best_attention = max(attention, key=lambda name: load_run(runs / name).top1, default=None)
-    shipped = [name for name in names if name in ALWAYS_SHIPPED or name == best_attention]
+    # Chosen on validation; the first in STUDENTS order wins a tie (and where no run held images out).
+    best_attention = max(attention, key=lambda name: load_run(runs / name).val_top1 or -1.0, default=None)
+    # Every run's weights where they fit (small CPU models), else the most wanted ones.
+    if sum(_fp16_bytes(runs / name / 'best.safetensors') for name in names) > SHIP_ALL_SHARE * max_mb * 1e6:
+        shipped = [name for name in names if name in ALWAYS_SHIPPED or name == best_attention]
+    else:
+        shipped = names
     out.mkdir(parents=True, exist_ok=True)
     test_sets: dict[tuple, ImageSet] = {}
     for name in names:
@@ -66,10 +83,13 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
         else:
             target.unlink(missing_ok=True)  # an earlier export's weights, no longer shipped
             for source, copy in zip(evaluation_paths(runs / name / 'best.safetensors'), evaluation_paths(target)):
-                with atomic_path(copy) as tmp:
-                    shutil.copyfile(source, tmp)
+                _copy(source, copy)
+        if (runs / name / PROBE_FILE).is_file():
+            _copy(runs / name / PROBE_FILE, out / f'{name}.probe.npz')
     files = sorted(path for path in out.rglob('*') if path.is_file() and path.name != CARD)
-    card = model_card(runs, out, names, shipped, sum(path.stat().st_size for path in files), max_mb)
+    sweep_rows = [json.loads(line) for line in Path(sweep).read_text().splitlines() if line.strip()] if sweep else []
+    card = model_card(runs, out, names, shipped, best_attention, sum(path.stat().st_size for path in files), max_mb,
+                      sweep_rows)
     size = sum(path.stat().st_size for path in files) + len(card.encode())
     if size > max_mb * 1e6:
         (out / CARD).unlink(missing_ok=True)  # an earlier card would describe other files
@@ -79,6 +99,18 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     with atomic_path(out / CARD) as tmp:
         tmp.write_text(card)
     return size
+
+
+def _fp16_bytes(checkpoint: Path) -> int:
+    """About the size of a float32 checkpoint once exported in fp16 (its float tensors halved)."""
+    with safe_open(str(checkpoint), framework='pt') as f:
+        return sum(math.prod(f.get_slice(key).get_shape()) * 2 for key in f.keys()
+                   if not key.startswith(TRAIN_STATE_PREFIX))
+
+
+def _copy(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple, ImageSet]) -> None:
@@ -98,7 +130,10 @@ def _paper_top1(name: str, result: RunResult) -> float | None:
     """The paper's number for the same role: its ViT-Base teacher, or its student of the same size."""
     if name == TEACHER:
         return PAPER_TEACHER_TOP1
-    size = {'vit_tiny': 'ViT-Tiny', 'vit_small': 'ViT-Small'}.get('_'.join(result.model.split('_')[:2]))
+    # The paper's ViT-Small for ours of that name; its smaller student, ViT-Tiny, for the other (smaller) ViTs.
+    size = 'ViT-Small' if result.model.startswith('vit_small') else 'ViT-Tiny'
+    if not result.model.startswith(('vit_', 'deit_')):
+        return None
     return PAPER_TOP1.get(size, {}).get(result.method)
 
 
@@ -112,8 +147,42 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], files_size: int,
-               max_mb: float = MAX_MB) -> str:
+def hardware() -> str:
+    """The machine in words: the GPU's name, or the CPU's model, its cores and whether it runs bf16 natively."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from .evaluate import native_bf16
+    cpuinfo = Path('/proc/cpuinfo')
+    names = [line.split(':', 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith('model name')] if cpuinfo.is_file() else []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    bf16 = 'bf16 natively' if native_bf16(torch.device('cpu')) else 'no native bf16 (fp32)'
+    return f'{names[0] if names else platform.processor() or "CPU"}, {cores} cores, {bf16}'
+
+
+def _curves(runs: Path, names: list[str]) -> str:
+    """Validation top-1 at each evaluation, one column per run."""
+    curves = {}
+    for name in names:
+        path = runs / name / 'metrics.jsonl'
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        curves[name] = {line['step']: line['val_top1'] for line in lines
+                        if line.get('event') == 'eval' and line.get('val_top1') is not None}
+    steps = sorted(set().union(*curves.values()))
+    rows = [dict(step=step, **{name: curves[name].get(step) for name in names}) for step in steps]
+    return markdown_table(rows, [('step', 'step')] + [(name, name) for name in names]) if rows else 'No evaluations.\n'
+
+
+def _sweep_table(sweep: list[dict[str, Any]]) -> str:
+    rows = [dict(model=r['model'], settings=', '.join(f'{k}={v}' for k, v in r['settings'].items()) or 'preset',
+                 seconds=r['seconds'], images_per_s=r['images_per_s'], val=r['best_val_top1'], test=r['test_top1'])
+            for r in sweep]
+    return markdown_table(rows, [('model', 'model'), ('settings', 'settings'), ('seconds', 'budget (s)'),
+                                 ('images_per_s', 'images/s'), ('val', 'val top-1 (%)'), ('test', 'test top-1 (%)')])
+
+
+def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best: str | None, files_size: int,
+               max_mb: float = MAX_MB, sweep: list[dict[str, Any]] | None = None) -> str:
     """The bundle's README: setting, Tables 1 and 2 beside the paper's, and how every run was made.
 
     Args:
@@ -121,8 +190,10 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], file
         out: The bundle folder, holding each run's ``NAME.eval.json``.
         names: The exported runs (finished).
         shipped: Those whose weights are in the bundle.
+        best: The best ADViT run (chosen on validation), if any.
         files_size: Bytes of the bundle's files other than the card.
         max_mb: The bundle's size limit.
+        sweep: Records of ``scripts/cpu_sweep.py`` (the short runs behind the recipe), if any.
     """
     results = {name: load_run(runs / name, evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
     configs = {name: _read_json(runs / name / 'config.json') for name in names}
@@ -131,21 +202,21 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], file
     versions = sorted({f"torch {c['versions']['torch']}, timm {c['versions']['timm']}"
                        for c in configs.values() if 'versions' in c})
     versions = versions or [f'torch {torch.__version__}, timm {timm.__version__}']
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'
+    val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
 
-    rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, top1=result.top1,
-                 paper=_paper_top1(name, result), params_m=result.params / 1e6, steps=status[name].get('step'),
-                 seconds=status[name].get('elapsed'), weights='yes' if name in shipped else 'no (evaluation only)')
+    rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
+                 top1=result.top1, paper=_paper_top1(name, result), params_m=result.params / 1e6,
+                 steps=status[name].get('step'), seconds=status[name].get('elapsed'),
+                 weights='yes' if name in shipped else 'no (evaluation only)')
             for name, result in results.items()]
     table1 = markdown_table(rows, [
-        ('run', 'run'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'), ('top1', 'top-1 (%)'),
-        ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'), ('steps', 'steps'),
+        ('run', 'run'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'), ('val', 'val top-1 (%)'),
+        ('top1', 'test top-1 (%)'), ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'), ('steps', 'steps'),
         ('seconds', 'training (s)'), ('weights', 'weights shipped')])
-    best = next((name for name in shipped if name.startswith('advit_')), None)
     if 'deit_hard' in results and best is not None:
         a, b = results['deit_hard'], results[best]
-        table2_text = (f'Per-class top-1 (%) of DeiT (`deit_hard`) and the best ADViT student (`{best}`):\n\n'
-                       + markdown_table(table2(a, b), table2_columns(a, b)))
+        table2_text = (f'Per-class test top-1 (%) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
+                       'chosen on validation):\n\n' + markdown_table(table2(a, b), table2_columns(a, b)))
     else:
         table2_text = 'Not made: it needs the `deit_hard` run and an ADViT run.\n'
 
@@ -156,26 +227,40 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], file
     runs_text = markdown_table(command_rows, [('run', 'run'), ('wall', 'wall time (s)'), ('command', 'command')]) \
         if command_rows else f'No `{COMMANDS}` in `{runs}`: the runs were not made by `scripts/train_bundle.sh`.\n'
     data = configs[names[0]].get('data', '?')
-    differing = _differing_settings([configs[name] for name in names if name != TEACHER])
+    students = [name for name in names if name != TEACHER]
+    differing = _differing_settings([configs[name] for name in students])
+    together = len(students) > 1 and all(configs[name].get('group') == configs[students[0]].get('group')
+                                         and configs[name].get('group') for name in students)
     same_text = ('The students\' settings (`config.json`) are the same apart from the method and teacher: same '
-                 'length, schedule, augmentation and seed (the steps column shows if a time cap cut one short).'
+                 'length, schedule, augmentation and seed' + (
+                     ', and they were trained together in one process on the very same batches (order, '
+                     'augmentation, mixing), one teacher forward per batch shared by all.' if together else '.')
                  if not differing else f'The students\' settings differ in {", ".join(differing)}: '
                  'they are not compared like for like.')
     missing = [name for name in (TEACHER, *STUDENTS) if name not in names]
     missing_text = f"Not finished, so not in the bundle: {', '.join(f'`{name}`' for name in missing)}.\n" \
         if missing else ''
+    sweep_text = ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
+                  'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained; '
+                  'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n') \
+        if sweep else ''
 
     return f'''# ADViT Studio checkpoint bundle
 
 CIFAR-10 classifiers for the app: a ViT teacher and ViT students trained from it by each method of
-the ADViT paper, all **from scratch at 32x32** (patch 4, an 8x8 grid) on `{data}`, evaluated on
-{evaluation.get('count', '?')} of its test images. Made on **{device}** with {'; '.join(versions)}.
+the ADViT paper, all **from scratch at 32x32** (an 8x8 grid of patch tokens) on `{data}` (CIFAR-10,
+JPEG q75 copy). Made on **{hardware()}** with {'; '.join(versions)}.
+
+**Which split each number is on.** {', '.join(str(v) for v in val_sizes)} training images are held out
+as a validation split (the same images for every run); every checkpoint choice (each run's `best`,
+and the best ADViT student shipped) is made on it ("val top-1"). The test set
+({evaluation.get('count', '?')} images) is evaluated once per run, on the chosen checkpoint ("test top-1").
 
 **Not the paper's setting.** The paper fine-tunes ImageNet-pretrained timm ViTs at 224x224 for 300
-epochs, with a ViT-Base teacher ({PAPER_TEACHER_TOP1}%); here every model starts from random weights at
-32x32 and trains for minutes. The paper's numbers stand beside ours to compare the ranking of the
-methods, not the accuracies. The paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps
-themselves) is this project's, not in the paper.
+epochs on GPUs, with a ViT-Base teacher ({PAPER_TEACHER_TOP1}%); here every model starts from random
+weights at 32x32 and trains for minutes, and the models are small conv-stem ViTs sized to that budget.
+The paper's numbers stand beside ours to compare the ranking of the methods, not the accuracies. The
+paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps themselves) is this project's.
 
 ## Table 1: top-1 per method
 
@@ -183,7 +268,8 @@ themselves) is this project's, not in the paper.
 {missing_text}{same_text}
 Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model is the fp16 file's.
 The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) to
-keep the bundle under {max_mb:g} MB.
+keep the bundle under {max_mb:g} MB. `NAME.probe.npz` holds each run's attention gap to the teacher,
+per layer, at every evaluation, on 256 held-out training images, and the maps of 8 of them.
 
 ## Table 2: per class
 
@@ -191,6 +277,10 @@ keep the bundle under {max_mb:g} MB.
 The paper's Table 2 makes this comparison at 224x224 with pretrained students; its per-class numbers
 are not repeated here.
 
+## Learning curves: validation top-1 (%) at each evaluation
+
+{_curves(runs, names)}
+{sweep_text}
 ## How it was made
 
 `scripts/train_bundle.sh` ran these commands (wall time includes start-up and evaluation), then

@@ -35,9 +35,10 @@ class RunResult:
     model: str  # the architecture: timm name, and its arguments when not the defaults
     method: str
     seed: int
-    top1: float
+    top1: float  # on the evaluation's split (the test set)
     params: int
     per_class: dict[str, float | None]
+    val_top1: float | None = None  # on the held-out training images the checkpoint was selected on
 
     @property
     def family(self) -> str:
@@ -67,7 +68,7 @@ def load_run(run: str | Path, evaluation: str | Path | None = None) -> RunResult
     model = meta['model'] + (f' ({", ".join(f"{k}={v}" for k, v in sorted(arch.items()))})' if arch else '')
     return RunResult(path=run, model=model, method=meta.get('method') or 'vit', seed=int(config.get('seed', 0)),
                      top1=float(evaluation['top1']), params=int(meta.get('params') or 0),
-                     per_class=evaluation['per_class'])
+                     per_class=evaluation['per_class'], val_top1=meta.get('val_top1'))
 
 
 def table1(results: list[RunResult]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from advit.about import PAPER_TEACHER_TOP1, PAPER_TOP1
 from advit.augment import BatchTransform
 from advit.bundle import STUDENTS, TEACHER
 from advit.catalog import ModelCache, discover
-from advit.checkpoint import read_metadata
+from advit.bundle import hardware
+from advit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from advit.models import create_model
 from advit.cli import main
 from advit.presets import preset
 from advit.train import TrainConfig, validate
@@ -32,8 +35,8 @@ SCRIPT = REPO / 'scripts' / 'train_bundle.sh'
 def run_script(runs: Path, out: Path, data: Path, **settings: str) -> tuple[subprocess.CompletedProcess, float]:
     """The script at tiny scale: two steps of 64 images per run (the first at learning rate 0), tiny ViTs,
     evaluation on 64 test images; ``settings`` are more of its environment variables."""
-    extra = ['--subset', '128', '--test-subset', '64', '--batch-size', '64', '--steps', '2', '--device', 'cpu',
-             '--log-every', '1', *tiny_flags()]
+    extra = ['--subset', '128', '--val-size', '64', '--test-subset', '64', '--batch-size', '64', '--steps', '2',
+             '--device', 'cpu', '--log-every', '1', *tiny_flags()]
     env = dict(os.environ, RUNS=str(runs), DATA=str(data), PYTHON=sys.executable, EXTRA=' '.join(extra), **settings)
     started = time.time()
     result = subprocess.run(['bash', str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=300)
@@ -55,35 +58,41 @@ def top1(path: Path) -> float:
 
 
 def best_attention_run(runs: Path) -> str:
-    """The ADViT run of highest top-1 (the first in the script's order on a tie)."""
+    """The ADViT run of highest validation top-1 (the first in the script's order on a tie)."""
     attention = [name for name in NAMES if name.startswith('advit_')]
-    return max(attention, key=lambda name: top1(runs / name / 'best.eval.json'))
+    return max(attention, key=lambda name: read_metadata(runs / name / 'best.safetensors')['val_top1'])
 
 
 def test_the_script_trains_every_run_in_order_and_exports_what_fits(bundle):
     runs, out, stdout = bundle
     commands = [line.split('\t') for line in (runs / 'commands.tsv').read_text().splitlines()]
-    assert [name for name, _, _ in commands] == list(NAMES)  # teacher first, students by priority
+    assert [name for name, _, _ in commands] == ['teacher', 'students']  # the students in one process
     assert all(float(wall) > 0 for _, wall, _ in commands) and 'all done in' in stdout
-    for name, _, command in commands:
-        assert f'--out {runs / name}' in command and (runs / name / 'train.log').is_file()
-        assert f'run folder: {runs / name}' in (runs / f'{name}.log').read_text()
-        assert ('--teacher' in command) == (name not in (TEACHER, 'vit'))
+    (_, _, teacher_command), (_, _, students_command) = commands
+    assert f'--out {runs / TEACHER}' in teacher_command and '--teacher' not in teacher_command
+    arguments = shlex.split(students_command)  # as the shell runs it (printf %q escapes the commas)
+    assert arguments[arguments.index('--methods') + 1] == ','.join(STUDENTS)
+    assert arguments[arguments.index('--teacher') + 1] == str(runs / TEACHER / 'best.safetensors')
+    for name in NAMES:
+        log = (runs / f'{"teacher" if name == TEACHER else "students"}.log').read_text()
+        assert f'run folder: {runs / name}' in log and (runs / name / 'train.log').is_file()
+    groups = {json.dumps(json.loads((runs / name / 'config.json').read_text())['group']) for name in STUDENTS}
+    assert groups == {json.dumps(list(STUDENTS))}
+    for name in STUDENTS:  # each student's attention gap to the teacher, at its evaluation
+        assert (out / f'{name}.probe.npz').read_bytes() == (runs / name / 'attention_probe.npz').read_bytes()
 
-    shipped = {TEACHER, 'vit', 'deit_hard', best_attention_run(runs)}
+    shipped = set(NAMES)  # small models: every run's weights fit
     assert {path.stem for path in out.glob('*.safetensors')} == shipped
     for name in NAMES:
         metrics = json.loads((out / f'{name}.eval.json').read_text())
         saved = np.load(out / f'{name}.predictions.npz')
         assert metrics['count'] == len(saved['labels']) == 64
         assert metrics['top1'] == pytest.approx(float((saved['preds'] == saved['labels']).mean() * 100))
-        if name in shipped:  # evaluated as shipped: fp16 weights, the accuracy in their metadata
-            with safe_open(str(out / f'{name}.safetensors'), framework='pt') as f:
-                assert f.get_slice('head.weight').get_dtype() == 'F16'
-            assert read_metadata(out / f'{name}.safetensors')['test_top1'] == metrics['top1']
-            assert metrics['checkpoint'] == str(out / f'{name}.safetensors')
-        else:  # the run's own evaluation
-            assert metrics == json.loads((runs / name / 'best.eval.json').read_text())
+        # Evaluated as shipped: fp16 weights, the accuracy in their metadata.
+        with safe_open(str(out / f'{name}.safetensors'), framework='pt') as f:
+            assert f.get_slice('head.weight').get_dtype() == 'F16'
+        assert read_metadata(out / f'{name}.safetensors')['test_top1'] == metrics['top1']
+        assert metrics['checkpoint'] == str(out / f'{name}.safetensors')
 
 
 def test_the_app_catalog_finds_and_loads_the_bundle(bundle, cifar):
@@ -110,10 +119,11 @@ def test_the_model_card_has_both_tables_beside_the_papers(bundle):
     for name in NAMES:
         row = next(line for line in table1.splitlines() if line.startswith(f'| {name} |'))
         cells = [cell.strip() for cell in row.strip('|').split('|')]
-        assert cells[4] == f'{top1(out / f"{name}.eval.json"):.2f}'
+        assert cells[4] == f'{read_metadata(runs / name / "best.safetensors")["val_top1"]:.2f}'
+        assert cells[5] == f'{top1(out / f"{name}.eval.json"):.2f}'
         paper = PAPER_TEACHER_TOP1 if name == TEACHER else PAPER_TOP1['ViT-Tiny'].get(name)
-        assert cells[5] == (f'{paper:.2f}' if paper is not None else '–')  # advit_kl is not in the paper
-        assert cells[9] == ('yes' if (out / f'{name}.safetensors').is_file() else 'no (evaluation only)')
+        assert cells[6] == (f'{paper:.2f}' if paper is not None else '–')  # advit_kl is not in the paper
+        assert cells[10] == ('yes' if (out / f'{name}.safetensors').is_file() else 'no (evaluation only)')
     best = best_attention_run(runs)
     table2 = card.split('## Table 2')[1].split('## How it was made')[0]
     assert f'| class | deit_hard (%) | {best} (%) | difference |' in table2
@@ -125,7 +135,9 @@ def test_the_model_card_has_both_tables_beside_the_papers(bundle):
         assert values == [f'{v:.2f}' if v is not None else '–' for v in expected]
     assert '224x224' in card and 'from scratch at 32x32' in card
     assert "The students' settings (`config.json`) are the same apart from the method and teacher" in card
-    assert f'Made on **cpu** with torch {torch.__version__}' in card
+    assert 'trained together in one process on the very same batches' in card
+    assert f'Made on **{hardware()}** with torch {torch.__version__}' in card and 'cores' in hardware()
+    assert '64 training images are held out' in card
     for name, wall, command in (line.split('\t') for line in (runs / 'commands.tsv').read_text().splitlines()):
         assert f'| {name} | {wall} | `{command.strip()}` |' in card
 
@@ -140,28 +152,42 @@ def test_an_export_over_the_size_limit_is_refused_without_a_card(bundle, tmp_pat
     assert not (tmp_path / 'README.md').exists()
 
 
-def test_a_second_run_keeps_finished_runs_and_drops_weights_no_longer_shipped(bundle, tmp_path, cifar_archive):
+def test_a_second_run_keeps_finished_runs(bundle, tmp_path, cifar_archive):
     runs, out, _ = bundle
     shutil.copytree(runs, tmp_path / 'runs')
     shutil.copytree(out, tmp_path / 'checkpoints')
-    unshipped = next(name for name in NAMES if not (out / f'{name}.safetensors').is_file())
-    shutil.copyfile(out / 'vit.safetensors', tmp_path / 'checkpoints' / f'{unshipped}.safetensors')  # stale
     result, _ = run_script(tmp_path / 'runs', tmp_path / 'checkpoints', cifar_archive)
-    assert result.stdout.count('finished earlier, kept') == len(NAMES)
+    assert result.stdout.count('finished earlier, kept') == 2  # the teacher and the students
     assert (tmp_path / 'runs' / 'commands.tsv').read_text() == (runs / 'commands.tsv').read_text()
-    assert not (tmp_path / 'checkpoints' / f'{unshipped}.safetensors').exists()
     assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == sorted(p.name for p in out.iterdir())
+
+
+def test_weights_that_do_not_all_fit_ship_the_most_wanted_and_drop_the_rest(bundle, tmp_path):
+    from advit.bundle import SHIP_ALL_SHARE, _fp16_bytes, export_bundle
+    runs, out, _ = bundle
+    shutil.copytree(out, tmp_path / 'checkpoints')  # an earlier export that shipped every run
+    everything = sum(_fp16_bytes(runs / name / 'best.safetensors') for name in NAMES)
+    export_bundle(runs, tmp_path / 'checkpoints', max_mb=0.8 * everything / SHIP_ALL_SHARE / 1e6, device='cpu')
+    shipped = {TEACHER, 'vit', 'deit_hard', best_attention_run(runs)}
+    assert {path.stem for path in (tmp_path / 'checkpoints').glob('*.safetensors')} == shipped
+    for name in set(NAMES) - shipped:  # the run's own evaluation instead of the stale weights
+        evaluation = tmp_path / 'checkpoints' / f'{name}.eval.json'
+        assert json.loads(evaluation.read_text()) == json.loads((runs / name / 'best.eval.json').read_text())
 
 
 def test_the_bundle_presets_share_one_recipe_and_are_valid(cifar_archive):
     teacher, student = preset('bundle-teacher'), preset('bundle-student')
     validate(TrainConfig.from_dict(dict(teacher, data=str(cifar_archive))))
     validate(TrainConfig.from_dict(dict(student, method='advit_l1', teacher='t.safetensors', data=str(cifar_archive))))
-    assert (teacher['model'], student['model']) == ('vit_small_patch4_32', 'vit_tiny_patch4_32')
+    assert (teacher['model'], student['model']) == ('vit_mini6_convstem_32', 'vit_mini4_convstem_32')
     shared = ('recipe', 'mixup', 'cutmix', 'mix_prob', 'label_smoothing', 'batch_size', 'lr', 'weight_decay')
     assert all(teacher.get(key) == student.get(key) for key in shared)
-    assert student['recipe'] == 'cifar32_strong' and student['mixup'] > 0 and student['cutmix'] > 0
     assert 'method' not in student  # the script gives each student its method
+    big, small = create_model(teacher['model']), create_model(student['model'])
+    assert sum(p.numel() for p in big.parameters()) > 1.3 * sum(p.numel() for p in small.parameters())
+    assert len(big.blocks) > len(small.blocks), 'the teacher is the bigger model, as in the paper'
+    gpu_teacher, gpu_student = preset('gpu-bundle-teacher'), preset('gpu-bundle-student')
+    assert gpu_student['recipe'] == 'cifar32_strong' and gpu_student['mixup'] > 0 and gpu_teacher['cutmix'] > 0
 
 
 def test_unfinished_runs_are_left_out_the_best_advit_is_shipped_unequal_settings_are_said(bundle, tmp_path):
@@ -173,34 +199,17 @@ def test_unfinished_runs_are_left_out_the_best_advit_is_shipped_unequal_settings
     config = tmp_path / 'runs' / 'advit_l1' / 'config.json'
     config.write_text(json.dumps(dict(json.loads(config.read_text()), lr=0.5)))
     best = next(name for name in ('advit_l2', 'advit_kl') if name != best_attention_run(runs))
-    evaluation = tmp_path / 'runs' / best / 'best.eval.json'
-    evaluation.write_text(json.dumps(dict(json.loads(evaluation.read_text()), top1=99.0)))  # now the best ADViT
+    checkpoint = tmp_path / 'runs' / best / 'best.safetensors'
+    loaded = load_checkpoint(checkpoint)
+    save_checkpoint(checkpoint, loaded.model, dict(loaded.meta, val_top1=99.0))  # now the best ADViT, on validation
+    evaluation = tmp_path / 'runs' / best_attention_run(runs) / 'best.eval.json'
+    evaluation.write_text(json.dumps(dict(json.loads(evaluation.read_text()), top1=100.0)))  # the test set: ignored
     export_bundle(tmp_path / 'runs', tmp_path / 'out', device='cpu')
     assert not list((tmp_path / 'out').glob('advit_kl_paper.*'))
-    assert {path.stem for path in (tmp_path / 'out').glob('*.safetensors')} == {TEACHER, 'vit', 'deit_hard', best}
+    assert {path.stem for path in (tmp_path / 'out').glob('*.safetensors')} == set(NAMES) - {'advit_kl_paper'}
     assert len(list((tmp_path / 'out').glob('*.eval.json'))) == len(NAMES) - 1
     card = (tmp_path / 'out' / 'README.md').read_text()
     table1 = card.split('## Table 1')[1].split('## Table 2')[0]
     assert 'Not finished, so not in the bundle: `advit_kl_paper`.' in table1 and '| advit_kl_paper |' not in table1
     assert "The students' settings differ in lr: they are not compared like for like." in card
     assert f'| class | deit_hard (%) | {best} (%) | difference |' in card
-
-
-def test_students_train_in_parallel_groups_to_the_same_bundle(tmp_path, cifar_archive, cifar):
-    """PARALLEL=3: the three students of a group are all launched before any ends, the next group
-    after all three end; each keeps its steps, and the export is whole."""
-    runs, out = tmp_path / 'runs', tmp_path / 'checkpoints'
-    result, _ = run_script(runs, out, cifar_archive, PARALLEL='3')
-    events = [(line.split(':')[0][3:], 'end' if line.endswith('s wall') else 'start')
-              for line in result.stdout.splitlines() if line.startswith('== ') and 'all done' not in line]
-    position = {event: index for index, event in enumerate(events)}
-    first, second = STUDENTS[:3], STUDENTS[3:]
-    assert max(position[name, 'start'] for name in first) < min(position[name, 'end'] for name in first)
-    assert max(position[name, 'end'] for name in first) < min(position[name, 'start'] for name in second)
-    assert max(position[name, 'start'] for name in second) < min(position[name, 'end'] for name in second)
-    names = [line.split('\t')[0] for line in (runs / 'commands.tsv').read_text().splitlines()]
-    assert names[0] == TEACHER and sorted(names[1:]) == sorted(STUDENTS)
-    for name in STUDENTS:
-        status = json.loads((runs / name / 'status.json').read_text())
-        assert status['state'] == 'finished' and status['step'] == 2
-    assert (out / 'README.md').is_file() and len(list(out.glob('*.eval.json'))) == len(NAMES)
