@@ -31,7 +31,9 @@ desk = TrainDesk.from_env(studio.runs_dir,
 if desk is not None:
     desk.manager.start_scheduler()
 defaults = studio.default_keys()  # each call scans the catalog: once for the layout
-STUDENTS = ['vit_tiny_patch4_32', 'vit_small_patch4_32', 'deit_tiny_distilled_patch4_32',
+# The conv-stem ViTs first: the ones that learn in minutes on a CPU (the bundle's).
+STUDENTS = ['vit_mini4_convstem_32', 'vit_mini6_convstem_32', 'vit_tiny6_convstem_32',
+            'vit_tiny_patch4_32', 'vit_small_patch4_32', 'deit_tiny_distilled_patch4_32',
             'deit_small_distilled_patch4_32', 'vit_base_patch4_32', 'vit_tiny_patch16_224', 'vit_small_patch16_224']
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / 'assets' / 'examples').glob('*.png'))
 
@@ -172,7 +174,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
                 with gr.Column(scale=1):
                     run_name = gr.Textbox(label='Run name (folder in runs/)', placeholder='e.g. tiny-l1')
                     method = gr.Dropdown(list(METHODS), value='advit_l1', label='Method')
-                    student_model = gr.Dropdown(STUDENTS, value='vit_tiny_patch4_32', allow_custom_value=True,
+                    student_model = gr.Dropdown(STUDENTS, value=STUDENTS[0], allow_custom_value=True,
                                                 label='Student architecture (timm name)')
                     model_args = gr.Textbox(label='Architecture arguments', placeholder='depth=6, embed_dim=192')
                     job_teacher = gr.Dropdown(label='Teacher checkpoint',

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from .checkpoint import TRAIN_STATE_PREFIX, CheckpointError, describe_mismatch, load_checkpoint, read_metadata
 from .models import create_model, is_vit_name
+from .names import model_label
 
 # Paper models offered when their ImageNet weights are in the local Hugging Face cache.
 TIMM_MODELS = (
@@ -44,19 +45,18 @@ class ModelEntry:
         return is_vit_name(self.meta.get('model') or '')
 
     def label(self) -> str:
-        """A one-line description for a model list."""
-        parts = [self.meta.get('model', '?'), self.meta.get('method') or 'pretrained']
-        if self.meta.get('test_top1') is not None:
-            parts.append(f"{self.meta['test_top1']:.2f}% top-1")
-        return f'{self.key} ({", ".join(parts)})'
+        """A readable one-line name for a model list (``names.model_label``)."""
+        return model_label(self.key, self.meta)
 
     def describe(self) -> str:
         """Markdown: what this model is, from its metadata."""
         meta = self.meta
-        rows = [('architecture', meta.get('model')), ('method', meta.get('method')),
+        rows = [('file', f'`{self.key}`'), ('architecture', meta.get('model')), ('method', meta.get('method')),
                 ('teacher', meta.get('teacher')), ('image size', meta.get('image_size')),
                 ('classes', len(meta.get('classes', [])) or None), ('parameters',
                 f"{meta['params'] / 1e6:.1f}M" if meta.get('params') else None),
+                ('validation top-1', f"{meta['val_top1']:.2f}% (the checkpoint was chosen on it)"
+                 if meta.get('val_top1') is not None else None),
                 ('test top-1', f"{meta['test_top1']:.2f}%" if meta.get('test_top1') is not None else None),
                 ('trained steps', meta.get('step'))]
         return '\n'.join(f'- **{name}**: {value}' for name, value in rows if value not in (None, ''))

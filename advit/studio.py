@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from .compare import compare
 from .data import DatasetError, ImageSet, load_dataset
 from .images import load_image
 from .inspection import inspect_pair
+from .names import TEACHER_STEM
 from .render import gap_figure, gap_table, layer_panels, per_class_figure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +83,10 @@ class Studio:
 
     def choices(self, vit_only: bool = False, checkpoints_only: bool = False) -> list[tuple[str, str]]:
         """(label, key) of the usable models; ``checkpoints_only`` leaves out the timm hub models."""
-        return [(e.label(), e.key) for e in self.entries() if e.usable and (e.is_vit or not vit_only)
-                and not (checkpoints_only and e.key.startswith(TIMM_PREFIX))]
+        offered = [(e.label(), e.key) for e in self.entries() if e.usable and (e.is_vit or not vit_only)
+                   and not (checkpoints_only and e.key.startswith(TIMM_PREFIX))]
+        labels = Counter(label for label, _ in offered)  # two models of one name: their paths tell them apart
+        return [(label if labels[label] == 1 else f'{label} · {key}', key) for label, key in offered]
 
     def problems(self) -> str:
         """Markdown listing the checkpoints that cannot be used, with the reason, or how to get models."""
@@ -102,14 +106,18 @@ class Studio:
         return entry.describe() if entry is not None else ''
 
     def default_keys(self) -> dict[str, str | None]:
-        """Sensible defaults: the largest plain model as teacher; the best ADViT and the best DeiT student."""
+        """Sensible defaults: the bundle's teacher (else the largest model) as teacher; the best ADViT
+        student and the DeiT-hard student (else another DeiT), best chosen on validation top-1 (the
+        held-out training images), never on the test set."""
         usable = [e for e in self.entries() if e.usable and e.is_vit]
         def best(predicate: Callable[[ModelEntry], bool]) -> ModelEntry | None:
             found = [e for e in usable if predicate(e)]
-            return max(found, key=lambda e: e.meta.get('test_top1') or 0) if found else None
-        teacher = max(usable, key=lambda e: e.meta.get('params') or 0, default=None)
+            return max(found, key=lambda e: e.meta.get('val_top1') or 0) if found else None
+        teacher = next((e for e in usable if Path(e.key).stem == TEACHER_STEM), None) or \
+            max(usable, key=lambda e: e.meta.get('params') or 0, default=None)
         advit = best(lambda e: 'advit' in (e.meta.get('method') or ''))
-        deit = best(lambda e: (e.meta.get('method') or '').startswith('deit'))
+        deit = best(lambda e: e.meta.get('method') == 'deit_hard') or \
+            best(lambda e: (e.meta.get('method') or '').startswith('deit'))
         student = advit or next((e for e in usable if e is not teacher), teacher)
         return dict(teacher=teacher and teacher.key, student=student and student.key,
                     compare_a=(advit or student) and (advit or student).key,

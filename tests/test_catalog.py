@@ -42,8 +42,9 @@ def test_good_checkpoint_is_usable_and_described(tmp_path):
     assert entry.usable and entry.problem is None
     assert entry.key == str(path) and entry.is_vit
     assert entry.meta['model'] == NAME and entry.meta['test_top1'] == 87.5
-    assert entry.label() == f'{path} (vit_tiny_patch4_32, advit, 87.50% top-1)'
+    assert entry.label() == 'advit student · ViT-Ti/4 (2 layers, width 48) · 87.5%'
     lines = entry.describe().splitlines()
+    assert f'- **file**: `{path}`' in lines
     assert '- **architecture**: vit_tiny_patch4_32' in lines
     assert '- **method**: advit' in lines
     assert '- **test top-1**: 87.50%' in lines
@@ -56,9 +57,9 @@ def test_entry_without_method_or_accuracy():
     entry = ModelEntry(key='timm:vit_small_patch16_224.augreg_in21k_ft_in1k',
                        meta={'model': 'vit_small_patch16_224.augreg_in21k_ft_in1k', 'image_size': 224})
     assert entry.usable and entry.is_vit
-    assert entry.label() == 'timm:vit_small_patch16_224.augreg_in21k_ft_in1k ' \
-                            '(vit_small_patch16_224.augreg_in21k_ft_in1k, pretrained)'
-    assert entry.describe().splitlines() == ['- **architecture**: vit_small_patch16_224.augreg_in21k_ft_in1k',
+    assert entry.label() == 'ImageNet-pretrained (timm) · ViT-S/16'
+    assert entry.describe().splitlines() == ['- **file**: `timm:vit_small_patch16_224.augreg_in21k_ft_in1k`',
+                                             '- **architecture**: vit_small_patch16_224.augreg_in21k_ft_in1k',
                                              '- **image size**: 224']
 
 
@@ -237,3 +238,21 @@ def test_cache_drops_the_stale_model_of_a_rewritten_file(tmp_path):
     os.utime(a, (stamp + 10, stamp + 10))
     cache.get(str(a))  # two live models (a new, b): both fit in a capacity of 2
     assert cache.get(str(b))[0] is model_b
+
+
+# --- readable names ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('key, meta, label', [
+    ('checkpoints/teacher.safetensors', dict(model='vit_tiny6_convstem_32', method='vit', test_top1=71.25),
+     'Teacher · conv-stem ViT 6x192 · 71.2%'),
+    ('checkpoints/advit_kl_paper.safetensors', dict(model='vit_mini4_convstem_32', method='advit_kl_paper'),
+     "ADViT-KL (paper's) student · conv-stem ViT 4x128"),
+    ('checkpoints/vit.safetensors', dict(model='vit_mini4_convstem_32', model_args=dict(embed_dim=96, num_classes=10),
+                                         method='vit', test_top1=50.0), 'ViT (no distillation) · conv-stem ViT 4x96 · 50.0%'),
+    ('runs/l1/best.safetensors', dict(model='deit_tiny_distilled_patch4_32', method='deit_hard+advit_l1',
+                                      model_args=dict(depth=2)), 'DeiT-hard + ADViT-L1 student · DeiT-Ti/4 distilled (2 layers) · l1'),
+    ('runs/cnn/best.safetensors', dict(model='resnet10t', method='vit'), 'CNN (cross-entropy) · resnet10t · cnn'),
+], ids=['teacher', 'paper-kl', 'narrowed', 'run-folder', 'cnn'])
+def test_models_have_readable_names(key, meta, label):
+    from advit.names import model_label
+    assert model_label(key, meta) == label
