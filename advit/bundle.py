@@ -41,6 +41,7 @@ STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_pa
 ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student, when not all fit
 SHIP_ALL_SHARE = 0.9  # every run's weights are shipped if they take at most this share of the size limit
 MAX_MB = 80.0
+GOALS = {TEACHER: 80.0, 'best student': 70.0}  # test top-1 (%) asked of the CPU bundle
 CARD = 'README.md'
 COMMANDS = 'commands.tsv'  # written by the script: run name, wall seconds, command; one line per command
 
@@ -240,6 +241,13 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     missing = [name for name in (TEACHER, *STUDENTS) if name not in names]
     missing_text = f"Not finished, so not in the bundle: {', '.join(f'`{name}`' for name in missing)}.\n" \
         if missing else ''
+    best_student = max(students, key=lambda name: results[name].val_top1 or -1.0, default=None)
+    reached = {TEACHER: results[TEACHER].top1 if TEACHER in results else None,
+               'best student': results[best_student].top1 if best_student else None}
+    goals_text = 'Goals set for this bundle (test top-1): ' + '; '.join(
+        f'{role} at least {goal:g}%: ' + ('not trained' if reached[role] is None else
+                                          f"{reached[role]:.2f}%, {'reached' if reached[role] >= goal else 'not reached'}")
+        for role, goal in GOALS.items()) + (f' (the best student on validation is `{best_student}`).' if best_student else '.')
     sweep_text = ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
                   'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained; '
                   'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n') \
@@ -266,6 +274,9 @@ paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps themselves) is 
 
 {table1}
 {missing_text}{same_text}
+
+{goals_text}
+
 Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model is the fp16 file's.
 The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) to
 keep the bundle under {max_mb:g} MB. `NAME.probe.npz` holds each run's attention gap to the teacher,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import urllib.error
 import urllib.request
 
@@ -11,6 +12,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from advit.catalog import ModelCache
+from advit.checkpoint import load_checkpoint
 from advit.compare import Comparison
 from advit.evaluate import load_predictions
 from advit.images import MAX_FILE_BYTES, load_image
@@ -180,3 +182,29 @@ def test_no_file_outside_the_app_is_served(app_url, route, tiny_bundle):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(app_url + target, timeout=10)
         assert refused.value.code in (403, 404)
+
+
+def test_the_readmes_client_example_runs_against_the_shipped_bundle(tmp_path, cifar_archive, monkeypatch):
+    """The README's gradio_client example, as written, against `python app.py` on the committed
+    checkpoints/ (the one change: the server's address, a free port here instead of 7860)."""
+    readme = (REPO / 'README.md').read_text()
+    after = readme.split('with `gradio_client`:\n\n', 1)[1]
+    lines = []
+    for line in after.splitlines():
+        if not line.startswith('    '):
+            break
+        lines.append(line[4:])
+    code = '\n'.join(lines)
+    assert "Client('http://localhost:7860')" in code and 'checkpoints/' in code
+    monkeypatch.chdir(REPO)  # the example's paths are relative to the repository
+    with running_app(tmp_path / 'app.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_DATA=str(cifar_archive)) as url:
+        namespace: dict = {}
+        exec(code.replace('http://localhost:7860', url), namespace)
+    data, table = namespace['data'], namespace['table']
+    teacher_path, student_path = re.findall(r"'(checkpoints/\w+\.safetensors)'", code)
+    assert teacher_path == 'checkpoints/teacher.safetensors'
+    student = load_checkpoint(REPO / student_path)
+    depth = len(student.model.blocks)
+    assert len(data['layers']) == len(table['data']) == depth and len(namespace['panels']) == 2 * depth
+    assert all(layer['l1'] > 0 and len(layer['student_map']) == 64 for layer in data['layers'])
+    assert namespace['student_top5']['label'] in student.meta['classes']

@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's Chromium driven by Playwright against the launched app.
 
 Screenshots go to the test's folder, and to ``$ADVIT_SCREENSHOTS`` when set (the README's come
-from ``ADVIT_SCREENSHOTS=assets/screenshots pytest tests/test_browser.py``). The test fails if the
+from ``ADVIT_SCREENSHOTS=assets/screenshots pytest tests/test_browser.py``: Attention and Compare
+on the shipped bundle, Train with a tiny job running). The test fails if the
 page asks any host other than the app's own (no CDN, analytics or web fonts).
 """
 from __future__ import annotations
@@ -33,10 +34,11 @@ def browser():
         browser.close()
 
 
-def save(page, tmp_path: Path, name: str) -> None:
+def save(page, tmp_path: Path, name: str, publish: bool = True) -> None:
+    """A full-page screenshot in the test's folder; with ``publish``, also in ``$ADVIT_SCREENSHOTS``."""
     path = tmp_path / f'{name}.png'
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get('ADVIT_SCREENSHOTS'):
+    if publish and os.environ.get('ADVIT_SCREENSHOTS'):
         target = Path(os.environ['ADVIT_SCREENSHOTS'])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / path.name)
@@ -63,7 +65,7 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
                                timeout=60_000)
         mean_maps = image_sources(page, 'attention-panels')
         assert len(mean_maps) == 2 * TINY['depth']  # the teacher's and the student's map of every layer
-        save(page, tmp_path, 'attention')
+        save(page, tmp_path, 'attention', publish=False)  # the README's is of the shipped bundle
 
         # Another head fusion redraws the maps.
         page.get_by_label('max').check()
@@ -80,7 +82,7 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         table = page.locator('#per-class-table').text_content()
         assert all(name in table for name in ('airplane', 'truck', 'all (top-1)'))
         assert len(image_sources(page, 'a-only')) + len(image_sources(page, 'b-only')) > 0
-        save(page, tmp_path, 'compare')
+        save(page, tmp_path, 'compare', publish=False)
 
         # Train: a tiny job (the default method, advit_l1, with the bundle's teacher) starts, its curve grows,
         # and it is cancelled.
@@ -103,3 +105,33 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
 
         external = sorted({request for request in requested if not request.startswith(url)})
         assert external == [], f'the page asked other hosts: {external[:5]}'
+
+
+def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cifar_archive, tmp_path):
+    """`python app.py` on the committed checkpoints/: Attention opens on the bundle's teacher and best
+    ADViT student (chosen on validation), Compare on that student against DeiT-hard, by readable names."""
+    from advit.studio import Studio
+    studio = Studio([REPO / 'checkpoints'], None, cifar_archive)
+    defaults, labels = studio.default_keys(), dict((key, label) for label, key in studio.choices())
+    assert Path(defaults['teacher']).name == 'teacher.safetensors'
+    assert Path(defaults['compare_b']).name == 'deit_hard.safetensors'
+    assert defaults['student'] == defaults['compare_a'] and Path(defaults['student']).name.startswith('advit_')
+    depth = len(studio.models.get(defaults['student'])[0].blocks)
+    with running_app(tmp_path / 'app.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_DATA=str(cifar_archive)) as url:
+        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        page.goto(url)
+        for label in (labels[defaults['teacher']], labels[defaults['student']]):
+            page.get_by_text(label).first.wait_for(timeout=60_000)  # the names people read, not paths
+        page.locator('input[type=file]').first.set_input_files(str(EXAMPLE))
+        page.get_by_role('button', name='Show attention').click()
+        page.wait_for_function(f'() => document.querySelectorAll("#attention-panels img").length >= {2 * depth}'
+                               ' && document.querySelector("#gap-plot .js-plotly-plot")', timeout=60_000)
+        assert len(image_sources(page, 'attention-panels')) == 2 * depth
+        save(page, tmp_path, 'attention')
+
+        page.get_by_role('tab', name='Compare').click()
+        page.get_by_role('button', name='Compare', exact=True).click()
+        page.wait_for_function('() => (document.querySelector("#per-class-table") || {}).textContent'
+                               '?.includes("all (top-1)")', timeout=120_000)
+        assert len(image_sources(page, 'a-only')) > 0 and len(image_sources(page, 'b-only')) > 0
+        save(page, tmp_path, 'compare')

@@ -138,6 +138,9 @@ def test_the_model_card_has_both_tables_beside_the_papers(bundle):
     assert 'trained together in one process on the very same batches' in card
     assert f'Made on **{hardware()}** with torch {torch.__version__}' in card and 'cores' in hardware()
     assert '64 training images are held out' in card
+    goals = card.split('Goals set for this bundle (test top-1): ')[1].split('\n')[0]
+    teacher_top1 = top1(out / 'teacher.eval.json')
+    assert f"teacher at least 80%: {teacher_top1:.2f}%, {'reached' if teacher_top1 >= 80 else 'not reached'}" in goals
     for name, wall, command in (line.split('\t') for line in (runs / 'commands.tsv').read_text().splitlines()):
         assert f'| {name} | {wall} | `{command.strip()}` |' in card
 

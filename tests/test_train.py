@@ -163,20 +163,24 @@ def test_killed_run_resumes_from_last(tmp_path, data_flags, teacher_checkpoint):
     assert load_checkpoint(out / 'best.safetensors').meta['step'] == 400
 
 
-def test_torchrun_two_processes_on_cpu(tmp_path, data_flags, teacher_checkpoint):
+@pytest.mark.parametrize('flag, methods', [('--method', ['deit_hard+advit_kl']), ('--methods', ['deit_hard', 'advit_l2'])],
+                         ids=['one-student', 'students-together'])
+def test_torchrun_two_processes_on_cpu(flag, methods, tmp_path, data_flags, teacher_checkpoint):
     out = tmp_path / 'ddp'
     torchrun = shutil.which('torchrun') or pytest.fail('torchrun not on PATH')
     result = subprocess.run(
-        [torchrun, '--standalone', '--nproc_per_node=2', '-m', 'advit', 'train', '--method', 'deit_hard+advit_kl',
+        [torchrun, '--standalone', '--nproc_per_node=2', '-m', 'advit', 'train', flag, ','.join(methods),
          '--teacher', str(teacher_checkpoint), '--steps', '3', '--device', 'cpu', '--out', str(out),
          *data_flags, *tiny_flags()],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / 'config.json').read_text())['world_size'] == 2
-    assert [line['step'] for line in metrics(out) if line['event'] == 'train'] == [1, 2, 3], 'only rank 0 writes'
-    assert result.stdout.count('run folder:') == 1
-    loaded = load_checkpoint(out / 'best.safetensors')
-    assert not any(key.startswith('module.') for key in loaded.model.state_dict())
+    runs = [out] if flag == '--method' else [out / method for method in methods]
+    for run in runs:
+        assert json.loads((run / 'config.json').read_text())['world_size'] == 2
+        assert [line['step'] for line in metrics(run) if line['event'] == 'train'] == [1, 2, 3], 'only rank 0 writes'
+        loaded = load_checkpoint(run / 'best.safetensors')
+        assert not any(key.startswith('module.') for key in loaded.model.state_dict())
+    assert result.stdout.count('run folder:') == len(runs)
 
 
 def _assert_refused(args: list[str], message: str, capsys, out: Path | None = None) -> None:
@@ -405,21 +409,6 @@ def test_a_killed_group_resumes_every_student_from_its_last_checkpoint(tmp_path,
     for run in runs:
         assert [line['step'] for line in metrics(run) if line['event'] == 'train'] == list(range(1, 201))
         assert json.loads((run / 'status.json').read_text())['state'] == 'finished'
-
-
-def test_torchrun_trains_a_group_of_students(tmp_path, data_flags, teacher_checkpoint):
-    out = tmp_path / 'ddp'
-    torchrun = shutil.which('torchrun') or pytest.fail('torchrun not on PATH')
-    result = subprocess.run(
-        [torchrun, '--standalone', '--nproc_per_node=2', '-m', 'advit', 'train', '--methods', 'deit_hard,advit_l2',
-         '--teacher', str(teacher_checkpoint), '--steps', '3', '--device', 'cpu', '--out', str(out),
-         *data_flags, *tiny_flags()],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for method in ('deit_hard', 'advit_l2'):
-        assert json.loads((out / method / 'config.json').read_text())['world_size'] == 2
-        assert [line['step'] for line in metrics(out / method) if line['event'] == 'train'] == [1, 2, 3]
-    assert result.stdout.count('run folder:') == 2
 
 
 def test_groups_that_cannot_share_batches_are_refused(tmp_path, data_flags, teacher_checkpoint, capsys):
