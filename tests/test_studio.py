@@ -1,6 +1,8 @@
 """The app's views, computed by Studio without a browser."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,31 @@ def test_a_cnn_is_compared_but_has_no_attention_view(studio, tiny_bundle, tmp_pa
     assert len(view.table) == 11 and 'resnet' in view.summary
     with pytest.raises(StudioError, match='not a ViT: attention views need ViT models'):
         mixed.attention(EXAMPLE, mixed.default_keys()['teacher'], cnn_key)
+
+
+def test_defaults_are_chosen_on_validation_and_names_are_readable(tmp_path, cifar_archive):
+    """The bundle's teacher; the ADViT student of best validation top-1 even where another has the
+    better test top-1; DeiT-hard before a better DeiT-soft. Two models of one name are told apart."""
+    from advit.checkpoint import load_checkpoint, save_checkpoint
+    from conftest import save_tiny_checkpoint
+    folder, other = tmp_path / 'checkpoints', tmp_path / 'more'
+    folder.mkdir()
+    other.mkdir()
+    for name, method, val, test in (('teacher', 'vit', 80.0, 80.0), ('advit_l1', 'advit_l1', 60.0, 40.0),
+                                    ('advit_l2', 'advit_l2', 55.0, 90.0), ('deit_soft', 'deit_soft', 70.0, 70.0),
+                                    ('deit_hard', 'deit_hard', 50.0, 50.0)):
+        path = save_tiny_checkpoint(folder / f'{name}.safetensors', method, 0)
+        loaded = load_checkpoint(path)
+        save_checkpoint(path, loaded.model, dict(loaded.meta, val_top1=val, test_top1=test))
+    studio = Studio([folder], None, cifar_archive)
+    defaults = {role: Path(key).stem for role, key in studio.default_keys().items()}
+    assert defaults == dict(teacher='teacher', student='advit_l1', compare_a='advit_l1', compare_b='deit_hard')
+    labels = dict((Path(key).stem, label) for label, key in studio.choices())
+    assert labels['teacher'].startswith('Teacher · ViT-Ti/4') and labels['teacher'].endswith('· 80.0%')
+    assert labels['advit_l1'].startswith('ADViT-L1 student · ') and labels['deit_soft'].startswith('DeiT-soft student')
+
+    (other / 'advit_l1.safetensors').write_bytes((folder / 'advit_l1.safetensors').read_bytes())
+    both = Studio([folder, other], None, cifar_archive).choices()
+    twins = [label for label, key in both if Path(key).stem == 'advit_l1']
+    assert len(twins) == 2 and len(set(twins)) == 2 and all(label.startswith(labels['advit_l1']) for label in twins)
+    assert len({label for label, _ in both}) == len(both)
