@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .catalog import ModelEntry
+from .names import model_label
 
 # Paper Table 1, top-1 on CIFAR-10 at 224x224, ImageNet-pretrained timm students, ViT-Base teacher.
 PAPER_TEACHER_TOP1 = 99.34
@@ -41,20 +42,24 @@ def paper_table() -> str:
 
 
 def bundle_table(entries: list[ModelEntry]) -> str:
-    """Our usable checkpoints: model, method, top-1 and size, from their metadata."""
-    rows = [f"| `{e.key}` | {e.meta.get('model')} | {e.meta.get('method') or '–'} | "
-            f"{e.meta['test_top1']:.2f} | {e.meta.get('params', 0) / 1e6:.1f}M |"
+    """Our usable checkpoints: name, file, validation and test top-1, size, from their metadata."""
+    def percent(value: float | None) -> str:
+        return f'{value:.2f}' if value is not None else '–'
+    rows = [f"| {model_label(e.key, dict(e.meta, test_top1=None))} | `{e.key}` | {percent(e.meta.get('val_top1'))} | "
+            f"{percent(e.meta['test_top1'])} | {e.meta.get('params', 0) / 1e6:.1f}M |"
             for e in entries if e.usable and e.meta.get('test_top1') is not None]
     if not rows:
         return 'No evaluated checkpoints yet: the bundle goes in `checkpoints/`, runs in `runs/`.'
-    return '\n'.join(['| checkpoint | model | method | top-1 (%) | params |', '| --- | --- | --- | --- | --- |', *rows])
+    return '\n'.join(['| model | checkpoint | validation top-1 (%) | test top-1 (%) | params |',
+                      '| --- | --- | --- | --- | --- |', *rows])
 
 
 def about_markdown(entries: list[ModelEntry]) -> str:
     return '\n\n'.join([
         METHOD,
         '## Our models\n\nTop-1 on the test split of the data each was evaluated on (for CIFAR-10 here: '
-        'the JPEG q75 copy, 32x32, trained from scratch).',
+        'the JPEG q75 copy, 32x32, trained from scratch), and on the held-out training images each checkpoint '
+        'was chosen on (validation). The bundle\'s model card, `checkpoints/README.md`, says how each was made.',
         bundle_table(entries),
         '## The paper\'s results\n\nTop-1 (%) on CIFAR-10 at 224x224, students fine-tuned from ImageNet-pretrained '
         f'timm weights, ViT-Base teacher at {PAPER_TEACHER_TOP1}%. Not comparable with ours: other resolution, '
