@@ -29,3 +29,19 @@ def test_capture_step_reports_every_ratio_and_an_agreeing_loss_check(tmp_path):
 
 def test_gpu_bench_script_parses():
     assert subprocess.run(['bash', '-n', 'scripts/gpu_bench.sh'], cwd=REPO).returncode == 0
+
+
+@pytest.mark.slow
+def test_cpu_train_reports_every_ratio(tmp_path, cifar_archive, cifar):
+    """benchmarks/cpu_train.py end to end at tiny scale (no --compile: minutes of compiling on 2 cores)."""
+    result = subprocess.run(
+        [sys.executable, 'benchmarks/cpu_train.py', '--data', str(cifar_archive), '--batch-size', '32', '--steps', '12',
+         '--group', 'vit,advit_l1', '--group-steps', '10', '--parts', 'bare,dtype,eval,group',
+         '--json', str(tmp_path / 'cpu.json')], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'cpu.json').read_text())
+    for ratio in ('ours_over_bare', 'train_bf16_over_fp32', 'group_over_separate'):
+        assert report[ratio] > 0, ratio
+    assert report['group_methods'] == ['vit', 'advit_l1'] and set(report['separate_images_per_s']) == {'vit', 'advit_l1'}
+    assert all(set(times) == {'bf16', 'fp32'} for key, times in report.items() if key.startswith('one_image_'))
+    assert 'group / separate' in result.stdout

@@ -1,0 +1,183 @@
+"""Training speed on the CPU: ``advit train`` against a bare timm loop, bf16 against fp32, compiled
+against eager, and several students in one process against separate runs. All in one run.
+
+    python benchmarks/cpu_train.py --json benchmarks/results/cpu_train.json
+
+- **bare vs ours**: the same model, batch and dtype on the same CIFAR-10 images. The bare loop is
+  the least a training step can do (random batches of the uint8 training tensor, scaled and
+  normalised, forward, cross-entropy, backward, AdamW); ours is ``advit.train`` with its crop +
+  flip augmentation, gradient clipping, logging and progress (method ``vit``). Goal: ours >= 0.95x.
+- **bf16 vs fp32**: ``advit train`` with and without ``--no-amp`` (bf16 autocast where the CPU runs
+  it natively), evaluation (``evaluate.predict``, batches of 512) both ways, and the app's case: one
+  image through a model (batch 1), median of 50.
+- **compile**: ``advit train --compile`` against eager, after its compilation (the first windows).
+- **group**: ``--methods`` with N students and one teacher forward per batch, against N separate
+  runs of one student each (their per-student images/s combined: N runs of r_i images/s deliver
+  1 / sum(1 / r_i) images/s to every student).
+
+images/s of ``advit train`` come from its own ``metrics.jsonl`` (training only, evaluation and saving
+excluded), the first log window dropped as warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from advit.augment import BatchTransform  # noqa: E402
+from advit.checkpoint import save_checkpoint  # noqa: E402
+from advit.data import CIFAR10_CLASSES, load_dataset  # noqa: E402
+from advit.evaluate import autocast, native_bf16, predict  # noqa: E402
+from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
+from advit.train import TrainConfig, train, train_group  # noqa: E402
+
+CPU = torch.device('cpu')
+
+
+def bare_loop(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
+              amp: bool) -> float:
+    """images/s of the least a training step does, after 3 warm-up steps."""
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10, drop_path_rate=0.0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        index = torch.randint(len(labels), (batch_size,), generator=generator)
+        inputs = (images[index].float() / 255 - mean) / std
+        with autocast(CPU, amp):
+            loss = F.cross_entropy(model(inputs), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def run_speed(run: Path, skip_windows: int = 1) -> float:
+    """Median images/s of a run's training windows, the first ``skip_windows`` dropped (warm-up)."""
+    lines = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    speeds = [line['images_per_s'] for line in lines if line['event'] == 'train'][skip_windows:]
+    return statistics.median(speeds)
+
+
+def ours(base: dict, out: Path, **changes) -> float:
+    run = train(TrainConfig.from_dict(dict(base, out=str(out), **changes)))
+    return run_speed(run, skip_windows=2 if changes.get('compile') else 1)
+
+
+def eval_speed(model_name: str, images: torch.Tensor, amp: bool, repeats: int = 3) -> float:
+    from advit.data import ImageSet
+    model = create_model(model_name, num_classes=10)
+    data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), list(CIFAR10_CLASSES))
+    transform = BatchTransform('cifar32', 32, CIFAR10_MEAN, CIFAR10_STD, seed=0)
+    predict(model, data, transform, 512, CPU, amp)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict(model, data, transform, 512, CPU, amp)
+    return repeats * len(images) / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def single_image_ms(model_name: str, amp: bool, repeats: int = 50) -> float:
+    model = create_model(model_name, num_classes=10).eval()
+    image = torch.randn(1, 3, 32, 32)
+    times = []
+    for _ in range(repeats + 5):
+        start = time.perf_counter()
+        with autocast(CPU, amp):
+            model(image)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[5:]) * 1000
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--data', default=TrainConfig.data)
+    parser.add_argument('--model', default='vit_mini4_convstem_32', help='the student (the bundle\'s)')
+    parser.add_argument('--teacher-model', default='vit_tiny6_convstem_32', help='the teacher of the group part')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--steps', type=int, default=60, help='steps of each single-student measurement')
+    parser.add_argument('--group', default='vit,deit_hard,advit_l1,advit_l2,advit_kl,advit_kl_paper')
+    parser.add_argument('--group-steps', type=int, default=20)
+    parser.add_argument('--parts', default='bare,dtype,compile,eval,group')
+    parser.add_argument('--json', type=Path)
+    args = parser.parse_args(argv)
+    parts = args.parts.split(',')
+    train_set = load_dataset(args.data)['train']
+    base = dict(data=args.data, model=args.model, method='vit', steps=args.steps, batch_size=args.batch_size,
+                log_every=10, eval_every=10 ** 9, val_size=0, test_subset=512, drop_path=0.0, recipe='cifar32')
+    results: dict = dict(model=args.model, batch_size=args.batch_size, torch=torch.__version__,
+                         timm=timm.__version__, threads=torch.get_num_threads(), native_bf16=native_bf16(CPU))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if 'bare' in parts:
+            amp = native_bf16(CPU)
+            results['bare_images_per_s'] = bare_loop(args.model, train_set.images, train_set.labels,
+                                                     args.batch_size, args.steps, amp)
+            results['ours_images_per_s'] = ours(base, tmp / 'ours')
+            results['ours_over_bare'] = results['ours_images_per_s'] / results['bare_images_per_s']
+            print(f"bare timm loop {results['bare_images_per_s']:.1f} img/s, advit train "
+                  f"{results['ours_images_per_s']:.1f} img/s: ours / bare {results['ours_over_bare']:.3f}", flush=True)
+        if 'dtype' in parts:
+            results['ours_bf16_images_per_s'] = results.get('ours_images_per_s') or ours(base, tmp / 'bf16')
+            results['ours_fp32_images_per_s'] = ours(base, tmp / 'fp32', amp=False)
+            results['train_bf16_over_fp32'] = results['ours_bf16_images_per_s'] / results['ours_fp32_images_per_s']
+            print(f"advit train bf16 / fp32: {results['train_bf16_over_fp32']:.3f}", flush=True)
+        if 'compile' in parts:
+            start = time.perf_counter()
+            results['ours_compiled_images_per_s'] = ours(base, tmp / 'compiled', compile=True, steps=args.steps + 20)
+            results['compiled_run_wall_s'] = time.perf_counter() - start
+            eager = results.get('ours_images_per_s') or ours(base, tmp / 'eager')
+            results['compiled_over_eager'] = results['ours_compiled_images_per_s'] / eager
+            print(f"--compile / eager: {results['compiled_over_eager']:.3f} after compiling "
+                  f"(the compiled run took {results['compiled_run_wall_s']:.0f}s wall)", flush=True)
+        if 'eval' in parts:
+            images = load_dataset(args.data)['test'].images[:2048]
+            for name in (args.model, args.teacher_model):
+                bf16, fp32 = eval_speed(name, images, True), eval_speed(name, images, False)
+                results[f'eval_{name}_bf16_over_fp32'] = bf16 / fp32
+                print(f'evaluation of {name}: bf16 {bf16:.0f} img/s, fp32 {fp32:.0f} img/s: {bf16 / fp32:.3f}', flush=True)
+                bf16_ms, fp32_ms = single_image_ms(name, True), single_image_ms(name, False)
+                results[f'one_image_{name}_ms'] = dict(bf16=bf16_ms, fp32=fp32_ms)
+                print(f'one image through {name}: bf16 {bf16_ms:.2f} ms, fp32 {fp32_ms:.2f} ms', flush=True)
+        if 'group' in parts:
+            methods = args.group.split(',')
+            torch.manual_seed(0)
+            teacher = create_model(args.teacher_model, num_classes=10)  # random weights: speed only
+            teacher_path = tmp / 'teacher.safetensors'
+            save_checkpoint(teacher_path, teacher, dict(model=args.teacher_model, model_args=dict(num_classes=10),
+                                                        classes=list(CIFAR10_CLASSES), image_size=32,
+                                                        mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD)))
+            group = dict(base, steps=args.group_steps, log_every=5, teacher=str(teacher_path))
+            configs = [TrainConfig.from_dict(dict(group, method=m, out=str(tmp / 'group' / m),
+                                                  teacher=group['teacher'] if m != 'vit' else None)) for m in methods]
+            together = run_speed(train_group(configs)[0])
+            separate = [ours(group, tmp / 'separate' / m, method=m, teacher=group['teacher'] if m != 'vit' else None)
+                        for m in methods]
+            combined = 1 / sum(1 / r for r in separate)
+            results.update(group_methods=methods, group_images_per_s_per_student=together,
+                           separate_images_per_s=dict(zip(methods, separate)),
+                           separate_images_per_s_per_student=combined, group_over_separate=together / combined)
+            print(f'{len(methods)} students in one process: {together:.1f} img/s each; as separate runs '
+                  f'{combined:.1f} img/s each: group / separate {together / combined:.3f}', flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + '\n')
+
+
+if __name__ == '__main__':
+    main()
