@@ -248,6 +248,9 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         f'{role} at least {goal:g}%: ' + ('not trained' if reached[role] is None else
                                           f"{reached[role]:.2f}%, {'reached' if reached[role] >= goal else 'not reached'}")
         for role, goal in GOALS.items()) + (f' (the best student on validation is `{best_student}`).' if best_student else '.')
+    unshipped_text = '' if len(shipped) == len(names) else (
+        'The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) '
+        f'to keep the bundle under {max_mb:g} MB.\n')
     sweep_text = ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
                   'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained; '
                   'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n') \
@@ -278,8 +281,8 @@ paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps themselves) is 
 {goals_text}
 
 Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model is the fp16 file's.
-The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) to
-keep the bundle under {max_mb:g} MB. `NAME.probe.npz` holds each run's attention gap to the teacher,
+{unshipped_text}"paper top-1" is the paper's ViT-Base teacher for ours, and its ViT-Tiny student by the same
+method for each of our students. `NAME.probe.npz` holds each run's attention gap to the teacher,
 per layer, at every evaluation, on 256 held-out training images, and the maps of 8 of them.
 
 ## Table 2: per class
