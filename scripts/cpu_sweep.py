@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -42,7 +43,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for entry in args.entries:
         model, settings = parse_entry(entry)
-        name = entry.replace(':', '_').replace(',', '_').replace('=', '')
+        name = re.sub(r'[^\w.-]+', '_', entry)  # a folder name of the entry
         values = dict(preset('bundle-teacher'), model=model, out=str(out / name), data=args.data,
                       time_budget=args.seconds, **settings)
         start = time.time()

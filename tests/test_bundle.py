@@ -216,3 +216,19 @@ def test_unfinished_runs_are_left_out_the_best_advit_is_shipped_unequal_settings
     assert 'Not finished, so not in the bundle: `advit_kl_paper`.' in table1 and '| advit_kl_paper |' not in table1
     assert "The students' settings differ in lr: they are not compared like for like." in card
     assert f'| class | deit_hard (%) | {best} (%) | difference |' in card
+
+
+def test_the_sweep_records_each_model_at_its_budget(tmp_path, cifar_archive, cifar):
+    """scripts/cpu_sweep.py at tiny scale: a line per entry with its settings, speed and both top-1s,
+    which the model card then lists."""
+    entries = [f'vit_mini4_convstem_32:steps=2,subset=128,val_size=64,test_subset=64,batch_size=64,{tiny}'
+               for tiny in ('model_args={"depth":1}', 'model_args={"depth":2}')]
+    result = subprocess.run([sys.executable, 'scripts/cpu_sweep.py', '--seconds', '60', '--out', str(tmp_path),
+                             '--data', str(cifar_archive), *entries], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / 'sweep.jsonl').read_text().splitlines()]
+    assert [r['settings']['model_args'] for r in records] == [{'depth': 1}, {'depth': 2}]
+    assert all(r['seconds'] == 60 and r['images_per_s'] > 0 and 0 <= r['test_top1'] <= 100 for r in records)
+    from advit.bundle import _sweep_table
+    assert _sweep_table(records).count('| vit_mini4_convstem_32 |') == 2
