@@ -125,7 +125,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 TABLE1_COLUMNS = [('family', 'family'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'),
-                  ('top1_mean', 'top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds (or setting)'),
+                  ('top1_mean', 'test top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds (or setting)'),
                   ('params_m', 'params (M)')]
 
 
@@ -177,7 +177,7 @@ def _per_class_chart(rows: list[dict[str, Any]], name_a: str, name_b: str, path:
     axes.bar([p - 0.2 for p in positions], [row['a'] or 0 for row in rows], width=0.4, label=name_a)
     axes.bar([p + 0.2 for p in positions], [row['b'] or 0 for row in rows], width=0.4, label=name_b)
     axes.set_xticks(list(positions), classes, rotation=30)
-    axes.set_ylabel('top-1 (%)')
+    axes.set_ylabel('test top-1 (%)')
     axes.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
