@@ -293,7 +293,8 @@ are not repeated here.
 
 ## Learning curves: validation top-1 (%) at each evaluation
 
-{_curves(runs, names)}
+{_curves(runs, [name for name in names if name == TEACHER])}
+{_curves(runs, students) if students else ''}
 {sweep_text}
 ## How it was made
 

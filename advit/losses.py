@@ -114,6 +114,7 @@ class TeacherForward:
     def __init__(self, teacher: nn.Module, input_norm: tuple, capture: bool, shared: bool = False) -> None:
         self.model = teacher.eval().requires_grad_(False)
         self.norm, self.input_norm = model_normalization(teacher), input_norm
+        capture = capture and hasattr(teacher, 'blocks')  # a CNN has no attention: its losses refuse it
         self.grid = patch_grid(teacher) if capture else None
         self.capture = ClsAttentionCapture(teacher) if capture else None
         self.shared = shared

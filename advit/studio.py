@@ -123,17 +123,31 @@ class Studio:
                     compare_a=(advit or student) and (advit or student).key,
                     compare_b=(deit or teacher) and (deit or teacher).key)
 
+    @staticmethod
+    def offered(key: str, entries: list[ModelEntry]) -> ModelEntry | None:
+        """The usable model a request names: by its catalog key, or by another spelling of the same
+        file (``checkpoints/teacher.safetensors`` for the absolute path the catalog lists). Nothing
+        that is not on offer is ever returned."""
+        def same_file(a: str, b: str) -> bool:
+            if a.startswith(TIMM_PREFIX) or b.startswith(TIMM_PREFIX):
+                return False
+            try:
+                return Path(a).resolve() == Path(b).resolve()
+            except (OSError, ValueError):  # a path the OS cannot even name
+                return False
+        return next((e for e in entries if e.usable and (e.key == key or same_file(e.key, key))), None)
+
     def _model(self, key: str | None, role: str, vit: bool = False):
         """The loaded model and metadata of a catalog key; with ``vit``, a ViT or refused before loading."""
         if not key:
             raise StudioError(f'choose a {role} model')
-        entry = next((entry for entry in self.entries() if entry.key == key and entry.usable), None)
+        entry = self.offered(key, self.entries())
         if entry is None:
             raise StudioError(f'{key} is not one of the models on offer')  # no arbitrary paths from a request
         if vit and not entry.is_vit:
             raise StudioError(f'{key} is not a ViT: attention views need ViT models')
         try:
-            return self.models.get(key)
+            return self.models.get(entry.key)
         except Exception as err:  # any load failure is the user's to read, never a crash
             raise StudioError(f'the {role} model {key} cannot be loaded: {err}') from err
 
@@ -188,10 +202,12 @@ class Studio:
             class_name: Show only test images of this true class (None or 'all': every class).
             progress: Called with the fraction done while missing predictions are computed.
         """
-        offered = {key for _, key in self.choices(checkpoints_only=True)}
-        for key in (key_a, key_b):
-            if key not in offered:
+        checkpoints = [e for e in self.entries() if not e.key.startswith(TIMM_PREFIX)]
+        chosen = [self.offered(key, checkpoints) if key else None for key in (key_a, key_b)]
+        for key, entry in zip((key_a, key_b), chosen):
+            if entry is None:
                 raise StudioError(f'choose two checkpoints on offer to compare (got {key!r})')
+        key_a, key_b = (entry.key for entry in chosen)
         test = self.test_set()
         class_name = None if class_name in (None, '', 'all') else class_name
         if class_name is not None and class_name not in test.classes:

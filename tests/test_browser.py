@@ -120,8 +120,9 @@ def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cif
     with running_app(tmp_path / 'app.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_DATA=str(cifar_archive)) as url:
         page = browser.new_page(viewport={'width': 1400, 'height': 1000})
         page.goto(url)
-        for label in (labels[defaults['teacher']], labels[defaults['student']]):
-            page.get_by_text(label).first.wait_for(timeout=60_000)  # the names people read, not paths
+        for label in (labels[defaults['teacher']], labels[defaults['student']]):  # the names people read, not paths
+            page.wait_for_function('label => [...document.querySelectorAll("input")].some(i => i.value === label)',
+                                   arg=label, timeout=60_000)
         page.locator('input[type=file]').first.set_input_files(str(EXAMPLE))
         page.get_by_role('button', name='Show attention').click()
         page.wait_for_function(f'() => document.querySelectorAll("#attention-panels img").length >= {2 * depth}'

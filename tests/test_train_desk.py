@@ -202,7 +202,7 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
     assert 'step 3 / 3' in view.progress and '100%' in view.progress and '<b>finished</b>' in view.progress
     assert 'ETA' not in view.progress
     traces = {trace.name: trace for trace in view.figure.data}
-    assert {'loss', 'ce', 'test top-1'} <= set(traces)
+    assert {'loss', 'ce', 'validation top-1', 'test top-1 (selected)'} <= set(traces)
     assert list(traces['loss'].x) == [1, 2, 3] and list(traces['validation top-1'].y) == [job['best_val_top1']]
     assert 'done at step 3' in view.log and not view.log.startswith('FAILED:')
 
