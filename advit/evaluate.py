@@ -6,6 +6,7 @@ the app's comparison gallery (paper Table 3) reads.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +23,7 @@ from .io import atomic_path, write_json
 from .models import model_image_size, model_normalization
 
 
+@functools.lru_cache(maxsize=None)  # autocast asks on every step; the answer never changes
 def native_bf16(device: torch.device) -> bool:
     """True where bf16 matmuls run in hardware: CUDA, and CPUs with AVX512-BF16 or AMX.
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advit.augment import BatchTransform  # noqa: E402
 from advit.checkpoint import save_checkpoint  # noqa: E402
-from advit.data import CIFAR10_CLASSES, load_dataset  # noqa: E402
+from advit.data import CIFAR10_CLASSES, ImageSet, load_dataset  # noqa: E402
 from advit.evaluate import autocast, native_bf16, predict  # noqa: E402
 from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
 from advit.train import TrainConfig, train, train_group  # noqa: E402
@@ -81,7 +81,6 @@ def ours(base: dict, out: Path, **changes) -> float:
 
 
 def eval_speed(model_name: str, images: torch.Tensor, amp: bool, repeats: int = 3) -> float:
-    from advit.data import ImageSet
     model = create_model(model_name, num_classes=10)
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.long), list(CIFAR10_CLASSES))
     transform = BatchTransform('cifar32', 32, CIFAR10_MEAN, CIFAR10_STD, seed=0)
