@@ -21,10 +21,12 @@ from advit.data import CIFAR10_CLASSES  # noqa: E402
 from advit.images import MAX_FILE_BYTES, ImageError  # noqa: E402
 from advit.jobs import JobError  # noqa: E402
 from advit.losses import METHODS  # noqa: E402
+from advit.served import ServedFiles  # noqa: E402
 from advit.studio import Studio, StudioError  # noqa: E402
 from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled  # noqa: E402
 
 studio = Studio.from_env()
+served = ServedFiles.from_env()  # the galleries' images: written once each, never rewritten (see advit/served.py)
 desk = TrainDesk.from_env(studio.runs_dir,
                           lambda: {key for _, key in studio.choices(vit_only=True, checkpoints_only=True)},
                           studio.data) if jobs_enabled() else None
@@ -52,14 +54,14 @@ def user_errors(fn):
 @user_errors
 def attention(image, teacher, student, fusion, head, opacity):
     view = studio.attention(image, teacher, student, fusion, int(head), float(opacity))
-    return view.panels, view.figure, view.table, view.teacher_top5, view.student_top5, view.data
+    return served.gallery(view.panels), view.figure, view.table, view.teacher_top5, view.student_top5, view.data
 
 
 @user_errors
 def compare(model_a, model_b, class_name, progress=gr.Progress()):
     view = studio.compare(model_a, model_b, class_name,
                           progress=lambda done: progress(done, desc='predicting the test set once'))
-    return view.summary, view.a_only, view.b_only, view.table, view.figure
+    return view.summary, served.gallery(view.a_only), served.gallery(view.b_only), view.table, view.figure
 
 
 @user_errors
@@ -104,7 +106,8 @@ def refresh():
             gr.Dropdown(choices=everything, value=now['compare_b']), studio.problems())
 
 
-with gr.Blocks(title='ADViT Studio', analytics_enabled=False) as demo:
+# Gradio's own files (uploads, example copies) older than an hour are removed every ten minutes.
+with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600, 3600)) as demo:
     gr.Markdown('# ADViT Studio\nAttention distillation for Vision Transformers: how a student\'s '
                 '[CLS] attention follows its teacher\'s, layer by layer.')
     problems = gr.Markdown(studio.problems())

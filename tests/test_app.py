@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 import urllib.request
 
 import numpy as np
@@ -208,3 +211,66 @@ def test_the_readmes_client_example_runs_against_the_shipped_bundle(tmp_path, ci
     assert len(data['layers']) == len(table['data']) == depth and len(namespace['panels']) == 2 * depth
     assert all(layer['l1'] > 0 and len(layer['student_map']) == 64 for layer in data['layers'])
     assert namespace['student_top5']['label'] in student.meta['classes']
+
+
+def test_everyone_asking_for_the_same_example_at_once_all_get_whole_answers(app_url, keys, tmp_path):
+    """8 clients x 10 identical requests, each downloading its panels: the same images returned to
+    concurrent responses were once rewritten in place while being streamed (torn downloads)."""
+    clients, requests = 8, 10
+    pool = [Client(app_url, verbose=False, download_files=str(tmp_path / f'client{i}')) for i in range(clients)]
+    start_together = threading.Barrier(clients)
+
+    def run(client: Client) -> list[str]:
+        start_together.wait()
+        problems = []
+        for _ in range(requests):
+            try:
+                panels, *_, data = attention(client, EXAMPLE, keys)
+                for panel in panels:
+                    with Image.open(panel['image']) as image:
+                        image.load()  # a torn file does not decode
+                if len(data['layers']) != 2:
+                    problems.append(f'{len(data["layers"])} layers')
+            except Exception as err:  # noqa: BLE001 - every failure of a request is the result
+                problems.append(f'{type(err).__name__}: {err}')
+        return problems
+
+    with ThreadPoolExecutor(clients) as executor:
+        problems = [p for found in executor.map(run, pool) for p in found]
+    assert problems == [], f'{len(problems)} of {clients * requests} failed: {problems[:3]}'
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (the server may remove one while it is counted)."""
+    total = 0
+    for path in folder.rglob('*'):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def test_gradio_cache_stays_bounded_over_a_soak(tiny_bundle, cifar_archive, keys, tmp_path):
+    """300 requests whose panels all differ (a new opacity each time): the served images are capped
+    (ADVIT_SERVED_MB), and the uploads (the 20 examples, by content) do not grow with requests."""
+    cache, cap_mb = tmp_path / 'gradio', 0.25
+    examples = sorted((REPO / 'assets' / 'examples').glob('*.png'))
+    with running_app(tmp_path / 'app.log', ADVIT_CHECKPOINTS=str(tiny_bundle), ADVIT_RUNS=str(tmp_path / 'runs'),
+                     ADVIT_DATA=str(cifar_archive), GRADIO_TEMP_DIR=str(cache), ADVIT_SERVED_MB=str(cap_mb)) as url:
+        client = Client(url, verbose=False, download_files=False)
+        readings = {}
+        for n in range(1, 301):
+            image = examples[n % len(examples)]
+            client.predict(handle_file(str(image)), keys['teacher'], keys['advit_l1'], 'mean', 0, n / 301,
+                           api_name='/attention')
+            if n in (100, 200, 300):
+                readings[n] = folder_bytes(cache)
+        served = folder_bytes(cache / 'advit-served')
+        last = client.predict(handle_file(str(examples[0])), keys['teacher'], keys['advit_l1'], 'mean', 0, 0.5,
+                              api_name='/attention')[0]
+    uploads = sum(image.stat().st_size for image in examples)
+    assert served <= cap_mb * 2**20
+    assert all(size <= cap_mb * 2**20 + 3 * uploads for size in readings.values()), readings
+    assert readings[300] <= readings[100] * 1.25, f'the cache grows with requests: {readings}'
+    assert len(last) == 4
