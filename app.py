@@ -1,7 +1,8 @@
 """ADViT Studio: see and compare attention distillation in the browser.
 
 Layout and wiring only: every view is computed by ``advit.studio.Studio`` (tested in tests/).
-Serves on port 7860 (``GRADIO_SERVER_PORT``); models come from ``checkpoints/`` and ``runs/``
+Serves 127.0.0.1:7860 (``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``; the Dockerfile binds 0.0.0.0
+for a Space, and a public bind turns training off without a token: ``advit.train_desk``); models come from ``checkpoints/`` and ``runs/``
 (``ADVIT_CHECKPOINTS``, ``ADVIT_RUNS``), the comparison's test set from ``ADVIT_DATA``.
 """
 from __future__ import annotations
@@ -23,13 +24,12 @@ from advit.jobs import JobError  # noqa: E402
 from advit.losses import METHODS  # noqa: E402
 from advit.served import ServedFiles  # noqa: E402
 from advit.studio import Studio, StudioError  # noqa: E402
-from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled  # noqa: E402
+from advit.train_desk import LIST_HEADERS, TrainDesk, is_public, jobs_off_reason, server_name  # noqa: E402
 
 studio = Studio.from_env()
 served = ServedFiles.from_env()  # the galleries' images: written once each, never rewritten (see advit/served.py)
-desk = TrainDesk.from_env(studio.runs_dir,
-                          lambda: {key for _, key in studio.choices(vit_only=True, checkpoints_only=True)},
-                          studio.data) if jobs_enabled() else None
+jobs_off = jobs_off_reason()
+desk = TrainDesk.from_env(studio.runs_dir, studio.teacher_files, studio.data) if jobs_off is None else None
 if desk is not None:
     desk.manager.start_scheduler()
 defaults = studio.default_keys()  # each call scans the catalog: once for the layout
@@ -47,7 +47,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (StudioError, ImageError, JobError) as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(studio.shown(str(err))) from None
     return wrapper
 
 
@@ -171,7 +171,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
 
     with gr.Tab('Train'):
         if desk is None:
-            gr.Markdown('Training jobs are off on this deployment. Set `ADVIT_JOBS=on` to enable them.')
+            gr.Markdown(jobs_off, elem_id='jobs-off')
         else:
             with gr.Row():
                 with gr.Column(scale=1):
@@ -183,8 +183,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                     job_teacher = gr.Dropdown(label='Teacher checkpoint',
                                               choices=studio.choices(vit_only=True, checkpoints_only=True),
                                               value=defaults['teacher'], allow_custom_value=True)
-                    dataset = gr.Textbox(label='Dataset (CIFAR-10 archive or an ImageFolder path on the server)',
-                                         value=str(studio.data))
+                    dataset = gr.Textbox(label='Dataset (CIFAR-10 archive or an ImageFolder path on the server, '
+                                               'from the app\'s folder)', value=desk.default_data)
                     with gr.Row():
                         length = gr.Radio(['epochs', 'steps', 'seconds'], value='steps', label='Run length in')
                         amount = gr.Number(200, label='how many')
@@ -204,7 +204,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 with gr.Column(scale=2):
                     rows = desk.rows()
                     jobs = gr.Dataframe(headers=LIST_HEADERS, value=rows, interactive=False, label='Jobs')
-                    selected = gr.Dropdown(label='Job', choices=[row[0] for row in rows])
+                    # Any client names any job (the list is per page; API clients reconnect).
+                    selected = gr.Dropdown(label='Job', choices=[row[0] for row in rows], allow_custom_value=True)
                     progress = gr.HTML(elem_id='job-progress')
                     curves = gr.Plot(label='Loss terms and test accuracy', elem_id='job-curves')
                     log = gr.Textbox(label='Output (end)', lines=12, max_lines=12, autoscroll=True)
@@ -232,6 +233,5 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
 
 if __name__ == '__main__':
     demo.queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get('GRADIO_SERVER_NAME', '0.0.0.0'),
-        server_port=int(os.environ.get('GRADIO_SERVER_PORT', '7860')),
-        max_file_size=MAX_FILE_BYTES, show_error=True)
+        server_name=server_name(), server_port=int(os.environ.get('GRADIO_SERVER_PORT', '7860')),
+        max_file_size=MAX_FILE_BYTES, show_error=not is_public())  # others see our messages, not internal errors

@@ -45,7 +45,7 @@ def bundle_table(entries: list[ModelEntry]) -> str:
     """Our usable checkpoints: name, file, validation and test top-1, size, from their metadata."""
     def percent(value: float | None) -> str:
         return f'{value:.2f}' if value is not None else '–'
-    rows = [f"| {model_label(e.key, dict(e.meta, test_top1=None))} | `{e.key}` | {percent(e.meta.get('val_top1'))} | "
+    rows = [f"| {model_label(e.key, dict(e.meta, test_top1=None))} | `{e.name}` | {percent(e.meta.get('val_top1'))} | "
             f"{percent(e.meta['test_top1'])} | {e.meta.get('params', 0) / 1e6:.1f}M |"
             for e in entries if e.usable and e.meta.get('test_top1') is not None]
     if not rows:

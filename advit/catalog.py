@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from safetensors import SafetensorError, safe_open
 from .checkpoint import TRAIN_STATE_PREFIX, CheckpointError, describe_mismatch, load_checkpoint, read_metadata
 from .models import create_model, is_vit_name
 from .names import model_label
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Paper models offered when their ImageNet weights are in the local Hugging Face cache.
 TIMM_MODELS = (
@@ -31,10 +33,15 @@ TIMM_PREFIX = 'timm:'
 
 @dataclass
 class ModelEntry:
-    """One model the app can load: a checkpoint path or ``timm:<name>``, its metadata, and whether it loads."""
+    """One model the app can load: a checkpoint path or ``timm:<name>`` (``key``), the name clients see
+    (``name``: no absolute server path), its metadata, and whether it loads."""
     key: str
     meta: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    name: str = ''
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.key
 
     @property
     def usable(self) -> bool:
@@ -51,7 +58,7 @@ class ModelEntry:
     def describe(self) -> str:
         """Markdown: what this model is, from its metadata."""
         meta = self.meta
-        rows = [('file', f'`{self.key}`'), ('architecture', meta.get('model')), ('method', meta.get('method')),
+        rows = [('file', f'`{self.name}`'), ('architecture', meta.get('model')), ('method', meta.get('method')),
                 ('teacher', meta.get('teacher')), ('image size', meta.get('image_size')),
                 ('classes', len(meta.get('classes', [])) or None), ('parameters',
                 f"{meta['params'] / 1e6:.1f}M" if meta.get('params') else None),
@@ -62,14 +69,33 @@ class ModelEntry:
         return '\n'.join(f'- **{name}**: {value}' for name, value in rows if value not in (None, ''))
 
 
-def discover(checkpoint_dirs: list[Path], runs_dir: Path | None) -> list[ModelEntry]:
-    """Every model on offer: ``*.safetensors`` in the checkpoint folders, each run's ``best``, cached timm models."""
-    paths: list[Path] = []
+def discover(checkpoint_dirs: list[Path], runs_dir: Path | None, home: Path = REPO) -> list[ModelEntry]:
+    """Every model on offer: ``*.safetensors`` in the checkpoint folders, each run's ``best``, cached timm models.
+
+    Args:
+        home: The app's folder: a file in it is named by its path from there (``checkpoints/teacher.safetensors``),
+            any other by its folder and file (``runs/tiny/best.safetensors``).
+    """
+    found: list[tuple[Path, Path]] = []  # (file, the folder it was found in)
     for folder in checkpoint_dirs:
-        paths += sorted(Path(folder).glob('*.safetensors'))
+        found += [(path, Path(folder)) for path in sorted(Path(folder).glob('*.safetensors'))]
     if runs_dir is not None and Path(runs_dir).is_dir():
-        paths += sorted(Path(runs_dir).glob('*/best.safetensors'))
-    return [check_checkpoint(path) for path in paths] + cached_timm_models()
+        found += [(path, Path(runs_dir)) for path in sorted(Path(runs_dir).glob('*/best.safetensors'))]
+    entries = []
+    for path, folder in found:
+        entry = check_checkpoint(path)
+        name = public_name(path, folder, home)
+        entries.append(replace(entry, name=name, problem=entry.problem and entry.problem.replace(str(path), name)))
+    return entries + cached_timm_models()
+
+
+def public_name(path: Path, folder: Path, home: Path = REPO) -> str:
+    """A checkpoint's name for clients: its path from ``home`` when inside it, else from ``folder``'s parent."""
+    resolved = Path(path).resolve()
+    for base in (Path(home).resolve(), Path(folder).resolve().parent):
+        if resolved.is_relative_to(base):
+            return str(resolved.relative_to(base))
+    return resolved.name
 
 
 _checked: dict[tuple[str, int, int], ModelEntry] = {}  # by (path, mtime, size): a file is checked once

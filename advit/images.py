@@ -1,6 +1,7 @@
 """Uploaded images, decoded safely: any common format to RGB, with clear errors and size limits."""
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def load_image(path: str | Path) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError('the file is not an image in a format this app reads (PNG, JPEG, WebP, GIF, BMP, TIFF)') \
             from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f'the image is too large to decode safely ({err})') from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # over Pillow's own, larger limit
+        found = re.search(r'\((\d+) pixels\)', str(err))
+        size = f'{found[1]} pixels' if found else 'over Pillow\'s limit'
+        raise ImageError(f'the image is too large: {size}, the limit is {MAX_PIXELS / 1e6:.0f} megapixels') from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated data, broken headers
         raise ImageError(f'the image is truncated or corrupt ({err})') from None
 

@@ -22,11 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .io import write_json
+from .models import create_model
 from .train import TrainConfig, TrainingError, validate
 
 ACTIVE = ('queued', 'running')  # the states in which a job can still be cancelled
@@ -39,21 +42,43 @@ class JobError(ValueError):
     """A job request or action that cannot be done; the message is for the user."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobLimits:
-    """What jobs may do: how many run at once, and at most how many steps and seconds each."""
+    """What jobs may ask for: how many run at once and wait, and at most how many steps, seconds,
+    images per batch and model parameters each. The defaults suit one's own machine; ``public()``
+    those of a server others reach.
+    """
     max_concurrent: int = 1
-    max_steps: int | None = None
-    max_seconds: float | None = None
+    max_queued: int = 16
+    max_steps: int | None = 1_000_000
+    max_seconds: float | None = 7 * 24 * 3600.0
+    max_batch_size: int = 4096
+    max_params: int = 1_000_000_000
 
     @classmethod
-    def from_env(cls) -> 'JobLimits':
-        """``ADVIT_MAX_JOBS``, ``ADVIT_JOB_MAX_STEPS``, ``ADVIT_JOB_MAX_SECONDS``."""
-        def number(name: str, kind: type):
-            value = os.environ.get(name)
-            return kind(value) if value else None
-        return cls(max_concurrent=number('ADVIT_MAX_JOBS', int) or 1,
-                   max_steps=number('ADVIT_JOB_MAX_STEPS', int), max_seconds=number('ADVIT_JOB_MAX_SECONDS', float))
+    def public(cls) -> 'JobLimits':
+        """A server others reach: a short queue, runs of an hour at most, small models."""
+        return cls(max_concurrent=1, max_queued=4, max_steps=20_000, max_seconds=3600.0, max_batch_size=256,
+                   max_params=30_000_000)
+
+    @classmethod
+    def from_env(cls, public: bool = False) -> 'JobLimits':
+        """The defaults (``public()`` ones when ``public``), each replaced by its variable when set:
+        ``ADVIT_MAX_JOBS``, ``ADVIT_MAX_QUEUED``, ``ADVIT_JOB_MAX_STEPS``, ``ADVIT_JOB_MAX_SECONDS``,
+        ``ADVIT_JOB_MAX_BATCH``, ``ADVIT_JOB_MAX_PARAMS``."""
+        base = cls.public() if public else cls()
+        changes = {}
+        for field_name, variable, kind in (
+                ('max_concurrent', 'ADVIT_MAX_JOBS', int), ('max_queued', 'ADVIT_MAX_QUEUED', int),
+                ('max_steps', 'ADVIT_JOB_MAX_STEPS', int), ('max_seconds', 'ADVIT_JOB_MAX_SECONDS', float),
+                ('max_batch_size', 'ADVIT_JOB_MAX_BATCH', int), ('max_params', 'ADVIT_JOB_MAX_PARAMS', int)):
+            value = os.environ.get(variable)
+            if value:
+                try:
+                    changes[field_name] = kind(float(value)) if kind is int else kind(value)
+                except ValueError:
+                    raise JobError(f'{variable}={value!r} is not a number') from None
+        return replace(base, **changes)
 
 
 def sanitize_name(name: str) -> str:
@@ -108,22 +133,50 @@ class JobManager:
             settings: ``TrainConfig`` fields (``out`` is set from the name).
         """
         settings = dict(settings)
+        self._validate(settings)  # as asked, then within the limits
         self._apply_limits(settings)
+        cfg = self._validate(settings)
+        self._check_model(cfg)
         with self._lock:
+            waiting = sum(job['state'] in ACTIVE for job in self.list())
+            if waiting >= self.limits.max_queued:
+                raise JobError(f'{waiting} jobs are queued or running, the most this server takes: '
+                               'wait for one to end, or cancel one')
             run = self._new_run_folder(sanitize_name(name))
             settings['out'] = str(run)
-            try:
-                validate(TrainConfig.from_dict(settings))
-            except (TrainingError, TypeError) as err:
-                raise JobError(str(err)) from err
             run.mkdir(parents=True)
             write_json(run / 'request.json', settings)
             write_json(run / 'job.json', {'name': run.name, 'queued': time.time(), 'launches': []})
         self.poll()
         return run.name
 
+    @staticmethod
+    def _validate(settings: dict[str, Any]) -> TrainConfig:
+        try:
+            cfg = TrainConfig.from_dict(settings)
+            validate(cfg)
+        except (TrainingError, TypeError) as err:
+            raise JobError(str(err)) from err
+        return cfg
+
+    def _check_model(self, cfg: TrainConfig) -> None:
+        """Build the student on the meta device (no memory, no weights): arguments that do not fit
+        the architecture, or a model over the size limit, are refused before any process starts."""
+        try:
+            with torch.device('meta'):
+                model = create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args)
+        except (ValueError, TypeError, RuntimeError, AssertionError) as err:
+            raise JobError(f'cannot build {cfg.model} with {cfg.model_args}: {err}') from err
+        params = sum(p.numel() for p in model.parameters())
+        if params > self.limits.max_params:
+            raise JobError(f'{cfg.model} with {cfg.model_args} has {params / 1e6:.1f}M parameters: the limit here '
+                           f'is {self.limits.max_params / 1e6:.1f}M')
+
     def _apply_limits(self, settings: dict[str, Any]) -> None:
         limits = self.limits
+        batch = settings.get('batch_size', TrainConfig.batch_size)
+        if not isinstance(batch, int) or not 1 <= batch <= limits.max_batch_size:
+            raise JobError(f'batch size {batch}: the limit here is 1 to {limits.max_batch_size}')
         if limits.max_steps is not None:
             steps = settings.get('steps')
             if steps is not None and steps > limits.max_steps:

@@ -160,6 +160,27 @@ def is_vit_name(name: str) -> bool:
     return timm.models.is_model_in_modules(name.split('.', 1)[0], _VIT_MODULES)
 
 
+# The keyword arguments a model may be given from outside (``--model-arg``, the app's Train form, a
+# checkpoint's metadata): its shape and regularisation only. Keys that name files or configs
+# (``checkpoint_path``, ``pretrained_cfg``, ``pretrained_cfg_overlay``...) never pass, so no request
+# and no checkpoint can make a run or the app open a file of its choosing.
+ARCHITECTURE_ARGS = frozenset({
+    'depth', 'embed_dim', 'num_heads', 'mlp_ratio', 'patch_size', 'in_chans', 'qkv_bias', 'qk_norm', 'proj_bias',
+    'init_values', 'class_token', 'reg_tokens', 'no_embed_class', 'pos_embed', 'global_pool', 'pre_norm',
+    'final_norm', 'fc_norm', 'pool_include_prefix', 'scale_attn_norm', 'scale_mlp_norm', 'dynamic_img_size',
+    'dynamic_img_pad', 'drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate', 'attn_drop_rate',
+    'drop_path_rate',
+})
+
+
+def check_architecture_args(args: dict[str, Any]) -> None:
+    """Refuse keys other than architecture keys (``ARCHITECTURE_ARGS``), naming them."""
+    refused = sorted(set(args) - ARCHITECTURE_ARGS)
+    if refused:
+        raise ValueError(f'not an architecture argument: {", ".join(refused)} (allowed: '
+                         f'{", ".join(sorted(ARCHITECTURE_ARGS))})')
+
+
 def create_model(
         name: str,
         num_classes: int = 10,
@@ -177,8 +198,10 @@ def create_model(
         pretrained: Load the tag's pretrained weights from the Hugging Face hub (needs a network).
         pretrained_file: Load pretrained weights from this local file instead (no network). Its head
             is kept when it has ``num_classes`` outputs, otherwise replaced by a fresh one.
-        model_args: Architecture arguments passed to the timm entrypoint (``img_size``, ``depth``...).
+        model_args: Architecture arguments passed to the timm entrypoint (``depth``, ``embed_dim``...;
+            ``ARCHITECTURE_ARGS`` only).
     """
+    check_architecture_args(model_args)
     base_name = name.split('.', 1)[0]
     if not timm.is_model(base_name):
         raise ValueError(f'unknown model {name!r}: not a timm model name (see timm.list_models())')

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
-from .data import DatasetError, ImageSet, load_dataset
+from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, load_dataset
 from .images import load_image
 from .inspection import inspect_pair
 from .names import TEACHER_STEM
@@ -75,6 +75,18 @@ class Studio:
                    runs_dir=Path(os.environ.get('ADVIT_RUNS', REPO / 'runs')),
                    data=Path(os.environ.get('ADVIT_DATA', REPO.parent / 'shared/data/cifar10/cifar10-jpeg.tar.xz')))
 
+    def shown(self, text: str) -> str:
+        """Text for a client, with the server's folders as the app names them: the checkpoint and runs
+        folders by their names, the dataset and the app's folder relative to it."""
+        names = {str(folder): Path(folder).name for folder in [*self.checkpoint_dirs, self.runs_dir] if folder}
+        names.update({str(Path(folder).resolve()): name for folder, name in list(names.items())})
+        if str(self.data) != OFFICIAL_CIFAR10:
+            names[str((REPO / self.data).resolve())] = names[str(self.data)] = os.path.relpath(REPO / self.data, REPO)
+        names[str(REPO)] = '.'
+        for path in sorted(names, key=len, reverse=True):  # the longest first: a folder inside another
+            text = text.replace(path, names[path])
+        return text
+
     # --- the models on offer ---------------------------------------------------------------------
 
     def entries(self) -> list[ModelEntry]:
@@ -83,18 +95,24 @@ class Studio:
 
     def choices(self, vit_only: bool = False, checkpoints_only: bool = False) -> list[tuple[str, str]]:
         """(label, key) of the usable models; ``checkpoints_only`` leaves out the timm hub models."""
-        offered = [(e.label(), e.key) for e in self.entries() if e.usable and (e.is_vit or not vit_only)
+        offered = [(e.label(), e.name) for e in self.entries() if e.usable and (e.is_vit or not vit_only)
                    and not (checkpoints_only and e.key.startswith(TIMM_PREFIX))]
         labels = Counter(label for label, _ in offered)  # two models of one name: their paths tell them apart
-        return [(label if labels[label] == 1 else f'{label} · {key}', key) for label, key in offered]
+        return [(label if labels[label] == 1 else f'{label} · {name}', name) for label, name in offered]
+
+    def teacher_files(self) -> dict[str, str]:
+        """The checkpoints a training job may take as its teacher: name as listed -> file."""
+        return {e.name: e.key for e in self.entries()
+                if e.usable and e.is_vit and not e.key.startswith(TIMM_PREFIX)}
 
     def problems(self) -> str:
         """Markdown listing the checkpoints that cannot be used, with the reason, or how to get models."""
         entries = self.entries()
-        lines = [f'- `{e.key}`: {e.problem}' for e in entries if not e.usable]
+        lines = [f'- `{e.name}`: {e.problem}' for e in entries if not e.usable]
         if not any(e.usable for e in entries):
-            folders = ', '.join(f'`{d}`' for d in self.checkpoint_dirs)
-            lines.insert(0, f'No usable models found in {folders} or `{self.runs_dir}`. Train some with '
+            folders = ', '.join(f'`{Path(d).name}/`' for d in self.checkpoint_dirs)
+            runs = f' or `{Path(self.runs_dir).name}/`' if self.runs_dir else ''
+            lines.insert(0, f'No usable models found in {folders}{runs}. Train some with '
                             '`advit train ...` (see the README), or put the checkpoint bundle in `checkpoints/`.')
         elif lines:
             lines.insert(0, 'Unusable checkpoints:')
@@ -102,7 +120,7 @@ class Studio:
 
     def describe(self, key: str | None) -> str:
         """Markdown describing a model from its metadata."""
-        entry = next((e for e in self.entries() if e.key == key), None)
+        entry = self.offered(key, self.entries()) if key else None
         return entry.describe() if entry is not None else ''
 
     def default_keys(self) -> dict[str, str | None]:
@@ -119,23 +137,23 @@ class Studio:
         deit = best(lambda e: e.meta.get('method') == 'deit_hard') or \
             best(lambda e: (e.meta.get('method') or '').startswith('deit'))
         student = advit or next((e for e in usable if e is not teacher), teacher)
-        return dict(teacher=teacher and teacher.key, student=student and student.key,
-                    compare_a=(advit or student) and (advit or student).key,
-                    compare_b=(deit or teacher) and (deit or teacher).key)
+        return dict(teacher=teacher and teacher.name, student=student and student.name,
+                    compare_a=(advit or student) and (advit or student).name,
+                    compare_b=(deit or teacher) and (deit or teacher).name)
 
     @staticmethod
     def offered(key: str, entries: list[ModelEntry]) -> ModelEntry | None:
-        """The usable model a request names: by its catalog key, or by another spelling of the same
-        file (``checkpoints/teacher.safetensors`` for the absolute path the catalog lists). Nothing
-        that is not on offer is ever returned."""
+        """The usable model a request names: by the name the lists show, its file's path, or another
+        spelling of that file (relative to the app's folder). Nothing that is not on offer is ever returned."""
         def same_file(a: str, b: str) -> bool:
             if a.startswith(TIMM_PREFIX) or b.startswith(TIMM_PREFIX):
                 return False
             try:
-                return Path(a).resolve() == Path(b).resolve()
+                return Path(a).resolve() == (REPO / b).resolve()
             except (OSError, ValueError):  # a path the OS cannot even name
                 return False
-        return next((e for e in entries if e.usable and (e.key == key or same_file(e.key, key))), None)
+        return next((e for e in entries if e.usable and key in (e.name, e.key)), None) or \
+            next((e for e in entries if e.usable and same_file(e.key, key)), None)
 
     def _model(self, key: str | None, role: str, vit: bool = False):
         """The loaded model and metadata of a catalog key; with ``vit``, a ViT or refused before loading."""
@@ -208,6 +226,7 @@ class Studio:
             if entry is None:
                 raise StudioError(f'choose two checkpoints on offer to compare (got {key!r})')
         key_a, key_b = (entry.key for entry in chosen)
+        shown_a, shown_b = (entry.name for entry in chosen)
         test = self.test_set()
         class_name = None if class_name in (None, '', 'all') else class_name
         if class_name is not None and class_name not in test.classes:
@@ -220,7 +239,7 @@ class Studio:
         name_a, name_b = Path(key_a).stem, Path(key_b).stem
         top_a, top_b = comparison.top1()
         per_a, per_b = comparison.per_class()
-        summary = (f'**A** `{key_a}`: {top_a:.2f}% · **B** `{key_b}`: {top_b:.2f}% top-1 on '
+        summary = (f'**A** `{shown_a}`: {top_a:.2f}% · **B** `{shown_b}`: {top_b:.2f}% top-1 on '
                    f'{len(test)} test images. A right and B wrong: **{len(a_only)}**; B right and A wrong: '
                    f'**{len(b_only)}**' + (f' (true class {class_name})' if class_name else '') +
                    f'. Galleries show up to {GALLERY_LIMIT} each.')

@@ -38,7 +38,7 @@ from .evaluate import autocast, native_bf16, predict, save_evaluation, summarize
 from .io import atomic_path, write_json
 from .losses import DistillationLoss, TeacherForward, parse_method
 from .probe import PROBE_IMAGES, AttentionProbe
-from .models import create_model, is_distilled, model_image_size, model_normalization
+from .models import check_architecture_args, create_model, is_distilled, model_image_size, model_normalization
 
 
 class TrainingError(Exception):
@@ -106,6 +106,11 @@ class TrainConfig:
         return cls(**values)
 
 
+# Model arguments the run passes itself, and the setting that gives each.
+_SET_BY_TRAINING = {'img_size': '--image-size (image_size)', 'drop_path_rate': '--drop-path (drop_path)',
+                    'num_classes': 'nothing: the dataset\'s classes give it'}
+
+
 def validate(cfg: TrainConfig) -> None:
     """Refuse a configuration that cannot run, before anything is loaded or written."""
     try:
@@ -118,6 +123,13 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f'unknown recipe {cfg.recipe!r}: choose one of {RECIPES}')
     if not timm.is_model(cfg.model.split('.', 1)[0]):
         raise TrainingError(f'unknown model {cfg.model!r}: not a timm model name')
+    for key, instead in _SET_BY_TRAINING.items():
+        if key in cfg.model_args:
+            raise TrainingError(f'model argument {key} is set by the run itself: use {instead}')
+    try:
+        check_architecture_args(cfg.model_args)
+    except ValueError as err:
+        raise TrainingError(f'model arguments: {err}') from err
     if cfg.epochs is None and cfg.steps is None and cfg.time_budget is None:
         raise TrainingError('give a run length: epochs, steps or a time budget')
     for name in ('epochs', 'steps', 'time_budget', 'batch_size', 'lr', 'log_every', 'image_size'):

@@ -1,7 +1,10 @@
 """The Train tab's logic: a form turned into a job, the job list, one job's live view, and access rules.
 
-On a public deployment (a Hugging Face Space sets ``SPACE_ID``) training is off unless
-``ADVIT_JOBS=on``; with ``ADVIT_JOBS_TOKEN`` set, starting, cancelling and resuming need it.
+The app binds loopback (``127.0.0.1``, Gradio's default) unless ``GRADIO_SERVER_NAME`` says
+otherwise. Bound beyond loopback, or on a Hugging Face Space (``SPACE_ID``), it is public: training
+is off unless ``ADVIT_JOBS_TOKEN`` is set, the job limits are ``JobLimits.public()``'s, and a failed
+job shows its error line, not its traceback. ``ADVIT_JOBS=off`` turns training off anywhere; with a
+token set, starting, cancelling and resuming need it.
 """
 from __future__ import annotations
 
@@ -16,20 +19,37 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 
 from .data import OFFICIAL_CIFAR10
-from .jobs import JobError, JobLimits, JobManager
+from .models import check_architecture_args
+from .jobs import REPO, JobError, JobLimits, JobManager
 from .render import progress_html, training_curves
 
 LIST_HEADERS = ['name', 'method', 'model', 'status', 'progress', 'best val top-1', 'started']
 
 
-def jobs_enabled() -> bool:
-    """``ADVIT_JOBS`` on/off; by default on, except on a Hugging Face Space."""
-    setting = os.environ.get('ADVIT_JOBS', '').lower()
-    if setting in ('on', '1', 'true', 'yes'):
-        return True
-    if setting in ('off', '0', 'false', 'no'):
-        return False
-    return 'SPACE_ID' not in os.environ
+LOOPBACK = ('localhost', '::1')  # and 127.0.0.0/8
+
+
+def server_name() -> str:
+    """The address the app binds: ``GRADIO_SERVER_NAME``, else loopback."""
+    return os.environ.get('GRADIO_SERVER_NAME') or '127.0.0.1'
+
+
+def is_public() -> bool:
+    """Whether others can reach the app: bound beyond loopback, or on a Hugging Face Space."""
+    name = server_name()
+    return 'SPACE_ID' in os.environ or not (name in LOOPBACK or name.startswith('127.'))
+
+
+def jobs_off_reason() -> str | None:
+    """Why training jobs are off here (Markdown for the Train tab), or None when they are on."""
+    if os.environ.get('ADVIT_JOBS', '').lower() in ('off', '0', 'false', 'no'):
+        return 'Training jobs are off on this deployment (`ADVIT_JOBS=off`).'
+    if is_public() and not os.environ.get('ADVIT_JOBS_TOKEN'):
+        return (f'Training jobs are off: this server is reachable from other machines (bound to '
+                f'`{server_name()}`{", a Hugging Face Space" if "SPACE_ID" in os.environ else ""}) and has no '
+                '`ADVIT_JOBS_TOKEN`. Set one to let those who know it start, cancel and resume jobs, or run the '
+                'app on your own machine (`make app`, bound to 127.0.0.1).')
+    return None
 
 
 def parse_model_args(text: str) -> dict[str, Any]:
@@ -62,31 +82,70 @@ class TrainDesk:
         token: When set, the token that starting, cancelling and resuming need.
         teachers: When set, gives the teacher checkpoints a job may use (the models on offer);
             a typed path outside them is refused.
-        data_roots: When set, the folders a job's dataset must lie in (or ``cifar10``).
+        data_roots: When set, the folders a job's dataset must lie in (or the official ``cifar10``
+            release, when it is ``default_data``).
+        default_data: The app's own dataset (always allowed).
+        public: Others reach this server: failed jobs show their error line only.
     """
 
     def __init__(self, manager: JobManager, token: str | None = None,
-                 teachers: Callable[[], set[str]] | None = None, data_roots: list[Path] | None = None) -> None:
+                 teachers: Callable[[], dict[str, str]] | None = None, data_roots: list[Path] | None = None,
+                 default_data: str | None = None, public: bool = False) -> None:
         self.manager, self.token = manager, token or None
-        self.teachers, self.data_roots = teachers, data_roots
+        self.teachers, self.data_roots, self.default_data, self.public = teachers, data_roots, default_data, public
 
     @classmethod
-    def from_env(cls, runs_dir: Path, teachers: Callable[[], set[str]], data: Path) -> 'TrainDesk':
-        """Limits and token from the environment; datasets confined to ``data``'s folder and
-        ``ADVIT_DATA_ROOTS`` (folders, ``:``-separated)."""
-        roots = [Path(data).resolve().parent] + [Path(p) for p in os.environ.get('ADVIT_DATA_ROOTS', '').split(
+    def from_env(cls, runs_dir: Path, teachers: Callable[[], dict[str, str]], data: Path) -> 'TrainDesk':
+        """Limits and token from the environment (``JobLimits.public()``'s defaults on a public bind);
+        datasets confined to ``data``'s folder and ``ADVIT_DATA_ROOTS`` (folders, ``:``-separated)."""
+        roots = [(REPO / data).resolve().parent] + [Path(p) for p in os.environ.get('ADVIT_DATA_ROOTS', '').split(
             os.pathsep) if p]
-        return cls(JobManager(runs_dir, JobLimits.from_env()), os.environ.get('ADVIT_JOBS_TOKEN'), teachers, roots)
+        public = is_public()
+        shown = str(data) if str(data) == OFFICIAL_CIFAR10 else os.path.relpath(REPO / data, REPO)
+        return cls(JobManager(runs_dir, JobLimits.from_env(public)), os.environ.get('ADVIT_JOBS_TOKEN'), teachers,
+                   roots, shown, public)
 
-    def _confine(self, teacher: str | None, data: str) -> None:
-        """Refuse server paths a user typed that lie outside what this server offers."""
-        if teacher and self.teachers is not None and teacher not in self.teachers():
-            raise JobError(f'teacher {teacher} is not one of the checkpoints on offer (the bundle and finished runs)')
-        if self.data_roots is not None and data != OFFICIAL_CIFAR10:
-            resolved = Path(data).resolve()
-            if not any(resolved.is_relative_to(root.resolve()) for root in self.data_roots):
-                allowed = ', '.join(str(root) for root in self.data_roots)
-                raise JobError(f'dataset {data} is outside the folders this server allows ({allowed})')
+    def _teacher(self, teacher: str | None) -> str | None:
+        """The checkpoint file of a teacher on offer, named as the app lists it; anything else is refused."""
+        if not teacher:
+            return None
+        if self.teachers is None:
+            path = REPO / teacher
+        else:
+            offered = self.teachers()
+            if teacher not in offered:
+                raise JobError(f'teacher {teacher} is not one of the checkpoints on offer (the bundle and '
+                               'finished runs)')
+            path = Path(offered[teacher])
+        if not path.is_file():
+            raise JobError(f'teacher checkpoint not found: {teacher}')
+        return str(path)
+
+    def _dataset(self, data: str) -> str:
+        """The dataset a job may read: the app's own, or an existing, readable path inside the allowed folders
+        (relative paths are from the app's folder)."""
+        data = (data or '').strip()
+        if not data:
+            raise JobError('give a dataset')
+        if data == self.default_data:
+            return data if data == OFFICIAL_CIFAR10 else str(REPO / data)
+        if data == OFFICIAL_CIFAR10:
+            raise JobError('downloading CIFAR-10 is not offered here: give a dataset on this server')
+        resolved = (REPO / data).resolve()
+        if self.data_roots is not None and \
+                not any(resolved.is_relative_to(root.resolve()) for root in self.data_roots):
+            allowed = ', '.join(self.shown(str(root)) for root in self.data_roots)
+            raise JobError(f'dataset {data} is outside the folders this server allows ({allowed})')
+        if not resolved.exists():
+            raise JobError(f'dataset not found: {data}')
+        if not os.access(resolved, os.R_OK | (os.X_OK if resolved.is_dir() else 0)):
+            raise JobError(f'dataset {data} cannot be read by this server')
+        return str(resolved)
+
+    def shown(self, text: str) -> str:
+        """Text for a client: the runs folder as ``runs``, paths in the app's folder relative to it."""
+        runs = str(self.manager.runs_dir.resolve())
+        return text.replace(runs, 'runs').replace(f'{REPO}{os.sep}', '').replace(str(REPO), '.')
 
     def _authorise(self, token: str | None) -> None:
         if self.token is not None and not hmac.compare_digest(str(token or '').encode(), self.token.encode()):
@@ -104,31 +163,52 @@ class TrainDesk:
         self._authorise(token)
         if length not in ('epochs', 'steps', 'seconds'):
             raise JobError(f'run length is epochs, steps or seconds, not {length!r}')
-        if amount is None or amount <= 0:
+        if device not in ('auto', 'cpu', 'cuda'):
+            raise JobError(f'device is auto, cpu or cuda, not {device!r}')
+        if not isinstance(amount, (int, float)) or not amount > 0:
             raise JobError(f'the run length must be positive, got {amount}')
         for label, value, low, high in (('learning rate', lr, 1e-8, 1.0), ('attention weight', attn_weight, 0, 1e4),
-                                        ('alpha', alpha, 0, 1), ('tau', tau, 1e-3, 100),
-                                        ('batch size', batch_size, 1, 65536)):
-            if value is None or not low <= value <= high:
-                raise JobError(f'{label} must be between {low} and {high}, got {value}')
-        settings = dict(method=method, model=model, model_args=parse_model_args(model_args), data=data,
-                        teacher=teacher or None, lr=float(lr), attn_weight=float(attn_weight), alpha=float(alpha),
-                        tau=float(tau), seed=int(seed), subset=int(subset) if subset else None,
+                                        ('alpha', alpha, 0, 1), ('tau', tau, 1e-3, 100), ('seed', seed, 0, 2**31 - 1),
+                                        ('subset', subset or 0, 0, 10**7),
+                                        ('batch size', batch_size, 1, self.manager.limits.max_batch_size)):
+            if not isinstance(value, (int, float)) or not low <= value <= high:
+                raise JobError(f'{label} must be between {low:g} and {high:g}, got {value}')
+        try:
+            check_architecture_args(model_args := parse_model_args(model_args))
+        except ValueError as err:
+            raise JobError(f'architecture arguments: {err}') from None
+        settings = dict(method=method, model=model, model_args=model_args, data=self._dataset(data),
+                        teacher=self._teacher(teacher), lr=float(lr), attn_weight=float(attn_weight),
+                        alpha=float(alpha), tau=float(tau), seed=int(seed), subset=int(subset) if subset else None,
                         batch_size=int(batch_size), device=device, log_every=10,
                         **{dict(epochs='epochs', steps='steps', seconds='time_budget')[length]:
                            int(amount) if length == 'steps' else float(amount)})
-        self._confine(settings['teacher'], data)
-        if settings['teacher'] is not None and not Path(settings['teacher']).is_file():
-            raise JobError(f'teacher checkpoint not found: {settings["teacher"]}')
-        return self.manager.status(self.manager.submit(name or method, settings))
+        try:
+            return self._shown_job(self.manager.status(self.manager.submit(name or method, settings)))
+        except JobError as err:
+            raise JobError(self.shown(str(err))) from None
 
     def cancel(self, name: str, token: str | None = None) -> dict[str, Any]:
         self._authorise(token)
-        return self.manager.cancel(name)
+        return self._shown_job(self.manager.cancel(self._known(name)))
 
     def resume(self, name: str, token: str | None = None) -> dict[str, Any]:
         self._authorise(token)
-        return self.manager.resume(name)
+        return self._shown_job(self.manager.resume(self._known(name)))
+
+    def _known(self, name: str | None) -> str:
+        """A job named by any client (not only the one that started it), or a clear error."""
+        if not name or not isinstance(name, str):
+            raise JobError('choose a job (by its name in the job list)')
+        return name
+
+    def _shown_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A job's status for a client: no server paths; on a public server, the error's last line only."""
+        job = dict(job)
+        if job.get('error'):
+            error = self.shown(job['error'])
+            job['error'] = _last_line(error) if self.public else error
+        return job
 
     def rows(self) -> list[list]:
         """The job list as table rows, newest first."""
@@ -145,10 +225,17 @@ class TrainDesk:
         """One job, live: progress with step, total and ETA; curves; the end of its output; its error."""
         if not name:
             return JobView('', training_curves([]), '', {})
-        job = self.manager.status(name)
-        log = self.manager.log_tail(name)
+        job = self._shown_job(self.manager.status(name))
+        log = self.shown(self.manager.log_tail(name))
+        if self.public and 'Traceback (most recent call last)' in log:
+            log = log[:log.index('Traceback (most recent call last)')] + '(traceback not shown on a public server)'
         if job['state'] == 'failed' and job['error']:
             log = f'FAILED: {job["error"]}\n\n--- output ---\n{log}'
         return JobView(progress=progress_html(job['step'], job['total_steps'], job['progress'], job['eta_s'],
                                               job['state']),
                        figure=training_curves(self.manager.metrics(name)), log=log, job=job)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text

@@ -23,9 +23,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(log: Path, **env: str) -> Iterator[str]:
-    """Start app.py with extra environment, wait until it serves, yield its URL, stop it."""
+    """Start app.py with extra environment (bound to 127.0.0.1 unless ``GRADIO_SERVER_NAME`` is given),
+    wait until it serves, yield its URL, stop it."""
     port = free_port()
-    environment = dict(os.environ, GRADIO_SERVER_NAME='127.0.0.1', GRADIO_SERVER_PORT=str(port), **env)
+    environment = {**os.environ, 'GRADIO_SERVER_NAME': '127.0.0.1', 'GRADIO_SERVER_PORT': str(port), **env}
     with open(log, 'w') as out:
         process = subprocess.Popen([sys.executable, 'app.py'], cwd=REPO, env=environment, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -126,11 +127,78 @@ def test_the_list_survives_an_app_restart(client, runs, cifar_archive, tiny_bund
     assert [row[:6] for row in after] == [row[:6] for row in before]
 
 
-def test_public_deployment_has_no_train_endpoints_unless_enabled(tmp_path, cifar_archive):
-    with running_app(tmp_path / 'space.log', SPACE_ID='someone/advit', ADVIT_RUNS=str(tmp_path / 'runs'),
-                     ADVIT_CHECKPOINTS=str(tmp_path / 'none'), ADVIT_DATA=str(cifar_archive)) as url:
+def test_any_client_lists_watches_cancels_and_resumes_a_job_by_name(app, client, runs, cifar_archive):
+    """The job API is not tied to the page session that started a job: a client that connects later
+    (a reconnecting script, another browser) finds the job by name and acts on it."""
+    start(client, 'shared', cifar_archive, 100_000)
+    other = Client(app, verbose=False)  # a fresh session: its job dropdown has never listed 'shared'
+    assert 'shared' in [row[0] for row in other.predict(api_name='/list_jobs')['data']]
+    assert wait_for(other, 'shared', ('running',), min_step=2)['name'] == 'shared'
+    progress, _, log, job = other.predict('shared', api_name='/job_status')
+    assert job['name'] == 'shared' and 'step' in progress
+    assert other.predict('shared', '', api_name='/cancel_job')['name'] == 'shared'
+    assert wait_for(client, 'shared', ('cancelled',), timeout=20)['state'] == 'cancelled'
+    assert other.predict('shared', '', api_name='/resume_job')['state'] in ('queued', 'running')
+    assert wait_for(client, 'shared', ('running',))['state'] == 'running'
+    client.predict('shared', '', api_name='/cancel_job')
+    wait_for(other, 'shared', ('cancelled',), timeout=20)
+    with pytest.raises(Exception, match='not a job'):
+        other.predict('no-such-job', api_name='/job_status')
+    with pytest.raises(Exception, match='is not a run in'):
+        other.predict('../../etc', '', api_name='/cancel_job')
+
+
+def test_the_page_names_no_server_path(app, runs, tiny_bundle, cifar_archive):
+    config = urllib.request.urlopen(f'{app}/config', timeout=30).read().decode()
+    for path in (REPO, runs, tiny_bundle, cifar_archive):
+        assert str(path) not in config, f'{path} is in the public config'
+    assert f'{tiny_bundle.name}/teacher.safetensors' in config
+
+
+@pytest.mark.parametrize('environment', [dict(GRADIO_SERVER_NAME='0.0.0.0'),
+                                         dict(GRADIO_SERVER_NAME='0.0.0.0', ADVIT_JOBS='on'),
+                                         dict(SPACE_ID='someone/advit', ADVIT_JOBS='on')])
+def test_a_public_bind_has_no_train_endpoints_without_a_token(tmp_path, cifar_archive, environment):
+    with running_app(tmp_path / 'public.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_CHECKPOINTS=str(tmp_path / 'none'),
+                     ADVIT_DATA=str(cifar_archive), **environment) as url:
         endpoints = Client(url, verbose=False).view_api(print_info=False, return_format='dict')['named_endpoints']
-    assert '/attention' in endpoints and '/start_job' not in endpoints
+        config = urllib.request.urlopen(f'{url}/config', timeout=30).read().decode()
+    assert '/attention' in endpoints and not {'/start_job', '/cancel_job', '/resume_job'} & set(endpoints)
+    assert 'ADVIT_JOBS_TOKEN' in config, 'the Train tab says why it is read-only'
+    assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').iterdir())
+
+
+def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, cifar_archive, tiny_bundle):
+    runs = tmp_path / 'runs'
+    with running_app(tmp_path / 'public.log', GRADIO_SERVER_NAME='0.0.0.0', ADVIT_JOBS_TOKEN='s3cret',
+                     ADVIT_RUNS=str(runs), ADVIT_CHECKPOINTS=str(tiny_bundle), ADVIT_DATA=str(cifar_archive)) as url:
+        client = Client(url, verbose=False)
+
+        def refused(message: str, **form) -> None:
+            values = dict(name='abuse', method='vit', model='vit_tiny_patch4_32', model_args=TINY_ARGS, teacher=None,
+                          data=str(cifar_archive), length='steps', amount=3, lr=1e-3, attn_weight=1.0, alpha=0.5,
+                          tau=1.0, seed=0, subset=256, batch_size=64, device='cpu', token='s3cret')
+            values.update(form)
+            with pytest.raises(Exception, match=message):
+                client.predict(*values.values(), api_name='/start_job')
+            assert not runs.exists() or not any(runs.iterdir()), f'{form} left a run folder'
+
+        refused('valid token', token='')
+        refused('the limit here is 20000', amount=10**9)
+        refused('the limit here is 3600s', length='seconds', amount=3.5e8)
+        refused('batch size must be between 1 and 256', batch_size=65536)
+        refused('not an architecture argument: checkpoint_path', model_args='checkpoint_path=/etc/passwd')
+        refused('not an architecture argument: pretrained_cfg', model_args='pretrained_cfg={"file": "/etc/passwd"}')
+        refused('cannot build', model_args='depth=2, embed_dim=50, num_heads=3')
+        refused('outside the folders this server allows', data='/etc')
+        refused('not one of the checkpoints on offer', method='advit_l1', teacher='/etc/passwd')
+        # A job that fails inside its process (16 images do not fill a batch of 64): its error line, no traceback.
+        job, _, _ = client.predict('fails', 'vit', 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps',
+                                   3, 1e-3, 1.0, 0.5, 1.0, 0, 16, 64, 'cpu', 's3cret', api_name='/start_job')
+        failed = wait_for(client, job['name'], ('failed',))
+        _, _, log, _ = client.predict(job['name'], api_name='/job_status')
+    assert 'do not fill one batch' in failed['error'] and '\n' not in failed['error']
+    assert 'Traceback' not in log and 'File "' not in log and str(REPO) not in log and str(runs) not in log
 
 
 def test_token_is_needed_when_set(tmp_path, cifar_archive):

@@ -172,6 +172,13 @@ def test_discover(tmp_path):
     checkpoints = [e for e in entries if not e.key.startswith(TIMM_PREFIX)]
     assert [e.key for e in checkpoints] == [str(p) for p in (broken, good, other, run_best, run3_best)]
     assert [e.usable for e in checkpoints] == [False, True, False, True, True]
+    # Clients see folder and file, and reasons that name them so, never the server's absolute paths.
+    assert [e.name for e in checkpoints] == ['bundle/a_broken.safetensors', 'bundle/b_good.safetensors',
+                                             'extra/other.safetensors', 'runs/run1/best.safetensors',
+                                             'runs/run3/best.safetensors']
+    assert str(tmp_path) not in checkpoints[0].problem and 'bundle/a_broken.safetensors' in checkpoints[0].problem
+    inside = discover([bundle], None, home=tmp_path)  # a folder inside the app's: the path from there
+    assert [e.name for e in inside][:2] == ['bundle/a_broken.safetensors', 'bundle/b_good.safetensors']
     timm_entries = [e.key for e in entries if e.key.startswith(TIMM_PREFIX)]
     assert timm_entries == [e.key for e in cached_timm_models()]
 
@@ -256,3 +263,17 @@ def test_cache_drops_the_stale_model_of_a_rewritten_file(tmp_path):
 def test_models_have_readable_names(key, meta, label):
     from advit.names import model_label
     assert model_label(key, meta) == label
+
+
+@pytest.mark.parametrize('key, value', [('checkpoint_path', 'SECRET'), ('pretrained_cfg', {'file': 'SECRET'}),
+                                        ('pretrained_cfg_overlay', {'file': 'SECRET'})])
+def test_metadata_that_names_a_file_is_refused_before_any_model_is_built(tmp_path, key, value):
+    """A checkpoint's metadata must never make the app open another file (timm reads checkpoint_path)."""
+    secret = tmp_path / 'secret.pth'
+    torch.save(tiny().state_dict(), secret)  # weights timm would load, were the key passed on
+    value = str(secret) if value == 'SECRET' else {'file': str(secret)}
+    path = save(tmp_path / 'sly.safetensors', meta=meta_for(**{key: value}))
+    entry = check_checkpoint(path)
+    assert not entry.usable and f'not an architecture argument: {key}' in entry.problem
+    with pytest.raises(Exception, match=f'not an architecture argument: {key}'):
+        ModelCache().get(str(path))

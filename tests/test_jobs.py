@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -183,18 +185,53 @@ def test_max_seconds_sets_or_clamps_the_time_budget(tmp_path, cifar_archive, job
 
 
 def test_limits_from_env(monkeypatch):
-    for variable in ('ADVIT_MAX_JOBS', 'ADVIT_JOB_MAX_STEPS', 'ADVIT_JOB_MAX_SECONDS'):
+    variables = ('ADVIT_MAX_JOBS', 'ADVIT_MAX_QUEUED', 'ADVIT_JOB_MAX_STEPS', 'ADVIT_JOB_MAX_SECONDS',
+                 'ADVIT_JOB_MAX_BATCH', 'ADVIT_JOB_MAX_PARAMS')
+    for variable in variables:
         monkeypatch.delenv(variable, raising=False)
-    assert JobLimits.from_env() == JobLimits(max_concurrent=1, max_steps=None, max_seconds=None)
-    monkeypatch.setenv('ADVIT_MAX_JOBS', '3')
-    monkeypatch.setenv('ADVIT_JOB_MAX_STEPS', '500')
-    monkeypatch.setenv('ADVIT_JOB_MAX_SECONDS', '90.5')
-    limits = JobLimits.from_env()
-    assert limits == JobLimits(max_concurrent=3, max_steps=500, max_seconds=90.5)
+    assert JobLimits.from_env() == JobLimits() and JobLimits.from_env(public=True) == JobLimits.public()
+    public, local = JobLimits.public(), JobLimits()
+    assert all(getattr(public, name) < getattr(local, name) for name in
+               ('max_queued', 'max_steps', 'max_seconds', 'max_batch_size', 'max_params')), 'tighter when public'
+    for variable, value in zip(variables, ('3', '5', '500', '90.5', '64', '2e6')):
+        monkeypatch.setenv(variable, value)
+    limits = JobLimits.from_env(public=True)
+    assert limits == JobLimits(max_concurrent=3, max_queued=5, max_steps=500, max_seconds=90.5, max_batch_size=64,
+                               max_params=2_000_000)
     assert isinstance(limits.max_steps, int) and isinstance(limits.max_seconds, float)
     monkeypatch.setenv('ADVIT_MAX_JOBS', '')
     monkeypatch.setenv('ADVIT_JOB_MAX_STEPS', '')
-    assert JobLimits.from_env() == JobLimits(max_concurrent=1, max_steps=None, max_seconds=90.5)
+    assert JobLimits.from_env().max_concurrent == 1 and JobLimits.from_env().max_steps == local.max_steps
+    monkeypatch.setenv('ADVIT_JOB_MAX_BATCH', 'lots')
+    with pytest.raises(JobError, match="ADVIT_JOB_MAX_BATCH='lots' is not a number"):
+        JobLimits.from_env()
+
+
+def test_the_queue_is_bounded(tmp_path, cifar_archive, jobs):
+    manager = jobs(JobLimits(max_concurrent=0, max_queued=2))
+    manager.submit('one', job_settings(cifar_archive))
+    manager.submit('two', job_settings(cifar_archive))
+    with pytest.raises(JobError, match='2 jobs are queued or running, the most this server takes'):
+        manager.submit('three', job_settings(cifar_archive))
+    manager.cancel('one')
+    assert manager.submit('three', job_settings(cifar_archive)) == 'three', 'a cancelled job frees its place'
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(batch_size=65_536), 'batch size 65536: the limit here is 1 to 256'),
+    (dict(steps=10**9), '1000000000 steps asked for: the limit here is 20000'),
+    (dict(steps=None, time_budget=3.5e8), 'a 350000000s time budget asked for: the limit here is 3600s'),
+    (dict(model='vit_base_patch4_32', model_args={}), '85.2M parameters: the limit here is 30.0M'),
+    (dict(model_args={'checkpoint_path': '/etc/passwd'}), 'not an architecture argument: checkpoint_path'),
+    (dict(model_args={'img_size': 64}), 'img_size is set by the run itself: use --image-size'),
+    (dict(model_args={'drop_path_rate': 0.2}), 'drop_path_rate is set by the run itself: use --drop-path'),
+    (dict(model_args={'depth': 2, 'embed_dim': 50, 'num_heads': 3}), 'cannot build vit_tiny_patch4_32'),
+])
+def test_public_limits_refuse_before_anything_is_written(overrides, message, tmp_path, cifar_archive, jobs):
+    manager = jobs(replace(JobLimits.public(), max_concurrent=0))
+    with pytest.raises(JobError, match=re.escape(message)):
+        manager.submit('big', job_settings(cifar_archive, **overrides))
+    assert not (tmp_path / 'runs').exists() or list((tmp_path / 'runs').iterdir()) == []
 
 
 # --- lifecycle with real processes ---------------------------------------------------------------

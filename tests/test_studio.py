@@ -22,7 +22,9 @@ def studio(tiny_bundle, cifar_archive, tmp_path_factory) -> Studio:
 
 def test_choices_defaults_and_problems(studio, tiny_bundle):
     keys = [key for _, key in studio.choices()]
-    assert sorted(keys) == sorted(str(tiny_bundle / f'{n}.safetensors') for n in ('teacher', 'advit_l1', 'deit_hard'))
+    # Named by folder and file, never by an absolute server path (the page's config is public).
+    assert sorted(keys) == sorted(f'{tiny_bundle.name}/{n}.safetensors' for n in ('teacher', 'advit_l1', 'deit_hard'))
+    assert studio.offered(keys[0], studio.entries()).key == str(tiny_bundle.parent / keys[0])
     defaults = studio.default_keys()
     assert defaults['teacher'].endswith('teacher.safetensors')  # the largest model
     assert defaults['student'].endswith('advit_l1.safetensors') and defaults['compare_a'] == defaults['student']
@@ -76,10 +78,10 @@ def test_attention_refuses_bad_requests(studio, tmp_path, tiny_bundle):
         studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'median')
 
 
-def test_compare_view_matches_saved_predictions(studio):
+def test_compare_view_matches_saved_predictions(studio, tiny_bundle):
     defaults = studio.default_keys()
     a, b = defaults['compare_a'], defaults['compare_b']
-    saved_a, saved_b = load_predictions(a), load_predictions(b)
+    saved_a, saved_b = (load_predictions(tiny_bundle.parent / name) for name in (a, b))
     expected = Comparison(saved_a['labels'].astype(int), saved_a['preds'].astype(int), saved_b['preds'].astype(int),
                           studio.test_set().classes)
     view = studio.compare(a, b, 'all')
@@ -105,7 +107,7 @@ def test_a_cnn_is_compared_but_has_no_attention_view(studio, tiny_bundle, tmp_pa
         model='resnet10t', model_args=dict(num_classes=10, img_size=32), classes=list(CIFAR10_CLASSES),
         image_size=32, mean=[0.5] * 3, std=[0.5] * 3, method='vit', params=sum(p.numel() for p in cnn.parameters())))
     mixed = Studio([tiny_bundle, folder], None, cifar_archive)
-    cnn_key, deit_key = str(folder / 'resnet.safetensors'), str(tiny_bundle / 'deit_hard.safetensors')
+    cnn_key, deit_key = 'with-cnn/resnet.safetensors', f'{tiny_bundle.name}/deit_hard.safetensors'
     assert cnn_key in [key for _, key in mixed.choices()] and cnn_key not in [k for _, k in mixed.choices(vit_only=True)]
     view = mixed.compare(cnn_key, deit_key, 'all')
     assert len(view.table) == 11 and 'resnet' in view.summary

@@ -4,13 +4,14 @@ from __future__ import annotations
 import datetime
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from advit.jobs import JobError, JobLimits, JobManager
-from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_enabled, parse_model_args
-from conftest import TINY, kill_jobs
+from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_off_reason, parse_model_args
+from conftest import REPO, TINY, kill_jobs
 
 
 def form(archive: Path, **overrides) -> dict:
@@ -56,33 +57,43 @@ def run_folders(tmp_path: Path) -> list[str]:
 # --- access --------------------------------------------------------------------------------------
 
 
-def test_jobs_enabled_by_default_off_on_a_space_and_overridden_by_advit_jobs(monkeypatch):
-    monkeypatch.delenv('ADVIT_JOBS', raising=False)
-    monkeypatch.delenv('SPACE_ID', raising=False)
-    assert jobs_enabled() is True
-    monkeypatch.setenv('SPACE_ID', 'someone/advit')
-    assert jobs_enabled() is False
-    for value, expected in (('on', True), ('ON', True), ('1', True), ('yes', True), ('off', False),
-                            ('0', False), ('false', False), ('maybe', False)):
-        monkeypatch.setenv('ADVIT_JOBS', value)
-        assert jobs_enabled() is expected, value
-    monkeypatch.delenv('SPACE_ID')
-    monkeypatch.setenv('ADVIT_JOBS', 'off')
-    assert jobs_enabled() is False
-    monkeypatch.setenv('ADVIT_JOBS', 'maybe')
-    assert jobs_enabled() is True, 'an unknown setting falls back to the default'
+@pytest.mark.parametrize('bind, space, token, setting, on', [
+    (None, False, None, None, True),  # loopback, Gradio's default: one's own machine
+    ('127.0.0.1', False, None, None, True), ('localhost', False, None, None, True), ('::1', False, None, 'on', True),
+    ('127.0.0.1', False, None, 'off', False),
+    ('0.0.0.0', False, None, None, False), ('0.0.0.0', False, None, 'on', False),  # public: a token or nothing
+    ('192.168.1.5', False, None, 'on', False),
+    ('0.0.0.0', False, 's3cret', None, True), ('0.0.0.0', False, 's3cret', 'off', False),
+    ('127.0.0.1', True, None, 'on', False), ('0.0.0.0', True, 's3cret', None, True),  # a Space is public
+])
+def test_jobs_are_on_on_loopback_and_need_a_token_beyond_it(monkeypatch, bind, space, token, setting, on):
+    for name, value in (('GRADIO_SERVER_NAME', bind), ('SPACE_ID', 'someone/advit' if space else None),
+                        ('ADVIT_JOBS_TOKEN', token), ('ADVIT_JOBS', setting)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    reason = jobs_off_reason()
+    assert (reason is None) is on
+    if not on:
+        assert ('ADVIT_JOBS=off' in reason) if setting == 'off' else ('ADVIT_JOBS_TOKEN' in reason)
 
 
 def test_from_env_reads_limits_and_token(monkeypatch, tmp_path):
     monkeypatch.setenv('ADVIT_MAX_JOBS', '2')
     monkeypatch.setenv('ADVIT_JOB_MAX_STEPS', '10')
     monkeypatch.delenv('ADVIT_JOB_MAX_SECONDS', raising=False)
+    monkeypatch.delenv('GRADIO_SERVER_NAME', raising=False)
+    monkeypatch.delenv('SPACE_ID', raising=False)
     monkeypatch.setenv('ADVIT_JOBS_TOKEN', 's3cret')
     monkeypatch.setenv('ADVIT_DATA_ROOTS', str(tmp_path / 'more'))
     data = tmp_path / 'data' / 'cifar.tar.xz'
     desk = TrainDesk.from_env(tmp_path / 'runs', set, data)
     assert desk.token == 's3cret' and desk.manager.runs_dir == tmp_path / 'runs'
-    assert desk.manager.limits == JobLimits(max_concurrent=2, max_steps=10, max_seconds=None)
+    assert desk.manager.limits == JobLimits(max_concurrent=2, max_steps=10) and not desk.public
+    monkeypatch.setenv('GRADIO_SERVER_NAME', '0.0.0.0')
+    public = TrainDesk.from_env(tmp_path / 'runs', set, data)
+    assert public.public and public.manager.limits == replace(JobLimits.public(), max_concurrent=2, max_steps=10)
     assert desk.data_roots == [data.parent.resolve(), tmp_path / 'more']
     monkeypatch.setenv('ADVIT_JOBS_TOKEN', '')
     assert TrainDesk.from_env(tmp_path / 'runs', set, data).token is None, 'an empty token means no token'
@@ -112,8 +123,16 @@ def test_parse_model_args():
     (dict(attn_weight=-1.0), 'attention weight must be between'),
     (dict(alpha=1.5), 'alpha must be between 0 and 1, got 1.5'),
     (dict(tau=0.0), 'tau must be between'),
-    (dict(batch_size=0), 'batch size must be between 1 and 65536, got 0'),
-    (dict(batch_size=100_000), 'batch size must be between'),
+    (dict(batch_size=0), 'batch size must be between 1 and 4096, got 0'),
+    (dict(batch_size=100_000), 'batch size must be between 1 and 4096'),
+    (dict(batch_size=float('nan')), 'batch size must be between'),
+    (dict(seed=-1), 'seed must be between'),
+    (dict(device='tpu'), 'device is auto, cpu or cuda'),
+    (dict(model_args='checkpoint_path="/etc/passwd"'), 'not an architecture argument: checkpoint_path'),
+    (dict(model_args='pretrained_cfg={"file": "/etc/passwd"}'), 'not an architecture argument: pretrained_cfg'),
+    (dict(model_args='embed_dim=50'), 'cannot build vit_tiny_patch4_32'),  # 50 is not a multiple of 3 heads
+    (dict(model_args='depth=200, embed_dim=4096, num_heads=8'), 'the limit here is 1000.0M'),
+    (dict(model='vit_nonexistent'), 'unknown model'),
     (dict(model_args='depth'), 'KEY=VALUE'),
     (dict(method='advit_l1', teacher='/nowhere/teacher.safetensors'),
      'teacher checkpoint not found: /nowhere/teacher.safetensors'),
@@ -136,7 +155,10 @@ def test_start_queues_the_form_as_a_request(length, amount, field, value, tmp_pa
     assert job['state'] == 'queued' and job['name'] == 'vit', 'no name: the method names the run'
     request = json.loads((tmp_path / 'runs' / 'vit' / 'request.json').read_text())
     assert request[field] == value and type(request[field]) is type(value)
-    assert {key for key in ('steps', 'epochs', 'time_budget') if key in request} == {field}
+    limits = JobLimits()  # the run is also capped by the default limits: the first one reached ends it
+    assert request['steps'] == (value if field == 'steps' else limits.max_steps)
+    assert request['time_budget'] == (value if field == 'time_budget' else limits.max_seconds)
+    assert request.get('epochs') == (value if field == 'epochs' else None)
     assert request['model_args'] == TINY and request['subset'] == 256 and request['teacher'] is None
     assert request['batch_size'] == 64 and request['device'] == 'cpu' and request['lr'] == 1e-3
 
@@ -214,7 +236,7 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
 
 
 def test_typed_paths_are_confined_to_what_the_server_offers(tmp_path, cifar_archive, tiny_bundle):
-    offered = {str(tiny_bundle / 'teacher.safetensors')}
+    offered = {'bundle/teacher.safetensors': str(tiny_bundle / 'teacher.safetensors')}
     desk = TrainDesk(JobManager(tmp_path / 'runs', JobLimits(max_concurrent=0)),
                      teachers=lambda: offered, data_roots=[cifar_archive.parent])
     outside = tmp_path / 'elsewhere.safetensors'
@@ -225,5 +247,31 @@ def test_typed_paths_are_confined_to_what_the_server_offers(tmp_path, cifar_arch
         with pytest.raises(JobError, match='outside the folders this server allows'):
             desk.start(**form(cifar_archive, data=data))
     assert not (tmp_path / 'runs').exists() or list((tmp_path / 'runs').iterdir()) == []
-    job = desk.start(**form(cifar_archive, method='advit_l1', teacher=str(tiny_bundle / 'teacher.safetensors')))
+    with pytest.raises(JobError, match='not one of the checkpoints on offer'):  # its file, not its name
+        desk.start(**form(cifar_archive, method='advit_l1', teacher=str(tiny_bundle / 'teacher.safetensors')))
+    job = desk.start(**form(cifar_archive, method='advit_l1', teacher='bundle/teacher.safetensors'))
     assert job['state'] == 'queued'
+    request = json.loads((tmp_path / 'runs' / job['name'] / 'request.json').read_text())
+    assert request['teacher'] == offered['bundle/teacher.safetensors']
+
+
+def test_a_public_desk_shows_a_failed_jobs_error_line_not_its_traceback(tmp_path, cifar_archive):
+    """A job that crashed with a traceback (written as the job's own files would be): a public server
+    shows its last error line, and neither traceback nor server paths; one's own machine shows all."""
+    manager = JobManager(tmp_path / 'runs', JobLimits(max_concurrent=0))
+    name = manager.submit('crashed', dict(method='vit', model='vit_tiny_patch4_32', model_args=dict(TINY),
+                                          data=str(cifar_archive), steps=3))
+    run = tmp_path / 'runs' / name
+    record = json.loads((run / 'job.json').read_text())
+    record['launches'] = [{'pid': 1, 'started': time.time() - 5, 'process_start': 'gone'}]
+    (run / 'job.json').write_text(json.dumps(record))
+    traceback = (f'step 1 loss 2.30\nTraceback (most recent call last):\n  File "{REPO}/advit/train.py", line 9, in '
+                 f'train\n    boom()\nRuntimeError: CUDA out of memory in {run}\n')
+    (run / 'output.log').write_text(traceback)
+    (run / 'status.json').write_text(json.dumps({'state': 'failed', 'updated': time.time(), 'error': traceback}))
+    public = TrainDesk(manager, public=True).view(name)
+    assert public.job['error'] == 'RuntimeError: CUDA out of memory in runs/crashed'
+    assert 'Traceback' not in public.log and 'File "' not in public.log and str(tmp_path) not in public.log
+    assert 'step 1 loss 2.30' in public.log and 'traceback not shown' in public.log
+    private = TrainDesk(manager).view(name)
+    assert 'Traceback' in private.log and 'advit/train.py' in private.log and str(REPO) not in private.log
