@@ -191,14 +191,16 @@ class AppServer:
         checkpoints: The folder of checkpoints (``ADVIT_CHECKPOINTS``).
         workdir: An empty folder for the runs folder, gradio's file cache and the server's log.
         profiling: Turn gradio's request profiler on (it keeps every request's trace in memory).
+        extra_env: More environment for the server (``ADVIT_SERVED_MB=...``).
     """
 
-    def __init__(self, checkpoints: Path, workdir: Path, profiling: bool = True) -> None:
+    def __init__(self, checkpoints: Path, workdir: Path, profiling: bool = True, **extra_env: str) -> None:
         self.url = f'http://127.0.0.1:{free_port()}'
         (workdir / 'runs').mkdir()
         env = dict(os.environ, ADVIT_CHECKPOINTS=str(checkpoints), ADVIT_RUNS=str(workdir / 'runs'),
                    GRADIO_SERVER_NAME='127.0.0.1', GRADIO_SERVER_PORT=self.url.rsplit(':', 1)[1],
-                   GRADIO_TEMP_DIR=str(workdir / 'gradio'), GRADIO_PROFILING='1' if profiling else '0')
+                   GRADIO_TEMP_DIR=str(workdir / 'gradio'), GRADIO_PROFILING='1' if profiling else '0', **extra_env)
+        self.cache = workdir / 'gradio'
         self.log_path = workdir / 'server.log'
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen([sys.executable, str(REPO / 'app.py')], cwd=REPO, env=env, stdout=log,

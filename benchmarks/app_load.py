@@ -7,11 +7,16 @@ request profiler off: it would keep every request's trace in the server's memory
 request (it loads the models), ``--clients`` concurrent ``gradio_client`` clients (threads, each with
 its own ``Client``, started together) send ``--requests`` Attention requests each. Client ``i``'s
 ``k``-th request sends example image ``(i + k) mod 20`` of ``assets/examples``, so that concurrent
-requests carry different images.
+requests carry different images; with ``--same-image`` every request sends the first example (everyone
+clicking the same example: concurrent responses return the very same panel files). With
+``--distinct`` request ``n`` of the run asks for opacity ``0.3 + 0.6 n / total`` instead of 0.6, so
+every response's panels are new files (a soak of the served-image cap, ``--served-mb``).
 
-The clients do not download the output files (``download_files=False``): gradio_client fetches the
-gallery's 24 panels of each response one after another, with a new HTTP client each (about 20 ms of
-CPU per file), which on a 2-core machine would take most of the server's CPU and measure the client.
+By default the clients do not download the output files (``download_files=False``): gradio_client
+fetches the gallery's 24 panels of each response one after another, with a new HTTP client each
+(about 20 ms of CPU per file), which on a 2-core machine would take most of the server's CPU and
+measure the client. With ``--same-image`` they do, and each panel must decode as a whole image: a
+file torn while it is served shows there.
 
 Each response is checked:
 
@@ -26,11 +31,13 @@ Latency: the client-side seconds of each request (``time.perf_counter``; upload,
 server's work), p50 and p95 over all requests. Memory: the app process's resident set
 (``VmRSS`` of ``/proc/<pid>/status``) read when the 20th, 100th and 200th (by default; ``--rss-at``)
 request of the run has been answered, and the growth from the first reading to the last; the goal
-is under 10% (no leak). Also the run's wall time and throughput, and the CPU seconds the server and
+is under 10% (no leak). At the same moments, the size of Gradio's file cache (the server's
+``GRADIO_TEMP_DIR``: uploads and served images). Also the run's wall time and throughput, and the CPU seconds the server and
 this process (the clients) used over it.
 
     python benchmarks/app_load.py                                      # 8 clients x 25 requests
     python benchmarks/app_load.py --clients 4 --requests 10 --rss-at 10,40
+    python benchmarks/app_load.py --same-image --json benchmarks/results/app_load-same-image-cpu.json
     python benchmarks/app_load.py --json benchmarks/results/app_load-cpu.json
 """
 from __future__ import annotations
@@ -54,6 +61,7 @@ import numpy as np
 import timm
 import torch
 from gradio_client import Client, handle_file
+from PIL import Image
 
 from advit.inspection import GAP_KINDS
 from advit.studio import Studio
@@ -74,6 +82,28 @@ def rss_mib(pid: int) -> float:
             assert unit == 'kB', line
             return int(value) / 1024
     raise RuntimeError(f'no VmRSS for process {pid}')
+
+
+def folder_mib(folder: Path) -> float:
+    """MiB of the files under ``folder`` (one removed while counted is skipped)."""
+    total = 0
+    for path in folder.rglob('*'):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:
+            pass
+    return total / 2**20
+
+
+def undecodable(panels: list[dict[str, Any]]) -> str | None:
+    """What is wrong with a response's downloaded panel files, or None when each decodes whole."""
+    for panel in panels:
+        try:
+            with Image.open(panel['image']) as image:
+                image.load()
+        except Exception as err:  # noqa: BLE001 - any failure to decode is the finding
+            return f'panel {Path(panel["image"]).name} does not decode: {type(err).__name__}: {err}'
+    return None
 
 
 def cpu_s(pid: int) -> float:
@@ -129,8 +159,8 @@ def check_answer(data: Any, expected: dict[str, list[float]], layers: int, toler
 class Load:
     """The run's shared record: latencies, errors, wrong answers and RSS readings, under one lock."""
 
-    def __init__(self, pid: int, rss_at: list[int]) -> None:
-        self.pid, self.rss_at = pid, set(rss_at)
+    def __init__(self, pid: int, rss_at: list[int], cache: Path) -> None:
+        self.pid, self.rss_at, self.cache = pid, set(rss_at), cache
         self.lock = threading.Lock()
         self.answered = 0
         self.times_s: list[float] = []
@@ -138,6 +168,7 @@ class Load:
         self.worst_gap_diff = 0.0
         self.problems: list[str] = []
         self.rss_mib: dict[int, float] = {}
+        self.cache_mib: dict[int, float] = {}
 
     def record(self, seconds: float, problem: str | None, error: bool, gap_diff: float) -> None:
         with self.lock:
@@ -153,29 +184,36 @@ class Load:
                 self.problems.append(problem)
             if self.answered in self.rss_at:
                 self.rss_mib[self.answered] = rss_mib(self.pid)
+                self.cache_mib[self.answered] = folder_mib(self.cache)
 
 
 def run_load(server: AppServer, keys: dict[str, str], expected: dict[str, dict[str, list[float]]], layers: int,
              args: argparse.Namespace) -> Load:
     """``args.clients`` concurrent clients sending ``args.requests`` checked Attention requests each."""
-    load = Load(server.process.pid, args.rss_at)
-    clients = [Client(server.url, verbose=False, download_files=False) for _ in range(args.clients)]
+    load = Load(server.process.pid, args.rss_at, server.cache)
+    downloads = server.cache.parent / 'downloads' if args.same_image else None  # removed with the server's folder
+    clients = [Client(server.url, verbose=False, download_files=f'{downloads}/{i}' if downloads else False)
+               for i in range(args.clients)]
     start_together = threading.Barrier(args.clients)
 
     def run(index: int) -> None:
         start_together.wait()
         for k in range(args.requests):
-            image = EXAMPLES[(index + k) % len(EXAMPLES)]
+            image = EXAMPLES[0 if args.same_image else (index + k) % len(EXAMPLES)]
+            opacity = 0.3 + 0.6 * (index * args.requests + k) / (args.clients * args.requests) if args.distinct \
+                else OPACITY  # the gaps do not depend on it: the expected answer holds
             start = time.perf_counter()
             try:
                 outputs = clients[index].predict(handle_file(str(image)), keys['teacher'], keys['student'], FUSION,
-                                                 HEAD, OPACITY, api_name='/attention')
+                                                 HEAD, opacity, api_name='/attention')
             except Exception as err:  # noqa: BLE001 - every failure of a request is the result
                 load.record(time.perf_counter() - start, f'client {index} request {k} ({image.name}): '
                             f'{type(err).__name__}: {err}', True, math.inf)
                 continue
             seconds = time.perf_counter() - start
             problem, diff = check_answer(outputs[-1], expected[image.name], layers, args.tolerance)
+            if downloads and problem is None:
+                problem = undecodable(outputs[0])
             load.record(seconds, problem and f'client {index} request {k} ({image.name}): {problem}', False, diff)
 
     with ThreadPoolExecutor(max_workers=args.clients) as pool:
@@ -197,7 +235,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         layers = len(next(iter(expected.values()))['l1'])
         separation = min_separation(expected)
         print('starting app.py ...', file=sys.stderr, flush=True)
-        with AppServer(checkpoints, workdir, profiling=False) as server, temp_root(workdir / 'client-tmp'):
+        served = {'ADVIT_SERVED_MB': str(args.served_mb)} if args.served_mb else {}
+        with AppServer(checkpoints, workdir, profiling=False, **served) as server, \
+                temp_root(workdir / 'client-tmp'):
             startup_s = server.wait_until_ready()
             warm = Client(server.url, verbose=False, download_files=False)
             warm.predict(handle_file(str(EXAMPLES[0])), keys['teacher'], keys['student'], FUSION, HEAD, OPACITY,
@@ -219,13 +259,15 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         p50_s=float(np.percentile(times, 50)), p95_s=float(np.percentile(times, 95)), max_s=float(max(times)),
         wall_s=wall_s, throughput_per_s=len(times) / wall_s, server_cpu_s=server_cpu, clients_cpu_s=client_cpu, times_s=[float(t) for t in times],
         rss_before_mib=rss_before, rss_mib={str(n): v for n, v in sorted(load.rss_mib.items())},
+        gradio_cache_mib={str(n): v for n, v in sorted(load.cache_mib.items())},
         rss_growth=growth, server_alive_at_end=alive, server_log_tail=log_tail)
     results['passed'] = bool(load.errors == 0 and load.wrong == 0 and load.answered == args.clients * args.requests
                              and growth is not None and growth < RSS_GROWTH_GOAL and alive)
     config = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads(),
                   teacher=PAIR.teacher, student=PAIR.student, image_size=PAIR.image_size, clients=args.clients,
                   requests_per_client=args.requests, tolerance=args.tolerance, rss_at=args.rss_at,
-                  images=len(EXAMPLES), download_files=False, torch=torch.__version__, timm=timm.__version__,
+                  images=1 if args.same_image else len(EXAMPLES), download_files=args.same_image,
+                  distinct_panels=args.distinct, served_mb=args.served_mb, torch=torch.__version__, timm=timm.__version__,
                   gradio=gradio.__version__, gradio_client=gradio_client.__version__, app_startup_s=startup_s,
                   load_start=load_at_start, load_end=os.getloadavg()[0])
     return dict(config=config, results=results)
@@ -253,6 +295,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(f'  problem: {problem}')
     if r['server_log_tail']:
         print('server log (end):\n' + r['server_log_tail'])
+    print('Gradio file cache MiB at ' + ', '.join(f'{n}: {v:.2f}' for n, v in r['gradio_cache_mib'].items()))
     print(f'goal: no errors, every answer right, RSS growth under {RSS_GROWTH_GOAL:.0%} -> '
           f'{"met" if r["passed"] else "MISSED"}')
 
@@ -263,6 +306,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--requests', type=int, default=25, help='requests per client')
     parser.add_argument('--rss-at', default='20,100,200', help='read the server RSS after these many answers')
     parser.add_argument('--tolerance', type=float, default=1e-6, help='largest gap difference from the in-process one')
+    parser.add_argument('--same-image', action='store_true',
+                        help='every request sends the same example, and each response\'s panels are downloaded')
+    parser.add_argument('--distinct', action='store_true', help='a new opacity for every request: all panels new')
+    parser.add_argument('--served-mb', type=float, help='the server\'s cap on served images (ADVIT_SERVED_MB)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', type=Path, help='write the results here')
     args = parser.parse_args(argv)
