@@ -5,7 +5,9 @@ and standard deviation over seeds, and Table 2 (per-class accuracy of two runs s
 
 writes ``table1.md`` / ``table1.csv`` and, with ``--compare``, ``table2.md`` / ``table2.csv`` and
 ``per_class.png``. Each run contributes its best checkpoint's evaluation (``best.eval.json``) and
-metadata; runs that differ only in their seed are one row.
+metadata; runs whose configurations differ only in their seed (and where they ran: folder, device,
+ranks, versions) are one row, with mean and spread; any other difference makes its own row, and
+the setting column says what differs.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import csv
 import io
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,12 @@ from .evaluate import evaluation_paths
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
               'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
+
+
+# config.json keys that do not change what a run learns: where and how it ran, and its seed (the
+# repeats of one setting differ only there).
+NOT_SETTINGS = frozenset({'out', 'seed', 'device', 'cache_dir', 'compile', 'log_every', 'eval_batch_size',
+                          'world_size', 'versions', 'group'})
 
 
 class ReportError(ValueError):
@@ -39,6 +47,7 @@ class RunResult:
     params: int
     per_class: dict[str, float | None]
     val_top1: float | None = None  # on the held-out training images the checkpoint was selected on
+    setting: dict[str, Any] = field(default_factory=dict)  # its config.json, less NOT_SETTINGS
 
     @property
     def family(self) -> str:
@@ -68,21 +77,29 @@ def load_run(run: str | Path, evaluation: str | Path | None = None) -> RunResult
     model = meta['model'] + (f' ({", ".join(f"{k}={v}" for k, v in sorted(arch.items()))})' if arch else '')
     return RunResult(path=run, model=model, method=meta.get('method') or 'vit', seed=int(config.get('seed', 0)),
                      top1=float(evaluation['top1']), params=int(meta.get('params') or 0),
-                     per_class=evaluation['per_class'], val_top1=meta.get('val_top1'))
+                     per_class=evaluation['per_class'], val_top1=meta.get('val_top1'),
+                     setting={k: v for k, v in config.items() if k not in NOT_SETTINGS})
 
 
 def table1(results: list[RunResult]) -> list[dict[str, Any]]:
-    """Rows of Table 1: one per (model, method), top-1 as mean and standard deviation over seeds."""
-    groups: dict[tuple[str, str], list[RunResult]] = {}
+    """Rows of Table 1: one per setting (model, method and every other field of the configuration but
+    the seed), top-1 as mean and standard deviation over its seeds. Where one (model, method) has several
+    settings, each row's ``setting`` names the fields that tell them apart."""
+    groups: dict[tuple[str, str, str], list[RunResult]] = {}
     for result in results:
-        groups.setdefault((result.model, result.method), []).append(result)
+        key = (result.model, result.method, json.dumps(result.setting, sort_keys=True, default=str))
+        groups.setdefault(key, []).append(result)
     rows = []
-    for (model, method), runs in sorted(groups.items()):
+    for (model, method, _), runs in sorted(groups.items()):
         scores = [run.top1 for run in runs]
+        siblings = [group[0].setting for (m, k, _), group in groups.items() if (m, k) == (model, method)]
+        differing = sorted({name for other in siblings for name in set(other) | set(runs[0].setting)
+                            if other.get(name) != runs[0].setting.get(name)})
         rows.append(dict(family=runs[0].family, model=model, method=method, loss=runs[0].loss,
                          top1_mean=statistics.fmean(scores),
                          top1_std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                         seeds=sorted(run.seed for run in runs), params_m=runs[0].params / 1e6))
+                         seeds=sorted(run.seed for run in runs), params_m=runs[0].params / 1e6,
+                         setting=', '.join(f'{name}={runs[0].setting.get(name)}' for name in differing)))
     return rows
 
 
@@ -125,18 +142,18 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 TABLE1_COLUMNS = [('family', 'family'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'),
-                  ('top1_mean', 'test top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds (or setting)'),
-                  ('params_m', 'params (M)')]
+                  ('top1_mean', 'test top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds'),
+                  ('setting', 'setting'), ('params_m', 'params (M)')]
 
 
 PAPER_SETTING = 'paper: CIFAR-10 at 224, ImageNet-pretrained, ViT-B teacher'
 
 
 def paper_rows() -> list[dict[str, Any]]:
-    """The paper's Table 1 in the same columns, its setting in the ``seeds`` column."""
+    """The paper's Table 1 in the same columns, labelled with its setting."""
     from .about import PAPER_TOP1
     return [dict(family='ViT', model=student, method=method, loss=LOSS_TYPES[method], top1_mean=score, top1_std=None,
-                 seeds=PAPER_SETTING, params_m=None)
+                 seeds=None, setting=PAPER_SETTING, params_m=None)
             for student, scores in PAPER_TOP1.items() for method, score in scores.items()]
 
 
