@@ -2,14 +2,16 @@
 and their per-class accuracy side by side (paper Table 2), from the predictions saved at evaluation."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .data import ImageSet
-from .evaluate import evaluate_split, evaluation_paths, load_predictions
+from .data import ImageSet, default_cache_dir
+from .evaluate import checkpoint_probs, evaluation_paths, load_predictions
+from .io import atomic_path
 
 
 @dataclass
@@ -51,13 +53,34 @@ def saved_predictions(
         progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """A checkpoint's predicted class per image of ``test``: from its saved predictions when they cover
-    this test set, otherwise computed on it once (and saved beside the checkpoint)."""
+    this test set, otherwise computed on it once and kept in the comparison cache
+    (``<ADVIT_CACHE>/predictions``, keyed by the checkpoint file and the test set). A run's own
+    evaluation files stay as training wrote them, so ``advit report`` reads what the run measured."""
     if evaluation_paths(checkpoint)[1].is_file():
         saved = load_predictions(checkpoint)
         if len(saved['labels']) == len(test) and np.array_equal(saved['labels'], test.labels.numpy()):
             return saved['preds'].astype(np.int64)
-    evaluate_split(checkpoint, test, str(data), device='cpu', progress=progress)
-    return load_predictions(checkpoint)['preds'].astype(np.int64)
+    cached = comparison_cache(checkpoint, test)
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as saved:
+            return saved['preds'].astype(np.int64)
+    probs, _ = checkpoint_probs(checkpoint, test, device='cpu', progress=progress)
+    preds = probs.argmax(dim=-1).numpy().astype(np.int16)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cached) as tmp:
+        with open(tmp, 'wb') as f:
+            np.savez(f, preds=preds, labels=test.labels.numpy().astype(np.int16))
+    return preds.astype(np.int64)
+
+
+def comparison_cache(checkpoint: str | Path, test: ImageSet) -> Path:
+    """Where Compare keeps a checkpoint's predictions on ``test``: named by the checkpoint file (path,
+    size, modification time) and the test set (its images and labels)."""
+    stat = Path(checkpoint).stat()
+    key = hashlib.sha256(f'{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|'.encode())
+    key.update(test.labels.numpy().tobytes())
+    key.update(test.images.numpy().tobytes())
+    return default_cache_dir() / 'predictions' / f'{Path(checkpoint).stem}-{key.hexdigest()[:24]}.npz'
 
 
 def compare(

@@ -160,6 +160,23 @@ def evaluate_split(
         model_name: Architecture, for a state dict without advit metadata.
         progress: Called with the fraction of test images done.
     """
+    probs, meta = checkpoint_probs(checkpoint, test, batch_size, device, model_name, progress)
+    extra = {'checkpoint': str(checkpoint), 'data': data_name, 'model': meta.get('model'), 'method': meta.get('method')}
+    return save_evaluation(checkpoint, probs, test.labels, test.classes, extra)
+
+
+def checkpoint_probs(
+        checkpoint: str | Path,
+        test: ImageSet,
+        batch_size: int = 256,
+        device: str = 'auto',
+        model_name: str | None = None,
+        progress: Callable[[float], None] | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A checkpoint's class probabilities on a test split, and its metadata; nothing is written.
+
+    Args: as ``evaluate_split``'s.
+    """
     target = resolve_device(device)
     loaded = load_checkpoint(checkpoint, model_name=model_name, device=target)
     classes = loaded.meta.get('classes', test.classes)
@@ -170,7 +187,4 @@ def evaluate_split(
         mean, std = model_normalization(loaded.model)
     size = loaded.meta.get('image_size') or model_image_size(loaded.model)  # a CNN takes the size it trained at
     transform = BatchTransform('cifar32', size, mean, std, seed=0, device=target)
-    probs = predict(loaded.model, test, transform, batch_size, target, progress=progress)
-    extra = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
-             'method': loaded.meta.get('method')}
-    return save_evaluation(checkpoint, probs, test.labels, test.classes, extra)
+    return predict(loaded.model, test, transform, batch_size, target, progress=progress), loaded.meta

@@ -12,7 +12,7 @@ from PIL import Image
 
 import advit  # noqa: F401  (registers the CIFAR ViTs with timm)
 from advit.checkpoint import save_checkpoint
-from advit.compare import Comparison, compare, saved_predictions
+from advit.compare import Comparison, compare, comparison_cache, saved_predictions
 from advit.data import load_dataset
 from advit.evaluate import evaluation_paths, load_predictions, save_evaluation
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
@@ -142,12 +142,16 @@ def test_predictions_of_the_same_size_but_other_images_are_recomputed(tmp_path, 
     checkpoint = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=5)
     other = torch.roll(test.labels, 1)  # 30 labels, not these
     save_evaluation(checkpoint, one_hot(np.zeros(30, dtype=np.int64)), other, test.classes, {})
+    own = [stamp(path) for path in evaluation_paths(checkpoint)]
     calls = []
     preds = saved_predictions(checkpoint, test, small_data, calls.append)
     assert np.array_equal(preds, predicted_here(5, test.images))
     assert calls[-1] == pytest.approx(1.0)
-    saved = load_predictions(checkpoint)
-    assert np.array_equal(saved['labels'], test.labels.numpy()) and np.array_equal(saved['preds'], preds)
+    assert [stamp(path) for path in evaluation_paths(checkpoint)] == own, 'the run\'s own files stay as they were'
+    with np.load(comparison_cache(checkpoint, test)) as cached:
+        assert np.array_equal(cached['labels'], test.labels.numpy()) and np.array_equal(cached['preds'], preds)
+    calls = []
+    assert np.array_equal(saved_predictions(checkpoint, test, small_data, calls.append), preds) and calls == []
 
 
 def test_saved_predictions_for_a_subset_test_set(tmp_path, small_data):
@@ -168,9 +172,12 @@ def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
     comparison = compare(a, b, test, cifar_archive, fractions.append)
     assert np.array_equal(comparison.labels, test.labels.numpy()) and comparison.classes == test.classes
     assert len(comparison.preds_a) == len(comparison.preds_b) == 10000
+    # A's own 300 predictions are left as they are (a later `advit report` reads what the run measured);
+    # B gets no evaluation files of its own: both are in the comparison cache.
+    assert len(load_predictions(a)['labels']) == 300 and not evaluation_paths(b)[1].exists()
     for checkpoint, preds, seed in ((a, comparison.preds_a, 3), (b, comparison.preds_b, 4)):
-        saved = load_predictions(checkpoint)  # computed on the whole test set and saved
-        assert np.array_equal(saved['labels'], test.labels.numpy()) and np.array_equal(saved['preds'], preds)
+        with np.load(comparison_cache(checkpoint, test)) as saved:  # computed on the whole test set, cached
+            assert np.array_equal(saved['labels'], test.labels.numpy()) and np.array_equal(saved['preds'], preds)
         here = predicted_here(seed, test.images[:300])
         assert (preds[:300] != here).sum() <= 2  # the model's own predictions (a near-tie may flip in another batch)
     assert not np.array_equal(comparison.preds_a, comparison.preds_b)  # two different models
@@ -179,12 +186,12 @@ def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
     assert all(0 < f <= 1 for f in fractions) and fractions == sorted(fractions)
     assert fractions[-1] == pytest.approx(1.0) and 0.5 in fractions
     assert any(f < 0.5 for f in fractions) and any(0.5 < f < 1 for f in fractions)
-    # The saved predictions serve the next comparison: nothing computed, nothing rewritten.
-    before = stamp(evaluation_paths(a)[1]), stamp(evaluation_paths(b)[1])
+    # The cached predictions serve the next comparison: nothing computed, nothing rewritten.
+    before = stamp(comparison_cache(a, test)), stamp(comparison_cache(b, test))
     fractions = []
     again = compare(a, b, test, cifar_archive, fractions.append)
     assert fractions == []
-    assert (stamp(evaluation_paths(a)[1]), stamp(evaluation_paths(b)[1])) == before
+    assert (stamp(comparison_cache(a, test)), stamp(comparison_cache(b, test))) == before
     assert np.array_equal(again.preds_a, comparison.preds_a) and np.array_equal(again.preds_b, comparison.preds_b)
     # The summary row is each model's top-1 over the saved predictions.
     expected = [float((comparison.preds_a == test.labels.numpy()).mean() * 100),
