@@ -33,7 +33,10 @@ from .models import create_model
 from .train import TrainConfig, TrainingError, validate
 
 ACTIVE = ('queued', 'running')  # the states in which a job can still be cancelled
-CANCEL_GRACE_S = 8.0  # SIGTERM first; the process group is killed if still there after this
+# A cancel sends SIGTERM: the run stops at its next step, saves `last` and exits. Only a process still
+# there after this grace (ADVIT_CANCEL_GRACE_S) is killed: long enough for a CPU evaluation or a first
+# dataset decode to end, so that the steps since the last save are not lost.
+CANCEL_GRACE_S = 120.0
 NAME_PATTERN = re.compile(r'[^A-Za-z0-9._-]+|\.{2,}')  # no separators, no '..'
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,12 +116,17 @@ class JobManager:
         runs_dir: The folder of run folders.
         limits: Concurrency and per-job limits.
         python: The interpreter that runs ``-m advit train``.
+        cancel_grace_s: Seconds a cancelled job has to stop by itself before it is killed (default
+            ``ADVIT_CANCEL_GRACE_S``, else ``CANCEL_GRACE_S``).
     """
 
-    def __init__(self, runs_dir: Path, limits: JobLimits | None = None, python: str = sys.executable) -> None:
+    def __init__(self, runs_dir: Path, limits: JobLimits | None = None, python: str = sys.executable,
+                 cancel_grace_s: float | None = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.limits = limits or JobLimits()
         self.python = python
+        self.cancel_grace_s = cancel_grace_s if cancel_grace_s is not None else \
+            float(os.environ.get('ADVIT_CANCEL_GRACE_S') or CANCEL_GRACE_S)
         self._children: dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -208,7 +216,7 @@ class JobManager:
             jobs = self.list()
             for job in jobs:
                 if job['state'] == 'running' and job.get('cancel_requested'):
-                    if time.time() - job['cancel_requested'] > CANCEL_GRACE_S:
+                    if time.time() - job['cancel_requested'] > self.cancel_grace_s:
                         self._signal(job['name'], signal.SIGKILL)
             running = sum(job['state'] == 'running' for job in jobs)
             queued = sorted((job for job in jobs if job['state'] == 'queued'), key=lambda job: job['queued'])
@@ -324,7 +332,8 @@ class JobManager:
     # --- actions ---------------------------------------------------------------------------------
 
     def cancel(self, name: str) -> dict[str, Any]:
-        """Cancel a queued job, or stop a running one (SIGTERM to its process group, SIGKILL after a grace)."""
+        """Cancel a queued job, or stop a running one: SIGTERM to its process group (the run saves ``last``
+        at its next step and exits), SIGKILL only after ``cancel_grace_s``."""
         with self._lock:
             job = self.status(name)
             run = self._run(name)

@@ -329,6 +329,27 @@ def test_cancel_saves_the_last_checkpoint_and_resume_continues_from_it(tmp_path,
     assert steps == list(range(1, job['step'] + 1)), 'each step logged once across the two launches'
 
 
+def test_a_cancelled_job_that_cannot_stop_is_killed_only_after_the_grace(tmp_path, cifar_archive, jobs):
+    """A job busy where it cannot see the request (here: stopped, as a long CPU evaluation would be
+    between steps) keeps its process until the grace has passed; only then is its group killed."""
+    assert JobManager(tmp_path / 'default').cancel_grace_s == 120.0, 'the stated default'
+    manager = jobs(JobLimits(max_concurrent=1))
+    manager.cancel_grace_s = 4.0
+    name = manager.submit('busy', job_settings(cifar_archive, steps=LONG))
+    wait_until('the job runs its first steps', lambda: running_at(manager, name, 2), 60, manager)
+    pid = last_pid(manager, name)
+    os.killpg(pid, signal.SIGSTOP)  # SIGTERM now waits, unhandled
+    asked = time.monotonic()
+    manager.cancel(name)
+    while time.monotonic() - asked < 3.0:
+        manager.poll()
+        assert not group_gone(pid), f'killed {time.monotonic() - asked:.1f}s into a 4s grace'
+        time.sleep(0.2)
+    wait_until('the group is killed after the grace', lambda: group_gone(pid), 10, manager)
+    assert time.monotonic() - asked >= 4.0
+    assert manager.status(name)['state'] == 'cancelled'
+
+
 def test_resume_right_after_a_cancel_reports_the_new_launch(cifar_archive, jobs):
     manager = jobs(JobLimits(max_concurrent=1))
     name = manager.submit('quick', job_settings(cifar_archive, steps=LONG))
