@@ -127,7 +127,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 student = gr.Dropdown(label='Student', choices=studio.choices(vit_only=True),
                                       value=defaults['student'], allow_custom_value=True)
                 student_info = gr.Markdown(studio.describe(student.value))
-                fusion = gr.Radio(['mean', 'max', 'head'], value='mean', label='Head fusion (mean: as trained)')
+                fusion = gr.Radio([('as trained', 'trained'), ('mean', 'mean'), ('max', 'max'), ('one head', 'head')],
+                                  value='trained', label='Head fusion (as trained: the student\'s own)')
                 head = gr.Slider(0, 15, value=0, step=1, label='Head (when fusion is "head")')
                 opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label='Heatmap opacity')
                 show = gr.Button('Show attention', variant='primary')

@@ -17,6 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HEAD_FUSIONS = ('mean', 'max', 'none')
+# How a head's [CLS] row becomes a map over the patches:
+# - 'renormalized': the row's patch entries renormalised to sum to one in each head, before heads
+#   are fused (a head that gives 90% of its attention to [CLS] has its other 10% scaled tenfold);
+# - 'raw': the softmax row's patch entries as they are (each head's sum is the share it gives the
+#   patches), heads fused, and the fused map normalised once, so heads weigh by what they give the patches.
+# The paper's text ("the attention of the [CLS] token over the patches, averaged over heads") fits
+# both; it does not say that heads are renormalised first.
+NORMALIZATIONS = ('renormalized', 'raw')
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -76,12 +84,20 @@ class ClsAttentionCapture:
     app's) each get their own maps.
 
     Args:
-        model: A timm ViT. Prefix tokens (CLS, distillation, registers) are dropped from the
-            maps and the patch part renormalised to sum to one.
+        model: A timm ViT with a class token. Prefix tokens (CLS, distillation, registers) are
+            dropped from the maps.
+        normalization: ``'renormalized'`` (each head's patch part sums to one) or ``'raw'`` (the
+            softmax row's patch entries as they are); see ``NORMALIZATIONS``.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, normalization: str = 'renormalized') -> None:
         self._attns = attention_modules(model)
+        if getattr(model, 'cls_token', None) is None:
+            raise ValueError(f'{type(model).__name__} has no class token (class_token=False): [CLS] attention '
+                            'capture needs a ViT with one (the maps would be some patch\'s attention)')
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f'unknown attention normalization {normalization!r}: choose one of {NORMALIZATIONS}')
+        self.normalization = normalization
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self._thread = threading.get_ident()
         self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
@@ -104,14 +120,19 @@ class ClsAttentionCapture:
             self._rows[index] = self._logits(attn, output)
 
     def pop(self) -> torch.Tensor:
-        """The maps of the last forward, shape (batch, layers, heads, patches); clears them."""
+        """The maps of the last forward, shape (batch, layers, heads, patches); clears them.
+
+        Renormalised, each head's map sums to one; raw, to the share of its attention it gives the patches.
+        """
         if any(row is None for row in self._rows):
             raise RuntimeError('no attention recorded: run a forward pass of the model first')
-        logits = torch.stack(self._rows, dim=1)[..., self.num_prefix_tokens:]
+        logits = torch.stack(self._rows, dim=1).float()
         self._rows = [None] * len(self._attns)
+        if self.normalization == 'raw':
+            return logits.softmax(dim=-1)[..., self.num_prefix_tokens:]
         # All layers at once. The softmax over the patches alone is the full row's softmax with the
         # prefix tokens dropped and the rest renormalised.
-        return logits.float().softmax(dim=-1)
+        return logits[..., self.num_prefix_tokens:].softmax(dim=-1)
 
     def remove(self) -> None:
         """Detach the hooks from the model."""
@@ -127,25 +148,26 @@ class ClsAttentionCapture:
 
 
 def fuse_heads(maps: torch.Tensor, fusion: str | int = 'mean') -> torch.Tensor:
-    """Fuse per-head maps (batch, layers, heads, patches) into (batch, layers, H', patches).
+    """Fuse per-head maps (batch, layers, heads, patches) into distributions (batch, layers, H', patches).
 
     Args:
-        maps: Per-head attention distributions.
-        fusion: ``'mean'`` (the paper's: H' = 1), ``'max'`` (renormalised, H' = 1),
-            ``'none'`` (keep every head) or an int selecting one head.
+        maps: Per-head maps from ``ClsAttentionCapture.pop`` (renormalised or raw).
+        fusion: ``'mean'`` (the paper's: H' = 1), ``'max'`` (H' = 1), ``'none'`` (keep every head)
+            or an int selecting one head. The result is normalised to sum to one (once, after fusing).
     """
     if isinstance(fusion, int):
         if not 0 <= fusion < maps.shape[2]:
             raise ValueError(f'head {fusion} out of range: the model has {maps.shape[2]} heads')
-        return maps[:, :, fusion:fusion + 1]
-    if fusion == 'mean':
-        return maps.mean(dim=2, keepdim=True)
-    if fusion == 'max':
+        fused = maps[:, :, fusion:fusion + 1]
+    elif fusion == 'mean':
+        fused = maps.mean(dim=2, keepdim=True)
+    elif fusion == 'max':
         fused = maps.amax(dim=2, keepdim=True)
-        return fused / fused.sum(dim=-1, keepdim=True)
-    if fusion == 'none':
-        return maps
-    raise ValueError(f'unknown head fusion {fusion!r}: choose one of {HEAD_FUSIONS} or a head index')
+    elif fusion == 'none':
+        fused = maps
+    else:
+        raise ValueError(f'unknown head fusion {fusion!r}: choose one of {HEAD_FUSIONS} or a head index')
+    return fused / fused.sum(dim=-1, keepdim=True)
 
 
 def layer_mapping(student_layers: int, teacher_layers: int, explicit: Sequence[int] | None = None) -> list[int]:

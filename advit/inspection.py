@@ -1,8 +1,9 @@
 """Teacher vs student [CLS] attention on one image, layer by layer, as the training loss sees it.
 
-The maps are fused and aligned exactly as ``DistillationLoss`` does (``fuse_heads``, then the
-teacher mapped to the student's layers and resampled to its grid), and the gaps are
-``losses.attention_gap``, so what the app shows is what training minimises.
+The maps are normalised, fused and aligned exactly as ``DistillationLoss`` does (the student's
+recorded ``attn_norm``, ``fuse_heads``, then the teacher mapped to the student's layers by its
+recorded ``layer_map`` and resampled to its grid), and the gaps are ``losses.attention_gap``, so
+what the app shows is what training minimised.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class AttentionReport:
     gaps: dict[str, np.ndarray]  # kind -> (layers,)
     student_top5: dict[str, float]
     teacher_top5: dict[str, float]
+    settings: dict[str, Any]  # fusion, layer_map, attn_norm: how the maps were taken
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: one record per layer."""
@@ -40,7 +42,7 @@ class AttentionReport:
                  teacher_map=self.teacher_maps[i].tolist(), **{k: float(v[i]) for k, v in self.gaps.items()})
             for i, t in enumerate(self.teacher_layers)]
         return dict(grid=list(self.grid), layers=layers, student_top5=self.student_top5,
-                    teacher_top5=self.teacher_top5)
+                    teacher_top5=self.teacher_top5, settings=self.settings)
 
 
 def model_input(image: Image.Image, meta: dict[str, Any], model: nn.Module) -> torch.Tensor:
@@ -53,9 +55,10 @@ def model_input(image: Image.Image, meta: dict[str, Any], model: nn.Module) -> t
     return normalize(tensor, tuple(mean), tuple(std))
 
 
-def fused_maps(model: nn.Module, inputs: torch.Tensor, fusion: str | int) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_maps(model: nn.Module, inputs: torch.Tensor, fusion: str | int,
+               attn_norm: str = 'renormalized') -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, fused [CLS] maps of shape (batch, layers, 1, patches)) of one forward."""
-    with ClsAttentionCapture(model) as capture, torch.inference_mode():
+    with ClsAttentionCapture(model, attn_norm) as capture, torch.inference_mode():
         logits = model(inputs)
         maps = capture.pop()
     if not torch.isfinite(maps).all() or not torch.isfinite(logits).all():
@@ -75,28 +78,43 @@ def top5(logits: torch.Tensor, classes: list[str]) -> dict[str, float]:
 def inspect_pair(
         teacher: nn.Module, teacher_meta: dict[str, Any],
         student: nn.Module, student_meta: dict[str, Any],
-        image: Image.Image, fusion: str | int = 'mean',
+        image: Image.Image, fusion: str | int = 'trained',
 ) -> AttentionReport:
     """Both models' [CLS] attention on ``image``, aligned as in training, and their per-layer gaps.
+
+    The maps are normalised as the student was trained (``attn_norm`` in its metadata), and the
+    teacher's layers mapped by the student's ``layer_map`` when it fits this teacher (else uniformly).
 
     Args:
         teacher: The teacher ViT (eval mode).
         teacher_meta: Its checkpoint metadata (classes, mean, std).
         student: The student ViT (eval mode).
-        student_meta: Its checkpoint metadata.
+        student_meta: Its checkpoint metadata (and how it was trained: head_fusion, layer_map, attn_norm).
         image: Any RGB image; each model sees it resized to its own input size.
-        fusion: Head fusion: ``'mean'`` (as trained), ``'max'``, or a head index.
+        fusion: Head fusion: ``'trained'`` (the student's ``head_fusion``; ``none``, per head, is shown
+            as ``mean``), ``'mean'``, ``'max'``, or a head index.
     """
+    if fusion == 'trained':
+        fusion = student_meta.get('head_fusion') or 'mean'
+        fusion = 'mean' if fusion == 'none' else fusion
     if fusion == 'none':
         raise ValueError('choose mean, max or one head to display')
-    teacher_logits, teacher_maps = fused_maps(teacher, model_input(image, teacher_meta, teacher), fusion)
-    student_logits, student_maps = fused_maps(student, model_input(image, student_meta, student), fusion)
+    attn_norm = student_meta.get('attn_norm') or 'renormalized'
+    teacher_logits, teacher_maps = fused_maps(teacher, model_input(image, teacher_meta, teacher), fusion, attn_norm)
+    student_logits, student_maps = fused_maps(student, model_input(image, student_meta, student), fusion, attn_norm)
     grid = patch_grid(student)
     layers = student_maps.shape[1]
-    aligned = align_teacher_maps(teacher_maps, layers, patch_grid(teacher), grid)
+    layer_map = student_meta.get('layer_map')
+    try:
+        teacher_layers = layer_mapping(layers, teacher_maps.shape[1], layer_map)
+    except ValueError:  # another teacher than the one it was trained with: map uniformly
+        layer_map = None
+        teacher_layers = layer_mapping(layers, teacher_maps.shape[1])
+    aligned = align_teacher_maps(teacher_maps, layers, patch_grid(teacher), grid, layer_map)
     gaps = {kind: attention_gap(student_maps, aligned, kind)[0, :, 0].numpy() for kind in GAP_KINDS}
     return AttentionReport(
         student_maps=student_maps[0, :, 0].numpy(), teacher_maps=aligned[0, :, 0].numpy(),
-        teacher_layers=layer_mapping(layers, teacher_maps.shape[1]), grid=grid, gaps=gaps,
+        teacher_layers=teacher_layers, grid=grid, gaps=gaps,
         student_top5=top5(student_logits, student_meta.get('classes', [])),
-        teacher_top5=top5(teacher_logits, teacher_meta.get('classes', [])))
+        teacher_top5=top5(teacher_logits, teacher_meta.get('classes', [])),
+        settings=dict(fusion=fusion, layer_map=layer_map, attn_norm=attn_norm))

@@ -109,14 +109,16 @@ class TeacherForward:
             re-expressed in the teacher's own normalisation.
         capture: Record the teacher's attention (needed by attention methods).
         shared: Reuse the outputs while the same batch comes back; otherwise every call runs the teacher.
+        attn_norm: How the captured maps are normalised (``capture.NORMALIZATIONS``).
     """
 
-    def __init__(self, teacher: nn.Module, input_norm: tuple, capture: bool, shared: bool = False) -> None:
+    def __init__(self, teacher: nn.Module, input_norm: tuple, capture: bool, shared: bool = False,
+                 attn_norm: str = 'renormalized') -> None:
         self.model = teacher.eval().requires_grad_(False)
         self.norm, self.input_norm = model_normalization(teacher), input_norm
         capture = capture and hasattr(teacher, 'blocks')  # a CNN has no attention: its losses refuse it
         self.grid = patch_grid(teacher) if capture else None
-        self.capture = ClsAttentionCapture(teacher) if capture else None
+        self.capture = ClsAttentionCapture(teacher, attn_norm) if capture else None
         self.shared = shared
         self._batch: tuple[torch.Tensor, int] | None = None
         self._outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -147,6 +149,8 @@ class DistillationLoss(nn.Module):
             carry their own, see ``forward``).
         head_fusion: How attention heads are fused before comparison (the paper: mean).
         layer_map: Teacher layer per student layer; default uniform.
+        attn_norm: How each head's [CLS] row becomes a map (``capture.NORMALIZATIONS``; default
+            ``renormalized``).
     """
 
     def __init__(
@@ -160,6 +164,7 @@ class DistillationLoss(nn.Module):
             label_smoothing: float = 0.0,
             head_fusion: str = 'mean',
             layer_map: Sequence[int] | None = None,
+            attn_norm: str = 'renormalized',
     ) -> None:
         super().__init__()
         self.method = parse_method(method)
@@ -174,17 +179,20 @@ class DistillationLoss(nn.Module):
         self.attn_weight, self.alpha, self.tau = attn_weight, alpha, tau
         self.head_fusion = head_fusion
         # Not a submodule: the teacher's weights stay out of this loss's state_dict and parameters.
-        self.teacher_forward = TeacherForward(teacher, model_normalization(student), self.method.attention is not None) \
-            if isinstance(teacher, nn.Module) else teacher
+        self.teacher_forward = TeacherForward(teacher, model_normalization(student), self.method.attention is not None,
+                                              attn_norm=attn_norm) if isinstance(teacher, nn.Module) else teacher
         self.student_capture = None
         if self.method.attention:
             if self.teacher_forward.capture is None:
                 raise ValueError(f'method {method!r} distils attention: its shared teacher must capture attention')
             if self.teacher_forward.input_norm != model_normalization(student):
                 raise ValueError('a shared teacher takes images normalised as this student takes them')
+            if self.teacher_forward.capture.normalization != attn_norm:
+                raise ValueError(f'the shared teacher captures {self.teacher_forward.capture.normalization} maps, '
+                                 f'this loss compares {attn_norm} ones')
             if head_fusion == 'none' and student.blocks[0].attn.num_heads != teacher_model.blocks[0].attn.num_heads:
                 raise ValueError('per-head distillation needs the same head count in teacher and student')
-            self.student_capture = ClsAttentionCapture(student)
+            self.student_capture = ClsAttentionCapture(student, attn_norm)
             self.student_grid = patch_grid(student)
             self.layer_map = layer_map
             layer_mapping(len(student.blocks), len(teacher_model.blocks), layer_map)  # refuse a bad map now

@@ -41,12 +41,14 @@ class AttentionProbe:
         head_fusion: How heads are fused before comparing (the run's, as the loss fuses them).
         layer_map: Teacher layer per student layer (the run's); default uniform.
         amp: bf16 autocast where native, as the run evaluates.
+        attn_norm: How the maps are normalised (the run's, ``capture.NORMALIZATIONS``).
     """
 
     def __init__(self, teacher: nn.Module, images: torch.Tensor, transform: BatchTransform,
-                 head_fusion: str = 'mean', layer_map: list[int] | None = None, amp: bool = True) -> None:
+                 head_fusion: str = 'mean', layer_map: list[int] | None = None, amp: bool = True,
+                 attn_norm: str = 'renormalized') -> None:
         self.teacher, self.images, self.transform = teacher, images, transform
-        self.head_fusion, self.layer_map, self.amp = head_fusion, layer_map, amp
+        self.head_fusion, self.layer_map, self.amp, self.attn_norm = head_fusion, layer_map, amp, attn_norm
         self.teacher_grid = patch_grid(teacher)
         self._teacher_maps: torch.Tensor | None = None  # the teacher is frozen: its maps once
 
@@ -54,7 +56,7 @@ class AttentionProbe:
     def _maps(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         was_training = model.training
         model.eval()
-        with ClsAttentionCapture(model) as capture, autocast(inputs.device, self.amp):
+        with ClsAttentionCapture(model, self.attn_norm) as capture, autocast(inputs.device, self.amp):
             model(inputs)
             maps = capture.pop()
         model.train(was_training)

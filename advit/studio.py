@@ -18,7 +18,7 @@ from PIL import Image
 
 from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
-from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, load_dataset
+from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, load_dataset
 from .images import load_image
 from .inspection import inspect_pair
 from .names import TEACHER_STEM
@@ -73,7 +73,7 @@ class Studio:
         checkpoints = os.environ.get('ADVIT_CHECKPOINTS', str(REPO / 'checkpoints'))
         return cls(checkpoint_dirs=[Path(p) for p in checkpoints.split(os.pathsep) if p],
                    runs_dir=Path(os.environ.get('ADVIT_RUNS', REPO / 'runs')),
-                   data=Path(os.environ.get('ADVIT_DATA', REPO.parent / 'shared/data/cifar10/cifar10-jpeg.tar.xz')))
+                   data=Path(default_dataset()))
 
     def shown(self, text: str) -> str:
         """Text for a client, with the server's folders as the app names them: the checkpoint and runs
@@ -171,7 +171,7 @@ class Studio:
 
     # --- the attention view ----------------------------------------------------------------------
 
-    def attention(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str = 'mean',
+    def attention(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str = 'trained',
                   head: int = 0, opacity: float = 0.6) -> AttentionView:
         """Teacher and student [CLS] attention on an uploaded image, layer by layer, with their gaps.
 
@@ -179,15 +179,16 @@ class Studio:
             image_path: The uploaded image file.
             teacher_key: Catalog key of the teacher.
             student_key: Catalog key of the student.
-            fusion: ``'mean'``, ``'max'`` or ``'head'`` (then ``head`` selects it).
+            fusion: ``'trained'`` (the student's own, from its metadata), ``'mean'``, ``'max'`` or ``'head'``
+                (then ``head`` selects it).
             head: Head index for ``fusion='head'``.
             opacity: Heatmap opacity over the image.
         """
         if image_path is None:
             raise StudioError('upload an image or pick an example')
         image = load_image(image_path)
-        if fusion not in ('mean', 'max', 'head'):
-            raise StudioError(f'unknown head fusion {fusion!r}: choose mean, max or head')
+        if fusion not in ('trained', 'mean', 'max', 'head'):
+            raise StudioError(f'unknown head fusion {fusion!r}: choose trained, mean, max or head')
         teacher, teacher_meta = self._model(teacher_key, 'teacher', vit=True)
         student, student_meta = self._model(student_key, 'student', vit=True)
         try:

@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 
 
-def explicit_cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Per layer, the [CLS] row of the full N x N attention, prefix tokens dropped and renormalised.
+def explicit_cls_attention(model: nn.Module, images: torch.Tensor, renormalize: bool = True) -> torch.Tensor:
+    """Per layer, the [CLS] row of the full N x N attention, prefix tokens dropped and (with
+    ``renormalize``) the rest renormalised per head.
 
     Computed from each attention module's input with its own weights, independently of the
     module's forward (fused or not) and of ``advit.capture``. Shape (batch, layers, heads, patches).
@@ -30,4 +31,4 @@ def explicit_cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tens
         for handle in handles:
             handle.remove()
     maps = torch.stack(rows, dim=1)[..., model.num_prefix_tokens:]
-    return maps / maps.sum(dim=-1, keepdim=True)
+    return maps / maps.sum(dim=-1, keepdim=True) if renormalize else maps

@@ -92,13 +92,43 @@ def test_non_vit_model_is_refused():
         ClsAttentionCapture(timm.create_model('resnet10t', num_classes=10))
 
 
+def test_raw_maps_are_the_rows_patch_entries_and_heads_weigh_by_them():
+    """'raw': each head's map is its softmax row's patch entries (summing to what it gives the
+    patches); fused by the mean, then normalised once. Checked against the explicit N x N attention."""
+    torch.manual_seed(0)
+    model = timm.create_model('deit_tiny_distilled_patch4_32', **TINY).eval()  # two prefix tokens
+    images = torch.randn(2, 3, 32, 32)
+    rows = explicit_cls_attention(model, images, renormalize=False)
+    with ClsAttentionCapture(model, 'raw') as capture, torch.no_grad():
+        model(images)
+        raw = capture.pop()
+    torch.testing.assert_close(raw, rows, atol=1e-5, rtol=0)
+    shares = raw.sum(-1)
+    assert (shares < 1).all() and (shares > 0).all(), 'the prefix tokens take some of each head\'s attention'
+    by_hand = rows.mean(dim=2, keepdim=True) / rows.mean(dim=2, keepdim=True).sum(-1, keepdim=True)
+    torch.testing.assert_close(fuse_heads(raw, 'mean'), by_hand, atol=1e-5, rtol=0)
+    # By hand: head 0 gives 90% to [CLS] and 10% to patch 0; head 1 all to patch 1.
+    row = torch.tensor([[[[0.9, 0.1, 0.0], [0.0, 0.0, 1.0]]]])  # (batch, layer, heads, CLS + 2 patches)
+    renormalized_mean = fuse_heads(row[..., 1:] / row[..., 1:].sum(-1, keepdim=True), 'mean')
+    torch.testing.assert_close(renormalized_mean, torch.tensor([[[[0.5, 0.5]]]]))  # head 0's 10% blown up
+    torch.testing.assert_close(fuse_heads(row[..., 1:], 'mean'), torch.tensor([[[[0.05 / 0.55, 0.5 / 0.55]]]]))
+    with pytest.raises(ValueError, match='unknown attention normalization'):
+        ClsAttentionCapture(model, 'softmax')
+
+
+def test_a_vit_without_a_class_token_is_refused():
+    model = timm.create_model('vit_tiny_patch4_32', class_token=False, global_pool='avg', **TINY)
+    with pytest.raises(ValueError, match='no class token'):
+        ClsAttentionCapture(model)
+
+
 def test_fuse_heads():
     maps = torch.softmax(torch.randn(2, 3, 4, 16), dim=-1)
     torch.testing.assert_close(fuse_heads(maps, 'mean'), maps.mean(2, keepdim=True))
     top = fuse_heads(maps, 'max')
     torch.testing.assert_close(top, maps.amax(2, keepdim=True) / maps.amax(2, keepdim=True).sum(-1, keepdim=True))
     torch.testing.assert_close(top.sum(-1), torch.ones(2, 3, 1))
-    assert fuse_heads(maps, 'none') is maps
+    torch.testing.assert_close(fuse_heads(maps, 'none'), maps)
     torch.testing.assert_close(fuse_heads(maps, 2), maps[:, :, 2:3])
     with pytest.raises(ValueError, match='out of range'):
         fuse_heads(maps, 4)

@@ -1,6 +1,8 @@
 """The attention view's numbers are the training loss's numbers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -81,3 +83,41 @@ def test_a_model_producing_nan_is_an_error(image):
         student.blocks[0].attn.qkv.weight.fill_(float('nan'))
     with pytest.raises(ValueError, match='non-finite'):
         inspect_pair(teacher, {}, student, {}, image)
+
+
+def test_a_run_is_shown_as_it_was_trained(tmp_path, image, data_flags, teacher_checkpoint):
+    """A run trained with a non-default layer map, max head fusion and raw maps records them, and the
+    view uses them: its gaps equal an independent computation from the explicit N x N attention."""
+    from advit.checkpoint import load_checkpoint
+    from advit.cli import main
+    from advit.studio import Studio
+    from attention_reference import explicit_cls_attention
+    from conftest import tiny_flags
+    out = tmp_path / 'runs' / 'mapped'
+    assert main(['train', '--method', 'advit_l2', '--teacher', str(teacher_checkpoint), '--steps', '2', '--tau', '2',
+                 '--head-fusion', 'max', '--layer-map', '3,0', '--attn-norm', 'raw', '--out', str(out), *data_flags,
+                 *tiny_flags()]) == 0
+    student = load_checkpoint(out / 'best.safetensors')
+    teacher = load_checkpoint(teacher_checkpoint)
+    assert {k: student.meta[k] for k in ('head_fusion', 'layer_map', 'attn_norm', 'tau')} == \
+        dict(head_fusion='max', layer_map=[3, 0], attn_norm='raw', tau=2.0)
+
+    studio = Studio([teacher_checkpoint.parent], tmp_path / 'runs', teacher_checkpoint)
+    names = {Path(e.key).parent.name + '/' + Path(e.key).name: e.name for e in studio.entries()}
+    view = studio.attention(str(REPO / 'assets' / 'examples' / 'cat_3000.png'), names['run/best.safetensors'],
+                            names['mapped/best.safetensors'], 'trained')
+    assert view.data['settings'] == dict(fusion='max', layer_map=[3, 0], attn_norm='raw')
+    assert [layer['teacher_layer'] for layer in view.data['layers']] == [3, 0]
+
+    def by_hand(loaded) -> torch.Tensor:  # raw rows, max over heads, normalised once
+        with torch.no_grad():
+            rows = explicit_cls_attention(loaded.model, model_input(image, loaded.meta, loaded.model),
+                                          renormalize=False)[0]
+        fused = rows.amax(dim=1)
+        return fused / fused.sum(-1, keepdim=True)
+    student_maps, teacher_maps = by_hand(student), by_hand(teacher)[[3, 0]]  # both on the same 8x8 grid
+    expected_l2 = ((student_maps - teacher_maps) ** 2).sum(-1)
+    assert [layer['l2'] for layer in view.data['layers']] == pytest.approx(expected_l2.tolist(), abs=1e-5)
+    other = studio.attention(str(REPO / 'assets' / 'examples' / 'cat_3000.png'), names['run/best.safetensors'],
+                             names['mapped/best.safetensors'], 'mean')
+    assert other.data['settings']['fusion'] == 'mean' and other.data['layers'][0]['l2'] != view.data['layers'][0]['l2']
