@@ -11,15 +11,14 @@ from typing import Any, Sequence
 
 from .augment import RECIPES
 from .bundle import MAX_MB, BundleError
-from .capture import HEAD_FUSIONS
+from .capture import HEAD_FUSIONS, NORMALIZATIONS
 from .checkpoint import CheckpointError
-from .data import DatasetError
+from .data import SHARED_CIFAR10, DatasetError, default_dataset
 from .losses import METHODS, parse_method
 from .report import ReportError
 from .presets import PRESETS, preset
 from .train import TrainConfig, TrainingError
 
-DEFAULT_DATA = TrainConfig.data
 
 
 def _model_arg(text: str) -> tuple[str, Any]:
@@ -63,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--out', help='run folder (default runs/<method>); with --methods, the folder of the students\' '
                    'folders (default runs), each named by its method')
     t.add_argument('--data', help=f'CIFAR-10 archive or folder, an ImageFolder root, or "cifar10" to download the '
-                   f'official release (default {DEFAULT_DATA})')
+                   f'official release (default: ADVIT_DATA, else {SHARED_CIFAR10})')
     t.add_argument('--method', choices=METHODS, help='loss: vit, DeiT, ADViT, or DeiT+ADViT (default vit)')
     t.add_argument('--methods', type=_methods, metavar='M1,M2,...',
                    help='train one student per method at once, on the same batches, with one teacher forward '
@@ -100,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--alpha', type=float, help='weight of the DeiT term; lambda for deit_soft (default 0.5)')
     t.add_argument('--tau', type=float, help='temperature of deit_soft and advit_kl_paper (default 1.0)')
     t.add_argument('--head-fusion', choices=HEAD_FUSIONS, help='fusion of heads (default mean)')
+    t.add_argument('--attn-norm', choices=NORMALIZATIONS,
+                   help='how each head\'s [CLS] row becomes a map: renormalized (its patch part sums to one; the '
+                        'default) or raw (the softmax row\'s patch entries, heads fused, then normalised once)')
     t.add_argument('--layer-map', type=_layer_map, help='teacher layer per student layer, e.g. 1,3,5,7,9,11')
     t.add_argument('--seed', type=int, help='random seed (default 0)')
     t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default auto')
@@ -115,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = commands.add_parser('eval', help='evaluate a checkpoint; save metrics and predictions beside it',
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument('checkpoint', help='an advit checkpoint, or a state dict with --model')
-    e.add_argument('--data', default=DEFAULT_DATA, help='dataset (its test split is used)')
+    e.add_argument('--data', default=default_dataset(), help='dataset (its test split is used; default: ADVIT_DATA, '
+                   'else the shared CIFAR-10 archive)')
     e.add_argument('--model', help='architecture of a state dict without advit metadata')
     e.add_argument('--subset', type=int, help='evaluate on a fixed subset of N test images')
     e.add_argument('--batch-size', type=int, default=256)

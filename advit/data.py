@@ -32,6 +32,14 @@ OFFICIAL_CIFAR10 = 'cifar10'  # the name that asks for the official release
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 # Images of a tree whose sizes differ are stored at this square size (enough for a 224 crop).
 DEFAULT_STORE_SIZE = 256
+# The project's CIFAR-10 copy: beside the repository, in the shared data folder.
+SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'cifar10' / 'cifar10-jpeg.tar.xz'
+
+
+def default_dataset() -> str:
+    """The dataset used when none is given: ``ADVIT_DATA``, else the shared CIFAR-10 archive, as an
+    absolute path (so that a run started from any folder finds it, and its config says where)."""
+    return os.environ.get('ADVIT_DATA') or str(SHARED_CIFAR10)
 
 
 class DatasetError(Exception):

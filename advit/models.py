@@ -239,6 +239,16 @@ def _head_size(path: Path, name: str) -> int | None:
     return None if weight is None else int(weight.shape[0])
 
 
+def pretrained_classes(name: str, pretrained_file: str | Path | None = None) -> int | None:
+    """How many classes the classifier of a model's pretrained weights was trained on: the head in
+    ``pretrained_file``, else that of timm's pretrained config for ``name`` (None: no trained head)."""
+    if pretrained_file is not None:
+        return _head_size(Path(pretrained_file), name)
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False) if timm.is_model(name.split('.', 1)[0]) \
+        else None
+    return getattr(cfg, 'num_classes', None) if cfg is not None and (cfg.hf_hub_id or cfg.url or cfg.file) else None
+
+
 def is_distilled(model: nn.Module) -> bool:
     """True for models with a DeiT distillation token and head."""
     return isinstance(model, VisionTransformerDistilled)

@@ -1,8 +1,10 @@
 """Training presets: plain dicts of ``TrainConfig`` fields; command-line flags override them.
 
 ``paper-*`` follow the paper (224x224, ImageNet-pretrained timm students, ViT-Base teacher,
-AdamW, 300 epochs, DeiT augmentation); they need pretrained weights (a network or local files)
-and a GPU. ``cifar32-*`` train from scratch at 32x32 (ViTs with patch 4) and run on a CPU at small
+AdamW, 300 epochs) with part of DeiT's augmentation: RandomResizedCrop, horizontal flip and random
+erasing (``rrc224``), mixup 0.8 and CutMix 1.0 (each on half the batches) with label smoothing 0.1;
+not DeiT's RandAugment or repeated augmentation. They need pretrained weights (a network or local
+files) and a GPU. ``cifar32-*`` train from scratch at 32x32 (ViTs with patch 4) and run on a CPU at small
 scale. ``paper-<cnn>`` / ``cifar32-<cnn>`` train the paper's CNN baselines by cross-entropy.
 ``bundle-teacher`` / ``bundle-student`` train the shipped checkpoint bundle on a 2-core CPU
 (``scripts/train_bundle.sh``); ``gpu-bundle-*`` the stronger recipe for a lent GPU.
@@ -12,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 _PAPER = dict(image_size=224, recipe='rrc224', pretrained=True, epochs=300, batch_size=256,
-              lr=2.5e-4, weight_decay=0.05, warmup_fraction=5 / 300, drop_path=0.1)
+              lr=2.5e-4, weight_decay=0.05, warmup_fraction=5 / 300, drop_path=0.1, mixup=0.8, cutmix=1.0,
+              label_smoothing=0.1)
 _CIFAR32 = dict(image_size=32, recipe='cifar32', pretrained=False, epochs=100, batch_size=256,
                 lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, drop_path=0.1, label_smoothing=0.1)
 

@@ -33,12 +33,14 @@ from . import distributed
 from .augment import RECIPES, BatchTransform, Mixup
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, model_weights, read_metadata,
                          read_tensors, save_checkpoint, train_state)
-from .data import OFFICIAL_CIFAR10, ImageSet, batches, load_dataset, steps_per_epoch
+from .data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
 from .evaluate import autocast, native_bf16, predict, save_evaluation, summarize
 from .io import atomic_path, write_json
+from .capture import HEAD_FUSIONS, NORMALIZATIONS
 from .losses import DistillationLoss, TeacherForward, parse_method
 from .probe import PROBE_IMAGES, AttentionProbe
-from .models import check_architecture_args, create_model, is_distilled, model_image_size, model_normalization
+from .models import (check_architecture_args, create_model, is_distilled, model_image_size, model_normalization,
+                     pretrained_classes)
 
 
 class TrainingError(Exception):
@@ -52,7 +54,7 @@ _CONFIG_RECORD_KEYS = ('world_size', 'versions', 'group')  # written beside the 
 class TrainConfig:
     """Everything a run depends on; saved as ``config.json`` in the run folder."""
     out: str = 'runs/run'
-    data: str = '../shared/data/cifar10/cifar10-jpeg.tar.xz'
+    data: str = field(default_factory=default_dataset)  # ADVIT_DATA, else the shared CIFAR-10 archive
     method: str = 'vit'
     model: str = 'vit_tiny_patch4_32'
     model_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"depth": 6}
@@ -85,6 +87,7 @@ class TrainConfig:
     tau: float = 1.0
     head_fusion: str = 'mean'
     layer_map: list[int] | None = None
+    attn_norm: str = 'renormalized'  # how a head's [CLS] row becomes a map: capture.NORMALIZATIONS
     seed: int = 0
     device: str = 'auto'
     amp: bool = True  # bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / AMX)
@@ -136,13 +139,19 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise TrainingError(f'{name} must be positive, got {value}')
+    if cfg.attn_norm not in NORMALIZATIONS:
+        raise TrainingError(f'unknown attention normalization {cfg.attn_norm!r}: choose one of {NORMALIZATIONS}')
+    if cfg.head_fusion not in HEAD_FUSIONS:
+        raise TrainingError(f'unknown head fusion {cfg.head_fusion!r}: choose one of {HEAD_FUSIONS}')
     if cfg.val_size < 0:
         raise TrainingError(f'val_size must be >= 0, got {cfg.val_size}')
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
         raise TrainingError(f'mixup and cutmix must be >= 0 and mix_prob in [0, 1], got {cfg.mixup}, '
                             f'{cfg.cutmix}, {cfg.mix_prob}')
     if not Path(cfg.data).exists() and cfg.data != OFFICIAL_CIFAR10:
-        raise TrainingError(f'dataset not found: {cfg.data}')
+        given = '' if cfg.data != default_dataset() else ' (the default: ADVIT_DATA, else the shared CIFAR-10 archive)'
+        raise TrainingError(f'dataset not found: {cfg.data}{given}; give --data: a CIFAR-10 archive, an ImageFolder '
+                            'or CIFAR-10 python batches, or cifar10 to download the official release')
 
 
 def lr_at(progress: float, cfg: TrainConfig) -> float:
@@ -320,13 +329,14 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
             student.set_distilled_training(True)
         if teacher is not None and not students:
             shared_teacher = TeacherForward(teacher, model_normalization(student),
-                                            capture=any(m.attention for m in methods), shared=True)
+                                            capture=any(m.attention for m in methods), shared=True,
+                                            attn_norm=cfg.attn_norm)
             if cfg.compile:  # the capture hooks compile with the forwards
                 shared_teacher.model = torch.compile(teacher)
         criterion = DistillationLoss(
             member_cfg.method, student, shared_teacher if method.needs_teacher else None,
             attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau, label_smoothing=cfg.label_smoothing,
-            head_fusion=cfg.head_fusion, layer_map=cfg.layer_map)
+            head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm)
         no_decay = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else ()  # ViTs: pos/cls tokens
         groups = param_groups_weight_decay(student, cfg.weight_decay, no_decay)
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == 'cuda')
@@ -343,7 +353,8 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     if hasattr(teacher, 'blocks') and val_set is not None and hasattr(students[0].student, 'blocks'):
         same_heads = teacher.blocks[0].attn.num_heads == students[0].student.blocks[0].attn.num_heads
         fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
-        probe = AttentionProbe(teacher, val_set.images[:PROBE_IMAGES], transform, fusion, cfg.layer_map, cfg.amp)
+        probe = AttentionProbe(teacher, val_set.images[:PROBE_IMAGES], transform, fusion, cfg.layer_map, cfg.amp,
+                               cfg.attn_norm)
 
     # Resume, or start fresh run folders: nothing is written before data and models have loaded.
     step, elapsed_before = 0, 0.0
@@ -365,13 +376,16 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
                 asdict(s.cfg), world_size=ctx.world_size, group=[c.method for c in cfgs],
                 versions={'torch': torch.__version__, 'timm': timm.__version__}))
             _truncate_metrics(s.run / 'metrics.jsonl', step)
-    # Each rank and each resume point gets its own augmentation and dropout stream; the students of
-    # the group share it (the same crops, flips and mixing).
+    # Each rank gets its own augmentation and dropout stream; the students of the group share it (the
+    # same crops, flips and mixing). A resumed run takes up the streams where its `last` left them, so
+    # it ends as the uninterrupted run would (rank 0's: other ranks, whose states are not saved, reseed).
     stream_seed = cfg.seed * 1_000_003 + ctx.rank * 10_007 + step
     torch.manual_seed(stream_seed)
     transform.generator.manual_seed(stream_seed)
     mixer = Mixup(cfg.mixup, cfg.cutmix, len(classes), cfg.label_smoothing, cfg.mix_prob, seed=stream_seed) \
         if cfg.mixup or cfg.cutmix else None
+    if step and ctx.rank == 0:
+        restore_rngs(read_tensors(students[0].run / 'last.safetensors'), transform, mixer)
     params = sum(p.numel() for p in students[0].student.parameters())
     for s in students:
         s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s%s',
@@ -386,7 +400,10 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
             model=cfg.model, model_args=dict(cfg.model_args, num_classes=len(classes), img_size=cfg.image_size),
             classes=classes, image_size=cfg.image_size, mean=list(mean), std=list(std), method=s.cfg.method,
             teacher=s.cfg.teacher, recipe=cfg.recipe, data=cfg.data, step=step, epoch=step / epoch_steps,
-            val_size=cfg.val_size, val_top1=val_top1, test_top1=test_top1, params=params)
+            val_size=cfg.val_size, val_top1=val_top1, test_top1=test_top1, params=params,
+            # How the attention was compared: the app shows the maps and gaps the same way.
+            head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm, tau=cfg.tau,
+            attn_weight=cfg.attn_weight, alpha=cfg.alpha)
 
     # The loop.
     bar = tqdm(total=total_steps, initial=step, disable=not (ctx.is_main and sys.stderr.isatty()),
@@ -487,7 +504,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
             if save_now and ctx.is_main:
                 save_checkpoint(s.run / 'last.safetensors', s.student, dict(meta(s, s.best_val_top1), progress=dict(
                     step=step, elapsed=time.time() - start, best_val_top1=s.best_val_top1)),
-                    train_state=optimizer_tensors(s.optimizer))
+                    train_state=dict(optimizer_tensors(s.optimizer), **rng_tensors(transform, mixer)))
         if evaluate_now or save_now:
             distributed.barrier(ctx)  # the other ranks wait while rank 0 evaluates and writes
             window_start = time.time()  # images/s counts training, not evaluation and saving
@@ -536,6 +553,17 @@ def load_teacher(cfg: TrainConfig, classes: list[str], device: torch.device) -> 
         elif spec.suffix in ('.safetensors', '.pth', '.pt'):
             raise TrainingError(f'teacher checkpoint not found: {spec}')
         else:
+            # A timm name: the head of its weights must have been trained on this dataset's classes,
+            # or distilling its argmax distils noise (timm replaces a head of another size by a random one).
+            trained_on = pretrained_classes(cfg.teacher, cfg.teacher_pretrained_file)
+            if trained_on != len(classes):
+                source = cfg.teacher_pretrained_file or "timm's pretrained weights"
+                raise TrainingError(
+                    f'teacher {cfg.teacher}: the classifier of {source} was trained on '
+                    f'{trained_on if trained_on is not None else "no"} classes, the dataset has {len(classes)}, so '
+                    'its head would be random. Fine-tune the teacher on these classes first (advit train --method vit '
+                    f'--model {cfg.teacher} --pretrained-file WEIGHTS ...) and give that run\'s best.safetensors '
+                    'as --teacher')
             teacher = create_model(cfg.teacher, num_classes=len(classes), img_size=cfg.image_size,
                                    pretrained=cfg.teacher_pretrained_file is None,
                                    pretrained_file=cfg.teacher_pretrained_file).to(device)
@@ -556,6 +584,32 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
     return tensors
 
 
+def rng_tensors(transform: BatchTransform, mixer: Mixup | None) -> dict[str, torch.Tensor]:
+    """Every random stream a run draws from, as tensors: torch's (dropout, drop-path), CUDA's, the
+    augmentation's and mixup's."""
+    tensors = {'rng/torch': torch.get_rng_state(), 'rng/transform': transform.generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors['rng/cuda'] = torch.cuda.get_rng_state()
+    if mixer is not None:
+        state = json.dumps(mixer.rng.bit_generator.state).encode()
+        tensors['rng/mixup'] = torch.frombuffer(bytearray(state), dtype=torch.uint8)
+    return tensors
+
+
+def restore_rngs(tensors: dict[str, torch.Tensor], transform: BatchTransform, mixer: Mixup | None) -> None:
+    """Set the random streams as ``rng_tensors`` saved them (a checkpoint from before they were saved
+    keeps the reseeded streams)."""
+    saved = train_state(tensors)
+    if 'rng/torch' in saved:
+        torch.set_rng_state(saved['rng/torch'])
+    if 'rng/transform' in saved:
+        transform.generator.set_state(saved['rng/transform'])
+    if 'rng/cuda' in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved['rng/cuda'])
+    if 'rng/mixup' in saved and mixer is not None:
+        mixer.rng.bit_generator.state = json.loads(bytes(saved['rng/mixup'].tolist()))
+
+
 def restore(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float, float]:
     """Load weights and optimiser state from a ``last`` checkpoint; return (step, elapsed, best validation top-1)."""
     tensors = read_tensors(path)
@@ -563,7 +617,7 @@ def restore(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer) ->
     if progress is None:
         raise TrainingError(f'{path} has no training progress: it is not a resumable checkpoint')
     load_weights(student, model_weights(tensors), source=str(path))
-    saved = train_state(tensors)
+    saved = {key: value for key, value in train_state(tensors).items() if key.startswith('optimizer/')}
     groups = json.loads(bytes(saved.pop('optimizer/param_groups').tolist()))
     for group in groups:
         group['betas'] = tuple(group['betas'])

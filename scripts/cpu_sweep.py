@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advit.presets import preset  # noqa: E402
+from advit.data import default_dataset  # noqa: E402
 from advit.train import TrainConfig, train  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument('entries', nargs='+', help='MODEL or MODEL:key=value,...')
     parser.add_argument('--seconds', type=float, default=300, help='wall-time budget of each run')
     parser.add_argument('--out', default='runs/sweep')
-    parser.add_argument('--data', default=TrainConfig.data)
+    parser.add_argument('--data', default=default_dataset())
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,36 @@ def test_killed_run_resumes_from_last(tmp_path, data_flags, teacher_checkpoint):
     assert load_checkpoint(out / 'best.safetensors').meta['step'] == 400
 
 
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, data_flags):
+    """Killed and resumed, a run with every random stream in use (strong augmentation, mixup and
+    CutMix, drop-path) ends with the weights of the same run left alone: bitwise."""
+    common = ['train', '--method', 'vit', '--steps', '60', '--save-every', '4', '--eval-every', '1000',
+              '--recipe', 'cifar32_strong', '--mixup', '0.8', '--cutmix', '1.0', '--drop-path', '0.2',
+              *data_flags, *tiny_flags()]
+    alone, interrupted = tmp_path / 'alone', tmp_path / 'interrupted'
+    assert main([*common, '--out', str(alone)]) == 0
+    process = advit_process(*common, '--out', str(interrupted))
+    last = interrupted / 'last.safetensors'
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if last.is_file() and read_metadata(last)['progress']['step'] >= 8:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = read_metadata(last)['progress']['step']
+    assert 8 <= killed_at < 60, 'the run must be killed in the middle'
+    assert main(['train', '--resume', str(interrupted)]) == 0
+    assert f'at step {killed_at}' in (interrupted / 'train.log').read_text()
+    expected = load_checkpoint(alone / 'last.safetensors').model.state_dict()
+    resumed = load_checkpoint(last).model.state_dict()
+    assert read_metadata(last)['progress']['step'] == 60
+    for name, tensor in expected.items():
+        assert torch.equal(resumed[name], tensor), f'{name} differs after the resume at step {killed_at}'
+    losses = [[line['loss'] for line in metrics(run) if line['event'] == 'train'] for run in (alone, interrupted)]
+    assert losses[0] == losses[1], 'every step\'s loss as in the run left alone'
+
+
 @pytest.mark.parametrize('flag, methods', [('--method', ['deit_hard+advit_kl']), ('--methods', ['deit_hard', 'advit_l2'])],
                          ids=['one-student', 'students-together'])
 def test_torchrun_two_processes_on_cpu(flag, methods, tmp_path, data_flags, teacher_checkpoint):
@@ -188,6 +218,46 @@ def _assert_refused(args: list[str], message: str, capsys, out: Path | None = No
     assert message in capsys.readouterr().err
     if out is not None:
         assert not out.exists(), 'a refused run must not leave a run folder behind'
+
+
+def test_a_teacher_whose_head_was_not_trained_on_the_runs_classes_is_refused(tmp_path, data_flags, capsys):
+    """A teacher by timm name gets a fresh head when its weights' head has another size: DeiT would
+    distil the argmax of random logits. Only a head trained on the run's 10 classes is accepted."""
+    from advit.models import create_model
+    imagenet_head, cifar_head = tmp_path / 'imagenet.pth', tmp_path / 'cifar.pth'
+    torch.save(create_model('vit_tiny_patch4_32', num_classes=1000).state_dict(), imagenet_head)
+    torch.save(create_model('vit_tiny_patch4_32', num_classes=10).state_dict(), cifar_head)
+    common = ['train', '--method', 'deit_hard', '--steps', '1', *data_flags, *tiny_flags()]
+    for teacher, weights, message in (
+            ('vit_tiny_patch4_32', imagenet_head, f'the classifier of {imagenet_head} was trained on 1000 classes'),
+            ('vit_tiny_patch4_32', None, "the classifier of timm's pretrained weights was trained on no classes"),
+            ('vit_base_patch16_224', None, "timm's pretrained weights was trained on 1000 classes")):
+        out = tmp_path / f'refused-{teacher}-{weights is not None}'
+        flags = ['--teacher-pretrained-file', str(weights)] if weights else []
+        assert main([*common, '--teacher', teacher, *flags, '--out', str(out)]) == 2
+        error = capsys.readouterr().err
+        assert message in error and 'the dataset has 10' in error and 'Fine-tune the teacher' in error
+    out = tmp_path / 'accepted'
+    assert main([*common, '--teacher', 'vit_tiny_patch4_32', '--teacher-pretrained-file', str(cifar_head),
+                 '--out', str(out)]) == 0
+
+
+def test_an_installed_advit_train_finds_its_default_dataset_from_any_folder(tmp_path, data_flags, cifar_archive):
+    """No --data: the default is an absolute path (ADVIT_DATA, else the shared archive), not one
+    relative to wherever the command runs; when it is missing the message says where it looked."""
+    flags = [flag for flag in data_flags if flag not in ('--data', str(cifar_archive))]
+    command = [sys.executable, '-m', 'advit', 'train', '--method', 'vit', '--steps', '1', '--out', 'run', *flags,
+               *tiny_flags()]
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    env = dict(os.environ, ADVIT_DATA=str(cifar_archive))
+    done = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((elsewhere / 'run' / 'config.json').read_text())['data'] == str(cifar_archive)
+    missing = subprocess.run(command, cwd=elsewhere, env=dict(env, ADVIT_DATA=str(tmp_path / 'no.tar.xz')),
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2
+    assert f'dataset not found: {tmp_path / "no.tar.xz"} (the default' in missing.stderr and 'give --data' in missing.stderr
 
 
 def test_bad_inputs_are_refused_clearly(tmp_path, data_flags, cifar_archive, teacher_checkpoint, capsys):
