@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advit.augment import BatchTransform  # noqa: E402
 from advit.checkpoint import save_checkpoint  # noqa: E402
-from advit.data import CIFAR10_CLASSES, ImageSet, load_dataset  # noqa: E402
+from advit.data import CIFAR10_CLASSES, ImageSet, default_dataset, load_dataset  # noqa: E402
 from advit.evaluate import autocast, native_bf16, predict  # noqa: E402
 from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
 from advit.train import TrainConfig, train, train_group  # noqa: E402
@@ -106,7 +106,7 @@ def single_image_ms(model_name: str, amp: bool, repeats: int = 50) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=TrainConfig.data)
+    parser.add_argument('--data', default=default_dataset())
     parser.add_argument('--model', default='vit_mini4_convstem_32', help='the student (the bundle\'s)')
     parser.add_argument('--teacher-model', default='vit_tiny6_convstem_32', help='the teacher of the group part')
     parser.add_argument('--batch-size', type=int, default=128)

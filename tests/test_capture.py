@@ -163,6 +163,22 @@ def test_resample_to_grid_keeps_distributions():
     assert resample_to_grid(peak, (14, 14), (7, 7)).argmax() == 0
 
 
+def test_resampling_values_on_small_grids_by_hand():
+    """Antialiased bilinear, per axis: 4 -> 2 takes the triangle filter of width 2 (weights 3/7, 3/7,
+    1/7 around each output centre); 2 -> 4 interpolates (0.75, 0.25) with the edges held; then the
+    map is renormalised."""
+    grid = torch.arange(1.0, 17.0).reshape(4, 4)
+    down = torch.tensor([[3, 3, 1, 0], [0, 1, 3, 3]]) / 7
+    expected = down @ grid @ down.T
+    torch.testing.assert_close(resample_to_grid((grid / grid.sum()).reshape(1, 16), (4, 4), (2, 2)),
+                               (expected / expected.sum()).reshape(1, 4))
+    small = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    up = torch.tensor([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    expected = up @ small @ up.T
+    torch.testing.assert_close(resample_to_grid((small / small.sum()).reshape(1, 4), (2, 2), (4, 4)),
+                               (expected / expected.sum()).reshape(1, 16))
+
+
 def test_align_teacher_maps_selects_layers_then_resamples():
     teacher = torch.softmax(torch.randn(2, 4, 1, 196), dim=-1)
     aligned = align_teacher_maps(teacher, student_layers=2, teacher_grid=(14, 14), student_grid=(14, 14))

@@ -54,7 +54,8 @@ def report() -> AttentionReport:
         student_maps=student, teacher_maps=teacher, teacher_layers=[1, 3], grid=GRID,
         gaps={'l1': np.array([0.123456789, 0.5], np.float32), 'l2': np.array([0.01, 0.25], np.float32),
               'kl': np.array([0.3, 1.75], np.float32)},
-        student_top5={'cat': 0.6}, teacher_top5={'cat': 0.9})
+        student_top5={'cat': 0.6}, teacher_top5={'cat': 0.9},
+        settings=dict(fusion='mean', layer_map=None, attn_norm='renormalized'))
 
 
 # --- overlay ----------------------------------------------------------------------------------------
