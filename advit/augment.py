@@ -1,10 +1,12 @@
 """Batch-wise augmentation on uint8 image tensors, on whatever device the batch lives on.
 
-Three recipes:
+Four recipes:
 
 - ``cifar32``: padded random crop (zero padding 4) and horizontal flip, at the stored size.
 - ``cifar32_strong``: ``cifar32``, then one TrivialAugment operation per image (``trivial_augment``)
   and RandomErasing (p 0.25), for ViTs trained from scratch at 32x32.
+- ``none``: no augmentation (resize and normalise only): ablations, and runs that must see exactly
+  the same inputs (a torchrun run against one process).
 - ``rrc224``: the paper's RandomResizedCrop to ``image_size`` (scale 0.08-1, ratio 3/4-4/3),
   horizontal flip and RandomErasing (p 0.25, per-pixel noise, after normalisation), as in DeiT.
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RECIPES = ('cifar32', 'cifar32_strong', 'rrc224')
+RECIPES = ('cifar32', 'cifar32_strong', 'rrc224', 'none')
 
 
 def normalize(images: torch.Tensor, mean: tuple | torch.Tensor, std: tuple | torch.Tensor) -> torch.Tensor:
@@ -332,6 +334,8 @@ class BatchTransform:
 
     def train(self, images: torch.Tensor) -> torch.Tensor:
         """Augment and normalise a training batch."""
+        if self.recipe == 'none':
+            return self.eval(images)
         x = images.float() / 255.0
         if self.recipe == 'rrc224':
             x = random_resized_crop_flip(x, self.image_size, generator=self.generator)

@@ -279,8 +279,10 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """uint8 image batches and labels of one epoch, on the device the data lives on.
 
-    Training (``shuffle``) drops the last partial batch and gives each rank its own shard of
-    one permutation, seeded by (seed, epoch) so every rank and a resumed run agree.
+    Training (``shuffle``) walks one permutation, seeded by (seed, epoch) so every rank and a
+    resumed run agree, in global batches of ``batch_size * world_size`` images (the last partial one
+    dropped), of which each rank takes its own slice: a torchrun run sees the batches one process
+    with the same global batch size sees.
 
     Args:
         data: The split.
@@ -295,17 +297,17 @@ def batches(
     count = len(data)
     if shuffle:
         order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        per_rank = count // world_size
-        order = order[rank * per_rank:(rank + 1) * per_rank]
-        stop = per_rank - per_rank % batch_size
+        step = batch_size * world_size
+        starts = range(skip * step + rank * batch_size, count - count % step, step)
     else:
-        order, stop = torch.arange(count), count
+        order, starts = torch.arange(count), range(0, count, batch_size)
     order = order.to(data.images.device)
-    for start in range(skip * batch_size, stop, batch_size):
+    for start in starts:
         index = order[start:start + batch_size]
         yield data.images[index], data.labels[index]
 
 
 def steps_per_epoch(count: int, batch_size: int, world_size: int = 1) -> int:
-    """Training batches per epoch on each rank."""
-    return (count // world_size) // batch_size
+    """Training batches per epoch on each rank (``batch_size`` images a rank, global batches of
+    ``batch_size * world_size``)."""
+    return count // (batch_size * world_size)

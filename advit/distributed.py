@@ -74,6 +74,15 @@ def any_rank(value: bool, ctx: Context) -> bool:
     return bool(flag.item())
 
 
+def mean_over_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
+    """Each value averaged over the ranks (a logged loss is the global batch's, not rank 0's share)."""
+    if not ctx.distributed or not values:
+        return values
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor)
+    return dict(zip(values, (tensor / ctx.world_size).tolist()))
+
+
 def broadcast_float(value: float, ctx: Context) -> float:
     """Rank 0's value of a float, on every rank (so all ranks follow one schedule)."""
     if not ctx.distributed:

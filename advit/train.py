@@ -469,7 +469,8 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
             seconds = time.time() - window_start
             for s in students:
                 # Checked before anything is written, so a diverged run never overwrites a good checkpoint.
-                values = {name: (total / window_steps).item() for name, total in s.sums.items()}
+                values = distributed.mean_over_ranks(
+                    {name: (total / window_steps).item() for name, total in s.sums.items()}, ctx)
                 if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
                     last = s.run / 'last.safetensors'
                     kept = f'{last} holds the last good state' if last.is_file() else 'no checkpoint was saved'

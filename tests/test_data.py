@@ -397,13 +397,22 @@ def test_subset_is_fixed_and_sized(cifar):
     assert data.subset(None) is data and data.subset(500) is data and len(data.subset(10_000)) == 500
 
 
+def test_ranks_take_their_slices_of_the_global_batches_one_process_sees():
+    """Two ranks of 8 see, step by step, the two halves of the 16-image batch one process sees."""
+    data = indexed_set(103)
+    alone = list(batches(data, 16, shuffle=True, seed=3, epoch=1))
+    ranks = [list(batches(data, 8, shuffle=True, seed=3, epoch=1, rank=rank, world_size=2)) for rank in range(2)]
+    assert len(alone) == len(ranks[0]) == len(ranks[1]) == 103 // 16 == steps_per_epoch(103, 8, 2)
+    for (_, whole), (_, first), (_, second) in zip(alone, *ranks):
+        assert torch.equal(whole, torch.cat([first, second]))
+
+
 def test_shuffled_batches_shard_disjointly_and_drop_last():
     data, batch_size, world = indexed_set(103), 8, 2
-    per_rank = 103 // world
     shards = []
     for rank in range(world):
         got = list(batches(data, batch_size, shuffle=True, seed=3, epoch=1, rank=rank, world_size=world))
-        assert len(got) == per_rank // batch_size == steps_per_epoch(103, batch_size, world)
+        assert len(got) == 103 // (batch_size * world) == steps_per_epoch(103, batch_size, world)
         for images, labels in got:
             assert images.shape == (batch_size, 3, 4, 4) and labels.shape == (batch_size,)
             assert torch.equal(images[:, 0, 0, 0], (labels % 251).to(torch.uint8))  # images and labels agree

@@ -214,6 +214,26 @@ def test_torchrun_two_processes_on_cpu(flag, methods, tmp_path, data_flags, teac
     assert result.stdout.count('run folder:') == len(runs)
 
 
+def test_two_ranks_train_as_one_process_on_the_same_global_batch(tmp_path, data_flags):
+    """torchrun with 2 ranks of 32 images and one process of 64: the same batches (each rank its half),
+    gradients averaged, losses logged over both ranks. With nothing random in the inputs (recipe
+    none, no drop-path) and fp32, every step's loss and the final weights agree."""
+    common = ['train', '--method', 'vit', '--steps', '4', '--recipe', 'none', '--drop-path', '0', '--no-amp',
+              '--device', 'cpu', *data_flags, *tiny_flags()]
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    assert main([*common, '--out', str(one)]) == 0
+    torchrun = shutil.which('torchrun') or pytest.fail('torchrun not on PATH')
+    result = subprocess.run([torchrun, '--standalone', '--nproc_per_node=2', '-m', 'advit', *common, '--out', str(two)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [[line['loss'] for line in metrics(run) if line['event'] == 'train'] for run in (one, two)]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], abs=1e-4)
+    assert losses[0][-1] != pytest.approx(losses[0][0], abs=1e-3), 'the weights moved: the comparison means something'
+    alone, ranks = (load_checkpoint(run / 'last.safetensors').model.state_dict() for run in (one, two))
+    for name, tensor in alone.items():
+        torch.testing.assert_close(ranks[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def _assert_refused(args: list[str], message: str, capsys, out: Path | None = None) -> None:
     assert main(args) == 2
     assert message in capsys.readouterr().err
