@@ -51,6 +51,23 @@ def test_gaps_equal_the_training_loss_terms(image, teacher_args):
     assert len(report.teacher_layers) == 2
 
 
+def test_default_gaps_by_hand_from_the_explicit_attention(image):
+    """Independent of capture, fusion, alignment and gap code: the explicit N x N attention of each
+    model, its [CLS] row renormalised over the patches per head, heads averaged, the teacher's layers
+    1 and 3 for a 2-layer student of a 4-layer teacher, and L1, L2 and KL written out."""
+    from attention_reference import explicit_cls_attention
+    teacher, student = models(dict(TINY, depth=4, num_heads=4))
+    meta = {'classes': CLASSES}
+    report = inspect_pair(teacher, meta, student, meta, image, 'mean')
+    with torch.no_grad():
+        s = explicit_cls_attention(student, model_input(image, meta, student))[0].mean(dim=1).double()
+        t = explicit_cls_attention(teacher, model_input(image, meta, teacher))[0].mean(dim=1).double()[[1, 3]]
+    expected = {'l1': (s - t).abs().sum(-1), 'l2': ((s - t) ** 2).sum(-1), 'kl': (t * (t / s).log()).sum(-1)}
+    assert report.teacher_layers == [1, 3]
+    for kind in GAP_KINDS:
+        np.testing.assert_allclose(report.gaps[kind], expected[kind].numpy(), atol=1e-5, rtol=1e-4)
+
+
 def test_head_fusion_changes_the_maps(image):
     teacher, student = models(dict(TINY, depth=4, num_heads=4))
     meta = {'classes': CLASSES}
