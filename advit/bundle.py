@@ -29,12 +29,13 @@ import torch
 from safetensors import safe_open
 
 from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
-from .checkpoint import TRAIN_STATE_PREFIX, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
 from .io import atomic_path
 from .probe import PROBE_FILE
 from .report import RunResult, load_run, markdown_table, table2, table2_columns
+from .weights import TRAIN_STATE_PREFIX
 
 TEACHER = 'teacher'
 STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # scripts/train_bundle.sh trains them in this order

@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
-from .checkpoint import TRAIN_STATE_PREFIX, CheckpointError, describe_mismatch, load_checkpoint, read_metadata
+from .checkpoint import describe_mismatch, load_checkpoint, read_metadata
 from .models import create_model, is_vit_name
 from .names import model_label
+from .weights import TRAIN_STATE_PREFIX, CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,18 +16,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from .io import atomic_path
 from .models import create_model
+from .weights import (TRAIN_STATE_PREFIX, CheckpointError, existing_file, model_weights, read_tensors,
+                      strip_wrapper_prefixes)
 
 FORMAT = 'advit-checkpoint/1'
-TRAIN_STATE_PREFIX = 'train_state/'
-_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read or does not fit its model."""
 
 
 @dataclass
@@ -69,7 +65,7 @@ def save_checkpoint(
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of an advit safetensors checkpoint, without reading its tensors."""
-    path = _existing(path)
+    path = existing_file(path)
     try:
         with safe_open(str(path), framework='pt') as f:
             header = f.metadata() or {}
@@ -81,48 +77,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return json.loads(header['advit'])
     except json.JSONDecodeError as err:
         raise CheckpointError(f'{path} has corrupt advit metadata: {err}') from err
-
-
-def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint: safetensors, or a ``.pth``/``.pt`` state dict (weights only)."""
-    path = _existing(path)
-    if path.suffix == '.safetensors':
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f'{path} is not a readable safetensors file: {err}') from err
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError... for bad or unsafe files
-        raise CheckpointError(f'{path} is not a loadable weights-only state dict: {err}') from err
-    for key in ('model', 'state_dict', 'model_state'):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f'{path} does not hold a state dict of tensors')
-    return state
-
-
-def strip_wrapper_prefixes(name: str) -> str:
-    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from a key."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name, stripped = name[len(prefix):], True
-    return name
-
-
-def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's weights among a checkpoint's tensors, wrapper prefixes stripped."""
-    return {strip_wrapper_prefixes(k): v for k, v in tensors.items() if not k.startswith(TRAIN_STATE_PREFIX)}
-
-
-def train_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The resume state among a checkpoint's tensors."""
-    return {k[len(TRAIN_STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_STATE_PREFIX)}
 
 
 def describe_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
@@ -169,7 +123,7 @@ def load_checkpoint(
         model_args: Architecture arguments for ``model_name`` (``num_classes``, ``img_size``...).
         device: Where the model goes.
     """
-    path = _existing(path)
+    path = existing_file(path)
     meta: dict[str, Any] = {}
     if path.suffix == '.safetensors' and model_name is None:
         meta = read_metadata(path)
@@ -186,10 +140,3 @@ def load_checkpoint(
     meta.setdefault('model', name)
     meta.setdefault('model_args', args)
     return Checkpoint(model=model.to(device).eval(), meta=meta)
-
-
-def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint not found: {path}')
-    return path

@@ -5,19 +5,17 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .augment import RECIPES
 from .bundle import MAX_MB, BundleError
-from .capture import HEAD_FUSIONS, NORMALIZATIONS
-from .checkpoint import CheckpointError
-from .data import SHARED_CIFAR10, DatasetError, default_dataset
+from .data import DatasetError, default_dataset
 from .losses import METHODS, parse_method
-from .report import ReportError
 from .presets import PRESETS, preset
+from .report import ReportError
 from .train import TrainConfig, TrainingError
+from .weights import CheckpointError
 
 
 
@@ -48,71 +46,46 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
+# Argument types by a field's annotation (``from __future__`` annotations are strings).
+_TYPES = {'int': int, 'float': float, 'str': str}
+
+
+def _add_setting(parser: argparse.ArgumentParser, setting: Field) -> None:
+    """One ``TrainConfig`` field as a flag: its help and default from the field, its type from its annotation.
+    Unset flags stay None, so that presets and --config files are overridden only by what is given."""
+    cli = dict(setting.metadata['cli'])
+    flag = cli.pop('flag', '--' + setting.name.replace('_', '-'))
+    default = setting.default_factory() if setting.default is MISSING else setting.default
+    kind = setting.type.split(' | ')[0]
+    described = setting.name in ('out', 'data') or kind == 'bool' or default in (None, {})  # the help says it
+    options = dict(dest=setting.name, default=None, help=setting.metadata['help'] + ('' if described else
+                                                                                    f' (default {default})'), **cli)
+    if kind == 'bool':
+        options['action'] = 'store_false' if default else 'store_true'
+    elif kind.startswith('dict'):
+        options.update(action='append', type=_model_arg)
+    elif kind.startswith('list'):
+        options['type'] = _layer_map
+    else:
+        options['type'] = _TYPES[kind]
+    parser.add_argument(flag, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='advit', description='Attention distillation for Vision Transformers.')
     commands = parser.add_subparsers(dest='command', required=True)
 
-    t = commands.add_parser('train', help='train a student (or a teacher) by any method',
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = commands.add_parser('train', help='train a student (or a teacher) by any method')
     t.add_argument('--preset', choices=sorted(PRESETS), help='start from these settings; flags override them')
     t.add_argument('--resume', metavar='RUN', nargs='+', help='continue the run in this folder from its last '
                    'checkpoint (several folders: the students of one --methods run, together)')
     t.add_argument('--config', metavar='JSON', help='a JSON file of run settings (config.json fields); '
                    'flags override it')
-    t.add_argument('--out', help='run folder (default runs/<method>); with --methods, the folder of the students\' '
-                   'folders (default runs), each named by its method')
-    t.add_argument('--data', help=f'CIFAR-10 archive or folder, an ImageFolder root, or "cifar10" to download the '
-                   f'official release (default: ADVIT_DATA, else {SHARED_CIFAR10})')
-    t.add_argument('--method', choices=METHODS, help='loss: vit, DeiT, ADViT, or DeiT+ADViT (default vit)')
     t.add_argument('--methods', type=_methods, metavar='M1,M2,...',
                    help='train one student per method at once, on the same batches, with one teacher forward '
                    'per batch for all of them (e.g. vit,deit_hard,advit_l1)')
-    t.add_argument('--model', help='student architecture, a timm name (default vit_tiny_patch4_32)')
-    t.add_argument('--model-arg', action='append', type=_model_arg, metavar='KEY=VALUE',
-                   help='architecture argument for the student, e.g. depth=6 (repeatable)')
-    t.add_argument('--pretrained', action='store_true', default=None, help='student weights from the hub')
-    t.add_argument('--pretrained-file', help='student pretrained weights from a local file')
-    t.add_argument('--teacher', help='teacher: an advit checkpoint, a state-dict file, or a timm name')
-    t.add_argument('--teacher-model', help='architecture of a teacher state dict that lacks advit metadata')
-    t.add_argument('--teacher-pretrained-file', help='local weights for a teacher given by timm name')
-    t.add_argument('--image-size', type=int, help='input size (default 32)')
-    t.add_argument('--recipe', choices=RECIPES, help='augmentation (default cifar32)')
-    t.add_argument('--subset', type=int, help='train on a fixed subset of N images')
-    t.add_argument('--val-size', type=int, help='training images held out to select the best checkpoint on; '
-                   '0: none, the last evaluation is kept (default 5000)')
-    t.add_argument('--test-subset', type=int, help='evaluate on a fixed subset of N test images')
-    t.add_argument('--epochs', type=float, help='run length in epochs')
-    t.add_argument('--steps', type=int, help='run length in optimiser steps')
-    t.add_argument('--time-budget', type=float, metavar='SECONDS', help='run length in seconds of training')
-    t.add_argument('--batch-size', type=int, help='global batch size, split over processes (default 128)')
-    t.add_argument('--lr', type=float, help='peak learning rate (default 1e-3)')
-    t.add_argument('--min-lr', type=float, help='final learning rate of the cosine (default 1e-5)')
-    t.add_argument('--weight-decay', type=float, help='AdamW weight decay (default 0.05)')
-    t.add_argument('--warmup-fraction', type=float, help='share of the run spent warming up (default 0.05)')
-    t.add_argument('--grad-clip', type=float, help='gradient norm clip, 0 for none (default 1.0)')
-    t.add_argument('--drop-path', type=float, help='stochastic depth rate (default 0.1)')
-    t.add_argument('--label-smoothing', type=float, help='label smoothing (default 0)')
-    t.add_argument('--mixup', type=float, help='Beta alpha of mixup, e.g. 0.8; 0: off (default 0)')
-    t.add_argument('--cutmix', type=float, help='Beta alpha of CutMix, e.g. 1.0; 0: off (default 0)')
-    t.add_argument('--mix-prob', type=float, help='share of batches mixed by mixup or CutMix (default 1.0)')
-    t.add_argument('--attn-weight', type=float, help='weight of the attention loss (default 1.0)')
-    t.add_argument('--alpha', type=float, help='weight of the DeiT term; lambda for deit_soft (default 0.5)')
-    t.add_argument('--tau', type=float, help='temperature of deit_soft and advit_kl_paper (default 1.0)')
-    t.add_argument('--head-fusion', choices=HEAD_FUSIONS, help='fusion of heads (default mean)')
-    t.add_argument('--attn-norm', choices=NORMALIZATIONS,
-                   help='how each head\'s [CLS] row becomes a map: renormalized (its patch part sums to one; the '
-                        'default) or raw (the softmax row\'s patch entries, heads fused, then normalised once)')
-    t.add_argument('--layer-map', type=_layer_map, help='teacher layer per student layer, e.g. 1,3,5,7,9,11')
-    t.add_argument('--seed', type=int, help='random seed (default 0)')
-    t.add_argument('--device', choices=('auto', 'cpu', 'cuda'), help='default auto')
-    t.add_argument('--no-amp', dest='amp', action='store_false', default=None, help='no bf16 autocast (on by default where the device runs bf16 natively)')
-    t.add_argument('--compile', action='store_true', default=None,
-                   help='torch.compile the forwards (minutes of compiling first; pays on long GPU runs)')
-    t.add_argument('--log-every', type=int, help='steps between metrics lines (default 50)')
-    t.add_argument('--eval-every', type=int, help='steps between evaluations; 0: each epoch (default 0)')
-    t.add_argument('--save-every', type=int, help='steps between last checkpoints; 0: at evaluations')
-    t.add_argument('--eval-batch-size', type=int, help='default 512')
-    t.add_argument('--cache-dir', help='decoded-dataset cache (default $ADVIT_CACHE or ~/.cache/advit)')
+    for setting in fields(TrainConfig):
+        _add_setting(t, setting)
 
     e = commands.add_parser('eval', help='evaluate a checkpoint; save metrics and predictions beside it',
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -144,8 +117,8 @@ def train_configs(args: argparse.Namespace) -> tuple[list[TrainConfig], bool]:
     """The runs' configurations from flags: resumed runs' saved configs, or defaults < preset < flags;
     one per method with ``--methods``."""
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    if args.model_arg:
-        flags['model_args'] = dict(args.model_arg)
+    if args.model_args:
+        flags['model_args'] = dict(args.model_args)  # (key, value) pairs of the repeated --model-arg
     if args.resume:
         if flags or args.preset or args.config or args.methods:
             raise TrainingError('--resume continues runs with their saved config.json: give no other flags')

@@ -21,6 +21,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from .weights import model_weights, read_tensors
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -232,7 +234,6 @@ def create_model(
 
 def _head_size(path: Path, name: str) -> int | None:
     """Output size of the classifier stored in a weights file (None if it holds none)."""
-    from .checkpoint import model_weights, read_tensors  # checkpoint imports this module
     classifier = timm.models.get_pretrained_cfg_value(name.split('.', 1)[0], 'classifier') or 'head'
     head = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
     weight = model_weights(read_tensors(path)).get(f'{head}.weight')

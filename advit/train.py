@@ -31,14 +31,14 @@ from tqdm import tqdm
 
 from . import distributed
 from .augment import RECIPES, BatchTransform, Mixup
-from .checkpoint import (CheckpointError, load_checkpoint, load_weights, model_weights, read_metadata,
-                         read_tensors, save_checkpoint, train_state)
+from .checkpoint import load_checkpoint, load_weights, read_metadata, save_checkpoint
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
 from .evaluate import autocast, native_bf16, predict, save_evaluation, summarize
 from .io import atomic_path, write_json
 from .capture import HEAD_FUSIONS, NORMALIZATIONS
-from .losses import DistillationLoss, TeacherForward, parse_method
+from .losses import METHODS, DistillationLoss, TeacherForward, parse_method
 from .probe import PROBE_IMAGES, AttentionProbe
+from .weights import CheckpointError, model_weights, read_tensors, train_state
 from .models import (check_architecture_args, create_model, is_distilled, model_image_size, model_normalization,
                      pretrained_classes)
 
@@ -50,53 +50,71 @@ class TrainingError(Exception):
 _CONFIG_RECORD_KEYS = ('world_size', 'versions', 'group')  # written beside the fields in config.json
 
 
+def setting(default: Any = None, help: str = '', *, factory: Any = None, **cli: Any) -> Any:
+    """A ``TrainConfig`` field with its help: the command line builds its flag from these (``cli``:
+    argparse's ``choices``, ``metavar``, or ``flag`` for another flag name)."""
+    metadata = dict(help=help, cli=cli)
+    return field(default_factory=factory, metadata=metadata) if factory else field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; saved as ``config.json`` in the run folder."""
-    out: str = 'runs/run'
-    data: str = field(default_factory=default_dataset)  # ADVIT_DATA, else the shared CIFAR-10 archive
-    method: str = 'vit'
-    model: str = 'vit_tiny_patch4_32'
-    model_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"depth": 6}
-    pretrained: bool = False  # student weights from the hub (needs a network)
-    pretrained_file: str | None = None  # student weights from a local file
-    teacher: str | None = None  # an advit checkpoint, a state-dict file, or a timm name
-    teacher_model: str | None = None  # architecture of a teacher state dict without advit metadata
-    teacher_pretrained_file: str | None = None  # local weights for a teacher given by timm name
-    image_size: int = 32
-    recipe: str = 'cifar32'
-    subset: int | None = None  # train on a fixed subset of this many images (after the validation holdout)
-    val_size: int = 5000  # training images held out to select `best` on; 0: none, `best` is the last evaluation
-    test_subset: int | None = None
-    epochs: float | None = None  # run length: epochs, steps and/or seconds; the first reached ends it
-    steps: int | None = None
-    time_budget: float | None = None
-    batch_size: int = 128  # global, split over ranks
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.05
-    grad_clip: float = 1.0
-    drop_path: float = 0.1
-    label_smoothing: float = 0.0  # with mixup / CutMix, folded into their soft targets
-    mixup: float = 0.0  # Beta alpha of mixup (timm's 0.8); 0: off
-    cutmix: float = 0.0  # Beta alpha of CutMix (timm's 1.0); 0: off; with mixup on too, each mixes half
-    mix_prob: float = 1.0  # share of batches mixed when mixup or CutMix is on
-    attn_weight: float = 1.0
-    alpha: float = 0.5
-    tau: float = 1.0
-    head_fusion: str = 'mean'
-    layer_map: list[int] | None = None
-    attn_norm: str = 'renormalized'  # how a head's [CLS] row becomes a map: capture.NORMALIZATIONS
-    seed: int = 0
-    device: str = 'auto'
-    amp: bool = True  # bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / AMX)
-    compile: bool = False  # torch.compile the student's and the teacher's forwards (pays on long GPU runs)
-    log_every: int = 50
-    eval_every: int = 0  # steps between evaluations; 0: at each epoch's end
-    save_every: int = 0  # steps between `last` checkpoints; 0: at each evaluation
-    eval_batch_size: int = 512
-    cache_dir: str | None = None
+    """Everything a run depends on; saved as ``config.json`` in the run folder. Each field's help is
+    its ``advit train`` flag's help (``cli.build_parser``)."""
+    out: str = setting('runs/run', 'run folder (the command line\'s default: runs/<method>); with --methods, the '
+                       'folder of the students\' folders, each named by its method')
+    data: str = setting(help='CIFAR-10 archive or folder, an ImageFolder root, or "cifar10" to download the official '
+                        'release (default: ADVIT_DATA, else the shared CIFAR-10 archive)', factory=default_dataset)
+    method: str = setting('vit', 'loss: vit, DeiT, ADViT, or DeiT+ADViT', choices=METHODS)
+    model: str = setting('vit_tiny_patch4_32', 'student architecture, a timm name')
+    model_args: dict[str, Any] = setting(help='architecture argument for the student, e.g. depth=6 (repeatable)',
+                                         factory=dict, flag='--model-arg', metavar='KEY=VALUE')
+    pretrained: bool = setting(False, 'student weights from the hub (needs a network)')
+    pretrained_file: str | None = setting(None, 'student pretrained weights from a local file')
+    teacher: str | None = setting(None, 'teacher: an advit checkpoint, a state-dict file, or a timm name whose '
+                                  'weights\' head was trained on the run\'s classes')
+    teacher_model: str | None = setting(None, 'architecture of a teacher state dict that lacks advit metadata')
+    teacher_pretrained_file: str | None = setting(None, 'local weights for a teacher given by timm name')
+    image_size: int = setting(32, 'input size')
+    recipe: str = setting('cifar32', 'augmentation', choices=RECIPES)
+    subset: int | None = setting(None, 'train on a fixed subset of N images (after the validation holdout)')
+    val_size: int = setting(5000, 'training images held out to select the best checkpoint on; 0: none, the last '
+                            'evaluation is kept')
+    test_subset: int | None = setting(None, 'evaluate on a fixed subset of N test images')
+    epochs: float | None = setting(None, 'run length in epochs (with steps and a time budget: the first reached '
+                                   'ends the run)')
+    steps: int | None = setting(None, 'run length in optimiser steps')
+    time_budget: float | None = setting(None, 'run length in seconds of training', metavar='SECONDS')
+    batch_size: int = setting(128, 'global batch size, split over processes')
+    lr: float = setting(1e-3, 'peak learning rate')
+    min_lr: float = setting(1e-5, 'final learning rate of the cosine')
+    weight_decay: float = setting(0.05, 'AdamW weight decay')
+    warmup_fraction: float = setting(0.05, 'share of the run spent warming up')
+    grad_clip: float = setting(1.0, 'gradient norm clip, 0 for none')
+    drop_path: float = setting(0.1, 'stochastic depth rate')
+    label_smoothing: float = setting(0.0, 'label smoothing (with mixup / CutMix, folded into their soft targets)')
+    mixup: float = setting(0.0, 'Beta alpha of mixup, e.g. 0.8; 0: off')
+    cutmix: float = setting(0.0, 'Beta alpha of CutMix, e.g. 1.0; 0: off; with mixup on too, each mixes half')
+    mix_prob: float = setting(1.0, 'share of batches mixed by mixup or CutMix')
+    attn_weight: float = setting(1.0, 'weight of the attention loss')
+    alpha: float = setting(0.5, 'weight of the DeiT term; lambda for deit_soft')
+    tau: float = setting(1.0, 'temperature of deit_soft and advit_kl_paper')
+    head_fusion: str = setting('mean', 'fusion of attention heads before they are compared', choices=HEAD_FUSIONS)
+    layer_map: list[int] | None = setting(None, 'teacher layer per student layer, e.g. 1,3,5,7,9,11 (default '
+                                          'uniform)', metavar='L1,L2,...')
+    attn_norm: str = setting('renormalized', 'how each head\'s [CLS] row becomes a map: renormalized (its patch '
+                             'part sums to one) or raw (the softmax row\'s patch entries, heads fused, then '
+                             'normalised once)', choices=NORMALIZATIONS)
+    seed: int = setting(0, 'random seed')
+    device: str = setting('auto', 'where to train', choices=('auto', 'cpu', 'cuda'))
+    amp: bool = setting(True, 'bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / '
+                        'AMX); --no-amp turns it off', flag='--no-amp')
+    compile: bool = setting(False, 'torch.compile the forwards (minutes of compiling first; pays on long GPU runs)')
+    log_every: int = setting(50, 'steps between metrics lines')
+    eval_every: int = setting(0, 'steps between evaluations; 0: at each epoch\'s end')
+    save_every: int = setting(0, 'steps between last checkpoints; 0: at each evaluation')
+    eval_batch_size: int = setting(512, 'images per evaluation forward')
+    cache_dir: str | None = setting(None, 'decoded-dataset cache (default $ADVIT_CACHE or ~/.cache/advit)')
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> 'TrainConfig':

@@ -11,8 +11,8 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from advit.checkpoint import (CheckpointError, load_checkpoint, read_metadata, read_tensors, save_checkpoint,
-                              train_state)
+from advit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from advit.weights import CheckpointError, read_tensors, train_state
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
 from advit.data import CIFAR10_CLASSES
 from conftest import TINY

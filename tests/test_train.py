@@ -234,6 +234,22 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(tmp_path, data_
         torch.testing.assert_close(ranks[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_every_setting_is_one_flag_with_the_help_written_beside_its_field():
+    """The flags are built from TrainConfig's fields: a new setting is added in one place."""
+    from dataclasses import fields
+    from advit.cli import build_parser
+    parser = build_parser()
+    train = next(action for action in parser._actions if action.dest == 'command').choices['train']
+    by_dest = {action.dest: action for action in train._actions}
+    for setting in fields(TrainConfig):
+        action = by_dest[setting.name]
+        assert action.help.startswith(setting.metadata['help']) and action.default is None, setting.name
+    text = train.format_help()
+    assert '(default: ' not in text and '(default 128)' in text and '--no-amp' in text and '--model-arg' in text
+    args = parser.parse_args(['train', '--no-amp', '--model-arg', 'depth=2', '--layer-map', '1,3', '--lr', '0.01'])
+    assert (args.amp, args.model_args, args.layer_map, args.lr) == (False, [('depth', 2)], [1, 3], 0.01)
+
+
 def _assert_refused(args: list[str], message: str, capsys, out: Path | None = None) -> None:
     assert main(args) == 2
     assert message in capsys.readouterr().err
