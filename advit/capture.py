@@ -101,23 +101,14 @@ class ClsAttentionCapture:
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self._thread = threading.get_ident()
         self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
-        self._handles = [
-            self._hooked_module(attn).register_forward_hook(partial(self._record, index, attn))
-            for index, attn in enumerate(self._attns)]
-
-    def _hooked_module(self, attn: nn.Module) -> nn.Module:
-        """The submodule whose output gives the row: the qkv projection."""
-        return attn.qkv
-
-    def _logits(self, attn: nn.Module, output: torch.Tensor) -> torch.Tensor:
-        """The [CLS] row's logits over all tokens, (batch, heads, tokens), from the hooked module's output."""
-        return cls_attention_logits(output, attn)
+        self._handles = [attn.qkv.register_forward_hook(partial(self._record, index, attn))
+                         for index, attn in enumerate(self._attns)]
 
     def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
         # A compiled forward skips the thread check, which torch.compile cannot trace (a graph break
         # per layer): compiled models are trained, never shared between request threads.
         if torch.compiler.is_compiling() or threading.get_ident() == self._thread:
-            self._rows[index] = self._logits(attn, output)
+            self._rows[index] = cls_attention_logits(output, attn)
 
     def pop(self) -> torch.Tensor:
         """The maps of the last forward, shape (batch, layers, heads, patches); clears them.

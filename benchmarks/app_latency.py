@@ -49,9 +49,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -79,11 +76,14 @@ from advit.models import create_model
 from advit.render import gap_figure, gap_table, layer_panels
 from advit.studio import Studio
 
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / 'tests')]
+from app_server import AppServer  # noqa: E402  (tests/: the app as a server, shared with the tests)
+from measure import time_repeats  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / 'assets' / 'examples' / 'dog_5000.png'
 EXAMPLES = [EXAMPLE] + sorted(set((REPO / 'assets' / 'examples').glob('*.png')) - {EXAMPLE})
 FUSION, HEAD, OPACITY = 'mean', 0, 0.6
-SERVER_START_TIMEOUT_S = 180
 SERVER_PHASES = ('total', 'fn_call', 'postprocess', 'preprocess', 'queue_wait')
 
 
@@ -110,18 +110,6 @@ def summarize(times_s: list[float]) -> dict[str, Any]:
     """Median, 95th percentile and minimum of a list of seconds, and the list itself."""
     return dict(median_s=float(np.median(times_s)), p95_s=float(np.percentile(times_s, 95)),
                 min_s=float(min(times_s)), n=len(times_s), times_s=[float(t) for t in times_s])
-
-
-def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 # --- the checkpoints ---------------------------------------------------------------------------
@@ -177,51 +165,22 @@ def measure_in_process(keys: dict[str, str], checkpoints: Path, warmup: int, rep
 
 # --- through the app ---------------------------------------------------------------------------
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-class AppServer:
-    """``python app.py`` in its own process group, serving ``checkpoints``, with gradio's profiler on.
+class ProfiledApp(AppServer):
+    """The app serving ``checkpoints`` from a scratch ``workdir`` (its runs folder, Gradio's file cache
+    in ``cache``, the log), with gradio's request profiler on or off.
 
     Args:
         checkpoints: The folder of checkpoints (``ADVIT_CHECKPOINTS``).
-        workdir: An empty folder for the runs folder, gradio's file cache and the server's log.
+        workdir: An empty folder.
         profiling: Turn gradio's request profiler on (it keeps every request's trace in memory).
         extra_env: More environment for the server (``ADVIT_SERVED_MB=...``).
     """
 
     def __init__(self, checkpoints: Path, workdir: Path, profiling: bool = True, **extra_env: str) -> None:
-        self.url = f'http://127.0.0.1:{free_port()}'
         (workdir / 'runs').mkdir()
-        env = dict(os.environ, ADVIT_CHECKPOINTS=str(checkpoints), ADVIT_RUNS=str(workdir / 'runs'),
-                   GRADIO_SERVER_NAME='127.0.0.1', GRADIO_SERVER_PORT=self.url.rsplit(':', 1)[1],
-                   GRADIO_TEMP_DIR=str(workdir / 'gradio'), GRADIO_PROFILING='1' if profiling else '0', **extra_env)
         self.cache = workdir / 'gradio'
-        self.log_path = workdir / 'server.log'
-        with open(self.log_path, 'wb') as log:
-            self.process = subprocess.Popen([sys.executable, str(REPO / 'app.py')], cwd=REPO, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_until_ready(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> float:
-        """Seconds until the app answers HTTP; raises with the server's log if it exits or times out."""
-        start = time.perf_counter()
-        while time.perf_counter() - start < timeout_s:
-            if self.process.poll() is not None:
-                raise RuntimeError(f'app.py exited with {self.process.returncode}:\n{self.log_tail()}')
-            try:
-                with urllib.request.urlopen(self.url, timeout=2):
-                    return time.perf_counter() - start
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.5)
-        raise RuntimeError(f'app.py did not answer within {timeout_s:.0f} s:\n{self.log_tail()}')
-
-    def log_tail(self, chars: int = 4000) -> str:
-        """The end of the server's output."""
-        return self.log_path.read_text(errors='replace')[-chars:]
+        super().__init__(workdir / 'server.log', ADVIT_CHECKPOINTS=str(checkpoints), ADVIT_RUNS=str(workdir / 'runs'),
+                         GRADIO_TEMP_DIR=str(self.cache), GRADIO_PROFILING='1' if profiling else '0', **extra_env)
 
     def clear_traces(self) -> None:
         """Forget the profiler's traces so far."""
@@ -238,22 +197,6 @@ class AppServer:
                 return traces
             time.sleep(0.1)  # a trace is stored just after its response is sent
 
-    def stop(self) -> None:
-        """Terminate the server's process group (kill it if it does not exit in 10 s)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def __enter__(self) -> 'AppServer':
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def request_attention(client: Client, keys: dict[str, str], image: Path) -> None:
     """One Attention request, as the app's API names it."""
@@ -261,7 +204,7 @@ def request_attention(client: Client, keys: dict[str, str], image: Path) -> None
                    api_name='/attention')
 
 
-def client_latencies(server: AppServer, keys: dict[str, str], clients: int, requests: int,
+def client_latencies(server: ProfiledApp, keys: dict[str, str], clients: int, requests: int,
                      downloads: Path | None) -> list[float]:
     """Client-side seconds of each request, ``clients`` concurrent clients sending ``requests`` each.
 
@@ -284,7 +227,7 @@ def client_latencies(server: AppServer, keys: dict[str, str], clients: int, requ
         return [t for times in pool.map(run, range(clients)) for t in times]
 
 
-def measure_app(server: AppServer, keys: dict[str, str], clients: int, warmup: int, repeats: int,
+def measure_app(server: ProfiledApp, keys: dict[str, str], clients: int, warmup: int, repeats: int,
                 downloads: Path) -> dict[str, Any]:
     """Client-side and server-side times of Attention requests (see the module docstring for the runs)."""
     client_latencies(server, keys, 1, max(warmup, 1), downloads)  # the first request loads the models
@@ -334,7 +277,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         app_startup_s = None
         if not args.no_app:
             print('starting app.py ...', file=sys.stderr, flush=True)
-            with AppServer(checkpoints, workdir) as server, temp_root(workdir / 'client-tmp'):
+            with ProfiledApp(checkpoints, workdir) as server, temp_root(workdir / 'client-tmp'):
                 app_startup_s = server.wait_until_ready()
                 for pair in pairs:
                     print(f'{pair.name}: timing requests to the app ...', file=sys.stderr, flush=True)

@@ -67,32 +67,13 @@ from advit.inspection import GAP_KINDS
 from advit.studio import Studio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_latency import EXAMPLES, FUSION, HEAD, OPACITY, PAIRS, AppServer, save_pair, temp_root  # noqa: E402
+from app_latency import EXAMPLES, FUSION, HEAD, OPACITY, PAIRS, ProfiledApp, save_pair, temp_root  # noqa: E402
+from app_server import folder_bytes  # noqa: E402
+from measure import cpu_s, rss_mib  # noqa: E402
 
 PAIR = PAIRS['cifar32']
 RSS_GROWTH_GOAL = 0.10
 MAX_PROBLEMS_KEPT = 20
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of process ``pid`` in MiB (``VmRSS`` of ``/proc/<pid>/status``)."""
-    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
-        if line.startswith('VmRSS:'):
-            value, unit = line.split()[1:3]
-            assert unit == 'kB', line
-            return int(value) / 1024
-    raise RuntimeError(f'no VmRSS for process {pid}')
-
-
-def folder_mib(folder: Path) -> float:
-    """MiB of the files under ``folder`` (one removed while counted is skipped)."""
-    total = 0
-    for path in folder.rglob('*'):
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except FileNotFoundError:
-            pass
-    return total / 2**20
 
 
 def undecodable(panels: list[dict[str, Any]]) -> str | None:
@@ -104,12 +85,6 @@ def undecodable(panels: list[dict[str, Any]]) -> str | None:
         except Exception as err:  # noqa: BLE001 - any failure to decode is the finding
             return f'panel {Path(panel["image"]).name} does not decode: {type(err).__name__}: {err}'
     return None
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` has used (all its threads; ``/proc/<pid>/stat``)."""
-    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def expected_gaps(keys: dict[str, str], checkpoints: Path) -> dict[str, dict[str, list[float]]]:
@@ -184,10 +159,10 @@ class Load:
                 self.problems.append(problem)
             if self.answered in self.rss_at:
                 self.rss_mib[self.answered] = rss_mib(self.pid)
-                self.cache_mib[self.answered] = folder_mib(self.cache)
+                self.cache_mib[self.answered] = folder_bytes(self.cache) / 2**20
 
 
-def run_load(server: AppServer, keys: dict[str, str], expected: dict[str, dict[str, list[float]]], layers: int,
+def run_load(server: ProfiledApp, keys: dict[str, str], expected: dict[str, dict[str, list[float]]], layers: int,
              args: argparse.Namespace) -> Load:
     """``args.clients`` concurrent clients sending ``args.requests`` checked Attention requests each."""
     load = Load(server.process.pid, args.rss_at, server.cache)
@@ -236,7 +211,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         separation = min_separation(expected)
         print('starting app.py ...', file=sys.stderr, flush=True)
         served = {'ADVIT_SERVED_MB': str(args.served_mb)} if args.served_mb else {}
-        with AppServer(checkpoints, workdir, profiling=False, **served) as server, \
+        with ProfiledApp(checkpoints, workdir, profiling=False, **served) as server, \
                 temp_root(workdir / 'client-tmp'):
             startup_s = server.wait_until_ready()
             warm = Client(server.url, verbose=False, download_files=False)

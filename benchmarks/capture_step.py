@@ -47,7 +47,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -56,11 +55,11 @@ import timm
 import torch
 import torch.nn as nn
 
-from advit.capture import ClsAttentionCapture
 from advit.distributed import resolve_device
 from advit.evaluate import autocast
 from advit.losses import DistillationLoss
 from advit.models import create_model, vit_forward_flops
+from measure import rss_mib, time_repeats  # benchmarks/, this script's folder
 
 # The loss each training-step variant runs; 'full' is advit_l1 on full attention maps.
 STEP_METHODS = {'deit': 'deit_hard', 'ours': 'advit_l1', 'ours_kl': 'advit_kl', 'full': 'advit_l1'}
@@ -77,25 +76,36 @@ LOSS_TOLERANCE = 1e-4
 CHECKED_VARIANTS = ('ours', 'full')  # same loss by two routes
 
 
-class FullMapCapture(ClsAttentionCapture):
+class FullMapCapture:
     """Records every block's full softmax attention map (unfused attention) through ``attn.attn_drop``.
 
     A drop-in for ``ClsAttentionCapture`` inside ``DistillationLoss``: ``pop()`` returns the same
-    (batch, layers, heads, patches) [CLS] maps, taken from row 0 of the full maps, which stay
-    alive as AttentionExtract keeps them.
+    (batch, layers, heads, patches) renormalised [CLS] maps, taken from row 0 of the full maps,
+    which stay alive as AttentionExtract keeps them.
 
     Args:
         model: A timm ViT; its blocks are switched to the unfused attention path.
     """
 
-    def _hooked_module(self, attn: nn.Module) -> nn.Module:
-        attn.fused_attn = False  # the unfused path builds softmax(q k^T) and passes it to attn_drop
-        return attn.attn_drop
+    def __init__(self, model: nn.Module) -> None:
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self._maps: list[torch.Tensor | None] = [None] * len(model.blocks)
+        self._handles = []
+        for index, block in enumerate(model.blocks):
+            block.attn.fused_attn = False  # the unfused path builds softmax(q k^T) and passes it to attn_drop
+            self._handles.append(block.attn.attn_drop.register_forward_hook(partial(self._record, index)))
 
-    def _logits(self, attn: nn.Module, attn_map: torch.Tensor) -> torch.Tensor:
-        # Row 0 of the full (batch, heads, tokens, tokens) map; its log is a logit row whose softmax
-        # over the patches is the renormalised patch part, as pop() takes it.
-        return attn_map[:, :, 0].float().log()
+    def _record(self, index: int, _module: nn.Module, _inputs, attn_map: torch.Tensor) -> None:
+        self._maps[index] = attn_map
+
+    def pop(self) -> torch.Tensor:
+        rows = torch.stack([attn_map[:, :, 0] for attn_map in self._maps], dim=1).float()[..., self.num_prefix_tokens:]
+        self._maps = [None] * len(self._maps)
+        return rows / rows.sum(dim=-1, keepdim=True)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 class Setup:
@@ -158,32 +168,6 @@ class Setup:
         return partial(self.student_forward, capture=variant == 'forward_capture')
 
 
-def current_rss_kib() -> int:
-    """Resident set size of this process now, in KiB (Linux)."""
-    with open('/proc/self/status') as status:
-        return next(int(line.split()[1]) for line in status if line.startswith('VmRSS:'))
-
-
-def time_repeats(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            start_s = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start_s)
-    return times
-
-
 def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     """Time one variant in this process and measure its peak memory over the models' own."""
     device = resolve_device(args.device)
@@ -193,9 +177,9 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = current_rss_kib() * 1024
+        base = int(rss_mib() * 2**20)
     fn = setup.prepare(args.variant)
-    times = time_repeats(fn, device, args.warmup, args.repeats)
+    times = time_repeats(fn, args.warmup, args.repeats, device)
     if device.type == 'cuda':
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -211,7 +195,7 @@ def matmul_rate(device: torch.device, size: int | None = None, repeats: int = 20
     size = size or (8192 if device.type == 'cuda' else 1024)
     dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    times = time_repeats(lambda: a @ b, device, warmup=3, repeats=repeats)
+    times = time_repeats(lambda: a @ b, warmup=3, repeats=repeats, device=device)
     return 2 * size ** 3 / statistics.median(times)
 
 

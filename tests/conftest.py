@@ -21,6 +21,38 @@ def tiny_vit(seed: int = 0, name: str = 'vit_tiny_patch4_32', **overrides):
     return timm.create_model(name, **dict(TINY, **overrides)).eval()
 
 
+def noise_image(size: int = 32, seed: int = 0):
+    """A seeded random RGB image (PIL)."""
+    import numpy as np
+    from PIL import Image
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and CRC, for PNG files written by hand."""
+    import struct
+    import zlib
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
+
+
+def wait_until(what: str, check, timeout: float, *managers):
+    """Poll ``check`` (moving the queues of the job ``managers``) until it is truthy and return it; fail
+    after ``timeout`` seconds, listing the first manager's jobs."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        for manager in managers:
+            manager.poll()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            states = [(job['name'], job['state'], job['step'], job['error']) for job in managers[0].list()] \
+                if managers else []
+            pytest.fail(f'not within {timeout}s: {what}; jobs: {states}')
+        time.sleep(0.05)
+
+
 def tiny_flags(**overrides) -> list[str]:
     """``--model-arg`` flags for a tiny student."""
     args = dict(TINY, **overrides)

@@ -6,7 +6,6 @@ import re
 import threading
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 import urllib.request
 
 import numpy as np
@@ -20,7 +19,7 @@ from advit.compare import Comparison
 from advit.evaluate import load_predictions
 from advit.images import MAX_FILE_BYTES, load_image
 from advit.inspection import inspect_pair
-from app_server import running_app
+from app_server import folder_bytes, running_app
 from conftest import REPO
 
 EXAMPLE = REPO / 'assets' / 'examples' / 'ship_8000.png'
@@ -238,17 +237,6 @@ def test_everyone_asking_for_the_same_example_at_once_all_get_whole_answers(app_
     with ThreadPoolExecutor(clients) as executor:
         problems = [p for found in executor.map(run, pool) for p in found]
     assert problems == [], f'{len(problems)} of {clients * requests} failed: {problems[:3]}'
-
-
-def folder_bytes(folder: Path) -> int:
-    """The bytes of the files under ``folder`` (the server may remove one while it is counted)."""
-    total = 0
-    for path in folder.rglob('*'):
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def test_gradio_cache_stays_bounded_over_a_soak(tiny_bundle, cifar_archive, keys, tmp_path):

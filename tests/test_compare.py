@@ -11,12 +11,11 @@ import torch
 from PIL import Image
 
 import advit  # noqa: F401  (registers the CIFAR ViTs with timm)
-from advit.checkpoint import save_checkpoint
 from advit.compare import Comparison, compare, comparison_cache, saved_predictions
 from advit.data import load_dataset
 from advit.evaluate import evaluation_paths, load_predictions, save_evaluation
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
-from conftest import TINY
+from conftest import TINY, save_tiny_checkpoint
 
 NAME = 'vit_tiny_patch4_32'
 
@@ -81,15 +80,6 @@ def test_identical_models_never_disagree():
 
 # --- predictions saved beside a checkpoint ----------------------------------------------------------
 
-def tiny_checkpoint(path: Path, classes: list[str], seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = timm.create_model(NAME, **TINY)
-    save_checkpoint(path, model, dict(model=NAME, model_args=dict(TINY, num_classes=10), classes=classes,
-                                      mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD), method='vit',
-                                      test_top1=None, params=sum(p.numel() for p in model.parameters())))
-    return path
-
-
 @torch.no_grad()
 def predicted_here(seed: int, images: torch.Tensor) -> np.ndarray:
     """The classes the checkpoint's model predicts, computed here (its own normalisation)."""
@@ -109,7 +99,7 @@ def one_hot(classes: np.ndarray, count: int = 10) -> torch.Tensor:
 
 def test_saved_predictions_that_cover_the_test_set_are_used(tmp_path, cifar, cifar_archive):
     test = cifar['test']
-    checkpoint = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=0)
+    checkpoint = save_tiny_checkpoint(tmp_path / 'a.safetensors', 'vit', 0)
     labels = test.labels.numpy()
     fake = (labels + 3) % 10  # predictions no model made: proof that the file is what is read
     save_evaluation(checkpoint, one_hot(fake), test.labels, test.classes, {})
@@ -139,7 +129,7 @@ def small_data(tmp_path_factory, cifar) -> Path:
 def test_predictions_of_the_same_size_but_other_images_are_recomputed(tmp_path, small_data):
     test = load_dataset(small_data)['test']
     assert len(test) == 30 and test.classes == sorted(test.classes)
-    checkpoint = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=5)
+    checkpoint = save_tiny_checkpoint(tmp_path / 'a.safetensors', 'vit', 5)
     other = torch.roll(test.labels, 1)  # 30 labels, not these
     save_evaluation(checkpoint, one_hot(np.zeros(30, dtype=np.int64)), other, test.classes, {})
     own = [stamp(path) for path in evaluation_paths(checkpoint)]
@@ -156,15 +146,15 @@ def test_predictions_of_the_same_size_but_other_images_are_recomputed(tmp_path, 
 
 def test_saved_predictions_for_a_subset_test_set(tmp_path, small_data):
     test = load_dataset(small_data)['test'].subset(10)
-    checkpoint = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=6)
+    checkpoint = save_tiny_checkpoint(tmp_path / 'a.safetensors', 'vit', 6)
     preds = saved_predictions(checkpoint, test, small_data)
     assert len(preds) == len(test) == 10
 
 
 def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
     test = cifar['test']
-    a = tiny_checkpoint(tmp_path / 'a.safetensors', test.classes, seed=3)
-    b = tiny_checkpoint(tmp_path / 'b.safetensors', test.classes, seed=4)
+    a = save_tiny_checkpoint(tmp_path / 'a.safetensors', 'vit', 3)
+    b = save_tiny_checkpoint(tmp_path / 'b.safetensors', 'vit', 4)
     subset = test.subset(300)  # A: predictions of another test set (e.g. a run with --test-subset 300)
     save_evaluation(a, one_hot(subset.labels.numpy()), subset.labels, subset.classes, {})
     assert not evaluation_paths(b)[1].exists()  # B: none yet

@@ -29,7 +29,7 @@ from PIL import Image
 from advit.checkpoint import load_checkpoint, save_checkpoint
 from advit.images import ImageError, load_image
 from app_server import running_app
-from conftest import REPO, save_tiny_checkpoint
+from conftest import REPO, png_chunk, save_tiny_checkpoint
 
 EXAMPLE = REPO / 'assets' / 'examples' / 'ship_8000.png'
 
@@ -224,14 +224,10 @@ def _encode(fmt: str) -> bytes:
 VALID = {fmt: _encode(fmt) for fmt in ('PNG', 'JPEG', 'WEBP', 'GIF')}
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
-
-
 def _png_header(width: int, height: int, body: bytes) -> bytes:
     """A PNG with a valid IHDR (8-bit RGB) declaring width x height, then a tiny IDAT and IEND."""
-    return (b'\x89PNG\r\n\x1a\n' + _chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
-            + _chunk(b'IDAT', body) + _chunk(b'IEND', b''))
+    return (b'\x89PNG\r\n\x1a\n' + png_chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
+            + png_chunk(b'IDAT', body) + png_chunk(b'IEND', b''))
 
 
 SUFFIX = {'PNG': '.png', 'JPEG': '.jpg', 'WEBP': '.webp', 'GIF': '.gif'}

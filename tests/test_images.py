@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from advit.images import MAX_FILE_BYTES, MAX_PIXELS, ImageError, load_image, to_rgb
+from conftest import png_chunk
 
 NOT_AN_IMAGE = 'not an image'
 TRUNCATED = 'truncated or corrupt'
@@ -27,10 +28,6 @@ def refused(path: Path) -> str:
     with pytest.raises(ImageError) as info:
         load_image(path)
     return str(info.value)
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
 
 
 def blank_bilevel_png(width: int, height: int) -> bytes:

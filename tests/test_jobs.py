@@ -14,7 +14,7 @@ import pytest
 
 from advit.checkpoint import load_checkpoint
 from advit.jobs import ACTIVE, JobError, JobLimits, JobManager, sanitize_name
-from conftest import TINY, group_gone, kill_jobs
+from conftest import TINY, group_gone, kill_jobs, wait_until
 
 LONG = 100_000  # steps: a job that runs until it is cancelled or killed
 
@@ -31,22 +31,6 @@ def record(manager: JobManager, name: str) -> dict:
 
 def last_pid(manager: JobManager, name: str) -> int:
     return record(manager, name)['launches'][-1]['pid']
-
-
-def wait_until(what: str, check, timeout: float, *polled: JobManager):
-    """Poll ``check`` (moving the queues of ``polled``) until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for manager in polled:
-            manager.poll()
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            states = [(job['name'], job['state'], job['step'], job['error']) for job in polled[0].list()] \
-                if polled else []
-            pytest.fail(f'not within {timeout}s: {what}; jobs: {states}')
-        time.sleep(0.05)
 
 
 def read_json(path: Path) -> dict:

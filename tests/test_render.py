@@ -9,6 +9,7 @@ from PIL import Image
 
 from advit.inspection import AttentionReport
 from advit.render import PANEL_SIZE, gap_figure, gap_table, layer_panels, overlay, per_class_figure
+from conftest import noise_image
 
 GRID = (4, 4)
 INFERNO = colormaps['inferno']
@@ -33,10 +34,6 @@ def block_means(pixels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     size = pixels.shape[0]
     light = brightness(pixels)
     return light.reshape(rows, size // rows, cols, size // cols).mean(axis=(1, 3))
-
-
-def noise_image(size: int = 32, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
 def attention_map(seed: int, patches: int = 16) -> np.ndarray:

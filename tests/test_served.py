@@ -11,19 +11,16 @@ import pytest
 from PIL import Image
 
 from advit.served import ServedFiles, gradio_cache_dir
-
-
-def noise(seed: int, size: int = 32) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+from conftest import noise_image
 
 
 def test_the_same_content_is_the_same_file_never_rewritten(tmp_path):
     store = ServedFiles(tmp_path / 'served')
-    first = store.save_image(noise(0))
+    first = store.save_image(noise_image(seed=0))
     inode = os.stat(first).st_ino
-    again = store.save_image(noise(0))
+    again = store.save_image(noise_image(seed=0))
     assert again == first and os.stat(again).st_ino == inode, 'a file a response may be streaming is not replaced'
-    other = store.save_image(noise(1))
+    other = store.save_image(noise_image(seed=1))
     assert other != first
     with Image.open(first) as image:
         assert np.array_equal(np.asarray(image.convert('RGB')).shape, (32, 32, 3))
@@ -31,29 +28,29 @@ def test_the_same_content_is_the_same_file_never_rewritten(tmp_path):
 
 
 def test_the_folder_stays_under_its_cap_least_recently_served_first(tmp_path):
-    sizes = [len(Path(ServedFiles(tmp_path / f'probe{i}').save_image(noise(i))).read_bytes()) for i in range(3)]
+    sizes = [len(Path(ServedFiles(tmp_path / f'probe{i}').save_image(noise_image(seed=i))).read_bytes()) for i in range(3)]
     store = ServedFiles(tmp_path / 'served', max_bytes=int(2.5 * max(sizes)))
-    a, b = store.save_image(noise(0)), store.save_image(noise(1))
-    store.save_image(noise(0))  # served again: now b is the least recently served
-    c = store.save_image(noise(2))
+    a, b = store.save_image(noise_image(seed=0)), store.save_image(noise_image(seed=1))
+    store.save_image(noise_image(seed=0))  # served again: now b is the least recently served
+    c = store.save_image(noise_image(seed=2))
     assert Path(a).is_file() and Path(c).is_file() and not Path(b).exists()
     on_disk = sum(p.stat().st_size for p in (tmp_path / 'served').iterdir())
     assert on_disk == store.size <= store.max_bytes
     for seed in range(3, 40):
-        store.save_image(noise(seed))
+        store.save_image(noise_image(seed=seed))
         assert sum(p.stat().st_size for p in (tmp_path / 'served').iterdir()) <= store.max_bytes
 
 
 def test_a_file_removed_behind_its_back_is_written_again(tmp_path):
     store = ServedFiles(tmp_path / 'served')
-    path = store.save_image(noise(0))
+    path = store.save_image(noise_image(seed=0))
     os.remove(path)  # Gradio's own cache expiry (delete_cache) removes files it has served
-    assert store.save_image(noise(0)) == path and Path(path).is_file()
+    assert store.save_image(noise_image(seed=0)) == path and Path(path).is_file()
 
 
 def test_gallery_pairs_paths_with_captions(tmp_path):
     store = ServedFiles(tmp_path / 'served')
-    items = store.gallery([(noise(0), 'zero'), (noise(1), 'one')])
+    items = store.gallery([(noise_image(seed=0), 'zero'), (noise_image(seed=1), 'one')])
     assert [caption for _, caption in items] == ['zero', 'one'] and all(Path(p).is_file() for p, _ in items)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from advit.jobs import JobError, JobLimits, JobManager
 from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_off_reason, parse_model_args
-from conftest import REPO, TINY, kill_jobs
+from conftest import REPO, TINY, kill_jobs, wait_until
 
 
 def form(archive: Path, **overrides) -> dict:
@@ -20,19 +20,6 @@ def form(archive: Path, **overrides) -> dict:
                      'num_heads=3', teacher=None, data=str(archive), length='steps', amount=3, lr=1e-3,
                      attn_weight=1.0, alpha=0.5, tau=1.0, seed=0, subset=256, batch_size=64, device='cpu'),
                 **overrides)
-
-
-def wait_until(what: str, check, timeout: float, manager: JobManager):
-    deadline = time.monotonic() + timeout
-    while True:
-        manager.poll()
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f'not within {timeout}s: {what}; jobs: '
-                        f'{[(job["name"], job["state"], job["error"]) for job in manager.list()]}')
-        time.sleep(0.05)
 
 
 @pytest.fixture
