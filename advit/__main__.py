@@ -1,3 +1,4 @@
+"""``python -m advit``: the command line (``advit.cli``)."""
 import sys
 
 from .cli import main

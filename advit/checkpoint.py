@@ -140,3 +140,26 @@ def load_checkpoint(
     meta.setdefault('model', name)
     meta.setdefault('model_args', args)
     return Checkpoint(model=model.to(device).eval(), meta=meta)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimiser's state as flat tensors (param groups as JSON in a byte tensor)."""
+    state = optimizer.state_dict()
+    tensors = {f'optimizer/{index}/{name}': value if torch.is_tensor(value) else torch.tensor(value)
+               for index, slots in state['state'].items() for name, value in slots.items()}
+    groups = json.dumps(state['param_groups']).encode()
+    tensors['optimizer/param_groups'] = torch.frombuffer(bytearray(groups), dtype=torch.uint8)
+    return tensors
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore an optimiser from ``optimizer_tensors``' tensors (other train-state keys are ignored)."""
+    saved = {key: value for key, value in tensors.items() if key.startswith('optimizer/')}
+    groups = json.loads(bytes(saved.pop('optimizer/param_groups').tolist()))
+    for group in groups:
+        group['betas'] = tuple(group['betas'])
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in saved.items():
+        _, index, name = key.split('/')
+        slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({'state': slots, 'param_groups': groups})

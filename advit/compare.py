@@ -1,5 +1,7 @@
-"""Two classifiers on the CIFAR-10 test set: where one is right and the other wrong (paper Table 3),
-and their per-class accuracy side by side (paper Table 2), from the predictions saved at evaluation."""
+"""Two classifiers on one test set: where one is right and the other wrong (Table 3), and per class (Table 2).
+
+From the predictions saved at evaluation when they cover the test set, else from a cache of their own.
+"""
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,7 @@
-"""Results tables from run folders: the paper's Table 1 (family, method, loss, top-1, params) with mean
-and standard deviation over seeds, and Table 2 (per-class accuracy of two runs side by side).
+"""Results tables from run folders: the paper's Table 1 over seeds, and Table 2 per class.
+
+Table 1 has family, method, loss, top-1 (mean and standard deviation over seeds) and parameters;
+Table 2 the per-class accuracy of two runs side by side.
 
     advit report runs/* --out report/ [--compare runs/l1 runs/deit]
 

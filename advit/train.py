@@ -11,11 +11,8 @@ the highest validation top-1. The test split is evaluated once, on that checkpoi
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -31,16 +28,17 @@ from tqdm import tqdm
 
 from . import distributed
 from .augment import RECIPES, BatchTransform, Mixup
-from .checkpoint import load_checkpoint, load_weights, read_metadata, save_checkpoint
+from .capture import HEAD_FUSIONS, NORMALIZATIONS
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
 from .evaluate import autocast, native_bf16, predict, save_evaluation, summarize
-from .io import atomic_path, write_json
-from .capture import HEAD_FUSIONS, NORMALIZATIONS
 from .losses import METHODS, DistillationLoss, TeacherForward, parse_method
-from .probe import PROBE_IMAGES, AttentionProbe
-from .weights import CheckpointError, model_weights, read_tensors, train_state
 from .models import (check_architecture_args, create_model, is_distilled, model_image_size, model_normalization,
                      pretrained_classes)
+from .probe import PROBE_IMAGES, AttentionProbe
+from .run_folder import (RunStatus, StopSignal, append_metrics, close_log, open_log, restore_last, restore_last_rngs,
+                         save_last, truncate_metrics, write_config)
+from .weights import CheckpointError
 
 
 class TrainingError(Exception):
@@ -217,7 +215,7 @@ def train_group(cfgs: list[TrainConfig], resume: bool = False) -> list[Path]:
         raise
     finally:
         for cfg in cfgs:  # release each run's train.log
-            _close_logger(Path(cfg.out))
+            close_log(Path(cfg.out))
         distributed.cleanup()
 
 
@@ -242,44 +240,33 @@ def validate_group(cfgs: list[TrainConfig]) -> None:
         raise TrainingError(f'students trained together share one teacher, got {sorted(teachers)}')
 
 
-class RunStatus:
-    """The run's own account of itself in ``status.json`` (state, progress, best accuracy), written
-    atomically by rank 0, so that a job list only reads files.
+@dataclass
+class Splits:
+    """The run's images on its device: training, held-out validation (or None) and test."""
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
 
-    States: ``running``, ``finished``, ``cancelled``, ``failed`` (with ``error``).
-    """
-
-    def __init__(self, run: Path, enabled: bool) -> None:
-        self.path, self.enabled = run / 'status.json', enabled
-        self.fields: dict[str, Any] = {}
-
-    def write(self, state: str, **fields: Any) -> None:
-        if not self.enabled or not self.path.parent.is_dir():
-            return  # a run refused before its folder exists leaves nothing behind
-        self.fields.update(fields, state=state, pid=os.getpid(), updated=time.time())
-        write_json(self.path, self.fields)
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
 
 
-class StopSignal:
-    """SIGTERM (a cancel) asks the loop to stop at the next step, save ``last`` and end as cancelled."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __enter__(self) -> 'StopSignal':
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: signals cannot be caught here
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+def load_splits(cfg: TrainConfig, ctx: distributed.Context) -> Splits:
+    """The dataset's splits, the validation images held out of training, subsets taken, on the device.
+    Rank 0 decodes and caches first, so the other ranks read the cache instead of racing it."""
+    if not ctx.is_main:
+        distributed.barrier(ctx)
+    data = load_dataset(cfg.data, cfg.cache_dir)
+    if ctx.is_main:
+        distributed.barrier(ctx)
+    try:
+        train_set, val_set = data['train'].holdout(cfg.val_size) if cfg.val_size else (data['train'], None)
+    except ValueError as err:
+        raise TrainingError(f'{err}: lower --val-size') from err
+    return Splits(train=train_set.subset(cfg.subset).to(ctx.device),
+                  val=val_set.to(ctx.device) if val_set is not None else None,
+                  test=data['test'].subset(cfg.test_subset).to(ctx.device))
 
 
 @dataclass
@@ -293,35 +280,125 @@ class Student:
     status: RunStatus
     log: logging.Logger
     best_val_top1: float = -1.0
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # loss terms since the last log line
 
     @property
     def run(self) -> Path:
         return Path(self.cfg.out)
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
+        """One optimiser step on a batch (the loss calls the shared teacher: once per batch for all)."""
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr
+        with autocast(inputs.device, self.cfg.amp):
+            outputs = self.model(inputs)
+            loss, terms = self.criterion(inputs, outputs, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0) + value.float()
+
+    def mean_terms(self, steps: int, ctx: distributed.Context) -> dict[str, float]:
+        """The loss terms averaged over the last ``steps`` steps and the ranks; cleared. A loss that is not
+        finite stops the run before anything is written, so a diverged run never overwrites a good checkpoint."""
+        values = distributed.mean_over_ranks({name: (total / steps).item() for name, total in self.sums.items()}, ctx)
+        self.sums = {}
+        if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
+            last = self.run / 'last.safetensors'
+            kept = f'{last} holds the last good state' if last.is_file() else 'no checkpoint was saved'
+            raise TrainingError(f'{self.cfg.method}: loss is not finite ({values}): the run stopped; lower --lr or '
+                                f'check the data; {kept}')
+        return values
+
+
+def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], teacher: TeacherForward | None,
+                  status: RunStatus, ctx: distributed.Context, tag: str | None) -> Student:
+    """A student, its loss (with the shared teacher when its method needs one) and its optimiser. Seeded:
+    students of one seed start from the same weights, so students that differ in their method start alike."""
+    method = parse_method(member.method)
+    torch.manual_seed(cfg.seed)
+    student = create_model(
+        cfg.model, num_classes=len(classes), pretrained=cfg.pretrained and cfg.pretrained_file is None,
+        pretrained_file=cfg.pretrained_file, img_size=cfg.image_size, drop_path_rate=cfg.drop_path,
+        **cfg.model_args).to(ctx.device)
+    if method.logit is not None and is_distilled(student):
+        student.set_distilled_training(True)
+    criterion = DistillationLoss(
+        member.method, student, teacher if method.needs_teacher else None,
+        attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau, label_smoothing=cfg.label_smoothing,
+        head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm)
+    no_decay = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else ()  # ViTs: pos/cls tokens
+    groups = param_groups_weight_decay(student, cfg.weight_decay, no_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=ctx.device.type == 'cuda')
+    model = DistributedDataParallel(student, device_ids=[ctx.device] if ctx.device.type == 'cuda' else None) \
+        if ctx.distributed else student
+    if cfg.compile:
+        model = torch.compile(model)
+    return Student(member, student, model, criterion, optimizer, status, open_log(Path(member.out), ctx.is_main, tag))
+
+
+def shared_teacher_of(cfgs: list[TrainConfig], classes: list[str],
+                      device: torch.device) -> tuple[nn.Module | None, TeacherForward | None]:
+    """The group's teacher (None if no method needs one) and its forward, shared by the students' losses."""
+    cfg, methods = cfgs[0], [parse_method(c.method) for c in cfgs]
+    teacher_cfg = next((c for c, m in zip(cfgs, methods) if m.needs_teacher), None)
+    if teacher_cfg is None:
+        return None, None
+    teacher = load_teacher(teacher_cfg, classes, device)
+    with torch.device('meta'):  # the students' input normalisation (one architecture for all), no weights
+        student_norm = model_normalization(create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args))
+    shared = TeacherForward(teacher, student_norm, capture=any(m.attention for m in methods), shared=True,
+                            attn_norm=cfg.attn_norm)
+    if cfg.compile:  # the capture hooks compile with the forwards
+        shared.model = torch.compile(teacher)
+    return teacher, shared
+
+
+def restore_students(students: list[Student]) -> tuple[int, float]:
+    """Each student from its ``last`` checkpoint, all at one step; (step, seconds trained). None saved yet: (0, 0)."""
+    saved = [(s.run / 'last.safetensors').is_file() for s in students]
+    if not any(saved):
+        return 0, 0.0
+    if not all(saved):
+        raise TrainingError('some students of the group have a last checkpoint and some not: cannot resume together')
+    steps, elapsed = [], 0.0
+    for s in students:
+        at, elapsed, s.best_val_top1 = restore_last(s.run, s.student, s.optimizer)
+        steps.append(at)
+        s.log.info('resumed from %s at step %d', s.run / 'last.safetensors', at)
+    if len(set(steps)) > 1:
+        raise TrainingError(f'the students stopped at different steps {steps}: resume them one by one')
+    return steps[0], elapsed
+
+
+def checkpoint_meta(cfg: TrainConfig, s: Student, classes: list[str], step: int, epoch_steps: int,
+                    val_top1: float | None) -> dict[str, Any]:
+    """What a checkpoint says of itself: how to rebuild the model, how it was trained and how well it does."""
+    mean, std = model_normalization(s.student)
+    return dict(
+        model=cfg.model, model_args=dict(cfg.model_args, num_classes=len(classes), img_size=cfg.image_size),
+        classes=classes, image_size=cfg.image_size, mean=list(mean), std=list(std), method=s.cfg.method,
+        teacher=s.cfg.teacher, recipe=cfg.recipe, data=cfg.data, step=step, epoch=step / epoch_steps,
+        val_size=cfg.val_size, val_top1=val_top1, test_top1=None, params=sum(p.numel() for p in s.student.parameters()),
+        # How the attention was compared: the app shows the maps and gaps the same way.
+        head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm, tau=cfg.tau,
+        attn_weight=cfg.attn_weight, alpha=cfg.alpha)
 
 
 def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, statuses: list[RunStatus],
            stop: StopSignal) -> list[Path]:
     cfg, device = cfgs[0], ctx.device  # the settings the students share (validate_group)
 
-    # Data: rank 0 decodes and caches first, so the others read the cache instead of racing it.
-    if not ctx.is_main:
-        distributed.barrier(ctx)
-    data = load_dataset(cfg.data, cfg.cache_dir)
-    if ctx.is_main:
-        distributed.barrier(ctx)
-    try:
-        train_set, val_set = data['train'].holdout(cfg.val_size) if cfg.val_size else (data['train'], None)
-    except ValueError as err:
-        raise TrainingError(f'{err}: lower --val-size') from err
-    train_set = train_set.subset(cfg.subset).to(device)
-    val_set = val_set.to(device) if val_set is not None else None
-    test_set = data['test'].subset(cfg.test_subset).to(device)
-    classes = train_set.classes
+    # Data and schedule.
+    splits = load_splits(cfg, ctx)
+    classes = splits.classes
     batch_size = cfg.batch_size // ctx.world_size
-    epoch_steps = steps_per_epoch(len(train_set), batch_size, ctx.world_size)
+    epoch_steps = steps_per_epoch(len(splits.train), batch_size, ctx.world_size)
     if batch_size == 0 or epoch_steps == 0:
-        raise TrainingError(f'{len(train_set)} training images on {ctx.world_size} process(es) do not fill '
+        raise TrainingError(f'{len(splits.train)} training images on {ctx.world_size} process(es) do not fill '
                             f'one batch of {cfg.batch_size}: lower --batch-size or raise --subset')
     step_limits = [cfg.steps] if cfg.steps else []
     if cfg.epochs:
@@ -329,71 +406,25 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     total_steps = min(step_limits, default=None)  # None: the time budget alone ends the run
 
     # The teacher, loaded once; its forward runs once per batch for every student that needs it.
-    methods = [parse_method(c.method) for c in cfgs]
-    teacher_cfg = next((c for c, m in zip(cfgs, methods) if m.needs_teacher), None)
-    teacher = load_teacher(teacher_cfg, classes, device) if teacher_cfg else None
-    shared_teacher = None
-
-    # Students, losses, optimisers. Seeded: students of one seed start from the same weights (so
-    # students that differ only in their method start alike).
-    students = []
-    for member_cfg, method, status in zip(cfgs, methods, statuses):
-        torch.manual_seed(cfg.seed)
-        student = create_model(
-            cfg.model, num_classes=len(classes), pretrained=cfg.pretrained and cfg.pretrained_file is None,
-            pretrained_file=cfg.pretrained_file, img_size=cfg.image_size, drop_path_rate=cfg.drop_path,
-            **cfg.model_args).to(device)
-        if method.logit is not None and is_distilled(student):
-            student.set_distilled_training(True)
-        if teacher is not None and not students:
-            shared_teacher = TeacherForward(teacher, model_normalization(student),
-                                            capture=any(m.attention for m in methods), shared=True,
-                                            attn_norm=cfg.attn_norm)
-            if cfg.compile:  # the capture hooks compile with the forwards
-                shared_teacher.model = torch.compile(teacher)
-        criterion = DistillationLoss(
-            member_cfg.method, student, shared_teacher if method.needs_teacher else None,
-            attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau, label_smoothing=cfg.label_smoothing,
-            head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm)
-        no_decay = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else ()  # ViTs: pos/cls tokens
-        groups = param_groups_weight_decay(student, cfg.weight_decay, no_decay)
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == 'cuda')
-        model = DistributedDataParallel(student, device_ids=[device] if device.type == 'cuda' else None) \
-            if ctx.distributed else student
-        if cfg.compile:
-            model = torch.compile(model)
-        log = _logger(Path(member_cfg.out), ctx.is_main, member_cfg.method if len(cfgs) > 1 else None)
-        students.append(Student(member_cfg, student, model, criterion, optimizer, status, log))
+    teacher, shared_teacher = shared_teacher_of(cfgs, classes, device)
+    students = [build_student(member, cfg, classes, shared_teacher, status, ctx,
+                              member.method if len(cfgs) > 1 else None) for member, status in zip(cfgs, statuses)]
     mean, std = model_normalization(students[0].student)
     transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device)
     # Each evaluation also measures every student's attention gap to a ViT teacher on held-out images.
     probe = None
-    if hasattr(teacher, 'blocks') and val_set is not None and hasattr(students[0].student, 'blocks'):
+    if hasattr(teacher, 'blocks') and splits.val is not None and hasattr(students[0].student, 'blocks'):
         same_heads = teacher.blocks[0].attn.num_heads == students[0].student.blocks[0].attn.num_heads
         fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
-        probe = AttentionProbe(teacher, val_set.images[:PROBE_IMAGES], transform, fusion, cfg.layer_map, cfg.amp,
+        probe = AttentionProbe(teacher, splits.val.images[:PROBE_IMAGES], transform, fusion, cfg.layer_map, cfg.amp,
                                cfg.attn_norm)
 
     # Resume, or start fresh run folders: nothing is written before data and models have loaded.
-    step, elapsed_before = 0, 0.0
-    if resume and all((s.run / 'last.safetensors').is_file() for s in students):
-        resumed = []
-        for s in students:
-            at, elapsed_before, s.best_val_top1 = restore(s.run / 'last.safetensors', s.student, s.optimizer)
-            resumed.append(at)
-            s.log.info('resumed from %s at step %d', s.run / 'last.safetensors', at)
-        if len(set(resumed)) > 1:
-            raise TrainingError(f'the students stopped at different steps {resumed}: resume them one by one')
-        step = resumed[0]
-    elif resume and any((s.run / 'last.safetensors').is_file() for s in students):
-        raise TrainingError('some students of the group have a last checkpoint and some not: cannot resume together')
+    step, elapsed_before = restore_students(students) if resume else (0, 0.0)
     if ctx.is_main:
         for s in students:
-            s.run.mkdir(parents=True, exist_ok=True)
-            write_json(s.run / 'config.json', dict(
-                asdict(s.cfg), world_size=ctx.world_size, group=[c.method for c in cfgs],
-                versions={'torch': torch.__version__, 'timm': timm.__version__}))
-            _truncate_metrics(s.run / 'metrics.jsonl', step)
+            write_config(s.run, asdict(s.cfg), ctx.world_size, [c.method for c in cfgs])
+            truncate_metrics(s.run, step)
     # Each rank gets its own augmentation and dropout stream; the students of the group share it (the
     # same crops, flips and mixing). A resumed run takes up the streams where its `last` left them, so
     # it ends as the uninterrupted run would (rank 0's: other ranks, whose states are not saved, reseed).
@@ -403,34 +434,18 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     mixer = Mixup(cfg.mixup, cfg.cutmix, len(classes), cfg.label_smoothing, cfg.mix_prob, seed=stream_seed) \
         if cfg.mixup or cfg.cutmix else None
     if step and ctx.rank == 0:
-        restore_rngs(read_tensors(students[0].run / 'last.safetensors'), transform, mixer)
-    params = sum(p.numel() for p in students[0].student.parameters())
+        restore_last_rngs(students[0].run, transform, mixer)
     for s in students:
         s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s%s',
-                   s.cfg.method, cfg.model, params / 1e6, device, ctx.world_size, len(train_set),
-                   len(val_set) if val_set is not None else 0, len(test_set),
-                   total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
+                   s.cfg.method, cfg.model, sum(p.numel() for p in s.student.parameters()) / 1e6, device,
+                   ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
+                   len(splits.test), total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
                    ', bf16' if cfg.amp and native_bf16(device) else '',
                    f', with {len(cfgs) - 1} other students on the same batches' if len(cfgs) > 1 else '')
-
-    def meta(s: Student, val_top1: float | None, test_top1: float | None = None) -> dict[str, Any]:
-        return dict(
-            model=cfg.model, model_args=dict(cfg.model_args, num_classes=len(classes), img_size=cfg.image_size),
-            classes=classes, image_size=cfg.image_size, mean=list(mean), std=list(std), method=s.cfg.method,
-            teacher=s.cfg.teacher, recipe=cfg.recipe, data=cfg.data, step=step, epoch=step / epoch_steps,
-            val_size=cfg.val_size, val_top1=val_top1, test_top1=test_top1, params=params,
-            # How the attention was compared: the app shows the maps and gaps the same way.
-            head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm, tau=cfg.tau,
-            attn_weight=cfg.attn_weight, alpha=cfg.alpha)
-
-    # The loop.
-    bar = tqdm(total=total_steps, initial=step, disable=not (ctx.is_main and sys.stderr.isatty()),
-               dynamic_ncols=True, leave=False)
-    window_start, window_steps = time.time(), 0
-    start = time.time() - elapsed_before
-    for s in students:
         s.student.train()
         s.criterion.train()
+
+    start = time.time() - elapsed_before
 
     def run_progress() -> float:
         """How far the run is, in [0, 1]: by steps, by time, whichever is further."""
@@ -447,10 +462,14 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
                            eta_s=eta, best_val_top1=s.best_val_top1 if s.best_val_top1 >= 0 else None,
                            started=s.status.fields.get('started', time.time()))
 
+    # The loop: batch, steps, log, evaluate, save.
+    bar = tqdm(total=total_steps, initial=step, disable=not (ctx.is_main and sys.stderr.isatty()),
+               dynamic_ncols=True, leave=False)
+    window_start, window_steps = time.time(), 0
     progress = run_progress()
     report('running')
     cancelled = False
-    for images, labels in _batch_stream(train_set, batch_size, cfg.seed, step, epoch_steps, ctx):
+    for images, labels in _batch_stream(splits.train, batch_size, cfg.seed, step, epoch_steps, ctx):
         if progress >= 1.0:
             break
         lr = lr_at(progress, cfg)
@@ -458,18 +477,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         if mixer is not None:
             inputs, labels = mixer(inputs, labels)  # (batch, classes) soft targets from here
         for s in students:  # the first that needs the teacher runs its forward; the others reuse it
-            for group in s.optimizer.param_groups:
-                group['lr'] = lr
-            with autocast(device, cfg.amp):
-                outputs = s.model(inputs)
-                loss, terms = s.criterion(inputs, outputs, labels)
-            s.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(s.student.parameters(), cfg.grad_clip)
-            s.optimizer.step()
-            for name, value in terms.items():
-                s.sums[name] = s.sums.get(name, 0) + value.float()
+            s.step(inputs, labels, lr)
         step += 1
         window_steps += 1
         bar.update(1)
@@ -479,68 +487,68 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         if not ctx.distributed or step % cfg.log_every == 0:
             cancelled = distributed.any_rank(stop.requested, ctx)
         finished = progress >= 1.0
-        end_of_epoch = step % epoch_steps == 0
         evaluate_now = not cancelled and (
-            finished or (step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch))
+            finished or (step % cfg.eval_every == 0 if cfg.eval_every else step % epoch_steps == 0))
         save_now = evaluate_now or cancelled or (cfg.save_every and step % cfg.save_every == 0)
+
         if step % cfg.log_every == 0 or save_now:
-            seconds = time.time() - window_start
+            images_per_s = window_steps * cfg.batch_size / max(time.time() - window_start, 1e-9)
             for s in students:
-                # Checked before anything is written, so a diverged run never overwrites a good checkpoint.
-                values = distributed.mean_over_ranks(
-                    {name: (total / window_steps).item() for name, total in s.sums.items()}, ctx)
-                if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
-                    last = s.run / 'last.safetensors'
-                    kept = f'{last} holds the last good state' if last.is_file() else 'no checkpoint was saved'
-                    raise TrainingError(f'{s.cfg.method}: loss is not finite at step {step} ({values}): the run '
-                                        f'stopped; lower --lr or check the data; {kept}')
-                record = dict(event='train', step=step, epoch=round(step / epoch_steps, 4), lr=lr, **values,
-                              images_per_s=window_steps * cfg.batch_size / max(seconds, 1e-9),
-                              elapsed=time.time() - start)
-                _append_metrics(s.run / 'metrics.jsonl', record, ctx)
+                values = s.mean_terms(window_steps, ctx)
+                if ctx.is_main:
+                    append_metrics(s.run, dict(event='train', step=step, epoch=round(step / epoch_steps, 4), lr=lr,
+                                               **values, images_per_s=images_per_s, elapsed=time.time() - start))
                 s.log.info('step %d: %s, %.0f images/s', step,
-                           ', '.join(f'{name} {value:.4f}' for name, value in values.items()), record['images_per_s'])
-                s.sums = {}
+                           ', '.join(f'{name} {value:.4f}' for name, value in values.items()), images_per_s)
             bar.set_postfix(loss=f'{values["loss"]:.3f}', lr=f'{lr:.2e}')
             window_start, window_steps = time.time(), 0
             report('running')
-        for s in students:
-            if evaluate_now and ctx.is_main:
-                # Selection on the held-out training images; without them the latest evaluation is kept.
-                val_top1 = None
-                if val_set is not None:
-                    probs = predict(s.student, val_set, transform, cfg.eval_batch_size, device, cfg.amp)
-                    val_top1 = summarize(probs, val_set.labels, classes)['top1']
-                if val_top1 is None or val_top1 > s.best_val_top1:
-                    s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
-                    save_checkpoint(s.run / 'best.safetensors', s.student, meta(s, val_top1))
-                gaps = probe.record(s.student, step, s.run) if probe is not None else None
-                _append_metrics(s.run / 'metrics.jsonl', dict(
-                    event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
-                    best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {})), ctx)
-                s.log.info('step %d: validation top-1 %s (best %.2f%%)', step,
-                           f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1)
-            if save_now and ctx.is_main:
-                save_checkpoint(s.run / 'last.safetensors', s.student, dict(meta(s, s.best_val_top1), progress=dict(
-                    step=step, elapsed=time.time() - start, best_val_top1=s.best_val_top1)),
-                    train_state=dict(optimizer_tensors(s.optimizer), **rng_tensors(transform, mixer)))
+        if ctx.is_main:
+            for s in students:
+                if evaluate_now:
+                    evaluate_student(s, splits, transform, probe, checkpoint_meta(cfg, s, classes, step, epoch_steps,
+                                                                                  None), step, epoch_steps)
+                if save_now:
+                    save_last(s.run, s.student, checkpoint_meta(cfg, s, classes, step, epoch_steps, s.best_val_top1),
+                              dict(step=step, elapsed=time.time() - start, best_val_top1=s.best_val_top1),
+                              s.optimizer, transform, mixer)
         if evaluate_now or save_now:
             distributed.barrier(ctx)  # the other ranks wait while rank 0 evaluates and writes
             window_start = time.time()  # images/s counts training, not evaluation and saving
         if cancelled:
             break
     bar.close()
+
+    # The end: the checkpoint selected on validation is evaluated on the test set, once.
     for s in students:
         if cancelled:
             s.log.info('cancelled at step %d; %s holds it', step, s.run / 'last.safetensors')
         elif ctx.is_main:
-            test_top1 = evaluate_selected(s.run / 'best.safetensors', test_set, s.cfg, device)
-            _append_metrics(s.run / 'metrics.jsonl', dict(event='test', step=step, test_top1=test_top1), ctx)
+            test_top1 = evaluate_selected(s.run / 'best.safetensors', splits.test, s.cfg, device)
+            append_metrics(s.run, dict(event='test', step=step, test_top1=test_top1))
             s.log.info('done at step %d in %.0fs: the checkpoint selected on validation has test top-1 %.2f%%',
                        step, time.time() - start, test_top1)
     distributed.barrier(ctx)
     report('cancelled' if cancelled else 'finished')
     return [s.run for s in students]
+
+
+def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, probe: AttentionProbe | None,
+                     meta: dict[str, Any], step: int, epoch_steps: int) -> None:
+    """Score a student on the held-out images, keep it as ``best`` when it beats its best so far (the
+    latest evaluation, without held-out images), record its attention gaps, and log it."""
+    val_top1 = None
+    if splits.val is not None:
+        probs = predict(s.student, splits.val, transform, s.cfg.eval_batch_size, transform.mean.device, s.cfg.amp)
+        val_top1 = summarize(probs, splits.val.labels, splits.classes)['top1']
+    if val_top1 is None or val_top1 > s.best_val_top1:
+        s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
+        save_checkpoint(s.run / 'best.safetensors', s.student, dict(meta, val_top1=val_top1))
+    gaps = probe.record(s.student, step, s.run) if probe is not None else None
+    append_metrics(s.run, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
+                               best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {})))
+    s.log.info('step %d: validation top-1 %s (best %.2f%%)', step,
+               f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1)
 
 
 def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, device: torch.device) -> float:
@@ -593,61 +601,6 @@ def load_teacher(cfg: TrainConfig, classes: list[str], device: torch.device) -> 
     return teacher
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """An optimiser's state as flat tensors (param groups as JSON in a byte tensor)."""
-    state = optimizer.state_dict()
-    tensors = {f'optimizer/{index}/{name}': value if torch.is_tensor(value) else torch.tensor(value)
-               for index, slots in state['state'].items() for name, value in slots.items()}
-    groups = json.dumps(state['param_groups']).encode()
-    tensors['optimizer/param_groups'] = torch.frombuffer(bytearray(groups), dtype=torch.uint8)
-    return tensors
-
-
-def rng_tensors(transform: BatchTransform, mixer: Mixup | None) -> dict[str, torch.Tensor]:
-    """Every random stream a run draws from, as tensors: torch's (dropout, drop-path), CUDA's, the
-    augmentation's and mixup's."""
-    tensors = {'rng/torch': torch.get_rng_state(), 'rng/transform': transform.generator.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors['rng/cuda'] = torch.cuda.get_rng_state()
-    if mixer is not None:
-        state = json.dumps(mixer.rng.bit_generator.state).encode()
-        tensors['rng/mixup'] = torch.frombuffer(bytearray(state), dtype=torch.uint8)
-    return tensors
-
-
-def restore_rngs(tensors: dict[str, torch.Tensor], transform: BatchTransform, mixer: Mixup | None) -> None:
-    """Set the random streams as ``rng_tensors`` saved them (a checkpoint from before they were saved
-    keeps the reseeded streams)."""
-    saved = train_state(tensors)
-    if 'rng/torch' in saved:
-        torch.set_rng_state(saved['rng/torch'])
-    if 'rng/transform' in saved:
-        transform.generator.set_state(saved['rng/transform'])
-    if 'rng/cuda' in saved and torch.cuda.is_available():
-        torch.cuda.set_rng_state(saved['rng/cuda'])
-    if 'rng/mixup' in saved and mixer is not None:
-        mixer.rng.bit_generator.state = json.loads(bytes(saved['rng/mixup'].tolist()))
-
-
-def restore(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float, float]:
-    """Load weights and optimiser state from a ``last`` checkpoint; return (step, elapsed, best validation top-1)."""
-    tensors = read_tensors(path)
-    progress = read_metadata(path).get('progress')
-    if progress is None:
-        raise TrainingError(f'{path} has no training progress: it is not a resumable checkpoint')
-    load_weights(student, model_weights(tensors), source=str(path))
-    saved = {key: value for key, value in train_state(tensors).items() if key.startswith('optimizer/')}
-    groups = json.loads(bytes(saved.pop('optimizer/param_groups').tolist()))
-    for group in groups:
-        group['betas'] = tuple(group['betas'])
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in saved.items():
-        _, index, name = key.split('/')
-        slots.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({'state': slots, 'param_groups': groups})
-    return int(progress['step']), float(progress['elapsed']), float(progress['best_val_top1'])
-
-
 def _batch_stream(data: ImageSet, batch_size: int, seed: int, step: int, epoch_steps: int,
                   ctx: distributed.Context) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Training batches forever, starting where ``step`` left off."""
@@ -658,58 +611,3 @@ def _batch_stream(data: ImageSet, batch_size: int, seed: int, step: int, epoch_s
         epoch, skip = epoch + 1, 0
 
 
-def _append_metrics(path: Path, record: dict[str, Any], ctx: distributed.Context) -> None:
-    if ctx.is_main:
-        with open(path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines a resumed run will write again (those after the resumed step)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get('step', 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill is dropped
-    with atomic_path(path) as tmp:
-        tmp.write_text(''.join(line + '\n' for line in kept))
-
-
-def _logger(run: Path, is_main: bool, tag: str | None = None) -> logging.Logger:
-    """Log to the run's ``train.log`` and, around the progress bar, to stderr (rank 0 only).
-
-    Args:
-        tag: Prefix of the stderr lines (the method, when several students train at once).
-    """
-    log = logging.getLogger(_logger_name(run))
-    log.handlers.clear()
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    if is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        file_handler, console = logging.FileHandler(run / 'train.log'), _TqdmHandler()
-        file_handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
-        console.setFormatter(logging.Formatter(f'%(asctime)s {tag + ": " if tag else ""}%(message)s', '%H:%M:%S'))
-        log.addHandler(file_handler)
-        log.addHandler(console)
-    return log
-
-
-def _logger_name(run: Path) -> str:
-    return f'advit.train.{run.resolve()}'
-
-
-def _close_logger(run: Path) -> None:
-    log = logging.getLogger(_logger_name(run))
-    for handler in log.handlers:
-        handler.close()
-    log.handlers.clear()
-
-
-class _TqdmHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)

@@ -1,7 +1,6 @@
-"""Weight files as tensors: an advit safetensors checkpoint or a weights-only ``.pth``/``.pt`` state dict,
-with DDP and torch.compile wrapper prefixes stripped and the resume state kept apart.
+"""Weight files as tensors: safetensors or weights-only ``.pth``, wrapper prefixes stripped, resume state apart.
 
-The lowest layer under ``models`` and ``checkpoint``: both read weight files through it.
+DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes are stripped. The lowest layer under ``models`` and ``checkpoint``: both read weight files through it.
 """
 from __future__ import annotations
 

@@ -1,0 +1,191 @@
+"""A run's folder, as its training process keeps it: status, metrics, log, config, the ``last`` checkpoint.
+
+Also the cancel the process obeys (``StopSignal``). Rank 0 writes; the others only read.
+
+- ``status.json``: the run's own account (``RunStatus``), read by the job list;
+- ``metrics.jsonl``: one JSON line per log step and evaluation, appended as the run goes;
+- ``train.log``: the log, also on stderr around the progress bar;
+- ``config.json``: the configuration, with the world size, the group and the versions;
+- ``last.safetensors``: weights, optimiser state, every random stream and the progress: a killed
+  or cancelled run resumes from it exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .augment import BatchTransform, Mixup
+from .checkpoint import (load_optimizer_tensors, load_weights, optimizer_tensors, read_metadata, save_checkpoint)
+from .io import atomic_path, write_json
+from .weights import model_weights, read_tensors, train_state
+
+
+class ResumeError(ValueError):
+    """A checkpoint a run cannot resume from."""
+
+
+class RunStatus:
+    """The run's own account of itself in ``status.json`` (state, progress, best accuracy), written
+    atomically by rank 0, so that a job list only reads files.
+
+    States: ``running``, ``finished``, ``cancelled``, ``failed`` (with ``error``).
+    """
+
+    def __init__(self, run: Path, enabled: bool) -> None:
+        self.path, self.enabled = run / 'status.json', enabled
+        self.fields: dict[str, Any] = {}
+
+    def write(self, state: str, **fields: Any) -> None:
+        if not self.enabled or not self.path.parent.is_dir():
+            return  # a run refused before its folder exists leaves nothing behind
+        self.fields.update(fields, state=state, pid=os.getpid(), updated=time.time())
+        write_json(self.path, self.fields)
+
+
+class StopSignal:
+    """SIGTERM (a cancel) asks the loop to stop at the next step, save ``last`` and end as cancelled."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> 'StopSignal':
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def append_metrics(run: Path, record: dict[str, Any]) -> None:
+    """Add one line to the run's ``metrics.jsonl``."""
+    with open(run / 'metrics.jsonl', 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def truncate_metrics(run: Path, step: int) -> None:
+    """Drop the lines a resumed run will write again (those after the resumed step)."""
+    path = run / 'metrics.jsonl'
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get('step', 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill is dropped
+    with atomic_path(path) as tmp:
+        tmp.write_text(''.join(line + '\n' for line in kept))
+
+
+def write_config(run: Path, config: dict[str, Any], world_size: int, group: list[str]) -> None:
+    """The run's ``config.json``: its settings, and where they ran (world size, the group, versions)."""
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / 'config.json', dict(config, world_size=world_size, group=group,
+                                         versions={'torch': torch.__version__, 'timm': timm.__version__}))
+
+
+def open_log(run: Path, is_main: bool, tag: str | None = None) -> logging.Logger:
+    """Log to the run's ``train.log`` and, around the progress bar, to stderr (rank 0 only).
+
+    Args:
+        tag: Prefix of the stderr lines (the method, when several students train at once).
+    """
+    log = logging.getLogger(_log_name(run))
+    log.handlers.clear()
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    if is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        file_handler, console = logging.FileHandler(run / 'train.log'), _TqdmHandler()
+        file_handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+        console.setFormatter(logging.Formatter(f'%(asctime)s {tag + ": " if tag else ""}%(message)s', '%H:%M:%S'))
+        log.addHandler(file_handler)
+        log.addHandler(console)
+    return log
+
+
+def _log_name(run: Path) -> str:
+    return f'advit.train.{run.resolve()}'
+
+
+def close_log(run: Path) -> None:
+    """Release the run's ``train.log``."""
+    log = logging.getLogger(_log_name(run))
+    for handler in log.handlers:
+        handler.close()
+    log.handlers.clear()
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def save_last(run: Path, model: nn.Module, meta: dict[str, Any], progress: dict[str, Any],
+              optimizer: torch.optim.Optimizer, transform: BatchTransform, mixer: Mixup | None) -> None:
+    """Write ``last.safetensors``: all a resumed run needs to go on exactly where this one stands."""
+    save_checkpoint(run / 'last.safetensors', model, dict(meta, progress=progress),
+                    train_state=dict(optimizer_tensors(optimizer), **rng_tensors(transform, mixer)))
+
+
+def restore_last(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float, float]:
+    """Load weights and optimiser state from ``last.safetensors``; return (step, elapsed, best validation top-1)."""
+    path = run / 'last.safetensors'
+    tensors = read_tensors(path)
+    progress = read_metadata(path).get('progress')
+    if progress is None:
+        raise ResumeError(f'{path} has no training progress: it is not a resumable checkpoint')
+    load_weights(model, model_weights(tensors), source=str(path))
+    load_optimizer_tensors(optimizer, train_state(tensors))
+    return int(progress['step']), float(progress['elapsed']), float(progress['best_val_top1'])
+
+
+def restore_last_rngs(run: Path, transform: BatchTransform, mixer: Mixup | None) -> None:
+    """Take up the random streams where ``last.safetensors`` left them."""
+    restore_rngs(read_tensors(run / 'last.safetensors'), transform, mixer)
+
+
+def rng_tensors(transform: BatchTransform, mixer: Mixup | None) -> dict[str, torch.Tensor]:
+    """Every random stream a run draws from, as tensors: torch's (dropout, drop-path), CUDA's, the
+    augmentation's and mixup's."""
+    tensors = {'rng/torch': torch.get_rng_state(), 'rng/transform': transform.generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors['rng/cuda'] = torch.cuda.get_rng_state()
+    if mixer is not None:
+        state = json.dumps(mixer.rng.bit_generator.state).encode()
+        tensors['rng/mixup'] = torch.frombuffer(bytearray(state), dtype=torch.uint8)
+    return tensors
+
+
+def restore_rngs(tensors: dict[str, torch.Tensor], transform: BatchTransform, mixer: Mixup | None) -> None:
+    """Set the random streams as ``rng_tensors`` saved them (a checkpoint from before they were saved
+    keeps the reseeded streams)."""
+    saved = train_state(tensors)
+    if 'rng/torch' in saved:
+        torch.set_rng_state(saved['rng/torch'])
+    if 'rng/transform' in saved:
+        transform.generator.set_state(saved['rng/transform'])
+    if 'rng/cuda' in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved['rng/cuda'])
+    if 'rng/mixup' in saved and mixer is not None:
+        mixer.rng.bit_generator.state = json.loads(bytes(saved['rng/mixup'].tolist()))
