@@ -1,0 +1,108 @@
+"""Attention views beyond the distilled map: rollout, per-head maps, attention-mass masks, prefix shares.
+
+These are the views users of ViT attention tools know (vit-explain's rollout with head fusion and a
+discard ratio, after Abnar & Zuidema 2020; DINO's last-layer per-head maps and masks that keep a
+share of the attention mass). Unlike training, they need every layer's full N x N attention: for
+one image in the app that is cheap, and ``full_attention`` builds it explicitly from each block's
+input, so it holds whether the blocks run fused attention or not.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .capture import attention_modules
+
+ROLLOUT_FUSIONS = ('mean', 'max', 'min')
+
+
+@torch.no_grad()
+def full_attention(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Every layer's softmax(Q K^T / sqrt(d)) on ``inputs``, shape (batch, layers, heads, tokens, tokens).
+
+    Args:
+        model: A timm ViT (eval mode); its forward is run once.
+        inputs: Normalised images.
+    """
+    maps: list[torch.Tensor] = []
+
+    def record(attn: nn.Module, args: tuple) -> None:
+        x = args[0]
+        batch, tokens, _ = x.shape
+        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        maps.append(((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1))
+
+    handles = [attn.register_forward_pre_hook(record) for attn in attention_modules(model)]
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(maps, dim=1)
+
+
+def rollout(attention: torch.Tensor, num_prefix_tokens: int, head_fusion: str = 'mean',
+            discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout: the [CLS] token's attention to the patches through all layers, (batch, patches).
+
+    Per layer, heads are fused; the ``discard_ratio`` smallest entries of the fused matrix are set to
+    zero (all its entries at once, never the [CLS]-to-[CLS] one, as vit-explain does); the residual
+    connection counts as an identity, (A + I) / 2, with rows renormalised (vit-explain's division
+    lacks ``keepdim`` and scales columns instead); the layers' matrices multiply from the first up.
+
+    Args:
+        attention: Full attention, (batch, layers, heads, tokens, tokens) (``full_attention``).
+        num_prefix_tokens: Tokens before the patches ([CLS], distillation, registers).
+        head_fusion: ``'mean'``, ``'max'`` or ``'min'`` over heads.
+        discard_ratio: Share of each fused row's entries set to zero, the smallest first, in [0, 1).
+    """
+    if head_fusion not in ROLLOUT_FUSIONS:
+        raise ValueError(f'unknown rollout head fusion {head_fusion!r}: choose one of {ROLLOUT_FUSIONS}')
+    if not 0 <= discard_ratio < 1:
+        raise ValueError(f'discard ratio must be in [0, 1), got {discard_ratio}')
+    batch, layers, _, tokens, _ = attention.shape
+    eye = torch.eye(tokens, dtype=attention.dtype, device=attention.device)
+    result = eye.expand(batch, tokens, tokens)
+    for layer in range(layers):
+        heads = attention[:, layer]
+        fused = {'mean': heads.mean(dim=1), 'max': heads.amax(dim=1), 'min': heads.amin(dim=1)}[head_fusion]
+        dropped = int(discard_ratio * tokens * tokens)
+        if dropped:
+            flat = fused.reshape(batch, -1)
+            lowest = flat.clone()
+            lowest[:, 0] = float('inf')  # [CLS] to [CLS] is kept
+            fused = flat.scatter(-1, lowest.topk(dropped, dim=-1, largest=False).indices, 0.0).view_as(fused)
+        mixed = (fused + eye) / 2
+        result = (mixed / mixed.sum(dim=-1, keepdim=True)) @ result
+    row = result[:, 0, num_prefix_tokens:]
+    return row / row.sum(dim=-1, keepdim=True)
+
+
+def head_maps(attention: torch.Tensor, num_prefix_tokens: int, layer: int = -1) -> torch.Tensor:
+    """One layer's [CLS] map per head (DINO's view of the last layer), patch part renormalised,
+    shape (batch, heads, patches)."""
+    row = attention[:, layer, :, 0, num_prefix_tokens:]
+    return row / row.sum(dim=-1, keepdim=True)
+
+
+def prefix_share(attention: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """Per layer, the share of the [CLS] query's attention that goes to prefix tokens (itself included),
+    heads averaged, shape (batch, layers): what a renormalised patch map does not show."""
+    return attention[:, :, :, 0, :num_prefix_tokens].sum(dim=-1).mean(dim=-1)
+
+
+def mass_mask(maps: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
+    """The fewest patches that hold at least ``keep`` of each map's mass (DINO's attention masks), as a
+    boolean mask of the maps' shape (..., patches).
+
+    Args:
+        maps: Distributions over the patches.
+        keep: The share of the mass to keep, in (0, 1].
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f'the kept share of attention must be in (0, 1], got {keep}')
+    values, order = maps.sort(dim=-1, descending=True)
+    before = values.cumsum(dim=-1) - values  # the mass of the larger patches before each one
+    kept_sorted = before < keep * maps.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(kept_sorted).scatter(-1, order, kept_sorted)
