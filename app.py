@@ -58,6 +58,12 @@ def attention(image, teacher, student, fusion, head, opacity):
 
 
 @user_errors
+def more_views(image, teacher, student, fusion, discard, keep, opacity):
+    view = studio.more_views(image, teacher, student, fusion, float(discard), float(keep), float(opacity))
+    return served.gallery(view.panels), view.figure, view.data
+
+
+@user_errors
 def compare(model_a, model_b, class_name, progress=gr.Progress()):
     view = studio.compare(model_a, model_b, class_name,
                           progress=lambda done: progress(done, desc='predicting the test set once'))
@@ -147,6 +153,18 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         gr.on([show.click, fusion.change, head.release, opacity.release], attention,
               inputs=[image, teacher, student, fusion, head, opacity],
               outputs=[panels, gap_plot, gap_rows, teacher_top5, student_top5, maps], api_name='attention')
+        with gr.Accordion('More views: attention rollout, last-layer heads, attention mass, prefix share', open=False):
+            with gr.Row():
+                rollout_fusion = gr.Radio(['mean', 'max', 'min'], value='mean', label='Rollout head fusion')
+                discard = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label='Rollout discard ratio')
+                keep = gr.Slider(0.1, 1.0, value=0.6, step=0.05, label='Mask keeps this share of attention')
+            show_more = gr.Button('Show more views')
+            more_panels = gr.Gallery(label='teacher and student: rollout, its mass mask, each last-layer head',
+                                     columns=4, height='auto', elem_id='more-panels')
+            prefix_plot = gr.Plot(label='Share of [CLS] attention on prefix tokens, per layer', elem_id='prefix-plot')
+            more_data = gr.JSON(label='rollouts, masks, heads and prefix shares as data')
+        show_more.click(more_views, inputs=[image, teacher, student, rollout_fusion, discard, keep, opacity],
+                        outputs=[more_panels, prefix_plot, more_data], api_name='more_views')
         teacher.change(studio.describe, teacher, teacher_info, api_visibility='private')
         student.change(studio.describe, student, student_info, api_visibility='private')
 

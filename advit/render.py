@@ -9,6 +9,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from .inspection import AttentionReport
+from .rollout import ModelViews
 
 PANEL_SIZE = 160  # pixels of each heatmap panel
 _COLORMAP = colormaps['inferno']
@@ -45,6 +46,35 @@ def layer_panels(report: AttentionReport, image: Image.Image, opacity: float) ->
                        f'layer {layer + 1} · teacher (its layer {teacher_layer + 1})'))
         panels.append((overlay(image, student_map, report.grid, vmax, opacity), f'layer {layer + 1} · student · {gap}'))
     return panels
+
+
+def views_panels(teacher: ModelViews, student: ModelViews, image: Image.Image,
+                 opacity: float) -> list[tuple[Image.Image, str]]:
+    """Teacher then student: attention rollout (one colour scale for both), its attention-mass mask, and
+    each last-layer head's map (one scale per model)."""
+    image = image.convert('RGB').resize((PANEL_SIZE, PANEL_SIZE), Image.BICUBIC)
+    shared = float(max(teacher.rollout.max(), student.rollout.max()))
+    panels = [(overlay(image, views.rollout, views.grid, shared, opacity), f'rollout · {role}')
+              for role, views in (('teacher', teacher), ('student', student))]
+    panels += [(overlay(image, views.mask.astype(np.float32), views.grid, 1.0, opacity),
+                f'rollout mass mask · {role} · {int(views.mask.sum())} patches')
+               for role, views in (('teacher', teacher), ('student', student))]
+    for role, views in (('teacher', teacher), ('student', student)):
+        top = float(views.heads.max())
+        panels += [(overlay(image, head, views.grid, top, opacity), f'last layer · {role} · head {index}')
+                   for index, head in enumerate(views.heads)]
+    return panels
+
+
+def prefix_share_figure(teacher: ModelViews, student: ModelViews) -> go.Figure:
+    """Per layer, the share of [CLS] attention on prefix tokens (what the renormalised maps leave out)."""
+    figure = go.Figure()
+    for role, views in (('teacher', teacher), ('student', student)):
+        figure.add_trace(go.Scatter(x=list(range(1, len(views.prefix_share) + 1)), y=views.prefix_share,
+                                    mode='lines+markers', name=role))
+    figure.update_layout(xaxis_title='layer', yaxis_title='[CLS] attention on prefix tokens', yaxis_range=[0, 1],
+                         height=300, margin=dict(l=40, r=10, t=30, b=40))
+    return figure
 
 
 def gap_table(report: AttentionReport) -> list[list]:

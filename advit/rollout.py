@@ -8,10 +8,17 @@ input, so it holds whether the blocks run fused attention or not.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from .capture import attention_modules
+from .inspection import model_input
+from .models import patch_grid
 
 ROLLOUT_FUSIONS = ('mean', 'max', 'min')
 
@@ -106,3 +113,37 @@ def mass_mask(maps: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
     before = values.cumsum(dim=-1) - values  # the mass of the larger patches before each one
     kept_sorted = before < keep * maps.sum(dim=-1, keepdim=True)
     return torch.zeros_like(kept_sorted).scatter(-1, order, kept_sorted)
+
+
+@dataclass
+class ModelViews:
+    """One model's views of one image: rollout, the rollout's mass mask, last-layer heads, prefix shares."""
+    rollout: np.ndarray  # (patches,)
+    mask: np.ndarray  # (patches,) bool: the fewest patches holding ``keep`` of the rollout's mass
+    heads: np.ndarray  # (heads, patches)
+    prefix_share: np.ndarray  # (layers,)
+    grid: tuple[int, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(rollout=self.rollout.tolist(), mask=self.mask.tolist(), heads=self.heads.tolist(),
+                    prefix_share=self.prefix_share.tolist(), grid=list(self.grid))
+
+
+def model_views(model: nn.Module, meta: dict[str, Any], image: Image.Image, head_fusion: str = 'mean',
+                discard_ratio: float = 0.0, keep: float = 0.6) -> ModelViews:
+    """The views of ``model`` on ``image`` (resized and normalised as the model takes it).
+
+    Args:
+        model: A timm ViT (eval mode).
+        meta: Its checkpoint metadata (mean, std).
+        image: Any RGB image.
+        head_fusion: Rollout's fusion of heads (``ROLLOUT_FUSIONS``).
+        discard_ratio: Rollout's share of discarded attention entries.
+        keep: The share of the rollout's mass its mask keeps.
+    """
+    attention = full_attention(model, model_input(image, meta, model))
+    prefix = int(model.num_prefix_tokens)
+    flow = rollout(attention, prefix, head_fusion, discard_ratio)
+    return ModelViews(rollout=flow[0].numpy(), mask=mass_mask(flow, keep)[0].numpy(),
+                      heads=head_maps(attention, prefix)[0].numpy(),
+                      prefix_share=prefix_share(attention, prefix)[0].numpy(), grid=patch_grid(model))

@@ -22,7 +22,8 @@ from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, loa
 from .images import load_image
 from .inspection import inspect_pair
 from .names import TEACHER_STEM
-from .render import gap_figure, gap_table, layer_panels, per_class_figure
+from .render import gap_figure, gap_table, layer_panels, per_class_figure, prefix_share_figure, views_panels
+from .rollout import model_views
 
 REPO = Path(__file__).resolve().parents[1]
 GALLERY_LIMIT = 60  # images shown per direction in the comparison
@@ -40,6 +41,13 @@ class AttentionView:
     table: list[list]
     teacher_top5: dict[str, float]
     student_top5: dict[str, float]
+    data: dict[str, Any]
+
+
+@dataclass
+class MoreViews:
+    panels: list[tuple[Image.Image, str]]
+    figure: go.Figure
     data: dict[str, Any]
 
 
@@ -199,6 +207,29 @@ class Studio:
         return AttentionView(panels=layer_panels(report, image, opacity), figure=gap_figure(report),
                              table=gap_table(report), teacher_top5=report.teacher_top5,
                              student_top5=report.student_top5, data=report.as_dict())
+
+    def more_views(self, image_path: str | None, teacher_key: str, student_key: str, head_fusion: str = 'mean',
+                   discard_ratio: float = 0.0, keep: float = 0.6, opacity: float = 0.6) -> MoreViews:
+        """Teacher and student side by side: attention rollout, its attention-mass mask, the last layer's
+        heads, and each layer's share of [CLS] attention on prefix tokens.
+
+        Args:
+            head_fusion: Rollout's fusion of heads: ``'mean'``, ``'max'`` or ``'min'``.
+            discard_ratio: Rollout's share of the smallest attention entries dropped, in [0, 1).
+            keep: Share of the rollout's mass the mask keeps, in (0, 1].
+        """
+        if image_path is None:
+            raise StudioError('upload an image or pick an example')
+        image = load_image(image_path)
+        teacher, teacher_meta = self._model(teacher_key, 'teacher', vit=True)
+        student, student_meta = self._model(student_key, 'student', vit=True)
+        try:
+            views = [model_views(model, meta, image, head_fusion, float(discard_ratio), float(keep))
+                     for model, meta in ((teacher, teacher_meta), (student, student_meta))]
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        return MoreViews(panels=views_panels(*views, image, opacity), figure=prefix_share_figure(*views),
+                         data=dict(teacher=views[0].as_dict(), student=views[1].as_dict()))
 
     # --- the comparison view ---------------------------------------------------------------------
 

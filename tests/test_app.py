@@ -262,3 +262,14 @@ def test_gradio_cache_stays_bounded_over_a_soak(tiny_bundle, cifar_archive, keys
     assert all(size <= cap_mb * 2**20 + 3 * uploads for size in readings.values()), readings
     assert readings[300] <= readings[100] * 1.25, f'the cache grows with requests: {readings}'
     assert len(last) == 4
+
+
+def test_more_views_endpoint(client, keys):
+    panels, figure, data = client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'mean', 0.0,
+                                          0.6, 0.6, api_name='/more_views')
+    heads = len(data['teacher']['heads']) + len(data['student']['heads'])
+    assert heads == 4 + 3 and len(panels) == 4 + heads  # the tiny teacher's 4 heads, the student's 3
+    assert len(data['student']['prefix_share']) == 2 and sum(data['teacher']['rollout']) == pytest.approx(1.0)
+    with pytest.raises(Exception, match='greater than maximum value 0.95'):  # the slider's own bound
+        client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'mean', 1.0, 0.6, 0.6,
+                       api_name='/more_views')

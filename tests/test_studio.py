@@ -8,7 +8,9 @@ import pytest
 
 from advit.compare import Comparison
 from advit.evaluate import load_predictions
-from advit.images import ImageError
+from advit.images import ImageError, load_image
+from advit.inspection import model_input
+from advit.rollout import full_attention, rollout
 from advit.studio import GALLERY_LIMIT, Studio, StudioError
 from conftest import REPO
 
@@ -141,3 +143,23 @@ def test_defaults_are_chosen_on_validation_and_names_are_readable(tmp_path, cifa
     twins = [label for label, key in both if Path(key).stem == 'advit_l1']
     assert len(twins) == 2 and len(set(twins)) == 2 and all(label.startswith(labels['advit_l1']) for label in twins)
     assert len({label for label, _ in both}) == len(both)
+
+
+def test_more_views_rollout_mask_heads_and_prefix_shares(studio):
+    defaults = studio.default_keys()
+    view = studio.more_views(EXAMPLE, defaults['teacher'], defaults['student'], 'max', 0.2, 0.5, 0.6)
+    teacher, student = view.data['teacher'], view.data['student']
+    heads = len(teacher['heads']) + len(student['heads'])
+    assert len(view.panels) == 4 + heads and all(image.size == (160, 160) for image, _ in view.panels)
+    assert [caption for _, caption in view.panels[:2]] == ['rollout · teacher', 'rollout · student']
+    assert sum(student['rollout']) == pytest.approx(1.0) and len(student['rollout']) == 64
+    # The mask holds at least half the rollout's mass with the fewest patches: one fewer would not.
+    flow = np.array(student['rollout'])
+    kept = np.array(student['mask'])
+    assert flow[kept].sum() >= 0.5 and flow[kept].sum() - flow[kept].min() < 0.5
+    assert len(student['prefix_share']) == 2 and all(0 < share < 1 for share in student['prefix_share'])
+    model, meta = studio._model(defaults['student'], 'student', vit=True)
+    direct = rollout(full_attention(model, model_input(load_image(EXAMPLE), meta, model)), 1, 'max', 0.2)[0]
+    np.testing.assert_allclose(flow, direct.numpy(), atol=1e-6)
+    with pytest.raises(StudioError, match='unknown rollout head fusion'):
+        studio.more_views(EXAMPLE, defaults['teacher'], defaults['student'], 'median')
