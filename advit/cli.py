@@ -57,7 +57,7 @@ def _add_setting(parser: argparse.ArgumentParser, setting: Field) -> None:
     flag = cli.pop('flag', '--' + setting.name.replace('_', '-'))
     default = setting.default_factory() if setting.default is MISSING else setting.default
     kind = setting.type.split(' | ')[0]
-    described = setting.name in ('out', 'data') or kind == 'bool' or default in (None, {})  # the help says it
+    described = 'default' in setting.metadata['help'] or kind == 'bool' or default in (None, {})  # nothing to add
     options = dict(dest=setting.name, default=None, help=setting.metadata['help'] + ('' if described else
                                                                                     f' (default {default})'), **cli)
     if kind == 'bool':

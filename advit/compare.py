@@ -79,9 +79,7 @@ def comparison_cache(checkpoint: str | Path, test: ImageSet) -> Path:
     """Where Compare keeps a checkpoint's predictions on ``test``: named by the checkpoint file (path,
     size, modification time) and the test set (its images and labels)."""
     stat = Path(checkpoint).stat()
-    key = hashlib.sha256(f'{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|'.encode())
-    key.update(test.labels.numpy().tobytes())
-    key.update(test.images.numpy().tobytes())
+    key = hashlib.sha256(f'{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{test.fingerprint}'.encode())
     return default_cache_dir() / 'predictions' / f'{Path(checkpoint).stem}-{key.hexdigest()[:24]}.npz'
 
 

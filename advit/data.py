@@ -6,6 +6,7 @@ augmentation runs batch-wise on that tensor (``augment.py``), with no DataLoader
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -61,6 +62,13 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of the images and labels, computed once per set (caches of predictions are keyed by it)."""
+        digest = hashlib.sha256(self.labels.cpu().numpy().tobytes())
+        digest.update(self.images.cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def subset(self, count: int | None) -> 'ImageSet':
         """A fixed random subset of ``count`` images, the same every call (all when None)."""

@@ -26,7 +26,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .augment import BatchTransform, Mixup
-from .checkpoint import (load_optimizer_tensors, load_weights, optimizer_tensors, read_metadata, save_checkpoint)
+from .checkpoint import load_optimizer_tensors, load_weights, optimizer_tensors, read_metadata, save_checkpoint
 from .io import atomic_path, write_json
 from .weights import model_weights, read_tensors, train_state
 

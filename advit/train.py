@@ -301,16 +301,16 @@ class Student:
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0) + value.float()
 
-    def mean_terms(self, steps: int, ctx: distributed.Context) -> dict[str, float]:
-        """The loss terms averaged over the last ``steps`` steps and the ranks; cleared. A loss that is not
+    def mean_terms(self, steps: int, step: int, ctx: distributed.Context) -> dict[str, float]:
+        """The loss terms averaged over the last ``steps`` steps (up to ``step``) and the ranks; cleared. A loss that is not
         finite stops the run before anything is written, so a diverged run never overwrites a good checkpoint."""
         values = distributed.mean_over_ranks({name: (total / steps).item() for name, total in self.sums.items()}, ctx)
         self.sums = {}
         if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
             last = self.run / 'last.safetensors'
             kept = f'{last} holds the last good state' if last.is_file() else 'no checkpoint was saved'
-            raise TrainingError(f'{self.cfg.method}: loss is not finite ({values}): the run stopped; lower --lr or '
-                                f'check the data; {kept}')
+            raise TrainingError(f'{self.cfg.method}: loss is not finite at step {step} ({values}): the run stopped; '
+                                f'lower --lr or check the data; {kept}')
         return values
 
 
@@ -494,7 +494,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         if step % cfg.log_every == 0 or save_now:
             images_per_s = window_steps * cfg.batch_size / max(time.time() - window_start, 1e-9)
             for s in students:
-                values = s.mean_terms(window_steps, ctx)
+                values = s.mean_terms(window_steps, step, ctx)
                 if ctx.is_main:
                     append_metrics(s.run, dict(event='train', step=step, epoch=round(step / epoch_steps, 4), lr=lr,
                                                **values, images_per_s=images_per_s, elapsed=time.time() - start))
@@ -539,7 +539,7 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
     latest evaluation, without held-out images), record its attention gaps, and log it."""
     val_top1 = None
     if splits.val is not None:
-        probs = predict(s.student, splits.val, transform, s.cfg.eval_batch_size, transform.mean.device, s.cfg.amp)
+        probs = predict(s.student, splits.val, transform, s.cfg.eval_batch_size, splits.val.images.device, s.cfg.amp)
         val_top1 = summarize(probs, splits.val.labels, splits.classes)['top1']
     if val_top1 is None or val_top1 > s.best_val_top1:
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1

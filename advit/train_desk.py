@@ -19,7 +19,6 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 
 from .data import OFFICIAL_CIFAR10
-from .models import check_architecture_args
 from .jobs import REPO, JobError, JobLimits, JobManager
 from .render import progress_html, training_curves
 
@@ -98,10 +97,11 @@ class TrainDesk:
     def from_env(cls, runs_dir: Path, teachers: Callable[[], dict[str, str]], data: Path) -> 'TrainDesk':
         """Limits and token from the environment (``JobLimits.public()``'s defaults on a public bind);
         datasets confined to ``data``'s folder and ``ADVIT_DATA_ROOTS`` (folders, ``:``-separated)."""
-        roots = [(REPO / data).resolve().parent] + [Path(p) for p in os.environ.get('ADVIT_DATA_ROOTS', '').split(
-            os.pathsep) if p]
+        official = str(data) == OFFICIAL_CIFAR10  # a download: no folder of the app's own to allow
+        roots = ([] if official else [(REPO / data).resolve().parent]) + \
+            [Path(p) for p in os.environ.get('ADVIT_DATA_ROOTS', '').split(os.pathsep) if p]
         public = is_public()
-        shown = str(data) if str(data) == OFFICIAL_CIFAR10 else os.path.relpath(REPO / data, REPO)
+        shown = str(data) if official else os.path.relpath(REPO / data, REPO)
         return cls(JobManager(runs_dir, JobLimits.from_env(public)), os.environ.get('ADVIT_JOBS_TOKEN'), teachers,
                    roots, shown, public)
 
@@ -173,11 +173,8 @@ class TrainDesk:
                                         ('batch size', batch_size, 1, self.manager.limits.max_batch_size)):
             if not isinstance(value, (int, float)) or not low <= value <= high:
                 raise JobError(f'{label} must be between {low:g} and {high:g}, got {value}')
-        try:
-            check_architecture_args(model_args := parse_model_args(model_args))
-        except ValueError as err:
-            raise JobError(f'architecture arguments: {err}') from None
-        settings = dict(method=method, model=model, model_args=model_args, data=self._dataset(data),
+        # Architecture keys are checked with the rest of the run's settings (train.validate, in submit).
+        settings = dict(method=method, model=model, model_args=parse_model_args(model_args), data=self._dataset(data),
                         teacher=self._teacher(teacher), lr=float(lr), attn_weight=float(attn_weight),
                         alpha=float(alpha), tau=float(tau), seed=int(seed), subset=int(subset) if subset else None,
                         batch_size=int(batch_size), device=device, log_every=10,
