@@ -34,7 +34,7 @@ from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
 from .io import atomic_path
 from .probe import PROBE_FILE
-from .report import RunResult, load_run, markdown_table, table2, table2_columns
+from .report import RunResult, differing_fields, load_run, markdown_table, table2, table2_columns
 from .weights import TRAIN_STATE_PREFIX
 
 TEACHER = 'teacher'
@@ -139,12 +139,6 @@ def _paper_top1(name: str, result: RunResult) -> float | None:
     return PAPER_TOP1.get(size, {}).get(result.method)
 
 
-def _differing_settings(configs: list[dict[str, Any]]) -> list[str]:
-    """The config fields on which runs differ, besides what tells students apart (method, teacher, folder)."""
-    keys = set().union(*configs) - {'method', 'teacher', 'out'}
-    return sorted(key for key in keys if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -230,7 +224,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         if command_rows else f'No `{COMMANDS}` in `{runs}`: the runs were not made by `scripts/train_bundle.sh`.\n'
     data = configs[names[0]].get('data', '?')
     students = [name for name in names if name != TEACHER]
-    differing = _differing_settings([configs[name] for name in students])
+    differing = differing_fields([configs[name] for name in students], ignored=('method', 'teacher', 'out'))
     together = len(students) > 1 and all(configs[name].get('group') == configs[students[0]].get('group')
                                          and configs[name].get('group') for name in students)
     same_text = ('The students\' settings (`config.json`) are the same apart from the method and teacher: same '

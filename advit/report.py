@@ -94,15 +94,21 @@ def table1(results: list[RunResult]) -> list[dict[str, Any]]:
     rows = []
     for (model, method, _), runs in sorted(groups.items()):
         scores = [run.top1 for run in runs]
-        siblings = [group[0].setting for (m, k, _), group in groups.items() if (m, k) == (model, method)]
-        differing = sorted({name for other in siblings for name in set(other) | set(runs[0].setting)
-                            if other.get(name) != runs[0].setting.get(name)})
+        differing = differing_fields([group[0].setting for (m, k, _), group in groups.items()
+                                      if (m, k) == (model, method)])
         rows.append(dict(family=runs[0].family, model=model, method=method, loss=runs[0].loss,
                          top1_mean=statistics.fmean(scores),
                          top1_std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
                          seeds=sorted(run.seed for run in runs), params_m=runs[0].params / 1e6,
                          setting=', '.join(f'{name}={runs[0].setting.get(name)}' for name in differing)))
     return rows
+
+
+def differing_fields(configs: list[dict[str, Any]], ignored: tuple[str, ...] = ()) -> list[str]:
+    """The fields (other than ``ignored``) whose values are not the same in all of ``configs``."""
+    keys = set().union(*configs) - set(ignored)
+    return sorted(key for key in keys
+                  if len({json.dumps(c.get(key), sort_keys=True, default=str) for c in configs}) > 1)
 
 
 def table2(a: RunResult, b: RunResult) -> list[dict[str, Any]]:
