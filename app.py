@@ -24,6 +24,7 @@ from advit.jobs import JobError  # noqa: E402
 from advit.losses import METHODS  # noqa: E402
 from advit.served import ServedFiles  # noqa: E402
 from advit.studio import Studio, StudioError  # noqa: E402
+from advit.upload import UploadedImage  # noqa: E402
 from advit.train_desk import LIST_HEADERS, TrainDesk, is_public, jobs_off_reason, server_name  # noqa: E402
 
 studio = Studio.from_env()
@@ -67,7 +68,22 @@ def more_views(image, teacher, student, fusion, discard, keep, opacity):
 def compare(model_a, model_b, class_name, progress=gr.Progress()):
     view = studio.compare(model_a, model_b, class_name,
                           progress=lambda done: progress(done, desc='predicting the test set once'))
-    return view.summary, served.gallery(view.a_only), served.gallery(view.b_only), view.table, view.figure
+    return (view.summary, served.gallery(view.a_only), served.gallery(view.b_only), view.table, view.figure,
+            view.confusion)
+
+
+def picked(side):
+    """The test index of the image selected in one of the galleries (``side`` 'A' or 'B')."""
+    @user_errors
+    def pick(model_a, model_b, class_name, evt: gr.SelectData):
+        return studio.disagreement(model_a, model_b, class_name, side, evt.index)
+    return pick
+
+
+@user_errors
+def compare_image(model_a, model_b, index):
+    view = studio.compare_image(model_a, model_b, int(index))
+    return served.gallery(view.panels), view.top5_a, view.top5_b, view.summary
 
 
 @user_errors
@@ -122,8 +138,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
     with gr.Tab('Attention'):
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.File(label='Image (PNG, JPEG, WebP, GIF, BMP, TIFF)', file_types=['image'],
-                                type='filepath')
+                image = UploadedImage(label='Image (PNG, JPEG, WebP, GIF, BMP, TIFF): upload, drop or paste',
+                                      height=260, elem_id='upload')
                 gr.Examples(EXAMPLES, inputs=image, label='CIFAR-10 test images', examples_per_page=20)
                 # Custom values let API clients name runs that finished after start-up; the Studio
                 # accepts only models on offer.
@@ -182,11 +198,31 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         with gr.Row():
             a_only = gr.Gallery(label='A right, B wrong', columns=6, height=360, elem_id='a-only')
             b_only = gr.Gallery(label='B right, A wrong', columns=6, height=360, elem_id='b-only')
+        with gr.Group():
+            with gr.Row():
+                image_index = gr.Number(label='Test image # (or select one above)', precision=0, minimum=0,
+                                        elem_id='image-index')
+                show_image = gr.Button('Show both models on it')
+            image_summary = gr.Markdown(elem_id='image-summary')
+            with gr.Row():
+                top5_a = gr.Label(num_top_classes=5, label='A top-5')
+                top5_b = gr.Label(num_top_classes=5, label='B top-5')
+            image_panels = gr.Gallery(label='the image, then A\'s and B\'s [CLS] attention per layer',
+                                      columns=4, height='auto', elem_id='image-panels')
         per_class_plot = gr.Plot(label='Per-class top-1')
         per_class_rows = gr.Dataframe(headers=['class', 'A %', 'B %', 'B − A'], label='Per-class top-1',
                                       interactive=False, elem_id='per-class-table')
+        confusion_plot = gr.Plot(label='Confusion matrices', elem_id='confusion-plot')
         gr.on([run_compare.click, class_name.change], compare, inputs=[model_a, model_b, class_name],
-              outputs=[summary, a_only, b_only, per_class_rows, per_class_plot], api_name='compare')
+              outputs=[summary, a_only, b_only, per_class_rows, per_class_plot, confusion_plot], api_name='compare')
+        image_outputs = [image_panels, top5_a, top5_b, image_summary]
+        show_image.click(compare_image, inputs=[model_a, model_b, image_index], outputs=image_outputs,
+                         api_name='compare_image')
+        for gallery, side in ((a_only, 'A'), (b_only, 'B')):
+            gallery.select(picked(side), inputs=[model_a, model_b, class_name], outputs=image_index,
+                           api_visibility='private').then(
+                compare_image, inputs=[model_a, model_b, image_index], outputs=image_outputs,
+                api_visibility='private')
 
     with gr.Tab('Train'):
         if desk is None:

@@ -37,6 +37,13 @@ class Comparison:
                     for c in range(len(self.classes))]
         return accuracy(self.preds_a), accuracy(self.preds_b)
 
+    def confusion(self) -> tuple[np.ndarray, np.ndarray]:
+        """Confusion matrices of A and of B: counts, rows the true class, columns the predicted one."""
+        def counts(preds: np.ndarray) -> np.ndarray:
+            size = len(self.classes)
+            return np.bincount(self.labels * size + preds, minlength=size * size).reshape(size, size)
+        return counts(self.preds_a), counts(self.preds_b)
+
     def top1(self) -> tuple[float, float]:
         return float((self.preds_a == self.labels).mean() * 100), float((self.preds_b == self.labels).mean() * 100)
 

@@ -75,6 +75,27 @@ def top5(logits: torch.Tensor, classes: list[str]) -> dict[str, float]:
     return {names[i]: float(v) for v, i in zip(values, index)}
 
 
+@dataclass
+class ModelAttention:
+    """One model's fused [CLS] attention per layer on one image, and its top-5."""
+    maps: np.ndarray  # (layers, patches)
+    grid: tuple[int, int]
+    top5: dict[str, float]
+
+
+def inspect_model(model: nn.Module, meta: dict[str, Any], image: Image.Image, fusion: str | int = 'mean') -> ModelAttention:
+    """One model's [CLS] attention on ``image``, normalised as it was trained (``attn_norm`` in ``meta``).
+
+    Args:
+        model: A ViT (eval mode).
+        meta: Its checkpoint metadata (classes, mean, std, attn_norm).
+        image: Any RGB image, resized to the model's input size.
+        fusion: ``'mean'``, ``'max'`` or a head index.
+    """
+    logits, maps = fused_maps(model, model_input(image, meta, model), fusion, meta.get('attn_norm') or 'renormalized')
+    return ModelAttention(maps=maps[0, :, 0].numpy(), grid=patch_grid(model), top5=top5(logits, meta.get('classes', [])))
+
+
 def inspect_pair(
         teacher: nn.Module, teacher_meta: dict[str, Any],
         student: nn.Module, student_meta: dict[str, Any],

@@ -48,6 +48,23 @@ def layer_panels(report: AttentionReport, image: Image.Image, opacity: float) ->
     return panels
 
 
+def side_by_side_panels(image: Image.Image, first: tuple[str, np.ndarray, tuple[int, int]],
+                        second: tuple[str, np.ndarray, tuple[int, int]], opacity: float) -> list[tuple[Image.Image, str]]:
+    """Two models' per-layer maps, ``(name, maps (layers, patches), grid)`` each: layer by layer on one colour
+    scale when their layers and grids match, else each model's layers in turn on its own scales."""
+    image = image.convert('RGB').resize((PANEL_SIZE, PANEL_SIZE), Image.BICUBIC)
+    (name_a, maps_a, grid_a), (name_b, maps_b, grid_b) = first, second
+    if maps_a.shape == maps_b.shape and grid_a == grid_b:
+        panels = []
+        for layer, (map_a, map_b) in enumerate(zip(maps_a, maps_b)):
+            top = float(max(map_a.max(), map_b.max()))
+            panels += [(overlay(image, map_a, grid_a, top, opacity), f'layer {layer + 1} · {name_a}'),
+                       (overlay(image, map_b, grid_b, top, opacity), f'layer {layer + 1} · {name_b}')]
+        return panels
+    return [(overlay(image, layer_map, grid, float(layer_map.max()), opacity), f'layer {layer + 1} · {name}')
+            for name, maps, grid in (first, second) for layer, layer_map in enumerate(maps)]
+
+
 def views_panels(teacher: ModelViews, student: ModelViews, image: Image.Image,
                  opacity: float) -> list[tuple[Image.Image, str]]:
     """Teacher then student: attention rollout (one colour scale for both), its attention-mass mask, and
@@ -104,6 +121,24 @@ def per_class_figure(classes: Sequence[str], accuracy_a: Sequence[float], accura
                         go.Bar(name=name_b, x=list(classes), y=list(accuracy_b))])
     figure.update_layout(barmode='group', height=340, yaxis_title='top-1 (%)',
                          margin=dict(l=40, r=20, t=30, b=40), legend=dict(orientation='h'))
+    return figure
+
+
+def confusion_figure(classes: Sequence[str], confusion_a: np.ndarray, confusion_b: np.ndarray,
+                     name_a: str, name_b: str) -> go.Figure:
+    """Two confusion matrices side by side: each row (true class) in percent of its images, counts on hover."""
+    from plotly.subplots import make_subplots
+    figure = make_subplots(rows=1, cols=2, subplot_titles=[f'A: {name_a}', f'B: {name_b}'], horizontal_spacing=0.12)
+    for column, counts in enumerate((confusion_a, confusion_b), start=1):
+        percent = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        figure.add_trace(go.Heatmap(z=percent, x=list(classes), y=list(classes), customdata=counts,
+                                    zmin=0, zmax=100, colorscale='Blues', showscale=column == 2,
+                                    colorbar=dict(title='% of row'), texttemplate='%{z:.0f}',
+                                    hovertemplate='true %{y} · predicted %{x}: %{customdata} images '
+                                                  '(%{z:.1f}%)<extra></extra>'), row=1, col=column)
+        figure.update_xaxes(title_text='predicted', row=1, col=column)
+        figure.update_yaxes(title_text='true', autorange='reversed', row=1, col=column)
+    figure.update_layout(height=420, margin=dict(l=60, r=20, t=40, b=60))
     return figure
 
 

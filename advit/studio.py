@@ -20,9 +20,10 @@ from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
 from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, load_dataset
 from .images import load_image
-from .inspection import inspect_pair
+from .inspection import inspect_model, inspect_pair
 from .names import TEACHER_STEM
-from .render import gap_figure, gap_table, layer_panels, per_class_figure, prefix_share_figure, views_panels
+from .render import (confusion_figure, gap_figure, gap_table, layer_panels, per_class_figure, prefix_share_figure,
+                     side_by_side_panels, views_panels)
 from .rollout import model_views
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,15 @@ class CompareView:
     b_only: list[tuple[Image.Image, str]]
     table: list[list]
     figure: go.Figure
+    confusion: go.Figure
+    summary: str
+
+
+@dataclass
+class CompareImageView:
+    panels: list[tuple[Image.Image, str]]
+    top5_a: dict[str, float]
+    top5_b: dict[str, float]
     summary: str
 
 
@@ -242,9 +252,30 @@ class Studio:
                     raise StudioError(f'the comparison needs the CIFAR-10 test set: {err}') from err
             return self._test
 
+    def _comparison(self, key_a: str, key_b: str, progress: Callable[[float], None] | None = None):
+        """(comparison, the two entries, the test set) of two checkpoints on offer."""
+        checkpoints = [e for e in self.entries() if not e.key.startswith(TIMM_PREFIX)]
+        chosen = [self.offered(key, checkpoints) if key else None for key in (key_a, key_b)]
+        for key, entry in zip((key_a, key_b), chosen):
+            if entry is None:
+                raise StudioError(f'choose two checkpoints on offer to compare (got {key!r})')
+        test = self.test_set()
+        try:
+            comparison = compare(chosen[0].key, chosen[1].key, test, self.data, progress)
+        except Exception as err:
+            raise StudioError(f'cannot compare: {err}') from err
+        return comparison, chosen, test
+
+    @staticmethod
+    def _true_class(test: ImageSet, class_name: str | None) -> str | None:
+        class_name = None if class_name in (None, '', 'all') else class_name
+        if class_name is not None and class_name not in test.classes:
+            raise StudioError(f'unknown class {class_name!r}')
+        return class_name
+
     def compare(self, key_a: str, key_b: str, class_name: str | None = None,
                 progress: Callable[[float], None] | None = None) -> CompareView:
-        """Where A is right and B wrong and the reverse, per-class accuracy of both, on the test set.
+        """Where A is right and B wrong and the reverse, per-class accuracy and confusion of both, on the test set.
 
         Args:
             key_a: Catalog key of model A (a checkpoint).
@@ -252,34 +283,62 @@ class Studio:
             class_name: Show only test images of this true class (None or 'all': every class).
             progress: Called with the fraction done while missing predictions are computed.
         """
-        checkpoints = [e for e in self.entries() if not e.key.startswith(TIMM_PREFIX)]
-        chosen = [self.offered(key, checkpoints) if key else None for key in (key_a, key_b)]
-        for key, entry in zip((key_a, key_b), chosen):
-            if entry is None:
-                raise StudioError(f'choose two checkpoints on offer to compare (got {key!r})')
-        key_a, key_b = (entry.key for entry in chosen)
-        shown_a, shown_b = (entry.name for entry in chosen)
-        test = self.test_set()
-        class_name = None if class_name in (None, '', 'all') else class_name
-        if class_name is not None and class_name not in test.classes:
-            raise StudioError(f'unknown class {class_name!r}')
-        try:
-            comparison = compare(key_a, key_b, test, self.data, progress)
-        except Exception as err:
-            raise StudioError(f'cannot compare: {err}') from err
+        comparison, (entry_a, entry_b), test = self._comparison(key_a, key_b, progress)
+        class_name = self._true_class(test, class_name)
         a_only, b_only = comparison.disagreements(class_name)
-        name_a, name_b = Path(key_a).stem, Path(key_b).stem
+        name_a, name_b = Path(entry_a.key).stem, Path(entry_b.key).stem
         top_a, top_b = comparison.top1()
         per_a, per_b = comparison.per_class()
-        summary = (f'**A** `{shown_a}`: {top_a:.2f}% · **B** `{shown_b}`: {top_b:.2f}% top-1 on '
+        summary = (f'**A** `{entry_a.name}`: {top_a:.2f}% · **B** `{entry_b.name}`: {top_b:.2f}% top-1 on '
                    f'{len(test)} test images. A right and B wrong: **{len(a_only)}**; B right and A wrong: '
                    f'**{len(b_only)}**' + (f' (true class {class_name})' if class_name else '') +
-                   f'. Galleries show up to {GALLERY_LIMIT} each.')
+                   f'. Galleries show up to {GALLERY_LIMIT} each; select one to see both models on it.')
         return CompareView(
             a_only=self._gallery(test, a_only, comparison, 'A', 'B'),
             b_only=self._gallery(test, b_only, comparison, 'B', 'A'),
             table=comparison.table(), figure=per_class_figure(test.classes, per_a, per_b, name_a, name_b),
+            confusion=confusion_figure(test.classes, *comparison.confusion(), name_a, name_b),
             summary=summary)
+
+    def disagreement(self, key_a: str, key_b: str, class_name: str | None, side: str, position: int) -> int:
+        """The test index of the ``position``-th image of a gallery: ``side`` 'A' (A right, B wrong) or 'B'."""
+        comparison, _, test = self._comparison(key_a, key_b)
+        shown = comparison.disagreements(self._true_class(test, class_name))[('A', 'B').index(side)][:GALLERY_LIMIT]
+        if not 0 <= int(position) < len(shown):
+            raise StudioError(f'the gallery has no image {position}: run the comparison again')
+        return int(shown[int(position)])
+
+    def compare_image(self, key_a: str, key_b: str, index: int, opacity: float = 0.6) -> CompareImageView:
+        """Both models on one test image: their top-5 and, for ViTs, their [CLS] attention per layer.
+
+        Args:
+            key_a: Catalog key of model A.
+            key_b: Catalog key of model B.
+            index: The test image (as the galleries' captions number them).
+            opacity: Heatmap opacity over the image.
+        """
+        comparison, entries, test = self._comparison(key_a, key_b)
+        if not 0 <= int(index) < len(test):
+            raise StudioError(f'the test set has images 0-{len(test) - 1}, not {index}')
+        index = int(index)
+        image = Image.fromarray(test.images[index].permute(1, 2, 0).numpy())
+        views = []
+        for role, entry in zip('AB', entries):
+            model, meta = self._model(entry.key, f'model {role}')
+            views.append(inspect_model(model, meta, image) if entry.is_vit else None)
+        classes = comparison.classes
+        verdicts = [f'{role}: {classes[preds[index]]} {"✓" if preds[index] == comparison.labels[index] else "✗"}'
+                    for role, preds in (('A', comparison.preds_a), ('B', comparison.preds_b))]
+        panels = [(image.resize((2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE), Image.BICUBIC),
+                   f'#{index} true {classes[comparison.labels[index]]} · ' + ' · '.join(verdicts))]
+        if all(views):
+            panels += side_by_side_panels(image, *((role, view.maps, view.grid) for role, view in zip('AB', views)),
+                                          opacity)
+        return CompareImageView(panels=panels, top5_a=views[0].top5 if views[0] else {},
+                                top5_b=views[1].top5 if views[1] else {},
+                                summary=f'Test image #{index}, true class **{classes[comparison.labels[index]]}**: '
+                                        + ' · '.join(verdicts) + ('' if all(views) else
+                                                                  ' (attention maps need two ViTs)'))
 
     @staticmethod
     def _gallery(test: ImageSet, indices: np.ndarray, comparison, right: str, wrong: str) -> list[tuple[Image.Image, str]]:

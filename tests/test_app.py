@@ -1,7 +1,9 @@
 """The real app over HTTP: a launched server driven with gradio_client."""
 from __future__ import annotations
 
+import base64
 import io
+import json
 import re
 import threading
 import urllib.error
@@ -78,9 +80,17 @@ def test_head_fusion_changes_the_maps(client, keys):
     assert not np.allclose(mean[0]['student_map'], head[0]['student_map'])
 
 
+def plotly_array(value) -> np.ndarray:
+    """An array of a figure's JSON: plotly sends numpy arrays as base64 typed arrays."""
+    if isinstance(value, dict) and 'bdata' in value:
+        shape = [int(n) for n in str(value.get('shape', '-1')).split(',')]
+        return np.frombuffer(base64.b64decode(value['bdata']), dtype=value['dtype']).reshape(shape)
+    return np.asarray(value)
+
+
 def test_compare_endpoint_matches_saved_predictions(client, keys, cifar):
-    summary, a_only, b_only, table, _ = client.predict(keys['advit_l1'], keys['deit_hard'], 'all',
-                                                       api_name='/compare')
+    summary, a_only, b_only, table, _, confusion = client.predict(keys['advit_l1'], keys['deit_hard'], 'all',
+                                                                  api_name='/compare')
     a, b = load_predictions(keys['advit_l1']), load_predictions(keys['deit_hard'])
     expected = Comparison(a['labels'].astype(int), a['preds'].astype(int), b['preds'].astype(int),
                           cifar['test'].classes)
@@ -90,8 +100,17 @@ def test_compare_endpoint_matches_saved_predictions(client, keys, cifar):
     captions = [item['caption'] for item in a_only]
     assert captions[0].startswith(f'#{a_right[0]} ')
     assert len(b_only) == min(60, len(b_right))
-    _, a_dogs, b_dogs, _, _ = client.predict(keys['advit_l1'], keys['deit_hard'], 'dog', api_name='/compare')
+    _, a_dogs, b_dogs, _, _, _ = client.predict(keys['advit_l1'], keys['deit_hard'], 'dog', api_name='/compare')
     assert all(' true dog ' in item['caption'] for item in a_dogs + b_dogs)
+    heatmaps = json.loads(confusion['plot'])['data']
+    assert [plotly_array(h['customdata']).tolist() for h in heatmaps] == [m.tolist() for m in expected.confusion()]
+    # One image of the gallery, both models on it: the image, then both students' maps per layer.
+    panels, top5_a, top5_b, about = client.predict(keys['advit_l1'], keys['deit_hard'], int(a_right[0]),
+                                                   api_name='/compare_image')
+    assert panels[0]['caption'] == captions[0] and f'#{a_right[0]}' in about
+    assert len(panels) == 1 + 2 * 2 and len(top5_a['confidences']) == 5
+    with pytest.raises(Exception, match='not 10000'):
+        client.predict(keys['advit_l1'], keys['deit_hard'], 10000, api_name='/compare_image')
 
 
 def _png(image: Image.Image) -> bytes:

@@ -68,6 +68,14 @@ def test_table(example):
     assert rows[3][1:] == [50.0, 66.67, 16.67]
 
 
+def test_confusion(example):
+    # Rows true (cat, dog, ship), columns predicted; A: cat -> cat, cat, dog; dog -> dog, cat, ship.
+    confusion_a, confusion_b = example.confusion()
+    assert confusion_a.tolist() == [[2, 1, 0], [1, 1, 1], [0, 0, 0]]
+    assert confusion_b.tolist() == [[1, 1, 1], [0, 3, 0], [0, 0, 0]]
+    assert np.trace(confusion_a) / confusion_a.sum() * 100 == pytest.approx(example.top1()[0])
+
+
 def test_identical_models_never_disagree():
     labels = np.arange(20) % 4
     preds = (labels + (np.arange(20) % 3 == 0)) % 4  # some right, some wrong

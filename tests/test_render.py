@@ -8,7 +8,8 @@ from matplotlib import colormaps
 from PIL import Image
 
 from advit.inspection import AttentionReport
-from advit.render import PANEL_SIZE, gap_figure, gap_table, layer_panels, overlay, per_class_figure
+from advit.render import (PANEL_SIZE, confusion_figure, gap_figure, gap_table, layer_panels, overlay, per_class_figure,
+                          side_by_side_panels)
 from conftest import noise_image
 
 GRID = (4, 4)
@@ -188,3 +189,28 @@ def test_per_class_figure():
     assert list(a.y)[:2] == [50.0, 75.5] and np.isnan(a.y[2])
     assert list(b.y) == [60.0, 70.0, 10.0]
     assert figure.layout.barmode == 'group'
+
+
+def test_confusion_figure_shows_rows_in_percent_with_counts():
+    counts_a = np.array([[3, 1], [0, 0]])
+    counts_b = np.array([[2, 2], [1, 4]])
+    figure = confusion_figure(['cat', 'dog'], counts_a, counts_b, 'advit', 'deit')
+    a, b = figure.data
+    assert np.asarray(a.z).tolist() == [[75.0, 25.0], [0.0, 0.0]]  # an empty row stays 0, not NaN
+    assert np.asarray(b.z).tolist() == [[50.0, 50.0], [20.0, 80.0]]
+    assert np.asarray(b.customdata).tolist() == counts_b.tolist() and list(a.x) == ['cat', 'dog']
+    assert (a.xaxis, b.xaxis) == ('x', 'x2') and (a.zmin, a.zmax) == (0, 100)
+    assert [annotation.text for annotation in figure.layout.annotations] == ['A: advit', 'B: deit']
+
+
+def test_side_by_side_panels_pair_layers_on_one_scale_or_list_each_model():
+    image = Image.new('RGB', (32, 32), (128, 128, 128))
+    low, high = np.full((2, 4), 0.25), np.array([[1.0, 0, 0, 0], [0.25, 0.25, 0.25, 0.25]])
+    paired = side_by_side_panels(image, ('A', low, (2, 2)), ('B', high, (2, 2)), 1.0)
+    assert [caption for _, caption in paired] == ['layer 1 · A', 'layer 1 · B', 'layer 2 · A', 'layer 2 · B']
+    # Layer 1 shares B's peak: A's flat 0.25 is drawn a quarter up the scale, not at its top.
+    assert np.array_equal(np.asarray(paired[0][0]), np.asarray(overlay(image, low[0], (2, 2), 1.0, 1.0)))
+    deeper = np.full((3, 16), 1 / 16)
+    listed = side_by_side_panels(image, ('A', low, (2, 2)), ('B', deeper, (4, 4)), 1.0)
+    assert [caption for _, caption in listed] == ['layer 1 · A', 'layer 2 · A', 'layer 1 · B', 'layer 2 · B',
+                                                  'layer 3 · B']

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from advit.compare import Comparison
 from advit.evaluate import load_predictions
@@ -96,6 +97,39 @@ def test_compare_view_matches_saved_predictions(studio, tiny_bundle):
     assert all(' true cat ' in caption for _, caption in cats.a_only + cats.b_only)
     with pytest.raises(StudioError, match='unknown class'):
         studio.compare(a, b, 'unicorn')
+    confusion_a, confusion_b = expected.confusion()
+    heat_a, heat_b = view.confusion.data
+    assert np.asarray(heat_a.customdata).tolist() == confusion_a.tolist()
+    assert np.asarray(heat_b.customdata).tolist() == confusion_b.tolist()
+
+
+def test_selecting_a_gallery_image_shows_both_models_on_it(studio):
+    from advit.inspection import inspect_model
+    from advit.render import side_by_side_panels
+    defaults = studio.default_keys()
+    a, b = defaults['compare_a'], defaults['compare_b']
+    view = studio.compare(a, b, 'all')
+    index = studio.disagreement(a, b, 'all', 'B', 0)
+    assert view.b_only[0][1].startswith(f'#{index} ')  # the gallery's first image, by its caption
+    detail = studio.compare_image(a, b, index, 0.5)
+    image, caption = detail.panels[0]
+    assert caption.startswith(f'#{index} true ') and '✓' in caption.split('B: ')[1] and '✗' in caption.split('B: ')[0]
+    # Then both models' maps, layer by layer (same depth and grid: pairs on one scale), as inspected directly.
+    depth = len(studio.models.get(studio.offered(a, studio.entries()).key)[0].blocks)
+    assert len(detail.panels) == 1 + 2 * depth
+    assert [c for _, c in detail.panels[1:3]] == ['layer 1 · A', 'layer 1 · B']
+    test_image = studio.test_set().images[index].permute(1, 2, 0).numpy()
+    direct = [inspect_model(*studio.models.get(studio.offered(key, studio.entries()).key), Image.fromarray(test_image))
+              for key in (a, b)]
+    assert detail.top5_a == pytest.approx(direct[0].top5) and detail.top5_b == pytest.approx(direct[1].top5)
+    expected = side_by_side_panels(Image.fromarray(test_image), ('A', direct[0].maps, direct[0].grid),
+                                   ('B', direct[1].maps, direct[1].grid), 0.5)
+    assert all(np.array_equal(np.asarray(got), np.asarray(want)) for (got, _), (want, _) in zip(detail.panels[1:], expected))
+    assert image.size == (192, 192)
+    with pytest.raises(StudioError, match='no image 1000'):
+        studio.disagreement(a, b, 'all', 'A', 1000)
+    with pytest.raises(StudioError, match='not 10000'):
+        studio.compare_image(a, b, 10000)
 
 
 def test_a_cnn_is_compared_but_has_no_attention_view(studio, tiny_bundle, tmp_path, cifar_archive):
