@@ -19,6 +19,7 @@ import gradio as gr  # noqa: E402
 
 from advit.about import about_markdown  # noqa: E402
 from advit.data import CIFAR10_CLASSES  # noqa: E402
+from advit.figure import figure_png  # noqa: E402
 from advit.images import MAX_FILE_BYTES, ImageError  # noqa: E402
 from advit.jobs import JobError  # noqa: E402
 from advit.losses import METHODS  # noqa: E402
@@ -55,7 +56,21 @@ def user_errors(fn):
 @user_errors
 def attention(image, teacher, student, fusion, head, opacity):
     view = studio.attention(image, teacher, student, fusion, int(head), float(opacity))
-    return served.gallery(view.panels), view.figure, view.table, view.teacher_top5, view.student_top5, view.data
+    figure = served.save_bytes(figure_png(view.paper_figure), 'png', 'attention')
+    downloads = [figure, *(served.save_bytes(data, suffix, 'attention-maps') for suffix, data in view.downloads.items())]
+    return (served.gallery(view.panels), view.figure, view.table, view.teacher_top5, view.student_top5, view.data,
+            figure, downloads)
+
+
+def layer_range(data):
+    """The layer slider runs over the student's layers."""
+    return gr.Slider(maximum=max(len(data['layers']), 2))  # a slider needs two ends
+
+
+@user_errors
+def attention_layer(image, teacher, student, fusion, head, opacity, layer):
+    figure = studio.attention_layer(image, teacher, student, fusion, int(head), float(opacity), int(layer))
+    return served.save_bytes(figure_png(figure), 'png', f'attention-layer{int(layer)}')
 
 
 @user_errors
@@ -155,20 +170,33 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label='Heatmap opacity')
                 show = gr.Button('Show attention', variant='primary')
             with gr.Column(scale=2):
-                panels = gr.Gallery(label='[CLS] attention per layer: teacher (left) and student (right), '
-                                          'one colour scale per layer', columns=2, height='auto',
-                                    elem_id='attention-panels')
+                paper_figure = gr.Image(label='Per layer: teacher | student | student - teacher, one colour scale '
+                                              'per layer (as the paper\'s Fig. 2)', type='filepath',
+                                        interactive=False, elem_id='attention-figure', buttons=['download', 'fullscreen'])
+                with gr.Row():
+                    layer = gr.Slider(1, 12, value=1, step=1, label='Layer shown large', elem_id='layer-slider')
+                    downloads = gr.File(label='Downloads: the figure (PNG), the maps (.npz, JSON)',
+                                        file_count='multiple', interactive=False, elem_id='attention-downloads')
+                layer_large = gr.Image(label='One layer, large', type='filepath', interactive=False,
+                                       elem_id='attention-layer')
                 gap_plot = gr.Plot(label='Gap between the maps, per layer', elem_id='gap-plot')
                 gap_rows = gr.Dataframe(headers=['student layer', 'teacher layer', 'L1', 'L2', 'KL'],
                                         label='Gap per layer', interactive=False)
                 with gr.Row():
                     teacher_top5 = gr.Label(num_top_classes=5, label='Teacher top-5')
                     student_top5 = gr.Label(num_top_classes=5, label='Student top-5')
-                with gr.Accordion('Maps and gaps as data', open=False):
+                with gr.Accordion('Each map on its own, and as data', open=False):
+                    panels = gr.Gallery(label='[CLS] attention per layer: teacher (left) and student (right), '
+                                              'one colour scale per layer', columns=2, height='auto',
+                                        elem_id='attention-panels')
                     maps = gr.JSON(label='per layer: both maps on the student grid, L1, L2, KL')
-        gr.on([show.click, fusion.change, head.release, opacity.release], attention,
-              inputs=[image, teacher, student, fusion, head, opacity],
-              outputs=[panels, gap_plot, gap_rows, teacher_top5, student_top5, maps], api_name='attention')
+        attention_inputs = [image, teacher, student, fusion, head, opacity]
+        layer.release(attention_layer, inputs=[*attention_inputs, layer], outputs=layer_large,
+                      api_name='attention_layer')  # before the chain below takes the name
+        gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs=attention_inputs,
+              outputs=[panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads],
+              api_name='attention').success(layer_range, inputs=maps, outputs=layer, api_visibility='private').then(
+            attention_layer, inputs=[*attention_inputs, layer], outputs=layer_large, api_visibility='private')
         with gr.Accordion('More views: attention rollout, last-layer heads, attention mass, prefix share', open=False):
             with gr.Row():
                 rollout_fusion = gr.Radio(['mean', 'max', 'min'], value='mean', label='Rollout head fusion')

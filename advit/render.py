@@ -12,11 +12,11 @@ from .inspection import AttentionReport
 from .rollout import ModelViews
 
 PANEL_SIZE = 160  # pixels of each heatmap panel
-_COLORMAP = colormaps['inferno']
+ATTENTION_COLORMAP = colormaps['inferno']
 
 
 def overlay(image: Image.Image, attention: np.ndarray, grid: tuple[int, int], vmax: float,
-            opacity: float, size: int = PANEL_SIZE) -> Image.Image:
+            opacity: float, size: int = PANEL_SIZE, colormap=ATTENTION_COLORMAP) -> Image.Image:
     """The image with a heatmap of ``attention`` (patches of ``grid``) blended over it.
 
     Args:
@@ -26,9 +26,10 @@ def overlay(image: Image.Image, attention: np.ndarray, grid: tuple[int, int], vm
         vmax: The value drawn at the top of the colour scale (shared by the maps of one layer).
         opacity: 0 shows the image alone, 1 the heatmap alone.
         size: Output side in pixels.
+        colormap: A matplotlib colormap, 0 to ``vmax`` over its range.
     """
     scaled = np.clip(attention.reshape(grid) / max(vmax, 1e-12), 0.0, 1.0)
-    heat = Image.fromarray((_COLORMAP(scaled)[..., :3] * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+    heat = Image.fromarray((colormap(scaled)[..., :3] * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
     base = image.convert('RGB').resize((size, size), Image.BICUBIC)
     return Image.blend(base, heat, float(np.clip(opacity, 0.0, 1.0)))
 

@@ -75,9 +75,14 @@ class ServedFiles:
         with self._lock:
             return self._bytes
 
-    def save_bytes(self, data: bytes, suffix: str) -> str:
-        """The path of a file holding ``data``: the existing one if there is one, else a new one."""
-        name = f'{hashlib.sha256(data).hexdigest()[:40]}.{suffix}'
+    def save_bytes(self, data: bytes, suffix: str, stem: str = '') -> str:
+        """The path of a file holding ``data``: the existing one if there is one, else a new one.
+
+        Args:
+            suffix: The file's extension.
+            stem: A readable start of the name, for files people download (``attention-<content>.png``).
+        """
+        name = f'{stem + "-" if stem else ""}{hashlib.sha256(data).hexdigest()[:40]}.{suffix}'
         path = self.root / name
         with self._lock:
             if name in self._sizes:

@@ -20,7 +20,8 @@ from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
 from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, load_dataset
 from .images import load_image
-from .inspection import inspect_model, inspect_pair
+from .figure import attention_figure, layer_figure, maps_npz, report_json
+from .inspection import AttentionReport, inspect_model, inspect_pair
 from .names import TEACHER_STEM
 from .render import (confusion_figure, gap_figure, gap_table, layer_panels, per_class_figure, prefix_share_figure,
                      side_by_side_panels, views_panels)
@@ -43,6 +44,8 @@ class AttentionView:
     teacher_top5: dict[str, float]
     student_top5: dict[str, float]
     data: dict[str, Any]
+    paper_figure: Image.Image  # the paper's Fig. 2: every layer's teacher | student | difference
+    downloads: dict[str, bytes]  # the maps as .npz and as JSON, by extension
 
 
 @dataclass
@@ -189,6 +192,22 @@ class Studio:
 
     # --- the attention view ----------------------------------------------------------------------
 
+    def _report(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str,
+                head: int) -> tuple[Image.Image, AttentionReport]:
+        """The decoded upload and the pair's attention report on it (see ``attention``)."""
+        if image_path is None:
+            raise StudioError('upload an image or pick an example')
+        image = load_image(image_path)
+        if fusion not in ('trained', 'mean', 'max', 'head'):
+            raise StudioError(f'unknown head fusion {fusion!r}: choose trained, mean, max or head')
+        teacher, teacher_meta = self._model(teacher_key, 'teacher', vit=True)
+        student, student_meta = self._model(student_key, 'student', vit=True)
+        try:
+            return image, inspect_pair(teacher, teacher_meta, student, student_meta, image,
+                                       int(head) if fusion == 'head' else fusion)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+
     def attention(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str = 'trained',
                   head: int = 0, opacity: float = 0.6) -> AttentionView:
         """Teacher and student [CLS] attention on an uploaded image, layer by layer, with their gaps.
@@ -202,21 +221,22 @@ class Studio:
             head: Head index for ``fusion='head'``.
             opacity: Heatmap opacity over the image.
         """
-        if image_path is None:
-            raise StudioError('upload an image or pick an example')
-        image = load_image(image_path)
-        if fusion not in ('trained', 'mean', 'max', 'head'):
-            raise StudioError(f'unknown head fusion {fusion!r}: choose trained, mean, max or head')
-        teacher, teacher_meta = self._model(teacher_key, 'teacher', vit=True)
-        student, student_meta = self._model(student_key, 'student', vit=True)
-        try:
-            report = inspect_pair(teacher, teacher_meta, student, student_meta, image,
-                                  int(head) if fusion == 'head' else fusion)
-        except ValueError as err:
-            raise StudioError(str(err)) from err
+        image, report = self._report(image_path, teacher_key, student_key, fusion, head)
         return AttentionView(panels=layer_panels(report, image, opacity), figure=gap_figure(report),
                              table=gap_table(report), teacher_top5=report.teacher_top5,
-                             student_top5=report.student_top5, data=report.as_dict())
+                             student_top5=report.student_top5, data=report.as_dict(),
+                             paper_figure=attention_figure(report, image, opacity),
+                             downloads=dict(npz=maps_npz(report), json=report_json(report)))
+
+    def attention_layer(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str = 'trained',
+                        head: int = 0, opacity: float = 0.6, layer: int = 1) -> Image.Image:
+        """One student layer of the attention view, large (``layer`` counts from 1, as the figure's rows; one
+        past the student's last shows its last: the page's slider may still hold a deeper student's layer)."""
+        image, report = self._report(image_path, teacher_key, student_key, fusion, head)
+        try:
+            return layer_figure(report, image, min(int(layer), len(report.teacher_layers)) - 1, opacity)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
 
     def more_views(self, image_path: str | None, teacher_key: str, student_key: str, head_fusion: str = 'mean',
                    discard_ratio: float = 0.0, keep: float = 0.6, opacity: float = 0.6) -> MoreViews:

@@ -8,6 +8,7 @@ import re
 import threading
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 import urllib.request
 
 import numpy as np
@@ -55,9 +56,21 @@ def page_config(url: str) -> str:
 
 
 def test_attention_endpoint_maps_and_gaps_match_advit(client, keys):
-    panels, figure, table, teacher_top5, student_top5, data = attention(client, EXAMPLE, keys)
+    panels, figure, table, teacher_top5, student_top5, data, paper_figure, downloads = \
+        attention(client, EXAMPLE, keys)
     layers = data['layers']
     assert len(layers) == 2 and len(panels) == 4  # one teacher and one student map per student layer
+    # The paper's Fig. 2 (a row per layer) and the downloads: the figure, the maps as .npz and JSON.
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    assert Image.open(paper_figure).size == Layout.of(PANEL_SIZE).size(2)
+    names = sorted(Path(path).name.split('-')[0] + Path(path).suffix for path in downloads)
+    assert names == ['attention.json', 'attention.npz', 'attention.png']
+    saved = np.load(next(path for path in downloads if path.endswith('.npz')), allow_pickle=False)
+    np.testing.assert_allclose(saved['teacher_maps'], [layer['teacher_map'] for layer in layers], rtol=1e-6)
+    large = client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'mean', 0, 0.6, 2,
+                           api_name='/attention_layer')
+    assert Image.open(large).size[0] > Image.open(paper_figure).size[0]
     assert all(len(layer['teacher_map']) == len(layer['student_map']) == 64 for layer in layers)
 
     cache = ModelCache()
@@ -243,7 +256,7 @@ def test_everyone_asking_for_the_same_example_at_once_all_get_whole_answers(app_
         problems = []
         for _ in range(requests):
             try:
-                panels, *_, data = attention(client, EXAMPLE, keys)
+                panels, *_, data, _, _ = attention(client, EXAMPLE, keys)
                 for panel in panels:
                     with Image.open(panel['image']) as image:
                         image.load()  # a torn file does not decode

@@ -1,6 +1,8 @@
 """The app's views, computed by Studio without a browser."""
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,20 @@ def test_attention_view(studio):
     assert not np.allclose(layers[0]['student_map'], other.data['layers'][0]['student_map'])
     with pytest.raises(StudioError, match='head 7 does not exist'):
         studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'head', 7, 0.5)
+    # The paper's Fig. 2 of the same maps, one row per student layer, and the maps for download.
+    from advit.figure import LARGE_PANEL, Layout
+    from advit.render import PANEL_SIZE
+    assert view.paper_figure.size == Layout.of(PANEL_SIZE).size(len(layers))
+    saved = np.load(io.BytesIO(view.downloads['npz']), allow_pickle=False)
+    np.testing.assert_allclose(saved['student_maps'], [layer['student_map'] for layer in layers], rtol=1e-6)
+    assert json.loads(view.downloads['json']) == view.data
+    large = studio.attention_layer(EXAMPLE, defaults['teacher'], defaults['student'], 'mean', 0, 0.5, 2)
+    assert large.size == Layout.of(LARGE_PANEL).size(1)
+    # A layer past this student's last (the page's slider may hold a deeper one's) shows its last.
+    assert np.array_equal(np.asarray(studio.attention_layer(EXAMPLE, defaults['teacher'], defaults['student'], 'mean',
+                                                            0, 0.5, 9)), np.asarray(large))
+    with pytest.raises(StudioError, match='layer 0 does not exist'):
+        studio.attention_layer(EXAMPLE, defaults['teacher'], defaults['student'], 'mean', 0, 0.5, 0)
 
 
 def test_attention_refuses_bad_requests(studio, tmp_path, tiny_bundle):
