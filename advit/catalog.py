@@ -71,7 +71,8 @@ class ModelEntry:
 
 
 def discover(checkpoint_dirs: list[Path], runs_dir: Path | None, home: Path = REPO) -> list[ModelEntry]:
-    """Every model on offer: ``*.safetensors`` in the checkpoint folders, each run's ``best``, cached timm models.
+    """Every model on offer: ``*.safetensors`` in the checkpoint folders, each run's (and each student's of a
+    several-student run) ``best``, cached timm models.
 
     Args:
         home: The app's folder: a file in it is named by its path from there (``checkpoints/teacher.safetensors``),
@@ -81,7 +82,9 @@ def discover(checkpoint_dirs: list[Path], runs_dir: Path | None, home: Path = RE
     for folder in checkpoint_dirs:
         found += [(path, Path(folder)) for path in sorted(Path(folder).glob('*.safetensors'))]
     if runs_dir is not None and Path(runs_dir).is_dir():
-        found += [(path, Path(runs_dir)) for path in sorted(Path(runs_dir).glob('*/best.safetensors'))]
+        # A run's best, and each student's of a several-student run (runs/<run>/<method>/best.safetensors).
+        found += [(path, Path(runs_dir)) for pattern in ('*/best.safetensors', '*/*/best.safetensors')
+                  for path in sorted(Path(runs_dir).glob(pattern))]
     entries = []
     for path, folder in found:
         entry = check_checkpoint(path)

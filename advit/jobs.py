@@ -4,10 +4,14 @@ Everything a job is lives in its run folder, so the list survives an app restart
 
 - ``request.json``: the run's settings (``TrainConfig`` fields), written when the job is submitted;
 - ``job.json``: the app's record: when it was queued, each launch (pid, process group, process
-  start time), a cancel request;
+  start time), a cancel request; for a group job, its ``methods``;
 - ``status.json``: the job's own account (running, finished, cancelled, failed; step, progress,
   best accuracy), written atomically by the training process itself;
 - ``output.log``: the process's stdout and stderr; plus the run's ``metrics.jsonl`` and checkpoints.
+
+A group job (``methods``: several students on the same batches and one teacher forward, ``advit train
+--methods``) is one process too; ``request.json`` holds the settings its students share, and each
+student keeps its own run folder ``<job>/<method>/`` with its ``status.json``, metrics and checkpoints.
 
 A job whose process is gone without a final status (killed, machine restarted) is reported
 failed with the end of its output, never as running forever.
@@ -33,6 +37,7 @@ from .models import create_model
 from .train import TrainConfig, TrainingError, validate
 
 ACTIVE = ('queued', 'running')  # the states in which a job can still be cancelled
+FINAL = ('failed', 'cancelled', 'finished')  # a group's state is the first of these any student reports
 # A cancel sends SIGTERM: the run stops at its next step, saves `last` and exits. Only a process still
 # there after this grace (ADVIT_CANCEL_GRACE_S) is killed: long enough for a CPU evaluation or a first
 # dataset decode to end, so that the steps since the last save are not lost.
@@ -109,6 +114,34 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _group_methods(settings: dict[str, Any]) -> list[str] | None:
+    """A group request's methods, taken out of ``settings``; None for a one-student request."""
+    if 'methods' not in settings:
+        return None
+    methods = settings.pop('methods')
+    if 'method' in settings:
+        raise JobError('give method or methods, not both')
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise JobError(f'methods is a list of one or more method names, got {methods!r}')
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise JobError(f'method {", ".join(twice)} is named twice: each student of a group has its own method')
+    return methods  # unknown ones are refused with the rest of each student's settings (train.validate)
+
+
+def _group_status(folders: list[Path]) -> dict[str, Any]:
+    """A group's account from its students' ``status.json``: the first student's progress, the best
+    validation top-1 of all, and final (the first of ``FINAL`` any reports) only once every one is; its
+    ``updated`` is the oldest, so that it is fresh only when every student wrote it in this launch."""
+    accounts = [_read_json(folder / 'status.json') or {} for folder in folders]
+    states = [account.get('state') for account in accounts]
+    best = [account['best_val_top1'] for account in accounts if account.get('best_val_top1') is not None]
+    return dict(accounts[0], updated=min(account.get('updated', 0) for account in accounts),
+                state=next(s for s in FINAL if s in states) if all(s in FINAL for s in states) else 'running',
+                best_val_top1=max(best, default=None),
+                error=next((account['error'] for account in accounts if account.get('error')), None))
+
+
 class JobManager:
     """Submits, starts (in queue order, up to ``limits.max_concurrent``), reconciles and cancels jobs.
 
@@ -138,13 +171,16 @@ class JobManager:
 
         Args:
             name: The wanted run name.
-            settings: ``TrainConfig`` fields (``out`` is set from the name).
+            settings: ``TrainConfig`` fields (``out`` is set from the name); or, for a group job,
+                ``methods`` (a list of method names) in place of ``method``: one student per method,
+                in one process.
         """
         settings = dict(settings)
-        self._validate(settings)  # as asked, then within the limits
+        methods = _group_methods(settings)
+        self._validate(settings, methods)  # as asked, then within the limits
         self._apply_limits(settings)
-        cfg = self._validate(settings)
-        self._check_model(cfg)
+        cfg = self._validate(settings, methods)
+        self._check_model(cfg, len(methods or [cfg.method]))
         with self._lock:
             waiting = sum(job['state'] in ACTIVE for job in self.list())
             if waiting >= self.limits.max_queued:
@@ -153,32 +189,41 @@ class JobManager:
             run = self._new_run_folder(sanitize_name(name))
             settings['out'] = str(run)
             run.mkdir(parents=True)
+            for method in methods or []:  # made now, so that a student's status.json records even an early failure
+                (run / method).mkdir()
             write_json(run / 'request.json', settings)
-            write_json(run / 'job.json', {'name': run.name, 'queued': time.time(), 'launches': []})
+            write_json(run / 'job.json', {'name': run.name, 'queued': time.time(), 'launches': [],
+                                          **({'methods': methods} if methods else {})})
         self.poll()
         return run.name
 
     @staticmethod
-    def _validate(settings: dict[str, Any]) -> TrainConfig:
+    def _validate(settings: dict[str, Any], methods: list[str] | None) -> TrainConfig:
+        """The run's configuration, refused as ``advit train`` would refuse it; a group's is checked for
+        each student (its method with the shared settings), and the first student's is returned."""
+        members = [dict(settings, method=method) for method in methods] if methods else [settings]
         try:
-            cfg = TrainConfig.from_dict(settings)
-            validate(cfg)
+            cfgs = [TrainConfig.from_dict(member) for member in members]
+            for cfg in cfgs:
+                validate(cfg)
         except (TrainingError, TypeError) as err:
             raise JobError(str(err)) from err
-        return cfg
+        return cfgs[0]
 
-    def _check_model(self, cfg: TrainConfig) -> None:
+    def _check_model(self, cfg: TrainConfig, students: int) -> None:
         """Build the student on the meta device (no memory, no weights): arguments that do not fit
-        the architecture, or a model over the size limit, are refused before any process starts."""
+        the architecture, or models over the size limit, are refused before any process starts. The
+        students of a group count together: one process holds them all, with their optimiser states."""
         try:
             with torch.device('meta'):
                 model = create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args)
         except (ValueError, TypeError, RuntimeError, AssertionError) as err:
             raise JobError(f'cannot build {cfg.model} with {cfg.model_args}: {err}') from err
         params = sum(p.numel() for p in model.parameters())
-        if params > self.limits.max_params:
-            raise JobError(f'{cfg.model} with {cfg.model_args} has {params / 1e6:.1f}M parameters: the limit here '
-                           f'is {self.limits.max_params / 1e6:.1f}M')
+        if params * students > self.limits.max_params:
+            group = f', {params * students / 1e6:.1f}M for its {students} students' if students > 1 else ''
+            raise JobError(f'{cfg.model} with {cfg.model_args} has {params / 1e6:.1f}M parameters{group}: the limit '
+                           f'here is {self.limits.max_params / 1e6:.1f}M')
 
     def _apply_limits(self, settings: dict[str, Any]) -> None:
         limits = self.limits
@@ -226,10 +271,14 @@ class JobManager:
     def _launch(self, name: str) -> None:
         run = self.runs_dir / name
         record = _read_json(run / 'job.json') or {}
-        if (run / 'config.json').is_file():  # a run that got going before: continue from its last checkpoint
-            command = [self.python, '-m', 'advit', 'train', '--resume', str(run)]
+        methods = record.get('methods')
+        folders = [run / method for method in methods] if methods else [run]
+        if all((folder / 'config.json').is_file() for folder in folders):
+            # A run that got going before: continue from its last checkpoint (a group's students together).
+            command = [self.python, '-m', 'advit', 'train', '--resume', *map(str, folders)]
         else:
-            command = [self.python, '-m', 'advit', 'train', '--config', str(run / 'request.json')]
+            command = [self.python, '-m', 'advit', 'train', '--config', str(run / 'request.json'),
+                       *(['--methods', ','.join(methods)] if methods else [])]
         with open(run / 'output.log', 'ab') as output:
             output.write(f'\n$ {" ".join(command)}\n'.encode())
             output.flush()
@@ -274,8 +323,11 @@ class JobManager:
         if record is None:
             raise JobError(f'{name} is not a job (no job.json)')
         request = _read_json(run / 'request.json') or {}
-        reported = _read_json(run / 'status.json') or {}
-        job = {'name': run.name, 'queued': record.get('queued', 0.0), 'method': request.get('method'),
+        methods = record.get('methods')
+        reported = _group_status([run / method for method in methods]) if methods else \
+            _read_json(run / 'status.json') or {}
+        job = {'name': run.name, 'queued': record.get('queued', 0.0),
+               'method': ','.join(methods) if methods else request.get('method'), 'methods': methods,
                'model': request.get('model'), 'cancel_requested': record.get('cancel_requested'),
                'step': reported.get('step'), 'total_steps': reported.get('total_steps'),
                'progress': reported.get('progress'), 'eta_s': reported.get('eta_s'),
@@ -306,9 +358,21 @@ class JobManager:
             job['error'] = self.log_tail(name, 15)
         return job
 
-    def metrics(self, name: str) -> list[dict[str, Any]]:
-        """The run's metrics lines; a torn or corrupt line is skipped."""
-        path = self._run(name) / 'metrics.jsonl'
+    def students(self, name: str) -> dict[str, Path]:
+        """Each student's run folder by method: a group job's subfolders in its order, or a one-student
+        job's own folder."""
+        run = self._run(name)
+        record = _read_json(run / 'job.json') or {}
+        if record.get('methods'):
+            return {method: run / method for method in record['methods']}
+        return {(_read_json(run / 'request.json') or {}).get('method', TrainConfig.method): run}
+
+    def metrics(self, name: str, method: str | None = None) -> list[dict[str, Any]]:
+        """The run's metrics lines (of a group job, its ``method`` student's); a torn or corrupt line is skipped."""
+        folders = self.students(name)
+        if method is not None and method not in folders:
+            raise JobError(f'{name} has no {method} student: it has {", ".join(folders)}')
+        path = (folders[method] if method is not None else self._run(name)) / 'metrics.jsonl'
         records = []
         if path.is_file():
             for line in path.read_text(errors='replace').splitlines():

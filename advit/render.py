@@ -179,3 +179,29 @@ def progress_html(step: int | None, total: int | None, fraction: float | None, e
         parts.append(f'ETA {minutes}m{seconds:02d}s')
     return (f'<progress value="{percent:.1f}" max="100" style="width:100%"></progress>'
             f'<div>{" · ".join(parts)}</div>')
+
+
+def students_curves(metrics: dict[str, list[dict]]) -> go.Figure:
+    """Several students trained together (a ``--methods`` run), one colour each: total loss (left) and
+    validation top-1 (right) against steps, from each student's metrics lines by method.
+
+    A student's test top-1 (its selected checkpoint, evaluated once at the end) is its last marker on the right.
+    """
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+    figure = make_subplots(rows=1, cols=2, subplot_titles=['loss', 'top-1 (%)'])
+    series = (('train', 'loss', 'loss', 1, 'lines'), ('eval', 'val_top1', 'validation top-1', 2, 'lines+markers'),
+              ('test', 'test_top1', 'test top-1 (selected)', 2, 'markers'))
+    for index, (method, lines) in enumerate(metrics.items()):
+        colour = qualitative.Plotly[index % len(qualitative.Plotly)]
+        for event, key, label, column, mode in series:
+            points = [(m['step'], m[key]) for m in lines if m.get('event') == event and m.get(key) is not None]
+            if points:
+                steps, values = zip(*points)
+                figure.add_trace(go.Scatter(x=steps, y=values, mode=mode, name=f'{method} · {label}',
+                                            legendgroup=method, line=dict(color=colour),
+                                            marker=dict(color=colour, symbol='star' if event == 'test' else 'circle')),
+                                 row=1, col=column)
+    figure.update_xaxes(title_text='step')
+    figure.update_layout(height=360, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation='h'))
+    return figure

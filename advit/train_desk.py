@@ -12,7 +12,7 @@ import datetime
 import hmac
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +20,8 @@ import plotly.graph_objects as go
 
 from .data import OFFICIAL_CIFAR10
 from .jobs import REPO, JobError, JobLimits, JobManager
-from .render import progress_html, training_curves
+from .render import progress_html, students_curves, training_curves
+from .report import TABLE1_COLUMNS, ReportError, load_run, markdown_table, table1
 
 LIST_HEADERS = ['name', 'method', 'model', 'status', 'progress', 'best val top-1', 'started']
 
@@ -67,10 +68,17 @@ def parse_model_args(text: str) -> dict[str, Any]:
 
 @dataclass
 class JobView:
+    """One job as the Train tab shows it.
+
+    ``table`` and ``table_md``: once the job has finished, its Table 1 (``advit report`` on its
+    students' folders: ``report.table1``'s rows, and their Markdown); empty before.
+    """
     progress: str
     figure: go.Figure
     log: str
     job: dict[str, Any]
+    table: list[dict[str, Any]] = field(default_factory=list)
+    table_md: str = ''
 
 
 class TrainDesk:
@@ -151,12 +159,15 @@ class TrainDesk:
         if self.token is not None and not hmac.compare_digest(str(token or '').encode(), self.token.encode()):
             raise JobError('this server needs a valid token to start, cancel or resume jobs')
 
-    def start(self, name: str, method: str, model: str, model_args: str, teacher: str | None, data: str,
-              length: str, amount: float, lr: float, attn_weight: float, alpha: float, tau: float, seed: int,
-              subset: int | None, batch_size: int, device: str, token: str | None = None) -> dict[str, Any]:
+    def start(self, name: str, method: str | list[str], model: str, model_args: str, teacher: str | None,
+              data: str, length: str, amount: float, lr: float, attn_weight: float, alpha: float, tau: float,
+              seed: int, subset: int | None, batch_size: int, device: str, token: str | None = None) -> dict[str, Any]:
         """Queue a training job from the form's values; return its status.
 
         Args:
+            method: One method, or several: a group job, one student per method on the same batches
+                with one teacher (for the methods that need it) and one run length (a list of one is
+                a one-student job).
             length: ``epochs``, ``steps`` or ``seconds``; ``amount`` says how many.
             subset: Train on this many images (0 or None: all).
         """
@@ -173,15 +184,17 @@ class TrainDesk:
                                         ('batch size', batch_size, 1, self.manager.limits.max_batch_size)):
             if not isinstance(value, (int, float)) or not low <= value <= high:
                 raise JobError(f'{label} must be between {low:g} and {high:g}, got {value}')
+        methods = [method] if isinstance(method, str) else list(method or [])
         # Architecture keys are checked with the rest of the run's settings (train.validate, in submit).
-        settings = dict(method=method, model=model, model_args=parse_model_args(model_args), data=self._dataset(data),
+        settings = dict(**({'method': methods[0]} if len(methods) == 1 else {'methods': methods}),
+                        model=model, model_args=parse_model_args(model_args), data=self._dataset(data),
                         teacher=self._teacher(teacher), lr=float(lr), attn_weight=float(attn_weight),
                         alpha=float(alpha), tau=float(tau), seed=int(seed), subset=int(subset) if subset else None,
                         batch_size=int(batch_size), device=device, log_every=10,
                         **{dict(epochs='epochs', steps='steps', seconds='time_budget')[length]:
                            int(amount) if length == 'steps' else float(amount)})
         try:
-            return self._shown_job(self.manager.status(self.manager.submit(name or method, settings)))
+            return self._shown_job(self.manager.status(self.manager.submit(name or '-'.join(methods), settings)))
         except JobError as err:
             raise JobError(self.shown(str(err))) from None
 
@@ -219,7 +232,8 @@ class TrainDesk:
         return rows
 
     def view(self, name: str | None) -> JobView:
-        """One job, live: progress with step, total and ETA; curves; the end of its output; its error."""
+        """One job, live: progress with step, total and ETA; curves (a group job's: every student's on one
+        figure); the end of its output; its error; once it has finished, its Table 1."""
         if not name:
             return JobView('', training_curves([]), '', {})
         job = self._shown_job(self.manager.status(name))
@@ -228,9 +242,23 @@ class TrainDesk:
             log = log[:log.index('Traceback (most recent call last)')] + '(traceback not shown on a public server)'
         if job['state'] == 'failed' and job['error']:
             log = f'FAILED: {job["error"]}\n\n--- output ---\n{log}'
+        figure = students_curves({method: self.manager.metrics(name, method) for method in job['methods']}) \
+            if job['methods'] else training_curves(self.manager.metrics(name))
+        table, table_md = self._table1(name) if job['state'] == 'finished' else ([], '')
         return JobView(progress=progress_html(job['step'], job['total_steps'], job['progress'], job['eta_s'],
                                               job['state']),
-                       figure=training_curves(self.manager.metrics(name)), log=log, job=job)
+                       figure=figure, log=log, job=job, table=table, table_md=table_md)
+
+    def _table1(self, name: str) -> tuple[list[dict[str, Any]], str]:
+        """A finished job's Table 1 as ``advit report`` makes it from the job's students' folders: rows
+        and Markdown, without server paths (a folder that cannot be reported on: no rows, and why)."""
+        try:
+            rows = table1([load_run(folder) for folder in self.manager.students(name).values()])
+        except ReportError as err:
+            return [], self.shown(f'No Table 1: {err}')
+        rows = [{key: self.shown(value) if isinstance(value, str) else value for key, value in row.items()}
+                for row in rows]
+        return rows, markdown_table(rows, TABLE1_COLUMNS)
 
 
 def _last_line(text: str) -> str:

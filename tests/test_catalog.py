@@ -167,15 +167,16 @@ def test_discover(tmp_path):
     save(runs / 'run2' / 'last.safetensors')  # a run with no best yet
     run3_best = save(runs / 'run3' / 'best.safetensors')
     save(runs / 'best.safetensors')  # not inside a run
+    group_best = save(runs / 'group' / 'advit_l1' / 'best.safetensors')  # a student of a several-student run
 
     entries = discover([bundle, extra, tmp_path / 'missing'], runs)
     checkpoints = [e for e in entries if not e.key.startswith(TIMM_PREFIX)]
-    assert [e.key for e in checkpoints] == [str(p) for p in (broken, good, other, run_best, run3_best)]
-    assert [e.usable for e in checkpoints] == [False, True, False, True, True]
+    assert [e.key for e in checkpoints] == [str(p) for p in (broken, good, other, run_best, run3_best, group_best)]
+    assert [e.usable for e in checkpoints] == [False, True, False, True, True, True]
     # Clients see folder and file, and reasons that name them so, never the server's absolute paths.
     assert [e.name for e in checkpoints] == ['bundle/a_broken.safetensors', 'bundle/b_good.safetensors',
                                              'extra/other.safetensors', 'runs/run1/best.safetensors',
-                                             'runs/run3/best.safetensors']
+                                             'runs/run3/best.safetensors', 'runs/group/advit_l1/best.safetensors']
     assert str(tmp_path) not in checkpoints[0].problem and 'bundle/a_broken.safetensors' in checkpoints[0].problem
     inside = discover([bundle], None, home=tmp_path)  # a folder inside the app's: the path from there
     assert [e.name for e in inside][:2] == ['bundle/a_broken.safetensors', 'bundle/b_good.safetensors']

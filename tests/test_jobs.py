@@ -25,6 +25,13 @@ def job_settings(archive: Path, **overrides) -> dict:
                      subset=256, test_subset=64, batch_size=64, log_every=1, device='cpu', steps=3), **overrides)
 
 
+def group_settings(archive: Path, teacher: Path | str, methods=('vit', 'advit_l1'), **overrides) -> dict:
+    """A tiny group job: one student per method (``methods`` as given), 128 validation images."""
+    settings = job_settings(archive, val_size=128, teacher=str(teacher), **overrides)
+    del settings['method']
+    return dict(settings, methods=list(methods) if isinstance(methods, tuple) else methods)
+
+
 def record(manager: JobManager, name: str) -> dict:
     return json.loads((manager.runs_dir / name / 'job.json').read_text())
 
@@ -38,12 +45,14 @@ def read_json(path: Path) -> dict:
 
 
 def running_at(manager: JobManager, name: str, step: int = 1) -> dict | None:
-    """The job's status once its latest launch runs and has itself reported at least ``step`` steps."""
+    """The job's status once its latest launch runs and has itself reported at least ``step`` steps (a
+    group job: every student)."""
     job = manager.status(name)
     launches = record(manager, name)['launches']
-    reported = read_json(manager.runs_dir / name / 'status.json')
-    if job['state'] == 'running' and launches and reported.get('updated', 0) >= launches[-1]['started'] \
-            and (reported.get('step') or 0) >= step:
+    reports = [read_json(folder / 'status.json') for folder in manager.students(name).values()]
+    if job['state'] == 'running' and launches and all(
+            reported.get('updated', 0) >= launches[-1]['started'] and (reported.get('step') or 0) >= step
+            for reported in reports):
         return job
     return None
 
@@ -416,3 +425,104 @@ def test_metrics_skip_corrupt_and_torn_lines_and_log_tail_gives_the_last_lines(t
     assert manager.log_tail(name).splitlines() == [f'line {i}' for i in range(60, 100)]
     with pytest.raises(JobError, match='not a job'):
         manager.status('missing')
+
+
+# --- group jobs: several students in one process ---------------------------------------------------
+
+
+@pytest.mark.parametrize('methods, overrides, message', [
+    (['vit', 'vit'], {}, 'method vit is named twice'),
+    (['vit', 'advit_l3'], {}, "unknown method 'advit_l3'"),
+    (['vit', 'advit_l1'], dict(teacher=None), 'method advit_l1 needs a teacher'),
+    ([], {}, 'methods is a list of one or more method names, got []'),
+    ('vit,advit_l1', {}, "methods is a list of one or more method names, got 'vit,advit_l1'"),
+    (['vit', 'advit_l1'], dict(method='vit'), 'give method or methods, not both'),
+    (['vit', 'advit_l1'], dict(steps=0), 'steps must be positive'),
+    (['vit', 'advit_l1'], dict(steps=10**9), '1000000000 steps asked for: the limit here is 20000'),
+    (['vit', 'advit_l1'], dict(model_args={'checkpoint_path': '/etc/passwd'}), 'not an architecture argument'),
+    # 21.3M parameters each are within the public 30M; two students are not: one process holds them all.
+    (['vit', 'advit_l1'], dict(model='vit_small_patch4_32', model_args={}),
+     'has 21.3M parameters, 42.7M for its 2 students: the limit here is 30.0M'),
+])
+def test_a_bad_group_request_is_refused_before_anything_is_written(methods, overrides, message, tmp_path,
+                                                                   cifar_archive, jobs):
+    manager = jobs(replace(JobLimits.public(), max_concurrent=0))
+    with pytest.raises(JobError, match=re.escape(message)):
+        manager.submit('group', dict(group_settings(cifar_archive, 'teacher.safetensors', methods), **overrides))
+    assert not (tmp_path / 'runs').exists() or list((tmp_path / 'runs').iterdir()) == []
+
+
+def test_a_group_job_is_final_only_once_every_student_is(tmp_path, cifar_archive, jobs):
+    """The students' own status files (written here as the group's process would) make one account."""
+    manager = jobs(JobLimits(max_concurrent=0))
+    name = manager.submit('group', group_settings(cifar_archive, 'teacher.safetensors'))
+    run = tmp_path / 'runs' / name
+    assert record(manager, name)['methods'] == ['vit', 'advit_l1']
+    assert manager.students(name) == {'vit': run / 'vit', 'advit_l1': run / 'advit_l1'}
+    assert sorted(path.name for path in run.iterdir()) == ['advit_l1', 'job.json', 'request.json', 'vit']
+    assert 'method' not in read_json(run / 'request.json') and 'methods' not in read_json(run / 'request.json')
+    job = manager.status(name)
+    assert (job['state'], job['method'], job['methods']) == ('queued', 'vit,advit_l1', ['vit', 'advit_l1'])
+    launch = {'pid': 1, 'started': time.time() - 5, 'process_start': 'gone'}  # a launch whose process has ended
+    (run / 'job.json').write_text(json.dumps(dict(record(manager, name), launches=[launch])))
+
+    def student(method: str, state: str, best: float, **fields) -> None:
+        (run / method / 'status.json').write_text(json.dumps(dict(
+            state=state, step=3, total_steps=3, progress=1.0, best_val_top1=best, updated=time.time(), **fields)))
+    student('vit', 'finished', 20.0)
+    student('advit_l1', 'running', 30.0)
+    job = manager.status(name)
+    assert job['state'] == 'failed' and 'ended without reporting' in job['error'], 'one student never ended'
+    student('advit_l1', 'finished', 30.0)
+    job = manager.status(name)
+    assert (job['state'], job['error'], job['step'], job['best_val_top1']) == ('finished', None, 3, 30.0)
+    student('advit_l1', 'failed', 30.0, error='loss is not finite')
+    assert (manager.status(name)['state'], manager.status(name)['error']) == ('failed', 'loss is not finite')
+    (run / 'vit' / 'metrics.jsonl').write_text('{"event": "train", "step": 1, "loss": 2.3}\n')
+    assert manager.metrics(name, 'vit') == [{'event': 'train', 'step': 1, 'loss': 2.3}]
+    assert manager.metrics(name, 'advit_l1') == [] and manager.metrics(name) == []
+    with pytest.raises(JobError, match='group has no deit_hard student: it has vit, advit_l1'):
+        manager.metrics(name, 'deit_hard')
+
+
+def test_a_group_job_trains_its_students_in_one_process_that_cancels_and_resumes(tmp_path, cifar_archive,
+                                                                                teacher_checkpoint, jobs):
+    manager = jobs(JobLimits(max_concurrent=1))
+    name = manager.submit('group', group_settings(cifar_archive, teacher_checkpoint, steps=LONG))
+    run = tmp_path / 'runs' / name
+    folders = {method: run / method for method in ('vit', 'advit_l1')}
+    wait_until('the group runs its first steps', lambda: running_at(manager, name, 2), 90, manager)
+    pid = last_pid(manager, name)
+    assert [read_json(folder / 'status.json')['pid'] for folder in folders.values()] == [pid, pid], \
+        'one process trains every student'
+    assert f'--config {run / "request.json"} --methods vit,advit_l1\n' in (run / 'output.log').read_text()
+    asked = time.monotonic()
+    manager.cancel(name)
+    job = wait_until('the group is cancelled', lambda: (job := manager.status(name))['state'] == 'cancelled' and job,
+                     15, manager)
+    wait_until('the process group is gone', lambda: group_gone(pid), 15 - (time.monotonic() - asked), manager)
+    stopped_at = job['step']
+    assert 2 <= stopped_at < LONG and job['error'] is None
+    for method, folder in folders.items():
+        assert read_json(folder / 'status.json')['state'] == 'cancelled'
+        last = load_checkpoint(folder / 'last.safetensors')
+        assert last.meta['progress']['step'] == stopped_at and last.meta['method'] == method
+        assert read_json(folder / 'config.json')['group'] == ['vit', 'advit_l1']
+    assert read_json(folders['vit'] / 'config.json')['teacher'] is None
+    assert read_json(folders['advit_l1'] / 'config.json')['teacher'] == str(teacher_checkpoint)
+
+    assert manager.resume(name)['state'] in ACTIVE
+    wait_until('the resumed group goes past its saved step', lambda: running_at(manager, name, stopped_at + 1), 90,
+               manager)
+    assert f'--resume {folders["vit"]} {folders["advit_l1"]}\n' in (run / 'output.log').read_text()
+    for folder in folders.values():
+        assert f'resumed from {folder / "last.safetensors"} at step {stopped_at}' in (folder / 'train.log').read_text()
+    new_pid = last_pid(manager, name)
+    assert new_pid != pid
+    manager.cancel(name)
+    job = wait_until('the resumed group is cancelled', lambda: (job := manager.status(name))['state'] == 'cancelled'
+                     and job, 15, manager)
+    wait_until('the resumed process group is gone', lambda: group_gone(new_pid), 15, manager)
+    for method in folders:
+        steps = [line['step'] for line in manager.metrics(name, method) if line['event'] == 'train']
+        assert steps == list(range(1, job['step'] + 1)), f'{method}: each step logged once across the two launches'

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from advit.checkpoint import read_metadata
+from advit.cli import main
 from advit.jobs import JobError, JobLimits, JobManager
+from advit.report import load_run, table1
 from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_off_reason, parse_model_args
 from conftest import REPO, TINY, kill_jobs, wait_until
 
@@ -214,12 +218,14 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
     assert {'loss', 'ce', 'validation top-1', 'test top-1 (selected)'} <= set(traces)
     assert list(traces['loss'].x) == [1, 2, 3] and list(traces['validation top-1'].y) == [job['best_val_top1']]
     assert 'done at step 3' in view.log and not view.log.startswith('FAILED:')
+    assert [row['method'] for row in view.table] == ['vit'] and view.table_md.startswith('| family |')
 
     failed = desk.view(broken)
     assert failed.log.startswith('FAILED: ')
     assert 'do not fill one batch of 64' in failed.log.split('--- output ---')[0]
     assert '--- output ---' in failed.log and '<b>failed</b>' in failed.progress
     assert len(failed.figure.data) == 0, 'no metrics: an empty figure'
+    assert failed.table == [] and failed.table_md == '', 'no Table 1 of a job that did not finish'
 
 
 def test_typed_paths_are_confined_to_what_the_server_offers(tmp_path, cifar_archive, tiny_bundle):
@@ -262,3 +268,91 @@ def test_a_public_desk_shows_a_failed_jobs_error_line_not_its_traceback(tmp_path
     assert 'step 1 loss 2.30' in public.log and 'traceback not shown' in public.log
     private = TrainDesk(manager).view(name)
     assert 'Traceback' in private.log and 'advit/train.py' in private.log and str(REPO) not in private.log
+
+
+# --- group jobs: several students, one teacher, one run length -------------------------------------------
+
+GROUP = ['vit', 'deit_hard', 'advit_l1']
+
+
+def test_start_queues_several_methods_as_one_group_job(tmp_path, cifar_archive, teacher_checkpoint, desks):
+    desk = desks()
+    job = desk.start(**form(cifar_archive, name='', method=GROUP, teacher=str(teacher_checkpoint)))
+    assert (job['name'], job['state'], job['method'], job['methods']) == \
+        ('vit-deit_hard-advit_l1', 'queued', 'vit,deit_hard,advit_l1', GROUP), 'no name: the methods name the run'
+    run = tmp_path / 'runs' / job['name']
+    request = json.loads((run / 'request.json').read_text())
+    assert 'method' not in request and request['teacher'] == str(teacher_checkpoint) and request['steps'] == 3
+    assert json.loads((run / 'job.json').read_text())['methods'] == GROUP
+    assert desk.manager.students(job['name']) == {method: run / method for method in GROUP}
+    assert desk.rows()[0][:4] == ['vit-deit_hard-advit_l1', 'vit,deit_hard,advit_l1', 'vit_tiny_patch4_32', 'queued']
+    one = desk.start(**form(cifar_archive, name='', method=['vit']))
+    assert one['name'] == 'vit' and one['methods'] is None, 'a list of one method is a one-student job'
+    assert json.loads((tmp_path / 'runs' / 'vit' / 'request.json').read_text())['method'] == 'vit'
+
+
+@pytest.mark.parametrize('methods, teacher, message', [
+    (['vit', 'vit'], 'fixture', 'method vit is named twice'),
+    (['vit', 'advit_l3'], 'fixture', "unknown method 'advit_l3'"),
+    (['vit', 'advit_l1'], None, 'method advit_l1 needs a teacher'),
+    ([], 'fixture', 'methods is a list of one or more method names'),
+    (None, 'fixture', 'methods is a list of one or more method names'),
+    (['vit', 'deit_hard'], '/nowhere/teacher.safetensors', 'teacher checkpoint not found: /nowhere/teacher.safetensors'),
+])
+def test_start_refuses_a_bad_group_before_any_process_starts(methods, teacher, message, tmp_path, cifar_archive,
+                                                              teacher_checkpoint, desks):
+    desk = desks(limits=JobLimits(max_concurrent=1))  # a job that got through would launch
+    with pytest.raises(JobError, match=re.escape(message)):
+        desk.start(**form(cifar_archive, method=methods, teacher=str(teacher_checkpoint) if teacher == 'fixture'
+                          else teacher))
+    assert run_folders(tmp_path) == [] and desk.rows() == [] and desk.manager._children == {}
+
+
+def test_view_of_a_group_job_has_every_students_curves_and_once_finished_its_table_1(tmp_path, cifar_archive,
+                                                                                     teacher_checkpoint, desks):
+    desk = desks(limits=JobLimits(max_concurrent=1))
+    # Through the manager, to evaluate on 128 validation and 64 test images (the form has neither).
+    name = desk.manager.submit('table one', dict(
+        methods=GROUP, teacher=str(teacher_checkpoint), model='vit_tiny_patch4_32', model_args=dict(TINY),
+        data=str(cifar_archive), subset=256, val_size=128, test_subset=64, batch_size=64, log_every=1, device='cpu',
+        steps=3))
+    running = desk.view(name)  # the process has just been launched: it takes seconds to import torch
+    assert running.job['state'] == 'running' and running.table == [] and running.table_md == ''
+    wait_until('the group finishes', lambda: desk.manager.status(name)['state'] in ('finished', 'failed'), 120,
+               desk.manager)
+    view = desk.view(name)
+    assert view.job['state'] == 'finished' and view.job['error'] is None, view.log
+    run = tmp_path / 'runs' / name
+    assert sorted(path.name for path in run.iterdir()) == sorted([*GROUP, 'job.json', 'output.log', 'request.json'])
+    best = {}
+    for method in GROUP:
+        folder = run / method
+        assert [line['step'] for line in desk.manager.metrics(name, method) if line['event'] == 'train'] == [1, 2, 3]
+        assert read_metadata(folder / 'best.safetensors')['method'] == method and (folder / 'best.eval.json').is_file()
+        best[method] = json.loads((folder / 'status.json').read_text())['best_val_top1']
+    assert view.job['best_val_top1'] == max(best.values())
+    assert 'step 3 / 3' in view.progress and '<b>finished</b>' in view.progress
+    assert all(f'{method}: done at step 3' in view.log for method in GROUP)
+    assert desk.rows()[0][1:5] == ['vit,deit_hard,advit_l1', 'vit_tiny_patch4_32', 'finished', '100%']
+
+    # One trace set per student, in one colour: its loss, validation top-1 and test top-1.
+    traces: dict[str, list] = {}
+    for trace in view.figure.data:
+        traces.setdefault(trace.legendgroup, []).append(trace)
+    assert list(traces) == GROUP
+    for method, student in traces.items():
+        assert [trace.name for trace in student] == [f'{method} · loss', f'{method} · validation top-1',
+                                                      f'{method} · test top-1 (selected)']
+        assert list(student[0].x) == [1, 2, 3] and list(student[1].y) == [best[method]]
+        assert len({trace.line.color for trace in student}) == 1
+    assert len({student[0].line.color for student in traces.values()}) == len(GROUP)
+
+    # Its Table 1 is advit report's on the students' folders.
+    folders = [str(run / method) for method in GROUP]
+    assert main(['report', *folders, '--out', str(tmp_path / 'report')]) == 0
+    assert view.table_md == (tmp_path / 'report' / 'table1.md').read_text()
+    assert view.table == table1([load_run(folder) for folder in folders])
+    assert [row['method'] for row in view.table] == sorted(GROUP)
+    for row in view.table:
+        assert row['top1_mean'] == json.loads((run / row['method'] / 'best.eval.json').read_text())['top1']
+    assert str(tmp_path) not in view.log + view.table_md + json.dumps(view.job), 'no server paths'
