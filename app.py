@@ -113,7 +113,7 @@ def start_job(name, method, model, model_args, teacher, data, length, amount, lr
 @user_errors
 def job_status(name):
     view = desk.view(name)
-    return view.progress, view.figure, view.log, view.job
+    return view.progress, view.figure, view.log, view.job, view.table_md
 
 
 @user_errors
@@ -124,6 +124,30 @@ def cancel_job(name, token):
 @user_errors
 def resume_job(name, token):
     return desk.resume(name, token)
+
+
+@user_errors
+def training_view(source, student, kind, evaluation, image, opacity):
+    view = studio.training_view(source, student or None, kind, int(evaluation), int(image), float(opacity))
+    return (view.summary, view.students, view.heatmap, view.curves,
+            served.save_bytes(figure_png(view.frame), 'png', 'distillation-step'), view.data)
+
+
+@user_errors
+def training_controls(source, student):
+    """The student list and the sliders' ranges of a source, the last evaluation selected."""
+    outline = studio.probe_outline(source, student or None)
+    last = max(outline['evaluations'] - 1, 1)  # a slider needs two ends
+    return (gr.Dropdown(choices=outline['students'], value=outline['student']),
+            gr.Slider(maximum=last, value=outline['evaluations'] - 1),
+            gr.Slider(maximum=max(outline['images'] - 1, 1)))
+
+
+def training_sources(selected_job):
+    """The sources on offer, a selected job's run first when it has a probe."""
+    sources = studio.probe_sources()
+    job_run = f'{studio.runs_dir.name}/{selected_job}' if selected_job else None
+    return gr.Dropdown(choices=sources, value=job_run if job_run in sources else (sources[0] if sources else None))
 
 
 def list_jobs():
@@ -259,7 +283,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             with gr.Row():
                 with gr.Column(scale=1):
                     run_name = gr.Textbox(label='Run name (folder in runs/)', placeholder='e.g. tiny-l1')
-                    method = gr.Dropdown(list(METHODS), value='advit_l1', label='Method')
+                    method = gr.Dropdown(list(METHODS), value=['advit_l1'], multiselect=True, elem_id='job-methods',
+                                         label='Method (several: one run of them all on the same batches, '
+                                               'with its Table 1 at the end)')
                     student_model = gr.Dropdown(STUDENTS, value=STUDENTS[0], allow_custom_value=True,
                                                 label='Student architecture (timm name)')
                     model_args = gr.Textbox(label='Architecture arguments', placeholder='depth=6, embed_dim=192')
@@ -295,23 +321,66 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                     with gr.Row():
                         cancel = gr.Button('Cancel', variant='stop')
                         resume = gr.Button('Resume')
+                    table1 = gr.Markdown(elem_id='job-table1')
                     job = gr.JSON(label='Job status')
             launch.click(start_job, inputs=[run_name, method, student_model, model_args, job_teacher, dataset, length,
                                             amount, lr, attn_weight, alpha, tau, seed, subset, batch_size, device,
                                             token],
                          outputs=[launched, selected, jobs], api_name='start_job')
             gr.on([selected.change, gr.Timer(2.0).tick], job_status, inputs=selected,
-                  outputs=[progress, curves, log, job], api_name='job_status', show_progress='hidden')
+                  outputs=[progress, curves, log, job, table1], api_name='job_status', show_progress='hidden')
             cancel.click(cancel_job, inputs=[selected, token], outputs=job, api_name='cancel_job')
             resume.click(resume_job, inputs=[selected, token], outputs=job, api_name='resume_job')
             gr.Timer(3.0).tick(list_jobs, outputs=jobs, api_name='list_jobs', show_progress='hidden')
             jobs.change(job_names, inputs=selected, outputs=selected, api_visibility='private', show_progress='hidden')
+
+        with gr.Accordion('Distillation over time: how the student\'s attention moved toward the teacher\'s',
+                          open=True):
+            gr.Markdown('At every evaluation a run records, on held-out training images, each layer\'s gap to the '
+                        'teacher and the student\'s maps: the bundle\'s students, finished runs and live jobs alike.')
+            probe_choices = studio.probe_sources()
+            default_source = defaults['student'] if defaults['student'] in probe_choices else \
+                (probe_choices[0] if probe_choices else None)
+            with gr.Row():
+                source = gr.Dropdown(probe_choices, value=default_source, label='Model or run', allow_custom_value=True,
+                                     elem_id='probe-source')
+                probe_student = gr.Dropdown([], label='Student (of its run)', allow_custom_value=True,
+                                            elem_id='probe-student')
+                gap_kind = gr.Radio(['l1', 'l2', 'kl'], value='l1', label='Gap')
+            with gr.Row():
+                evaluation = gr.Slider(0, 1, value=0, step=1, label='Evaluation (step)', elem_id='probe-step')
+                probe_image = gr.Slider(0, 7, value=0, step=1, label='Probe image', elem_id='probe-image')
+                probe_opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label='Heatmap opacity')
+            show_training = gr.Button('Show distillation over time', variant='primary')
+            probe_summary = gr.Markdown(elem_id='probe-summary')
+            students_plot = gr.Plot(label='Every student of the run: gap to the teacher, mean over layers',
+                                    elem_id='probe-students')
+            with gr.Row():
+                heatmap_plot = gr.Plot(label='Gap per layer and step', elem_id='probe-heatmap')
+                curves_plot = gr.Plot(label='Gap per layer against step', elem_id='probe-curves')
+            frame = gr.Image(label='At the chosen step, on a probe image: teacher | student | student - teacher',
+                             type='filepath', interactive=False, elem_id='probe-frame')
+            with gr.Accordion('The records as data', open=False):
+                probe_data = gr.JSON(label='steps and per-layer gaps by kind')
+        training_inputs = [source, probe_student, gap_kind, evaluation, probe_image, probe_opacity]
+        training_outputs = [probe_summary, students_plot, heatmap_plot, curves_plot, frame, probe_data]
+        gr.on([show_training.click, gap_kind.change, evaluation.release, probe_image.release, probe_opacity.release],
+              training_view, inputs=training_inputs, outputs=training_outputs, api_name='training_view')
+        if desk is not None:
+            selected.change(training_sources, inputs=selected, outputs=source, api_visibility='private')
+        gr.on([source.change, probe_student.input], training_controls, inputs=[source, probe_student],
+              outputs=[probe_student, evaluation, probe_image], api_visibility='private').success(
+            training_view, inputs=training_inputs, outputs=training_outputs, api_visibility='private')
 
     with gr.Tab('About'):
         gr.Markdown(about_markdown(studio.entries()))
 
     refresh_button.click(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
     demo.load(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
+    if default_source is not None:  # the view opens drawn, on the bundle's best ADViT student
+        demo.load(training_controls, inputs=[source, probe_student], outputs=[probe_student, evaluation, probe_image],
+                  api_visibility='private').success(training_view, inputs=training_inputs, outputs=training_outputs,
+                                                    api_visibility='private')
 
 
 if __name__ == '__main__':

@@ -23,6 +23,8 @@ from .images import load_image
 from .figure import attention_figure, layer_figure, maps_npz, report_json
 from .inspection import AttentionReport, inspect_model, inspect_pair
 from .names import TEACHER_STEM
+from .training_view import (PROBE_FILE, ProbeError, find_probes, gap_curves, gap_heatmap, load_probe, step_report,
+                            students_gap_figure)
 from .render import (confusion_figure, gap_figure, gap_table, layer_panels, per_class_figure, prefix_share_figure,
                      side_by_side_panels, views_panels)
 from .rollout import model_views
@@ -52,6 +54,19 @@ class AttentionView:
 class MoreViews:
     panels: list[tuple[Image.Image, str]]
     figure: go.Figure
+    data: dict[str, Any]
+
+
+@dataclass
+class TrainingView:
+    students: go.Figure  # every student of the source: its gap, mean over layers, against step
+    heatmap: go.Figure  # the chosen student's gap, layer x step
+    curves: go.Figure  # the same, one curve per layer
+    frame: Image.Image  # at the chosen evaluation, teacher | student | difference on one probe image (Fig. 2 style)
+    student: str
+    students_names: list[str]
+    steps: list[int]
+    summary: str
     data: dict[str, Any]
 
 
@@ -260,6 +275,82 @@ class Studio:
             raise StudioError(str(err)) from err
         return MoreViews(panels=views_panels(*views, image, opacity), figure=prefix_share_figure(*views),
                          data=dict(teacher=views[0].as_dict(), student=views[1].as_dict()))
+
+    # --- distillation over time -----------------------------------------------------------------
+
+    def probe_sources(self) -> list[str]:
+        """What has an attention probe, by the names the app shows: the checkpoints on offer with one
+        (the bundle's students), and the runs folder's runs with one (a live job's as soon as it has evaluated)."""
+        sources = []
+        for entry in self.entries():
+            if entry.usable and not entry.key.startswith(TIMM_PREFIX):
+                try:
+                    find_probes(entry.key)
+                    sources.append(entry.name)
+                except ProbeError:
+                    pass
+        if self.runs_dir is not None and Path(self.runs_dir).is_dir():
+            sources += [f'{Path(self.runs_dir).name}/{run.name}' for run in sorted(Path(self.runs_dir).iterdir())
+                        if run.is_dir() and ((run / PROBE_FILE).is_file() or any(run.glob(f'*/{PROBE_FILE}')))]
+        return sources
+
+    def _probes(self, source: str) -> tuple[dict[str, Path], str]:
+        """(every student's probe file beside the source, by name; the source's own student)."""
+        if source not in self.probe_sources():
+            raise StudioError(f'{source!r} is not a model or run with an attention probe on offer')
+        entry = self.offered(source, self.entries())
+        if entry is None:  # a run folder: all its students, an ADViT one first
+            found = find_probes(Path(self.runs_dir) / Path(source).name)
+            return found, next((name for name in found if 'advit' in name), next(iter(found)))
+        (own, _), = find_probes(entry.key).items()
+        folder = Path(entry.key).parent
+        if Path(entry.key).name == 'best.safetensors' and folder.parent != Path(self.runs_dir):
+            folder = folder.parent  # a student of a several-student run: its fellow students beside it
+        return find_probes(folder), own
+
+    def probe_outline(self, source: str, student: str | None = None) -> dict[str, Any]:
+        """What the training view's controls range over: the source's students, the one shown, its
+        number of evaluations and of probe images with maps."""
+        paths, own = self._probes(source)
+        student = student if student in paths else own
+        try:
+            probe = load_probe(paths[student])
+        except ProbeError as err:
+            raise StudioError(self.shown(str(err))) from None
+        return dict(students=list(paths), student=student, evaluations=len(probe.steps), images=len(probe.images))
+
+    def training_view(self, source: str, student: str | None = None, kind: str = 'l1', evaluation: int = -1,
+                      image: int = 0, opacity: float = 0.6) -> TrainingView:
+        """How a student's attention moved toward its teacher's over training, from its run's probe records.
+
+        Args:
+            source: A checkpoint or run with a probe (``probe_sources``).
+            student: Which student of the source's run (default: the source's own, or a run's ADViT one).
+            kind: The gap drawn: ``l1``, ``l2`` or ``kl``.
+            evaluation: Which evaluation the frame shows, an index into the steps (-1: the last).
+            image: Which probe image the frame shows.
+            opacity: Heatmap opacity over the probe image.
+        """
+        paths, own = self._probes(source)
+        try:
+            probes = {name: load_probe(path) for name, path in paths.items()}
+            student = student or own
+            if student not in probes:
+                raise StudioError(f'{source} has no student {student!r}: it has {", ".join(probes)}')
+            probe = probes[student]
+            evaluation = len(probe.steps) - 1 if evaluation == -1 else int(evaluation)
+            frame = attention_figure(step_report(probe, evaluation, int(image)), probe.image(int(image)), opacity)
+            students, heatmap, curves = (students_gap_figure(probes, kind), gap_heatmap(probe, kind),
+                                         gap_curves(probe, kind))
+        except ProbeError as err:
+            raise StudioError(self.shown(str(err))) from None
+        gaps = probe.gap(kind)
+        summary = (f'`{student}`: {len(probe.steps)} evaluations (steps {probe.steps[0]}-{probe.steps[-1]}) on '
+                   f'held-out probe images; mean {kind.upper()} gap over layers {gaps[0].mean():.3f} at the first, '
+                   f'{gaps[-1].mean():.3f} at the last. The figure: step {probe.steps[evaluation]}, probe image {image}.')
+        return TrainingView(students=students, heatmap=heatmap, curves=curves, frame=frame, student=student,
+                            students_names=list(probes), steps=probe.steps.tolist(), summary=summary,
+                            data=probe.as_dict())
 
     # --- the comparison view ---------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from gradio_client import Client, handle_file
 
 from advit.checkpoint import load_checkpoint, read_metadata
@@ -20,7 +21,7 @@ TINY_ARGS = ', '.join(f'{key}={value}' for key, value in TINY.items())
 
 def start(client: Client, name: str, data: Path, steps: int, token: str = '', method: str = 'vit',
           teacher: str | None = None) -> dict:
-    job, _, _ = client.predict(name, method, 'vit_tiny_patch4_32', TINY_ARGS, teacher, str(data), 'steps', steps,
+    job, _, _ = client.predict(name, [method], 'vit_tiny_patch4_32', TINY_ARGS, teacher, str(data), 'steps', steps,
                                1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', token, api_name='/start_job')
     return job
 
@@ -61,13 +62,37 @@ def client(app) -> Client:
     return Client(app, verbose=False)
 
 
+def test_a_table1_job_of_several_students_ends_with_its_table_and_its_distillation_view(client, runs, cifar_archive,
+                                                                                        tiny_bundle):
+    """vit and advit_l1 in one job: one process, every student's curves, Table 1 on the page at the end, and
+    the run's attention probe drawn by the training view (the run is a source once it has evaluated)."""
+    teacher = f'{tiny_bundle.name}/teacher.safetensors'
+    job, _, _ = client.predict('table1', ['vit', 'advit_l1'], 'vit_tiny_patch4_32', TINY_ARGS, teacher,
+                               str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', '',
+                               api_name='/start_job')
+    assert job['methods'] == ['vit', 'advit_l1']
+    done = wait_for(client, 'table1', ('finished', 'failed'), timeout=240)
+    assert done['state'] == 'finished', done
+    _, figure, _, _, table = client.predict('table1', api_name='/job_status')
+    names = {trace['name'].split(' · ')[0] for trace in json.loads(figure['plot'])['data']}
+    assert names == {'vit', 'advit_l1'}
+    assert table.splitlines()[0].startswith('|') and 'advit_l1' in table and 'vit' in table
+    summary, students, heatmap, curves, frame, data = client.predict(
+        f'{runs.name}/table1', 'advit_l1', 'l1', 0, 0, 0.6, api_name='/training_view')
+    assert summary.startswith('`advit_l1`: 1 evaluations') and data['steps'] == [3]
+    assert {trace['name'] for trace in json.loads(students['plot'])['data']} == {'vit', 'advit_l1'}
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    assert Image.open(frame).size == Layout.of(PANEL_SIZE).size(TINY['depth'])
+
+
 def test_tiny_job_runs_to_the_end_and_its_checkpoint_is_offered(client, runs, cifar_archive, tiny_bundle):
     job = start(client, 'tiny', cifar_archive, 3)
     assert job['state'] in ('queued', 'running')
     done = wait_for(client, 'tiny', ('finished', 'failed'))
     assert done['state'] == 'finished', done
     assert done['step'] == done['total_steps'] == 3 and done['best_val_top1'] is not None
-    progress, figure, log, _ = client.predict('tiny', api_name='/job_status')
+    progress, figure, log, _, _ = client.predict('tiny', api_name='/job_status')
     assert 'step 3 / 3' in progress and 'done at step 3' in log
     metrics = [json.loads(line) for line in (runs / 'tiny' / 'metrics.jsonl').read_text().splitlines()]
     assert [m['step'] for m in metrics if m['event'] == 'train'][-1] == 3
@@ -134,7 +159,7 @@ def test_any_client_lists_watches_cancels_and_resumes_a_job_by_name(app, client,
     other = Client(app, verbose=False)  # a fresh session: its job dropdown has never listed 'shared'
     assert 'shared' in [row[0] for row in other.predict(api_name='/list_jobs')['data']]
     assert wait_for(other, 'shared', ('running',), min_step=2)['name'] == 'shared'
-    progress, _, log, job = other.predict('shared', api_name='/job_status')
+    progress, _, log, job, _ = other.predict('shared', api_name='/job_status')
     assert job['name'] == 'shared' and 'step' in progress
     assert other.predict('shared', '', api_name='/cancel_job')['name'] == 'shared'
     assert wait_for(client, 'shared', ('cancelled',), timeout=20)['state'] == 'cancelled'
@@ -196,7 +221,7 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         job, _, _ = client.predict('fails', 'vit', 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps',
                                    3, 1e-3, 1.0, 0.5, 1.0, 0, 16, 64, 'cpu', 's3cret', api_name='/start_job')
         failed = wait_for(client, job['name'], ('failed',))
-        _, _, log, _ = client.predict(job['name'], api_name='/job_status')
+        _, _, log, _, _ = client.predict(job['name'], api_name='/job_status')
     assert 'do not fill one batch' in failed['error'] and '\n' not in failed['error']
     assert 'Traceback' not in log and 'File "' not in log and str(REPO) not in log and str(runs) not in log
 

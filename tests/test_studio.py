@@ -213,3 +213,44 @@ def test_more_views_rollout_mask_heads_and_prefix_shares(studio):
     np.testing.assert_allclose(flow, direct.numpy(), atol=1e-6)
     with pytest.raises(StudioError, match='unknown rollout head fusion'):
         studio.more_views(EXAMPLE, defaults['teacher'], defaults['student'], 'median')
+
+
+def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar_archive):
+    import shutil
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    from advit.training_view import load_probe
+    runs = tmp_path / 'runs'
+    bundle = Studio([REPO / 'checkpoints'], runs, cifar_archive)
+    sources = bundle.probe_sources()
+    assert 'checkpoints/advit_l1.safetensors' in sources and 'checkpoints/teacher.safetensors' not in sources
+    view = bundle.training_view('checkpoints/advit_l1.safetensors', kind='l2', evaluation=2, image=1)
+    probe = load_probe(REPO / 'checkpoints' / 'advit_l1.probe.npz')
+    assert view.student == 'advit_l1' and 'vit' in view.students_names and view.steps == probe.steps.tolist()
+    np.testing.assert_array_equal(np.asarray(view.heatmap.data[0].z), probe.gap('l2').T)
+    assert len(view.curves.data) == probe.layers and len(view.students.data) == len(view.students_names)
+    assert view.frame.size == Layout.of(PANEL_SIZE).size(probe.layers)
+    assert f'step {probe.steps[2]}, probe image 1' in view.summary
+    # Another step draws other student maps over the same probe image.
+    last = bundle.training_view('checkpoints/advit_l1.safetensors', kind='l2', evaluation=-1, image=1)
+    assert not np.array_equal(np.asarray(last.frame), np.asarray(view.frame))
+    assert bundle.probe_outline('checkpoints/advit_l1.safetensors') == dict(
+        students=view.students_names, student='advit_l1', evaluations=len(probe.steps), images=len(probe.images))
+    # A live job's run folder is offered once it has evaluated, by its runs name, never by a path.
+    (runs / 'live' / 'advit_l2').mkdir(parents=True)
+    shutil.copy(REPO / 'checkpoints' / 'advit_l2.probe.npz', runs / 'live' / 'advit_l2' / 'attention_probe.npz')
+    assert 'runs/live' in bundle.probe_sources()
+    assert bundle.training_view('runs/live').student == 'advit_l2'
+    for source, message in (('checkpoints/teacher.safetensors', 'not a model or run with an attention probe'),
+                            (str(REPO / 'checkpoints' / 'advit_l1.safetensors'), 'not a model or run'),
+                            ('/etc', 'not a model or run')):
+        with pytest.raises(StudioError, match=message):
+            bundle.training_view(source)
+    with pytest.raises(StudioError, match='evaluation 99 out of range'):
+        bundle.training_view('checkpoints/advit_l1.safetensors', evaluation=99)
+    with pytest.raises(StudioError, match="no student 'nobody'"):
+        bundle.training_view('checkpoints/advit_l1.safetensors', student='nobody')
+    (runs / 'live' / 'advit_l2' / 'attention_probe.npz').write_bytes(b'torn')
+    with pytest.raises(StudioError) as corrupt:
+        bundle.training_view('runs/live')
+    assert str(tmp_path) not in str(corrupt.value)  # the message names the run, not the server's folders
