@@ -24,7 +24,7 @@ from advit.images import MAX_FILE_BYTES, ImageError  # noqa: E402
 from advit.jobs import JobError  # noqa: E402
 from advit.losses import METHODS  # noqa: E402
 from advit.served import ServedFiles  # noqa: E402
-from advit.studio import Studio, StudioError  # noqa: E402
+from advit.studio import BATCH_LIMIT, Studio, StudioError  # noqa: E402
 from advit.upload import UploadedImage  # noqa: E402
 from advit.train_desk import LIST_HEADERS, TrainDesk, is_public, jobs_off_reason, server_name  # noqa: E402
 
@@ -71,6 +71,13 @@ def layer_range(data):
 def attention_layer(image, teacher, student, fusion, head, opacity, layer):
     figure = studio.attention_layer(image, teacher, student, fusion, int(head), float(opacity), int(layer))
     return served.save_bytes(figure_png(figure), 'png', f'attention-layer{int(layer)}')
+
+
+@user_errors
+def attention_images(files, teacher, student, fusion, head, layer, opacity):
+    paths = [str(f) for f in files] if files else EXAMPLES[:BATCH_LIMIT]  # none given: the example row
+    figure, rows = studio.attention_images(paths, teacher, student, fusion, int(head), int(layer), float(opacity))
+    return served.save_bytes(figure_png(figure), 'png', 'attention-images'), rows
 
 
 @user_errors
@@ -221,6 +228,18 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
               outputs=[panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads],
               api_name='attention').success(layer_range, inputs=maps, outputs=layer, api_visibility='private').then(
             attention_layer, inputs=[*attention_inputs, layer], outputs=layer_large, api_visibility='private')
+        with gr.Accordion('A few images at once: one layer, teacher and student on each', open=False):
+            with gr.Row():
+                batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',
+                                file_count='multiple', file_types=['image'], type='filepath', elem_id='batch-files')
+                batch_layer = gr.Slider(1, 12, value=1, step=1, label='Student layer (past its last: the last)')
+            show_batch = gr.Button('Show them')
+            batch_figure = gr.Image(label='A row per image: teacher | student | student - teacher', type='filepath',
+                                    interactive=False, elem_id='batch-figure')
+            batch_rows = gr.Dataframe(headers=['image', 'student layer', 'teacher layer', 'L1', 'L2', 'KL'],
+                                      interactive=False, label='Gap per image')
+        show_batch.click(attention_images, inputs=[batch, teacher, student, fusion, head, batch_layer, opacity],
+                         outputs=[batch_figure, batch_rows], api_name='attention_images')
         with gr.Accordion('More views: attention rollout, last-layer heads, attention mass, prefix share', open=False):
             with gr.Row():
                 rollout_fusion = gr.Radio(['mean', 'max', 'min'], value='mean', label='Rollout head fusion')

@@ -34,7 +34,25 @@ def attention_figure(report: AttentionReport, image: Image.Image, opacity: float
         image: The image the maps were taken on, any size (it is shrunk once, to a panel's pixels).
         opacity: Heatmap opacity over the image: 0 the image alone, 1 the heatmap alone.
     """
-    return _draw(report, image, list(range(len(report.teacher_layers))), opacity, PANEL_SIZE)
+    rows = [(report, layer, image, _row_label(report, layer)) for layer in range(len(report.teacher_layers))]
+    return _draw(rows, opacity, PANEL_SIZE)
+
+
+def images_figure(reports: list[AttentionReport], images: list[Image.Image], names: list[str], layer: int,
+                  opacity: float = 0.6) -> Image.Image:
+    """One layer on several images, a row each: teacher | student | student − teacher, with colour bars and gaps.
+
+    Args:
+        reports: The pair's report on each image.
+        images: The images, in the same order.
+        names: A short name per image, written beside its row.
+        layer: Student layer, 0-based (one past the last shows the last: students differ in depth).
+    """
+    rows = []
+    for report, image, name in zip(reports, images, names):
+        shown = min(layer, len(report.teacher_layers) - 1)
+        rows.append((report, shown, image, f'{name}\n' + _row_label(report, shown)))
+    return _draw(rows, opacity, PANEL_SIZE)
 
 
 def layer_figure(report: AttentionReport, image: Image.Image, layer: int, opacity: float = 0.6) -> Image.Image:
@@ -46,7 +64,7 @@ def layer_figure(report: AttentionReport, image: Image.Image, layer: int, opacit
     layers = len(report.teacher_layers)
     if not 0 <= layer < layers:
         raise ValueError(f'layer {layer + 1} does not exist: this student has layers 1-{layers}')
-    return _draw(report, image, [layer], opacity, LARGE_PANEL)
+    return _draw([(report, layer, image, _row_label(report, layer))], opacity, LARGE_PANEL)
 
 
 @dataclass(frozen=True)
@@ -116,22 +134,24 @@ def _colour_bar(colormap, height: int, width: int) -> Image.Image:
     return Image.fromarray((colormap(values)[..., :3] * 255).astype(np.uint8))
 
 
-def _draw(report: AttentionReport, image: Image.Image, layers: list[int], opacity: float, panel: int) -> Image.Image:
-    """The rows of ``layers``, each panel ``panel`` pixels square."""
+def _draw(rows: list[tuple[AttentionReport, int, Image.Image, str]], opacity: float, panel: int) -> Image.Image:
+    """Rows of (report, its layer, the image under it, the row's label), each panel ``panel`` pixels square."""
     layout = Layout.of(panel)
     columns, bar = layout.columns, layout.bar
     font, small = _font(round(12 * panel / PANEL_SIZE)), _font(round(10 * panel / PANEL_SIZE))
-    figure = Image.new('RGB', layout.size(len(layers)), BACKGROUND)
+    figure = Image.new('RGB', layout.size(len(rows)), BACKGROUND)
     draw = ImageDraw.Draw(figure)
     for column, title in (('teacher', 'teacher'), ('student', 'student'), ('difference', 'student - teacher')):
         draw.text((columns[column] + panel // 2, layout.header - layout.gap), title, fill='black', font=font,
                   anchor='ms')
-    # Shrunk once for every panel: an upload may have millions of pixels.
-    base = image.convert('RGB').resize((panel, panel), Image.BICUBIC, reducing_gap=3.0)
     attention_bar = _colour_bar(ATTENTION_COLORMAP, panel, bar)
     difference_bar = _colour_bar(DIFFERENCE_COLORMAP, panel, bar)
-    for row, layer in enumerate(layers):
+    shrunk: dict[int, Image.Image] = {}
+    for row, (report, layer, image, label) in enumerate(rows):
         y = layout.row(row)
+        if id(image) not in shrunk:  # once for all of an image's rows: an upload may have millions of pixels
+            shrunk[id(image)] = image.convert('RGB').resize((panel, panel), Image.BICUBIC, reducing_gap=3.0)
+        base = shrunk[id(image)]
         teacher, student = report.teacher_maps[layer], report.student_maps[layer]
         top = float(max(teacher.max(), student.max()))
         difference = student - teacher
@@ -148,8 +168,8 @@ def _draw(report: AttentionReport, image: Image.Image, layers: list[int], opacit
             for fraction, value in ((0.0, high), (0.5, (low + high) / 2), (1.0, low)):
                 draw.text((x + bar + 3, y + fraction * (panel - 1)), f'{value:.2g}', fill='black', font=small,
                           anchor='lm' if 0 < fraction < 1 else ('la' if fraction == 0 else 'ld'))
-        draw.multiline_text((layout.label, y + panel // 2), _row_label(report, layer), fill='black', font=small,
-                            anchor='rm', align='right')
+        draw.multiline_text((layout.label, y + panel // 2), label, fill='black', font=small, anchor='rm',
+                            align='right')
     return figure
 
 

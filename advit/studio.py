@@ -19,8 +19,8 @@ from PIL import Image
 from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
 from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, load_dataset
-from .images import load_image
-from .figure import attention_figure, layer_figure, maps_npz, report_json
+from .images import ImageError, load_image
+from .figure import attention_figure, images_figure, layer_figure, maps_npz, report_json
 from .inspection import AttentionReport, inspect_model, inspect_pair
 from .names import TEACHER_STEM
 from .training_view import (PROBE_FILE, ProbeError, find_probes, gap_curves, gap_heatmap, load_probe, step_report,
@@ -31,6 +31,7 @@ from .rollout import model_views
 
 REPO = Path(__file__).resolve().parents[1]
 GALLERY_LIMIT = 60  # images shown per direction in the comparison
+BATCH_LIMIT = 8  # images in the few-images view: a row each, 8 forward passes of both models
 THUMBNAIL_SIZE = 96
 
 
@@ -252,6 +253,34 @@ class Studio:
             return layer_figure(report, image, min(int(layer), len(report.teacher_layers)) - 1, opacity)
         except ValueError as err:
             raise StudioError(str(err)) from err
+
+    def attention_images(self, image_paths: list[str], teacher_key: str, student_key: str, fusion: str = 'trained',
+                         head: int = 0, layer: int = 1, opacity: float = 0.6) -> tuple[Image.Image, list[list]]:
+        """One student layer on a few images at once, a row each (``figure.images_figure``), and each row's gaps.
+
+        Args:
+            image_paths: Up to ``BATCH_LIMIT`` image files.
+            layer: Student layer, from 1 (past the student's last: its last).
+        """
+        if not image_paths:
+            raise StudioError('upload a few images or use the examples')
+        if len(image_paths) > BATCH_LIMIT:
+            raise StudioError(f'{len(image_paths)} images: this view takes up to {BATCH_LIMIT} at once')
+        if int(layer) < 1:
+            raise StudioError(f'layer {layer} does not exist: layers count from 1')
+        images, reports, names = [], [], []
+        for path in image_paths:
+            name = Path(path).stem[:16]
+            try:
+                image, report = self._report(path, teacher_key, student_key, fusion, head)
+            except ImageError as err:
+                raise StudioError(f'{name}: {err}') from None
+            images.append(image), reports.append(report), names.append(name)
+        shown = min(int(layer), len(reports[0].teacher_layers))
+        rows = [[name, shown, report.teacher_layers[shown - 1] + 1,
+                 *(round(float(report.gaps[kind][shown - 1]), 6) for kind in ('l1', 'l2', 'kl'))]
+                for name, report in zip(names, reports)]
+        return images_figure(reports, images, names, shown - 1, opacity), rows
 
     def more_views(self, image_path: str | None, teacher_key: str, student_key: str, head_fusion: str = 'mean',
                    discard_ratio: float = 0.0, keep: float = 0.6, opacity: float = 0.6) -> MoreViews:

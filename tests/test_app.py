@@ -305,3 +305,17 @@ def test_more_views_endpoint(client, keys):
     with pytest.raises(Exception, match='greater than maximum value 0.95'):  # the slider's own bound
         client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'mean', 1.0, 0.6, 0.6,
                        api_name='/more_views')
+
+
+def test_a_few_images_at_once_default_to_the_example_row(client, keys, tmp_path):
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    from advit.studio import BATCH_LIMIT
+    figure, rows = client.predict(None, keys['teacher'], keys['advit_l1'], 'mean', 0, 1, 0.6,
+                                  api_name='/attention_images')
+    assert Image.open(figure).size == Layout.of(PANEL_SIZE).size(BATCH_LIMIT) and len(rows['data']) == BATCH_LIMIT
+    bomb = tmp_path / 'bomb.png'
+    bomb.write_bytes(_bomb())
+    with pytest.raises(Exception, match='bomb: the image is too large'):
+        client.predict([handle_file(str(EXAMPLE)), handle_file(str(bomb))], keys['teacher'], keys['advit_l1'], 'mean',
+                       0, 1, 0.6, api_name='/attention_images')

@@ -254,3 +254,26 @@ def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar
     with pytest.raises(StudioError) as corrupt:
         bundle.training_view('runs/live')
     assert str(tmp_path) not in str(corrupt.value)  # the message names the run, not the server's folders
+
+
+def test_a_few_images_at_once(studio, tmp_path):
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    defaults = studio.default_keys()
+    examples = sorted(str(p) for p in (REPO / 'assets' / 'examples').glob('*.png'))[:3]
+    figure, rows = studio.attention_images(examples, defaults['teacher'], defaults['student'], 'mean', 0, 2, 0.5)
+    assert figure.size == Layout.of(PANEL_SIZE).size(3)  # a row per image
+    assert [row[0] for row in rows] == [Path(p).stem for p in examples] and {row[1] for row in rows} == {2}
+    for path, row in zip(examples, rows):  # each row's gaps are the single-image view's at that layer
+        single = studio.attention(path, defaults['teacher'], defaults['student'], 'mean', 0, 0.5)
+        assert row[3:] == pytest.approx(single.table[1][2:], abs=1e-6)
+    _, deepest = studio.attention_images(examples[:1], defaults['teacher'], defaults['student'], 'mean', 0, 99, 0.5)
+    assert deepest[0][1] == 2  # past the tiny student's last layer: its last
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'not an image')
+    with pytest.raises(StudioError, match='broken: the file is not an image'):
+        studio.attention_images([examples[0], str(broken)], defaults['teacher'], defaults['student'])
+    with pytest.raises(StudioError, match='up to 8 at once'):
+        studio.attention_images(examples * 3, defaults['teacher'], defaults['student'])
+    with pytest.raises(StudioError, match='upload a few images'):
+        studio.attention_images([], defaults['teacher'], defaults['student'])
