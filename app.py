@@ -63,8 +63,8 @@ def attention(image, teacher, student, fusion, head, opacity):
 
 
 def layer_range(data):
-    """The layer slider runs over the student's layers."""
-    return gr.Slider(maximum=max(len(data['layers']), 2))  # a slider needs two ends
+    """The layer slider runs over the student's layers; the large layer waits for it (the figure shows them all)."""
+    return gr.Slider(maximum=max(len(data['layers']), 2)), None  # a slider needs two ends
 
 
 @user_errors
@@ -208,7 +208,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                     layer = gr.Slider(1, 12, value=1, step=1, label='Layer shown large', elem_id='layer-slider')
                     downloads = gr.File(label='Downloads: the figure (PNG), the maps (.npz, JSON)',
                                         file_count='multiple', interactive=False, elem_id='attention-downloads')
-                layer_large = gr.Image(label='One layer, large', type='filepath', interactive=False,
+                layer_large = gr.Image(label='One layer, large (move the slider)', type='filepath', interactive=False,
                                        elem_id='attention-layer')
                 gap_plot = gr.Plot(label='Gap between the maps, per layer', elem_id='gap-plot')
                 gap_rows = gr.Dataframe(headers=['student layer', 'teacher layer', 'L1', 'L2', 'KL'],
@@ -223,11 +223,11 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                     maps = gr.JSON(label='per layer: both maps on the student grid, L1, L2, KL')
         attention_inputs = [image, teacher, student, fusion, head, opacity]
         layer.release(attention_layer, inputs=[*attention_inputs, layer], outputs=layer_large,
-                      api_name='attention_layer')  # before the chain below takes the name
+                      api_name='attention_layer')
         gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs=attention_inputs,
               outputs=[panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads],
-              api_name='attention').success(layer_range, inputs=maps, outputs=layer, api_visibility='private').then(
-            attention_layer, inputs=[*attention_inputs, layer], outputs=layer_large, api_visibility='private')
+              api_name='attention').success(layer_range, inputs=maps, outputs=[layer, layer_large],
+                                            api_visibility='private')
         with gr.Accordion('A few images at once: one layer, teacher and student on each', open=False):
             with gr.Row():
                 batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',

@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -176,10 +177,11 @@ class ProfiledApp(AppServer):
         extra_env: More environment for the server (``ADVIT_SERVED_MB=...``).
     """
 
-    def __init__(self, checkpoints: Path, workdir: Path, profiling: bool = True, **extra_env: str) -> None:
+    def __init__(self, checkpoints: Path, workdir: Path, profiling: bool = True, app: Path = REPO / 'app.py',
+                 **extra_env: str) -> None:
         (workdir / 'runs').mkdir()
         self.cache = workdir / 'gradio'
-        super().__init__(workdir / 'server.log', ADVIT_CHECKPOINTS=str(checkpoints), ADVIT_RUNS=str(workdir / 'runs'),
+        super().__init__(workdir / 'server.log', app, ADVIT_CHECKPOINTS=str(checkpoints), ADVIT_RUNS=str(workdir / 'runs'),
                          GRADIO_TEMP_DIR=str(self.cache), GRADIO_PROFILING='1' if profiling else '0', **extra_env)
 
     def clear_traces(self) -> None:
@@ -187,12 +189,12 @@ class ProfiledApp(AppServer):
         urllib.request.urlopen(urllib.request.Request(f'{self.url}/gradio_api/profiling/clear', method='POST'),
                                timeout=10).close()
 
-    def attention_traces(self, expected: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        """The profiler's traces of ``/attention`` requests, once ``expected`` of them are recorded."""
+    def attention_traces(self, expected: int, timeout_s: float = 10.0, fn_name: str = 'attention') -> list[dict[str, Any]]:
+        """The profiler's traces of ``fn_name`` requests (``/attention``), once ``expected`` of them are recorded."""
         deadline = time.perf_counter() + timeout_s
         while True:
             with urllib.request.urlopen(f'{self.url}/gradio_api/profiling/traces', timeout=10) as response:
-                traces = [t for t in json.loads(response.read()) if t['fn_name'] == 'attention']
+                traces = [t for t in json.loads(response.read()) if t['fn_name'] == fn_name]
             if len(traces) >= expected or time.perf_counter() > deadline:
                 return traces
             time.sleep(0.1)  # a trace is stored just after its response is sent
@@ -254,6 +256,67 @@ def temp_root(folder: Path) -> Iterator[None]:
         yield
     finally:
         tempfile.tempdir = previous
+
+
+# --- the Attention tab against an earlier version ---------------------------------------------------
+
+BUNDLE_PAIR = ('checkpoints/teacher.safetensors', 'checkpoints/advit_l1.safetensors')
+# What the tab asks of the server now: "Show attention" draws the maps, the figure, the gaps and the
+# downloads; the layer slider one layer large; "Show more views" rollout, its mask, the last layer's
+# heads and the prefix shares.
+TAB_REQUESTS = {
+    'attention': lambda client, image: client.predict(handle_file(str(image)), *BUNDLE_PAIR, FUSION, HEAD, OPACITY,
+                                                      api_name='/attention'),
+    'attention_layer': lambda client, image: client.predict(handle_file(str(image)), *BUNDLE_PAIR, FUSION, HEAD,
+                                                            OPACITY, 1, api_name='/attention_layer'),
+    'more_views': lambda client, image: client.predict(handle_file(str(image)), *BUNDLE_PAIR, FUSION, 0.0, 0.6, OPACITY,
+                                                       api_name='/more_views'),
+}
+
+
+def measure_against(ref: str, warmup: int, repeats: int) -> dict[str, Any]:
+    """Server time of the Attention tab on the shipped bundle's pair, this checkout against ``ref``'s
+    ``/attention`` (a git worktree of it): both apps up at once, their requests alternated, so that
+    the machine's drift falls on both alike. One client, no downloads."""
+    with tempfile.TemporaryDirectory(prefix='advit-against-') as tmp:
+        work = Path(tmp)
+        baseline = work / 'baseline'
+        subprocess.run(['git', 'worktree', 'add', '--detach', str(baseline), ref], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            (work / 'old').mkdir(), (work / 'new').mkdir()
+            with ProfiledApp(baseline / 'checkpoints', work / 'old', app=baseline / 'app.py') as old, \
+                    ProfiledApp(REPO / 'checkpoints', work / 'new') as new, temp_root(work / 'client-tmp'):
+                old.wait_until_ready(), new.wait_until_ready()
+                old_client, new_client = (Client(server.url, verbose=False, download_files=False)
+                                          for server in (old, new))
+                for index in range(warmup + repeats):
+                    if index == warmup:
+                        old.clear_traces(), new.clear_traces()
+                    image = EXAMPLES[index % len(EXAMPLES)]
+                    TAB_REQUESTS['attention'](old_client, image)
+                    for request in TAB_REQUESTS.values():
+                        request(new_client, image)
+                servers = dict(before=old.attention_traces(repeats),
+                               **{name: new.attention_traces(repeats, fn_name=name) for name in TAB_REQUESTS})
+        finally:
+            subprocess.run(['git', 'worktree', 'remove', '--force', str(baseline)], cwd=REPO, check=False,
+                           capture_output=True)
+    totals = {name: summarize([t['total_ms'] / 1e3 for t in traces]) for name, traces in servers.items()}
+    before = totals['before']['median_s']
+    attention, layer, more = (totals[name]['median_s'] for name in ('attention', 'attention_layer', 'more_views'))
+    return dict(ref=ref, pair=list(BUNDLE_PAIR), server_total=totals, ratios={
+        'attention': attention / before, 'attention + more_views': (attention + more) / before,
+        'all three': (attention + layer + more) / before})
+
+
+def print_against(result: dict[str, Any]) -> None:
+    print(f'the Attention tab on {", ".join(result["pair"])}: server total, median / p95 ms, x {result["ref"]}\'s /attention')
+    before = result['server_total']['before']['median_s']
+    for name, summary in result['server_total'].items():
+        print(f'{name:<20}{summary["median_s"] * 1e3:>9.1f}{summary["p95_s"] * 1e3:>9.1f}{summary["median_s"] / before:>7.2f}x')
+    for name, ratio in result['ratios'].items():
+        print(f'ratio {name}: {ratio:.2f}x (goal <= 1.5x: {"met" if ratio <= 1.5 else "MISSED"})')
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -356,6 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--no-app', action='store_true', help='skip the requests through app.py')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', type=Path, help='write the results here')
+    parser.add_argument('--against', metavar='GIT_REF', help='instead: the Attention tab on the shipped bundle now '
+                                                             'against this version\'s (1 client, alternated)')
     args = parser.parse_args(argv)
     args.pairs = [name.strip() for name in args.pairs.split(',') if name.strip()]
     unknown = [name for name in args.pairs if name not in PAIRS]
@@ -368,8 +433,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report = run_all(args)
-    print_report(report)
+    if args.against:
+        report = dict(config=describe(args, None, (os.getloadavg()[0],) * 2),
+                      against=measure_against(args.against, args.warmup, args.repeats))
+        print_against(report['against'])
+    else:
+        report = run_all(args)
+        print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + '\n')
 

@@ -33,15 +33,16 @@ class AppServer:
 
     Args:
         log: The file the server's stdout and stderr go to.
+        app: The app to run (another checkout's, to compare versions); default this one's.
         env: More environment for the server (``ADVIT_CHECKPOINTS=...``).
     """
 
-    def __init__(self, log: Path, **env: str) -> None:
+    def __init__(self, log: Path, app: Path = REPO / 'app.py', **env: str) -> None:
         port = free_port()
         self.url, self.log_path = f'http://127.0.0.1:{port}', Path(log)
         environment = {**os.environ, 'GRADIO_SERVER_NAME': '127.0.0.1', 'GRADIO_SERVER_PORT': str(port), **env}
         with open(self.log_path, 'wb') as out:
-            self.process = subprocess.Popen([sys.executable, str(REPO / 'app.py')], cwd=REPO, env=environment,
+            self.process = subprocess.Popen([sys.executable, str(app)], cwd=Path(app).parent, env=environment,
                                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_until_ready(self, timeout_s: float = START_TIMEOUT_S) -> float:
