@@ -103,15 +103,21 @@ def gap_table(report: AttentionReport) -> list[list]:
 
 def gap_figure(report: AttentionReport) -> go.Figure:
     """The per-layer gaps (L1, L2, KL) across layers, each on its own axis."""
-    from plotly.subplots import make_subplots
     layers = list(range(1, len(report.teacher_layers) + 1))
     titles = {'l1': 'L1: Σ|A_s − A_t|', 'l2': 'L2: Σ(A_s − A_t)²', 'kl': 'KL(A_t ‖ A_s)'}
-    figure = make_subplots(rows=1, cols=3, subplot_titles=list(titles.values()))
-    for column, kind in enumerate(titles, start=1):
-        figure.add_trace(go.Scatter(x=layers, y=report.gaps[kind], mode='lines+markers', name=kind.upper()),
-                         row=1, col=column)
-        figure.update_xaxes(title_text='student layer', dtick=1, row=1, col=column)
-    figure.update_layout(height=320, showlegend=False, margin=dict(l=40, r=20, t=50, b=40))
+    # Three axes side by side, laid out by hand: plotly's make_subplots took 9 ms, most of the figure's time.
+    figure, layout = go.Figure(), dict(height=320, showlegend=False, margin=dict(l=40, r=20, t=50, b=40), annotations=[])
+    for index, (kind, title) in enumerate(titles.items()):
+        suffix = str(index + 1) if index else ''
+        left = index * 0.36
+        figure.add_trace(go.Scatter(x=layers, y=report.gaps[kind], mode='lines+markers', name=kind.upper(),
+                                    xaxis=f'x{suffix}', yaxis=f'y{suffix}'))
+        layout[f'xaxis{suffix}'] = dict(domain=[left, left + 0.28], title=dict(text='student layer'), dtick=1,
+                                        anchor=f'y{suffix}')
+        layout[f'yaxis{suffix}'] = dict(anchor=f'x{suffix}')
+        layout['annotations'].append(dict(text=title, x=left + 0.14, y=1.0, xref='paper', yref='paper',
+                                          xanchor='center', yanchor='bottom', showarrow=False))
+    figure.update_layout(**layout)
     return figure
 
 
