@@ -201,14 +201,17 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label='Heatmap opacity')
                 show = gr.Button('Show attention', variant='primary')
             with gr.Column(scale=2):
-                paper_figure = gr.Image(label='Per layer: teacher | student | student - teacher, one colour scale '
-                                              'per layer (as the paper\'s Fig. 2)', type='filepath',
-                                        interactive=False, elem_id='attention-figure', buttons=['download', 'fullscreen'])
+                # The images' labels would float over the figures' column titles: a caption above instead.
+                gr.Markdown('**Per layer: teacher | student | student - teacher**, one colour scale per layer '
+                            '(as the paper\'s Fig. 2)')
+                paper_figure = gr.Image(type='filepath', show_label=False, interactive=False,
+                                        elem_id='attention-figure', buttons=['download', 'fullscreen'])
                 with gr.Row():
                     layer = gr.Slider(1, 12, value=1, step=1, label='Layer shown large', elem_id='layer-slider')
                     downloads = gr.File(label='Downloads: the figure (PNG), the maps (.npz, JSON)',
                                         file_count='multiple', interactive=False, elem_id='attention-downloads')
-                layer_large = gr.Image(label='One layer, large (move the slider)', type='filepath', interactive=False,
+                layer_large = gr.Image(label='One layer, large (move the slider)', show_label=False, type='filepath',
+                                       interactive=False,
                                        elem_id='attention-layer')
                 gap_plot = gr.Plot(label='Gap between the maps, per layer', elem_id='gap-plot')
                 gap_rows = gr.Dataframe(headers=['student layer', 'teacher layer', 'L1', 'L2', 'KL'],
@@ -234,8 +237,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                 file_count='multiple', file_types=['image'], type='filepath', elem_id='batch-files')
                 batch_layer = gr.Slider(1, 12, value=1, step=1, label='Student layer (past its last: the last)')
             show_batch = gr.Button('Show them')
-            batch_figure = gr.Image(label='A row per image: teacher | student | student - teacher', type='filepath',
-                                    interactive=False, elem_id='batch-figure')
+            batch_figure = gr.Image(label='A row per image: teacher | student | student - teacher', show_label=False,
+                                    type='filepath', interactive=False, elem_id='batch-figure')
             batch_rows = gr.Dataframe(headers=['image', 'student layer', 'teacher layer', 'L1', 'L2', 'KL'],
                                       interactive=False, label='Gap per image')
         show_batch.click(attention_images, inputs=[batch, teacher, student, fusion, head, batch_layer, opacity],
@@ -279,7 +282,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 top5_a = gr.Label(num_top_classes=5, label='A top-5')
                 top5_b = gr.Label(num_top_classes=5, label='B top-5')
             image_panels = gr.Gallery(label='the image, then A\'s and B\'s [CLS] attention per layer',
-                                      columns=4, height='auto', elem_id='image-panels')
+                                      columns=9, height=220, elem_id='image-panels')
         per_class_plot = gr.Plot(label='Per-class top-1')
         per_class_rows = gr.Dataframe(headers=['class', 'A %', 'B %', 'B − A'], label='Per-class top-1',
                                       interactive=False, elem_id='per-class-table')
@@ -377,8 +380,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             with gr.Row():
                 heatmap_plot = gr.Plot(label='Gap per layer and step', elem_id='probe-heatmap')
                 curves_plot = gr.Plot(label='Gap per layer against step', elem_id='probe-curves')
-            frame = gr.Image(label='At the chosen step, on a probe image: teacher | student | student - teacher',
-                             type='filepath', interactive=False, elem_id='probe-frame')
+            gr.Markdown('**At the chosen step, on a probe image: teacher | student | student - teacher**')
+            frame = gr.Image(type='filepath', show_label=False, interactive=False, elem_id='probe-frame')
             with gr.Accordion('The records as data', open=False):
                 probe_data = gr.JSON(label='steps and per-layer gaps by kind')
         training_inputs = [source, probe_student, gap_kind, evaluation, probe_image, probe_opacity]

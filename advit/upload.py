@@ -28,6 +28,14 @@ class UploadedImage(gr.Image):
         kwargs.setdefault('sources', ['upload', 'clipboard'])
         super().__init__(**kwargs)
 
+    # The browser knows Gradio's own components only: this one is drawn as, and configured like, gr.Image
+    # (Gradio names a component by its class and reads its config from its __init__'s arguments).
+    def get_block_name(self) -> str:
+        return 'image'
+
+    def get_config(self, cls: type | None = None) -> dict:
+        return super().get_config(cls or gr.Image)
+
     def preprocess(self, payload: ImageData | None) -> str | None:
         if payload is None:
             return None

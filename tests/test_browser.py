@@ -1,13 +1,20 @@
 """End to end in a real browser: Debian's Chromium driven by Playwright against the launched app.
 
 Screenshots go to the test's folder, and to ``$ADVIT_SCREENSHOTS`` when set (the README's come
-from ``ADVIT_SCREENSHOTS=assets/screenshots pytest tests/test_browser.py``: Attention and Compare
-on the shipped bundle, Train with a tiny job running). The test fails if the
+from ``ADVIT_SCREENSHOTS=assets/screenshots pytest tests/test_browser.py``: Attention, its More views
+and Compare on the shipped bundle, Train with a tiny job running). The test fails if the
 page asks any host other than the app's own (no CDN, analytics or web fonts).
+
+What is drawn is checked against the models shown: the Fig. 2 image has one row per student layer
+(``figure.Layout``) and the few-images figure one per image, More views a rollout, a mask and every
+last-layer head of both models, Compare's selected image both models' maps of every layer.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -48,7 +55,189 @@ def image_sources(page, element_id: str) -> list[str]:
     return page.locator(f'#{element_id} img').evaluate_all('images => images.map(image => image.src)')
 
 
+def shape(studio, name: str) -> tuple[int, int]:
+    """(layers, heads of the last layer) of a model on offer, by the name the page shows it by."""
+    model = studio.models.get(studio.offered(name, studio.entries()).key)[0]
+    return len(model.blocks), model.blocks[-1].attn.num_heads
+
+
+def natural_size(page, element_id: str) -> tuple[int, int]:
+    """The pixels of the image shown in ``#element_id``, once it has loaded (Gradio's images load lazily:
+    scrolled into view first)."""
+    page.locator(f'#{element_id} img').scroll_into_view_if_needed(timeout=120_000)
+    page.wait_for_function('id => { const image = document.querySelector(`#${id} img`);'
+                           ' return image && image.complete && image.naturalWidth > 0; }', arg=element_id,
+                           timeout=120_000)
+    return tuple(page.locator(f'#{element_id} img').evaluate('image => [image.naturalWidth, image.naturalHeight]'))
+
+
+def plot_traces(page, element_id: str) -> list[dict]:
+    """Type and point count of each trace of the plotly plot in ``#element_id`` (as plotly holds them)."""
+    return page.evaluate('id => document.querySelector(`#${id} .js-plotly-plot`).data'
+                         '.map(trace => ({type: trace.type, points: (trace.x || []).length}))', element_id)
+
+
+def layer_maps(page) -> list[str]:
+    """The images of the accordion 'Each map on its own' (drawn only while it is open: it is closed again)."""
+    accordion = page.get_by_text('Each map on its own, and as data')
+    accordion.click()
+    page.locator('#attention-panels img').first.wait_for(timeout=60_000)
+    sources = image_sources(page, 'attention-panels')
+    accordion.click()
+    return sources
+
+
+def show_attention(page, url: str, depth: int) -> None:
+    """Upload the example (its preview shows), show attention, and check the Fig. 2 figure (a row per
+    student layer), the maps per layer, the three downloads, and the layer shown large: none until the
+    slider (over the student's layers) is released, then the last layer, then the first."""
+    from PIL import Image
+    import numpy as np
+    from advit.figure import LARGE_PANEL, Layout
+    from advit.render import PANEL_SIZE
+
+    upload = page.locator('#upload')
+    upload.locator('input[type=file]').set_input_files(str(EXAMPLE))
+    upload.locator('img').wait_for(timeout=60_000)  # the image box's preview of the upload
+    page.get_by_role('button', name='Show attention').click()
+    page.wait_for_function('() => document.querySelector("#attention-figure img")'
+                           ' && document.querySelector("#gap-plot .js-plotly-plot")'
+                           ' && document.querySelectorAll("#attention-downloads a[download]").length >= 3',
+                           timeout=120_000)
+    assert natural_size(page, 'attention-figure') == Layout.of(PANEL_SIZE).size(depth)  # a row per student layer
+    assert len(layer_maps(page)) == 2 * depth  # the teacher's and the student's map per layer
+
+    # The downloads: the figure, the maps as .npz and as JSON, each a link that serves it.
+    links = page.locator('#attention-downloads a[download]').evaluate_all(
+        'links => links.map(link => [link.getAttribute("download"), link.href])')
+    assert sorted(Path(name).suffix for name, _ in links) == ['.json', '.npz', '.png'], links
+    for name, href in links:
+        assert href.startswith(url), href
+        response = page.request.get(href)
+        assert response.ok, (href, response.status)
+        if name.endswith('.png'):
+            assert Image.open(io.BytesIO(response.body())).size == Layout.of(PANEL_SIZE).size(depth)
+        elif name.endswith('.npz'):
+            assert np.load(io.BytesIO(response.body()))['student_maps'].shape[0] == depth
+        else:
+            assert json.loads(response.body())
+
+    # The slider runs over the student's layers, and the large layer waits for it: released on a layer,
+    # that layer is drawn large; on another, it is redrawn.
+    page.wait_for_function('top => document.querySelector("#layer-slider input[type=range]")?.max === top',
+                           arg=str(max(depth, 2)), timeout=60_000)
+    assert page.locator('#attention-layer img').count() == 0
+    number = page.locator('#layer-slider input[type=number]')
+    before = None
+    for layer in (depth, 1):
+        number.fill(str(layer))
+        number.blur()  # the number box releases the slider on blur
+        page.wait_for_function('before => { const image = document.querySelector("#attention-layer img");'
+                               ' return image && image.src !== before; }', arg=before, timeout=120_000)
+        assert natural_size(page, 'attention-layer') == Layout.of(LARGE_PANEL).size(1)
+        before = page.locator('#attention-layer img').get_attribute('src')
+
+
+def show_few_images(page, files: list[Path] = ()) -> None:
+    """Open 'A few images at once', upload ``files`` (none: the app takes its first examples), check the
+    figure has a row per image and the table a row of gaps per image, by its name, and close it again."""
+    from playwright.sync_api import expect
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    from advit.studio import BATCH_LIMIT
+    shown = list(files) or sorted(EXAMPLE.parent.glob('*.png'))[:BATCH_LIMIT]
+    accordion = page.get_by_text('A few images at once')
+    accordion.click()
+    if files:
+        page.locator('#batch-files input[type=file]').set_input_files([str(path) for path in files])
+        page.locator('#batch-files', has_text=files[-1].stem).wait_for(timeout=60_000)
+    page.get_by_role('button', name='Show them', exact=True).click()
+    assert natural_size(page, 'batch-figure') == Layout.of(PANEL_SIZE).size(len(shown))
+    table = page.get_by_role('grid', name='Gap per image')  # Gradio's table: its rows are ARIA rows
+    expect(table).to_have_attribute('aria-rowcount', str(len(shown) + 1), timeout=60_000)  # and the header
+    names = table.locator('[role=row]:not([aria-rowindex="1"])').evaluate_all(
+        'rows => rows.map(row => row.querySelector("[role=gridcell]").textContent.trim())')
+    assert names == [path.stem[:16] for path in shown]
+    accordion.click()
+
+
+def show_more_views(page, teacher: tuple[int, int], student: tuple[int, int]) -> None:
+    """Open More views and check its panels (both rollouts and masks, every last-layer head of each model)
+    and the prefix-share plot (a line per model, a point per layer); ``teacher`` and ``student`` are
+    (layers, heads)."""
+    page.get_by_text('More views: attention rollout').click()
+    page.get_by_role('button', name='Show more views', exact=True).click()
+    panels = 4 + teacher[1] + student[1]
+    page.wait_for_function(f'() => document.querySelectorAll("#more-panels img").length >= {panels}'
+                           ' && document.querySelector("#prefix-plot .js-plotly-plot")?.data?.length',
+                           timeout=120_000)
+    assert len(image_sources(page, 'more-panels')) == panels
+    assert plot_traces(page, 'prefix-plot') == [dict(type='scatter', points=teacher[0]),
+                                                dict(type='scatter', points=student[0])]
+
+
+def compare_and_pick(page, depth: int) -> str:
+    """Compare (the galleries, the per-class table, both confusion matrices), then select the first image
+    A gets right and B wrong (B right and A wrong if there is none): its test index, both models' map of
+    every layer (``depth`` each). Returns the gallery picked from."""
+    page.get_by_role('tab', name='Compare').click()
+    page.get_by_role('button', name='Compare', exact=True).click()
+    page.get_by_text('A right and B wrong').wait_for(timeout=180_000)
+    page.wait_for_function('() => (document.querySelector("#per-class-table") || {}).textContent'
+                           '?.includes("all (top-1)")'
+                           ' && document.querySelector("#confusion-plot .js-plotly-plot")?.data?.length',
+                           timeout=180_000)
+    table = page.locator('#per-class-table').text_content()
+    assert all(name in table for name in ('airplane', 'truck', 'all (top-1)'))
+    assert [trace['type'] for trace in plot_traces(page, 'confusion-plot')] == ['heatmap', 'heatmap']
+    side = 'a-only' if image_sources(page, 'a-only') else 'b-only'
+    assert image_sources(page, side), 'the models agree on every test image'
+    first = page.locator(f'#{side} img').first
+    index = re.match(r'#(\d+) ', first.get_attribute('alt')).group(1)  # captions start with the test index
+    first.click()
+    page.wait_for_function(f'() => document.querySelectorAll("#image-panels img").length >= {1 + 2 * depth}'
+                           ' && document.querySelector("#image-summary")?.textContent.includes("Test image #")',
+                           timeout=120_000)
+    assert page.locator('#image-index input').input_value() == index
+    assert f'Test image #{index}' in page.locator('#image-summary').text_content()
+    assert len(image_sources(page, 'image-panels')) == 1 + 2 * depth  # the image, then A's and B's map per layer
+    return side
+
+
+def show_distillation(page, students: int, depth: int, evaluations: int) -> None:
+    """The Train tab's distillation view, drawn on load for the default student: every student of its run
+    on one chart, its gap as a layer x step heatmap and curves, the frame at the last step; then an
+    earlier step, by its slider, redraws the frame."""
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    page.get_by_role('tab', name='Train').click()
+    page.wait_for_function('() => document.querySelector("#probe-heatmap .js-plotly-plot")?.data?.length'
+                           ' && document.querySelector("#probe-frame img")', timeout=120_000)
+    assert len(plot_traces(page, 'probe-students')) == students
+    heatmap = page.evaluate('() => { const trace = document.querySelector("#probe-heatmap .js-plotly-plot").data[0];'
+                            ' return {type: trace.type, rows: trace.y.length, steps: trace.x.length}; }')
+    assert heatmap == dict(type='heatmap', rows=depth, steps=evaluations)  # a row per student layer
+    assert [trace['points'] for trace in plot_traces(page, 'probe-curves')] == [evaluations] * depth
+    assert natural_size(page, 'probe-frame') == Layout.of(PANEL_SIZE).size(depth)
+    last = page.locator('#probe-frame img').get_attribute('src')
+    number = page.locator('#probe-step input[type=number]')
+    assert number.input_value() == str(evaluations - 1)
+    number.fill('0')
+    number.blur()
+    page.wait_for_function('before => document.querySelector("#probe-frame img")?.src !== before', arg=last,
+                           timeout=120_000)
+    assert 'The figure: step' in page.locator('#probe-summary').text_content()
+
+
 def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_path):
+    from advit.figure import Layout
+    from advit.render import PANEL_SIZE
+    from advit.studio import Studio
+    studio = Studio([tiny_bundle], None, cifar_archive)
+    defaults = studio.default_keys()
+    teacher, student = shape(studio, defaults['teacher']), shape(studio, defaults['student'])
+    depth = shape(studio, defaults['compare_a'])[0]
+    assert shape(studio, defaults['compare_b'])[0] == depth  # the selected image's maps pair up layer by layer
     runs = tmp_path / 'runs'
     with running_app(tmp_path / 'app.log', ADVIT_CHECKPOINTS=str(tiny_bundle), ADVIT_RUNS=str(runs),
                      ADVIT_DATA=str(cifar_archive), ADVIT_JOBS='on') as url:
@@ -57,31 +246,29 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         page.on('request', lambda request: requested.append(request.url))
         page.goto(url)
 
-        # Attention: upload, and see a map per layer for both models and the gap chart.
-        page.locator('input[type=file]').first.set_input_files(str(EXAMPLE))
-        page.get_by_role('button', name='Show attention').click()
-        layer_images = f'document.querySelectorAll("#attention-panels img").length >= {2 * TINY["depth"]}'
-        page.wait_for_function(f'() => {layer_images} && document.querySelector("#gap-plot .js-plotly-plot")',
-                               timeout=60_000)
-        mean_maps = image_sources(page, 'attention-panels')
-        assert len(mean_maps) == 2 * TINY['depth']  # the teacher's and the student's map of every layer
+        # Attention: upload (a preview), the Fig. 2 figure, a layer large, the downloads.
+        show_attention(page, url, student[0])
         save(page, tmp_path, 'attention', publish=False)  # the README's is of the shipped bundle
 
-        # Another head fusion redraws the maps.
-        page.get_by_label('max').check()
-        page.wait_for_function('before => [...document.querySelectorAll("#attention-panels img")]'
-                               '.map(image => image.src).join() !== before.join()', arg=mean_maps, timeout=60_000)
-        assert len(image_sources(page, 'attention-panels')) == 2 * TINY['depth']
+        # Another head fusion redraws the figure and the maps.
+        figure, maps = page.locator('#attention-figure img').get_attribute('src'), layer_maps(page)
+        page.locator('fieldset', has_text='Head fusion').get_by_label('max').check()
+        page.wait_for_function('before => document.querySelector("#attention-figure img")?.src !== before',
+                               arg=figure, timeout=120_000)
+        assert natural_size(page, 'attention-figure') == Layout.of(PANEL_SIZE).size(student[0])
+        redrawn = layer_maps(page)
+        assert len(redrawn) == 2 * student[0] and redrawn != maps
+        page.locator('#attention-layer img').wait_for(state='detached', timeout=60_000)  # it waits for the slider
 
-        # Compare: the galleries and the per-class table.
-        page.get_by_role('tab', name='Compare').click()
-        page.get_by_role('button', name='Compare', exact=True).click()
-        page.get_by_text('A right and B wrong').wait_for(timeout=60_000)
-        page.wait_for_function('() => (document.querySelector("#per-class-table") || {}).textContent'
-                               '?.includes("all (top-1)")', timeout=60_000)
-        table = page.locator('#per-class-table').text_content()
-        assert all(name in table for name in ('airplane', 'truck', 'all (top-1)'))
-        assert len(image_sources(page, 'a-only')) + len(image_sources(page, 'b-only')) > 0
+        # A few images at once: two uploads, a row each.
+        show_few_images(page, sorted(EXAMPLE.parent.glob('*.png'))[:2])
+
+        # More views: rollouts, masks and heads of both models, the prefix share per layer.
+        show_more_views(page, teacher, student)
+        save(page, tmp_path, 'attention-more', publish=False)
+
+        # Compare: the galleries, the per-class table, the confusion matrices, one image selected.
+        compare_and_pick(page, depth)
         save(page, tmp_path, 'compare', publish=False)
 
         # Train: a tiny job (the default method, advit_l1, with the bundle's teacher) starts, its curve grows,
@@ -116,23 +303,25 @@ def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cif
     assert Path(defaults['teacher']).name == 'teacher.safetensors'
     assert Path(defaults['compare_b']).name == 'deit_hard.safetensors'
     assert defaults['student'] == defaults['compare_a'] and Path(defaults['student']).name.startswith('advit_')
-    depth = len(studio.models.get(defaults['student'])[0].blocks)
+    teacher, student = shape(studio, defaults['teacher']), shape(studio, defaults['student'])
+    assert shape(studio, defaults['compare_b'])[0] == student[0]  # compare_a is the student
     with running_app(tmp_path / 'app.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_DATA=str(cifar_archive)) as url:
         page = browser.new_page(viewport={'width': 1400, 'height': 1000})
         page.goto(url)
         for label in (labels[defaults['teacher']], labels[defaults['student']]):  # the names people read, not paths
             page.wait_for_function('label => [...document.querySelectorAll("input")].some(i => i.value === label)',
                                    arg=label, timeout=60_000)
-        page.locator('input[type=file]').first.set_input_files(str(EXAMPLE))
-        page.get_by_role('button', name='Show attention').click()
-        page.wait_for_function(f'() => document.querySelectorAll("#attention-panels img").length >= {2 * depth}'
-                               ' && document.querySelector("#gap-plot .js-plotly-plot")', timeout=60_000)
-        assert len(image_sources(page, 'attention-panels')) == 2 * depth
+        show_attention(page, url, student[0])
         save(page, tmp_path, 'attention')
+        show_few_images(page)  # none uploaded: the first examples
+        show_more_views(page, teacher, student)
+        save(page, tmp_path, 'attention-more')
 
-        page.get_by_role('tab', name='Compare').click()
-        page.get_by_role('button', name='Compare', exact=True).click()
-        page.wait_for_function('() => (document.querySelector("#per-class-table") || {}).textContent'
-                               '?.includes("all (top-1)")', timeout=120_000)
-        assert len(image_sources(page, 'a-only')) > 0 and len(image_sources(page, 'b-only')) > 0
+        assert compare_and_pick(page, student[0]) == 'a-only' and len(image_sources(page, 'b-only')) > 0
         save(page, tmp_path, 'compare')
+
+        from advit.training_view import load_probes
+        probes = load_probes(REPO / 'checkpoints')
+        own = probes[Path(defaults['student']).stem]
+        show_distillation(page, len(probes), student[0], len(own.steps))
+        save(page, tmp_path, 'distillation')

@@ -57,3 +57,13 @@ def test_the_box_offers_preview_upload_and_paste():
     box = UploadedImage(label='image')
     assert box.type == 'filepath' and box.image_mode is None and box.sources == ['upload', 'clipboard']
     assert box.preprocess(None) is None
+
+
+def test_the_page_draws_it_as_gradios_image_box():
+    """The browser knows Gradio's components only: a subclass's own name would draw nothing."""
+    with gr.Blocks() as demo:
+        UploadedImage(label='image', elem_id='upload', height=260)
+    config, = [c for c in demo.get_config_file()['components'] if c.get('props', {}).get('elem_id') == 'upload']
+    assert config['type'] == 'image'
+    assert config['props']['label'] == 'image' and config['props']['sources'] == ['upload', 'clipboard']
+    assert config['props']['height'] == 260
