@@ -150,11 +150,12 @@ def training_controls(source, student):
             gr.Slider(maximum=max(outline['images'] - 1, 1)))
 
 
-def training_sources(selected_job):
-    """The sources on offer, a selected job's run first when it has a probe."""
+def training_sources(preferred, current):
+    """The sources on offer now (a run appears once it has evaluated): ``preferred`` (a source, or a
+    job by its name) when on offer, else the current one."""
     sources = studio.probe_sources()
-    job_run = f'{studio.runs_dir.name}/{selected_job}' if selected_job else None
-    return gr.Dropdown(choices=sources, value=job_run if job_run in sources else (sources[0] if sources else None))
+    wanted = [preferred, f'{studio.runs_dir.name}/{preferred}', current] if preferred else [current]
+    return gr.Dropdown(choices=sources, value=next((s for s in wanted if s in sources), sources[0] if sources else None))
 
 
 def list_jobs():
@@ -162,8 +163,13 @@ def list_jobs():
 
 
 def job_names(selected):
+    """The job list's names as the dropdown's choices. Its value is set only when none is: this runs
+    when the list changes, also in the answer of a launch that selects the new job, and may still see
+    the job selected before, which it must not put back."""
     names = [row[0] for row in desk.rows()]
-    return gr.Dropdown(choices=names, value=selected if selected in names else (names[0] if names else None))
+    if selected:
+        return gr.Dropdown(choices=names)
+    return gr.Dropdown(choices=names, value=names[0] if names else None)
 
 
 def refresh():
@@ -389,7 +395,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         gr.on([show_training.click, gap_kind.change, evaluation.release, probe_image.release, probe_opacity.release],
               training_view, inputs=training_inputs, outputs=training_outputs, api_name='training_view')
         if desk is not None:
-            selected.change(training_sources, inputs=selected, outputs=source, api_visibility='private')
+            selected.change(training_sources, inputs=[selected, source], outputs=source, api_visibility='private')
+        source.focus(training_sources, inputs=[source, source], outputs=source, api_visibility='private')
         gr.on([source.change, probe_student.input], training_controls, inputs=[source, probe_student],
               outputs=[probe_student, evaluation, probe_image], api_visibility='private').success(
             training_view, inputs=training_inputs, outputs=training_outputs, api_visibility='private')

@@ -290,6 +290,29 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         page.get_by_role('button', name='Cancel').click()
         page.locator('#job-progress', has_text='cancelled').wait_for(timeout=30_000)
 
+        # The Table 1 job: two methods, one process; both students' curves, then the run's Table 1, and the
+        # run's distillation view (offered once it has evaluated: the list is read again on focus).
+        page.get_by_label('Run name (folder in runs/)').fill('browser-table1')
+        methods = page.locator('#job-methods input')
+        methods.click()
+        page.get_by_role('option', name='vit', exact=True).click()
+        page.get_by_label('how many').fill('2')
+        page.get_by_role('button', name='Launch').click()
+        page.locator('#job-progress', has_text='finished').wait_for(timeout=180_000)
+        page.wait_for_function('() => document.querySelector("#job-table1 table")', timeout=60_000)
+        table1 = page.locator('#job-table1').text_content()
+        assert 'advit_l1' in table1 and 'vit' in table1
+        students = page.evaluate('() => document.querySelector("#job-curves .js-plotly-plot").data'
+                                 '.map(trace => trace.name.split(" · ")[0])')
+        assert set(students) == {'advit_l1', 'vit'}
+        page.locator('#probe-source input').click()
+        page.get_by_role('option', name=f'{runs.name}/browser-table1', exact=True).click()
+        page.wait_for_function('() => document.querySelector("#probe-summary")?.textContent.includes("advit_l1")'
+                               ' && document.querySelector("#probe-students .js-plotly-plot")?.data?.length === 2',
+                               timeout=120_000)
+        heatmap_rows = page.evaluate('() => document.querySelector("#probe-heatmap .js-plotly-plot").data[0].y.length')
+        assert heatmap_rows == TINY['depth']
+
         external = sorted({request for request in requested if not request.startswith(url)})
         assert external == [], f'the page asked other hosts: {external[:5]}'
 

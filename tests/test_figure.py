@@ -52,7 +52,7 @@ def test_opaque_heatmaps_show_each_layers_maps_on_its_scales(report, image):
     """At opacity 1 every patch of every panel is its value's colour: teacher and student on 0 to the
     layer's larger peak, the difference on a scale symmetric around 0."""
     figure = np.asarray(attention_figure(report, image, opacity=1.0))
-    layout, (rows, cols) = Layout.of(PANEL_SIZE), report.grid
+    layout, cols = Layout.of(PANEL_SIZE), report.grid[1]
     assert report.grid == (8, 8) and len(report.teacher_layers) == 4
     for layer in range(4):
         teacher, student = report.teacher_maps[layer], report.student_maps[layer]
