@@ -53,10 +53,15 @@ def user_errors(fn):
     return wrapper
 
 
+def served_png(figure, stem: str) -> str:
+    """A figure (PIL) as a PNG file for the page: to show, and to download under a readable name."""
+    return served.save_bytes(figure_png(figure), 'png', stem)
+
+
 @user_errors
 def attention(image, teacher, student, fusion, head, opacity):
     view = studio.attention(image, teacher, student, fusion, int(head), float(opacity))
-    figure = served.save_bytes(figure_png(view.paper_figure), 'png', 'attention')
+    figure = served_png(view.paper_figure, 'attention')
     downloads = [figure, *(served.save_bytes(data, suffix, 'attention-maps') for suffix, data in view.downloads.items())]
     return (served.gallery(view.panels), view.figure, view.table, view.teacher_top5, view.student_top5, view.data,
             figure, downloads)
@@ -70,14 +75,14 @@ def layer_range(data):
 @user_errors
 def attention_layer(image, teacher, student, fusion, head, opacity, layer):
     figure = studio.attention_layer(image, teacher, student, fusion, int(head), float(opacity), int(layer))
-    return served.save_bytes(figure_png(figure), 'png', f'attention-layer{int(layer)}')
+    return served_png(figure, f'attention-layer{int(layer)}')
 
 
 @user_errors
 def attention_images(files, teacher, student, fusion, head, layer, opacity):
     paths = [str(f) for f in files] if files else EXAMPLES[:BATCH_LIMIT]  # none given: the example row
     figure, rows = studio.attention_images(paths, teacher, student, fusion, int(head), int(layer), float(opacity))
-    return served.save_bytes(figure_png(figure), 'png', 'attention-images'), rows
+    return served_png(figure, 'attention-images'), rows
 
 
 @user_errors
@@ -137,7 +142,7 @@ def resume_job(name, token):
 def training_view(source, student, kind, evaluation, image, opacity):
     view = studio.training_view(source, student or None, kind, int(evaluation), int(image), float(opacity))
     return (view.summary, view.students, view.heatmap, view.curves,
-            served.save_bytes(figure_png(view.frame), 'png', 'distillation-step'), view.data)
+            served_png(view.frame, 'distillation-step'), view.data)
 
 
 @user_errors
@@ -154,7 +159,7 @@ def training_sources(preferred, current):
     """The sources on offer now (a run appears once it has evaluated): ``preferred`` (a source, or a
     job by its name) when on offer, else the current one."""
     sources = studio.probe_sources()
-    wanted = [preferred, f'{studio.runs_dir.name}/{preferred}', current] if preferred else [current]
+    wanted = [preferred, studio.run_source(preferred), current] if preferred else [current]
     return gr.Dropdown(choices=sources, value=next((s for s in wanted if s in sources), sources[0] if sources else None))
 
 

@@ -342,7 +342,7 @@ class JobManager:
             job['started'] = launch['started']
             alive = launch.get('process_start') is not None and _process_start(launch['pid']) == launch['process_start']
             fresh = reported.get('updated', 0) >= launch['started']  # written by this launch, not an earlier one
-            final = fresh and reported.get('state') in ('finished', 'cancelled', 'failed')
+            final = fresh and reported.get('state') in FINAL
             if alive and not final:
                 job['state'] = 'running'
             elif final:
@@ -369,10 +369,13 @@ class JobManager:
 
     def metrics(self, name: str, method: str | None = None) -> list[dict[str, Any]]:
         """The run's metrics lines (of a group job, its ``method`` student's); a torn or corrupt line is skipped."""
-        folders = self.students(name)
-        if method is not None and method not in folders:
-            raise JobError(f'{name} has no {method} student: it has {", ".join(folders)}')
-        path = (folders[method] if method is not None else self._run(name)) / 'metrics.jsonl'
+        folder = self._run(name)
+        if method is not None:  # the job's records say which students it has
+            folders = self.students(name)
+            if method not in folders:
+                raise JobError(f'{name} has no {method} student: it has {", ".join(folders)}')
+            folder = folders[method]
+        path = folder / 'metrics.jsonl'
         records = []
         if path.is_file():
             for line in path.read_text(errors='replace').splitlines():

@@ -148,21 +148,20 @@ def save_last(run: Path, model: nn.Module, meta: dict[str, Any], progress: dict[
                     train_state=dict(optimizer_tensors(optimizer), **rng_tensors(transform, mixer)))
 
 
-def restore_last(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float, float]:
-    """Load weights and optimiser state from ``last.safetensors``; return (step, elapsed, best validation top-1)."""
+def restore_last(run: Path, model: nn.Module,
+                 optimizer: torch.optim.Optimizer) -> tuple[int, float, float, dict[str, torch.Tensor]]:
+    """Load weights and optimiser state from ``last.safetensors``; return (step, elapsed, best validation
+    top-1, its saved random streams, for ``restore_rngs`` once the streams exist): the file is read once."""
     path = run / 'last.safetensors'
     tensors = read_tensors(path)
     progress = read_metadata(path).get('progress')
     if progress is None:
         raise ResumeError(f'{path} has no training progress: it is not a resumable checkpoint')
     load_weights(model, model_weights(tensors), source=str(path))
-    load_optimizer_tensors(optimizer, train_state(tensors))
-    return int(progress['step']), float(progress['elapsed']), float(progress['best_val_top1'])
-
-
-def restore_last_rngs(run: Path, transform: BatchTransform, mixer: Mixup | None) -> None:
-    """Take up the random streams where ``last.safetensors`` left them."""
-    restore_rngs(read_tensors(run / 'last.safetensors'), transform, mixer)
+    state = train_state(tensors)
+    load_optimizer_tensors(optimizer, state)
+    rngs = {key: value for key, value in state.items() if key.startswith('rng/')}
+    return int(progress['step']), float(progress['elapsed']), float(progress['best_val_top1']), rngs
 
 
 def rng_tensors(transform: BatchTransform, mixer: Mixup | None) -> dict[str, torch.Tensor]:
@@ -177,10 +176,9 @@ def rng_tensors(transform: BatchTransform, mixer: Mixup | None) -> dict[str, tor
     return tensors
 
 
-def restore_rngs(tensors: dict[str, torch.Tensor], transform: BatchTransform, mixer: Mixup | None) -> None:
-    """Set the random streams as ``rng_tensors`` saved them (a checkpoint from before they were saved
-    keeps the reseeded streams)."""
-    saved = train_state(tensors)
+def restore_rngs(saved: dict[str, torch.Tensor], transform: BatchTransform, mixer: Mixup | None) -> None:
+    """Set the random streams as ``rng_tensors`` saved them (``restore_last`` returns them; a checkpoint
+    from before they were saved keeps the reseeded streams)."""
     if 'rng/torch' in saved:
         torch.set_rng_state(saved['rng/torch'])
     if 'rng/transform' in saved:

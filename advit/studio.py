@@ -66,7 +66,6 @@ class TrainingView:
     frame: Image.Image  # at the chosen evaluation, teacher | student | difference on one probe image (Fig. 2 style)
     student: str
     students_names: list[str]
-    steps: list[int]
     summary: str
     data: dict[str, Any]
 
@@ -208,21 +207,33 @@ class Studio:
 
     # --- the attention view ----------------------------------------------------------------------
 
-    def _report(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str,
-                head: int) -> tuple[Image.Image, AttentionReport]:
-        """The decoded upload and the pair's attention report on it (see ``attention``)."""
+    def _pair(self, teacher_key: str, student_key: str) -> tuple[tuple[Any, dict], tuple[Any, dict]]:
+        """The loaded teacher and student ViTs, each with its metadata."""
+        return self._model(teacher_key, 'teacher', vit=True), self._model(student_key, 'student', vit=True)
+
+    @staticmethod
+    def _upload(image_path: str | None) -> Image.Image:
         if image_path is None:
             raise StudioError('upload an image or pick an example')
-        image = load_image(image_path)
+        return load_image(image_path)
+
+    @staticmethod
+    def _inspect(pair, image: Image.Image, fusion: str, head: int) -> AttentionReport:
+        """The pair's attention report on ``image`` (see ``attention`` for ``fusion`` and ``head``)."""
         if fusion not in ('trained', 'mean', 'max', 'head'):
             raise StudioError(f'unknown head fusion {fusion!r}: choose trained, mean, max or head')
-        teacher, teacher_meta = self._model(teacher_key, 'teacher', vit=True)
-        student, student_meta = self._model(student_key, 'student', vit=True)
+        (teacher, teacher_meta), (student, student_meta) = pair
         try:
-            return image, inspect_pair(teacher, teacher_meta, student, student_meta, image,
-                                       int(head) if fusion == 'head' else fusion)
+            return inspect_pair(teacher, teacher_meta, student, student_meta, image,
+                                int(head) if fusion == 'head' else fusion)
         except ValueError as err:
             raise StudioError(str(err)) from err
+
+    def _report(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str,
+                head: int) -> tuple[Image.Image, AttentionReport]:
+        """The decoded upload and the pair's attention report on it."""
+        image = self._upload(image_path)
+        return image, self._inspect(self._pair(teacher_key, student_key), image, fusion, head)
 
     def attention(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str = 'trained',
                   head: int = 0, opacity: float = 0.6) -> AttentionView:
@@ -268,14 +279,15 @@ class Studio:
             raise StudioError(f'{len(image_paths)} images: this view takes up to {BATCH_LIMIT} at once')
         if int(layer) < 1:
             raise StudioError(f'layer {layer} does not exist: layers count from 1')
+        pair = self._pair(teacher_key, student_key)  # once: each lookup scans the catalog
         images, reports, names = [], [], []
         for path in image_paths:
             name = Path(path).stem[:16]
             try:
-                image, report = self._report(path, teacher_key, student_key, fusion, head)
+                image = self._upload(path)
             except ImageError as err:
                 raise StudioError(f'{name}: {err}') from None
-            images.append(image), reports.append(report), names.append(name)
+            images.append(image), reports.append(self._inspect(pair, image, fusion, head)), names.append(name)
         shown = min(int(layer), len(reports[0].teacher_layers))
         rows = [[name, shown, report.teacher_layers[shown - 1] + 1,
                  *(round(float(report.gaps[kind][shown - 1]), 6) for kind in ('l1', 'l2', 'kl'))]
@@ -292,14 +304,10 @@ class Studio:
             discard_ratio: Rollout's share of the smallest attention entries dropped, in [0, 1).
             keep: Share of the rollout's mass the mask keeps, in (0, 1].
         """
-        if image_path is None:
-            raise StudioError('upload an image or pick an example')
-        image = load_image(image_path)
-        teacher, teacher_meta = self._model(teacher_key, 'teacher', vit=True)
-        student, student_meta = self._model(student_key, 'student', vit=True)
+        image = self._upload(image_path)
         try:
             views = [model_views(model, meta, image, head_fusion, float(discard_ratio), float(keep))
-                     for model, meta in ((teacher, teacher_meta), (student, student_meta))]
+                     for model, meta in self._pair(teacher_key, student_key)]
         except ValueError as err:
             raise StudioError(str(err)) from err
         return MoreViews(panels=views_panels(*views, image, opacity), figure=prefix_share_figure(*views),
@@ -307,11 +315,19 @@ class Studio:
 
     # --- distillation over time -----------------------------------------------------------------
 
-    def probe_sources(self) -> list[str]:
+    def run_source(self, run: str) -> str:
+        """A run's name among the probe sources (``runs/<run>``)."""
+        return f'{Path(self.runs_dir).name}/{run}'
+
+    def probe_sources(self, entries: list[ModelEntry] | None = None) -> list[str]:
         """What has an attention probe, by the names the app shows: the checkpoints on offer with one
-        (the bundle's students), and the runs folder's runs with one (a live job's as soon as it has evaluated)."""
+        (the bundle's students), and the runs folder's runs with one (a live job's as soon as it has evaluated).
+
+        Args:
+            entries: The catalog, when the caller has just scanned it.
+        """
         sources = []
-        for entry in self.entries():
+        for entry in self.entries() if entries is None else entries:
             if entry.usable and not entry.key.startswith(TIMM_PREFIX):
                 try:
                     find_probes(entry.key)
@@ -319,15 +335,16 @@ class Studio:
                 except ProbeError:
                     pass
         if self.runs_dir is not None and Path(self.runs_dir).is_dir():
-            sources += [f'{Path(self.runs_dir).name}/{run.name}' for run in sorted(Path(self.runs_dir).iterdir())
+            sources += [self.run_source(run.name) for run in sorted(Path(self.runs_dir).iterdir())
                         if run.is_dir() and ((run / PROBE_FILE).is_file() or any(run.glob(f'*/{PROBE_FILE}')))]
         return sources
 
     def _probes(self, source: str) -> tuple[dict[str, Path], str]:
         """(every student's probe file beside the source, by name; the source's own student)."""
-        if source not in self.probe_sources():
+        entries = self.entries()
+        if source not in self.probe_sources(entries):
             raise StudioError(f'{source!r} is not a model or run with an attention probe on offer')
-        entry = self.offered(source, self.entries())
+        entry = self.offered(source, entries)
         if entry is None:  # a run folder: all its students, an ADViT one first
             found = find_probes(Path(self.runs_dir) / Path(source).name)
             return found, next((name for name in found if 'advit' in name), next(iter(found)))
@@ -378,7 +395,7 @@ class Studio:
                    f'held-out probe images; mean {kind.upper()} gap over layers {gaps[0].mean():.3f} at the first, '
                    f'{gaps[-1].mean():.3f} at the last. The figure: step {probe.steps[evaluation]}, probe image {image}.')
         return TrainingView(students=students, heatmap=heatmap, curves=curves, frame=frame, student=student,
-                            students_names=list(probes), steps=probe.steps.tolist(), summary=summary,
+                            students_names=list(probes), summary=summary,
                             data=probe.as_dict())
 
     # --- the comparison view ---------------------------------------------------------------------

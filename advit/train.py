@@ -36,7 +36,7 @@ from .losses import METHODS, DistillationLoss, TeacherForward, parse_method
 from .models import (check_architecture_args, create_model, is_distilled, model_image_size, model_normalization,
                      pretrained_classes)
 from .probe import PROBE_IMAGES, AttentionProbe
-from .run_folder import (RunStatus, StopSignal, append_metrics, close_log, open_log, restore_last, restore_last_rngs,
+from .run_folder import (RunStatus, StopSignal, append_metrics, close_log, open_log, restore_last, restore_rngs,
                          save_last, truncate_metrics, write_config)
 from .weights import CheckpointError
 
@@ -357,21 +357,23 @@ def shared_teacher_of(cfgs: list[TrainConfig], classes: list[str],
     return teacher, shared
 
 
-def restore_students(students: list[Student]) -> tuple[int, float]:
-    """Each student from its ``last`` checkpoint, all at one step; (step, seconds trained). None saved yet: (0, 0)."""
+def restore_students(students: list[Student]) -> tuple[int, float, dict[str, torch.Tensor]]:
+    """Each student from its ``last`` checkpoint, all at one step; (step, seconds trained, the first
+    student's saved random streams, which the run takes up). None saved yet: (0, 0, {})."""
     saved = [(s.run / 'last.safetensors').is_file() for s in students]
     if not any(saved):
-        return 0, 0.0
+        return 0, 0.0, {}
     if not all(saved):
         raise TrainingError('some students of the group have a last checkpoint and some not: cannot resume together')
-    steps, elapsed = [], 0.0
+    steps, elapsed, first = [], 0.0, None
     for s in students:
-        at, elapsed, s.best_val_top1 = restore_last(s.run, s.student, s.optimizer)
+        at, elapsed, s.best_val_top1, rngs = restore_last(s.run, s.student, s.optimizer)
+        first = rngs if first is None else first
         steps.append(at)
         s.log.info('resumed from %s at step %d', s.run / 'last.safetensors', at)
     if len(set(steps)) > 1:
         raise TrainingError(f'the students stopped at different steps {steps}: resume them one by one')
-    return steps[0], elapsed
+    return steps[0], elapsed, first
 
 
 def checkpoint_meta(cfg: TrainConfig, s: Student, classes: list[str], step: int, epoch_steps: int,
@@ -420,7 +422,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
                                cfg.attn_norm)
 
     # Resume, or start fresh run folders: nothing is written before data and models have loaded.
-    step, elapsed_before = restore_students(students) if resume else (0, 0.0)
+    step, elapsed_before, saved = restore_students(students) if resume else (0, 0.0, {})
     if ctx.is_main:
         for s in students:
             write_config(s.run, asdict(s.cfg), ctx.world_size, [c.method for c in cfgs])
@@ -434,7 +436,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     mixer = Mixup(cfg.mixup, cfg.cutmix, len(classes), cfg.label_smoothing, cfg.mix_prob, seed=stream_seed) \
         if cfg.mixup or cfg.cutmix else None
     if step and ctx.rank == 0:
-        restore_last_rngs(students[0].run, transform, mixer)
+        restore_rngs(saved, transform, mixer)
     for s in students:
         s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s%s',
                    s.cfg.method, cfg.model, sum(p.numel() for p in s.student.parameters()) / 1e6, device,

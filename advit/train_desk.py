@@ -100,6 +100,8 @@ class TrainDesk:
                  default_data: str | None = None, public: bool = False) -> None:
         self.manager, self.token = manager, token or None
         self.teachers, self.data_roots, self.default_data, self.public = teachers, data_roots, default_data, public
+        # A finished job's Table 1 by (name, launch time): the page asks for the job every 2 s, its files are final.
+        self._tables: dict[tuple[str, float | None], tuple[list[dict[str, Any]], str]] = {}
 
     @classmethod
     def from_env(cls, runs_dir: Path, teachers: Callable[[], dict[str, str]], data: Path) -> 'TrainDesk':
@@ -244,7 +246,12 @@ class TrainDesk:
             log = f'FAILED: {job["error"]}\n\n--- output ---\n{log}'
         figure = students_curves({method: self.manager.metrics(name, method) for method in job['methods']}) \
             if job['methods'] else training_curves(self.manager.metrics(name))
-        table, table_md = self._table1(name) if job['state'] == 'finished' else ([], '')
+        table, table_md = [], ''
+        if job['state'] == 'finished':
+            key = (job['name'], job.get('started'))
+            if key not in self._tables:
+                self._tables[key] = self._table1(name)
+            table, table_md = self._tables[key]
         return JobView(progress=progress_html(job['step'], job['total_steps'], job['progress'], job['eta_s'],
                                               job['state']),
                        figure=figure, log=log, job=job, table=table, table_md=table_md)

@@ -18,7 +18,6 @@ from PIL import Image
 
 from .inspection import AttentionReport
 from .probe import PROBE_FILE, read_probe
-from .render import layer_panels
 
 PROBE_SUFFIX = '.probe.npz'  # the bundle's: NAME.probe.npz beside NAME.safetensors
 PROBE_KEYS = ('steps', 'gaps', 'student_maps', 'teacher_maps', 'images', 'teacher_layers', 'grid', 'kinds')
@@ -205,16 +204,3 @@ def step_report(probe: ProbeRecord, evaluation: int, image: int) -> AttentionRep
                            gaps={kind: probe.gaps[evaluation, index] for index, kind in enumerate(probe.kinds)},
                            student_top5={}, teacher_top5={},
                            settings=dict(step=int(probe.steps[evaluation]), probe_image=image))
-
-
-def step_panels(probe: ProbeRecord, evaluation: int, image: int, opacity: float = 0.6) -> list[tuple[Image.Image, str]]:
-    """Per layer, the teacher's map then the student's at one evaluation over one probe image, each pair on
-    one colour scale, captioned with the layers and the layer's L1 gap then (``step_report``'s).
-
-    Args:
-        probe: One student's probe.
-        evaluation: Index into ``probe.steps``.
-        image: Index of the probe image.
-        opacity: 0 shows the image alone, 1 the maps alone.
-    """
-    return layer_panels(step_report(probe, evaluation, image), probe.image(image), opacity)

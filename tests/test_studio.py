@@ -226,7 +226,7 @@ def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar
     assert 'checkpoints/advit_l1.safetensors' in sources and 'checkpoints/teacher.safetensors' not in sources
     view = bundle.training_view('checkpoints/advit_l1.safetensors', kind='l2', evaluation=2, image=1)
     probe = load_probe(REPO / 'checkpoints' / 'advit_l1.probe.npz')
-    assert view.student == 'advit_l1' and 'vit' in view.students_names and view.steps == probe.steps.tolist()
+    assert view.student == 'advit_l1' and 'vit' in view.students_names and view.data['steps'] == probe.steps.tolist()
     np.testing.assert_array_equal(np.asarray(view.heatmap.data[0].z), probe.gap('l2').T)
     assert len(view.curves.data) == probe.layers and len(view.students.data) == len(view.students_names)
     assert view.frame.size == Layout.of(PANEL_SIZE).size(probe.layers)

@@ -17,9 +17,9 @@ from advit.cli import main
 from advit.evaluate import native_bf16
 from advit.losses import attention_gap
 from advit.probe import read_probe
-from advit.render import PANEL_SIZE, overlay
+from advit.render import PANEL_SIZE, layer_panels, overlay
 from advit.training_view import (ProbeError, find_probes, gap_curves, gap_heatmap, load_probe, load_probes,
-                                 step_panels, step_report, students_gap_figure)
+                                 step_report, students_gap_figure)
 
 BUNDLE = REPO / 'checkpoints'
 BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'deit_hard', 'vit')
@@ -136,6 +136,12 @@ def test_one_chart_shows_the_vit_gap_staying_large_while_the_advit_gap_shrinks(g
     assert curves['advit_l1'][-1] < 0.75 * curves['advit_l1'][0]
     assert curves['vit'][-1] > curves['vit'][0] and curves['vit'][-1] > 2 * curves['advit_l1'][-1]
     assert [curve.name for curve in students_gap_figure(load_probes(group_run), 'kl').data] == ['advit_l1', 'vit']
+
+
+def step_panels(probe, evaluation: int, image: int, opacity: float = 0.6):
+    """One evaluation's recorded maps drawn as the Attention tab's panels are (the app draws the same
+    report as its Fig. 2 figure)."""
+    return layer_panels(step_report(probe, evaluation, image), probe.image(image), opacity)
 
 
 def test_the_step_panels_show_the_recorded_maps_pairwise_on_one_scale(group_run):
