@@ -1,4 +1,4 @@
-"""Readable names for people: a model as "ADViT-L1 student · conv-stem ViT 4x128 · 71.3%", not a file path.
+"""Readable names for people: a model as "ADViT-L1 student · conv-stem ViT 4x128 · 69.0%", not a file path.
 
 The app shows these in its model lists; its API still takes the paths (``catalog.ModelEntry.key``).
 """

@@ -9,7 +9,7 @@ import advit  # noqa: F401  (registers the CIFAR models)
 from advit.capture import (ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping,
                            resample_to_grid)
 from attention_reference import explicit_cls_attention
-from conftest import TINY
+from conftest import TINY, tiny_vit
 
 MODELS = [
     ('vit_tiny_patch4_32', TINY, 32),
@@ -95,8 +95,7 @@ def test_non_vit_model_is_refused():
 def test_raw_maps_are_the_rows_patch_entries_and_heads_weigh_by_them():
     """'raw': each head's map is its softmax row's patch entries (summing to what it gives the
     patches); fused by the mean, then normalised once. Checked against the explicit N x N attention."""
-    torch.manual_seed(0)
-    model = timm.create_model('deit_tiny_distilled_patch4_32', **TINY).eval()  # two prefix tokens
+    model = tiny_vit(0, 'deit_tiny_distilled_patch4_32')  # two prefix tokens
     images = torch.randn(2, 3, 32, 32)
     rows = explicit_cls_attention(model, images, renormalize=False)
     with ClsAttentionCapture(model, 'raw') as capture, torch.no_grad():
@@ -117,7 +116,7 @@ def test_raw_maps_are_the_rows_patch_entries_and_heads_weigh_by_them():
 
 
 def test_a_vit_without_a_class_token_is_refused():
-    model = timm.create_model('vit_tiny_patch4_32', class_token=False, global_pool='avg', **TINY)
+    model = tiny_vit(0, class_token=False, global_pool='avg')
     with pytest.raises(ValueError, match='no class token'):
         ClsAttentionCapture(model)
 

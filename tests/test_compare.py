@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 
@@ -15,7 +14,7 @@ from advit.compare import Comparison, compare, comparison_cache, saved_predictio
 from advit.data import load_dataset
 from advit.evaluate import evaluation_paths, load_predictions, save_evaluation
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
-from conftest import TINY, save_tiny_checkpoint
+from conftest import save_tiny_checkpoint, tiny_vit
 
 NAME = 'vit_tiny_patch4_32'
 
@@ -91,8 +90,7 @@ def test_identical_models_never_disagree():
 @torch.no_grad()
 def predicted_here(seed: int, images: torch.Tensor) -> np.ndarray:
     """The classes the checkpoint's model predicts, computed here (its own normalisation)."""
-    torch.manual_seed(seed)
-    model = timm.create_model(NAME, **TINY).eval()
+    model = tiny_vit(seed, NAME)
     mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
     return model((images.float() / 255 - mean) / std).argmax(dim=-1).numpy()
 

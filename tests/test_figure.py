@@ -161,4 +161,11 @@ def test_npz_holds_the_reports_arrays(report):
 
 
 def test_json_is_the_reports_dict(report):
-    assert json.loads(report_json(report)) == report.as_dict()
+    saved = json.loads(report_json(report))
+    assert saved == report.as_dict()
+    assert saved['grid'] == list(report.grid)
+    assert [layer['teacher_layer'] for layer in saved['layers']] == report.teacher_layers
+    for index, layer in enumerate(saved['layers']):
+        np.testing.assert_allclose(layer['teacher_map'], report.teacher_maps[index], rtol=1e-6)
+        np.testing.assert_allclose(layer['student_map'], report.student_maps[index], rtol=1e-6)
+        assert [layer[kind] for kind in GAP_KINDS] == pytest.approx([float(report.gaps[k][index]) for k in GAP_KINDS])

@@ -183,6 +183,9 @@ def test_limits_from_env(monkeypatch):
     for variable in variables:
         monkeypatch.delenv(variable, raising=False)
     assert JobLimits.from_env() == JobLimits() and JobLimits.from_env(public=True) == JobLimits.public()
+    # The README's limits table.
+    assert JobLimits() == JobLimits(1, 16, 1_000_000, 604_800.0, 4096, 1_000_000_000)
+    assert JobLimits.public() == JobLimits(1, 4, 20_000, 3600.0, 256, 30_000_000)
     public, local = JobLimits.public(), JobLimits()
     assert all(getattr(public, name) < getattr(local, name) for name in
                ('max_queued', 'max_steps', 'max_seconds', 'max_batch_size', 'max_params')), 'tighter when public'

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
 import advit  # noqa: F401  (registers the CIFAR models)
 from advit.capture import ClsAttentionCapture
 from advit.rollout import full_attention, head_maps, mass_mask, prefix_share, rollout
 from attention_reference import explicit_cls_attention
-from conftest import TINY
+from conftest import TINY, tiny_vit
 
 # Two layers, one head, [CLS] + 2 patches: rows of the attention by hand.
 A1 = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]])
@@ -61,8 +60,7 @@ def test_head_fusion_and_discard_ratio():
 
 
 def test_full_attention_matches_the_capture_and_gives_heads_and_prefix_shares():
-    torch.manual_seed(0)
-    model = timm.create_model('deit_tiny_distilled_patch4_32', **TINY).eval()  # two prefix tokens
+    model = tiny_vit(0, 'deit_tiny_distilled_patch4_32')  # two prefix tokens
     images = torch.randn(2, 3, 32, 32)
     attention = full_attention(model, images)
     assert attention.shape == (2, TINY['depth'], TINY['num_heads'], 66, 66)
