@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
+from .attention_path import use_attention_path
 from .checkpoint import describe_mismatch, load_checkpoint, read_metadata
 from .models import create_model, is_vit_name
 from .names import model_label
@@ -193,6 +194,9 @@ class ModelCache:
             meta = {'model': name, 'classes': [info.index_to_description(i) for i in range(1000)],
                     'mean': list(model.pretrained_cfg['mean']), 'std': list(model.pretrained_cfg['std']),
                     'image_size': 224}
-            return model, meta
-        loaded = load_checkpoint(key)
-        return loaded.model, loaded.meta
+        else:
+            loaded = load_checkpoint(key)
+            model, meta = loaded.model, loaded.meta
+        # The app's models read one image at a time, on the CPU, in float32.
+        use_attention_path(model, 'auto', torch.device('cpu'), batch=1, training=False)
+        return model, meta

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .attention_path import use_attention_path
 from .augment import BatchTransform
 from .checkpoint import load_checkpoint
 from .data import ImageSet, batches, load_dataset
@@ -37,9 +38,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def compute_dtype(device: torch.device, amp: bool = True) -> torch.dtype:
+    """The dtype matmuls run in: bf16 under ``autocast`` where the device runs it natively, else float32."""
+    return torch.bfloat16 if amp and native_bf16(device) else torch.float32
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast where the device runs bf16 natively (``native_bf16``); full precision elsewhere."""
-    if enabled and native_bf16(device):
+    if compute_dtype(device, enabled) == torch.bfloat16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -187,4 +193,5 @@ def checkpoint_probs(
         mean, std = model_normalization(loaded.model)
     size = loaded.meta.get('image_size') or model_image_size(loaded.model)  # a CNN takes the size it trained at
     transform = BatchTransform('cifar32', size, mean, std, seed=0, device=target)
+    use_attention_path(loaded.model, 'auto', target, batch_size, training=False, dtype=compute_dtype(target))
     return predict(loaded.model, test, transform, batch_size, target, progress=progress), loaded.meta

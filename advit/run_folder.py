@@ -149,9 +149,10 @@ def save_last(run: Path, model: nn.Module, meta: dict[str, Any], progress: dict[
 
 
 def restore_last(run: Path, model: nn.Module,
-                 optimizer: torch.optim.Optimizer) -> tuple[int, float, float, dict[str, torch.Tensor]]:
-    """Load weights and optimiser state from ``last.safetensors``; return (step, elapsed, best validation
-    top-1, its saved random streams, for ``restore_rngs`` once the streams exist): the file is read once."""
+                 optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load weights and optimiser state from ``last.safetensors``; return (its progress record: step,
+    elapsed, best validation top-1, attention paths; its saved random streams, for ``restore_rngs`` once
+    the streams exist): the file is read once."""
     path = run / 'last.safetensors'
     tensors = read_tensors(path)
     progress = read_metadata(path).get('progress')
@@ -161,7 +162,7 @@ def restore_last(run: Path, model: nn.Module,
     state = train_state(tensors)
     load_optimizer_tensors(optimizer, state)
     rngs = {key: value for key, value in state.items() if key.startswith('rng/')}
-    return int(progress['step']), float(progress['elapsed']), float(progress['best_val_top1']), rngs
+    return progress, rngs
 
 
 def rng_tensors(transform: BatchTransform, mixer: Mixup | None) -> dict[str, torch.Tensor]:

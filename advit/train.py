@@ -27,11 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
+from .attention_path import ATTENTION_PATHS, attention_path_of, set_attention_path, use_attention_path
 from .augment import RECIPES, BatchTransform, Mixup
 from .capture import HEAD_FUSIONS, NORMALIZATIONS
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
-from .evaluate import autocast, native_bf16, predict, save_evaluation, summarize
+from .evaluate import autocast, compute_dtype, native_bf16, predict, save_evaluation, summarize
 from .losses import METHODS, DistillationLoss, TeacherForward, parse_method
 from .models import (check_architecture_args, create_model, is_distilled, model_image_size, model_normalization,
                      pretrained_classes)
@@ -107,6 +108,10 @@ class TrainConfig:
     device: str = setting('auto', 'where to train', choices=('auto', 'cpu', 'cuda'))
     amp: bool = setting(True, 'bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / '
                         'AMX); --no-amp turns it off', flag='--no-amp')
+    attn_path: str = setting('auto', 'attention of the blocks: fused (scaled_dot_product_attention), explicit '
+                             '(softmax(q k^T) v as matmuls), or auto: the faster of the two, timed at the start on the '
+                             'run\'s own shapes and device (kept on resume); maps and losses are the same on both',
+                             choices=ATTENTION_PATHS)
     compile: bool = setting(False, 'torch.compile the forwards (minutes of compiling first; pays on long GPU runs)')
     log_every: int = setting(50, 'steps between metrics lines')
     eval_every: int = setting(0, 'steps between evaluations; 0: at each epoch\'s end')
@@ -157,6 +162,8 @@ def validate(cfg: TrainConfig) -> None:
             raise TrainingError(f'{name} must be positive, got {value}')
     if cfg.attn_norm not in NORMALIZATIONS:
         raise TrainingError(f'unknown attention normalization {cfg.attn_norm!r}: choose one of {NORMALIZATIONS}')
+    if cfg.attn_path not in ATTENTION_PATHS:
+        raise TrainingError(f'unknown attention path {cfg.attn_path!r}: choose one of {ATTENTION_PATHS}')
     if cfg.head_fusion not in HEAD_FUSIONS:
         raise TrainingError(f'unknown head fusion {cfg.head_fusion!r}: choose one of {HEAD_FUSIONS}')
     if cfg.val_size < 0:
@@ -279,6 +286,7 @@ class Student:
     optimizer: torch.optim.Optimizer
     status: RunStatus
     log: logging.Logger
+    attention_path: str = 'none'  # 'fused' or 'explicit' ('none': not a ViT), as use_attention_path chose
     best_val_top1: float = -1.0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # loss terms since the last log line
 
@@ -326,6 +334,8 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
         **cfg.model_args).to(ctx.device)
     if method.logit is not None and is_distilled(student):
         student.set_distilled_training(True)
+    path = use_attention_path(student, cfg.attn_path, ctx.device, max(1, cfg.batch_size // ctx.world_size),
+                              training=True, dtype=compute_dtype(ctx.device, cfg.amp))
     criterion = DistillationLoss(
         member.method, student, teacher if method.needs_teacher else None,
         attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau, label_smoothing=cfg.label_smoothing,
@@ -337,17 +347,21 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
         if ctx.distributed else student
     if cfg.compile:
         model = torch.compile(model)
-    return Student(member, student, model, criterion, optimizer, status, open_log(Path(member.out), ctx.is_main, tag))
+    return Student(member, student, model, criterion, optimizer, status, open_log(Path(member.out), ctx.is_main, tag),
+                   attention_path=path)
 
 
 def shared_teacher_of(cfgs: list[TrainConfig], classes: list[str],
-                      device: torch.device) -> tuple[nn.Module | None, TeacherForward | None]:
-    """The group's teacher (None if no method needs one) and its forward, shared by the students' losses."""
+                      ctx: distributed.Context) -> tuple[nn.Module | None, TeacherForward | None]:
+    """The group's teacher (None if no method needs one) and its forward, shared by the students' losses;
+    its attention path set (it only infers, on the students' batches)."""
     cfg, methods = cfgs[0], [parse_method(c.method) for c in cfgs]
     teacher_cfg = next((c for c, m in zip(cfgs, methods) if m.needs_teacher), None)
     if teacher_cfg is None:
         return None, None
-    teacher = load_teacher(teacher_cfg, classes, device)
+    teacher = load_teacher(teacher_cfg, classes, ctx.device)
+    use_attention_path(teacher, cfg.attn_path, ctx.device, max(1, cfg.batch_size // ctx.world_size), training=False,
+                       dtype=compute_dtype(ctx.device, cfg.amp))
     with torch.device('meta'):  # the students' input normalisation (one architecture for all), no weights
         student_norm = model_normalization(create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args))
     shared = TeacherForward(teacher, student_norm, capture=any(m.attention for m in methods), shared=True,
@@ -357,9 +371,11 @@ def shared_teacher_of(cfgs: list[TrainConfig], classes: list[str],
     return teacher, shared
 
 
-def restore_students(students: list[Student]) -> tuple[int, float, dict[str, torch.Tensor]]:
+def restore_students(students: list[Student], teacher: nn.Module | None) -> tuple[int, float, dict[str, torch.Tensor]]:
     """Each student from its ``last`` checkpoint, all at one step; (step, seconds trained, the first
-    student's saved random streams, which the run takes up). None saved yet: (0, 0, {})."""
+    student's saved random streams, which the run takes up). None saved yet: (0, 0, {}). An ``auto``
+    attention path takes up the paths the run measured when it started, so it ends bitwise as the
+    uninterrupted run would."""
     saved = [(s.run / 'last.safetensors').is_file() for s in students]
     if not any(saved):
         return 0, 0.0, {}
@@ -367,7 +383,14 @@ def restore_students(students: list[Student]) -> tuple[int, float, dict[str, tor
         raise TrainingError('some students of the group have a last checkpoint and some not: cannot resume together')
     steps, elapsed, first = [], 0.0, None
     for s in students:
-        at, elapsed, s.best_val_top1, rngs = restore_last(s.run, s.student, s.optimizer)
+        progress, rngs = restore_last(s.run, s.student, s.optimizer)
+        at, elapsed, s.best_val_top1 = int(progress['step']), float(progress['elapsed']), progress['best_val_top1']
+        chosen = progress.get('attention_paths', {}) if s.cfg.attn_path == 'auto' else {}
+        if chosen.get('student', 'none') != 'none':
+            set_attention_path(s.student, chosen['student'])
+            s.attention_path = chosen['student']
+        if teacher is not None and chosen.get('teacher', 'none') != 'none':
+            set_attention_path(teacher, chosen['teacher'])
         first = rngs if first is None else first
         steps.append(at)
         s.log.info('resumed from %s at step %d', s.run / 'last.safetensors', at)
@@ -408,7 +431,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     total_steps = min(step_limits, default=None)  # None: the time budget alone ends the run
 
     # The teacher, loaded once; its forward runs once per batch for every student that needs it.
-    teacher, shared_teacher = shared_teacher_of(cfgs, classes, device)
+    teacher, shared_teacher = shared_teacher_of(cfgs, classes, ctx)
     students = [build_student(member, cfg, classes, shared_teacher, status, ctx,
                               member.method if len(cfgs) > 1 else None) for member, status in zip(cfgs, statuses)]
     mean, std = model_normalization(students[0].student)
@@ -422,7 +445,9 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
                                cfg.attn_norm)
 
     # Resume, or start fresh run folders: nothing is written before data and models have loaded.
-    step, elapsed_before, saved = restore_students(students) if resume else (0, 0.0, {})
+    step, elapsed_before, saved = restore_students(students, teacher) if resume else (0, 0.0, {})
+    teacher_path = attention_path_of(teacher) if hasattr(teacher, 'blocks') else 'none'
+
     if ctx.is_main:
         for s in students:
             write_config(s.run, asdict(s.cfg), ctx.world_size, [c.method for c in cfgs])
@@ -438,11 +463,12 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     if step and ctx.rank == 0:
         restore_rngs(saved, transform, mixer)
     for s in students:
-        s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s%s',
+        s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
+                   'attention %s (teacher %s)%s',
                    s.cfg.method, cfg.model, sum(p.numel() for p in s.student.parameters()) / 1e6, device,
                    ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
                    len(splits.test), total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
-                   ', bf16' if cfg.amp and native_bf16(device) else '',
+                   ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, teacher_path,
                    f', with {len(cfgs) - 1} other students on the same batches' if len(cfgs) > 1 else '')
         s.student.train()
         s.criterion.train()
@@ -512,7 +538,8 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
                                                                                   None), step, epoch_steps)
                 if save_now:
                     save_last(s.run, s.student, checkpoint_meta(cfg, s, classes, step, epoch_steps, s.best_val_top1),
-                              dict(step=step, elapsed=time.time() - start, best_val_top1=s.best_val_top1),
+                              dict(step=step, elapsed=time.time() - start, best_val_top1=s.best_val_top1,
+                                   attention_paths=dict(student=s.attention_path, teacher=teacher_path)),
                               s.optimizer, transform, mixer)
         if evaluate_now or save_now:
             distributed.barrier(ctx)  # the other ranks wait while rank 0 evaluates and writes
@@ -558,6 +585,8 @@ def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, dev
     ``test_top1`` in its metadata. Returns the test top-1."""
     loaded = load_checkpoint(best_path, device=device)
     transform = BatchTransform(cfg.recipe, cfg.image_size, loaded.meta['mean'], loaded.meta['std'], seed=0, device=device)
+    use_attention_path(loaded.model, cfg.attn_path, device, cfg.eval_batch_size, training=False,
+                       dtype=compute_dtype(device, cfg.amp))
     probs = predict(loaded.model, test_set, transform, cfg.eval_batch_size, device, cfg.amp)
     metrics = save_evaluation(best_path, probs, test_set.labels, test_set.classes, {
         'checkpoint': str(best_path), 'data': cfg.data, 'split': 'test', 'model': cfg.model, 'method': cfg.method,

@@ -172,12 +172,13 @@ def test_killed_run_resumes_from_last(tmp_path, data_flags, teacher_checkpoint):
     assert load_checkpoint(out / 'best.safetensors').meta['step'] == 400
 
 
-def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, data_flags):
+@pytest.mark.parametrize('attn_path', ['fused', 'explicit'])
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(attn_path, tmp_path, data_flags):
     """Killed and resumed, a run with every random stream in use (strong augmentation, mixup and
-    CutMix, drop-path) ends with the weights of the same run left alone: bitwise."""
+    CutMix, drop-path) ends with the weights of the same run left alone: bitwise, on either attention path."""
     common = ['train', '--method', 'vit', '--steps', '60', '--save-every', '4', '--eval-every', '1000',
               '--recipe', 'cifar32_strong', '--mixup', '0.8', '--cutmix', '1.0', '--drop-path', '0.2',
-              *data_flags, *tiny_flags()]
+              '--attn-path', attn_path, *data_flags, *tiny_flags()]
     alone, interrupted = tmp_path / 'alone', tmp_path / 'interrupted'
     assert main([*common, '--out', str(alone)]) == 0
     last = interrupted / 'last.safetensors'
