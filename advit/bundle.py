@@ -32,7 +32,9 @@ from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
+from .faithfulness import ROLLOUT, TEST_IMAGES, VERDICTS, FaithfulnessCurves, headline, verdict
 from .io import atomic_path
+from .precision import native_bf16
 from .probe import PROBE_FILE
 from .report import RunResult, differing_fields, load_run, markdown_table, table2, table2_columns
 from .weights import TRAIN_STATE_PREFIX
@@ -147,13 +149,90 @@ def hardware() -> str:
     """The machine in words: the GPU's name, or the CPU's model, its cores and whether it runs bf16 natively."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    from .evaluate import native_bf16
     cpuinfo = Path('/proc/cpuinfo')
     names = [line.split(':', 1)[1].strip() for line in cpuinfo.read_text().splitlines()
              if line.startswith('model name')] if cpuinfo.is_file() else []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     bf16 = 'bf16 natively' if native_bf16(torch.device('cpu')) else 'no native bf16 (fp32)'
     return f'{names[0] if names else platform.processor() or "CPU"}, {cores} cores, {bf16}'
+
+
+FAITHFULNESS_COLUMNS = [('faith_last', 'faithfulness, last layer (pts)'), ('faith_rollout', 'faithfulness, rollout (pts)')]
+FAITHFULNESS_HEADING = '## Faithfulness of the maps'
+
+
+def faithfulness_section(out: Path, names: list[str]) -> str:
+    """The card's account of how faithful each model's maps are (``faithfulness.py``), from the bundle's
+    evaluation files: every layer's and rollout's quarter drop with its verdict, and the deletion and
+    insertion areas of the last layer and rollout against a random order."""
+    evaluations = {name: _read_json(evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
+    measured = {name: FaithfulnessCurves.from_dict(e['faithfulness']) for name, e in evaluations.items()
+                if 'faithfulness' in e}
+    intro = (f'{FAITHFULNESS_HEADING}\n\nDoes a model use the patches its [CLS] map points at? On a fixed random '
+             f'{TEST_IMAGES} test images, patches are masked (set to the dataset mean) in the order of each map, most '
+             'attended first, and accuracy and the true class\'s probability are read as they go; a random order is '
+             'the baseline. **Quarter drop**: points of accuracy lost by masking the map\'s top quarter of patches '
+             'beyond those lost by masking a random quarter (positive: the map points at what the model uses; '
+             f'{", ".join(f"{words} from {bar:g}" for bar, words in VERDICTS[:-1])}, below that '
+             f'"{VERDICTS[-1][1]}"). Table 1\'s faithfulness columns are the last layer\'s and rollout\'s. The '
+             'measure says whether a map is about what the model uses, not whether it is about the object a '
+             'person sees: it can be background.\n\n')
+    if not measured:
+        return intro + 'Not measured for these files yet: `advit faithfulness checkpoints/*.safetensors`.\n'
+    sources = max((curves.sources for curves in measured.values()), key=len)
+    rows = [dict(run=name, **{source: (curves.quarter_drop(source) if source in curves.sources else None)
+                              for source in sources}) for name, curves in measured.items()]
+    drops = markdown_table(rows, [('run', 'run')] + [(source, f'{source} (pts)') for source in sources])
+    area_rows = []
+    for name, curves in measured.items():
+        for source in (curves.sources[-2], ROLLOUT):
+            drop = curves.quarter_drop(source)
+            area_rows.append(dict(run=name, map=source, drop=drop, verdict=verdict(drop), **{
+                f'{mode}_{order}': curves.area('probability', mode, source, order)
+                for mode in ('deletion', 'insertion') for order in ('map', 'random', 'reversed')}))
+    areas = markdown_table(area_rows, [
+        ('run', 'run'), ('map', 'map'), ('drop', 'quarter drop (pts)'), ('verdict', 'verdict'),
+        ('deletion_map', 'deletion area, map'), ('deletion_random', 'random'), ('deletion_reversed', 'reversed'),
+        ('insertion_map', 'insertion area, map'), ('insertion_random', 'random'), ('insertion_reversed', 'reversed')])
+    return (intro + 'Quarter drop of every map:\n\n' + drops + '\nAreas under the true class\'s probability as '
+            'patches are deleted (lower: more faithful) or inserted (higher: more faithful), in the map\'s order, a '
+            'random one and the reversed map\'s:\n\n' + areas)
+
+
+def refresh_faithfulness(out: str | Path) -> None:
+    """Bring an existing card's faithfulness up to date with the bundle's evaluation files, in place: Table
+    1's faithfulness columns and the faithfulness section (the rest of the card, made from run folders that
+    may be gone, is kept as written). ``advit faithfulness`` measures the files first."""
+    out = Path(out)
+    card = (out / CARD).read_text()
+    lines = card.split('\n')
+    start = lines.index(next(line for line in lines if line.startswith('## Table 1'))) + 2
+    end = next(index for index in range(start, len(lines)) if not lines[index].startswith('|'))
+    header = [cell.strip() for cell in lines[start].strip('|').split('|')]
+    titles = [title for _, title in FAITHFULNESS_COLUMNS]
+    kept = [index for index, title in enumerate(header) if title not in titles]
+    at = next(position for position, index in enumerate(kept) if header[index] == 'test top-1 (%)') + 1
+    names = [line.strip('|').split('|')[0].strip() for line in lines[start + 2:end]]
+    results = {name: headline(_read_json(evaluation_paths(out / f'{name}.safetensors')[0])) for name in names}
+
+    def row(cells: list[str], extra: list[str]) -> str:
+        chosen = [cells[index] for index in kept]
+        return '| ' + ' | '.join(chosen[:at] + extra + chosen[at:]) + ' |'
+    table = [row(header, titles), '|' + ' --- |' * (len(kept) + len(titles))]
+    for line, name in zip(lines[start + 2:end], names):
+        cells = [cell.strip() for cell in line.strip('|').split('|')]
+        values = [results[name]['last layer'], results[name][ROLLOUT]]
+        table.append(row(cells, [f'{value:.2f}' if value is not None else '–' for value in values]))
+    lines[start:end] = table
+    text = '\n'.join(lines)
+    section = faithfulness_section(out, names)
+    if FAITHFULNESS_HEADING in text:
+        begin = text.index(FAITHFULNESS_HEADING)
+        text = text[:begin] + section + '\n' + text[text.index('\n## ', begin + 1) + 1:]
+    else:
+        text = text.replace('## Table 2', section + '\n## Table 2', 1)
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text(text)
 
 
 def _curves(runs: Path, names: list[str]) -> str:
@@ -201,13 +280,15 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
 
     rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
-                 top1=result.top1, paper=_paper_top1(name, result), params_m=result.params / 1e6,
+                 top1=result.top1, faith_last=result.faithfulness.get('last layer'),
+                 faith_rollout=result.faithfulness.get(ROLLOUT), paper=_paper_top1(name, result),
+                 params_m=result.params / 1e6,
                  steps=status[name].get('step'), seconds=status[name].get('elapsed'),
                  weights='yes' if name in shipped else 'no (evaluation only)')
             for name, result in results.items()]
     table1 = markdown_table(rows, [
         ('run', 'run'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'), ('val', 'val top-1 (%)'),
-        ('top1', 'test top-1 (%)'), ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'), ('steps', 'steps'),
+        ('top1', 'test top-1 (%)'), *FAITHFULNESS_COLUMNS, ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'), ('steps', 'steps'),
         ('seconds', 'training (s)'), ('weights', 'weights shipped')])
     if 'deit_hard' in results and best is not None:
         a, b = results['deit_hard'], results[best]
@@ -280,6 +361,7 @@ Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model 
 method for each of our students. `NAME.probe.npz` holds each run's attention gap to the teacher,
 per layer, at every evaluation, on 256 held-out training images, and the maps of 8 of them.
 
+{faithfulness_section(out, names)}
 ## Table 2: per class
 
 {table2_text}

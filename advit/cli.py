@@ -1,4 +1,5 @@
-"""Command line: ``advit train``, ``advit eval``, ``advit report``, ``advit bundle`` (also ``python -m advit``)."""
+"""Command line: ``advit train``, ``advit eval``, ``advit faithfulness``, ``advit report``, ``advit bundle``
+(also ``python -m advit``)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ from typing import Any, Sequence
 
 from .bundle import MAX_MB, BundleError
 from .data import DatasetError, default_dataset
+from .faithfulness import TEST_IMAGES
 from .losses import METHODS, parse_method
 from .presets import PRESETS, preset
 from .report import ReportError
@@ -97,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--batch-size', type=int, default=256)
     e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     e.add_argument('--cache-dir', help='decoded-dataset cache')
+    f = commands.add_parser('faithfulness', help='measure how faithful checkpoints\' attention maps are (deletion and '
+                            'insertion curves of every layer and rollout) and add it to their evaluation files',
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument('checkpoints', nargs='+', help='advit checkpoints of ViTs (or a state dict with --model)')
+    f.add_argument('--data', default=default_dataset(), help='dataset (its test split is used; default: ADVIT_DATA, '
+                   'else the shared CIFAR-10 archive)')
+    f.add_argument('--images', type=int, default=TEST_IMAGES, help='test images measured (a fixed random subset)')
+    f.add_argument('--model', help='architecture of a state dict without advit metadata')
+    f.add_argument('--batch-size', type=int, default=256)
+    f.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    f.add_argument('--cache-dir', help='decoded-dataset cache')
+    f.add_argument('--card', metavar='BUNDLE', help='then bring the faithfulness of this bundle\'s model card up to '
+                   'date (its Table 1 columns and section)')
     r = commands.add_parser('report', help='results tables (paper Tables 1 and 2) from run folders')
     r.add_argument('runs', nargs='+', help='run folders (each with best.safetensors and best.eval.json)')
     r.add_argument('--out', default='report', help='folder for table1.md/.csv, table2.md/.csv, per_class.png')
@@ -166,6 +181,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device, sweep=args.sweep)
             print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
                   f'model card {Path(args.out) / "README.md"}')
+        elif args.command == 'faithfulness':
+            from .bundle import refresh_faithfulness
+            from .data import load_dataset
+            from .evaluate import measure_checkpoint_faithfulness
+            from .faithfulness import FaithfulnessCurves, verdict
+            if args.images <= 0:
+                raise ValueError(f'--images must be positive, got {args.images}')
+            test = load_dataset(args.data, args.cache_dir)['test']
+            for checkpoint in args.checkpoints:
+                curves = FaithfulnessCurves.from_dict(measure_checkpoint_faithfulness(
+                    checkpoint, test, args.images, args.batch_size, args.device, args.model))
+                drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f}' for source in curves.sources)
+                last, rollout = (verdict(curves.quarter_drop(source)) for source in curves.sources[-2:])
+                print(f'{checkpoint}: quarter drop (points) {drops}; last layer {last}, rollout {rollout}')
+            if args.card:
+                refresh_faithfulness(args.card)
+                print(f'model card {Path(args.card) / "README.md"} brought up to date')
         else:
             from .evaluate import evaluate_checkpoint
             metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,

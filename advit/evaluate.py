@@ -6,8 +6,7 @@ the app's comparison gallery (paper Table 3) reads.
 """
 from __future__ import annotations
 
-import functools
-from contextlib import nullcontext
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,37 +16,13 @@ import torch.nn as nn
 
 from .attention_path import use_attention_path
 from .augment import BatchTransform
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from .data import ImageSet, batches, load_dataset
 from .distributed import resolve_device
+from .faithfulness import TEST_IMAGES, split_faithfulness
 from .io import atomic_path, write_json
 from .models import model_image_size, model_normalization
-
-
-@functools.lru_cache(maxsize=None)  # autocast asks on every step; the answer never changes
-def native_bf16(device: torch.device) -> bool:
-    """True where bf16 matmuls run in hardware: CUDA, and CPUs with AVX512-BF16 or AMX.
-
-    Elsewhere a CPU emulates bf16 and autocast would be slower than fp32, so it stays off.
-    """
-    if device.type == 'cuda':
-        return True
-    if device.type == 'cpu':
-        probes = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')  # private: absent on old torch, fp32
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-    return False
-
-
-def compute_dtype(device: torch.device, amp: bool = True) -> torch.dtype:
-    """The dtype matmuls run in: bf16 under ``autocast`` where the device runs it natively, else float32."""
-    return torch.bfloat16 if amp and native_bf16(device) else torch.float32
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast where the device runs bf16 natively (``native_bf16``); full precision elsewhere."""
-    if compute_dtype(device, enabled) == torch.bfloat16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+from .precision import autocast, compute_dtype
 
 
 @torch.no_grad()
@@ -129,6 +104,7 @@ def evaluate_checkpoint(
         cache_dir: str | Path | None = None,
         model_name: str | None = None,
         progress: Callable[[float], None] | None = None,
+        faithfulness_images: int = TEST_IMAGES,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset's test split and save metrics and predictions beside it.
 
@@ -141,9 +117,10 @@ def evaluate_checkpoint(
         cache_dir: Decoded-dataset cache folder.
         model_name: Architecture, for a state dict without advit metadata.
         progress: Called with the fraction of test images done.
+        faithfulness_images: Test images the maps' faithfulness is measured on (0: not measured).
     """
     test = load_dataset(data, cache_dir)['test'].subset(subset)
-    return evaluate_split(checkpoint, test, str(data), batch_size, device, model_name, progress)
+    return evaluate_split(checkpoint, test, str(data), batch_size, device, model_name, progress, faithfulness_images)
 
 
 def evaluate_split(
@@ -154,8 +131,10 @@ def evaluate_split(
         device: str = 'auto',
         model_name: str | None = None,
         progress: Callable[[float], None] | None = None,
+        faithfulness_images: int = TEST_IMAGES,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a test split in memory; save metrics and predictions beside it.
+    """Evaluate a checkpoint on a test split in memory; save metrics and predictions beside it. A ViT's
+    evaluation also holds its maps' faithfulness (``faithfulness.split_faithfulness``).
 
     Args:
         checkpoint: The checkpoint file.
@@ -165,21 +144,46 @@ def evaluate_split(
         device: ``auto``, ``cpu`` or ``cuda``.
         model_name: Architecture, for a state dict without advit metadata.
         progress: Called with the fraction of test images done.
+        faithfulness_images: Test images the maps' faithfulness is measured on (0: not measured).
     """
-    probs, meta = checkpoint_probs(checkpoint, test, batch_size, device, model_name, progress)
-    extra = {'checkpoint': str(checkpoint), 'data': data_name, 'model': meta.get('model'), 'method': meta.get('method')}
+    loaded, transform, target = load_for_evaluation(checkpoint, test, batch_size, device, model_name)
+    probs = predict(loaded.model, test, transform, batch_size, target, progress=progress)
+    extra = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
+             'method': loaded.meta.get('method')}
+    faithfulness = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, faithfulness_images,
+                                      batch_size, amp=True)
+    if faithfulness is not None:
+        extra['faithfulness'] = faithfulness
     return save_evaluation(checkpoint, probs, test.labels, test.classes, extra)
 
 
-def checkpoint_probs(
-        checkpoint: str | Path,
-        test: ImageSet,
-        batch_size: int = 256,
-        device: str = 'auto',
-        model_name: str | None = None,
-        progress: Callable[[float], None] | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """A checkpoint's class probabilities on a test split, and its metadata; nothing is written.
+def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, count: int = TEST_IMAGES,
+                                    batch_size: int = 256, device: str = 'auto',
+                                    model_name: str | None = None) -> dict[str, Any]:
+    """Measure a ViT checkpoint's faithfulness on a test split and add it to its evaluation file beside
+    it (the rest of the file as it was, or a file of its own if there is none); return the curves.
+
+    Args:
+        checkpoint: The checkpoint file.
+        test: The split (``count`` of its images are measured).
+        count: Images measured.
+        batch_size, device, model_name: as ``evaluate_split``'s.
+    """
+    loaded, transform, target = load_for_evaluation(checkpoint, test, batch_size, device, model_name)
+    faithfulness = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, count, batch_size,
+                                      amp=True)
+    if faithfulness is None:
+        raise ValueError(f'{checkpoint}: {loaded.meta.get("model")} has no [CLS] attention to measure')
+    metrics_path = evaluation_paths(checkpoint)[0]
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {'checkpoint': str(checkpoint)}
+    write_json(metrics_path, dict(metrics, faithfulness=faithfulness))
+    return faithfulness
+
+
+def load_for_evaluation(checkpoint: str | Path, test: ImageSet, batch_size: int = 256, device: str = 'auto',
+                        model_name: str | None = None) -> tuple[Checkpoint, BatchTransform, torch.device]:
+    """A checkpoint's model on its device, checked against the split's classes, with its evaluation
+    transform and its fastest attention path for ``batch_size``.
 
     Args: as ``evaluate_split``'s.
     """
@@ -194,4 +198,20 @@ def checkpoint_probs(
     size = loaded.meta.get('image_size') or model_image_size(loaded.model)  # a CNN takes the size it trained at
     transform = BatchTransform('cifar32', size, mean, std, seed=0, device=target)
     use_attention_path(loaded.model, 'auto', target, batch_size, training=False, dtype=compute_dtype(target))
+    return loaded, transform, target
+
+
+def checkpoint_probs(
+        checkpoint: str | Path,
+        test: ImageSet,
+        batch_size: int = 256,
+        device: str = 'auto',
+        model_name: str | None = None,
+        progress: Callable[[float], None] | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A checkpoint's class probabilities on a test split, and its metadata; nothing is written.
+
+    Args: as ``evaluate_split``'s.
+    """
+    loaded, transform, target = load_for_evaluation(checkpoint, test, batch_size, device, model_name)
     return predict(loaded.model, test, transform, batch_size, target, progress=progress), loaded.meta

@@ -1,12 +1,15 @@
 """The attention probe: at every evaluation, how far each student's attention is from the teacher's.
 
-On a fixed probe set of held-out training images (the first ``PROBE_IMAGES`` of the validation
+On a fixed probe set of held-out training images (a fixed random ``PROBE_IMAGES`` of the validation
 split, never test images), each evaluation records the student's per-layer gap to the teacher
-(L1, L2 and KL, as the losses define them, averaged over the probe images) and both models' maps
-on the first ``MAP_IMAGES`` of them. One small file per run, ``attention_probe.npz``, rewritten
-atomically at each evaluation, which the app's training view draws without a second training:
+(L1, L2 and KL, as the losses define them, averaged over the probe images), the faithfulness of its
+maps (the quarter drop of each layer's map and of rollout, ``faithfulness.quarter_drops``) and both
+models' maps on the first ``MAP_IMAGES`` of them. One small file per run, ``attention_probe.npz``,
+rewritten atomically at each evaluation, which the app's training view draws without a second training:
 
 - ``steps`` (E,), ``gaps`` (E, 3, layers) in the order of ``kinds``,
+- ``faithfulness`` (E, layers + 1) quarter drops in points, in the order of ``faithfulness_sources``
+  (NaN where an evaluation did not measure them),
 - ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
 - ``images`` (MAP_IMAGES, 3, H, W) uint8, ``teacher_layers`` (layers,), ``grid`` (2,).
 """
@@ -20,10 +23,11 @@ import torch.nn as nn
 
 from .augment import BatchTransform
 from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
-from .evaluate import autocast
+from .faithfulness import source_names
 from .io import atomic_path
 from .losses import attention_gap, renormalize
 from .models import model_normalization, patch_grid
+from .precision import autocast
 
 PROBE_IMAGES = 256
 MAP_IMAGES = 8
@@ -76,14 +80,23 @@ class AttentionProbe:
                          for kind in GAP_KINDS])
         return gaps, student_maps[:MAP_IMAGES, :, 0].cpu().numpy(), teacher_maps[:MAP_IMAGES, :, 0].cpu().numpy()
 
-    def record(self, student: nn.Module, step: int, run: Path) -> dict[str, list[float]]:
-        """Add this evaluation's gaps and maps to ``run/attention_probe.npz``; return the gaps by kind."""
+    def record(self, student: nn.Module, step: int, run: Path,
+               faithfulness: dict[str, float] | None = None) -> dict[str, list[float]]:
+        """Add this evaluation's gaps, maps and faithfulness (quarter drops by source, measured by the
+        caller on the same images) to ``run/attention_probe.npz``; return the gaps by kind."""
         gaps, student_maps, teacher_maps = self.gaps(student)
+        sources = source_names(student_maps.shape[1])
+        faithful = np.array([(faithfulness or {}).get(source, np.nan) for source in sources], dtype=np.float32)
         path = Path(run) / PROBE_FILE
         earlier = read_probe(path) if path.is_file() else None
         keep = earlier['steps'] < step if earlier is not None else None  # a resumed run writes its steps again
+        earlier_faithful = earlier.get('faithfulness', np.full((len(earlier['steps']), len(sources)), np.nan,
+                                                               dtype=np.float32)) if earlier is not None else None
         arrays = dict(
             steps=np.append(earlier['steps'][keep], step) if earlier is not None else np.array([step]),
+            faithfulness=np.concatenate([earlier_faithful[keep], faithful[None]]) if earlier is not None
+            else faithful[None],
+            faithfulness_sources=np.array(sources),
             gaps=np.concatenate([earlier['gaps'][keep], gaps[None]]) if earlier is not None else gaps[None],
             student_maps=np.concatenate([earlier['student_maps'][keep], student_maps[None].astype(np.float16)])
             if earlier is not None else student_maps[None].astype(np.float16),

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from matplotlib import colormaps
 from PIL import Image
 
+from .faithfulness import ROLLOUT, FaithfulnessCurves
 from .inspection import AttentionReport
 from .rollout import ModelViews
 
@@ -117,6 +118,39 @@ def gap_figure(report: AttentionReport) -> go.Figure:
         layout[f'yaxis{suffix}'] = dict(anchor=f'x{suffix}')
         layout['annotations'].append(dict(text=title, x=left + 0.14, y=1.0, xref='paper', yref='paper',
                                           xanchor='center', yanchor='bottom', showarrow=False))
+    figure.update_layout(**layout)
+    return figure
+
+
+def faithfulness_figure(curves: dict[str, FaithfulnessCurves], classes: dict[str, str]) -> go.Figure:
+    """Deletion curves side by side, one axis per model: the probability of the class the model predicts on
+    the whole image as its most-attended patches go (its last layer's map, rollout), against random orders.
+
+    Args:
+        curves: By model role (teacher, student): deletion curves with the ``map`` and ``random`` orders.
+        classes: By role, the class whose probability is read.
+    """
+    figure, layout = go.Figure(), dict(height=320, margin=dict(l=50, r=20, t=50, b=40), annotations=[],
+                                       legend=dict(orientation='h', y=-0.25))
+    styles = {'map': 'solid', 'random': 'dot'}
+    for index, (role, model_curves) in enumerate(curves.items()):
+        suffix = str(index + 1) if index else ''
+        left = index * 0.55
+        last = model_curves.sources[-2]
+        shown = [(last, 'map', f'{last} (last): most attended first'), (ROLLOUT, 'map', 'rollout: most attended first'),
+                 (ROLLOUT, 'random', 'random order')]
+        for source, order, name in shown:
+            figure.add_trace(go.Scatter(
+                x=model_curves.fractions, y=model_curves.curve('probability', 'deletion', source, order),
+                mode='lines+markers', name=f'{role}: {name}', xaxis=f'x{suffix}', yaxis=f'y{suffix}',
+                line=dict(dash=styles[order])))
+        layout[f'xaxis{suffix}'] = dict(domain=[left, left + 0.45], anchor=f'y{suffix}',
+                                        title=dict(text='share of patches masked'))
+        layout[f'yaxis{suffix}'] = dict(anchor=f'x{suffix}', range=[0, 1.02],
+                                        title=dict(text=f'P({classes[role]})'))
+        layout['annotations'].append(dict(text=f'{role}: P({classes[role]}) as its patches go', x=left + 0.225, y=1.0,
+                                          xref='paper', yref='paper', xanchor='center', yanchor='bottom',
+                                          showarrow=False))
     figure.update_layout(**layout)
     return figure
 

@@ -1,7 +1,8 @@
 """Results tables from run folders: the paper's Table 1 over seeds, and Table 2 per class.
 
-Table 1 has family, method, loss, top-1 (mean and standard deviation over seeds) and parameters;
-Table 2 the per-class accuracy of two runs side by side.
+Table 1 has family, method, loss, top-1 and the faithfulness of the maps (the quarter drop of the last
+layer's map and of rollout, ``faithfulness.py``), each as mean and standard deviation over seeds, and
+parameters; Table 2 the per-class accuracy of two runs side by side.
 
     advit report runs/* --out report/ [--compare runs/l1 runs/deit]
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
+from .faithfulness import ROLLOUT, headline
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
               'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
@@ -49,6 +51,7 @@ class RunResult:
     params: int
     per_class: dict[str, float | None]
     val_top1: float | None = None  # on the held-out training images the checkpoint was selected on
+    faithfulness: dict[str, float | None] = field(default_factory=dict)  # faithfulness.headline of its evaluation
     setting: dict[str, Any] = field(default_factory=dict)  # its config.json, less NOT_SETTINGS
 
     @property
@@ -80,6 +83,7 @@ def load_run(run: str | Path, evaluation: str | Path | None = None) -> RunResult
     return RunResult(path=run, model=model, method=meta.get('method') or 'vit', seed=int(config.get('seed', 0)),
                      top1=float(evaluation['top1']), params=int(meta.get('params') or 0),
                      per_class=evaluation['per_class'], val_top1=meta.get('val_top1'),
+                     faithfulness=headline(evaluation),
                      setting={k: v for k, v in config.items() if k not in NOT_SETTINGS})
 
 
@@ -96,9 +100,15 @@ def table1(results: list[RunResult]) -> list[dict[str, Any]]:
         scores = [run.top1 for run in runs]
         differing = differing_fields([group[0].setting for (m, k, _), group in groups.items()
                                       if (m, k) == (model, method)])
+        faithful = {}
+        for key, source in (('faith_last', 'last layer'), ('faith_rollout', ROLLOUT)):
+            drops = [run.faithfulness.get(source) for run in runs]
+            drops = [drop for drop in drops if drop is not None]
+            faithful[f'{key}_mean'] = statistics.fmean(drops) if drops else None
+            faithful[f'{key}_std'] = statistics.stdev(drops) if len(drops) > 1 else (0.0 if drops else None)
         rows.append(dict(family=runs[0].family, model=model, method=method, loss=runs[0].loss,
                          top1_mean=statistics.fmean(scores),
-                         top1_std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                         top1_std=statistics.stdev(scores) if len(scores) > 1 else 0.0, **faithful,
                          seeds=sorted(run.seed for run in runs), params_m=runs[0].params / 1e6,
                          setting=', '.join(f'{name}={runs[0].setting.get(name)}' for name in differing)))
     return rows
@@ -150,8 +160,10 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 TABLE1_COLUMNS = [('family', 'family'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'),
-                  ('top1_mean', 'test top-1 (%)'), ('top1_std', '± std'), ('seeds', 'seeds'),
-                  ('setting', 'setting'), ('params_m', 'params (M)')]
+                  ('top1_mean', 'test top-1 (%)'), ('top1_std', '± std'),
+                  ('faith_last_mean', 'faithfulness, last layer (pts)'), ('faith_last_std', '± std'),
+                  ('faith_rollout_mean', 'faithfulness, rollout (pts)'), ('faith_rollout_std', '± std'),
+                  ('seeds', 'seeds'), ('setting', 'setting'), ('params_m', 'params (M)')]
 
 
 PAPER_SETTING = 'paper: CIFAR-10 at 224, ImageNet-pretrained, ViT-B teacher'
@@ -161,6 +173,7 @@ def paper_rows() -> list[dict[str, Any]]:
     """The paper's Table 1 in the same columns, labelled with its setting."""
     from .about import PAPER_TOP1
     return [dict(family='ViT', model=student, method=method, loss=LOSS_TYPES[method], top1_mean=score, top1_std=None,
+                 **{f'faith_{source}_{stat}': None for source in ('last', 'rollout') for stat in ('mean', 'std')},
                  seeds=None, setting=PAPER_SETTING, params_m=None)
             for student, scores in PAPER_TOP1.items() for method, score in scores.items()]
 

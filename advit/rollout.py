@@ -8,6 +8,7 @@ input, so it holds whether the blocks run fused attention or not.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,19 @@ def full_attention(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         model: A timm ViT (eval mode); its forward is run once.
         inputs: Normalised images.
     """
+    return forward_with_attention(model, inputs)[1]
+
+
+@torch.no_grad()
+def forward_with_attention(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, every layer's full attention as ``full_attention`` gives it) of one forward. Only this
+    thread's forward is recorded: the app's requests share their models."""
     maps: list[torch.Tensor] = []
+    thread = threading.get_ident()
 
     def record(attn: nn.Module, args: tuple) -> None:
+        if threading.get_ident() != thread:
+            return
         x = args[0]
         batch, tokens, _ = x.shape
         qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -42,11 +53,11 @@ def full_attention(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
     handles = [attn.register_forward_pre_hook(record) for attn in attention_modules(model)]
     try:
-        model(inputs)
+        logits = model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return torch.stack(maps, dim=1)
+    return logits, torch.stack(maps, dim=1)
 
 
 def rollout(attention: torch.Tensor, num_prefix_tokens: int, head_fusion: str = 'mean',

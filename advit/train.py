@@ -32,7 +32,9 @@ from .augment import RECIPES, BatchTransform, Mixup
 from .capture import HEAD_FUSIONS, NORMALIZATIONS
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
-from .evaluate import autocast, compute_dtype, native_bf16, predict, save_evaluation, summarize
+from .evaluate import predict, save_evaluation, summarize
+from .faithfulness import ROLLOUT, TEST_IMAGES, has_cls_attention, quarter_drops, split_faithfulness
+from .precision import autocast, compute_dtype, native_bf16
 from .losses import METHODS, DistillationLoss, TeacherForward, parse_method
 from .models import (check_architecture_args, create_model, is_distilled, model_image_size, model_normalization,
                      pretrained_classes)
@@ -117,6 +119,8 @@ class TrainConfig:
     eval_every: int = setting(0, 'steps between evaluations; 0: at each epoch\'s end')
     save_every: int = setting(0, 'steps between last checkpoints; 0: at each evaluation')
     eval_batch_size: int = setting(512, 'images per evaluation forward')
+    faithfulness_images: int = setting(TEST_IMAGES, 'test images the selected checkpoint\'s maps are measured on at '
+                                       'the end (deletion and insertion curves of every layer and rollout); 0: none')
     cache_dir: str | None = setting(None, 'decoded-dataset cache (default $ADVIT_CACHE or ~/.cache/advit)')
 
     @classmethod
@@ -257,6 +261,12 @@ class Splits:
     @property
     def classes(self) -> list[str]:
         return self.train.classes
+
+    @property
+    def probe(self) -> ImageSet | None:
+        """The held-out images each evaluation measures attention on (the gap to the teacher, the maps'
+        faithfulness): a fixed random ``PROBE_IMAGES`` of the validation split, every class in it."""
+        return self.val.subset(PROBE_IMAGES) if self.val is not None else None
 
 
 def load_splits(cfg: TrainConfig, ctx: distributed.Context) -> Splits:
@@ -441,8 +451,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     if hasattr(teacher, 'blocks') and splits.val is not None and hasattr(students[0].student, 'blocks'):
         same_heads = teacher.blocks[0].attn.num_heads == students[0].student.blocks[0].attn.num_heads
         fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
-        probe = AttentionProbe(teacher, splits.val.images[:PROBE_IMAGES], transform, fusion, cfg.layer_map, cfg.amp,
-                               cfg.attn_norm)
+        probe = AttentionProbe(teacher, splits.probe.images, transform, fusion, cfg.layer_map, cfg.amp, cfg.attn_norm)
 
     # Resume, or start fresh run folders: nothing is written before data and models have loaded.
     step, elapsed_before, saved = restore_students(students, teacher) if resume else (0, 0.0, {})
@@ -565,19 +574,27 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
 def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, probe: AttentionProbe | None,
                      meta: dict[str, Any], step: int, epoch_steps: int) -> None:
     """Score a student on the held-out images, keep it as ``best`` when it beats its best so far (the
-    latest evaluation, without held-out images), record its attention gaps, and log it."""
-    val_top1 = None
+    latest evaluation, without held-out images), record its attention gaps and its maps' faithfulness
+    (the quarter drop of each layer and rollout on the probe images), and log it."""
+    val_top1, faithful = None, None
     if splits.val is not None:
         probs = predict(s.student, splits.val, transform, s.cfg.eval_batch_size, splits.val.images.device, s.cfg.amp)
         val_top1 = summarize(probs, splits.val.labels, splits.classes)['top1']
+        if has_cls_attention(s.student):
+            faithful = quarter_drops(s.student, transform.eval(splits.probe.images), splits.probe.labels,
+                                     s.cfg.attn_norm, s.cfg.head_fusion, s.cfg.eval_batch_size, s.cfg.amp)
     if val_top1 is None or val_top1 > s.best_val_top1:
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
-        save_checkpoint(s.run / 'best.safetensors', s.student, dict(meta, val_top1=val_top1))
-    gaps = probe.record(s.student, step, s.run) if probe is not None else None
+        save_checkpoint(s.run / 'best.safetensors', s.student, dict(meta, val_top1=val_top1,
+                                                                     val_faithfulness=faithful))
+    gaps = probe.record(s.student, step, s.run, faithful) if probe is not None else None
     append_metrics(s.run, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
-                               best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {})))
-    s.log.info('step %d: validation top-1 %s (best %.2f%%)', step,
-               f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1)
+                               best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {}),
+                               **({'faithfulness': faithful} if faithful else {})))
+    s.log.info('step %d: validation top-1 %s (best %.2f%%)%s', step,
+               f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1,
+               f'; quarter drop of the last layer\'s map {list(faithful.values())[-2]:+.1f} points, of rollout '
+               f'{faithful[ROLLOUT]:+.1f}' if faithful else '')
 
 
 def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, device: torch.device) -> float:
@@ -588,11 +605,16 @@ def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, dev
     use_attention_path(loaded.model, cfg.attn_path, device, cfg.eval_batch_size, training=False,
                        dtype=compute_dtype(device, cfg.amp))
     probs = predict(loaded.model, test_set, transform, cfg.eval_batch_size, device, cfg.amp)
-    metrics = save_evaluation(best_path, probs, test_set.labels, test_set.classes, {
-        'checkpoint': str(best_path), 'data': cfg.data, 'split': 'test', 'model': cfg.model, 'method': cfg.method,
-        'step': loaded.meta['step'], 'selected_on': 'validation' if cfg.val_size else 'last evaluation',
-        'val_top1': loaded.meta.get('val_top1')})
-    save_checkpoint(best_path, loaded.model, dict(loaded.meta, test_top1=metrics['top1']))
+    extra = {'checkpoint': str(best_path), 'data': cfg.data, 'split': 'test', 'model': cfg.model, 'method': cfg.method,
+             'step': loaded.meta['step'], 'selected_on': 'validation' if cfg.val_size else 'last evaluation',
+             'val_top1': loaded.meta.get('val_top1')}
+    faithfulness = split_faithfulness(loaded.model, loaded.meta, test_set, transform.eval, cfg.faithfulness_images,
+                                      cfg.eval_batch_size, cfg.amp)
+    if faithfulness is not None:
+        extra['faithfulness'] = faithfulness
+    metrics = save_evaluation(best_path, probs, test_set.labels, test_set.classes, extra)
+    save_checkpoint(best_path, loaded.model, dict(loaded.meta, test_top1=metrics['top1'], test_faithfulness=(
+        faithfulness or {}).get('summary')))
     return metrics['top1']
 
 

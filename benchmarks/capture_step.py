@@ -56,9 +56,9 @@ import torch
 import torch.nn as nn
 
 from advit.distributed import resolve_device
-from advit.evaluate import autocast
 from advit.losses import DistillationLoss
 from advit.models import create_model, vit_forward_flops
+from advit.precision import autocast
 from measure import rss_mib, time_repeats  # benchmarks/, this script's folder
 
 # The loss each training-step variant runs; 'full' is advit_l1 on full attention maps.

@@ -1,12 +1,20 @@
-"""Training speed on the CPU: ``advit train`` against a bare timm loop, bf16 against fp32, compiled
-against eager, and several students in one process against separate runs. All in one run.
+"""Training speed on the CPU, all in one run: ``advit train`` against a bare loop, the attention paths,
+bf16 against fp32, compiled against eager, several students in one process, and MFU.
 
     python benchmarks/cpu_train.py --json benchmarks/results/cpu_train.json
 
+- **paths**: a bare timm training loop of the bundle's student and teacher with fused SDPA and with
+  explicit attention math (``advit.attention_path``), and what ``--attn-path auto`` chooses for each.
 - **bare vs ours**: the same model, batch and dtype on the same CIFAR-10 images. The bare loop is
   the least a training step can do (random batches of the uint8 training tensor, scaled and
-  normalised, forward, cross-entropy, backward, AdamW); ours is ``advit.train`` with its crop +
-  flip augmentation, gradient clipping, logging and progress (method ``vit``). Goal: ours >= 0.95x.
+  normalised, forward, cross-entropy, backward, AdamW) on the faster attention path; ours is
+  ``advit.train`` (``--attn-path auto``) with its crop + flip augmentation, gradient clipping, logging
+  and progress (method ``vit``). Goal: ours >= 0.9x.
+- **mfu**: ours' achieved FLOP/s (3 x the forward's FLOPs from ``advit.models.vit_forward_flops`` per
+  image) over a matmul ceiling measured in the same run, in the dtype training runs in: the best of
+  the student's own MLP matmul (batch x tokens, width) @ (width, 4 width) and a square 2048 matmul.
+- **profile**: where a bare step of the student spends its time (PyTorch's profiler, self CPU time of
+  the top operators), on the path ``auto`` chooses.
 - **bf16 vs fp32**: ``advit train`` with and without ``--no-amp`` (bf16 autocast where the CPU runs
   it natively), evaluation (``evaluate.predict``, batches of 512) both ways, and the app's case: one
   image through a model (batch 1), median of 50.
@@ -33,21 +41,25 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from advit.attention_path import set_attention_path, use_attention_path  # noqa: E402
 from advit.augment import BatchTransform  # noqa: E402
 from advit.checkpoint import save_checkpoint  # noqa: E402
 from advit.data import CIFAR10_CLASSES, ImageSet, default_dataset, load_dataset  # noqa: E402
-from advit.evaluate import autocast, native_bf16, predict  # noqa: E402
-from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
+from advit.evaluate import predict  # noqa: E402
+from advit.precision import autocast, compute_dtype, native_bf16  # noqa: E402
+from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model, vit_forward_flops  # noqa: E402
 from advit.train import TrainConfig, train, train_group  # noqa: E402
 
 CPU = torch.device('cpu')
 
 
 def bare_loop(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
-              amp: bool) -> float:
-    """images/s of the least a training step does, after 3 warm-up steps."""
+              amp: bool, attn_path: str, profile_rows: int = 0) -> float | list[dict]:
+    """images/s of the least a training step does, after 3 warm-up steps; with ``profile_rows``, the
+    top operators of those steps by self CPU time instead (name, share of the total, ms per step)."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=10, drop_path_rate=0.0).train()
+    set_attention_path(model, attn_path)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
     generator = torch.Generator().manual_seed(0)
@@ -62,10 +74,31 @@ def bare_loop(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch
         optimizer.step()
     for _ in range(3):
         step()
+    if profile_rows:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            for _ in range(steps):
+                step()
+        events = profiler.key_averages()
+        total = sum(event.self_cpu_time_total for event in events)
+        top = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:profile_rows]
+        return [dict(op=event.key, share=event.self_cpu_time_total / total,
+                     ms_per_step=event.self_cpu_time_total / 1000 / steps) for event in top]
     start = time.perf_counter()
     for _ in range(steps):
         step()
     return steps * batch_size / (time.perf_counter() - start)
+
+
+def matmul_flops(rows: int, inner: int, cols: int, dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """FLOP/s of a (rows, inner) @ (inner, cols) matmul in ``dtype``, repeated for about ``seconds``."""
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    return 2 * rows * inner * cols * calls / (time.perf_counter() - start)
 
 
 def run_speed(run: Path, skip_windows: int = 1) -> float:
@@ -108,12 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=default_dataset())
     parser.add_argument('--model', default='vit_mini4_convstem_32', help='the student (the bundle\'s)')
-    parser.add_argument('--teacher-model', default='vit_tiny6_convstem_32', help='the teacher of the group part')
+    parser.add_argument('--teacher-model', default='vit_mini6_convstem_32', help='the bundle\'s teacher')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--steps', type=int, default=60, help='steps of each single-student measurement')
     parser.add_argument('--group', default='vit,deit_hard,advit_l1,advit_l2,advit_kl,advit_kl_paper')
     parser.add_argument('--group-steps', type=int, default=20)
-    parser.add_argument('--parts', default='bare,dtype,compile,eval,group')
+    parser.add_argument('--parts', default='paths,bare,mfu,profile,dtype,compile,eval,group')
     parser.add_argument('--json', type=Path)
     args = parser.parse_args(argv)
     parts = args.parts.split(',')
@@ -122,16 +155,59 @@ def main(argv: list[str] | None = None) -> None:
                 log_every=10, eval_every=10 ** 9, val_size=0, test_subset=512, drop_path=0.0, recipe='cifar32')
     results: dict = dict(model=args.model, batch_size=args.batch_size, torch=torch.__version__,
                          timm=timm.__version__, threads=torch.get_num_threads(), native_bf16=native_bf16(CPU))
+    amp = native_bf16(CPU)
+    dtype = compute_dtype(CPU, amp)
+    results['dtype'] = str(dtype).removeprefix('torch.')
+
+    def bare(model_name: str, path: str, **kwargs) -> float:
+        return bare_loop(model_name, train_set.images, train_set.labels, args.batch_size, args.steps, amp, path,
+                         **kwargs)
+
+    def auto_path(model_name: str) -> str:
+        """What --attn-path auto chooses for a model training at this batch, measured now."""
+        return use_attention_path(create_model(model_name, num_classes=10), 'auto', CPU, args.batch_size,
+                                  training=True, dtype=dtype)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if 'paths' in parts or 'bare' in parts:
+            for role, name in (('student', args.model), ('teacher', args.teacher_model)):
+                if role == 'teacher' and 'paths' not in parts:
+                    continue
+                speeds = {path: bare(name, path) for path in ('fused', 'explicit')}
+                results[f'bare_{role}_images_per_s'] = speeds
+                results[f'{role}_explicit_over_fused'] = speeds['explicit'] / speeds['fused']
+                results[f'{role}_auto_path'] = auto_path(name)
+                print(f"bare loop of {name}: fused {speeds['fused']:.1f} img/s, explicit {speeds['explicit']:.1f} "
+                      f"img/s: explicit / fused {results[f'{role}_explicit_over_fused']:.3f}; auto chooses "
+                      f"{results[f'{role}_auto_path']}", flush=True)
         if 'bare' in parts:
-            amp = native_bf16(CPU)
-            results['bare_images_per_s'] = bare_loop(args.model, train_set.images, train_set.labels,
-                                                     args.batch_size, args.steps, amp)
+            best_path = max(results['bare_student_images_per_s'], key=results['bare_student_images_per_s'].get)
+            results['bare_images_per_s'] = results['bare_student_images_per_s'][best_path]
+            results['bare_path'] = best_path
             results['ours_images_per_s'] = ours(base, tmp / 'ours')
             results['ours_over_bare'] = results['ours_images_per_s'] / results['bare_images_per_s']
-            print(f"bare timm loop {results['bare_images_per_s']:.1f} img/s, advit train "
+            print(f"bare timm loop ({best_path}, the faster) {results['bare_images_per_s']:.1f} img/s, advit train "
                   f"{results['ours_images_per_s']:.1f} img/s: ours / bare {results['ours_over_bare']:.3f}", flush=True)
+        if 'mfu' in parts:
+            model = create_model(args.model, num_classes=10)
+            tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+            width = model.embed_dim
+            ceilings = {'student_mlp': matmul_flops(args.batch_size * tokens, width, 4 * width, dtype),
+                        'square_2048': matmul_flops(2048, 2048, 2048, dtype)}
+            speed = results.get('ours_images_per_s') or ours(base, tmp / 'mfu')
+            achieved = speed * 3 * vit_forward_flops(model)
+            results.update(matmul_ceiling_flops=ceilings, achieved_flops=achieved,
+                           mfu=achieved / max(ceilings.values()))
+            print(f"MFU: ours {achieved / 1e9:.1f} GFLOP/s against a {dtype} matmul ceiling of "
+                  f"{max(ceilings.values()) / 1e9:.1f} GFLOP/s (student's MLP shape {ceilings['student_mlp'] / 1e9:.1f}, "
+                  f"2048^2 {ceilings['square_2048'] / 1e9:.1f}): {results['mfu']:.1%}", flush=True)
+        if 'profile' in parts:
+            path = results.get('student_auto_path') or auto_path(args.model)
+            results['profile'] = dict(path=path, top=bare(args.model, path, profile_rows=12))
+            print(f'where a bare step of {args.model} ({path} attention) spends its time:', flush=True)
+            for row in results['profile']['top']:
+                print(f"  {row['share']:6.1%} {row['ms_per_step']:8.2f} ms/step  {row['op']}", flush=True)
         if 'dtype' in parts:
             results['ours_bf16_images_per_s'] = results.get('ours_images_per_s') or ours(base, tmp / 'bf16')
             results['ours_fp32_images_per_s'] = ours(base, tmp / 'fp32', amp=False)

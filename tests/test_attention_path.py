@@ -9,7 +9,7 @@ import advit.attention_path as attention_path
 from advit.attention_path import attention_path_of, fastest_attention_path, set_attention_path, use_attention_path
 from advit.capture import ClsAttentionCapture, fuse_heads
 from advit.checkpoint import load_checkpoint, read_metadata
-from advit.evaluate import native_bf16
+from advit.precision import native_bf16
 from advit.losses import ATTENTION_METHODS, DistillationLoss
 from advit.train import TrainConfig, train
 from conftest import TINY, tiny_vit

@@ -481,7 +481,7 @@ def test_selection_uses_held_out_training_images_and_the_test_set_once(tmp_path,
 def test_bf16_and_fp32_training_follow_each_other(tmp_path, data_flags):
     """bf16 changes speed, not results: over 12 steps the cross-entropy of a bf16 run stays within
     0.02 (absolute, about 1% of a loss near 2.3) of the fp32 run of the same seed."""
-    from advit.evaluate import native_bf16
+    from advit.precision import native_bf16
     if not native_bf16(torch.device('cpu')):
         pytest.skip('this CPU has no native bf16: autocast stays off, nothing to compare')
     losses = {}

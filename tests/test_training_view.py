@@ -14,7 +14,7 @@ from PIL import Image
 
 from advit.checkpoint import load_checkpoint
 from advit.cli import main
-from advit.evaluate import native_bf16
+from advit.precision import native_bf16
 from advit.losses import attention_gap
 from advit.probe import read_probe
 from advit.render import PANEL_SIZE, layer_panels, overlay
