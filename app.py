@@ -19,6 +19,7 @@ import gradio as gr  # noqa: E402
 
 from advit.about import about_markdown  # noqa: E402
 from advit.data import CIFAR10_CLASSES  # noqa: E402
+from advit.faithfulness import TEST_IMAGES  # noqa: E402
 from advit.figure import figure_png  # noqa: E402
 from advit.images import MAX_FILE_BYTES, ImageError  # noqa: E402
 from advit.jobs import JobError  # noqa: E402
@@ -86,6 +87,12 @@ def attention_images(files, teacher, student, fusion, head, layer, opacity):
 
 
 @user_errors
+def faithfulness(image, teacher, student):
+    view = studio.faithfulness(image, teacher, student)
+    return view.figure, view.summary, view.data
+
+
+@user_errors
 def more_views(image, teacher, student, fusion, discard, keep, opacity):
     view = studio.more_views(image, teacher, student, fusion, float(discard), float(keep), float(opacity))
     return served.gallery(view.panels), view.figure, view.data
@@ -142,7 +149,7 @@ def resume_job(name, token):
 def training_view(source, student, kind, evaluation, image, opacity):
     view = studio.training_view(source, student or None, kind, int(evaluation), int(image), float(opacity))
     return (view.summary, view.students, view.heatmap, view.curves,
-            served_png(view.frame, 'distillation-step'), view.data)
+            served_png(view.frame, 'distillation-step'), view.data, view.faithfulness)
 
 
 @user_errors
@@ -225,6 +232,13 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                        interactive=False,
                                        elem_id='attention-layer')
                 gap_plot = gr.Plot(label='Gap between the maps, per layer', elem_id='gap-plot')
+                gr.Markdown('**Do these maps point at what each model uses?** Patches masked (set to the '
+                            'dataset mean) most attended first, against a random order: a faithful map makes '
+                            'the model\'s probability fall faster than random does. The card of each model '
+                            f'(left) gives the same measure on {TEST_IMAGES} test images.')
+                faithful_plot = gr.Plot(label='Deletion curves on this image', elem_id='faithfulness-plot')
+                faithful_summary = gr.Markdown(elem_id='faithfulness-summary')
+                faithful_data = gr.JSON(visible=False)
                 gap_rows = gr.Dataframe(headers=['student layer', 'teacher layer', 'L1', 'L2', 'KL'],
                                         label='Gap per layer', interactive=False)
                 with gr.Row():
@@ -241,7 +255,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs=attention_inputs,
               outputs=[panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads],
               api_name='attention').success(layer_range, inputs=maps, outputs=[layer, layer_large],
-                                            api_visibility='private')
+                                            api_visibility='private').success(
+            faithfulness, inputs=[image, teacher, student], outputs=[faithful_plot, faithful_summary, faithful_data],
+            api_name='faithfulness')
         with gr.Accordion('A few images at once: one layer, teacher and student on each', open=False):
             with gr.Row():
                 batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',
@@ -388,6 +404,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             probe_summary = gr.Markdown(elem_id='probe-summary')
             students_plot = gr.Plot(label='Every student of the run: gap to the teacher, mean over layers',
                                     elem_id='probe-students')
+            faithfulness_plot = gr.Plot(label='Every student of the run: are its maps faithful? (the quarter drop, '
+                                              'points: masking its maps\' top quarter beyond a random quarter)',
+                                        elem_id='probe-faithfulness')
             with gr.Row():
                 heatmap_plot = gr.Plot(label='Gap per layer and step', elem_id='probe-heatmap')
                 curves_plot = gr.Plot(label='Gap per layer against step', elem_id='probe-curves')
@@ -396,7 +415,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             with gr.Accordion('The records as data', open=False):
                 probe_data = gr.JSON(label='steps and per-layer gaps by kind')
         training_inputs = [source, probe_student, gap_kind, evaluation, probe_image, probe_opacity]
-        training_outputs = [probe_summary, students_plot, heatmap_plot, curves_plot, frame, probe_data]
+        training_outputs = [probe_summary, students_plot, heatmap_plot, curves_plot, frame, probe_data,
+                            faithfulness_plot]
         gr.on([show_training.click, gap_kind.change, evaluation.release, probe_image.release, probe_opacity.release],
               training_view, inputs=training_inputs, outputs=training_outputs, api_name='training_view')
         if desk is not None:

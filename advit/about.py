@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .catalog import ModelEntry
+from .faithfulness import ROLLOUT, TEST_IMAGES, describe_drop
 from .names import model_label
 
 # Paper Table 1, top-1 on CIFAR-10 at 224x224, ImageNet-pretrained timm students, ViT-Base teacher.
@@ -34,6 +35,18 @@ mapped to each student layer and resampled to the student's patch grid.
 """
 
 
+FAITHFULNESS = f"""\
+**Are the maps about what the model uses?** Faithfulness, on a fixed random {TEST_IMAGES} test images: the
+patches a map attends to most are masked first (set to the dataset mean) and the accuracy lost is
+compared with masking patches in a random order. The number is the **quarter drop**: points of
+accuracy lost by masking the map's top quarter of patches beyond those lost by masking a random
+quarter, with its standard error over the images. Positive: the map points at patches the model
+needs; within two standard errors of 0: no better than chance; negative: it points away from them.
+It says what the model uses, which may be background rather than the object a person would point at. Shown for the last layer's [CLS] map and for rollout; the
+model card has every layer and the full deletion and insertion curves.
+"""
+
+
 def paper_table() -> str:
     header = '| student | ' + ' | '.join(c for c in METHOD_COLUMNS) + ' |\n|' + ' --- |' * (len(METHOD_COLUMNS) + 1)
     rows = [f'| {student} | ' + ' | '.join(f'{scores[c]:.2f}' if c in scores else '–' for c in METHOD_COLUMNS) + ' |'
@@ -42,16 +55,24 @@ def paper_table() -> str:
 
 
 def bundle_table(entries: list[ModelEntry]) -> str:
-    """Our usable checkpoints: name, file, validation and test top-1, size, from their metadata."""
-    def percent(value: float | None) -> str:
+    """Our usable checkpoints: name, file, validation and test top-1, the faithfulness of the maps (last
+    layer and rollout), size, from their metadata and evaluation files."""
+    def number(value: float | None) -> str:
         return f'{value:.2f}' if value is not None else '–'
-    rows = [f"| {model_label(e.key, dict(e.meta, test_top1=None))} | `{e.name}` | {percent(e.meta.get('val_top1'))} | "
-            f"{percent(e.meta['test_top1'])} | {e.meta.get('params', 0) / 1e6:.1f}M |"
-            for e in entries if e.usable and e.meta.get('test_top1') is not None]
+    rows = []
+    for e in entries:
+        if e.usable and e.meta.get('test_top1') is not None:
+            drops = e.faithfulness()
+            faithful = ' | '.join(describe_drop(drops[source]) if drops.get(source, {}).get('quarter_drop')
+                                  is not None else '–' for source in ('last layer', ROLLOUT))
+            rows.append(f"| {model_label(e.key, dict(e.meta, test_top1=None))} | `{e.name}` | "
+                        f"{number(e.meta.get('val_top1'))} | {number(e.meta['test_top1'])} | {faithful} | "
+                        f"{e.meta.get('params', 0) / 1e6:.1f}M |")
     if not rows:
         return 'No evaluated checkpoints yet: the bundle goes in `checkpoints/`, runs in `runs/`.'
-    return '\n'.join(['| model | checkpoint | validation top-1 (%) | test top-1 (%) | params |',
-                      '| --- | --- | --- | --- | --- |', *rows])
+    return '\n'.join(['| model | checkpoint | validation top-1 (%) | test top-1 (%) | faithfulness, last layer '
+                      '(pts) | faithfulness, rollout (pts) | params |',
+                      '| --- | --- | --- | --- | --- | --- | --- |', *rows])
 
 
 def about_markdown(entries: list[ModelEntry]) -> str:
@@ -60,6 +81,7 @@ def about_markdown(entries: list[ModelEntry]) -> str:
         '## Our models\n\nTop-1 on the test split of the data each was evaluated on (for CIFAR-10 here: '
         'the JPEG q75 copy, 32x32, trained from scratch), and on the held-out training images each checkpoint '
         'was chosen on (validation). The bundle\'s model card, `checkpoints/README.md`, says how each was made.',
+        FAITHFULNESS,
         bundle_table(entries),
         '## The paper\'s results\n\nTop-1 (%) on CIFAR-10 at 224x224, students fine-tuned from ImageNet-pretrained '
         f'timm weights, ViT-Base teacher at {PAPER_TEACHER_TOP1}%. Not comparable with ours: other resolution, '

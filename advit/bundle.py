@@ -32,7 +32,7 @@ from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
-from .faithfulness import ROLLOUT, TEST_IMAGES, VERDICTS, FaithfulnessCurves, headline, verdict
+from .faithfulness import FAITHFUL_BAR, NOISE_MARGIN, ROLLOUT, TEST_IMAGES, FaithfulnessCurves, headline, verdict
 from .io import atomic_path
 from .precision import native_bf16
 from .probe import PROBE_FILE
@@ -172,29 +172,32 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
              f'{TEST_IMAGES} test images, patches are masked (set to the dataset mean) in the order of each map, most '
              'attended first, and accuracy and the true class\'s probability are read as they go; a random order is '
              'the baseline. **Quarter drop**: points of accuracy lost by masking the map\'s top quarter of patches '
-             'beyond those lost by masking a random quarter (positive: the map points at what the model uses; '
-             f'{", ".join(f"{words} from {bar:g}" for bar, words in VERDICTS[:-1])}, below that '
-             f'"{VERDICTS[-1][1]}"). Table 1\'s faithfulness columns are the last layer\'s and rollout\'s. The '
-             'measure says whether a map is about what the model uses, not whether it is about the object a '
-             'person sees: it can be background.\n\n')
+             'beyond those lost by masking a random quarter, with its standard error over the images (positive: '
+             f'the map points at what the model uses). Verdicts: within {NOISE_MARGIN:g} standard errors of 0 "no '
+             'better than random"; above that "weakly faithful", and "faithful" from '
+             f'{FAITHFUL_BAR:g} points; below it "points away from what the model uses". Table 1\'s faithfulness '
+             'columns are the last layer\'s and rollout\'s. The measure says whether a map is about what the '
+             'model uses, not whether it is about the object a person sees: it can be background.\n\n')
     if not measured:
         return intro + 'Not measured for these files yet: `advit faithfulness checkpoints/*.safetensors`.\n'
     sources = max((curves.sources for curves in measured.values()), key=len)
-    rows = [dict(run=name, **{source: (curves.quarter_drop(source) if source in curves.sources else None)
+    rows = [dict(run=name, **{source: (f'{curves.quarter_drop(source):+.1f} ± {curves.quarter_drop_error(source):.1f}'
+                                       if source in curves.sources and curves.quarter_drop_se is not None else
+                                       curves.quarter_drop(source) if source in curves.sources else None)
                               for source in sources}) for name, curves in measured.items()]
     drops = markdown_table(rows, [('run', 'run')] + [(source, f'{source} (pts)') for source in sources])
     area_rows = []
     for name, curves in measured.items():
         for source in (curves.sources[-2], ROLLOUT):
-            drop = curves.quarter_drop(source)
-            area_rows.append(dict(run=name, map=source, drop=drop, verdict=verdict(drop), **{
+            drop, error = curves.quarter_drop(source), curves.quarter_drop_error(source)
+            area_rows.append(dict(run=name, map=source, drop=drop, se=error, verdict=verdict(drop, error), **{
                 f'{mode}_{order}': curves.area('probability', mode, source, order)
                 for mode in ('deletion', 'insertion') for order in ('map', 'random', 'reversed')}))
     areas = markdown_table(area_rows, [
-        ('run', 'run'), ('map', 'map'), ('drop', 'quarter drop (pts)'), ('verdict', 'verdict'),
+        ('run', 'run'), ('map', 'map'), ('drop', 'quarter drop (pts)'), ('se', '± se'), ('verdict', 'verdict'),
         ('deletion_map', 'deletion area, map'), ('deletion_random', 'random'), ('deletion_reversed', 'reversed'),
         ('insertion_map', 'insertion area, map'), ('insertion_random', 'random'), ('insertion_reversed', 'reversed')])
-    return (intro + 'Quarter drop of every map:\n\n' + drops + '\nAreas under the true class\'s probability as '
+    return (intro + 'Quarter drop of every map (points ± standard error):\n\n' + drops + '\nAreas under the true class\'s probability as '
             'patches are deleted (lower: more faithful) or inserted (higher: more faithful), in the map\'s order, a '
             'random one and the reversed map\'s:\n\n' + areas)
 
@@ -221,7 +224,7 @@ def refresh_faithfulness(out: str | Path) -> None:
     table = [row(header, titles), '|' + ' --- |' * (len(kept) + len(titles))]
     for line, name in zip(lines[start + 2:end], names):
         cells = [cell.strip() for cell in line.strip('|').split('|')]
-        values = [results[name]['last layer'], results[name][ROLLOUT]]
+        values = [results[name][source]['quarter_drop'] for source in ('last layer', ROLLOUT)]
         table.append(row(cells, [f'{value:.2f}' if value is not None else '–' for value in values]))
     lines[start:end] = table
     text = '\n'.join(lines)
@@ -280,8 +283,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
 
     rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
-                 top1=result.top1, faith_last=result.faithfulness.get('last layer'),
-                 faith_rollout=result.faithfulness.get(ROLLOUT), paper=_paper_top1(name, result),
+                 top1=result.top1, faith_last=result.faithfulness.get('last layer', {}).get('quarter_drop'),
+                 faith_rollout=result.faithfulness.get(ROLLOUT, {}).get('quarter_drop'), paper=_paper_top1(name, result),
                  params_m=result.params / 1e6,
                  steps=status[name].get('step'), seconds=status[name].get('elapsed'),
                  weights='yes' if name in shipped else 'no (evaluation only)')

@@ -6,6 +6,7 @@ unusable with its reason instead of failing when chosen.
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,8 @@ from safetensors import SafetensorError, safe_open
 
 from .attention_path import use_attention_path
 from .checkpoint import describe_mismatch, load_checkpoint, read_metadata
+from .evaluate import evaluation_paths
+from .faithfulness import describe_drop, headline
 from .models import create_model, is_vit_name
 from .names import model_label
 from .weights import TRAIN_STATE_PREFIX, CheckpointError
@@ -57,9 +60,23 @@ class ModelEntry:
         """A readable one-line name for a model list (``names.model_label``)."""
         return model_label(self.key, self.meta)
 
+    def faithfulness(self) -> dict[str, dict[str, float | None]]:
+        """The quarter drops (and their standard errors) of its last layer's map and rollout on the test
+        images of its evaluation file (``faithfulness.headline``), or {} where none was measured."""
+        if self.key.startswith(TIMM_PREFIX):
+            return {}
+        path = evaluation_paths(self.key)[0]
+        try:
+            evaluation = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):  # unreadable or not JSON: as if not measured
+            return {}
+        drops = headline(evaluation) if isinstance(evaluation, dict) else {}
+        return drops if any(entry['quarter_drop'] is not None for entry in drops.values()) else {}
+
     def describe(self) -> str:
-        """Markdown: what this model is, from its metadata."""
+        """Markdown: what this model is, from its metadata (and its evaluation file's faithfulness)."""
         meta = self.meta
+        drops = self.faithfulness()
         rows = [('file', f'`{self.name}`'), ('architecture', meta.get('model')), ('method', meta.get('method')),
                 ('teacher', meta.get('teacher')), ('image size', meta.get('image_size')),
                 ('classes', len(meta.get('classes', [])) or None), ('parameters',
@@ -67,6 +84,9 @@ class ModelEntry:
                 ('validation top-1', f"{meta['val_top1']:.2f}% (the checkpoint was chosen on it)"
                  if meta.get('val_top1') is not None else None),
                 ('test top-1', f"{meta['test_top1']:.2f}%" if meta.get('test_top1') is not None else None),
+                ('faithful maps? (quarter drop on test images)', '; '.join(
+                    f'{source}: {describe_drop(entry)}' for source, entry in drops.items()
+                    if entry['quarter_drop'] is not None) or None),
                 ('trained steps', meta.get('step'))]
         return '\n'.join(f'- **{name}**: {value}' for name, value in rows if value not in (None, ''))
 

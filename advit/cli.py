@@ -1,5 +1,4 @@
-"""Command line: ``advit train``, ``advit eval``, ``advit faithfulness``, ``advit report``, ``advit bundle``
-(also ``python -m advit``)."""
+"""Command line: ``advit train``, ``eval``, ``faithfulness``, ``report`` and ``bundle`` (also ``python -m advit``)."""
 from __future__ import annotations
 
 import argparse
@@ -193,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 curves = FaithfulnessCurves.from_dict(measure_checkpoint_faithfulness(
                     checkpoint, test, args.images, args.batch_size, args.device, args.model))
                 drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f}' for source in curves.sources)
-                last, rollout = (verdict(curves.quarter_drop(source)) for source in curves.sources[-2:])
+                last, rollout = (verdict(curves.quarter_drop(source), curves.quarter_drop_error(source))
+                                 for source in curves.sources[-2:])
                 print(f'{checkpoint}: quarter drop (points) {drops}; last layer {last}, rollout {rollout}')
             if args.card:
                 refresh_faithfulness(args.card)

@@ -42,29 +42,42 @@ from .rollout import forward_with_attention, rollout
 TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (the first ones, every class)
 MODES = ('deletion', 'insertion')
 ORDERS = ('map', 'random', 'reversed')
-FRACTIONS = tuple(i / 8 for i in range(9))  # 0, 1/8, ..., 1 of the patches
+# 0, 1/4, ..., 1 of the patches: symmetric, so insertion needs only its random orders' copies beyond deletion's.
+FRACTIONS = tuple(i / 4 for i in range(5))
 QUARTER = 0.25
 ROLLOUT = 'rollout'
 
 
-# What a quarter drop says, from the bar up (points); the first the drop reaches is the verdict.
-VERDICTS = ((10.0, 'faithful'), (2.0, 'weakly faithful'), (-2.0, 'no better than random'),
-            (float('-inf'), 'points away from what the model uses'))
+FAITHFUL_BAR = 10.0  # points: the quarter drop this project asks of a teacher's maps
+NOISE_MARGIN = 2.0  # standard errors within which a drop is not told from 0; without one, points
 
 
-def verdict(quarter_drop: float) -> str:
-    """A quarter drop in words: ``faithful`` from 10 points (the bar this project sets its teacher), down
-    to ``points away from what the model uses`` below -2."""
-    return next(words for bar, words in VERDICTS if quarter_drop >= bar)
+def verdict(quarter_drop: float, standard_error: float | None = None) -> str:
+    """A quarter drop in words: within two standard errors of 0 (or 2 points, when the error is not known)
+    ``no better than random``; above, ``weakly faithful``, and ``faithful`` from 10 points (the bar this
+    project sets its teacher); below, ``points away from what the model uses``."""
+    margin = NOISE_MARGIN * standard_error if standard_error is not None else NOISE_MARGIN
+    if quarter_drop >= max(FAITHFUL_BAR, margin):
+        return 'faithful'
+    if quarter_drop >= margin:
+        return 'weakly faithful'
+    return 'no better than random' if quarter_drop > -margin else 'points away from what the model uses'
 
 
-def headline(evaluation: dict[str, Any]) -> dict[str, float | None]:
-    """The two quarter drops tables show, from an evaluation file's contents: the last layer's map (the
-    [CLS] attention the classifier reads last) and rollout's; None where not measured."""
+def headline(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """The two maps tables show, from an evaluation file's contents: the last layer's (the [CLS]
+    attention the classifier reads last) and rollout's, each ``quarter_drop`` and ``quarter_drop_se``
+    (None where not measured)."""
     sources = evaluation.get('faithfulness', {}).get('summary', {}).get('sources', {})
     layers = [name for name in sources if name != ROLLOUT]
-    return {'last layer': sources[layers[-1]]['quarter_drop'] if layers else None,
-            ROLLOUT: sources.get(ROLLOUT, {}).get('quarter_drop')}
+    chosen = {'last layer': sources[layers[-1]] if layers else {}, ROLLOUT: sources.get(ROLLOUT, {})}
+    return {name: {key: entry.get(key) for key in ('quarter_drop', 'quarter_drop_se')} for name, entry in chosen.items()}
+
+
+def describe_drop(entry: dict[str, float | None]) -> str:
+    """A summary entry's quarter drop in words: ``+3.1 ± 1.2 points, weakly faithful``."""
+    drop, error = entry['quarter_drop'], entry.get('quarter_drop_se')
+    return f'{drop:+.1f}{f" ± {error:.1f}" if error is not None else ""} points, {verdict(drop, error)}'
 
 
 def has_cls_attention(model: nn.Module) -> bool:
@@ -138,7 +151,8 @@ class FaithfulnessCurves:
     """Deletion and insertion curves of several maps of one model on a set of images.
 
     ``accuracy`` (top-1, %) and ``probability`` (of the true class, mean) have shape (modes, sources,
-    orders, fractions) in the order of ``modes``, ``sources``, ``orders``, ``fractions``.
+    orders, fractions) in the order of ``modes``, ``sources``, ``orders``, ``fractions``;
+    ``quarter_drop_se`` (sources,) the standard error of each quarter drop over the images, where measured.
     """
     modes: list[str]
     sources: list[str]
@@ -147,6 +161,7 @@ class FaithfulnessCurves:
     accuracy: np.ndarray
     probability: np.ndarray
     count: int
+    quarter_drop_se: np.ndarray | None = None
 
     def curve(self, metric: str, mode: str, source: str, order: str) -> np.ndarray:
         values = self.accuracy if metric == 'accuracy' else self.probability
@@ -167,12 +182,18 @@ class FaithfulnessCurves:
         return float(self.curve('accuracy', 'deletion', source, 'random')[at]
                      - self.curve('accuracy', 'deletion', source, 'map')[at])
 
+    def quarter_drop_error(self, source: str) -> float | None:
+        """The standard error of ``quarter_drop``: of the per-image difference (random quarter masked,
+        right or wrong, minus top quarter masked), over the images."""
+        return None if self.quarter_drop_se is None else float(self.quarter_drop_se[self.sources.index(source)])
+
     def summary(self) -> dict[str, Any]:
-        """Per source: the quarter drop and the areas of the probability curves by mode and order
-        (what the metadata, reports and the card carry)."""
+        """Per source: the quarter drop, its standard error, and the areas of the probability curves by
+        mode and order (what the metadata, reports and the card carry)."""
         per_source = {}
         for source in self.sources:
-            entry: dict[str, Any] = {'quarter_drop': self.quarter_drop(source)}
+            entry: dict[str, Any] = {'quarter_drop': self.quarter_drop(source),
+                                     'quarter_drop_se': self.quarter_drop_error(source)}
             for mode in self.modes:
                 areas = {order: self.area('probability', mode, source, order) for order in self.orders}
                 if all(value is not None for value in areas.values()):
@@ -184,13 +205,15 @@ class FaithfulnessCurves:
         """JSON-ready: every curve and the summary."""
         return dict(modes=self.modes, sources=self.sources, orders=self.orders, fractions=self.fractions,
                     count=self.count, accuracy=self.accuracy.tolist(), probability=self.probability.tolist(),
+                    quarter_drop_se=None if self.quarter_drop_se is None else self.quarter_drop_se.tolist(),
                     summary=self.summary())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> 'FaithfulnessCurves':
         return cls(modes=list(data['modes']), sources=list(data['sources']), orders=list(data['orders']),
                    fractions=[float(f) for f in data['fractions']], accuracy=np.asarray(data['accuracy']),
-                   probability=np.asarray(data['probability']), count=int(data['count']))
+                   probability=np.asarray(data['probability']), count=int(data['count']),
+                   quarter_drop_se=None if data.get('quarter_drop_se') is None else np.asarray(data['quarter_drop_se']))
 
 
 @torch.no_grad()
@@ -304,9 +327,18 @@ def perturbation_curves(
         at = (modes.index(mode), source, orders.index(order), fractions.index(fraction))
         accuracy[at] = float(correct[rows].mean()) * 100
         mean_probability[at] = float(probability[rows].mean())
+    quarter_drop_se = None
+    if 'deletion' in modes and QUARTER in fractions and {'map', 'random'} <= set(orders):
+        # Per image: right with a random quarter masked (averaged over the random orders) minus right with
+        # the map's top quarter masked; the drop is their mean, its standard error theirs.
+        def rows(source: int, order: str) -> list[int]:
+            return [index_of[key] for key in layout['deletion', source, order, QUARTER]]
+        differences = torch.stack([correct[rows(source, 'random')].mean(dim=0) - correct[rows(source, 'map')][0]
+                                   for source in range(num_sources)]) * 100
+        quarter_drop_se = (differences.std(dim=1) / count ** 0.5).numpy() if count > 1 else np.zeros(num_sources)
     return FaithfulnessCurves(modes=list(modes), sources=list(sources), orders=list(orders),
                               fractions=[float(f) for f in fractions], accuracy=accuracy,
-                              probability=mean_probability, count=count)
+                              probability=mean_probability, count=count, quarter_drop_se=quarter_drop_se)
 
 
 @torch.no_grad()

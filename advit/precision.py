@@ -1,5 +1,7 @@
-"""Precision: bf16 autocast where the device runs bf16 natively, float32 elsewhere (one rule for training,
-evaluation, the probe and the faithfulness measure)."""
+"""Precision: bf16 autocast where the device runs bf16 natively, float32 elsewhere.
+
+One rule for training, evaluation, the probe and the faithfulness measure.
+"""
 from __future__ import annotations
 
 import functools

@@ -51,7 +51,7 @@ class RunResult:
     params: int
     per_class: dict[str, float | None]
     val_top1: float | None = None  # on the held-out training images the checkpoint was selected on
-    faithfulness: dict[str, float | None] = field(default_factory=dict)  # faithfulness.headline of its evaluation
+    faithfulness: dict[str, dict] = field(default_factory=dict)  # faithfulness.headline of its evaluation
     setting: dict[str, Any] = field(default_factory=dict)  # its config.json, less NOT_SETTINGS
 
     @property
@@ -102,7 +102,7 @@ def table1(results: list[RunResult]) -> list[dict[str, Any]]:
                                       if (m, k) == (model, method)])
         faithful = {}
         for key, source in (('faith_last', 'last layer'), ('faith_rollout', ROLLOUT)):
-            drops = [run.faithfulness.get(source) for run in runs]
+            drops = [run.faithfulness.get(source, {}).get('quarter_drop') for run in runs]
             drops = [drop for drop in drops if drop is not None]
             faithful[f'{key}_mean'] = statistics.fmean(drops) if drops else None
             faithful[f'{key}_std'] = statistics.stdev(drops) if len(drops) > 1 else (0.0 if drops else None)

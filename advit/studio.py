@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 from PIL import Image
 
 from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
@@ -21,17 +22,23 @@ from .compare import compare
 from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, load_dataset
 from .images import ImageError, load_image
 from .figure import attention_figure, images_figure, layer_figure, maps_npz, report_json
-from .inspection import AttentionReport, inspect_model, inspect_pair
+from .faithfulness import QUARTER, ROLLOUT, measure_faithfulness
+from .inspection import AttentionReport, inspect_model, inspect_pair, model_input
 from .names import TEACHER_STEM
+from .probe import PROBE_IMAGES
 from .training_view import (PROBE_FILE, ProbeError, find_probes, gap_curves, gap_heatmap, load_probe, step_report,
-                            students_gap_figure)
-from .render import (confusion_figure, gap_figure, gap_table, layer_panels, per_class_figure, prefix_share_figure,
-                     side_by_side_panels, views_panels)
+                            students_faithfulness_figure, students_gap_figure)
+from .render import (confusion_figure, faithfulness_figure, gap_figure, gap_table, layer_panels, per_class_figure,
+                     prefix_share_figure, side_by_side_panels, views_panels)
 from .rollout import model_views
 
 REPO = Path(__file__).resolve().parents[1]
 GALLERY_LIMIT = 60  # images shown per direction in the comparison
 BATCH_LIMIT = 8  # images in the few-images view: a row each, 8 forward passes of both models
+# One image's deletion curves: eighths of the patches, random orders averaged (44 masked copies per model).
+IMAGE_FRACTIONS = tuple(i / 8 for i in range(9))
+QUARTER_STEP = IMAGE_FRACTIONS.index(QUARTER)
+IMAGE_RANDOM_ORDERS = 4
 THUMBNAIL_SIZE = 96
 
 
@@ -52,6 +59,13 @@ class AttentionView:
 
 
 @dataclass
+class FaithfulnessView:
+    figure: go.Figure  # both models' deletion curves
+    summary: str  # in words: the class read and each model's quarter drop on this image
+    data: dict[str, Any]  # by role: the curves (FaithfulnessCurves.as_dict) and the class read
+
+
+@dataclass
 class MoreViews:
     panels: list[tuple[Image.Image, str]]
     figure: go.Figure
@@ -61,6 +75,7 @@ class MoreViews:
 @dataclass
 class TrainingView:
     students: go.Figure  # every student of the source: its gap, mean over layers, against step
+    faithfulness: go.Figure  # every student of the source: its maps' quarter drop against step
     heatmap: go.Figure  # the chosen student's gap, layer x step
     curves: go.Figure  # the same, one curve per layer
     frame: Image.Image  # at the chosen evaluation, teacher | student | difference on one probe image (Fig. 2 style)
@@ -294,6 +309,33 @@ class Studio:
                 for name, report in zip(names, reports)]
         return images_figure(reports, images, names, shown - 1, opacity), rows
 
+    def faithfulness(self, image_path: str | None, teacher_key: str, student_key: str) -> FaithfulnessView:
+        """Do the maps on screen point at what each model uses? On the uploaded image, each model's
+        deletion curves: the probability of the class it predicts on the whole image as the patches its
+        last layer's map, and its rollout, attend to most are masked first, against random orders.
+        """
+        image = self._upload(image_path)
+        curves, classes = {}, {}
+        for role, (model, meta) in zip(('teacher', 'student'), self._pair(teacher_key, student_key)):
+            inputs = model_input(image, meta, model)
+            with torch.inference_mode():
+                predicted = model(inputs).argmax(dim=-1)
+            names = meta.get('classes') or []
+            classes[role] = names[int(predicted)] if int(predicted) < len(names) else f'class {int(predicted)}'
+            curves[role] = measure_faithfulness(
+                model, inputs, predicted, meta.get('attn_norm') or 'renormalized', meta.get('head_fusion') or 'mean',
+                fractions=IMAGE_FRACTIONS, modes=('deletion',), orders=('map', 'random'), random_orders=IMAGE_RANDOM_ORDERS)
+        lines = []
+        for role, c in curves.items():
+            def left(source: str, order: str = 'map', c=c) -> str:
+                return f"{c.curve('probability', 'deletion', source, order)[QUARTER_STEP]:.2f}"
+            lines.append(f"**{role}** predicts *{classes[role]}* (probability "
+                         f"{c.curve('probability', 'deletion', ROLLOUT, 'map')[0]:.2f}); with the quarter of "
+                         f"patches its last layer's map attends to most masked: {left(c.sources[-2])}, its rollout's: "
+                         f"{left(ROLLOUT)}, a random quarter: {left(ROLLOUT, 'random')}.")
+        return FaithfulnessView(figure=faithfulness_figure(curves, classes), summary='\n\n'.join(lines),
+                                data={role: dict(curves[role].as_dict(), class_read=classes[role]) for role in curves})
+
     def more_views(self, image_path: str | None, teacher_key: str, student_key: str, head_fusion: str = 'mean',
                    discard_ratio: float = 0.0, keep: float = 0.6, opacity: float = 0.6) -> MoreViews:
         """Teacher and student side by side: attention rollout, its attention-mass mask, the last layer's
@@ -388,13 +430,20 @@ class Studio:
             frame = attention_figure(step_report(probe, evaluation, int(image)), probe.image(int(image)), opacity)
             students, heatmap, curves = (students_gap_figure(probes, kind), gap_heatmap(probe, kind),
                                          gap_curves(probe, kind))
+            faithful = students_faithfulness_figure(probes)
         except ProbeError as err:
             raise StudioError(self.shown(str(err))) from None
         gaps = probe.gap(kind)
         summary = (f'`{student}`: {len(probe.steps)} evaluations (steps {probe.steps[0]}-{probe.steps[-1]}) on '
                    f'held-out probe images; mean {kind.upper()} gap over layers {gaps[0].mean():.3f} at the first, '
                    f'{gaps[-1].mean():.3f} at the last. The figure: step {probe.steps[evaluation]}, probe image {image}.')
-        return TrainingView(students=students, heatmap=heatmap, curves=curves, frame=frame, student=student,
+        if probe.faithfulness is not None and not np.isnan(probe.faithfulness[[0, -1], -2]).any():
+            drops = probe.faithfulness[:, -2]
+            summary += (f' Quarter drop of its last layer\'s map on the probe images: {drops[0]:+.1f} points at the '
+                        f'first, {drops[-1]:+.1f} at the last (on {PROBE_IMAGES} images, a few points either way '
+                        'are noise; the card\'s test figure has its standard error).')
+        return TrainingView(students=students, faithfulness=faithful, heatmap=heatmap, curves=curves, frame=frame,
+                            student=student,
                             students_names=list(probes), summary=summary,
                             data=probe.as_dict())
 

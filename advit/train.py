@@ -170,8 +170,9 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f'unknown attention path {cfg.attn_path!r}: choose one of {ATTENTION_PATHS}')
     if cfg.head_fusion not in HEAD_FUSIONS:
         raise TrainingError(f'unknown head fusion {cfg.head_fusion!r}: choose one of {HEAD_FUSIONS}')
-    if cfg.val_size < 0:
-        raise TrainingError(f'val_size must be >= 0, got {cfg.val_size}')
+    if cfg.val_size < 0 or cfg.faithfulness_images < 0:
+        raise TrainingError(f'val_size and faithfulness_images must be >= 0, got {cfg.val_size}, '
+                            f'{cfg.faithfulness_images}')
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
         raise TrainingError(f'mixup and cutmix must be >= 0 and mix_prob in [0, 1], got {cfg.mixup}, '
                             f'{cfg.cutmix}, {cfg.mix_prob}')
@@ -593,8 +594,8 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
                                **({'faithfulness': faithful} if faithful else {})))
     s.log.info('step %d: validation top-1 %s (best %.2f%%)%s', step,
                f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1,
-               f'; quarter drop of the last layer\'s map {list(faithful.values())[-2]:+.1f} points, of rollout '
-               f'{faithful[ROLLOUT]:+.1f}' if faithful else '')
+               f'; the maps\' quarter drop: last layer {faithful[f"layer {len(faithful) - 1}"]:+.1f} points, '
+               f'rollout {faithful[ROLLOUT]:+.1f}' if faithful else '')
 
 
 def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, device: torch.device) -> float:

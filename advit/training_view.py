@@ -38,6 +38,10 @@ class ProbeRecord:
     teacher_layers: list[int]  # 0-based teacher layer per student layer
     grid: tuple[int, int]
     kinds: tuple[str, ...]
+    # (E, layers + 1) quarter drops of each layer's map and rollout, points; None in probes recorded before
+    # the faithfulness measure (the shipped bundle's), NaN at evaluations that did not measure them.
+    faithfulness: np.ndarray | None = None
+    faithfulness_sources: tuple[str, ...] = ()
 
     @property
     def layers(self) -> int:
@@ -55,8 +59,11 @@ class ProbeRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the steps, and per kind the gap of every layer at every evaluation (``gaps[kind][e][layer]``)."""
+        faithful = {} if self.faithfulness is None else dict(faithfulness={
+            source: [None if np.isnan(value) else float(value) for value in self.faithfulness[:, index]]
+            for index, source in enumerate(self.faithfulness_sources)})
         return dict(steps=[int(step) for step in self.steps], teacher_layers=self.teacher_layers,
-                    gaps={kind: self.gap(kind).tolist() for kind in self.kinds})
+                    gaps={kind: self.gap(kind).tolist() for kind in self.kinds}, **faithful)
 
 
 def find_probes(target: str | Path) -> dict[str, Path]:
@@ -107,7 +114,9 @@ def load_probe(path: str | Path) -> ProbeRecord:
     return ProbeRecord(steps=arrays['steps'], gaps=arrays['gaps'],
                        student_maps=arrays['student_maps'], teacher_maps=arrays['teacher_maps'],
                        images=arrays['images'], teacher_layers=[int(t) for t in arrays['teacher_layers']],
-                       grid=(int(arrays['grid'][0]), int(arrays['grid'][1])), kinds=tuple(arrays['kinds'].tolist()))
+                       grid=(int(arrays['grid'][0]), int(arrays['grid'][1])), kinds=tuple(arrays['kinds'].tolist()),
+                       faithfulness=arrays.get('faithfulness'),
+                       faithfulness_sources=tuple(arrays.get('faithfulness_sources', np.array([])).tolist()))
 
 
 def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
@@ -130,6 +139,14 @@ def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
             return f'{key} has shape {found}, expected ({wanted}) for {evaluations} evaluations of {layers} layers'
     if arrays['images'].dtype != np.uint8 or int(np.prod(arrays['grid'])) != patches:
         return f'images should be uint8 and the grid {arrays["grid"].tolist()} should have {patches} patches'
+    if ('faithfulness' in arrays) != ('faithfulness_sources' in arrays):
+        return 'faithfulness and faithfulness_sources come together'
+    if 'faithfulness' in arrays:
+        faithful, sources = arrays['faithfulness'], arrays['faithfulness_sources']
+        if faithful.dtype.kind != 'f' or sources.dtype.kind != 'U' or faithful.shape != (evaluations, layers + 1) \
+                or sources.shape != (layers + 1,):
+            return (f'faithfulness {faithful.shape} should be float ({evaluations}, {layers + 1}) with a name per '
+                    f'column in faithfulness_sources {sources.shape}')
     return None
 
 
@@ -179,6 +196,26 @@ def students_gap_figure(probes: dict[str, ProbeRecord], kind: str) -> go.Figure:
     figure.update_layout(xaxis_title='step', yaxis_title=f'{kind.upper()} gap, mean over layers',
                          yaxis_rangemode='tozero', height=320, margin=dict(l=40, r=10, t=30, b=40),
                          legend=dict(orientation='h'))
+    return figure
+
+
+def students_faithfulness_figure(probes: dict[str, ProbeRecord]) -> go.Figure:
+    """Each student's quarter drop against step (``faithfulness.py``): its last layer's map (solid) and its
+    rollout (dotted), so that a map becoming faithful as its gap falls shows."""
+    figure = go.Figure()
+    for name, probe in probes.items():
+        if probe.faithfulness is None:
+            continue
+        for index, dash in ((probe.layers - 1, 'solid'), (probe.layers, 'dot')):
+            figure.add_trace(go.Scatter(x=probe.steps.tolist(), y=probe.faithfulness[:, index].tolist(),
+                                        mode='lines+markers', line=dict(dash=dash),
+                                        name=f'{name}: {probe.faithfulness_sources[index]}'))
+    layout = dict(xaxis_title='step', yaxis_title='quarter drop (points): map beyond random', height=320,
+                  margin=dict(l=40, r=10, t=30, b=40), legend=dict(orientation='h'))
+    if not figure.data:
+        layout['annotations'] = [dict(text='not recorded: these runs predate the faithfulness measure', x=0.5,
+                                      y=0.5, xref='paper', yref='paper', showarrow=False)]
+    figure.update_layout(**layout)
     return figure
 
 

@@ -123,7 +123,7 @@ def tiny_bundle(tmp_path_factory, cifar_archive, cifar) -> Path:
                                ('deit_hard', 2, {})):
         path = save_tiny_checkpoint(folder / f'{"teacher" if method == "vit" else method}.safetensors',
                                     method, seed, **arch)
-        top1 = evaluate_checkpoint(path, cifar_archive, device='cpu')['top1']
+        top1 = evaluate_checkpoint(path, cifar_archive, device='cpu', faithfulness_images=256)['top1']
         loaded = load_checkpoint(path)
         save_checkpoint(path, loaded.model, dict(loaded.meta, test_top1=top1))
     (folder / 'broken.safetensors').write_bytes(b'\x00' * 100)

@@ -307,6 +307,19 @@ def test_more_views_endpoint(client, keys):
                        api_name='/more_views')
 
 
+def test_faithfulness_endpoint(client, keys):
+    figure, summary, data = client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'],
+                                           api_name='/faithfulness')
+    assert set(data) == {'teacher', 'student'} and 'predicts' in summary
+    for role in data:
+        deletion = np.asarray(data[role]['probability'])[0]  # (sources, orders, fractions)
+        assert deletion.shape == (len(data[role]['sources']), 2, 9) and np.all((deletion >= 0) & (deletion <= 1))
+        assert data[role]['sources'][-1] == 'rollout'
+    assert len(json.loads(figure['plot'])['data']) == 6
+    with pytest.raises(Exception, match='not one of the models on offer'):
+        client.predict(handle_file(str(EXAMPLE)), keys['teacher'], '/etc/passwd', api_name='/faithfulness')
+
+
 def test_a_few_images_at_once_default_to_the_example_row(client, keys, tmp_path):
     from advit.figure import Layout
     from advit.render import PANEL_SIZE

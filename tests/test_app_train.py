@@ -78,10 +78,18 @@ def test_a_table1_job_of_several_students_ends_with_its_table_and_its_distillati
     names = {trace['name'].split(' · ')[0] for trace in json.loads(figure['plot'])['data']}
     assert names == {'vit', 'advit_l1'}
     assert {'advit_l1', 'vit'} <= set(re.findall(r'\|\s*([a-z0-9_]+)\s*(?=\|)', table))  # a cell each
-    summary, students, heatmap, curves, frame, data = client.predict(
+    summary, students, heatmap, curves, frame, data, faithful = client.predict(
         f'{runs.name}/table1', 'advit_l1', 'l1', 0, 0, 0.6, api_name='/training_view')
     assert summary.startswith('`advit_l1`: 1 evaluations') and data['steps'] == [3]
     assert {trace['name'] for trace in json.loads(students['plot'])['data']} == {'vit', 'advit_l1'}
+    # Each student's maps' quarter drop at its evaluation, as its metrics recorded it: last layer and rollout.
+    lines = [json.loads(line) for line in (runs / 'table1' / 'advit_l1' / 'metrics.jsonl').read_text().splitlines()]
+    [recorded] = [line for line in lines if line['event'] == 'eval']
+    assert data['faithfulness']['rollout'] == [pytest.approx(recorded['faithfulness']['rollout'], abs=1e-3)]
+    traces = {trace['name'] for trace in json.loads(faithful['plot'])['data']}
+    assert traces == {f'{name}: {source}' for name in ('vit', 'advit_l1') for source in (f'layer {TINY["depth"]}',
+                                                                                          'rollout')}
+    assert 'Quarter drop of its last layer' in summary
     from advit.figure import Layout
     from advit.render import PANEL_SIZE
     assert Image.open(frame).size == Layout.of(PANEL_SIZE).size(TINY['depth'])

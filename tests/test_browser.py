@@ -106,6 +106,11 @@ def show_attention(page, url: str, depth: int) -> None:
                            timeout=120_000)
     assert natural_size(page, 'attention-figure') == Layout.of(PANEL_SIZE).size(depth)  # a row per student layer
     assert len(layer_maps(page)) == 2 * depth  # the teacher's and the student's map per layer
+    # Then, drawn after the view: both models' deletion curves on this image (last layer, rollout, random).
+    page.wait_for_function('() => document.querySelector("#faithfulness-plot .js-plotly-plot")?.data?.length === 6'
+                           ' && document.querySelector("#faithfulness-summary")?.textContent.includes("predicts")',
+                           timeout=120_000)
+    assert plot_traces(page, 'faithfulness-plot') == [dict(type='scatter', points=9)] * 6
 
     # The downloads: the figure, the maps as .npz and as JSON, each a link that serves it.
     links = page.locator('#attention-downloads a[download]').evaluate_all(

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from advit.capture import ClsAttentionCapture, fuse_heads
 from advit.faithfulness import (FaithfulnessCurves, mask_patches, measure_faithfulness, patch_ranks,
-                                perturbation_curves, source_names)
+                                perturbation_curves, source_names, verdict)
 from advit.rollout import full_attention, rollout
 from conftest import tiny_vit
 
@@ -59,13 +59,19 @@ def test_the_right_map_scores_above_a_random_one_and_a_random_one_above_the_reve
     # about a quarter of the images; the reversed map keeps it until the very end.
     accuracy = {order: curves.curve('accuracy', 'deletion', 'right', order) for order in curves.orders}
     assert accuracy['map'][0] == accuracy['random'][0] == accuracy['reversed'][0] == 100
-    assert accuracy['map'][2] <= 30 and accuracy['reversed'][-2] == 100
+    quarter = curves.fractions.index(0.25)
+    assert accuracy['map'][quarter] <= 45 and accuracy['reversed'][-2] == 100
     assert curves.quarter_drop('right') > 40
     # A map on the wrong patches: no better than chance, or worse.
     wrong = curves_for(model, images, labels, 1 - right)
     assert wrong.quarter_drop('map') < 0
     summary = curves.summary()
     assert summary['count'] == 64 and summary['sources']['right']['quarter_drop'] == curves.quarter_drop('right')
+    # Its standard error, over the images: of the per-image difference (right or wrong with a random
+    # quarter masked, averaged over the 4 orders, minus right or wrong with the map's top quarter masked).
+    error = summary['sources']['right']['quarter_drop_se']
+    assert 0 < error < 10 and verdict(curves.quarter_drop('right'), error) == 'faithful'
+
     assert summary['sources']['right']['deletion_auc'] == deletion
 
 
@@ -160,3 +166,10 @@ def test_bad_arguments_are_refused():
         perturbation_curves(PatchReader(), images, labels, right[:, None], ['a'], fractions=(0.5, 0.25))
     with pytest.raises(ValueError, match='unknown modes or orders'):
         perturbation_curves(PatchReader(), images, labels, right[:, None], ['a'], modes=('erasure',))
+
+
+def test_verdicts_follow_the_bar_and_the_noise():
+    assert verdict(12.0, 1.0) == 'faithful' and verdict(12.0, 7.0) == 'no better than random'
+    assert verdict(3.0, 1.0) == 'weakly faithful' and verdict(3.0, 2.0) == 'no better than random'
+    assert verdict(-3.0, 1.0) == 'points away from what the model uses'
+    assert verdict(1.5) == 'no better than random' and verdict(2.5) == 'weakly faithful'  # no error known: 2 points

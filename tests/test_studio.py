@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from advit.about import about_markdown
 from advit.compare import Comparison
+from advit.faithfulness import FaithfulnessCurves, mask_patches, verdict
 from advit.evaluate import load_predictions
 from advit.images import ImageError, load_image
-from advit.inspection import model_input
+from advit.inspection import inspect_model, model_input
 from advit.rollout import full_attention, rollout
 from advit.studio import GALLERY_LIMIT, Studio, StudioError
 from conftest import REPO
@@ -277,3 +279,57 @@ def test_a_few_images_at_once(studio, tmp_path):
         studio.attention_images(examples * 3, defaults['teacher'], defaults['student'])
     with pytest.raises(StudioError, match='upload a few images'):
         studio.attention_images([], defaults['teacher'], defaults['student'])
+
+
+def test_faithfulness_of_the_maps_on_screen(studio):
+    """Both models' deletion curves on the image: at 0 the probability of the class each predicts (its
+    top-1 in the attention view), at a quarter what masking its last layer's top quarter, taken from the
+    map the attention view shows, leaves (recomputed here by hand)."""
+    import torch
+    defaults = studio.default_keys()
+    view = studio.faithfulness(EXAMPLE, defaults['teacher'], defaults['student'])
+    shown = studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'trained', 0, 0.5)
+    image = load_image(EXAMPLE)
+    for role, top5 in (('teacher', shown.teacher_top5), ('student', shown.student_top5)):
+        curves = FaithfulnessCurves.from_dict(view.data[role])
+        assert curves.modes == ['deletion'] and curves.orders == ['map', 'random'] and curves.count == 1
+        assert curves.fractions[0] == 0 and curves.fractions[-1] == 1 and 0.25 in curves.fractions
+        predicted, probability = max(top5.items(), key=lambda item: item[1])
+        assert view.data[role]['class_read'] == predicted and f'*{predicted}*' in view.summary
+        assert curves.curve('probability', 'deletion', 'rollout', 'map')[0] == pytest.approx(probability, abs=1e-5)
+        model, meta = studio.models.get(studio.offered(defaults[role], studio.entries()).key)
+        last = inspect_model(model, meta, image).maps[-1]
+        grid = (8, 8)
+        masked = torch.zeros(1, 64, dtype=torch.bool)
+        masked[0, torch.from_numpy(last).argsort(descending=True, stable=True)[:16]] = True
+        with torch.no_grad():
+            probs = model(mask_patches(model_input(image, meta, model), masked, grid)).softmax(-1)[0]
+        label = meta['classes'].index(predicted)
+        quarter = curves.fractions.index(0.25)
+        assert curves.curve('probability', 'deletion', curves.sources[-2], 'map')[quarter] == \
+            pytest.approx(float(probs[label]), abs=1e-5)
+    assert len(view.figure.data) == 6  # per model: last layer, rollout, random
+    with pytest.raises(StudioError, match='upload an image'):
+        studio.faithfulness(None, defaults['teacher'], defaults['student'])
+    with pytest.raises(StudioError, match='not one of the models on offer'):
+        studio.faithfulness(EXAMPLE, '/etc/passwd', defaults['student'])
+
+
+def test_each_models_faithfulness_is_shown_beside_its_accuracy(studio, tiny_bundle):
+    """The card beside each model list and the About tab carry the quarter drops the evaluation file holds."""
+    defaults = studio.default_keys()
+    entry = studio.offered(defaults['student'], studio.entries())
+    evaluation = json.loads((tiny_bundle / 'advit_l1.eval.json').read_text())
+    sources = evaluation['faithfulness']['summary']['sources']
+    assert evaluation['faithfulness']['count'] == 256 and list(sources) == ['layer 1', 'layer 2', 'rollout']
+    wanted = ('quarter_drop', 'quarter_drop_se')
+    assert entry.faithfulness() == {'last layer': {key: sources['layer 2'][key] for key in wanted},
+                                    'rollout': {key: sources['rollout'][key] for key in wanted}}
+    drop, error = sources['rollout']['quarter_drop'], sources['rollout']['quarter_drop_se']
+    assert error > 0
+    words = f'{drop:+.1f} ± {error:.1f} points, {verdict(drop, error)}'
+    assert f'rollout: {words}' in studio.describe(defaults['student'])
+    about = about_markdown(studio.entries())
+    assert 'faithfulness, last layer (pts)' in about
+    row = next(line for line in about.splitlines() if 'advit_l1.safetensors' in line)
+    assert words in row

@@ -19,7 +19,7 @@ from advit.losses import attention_gap
 from advit.probe import read_probe
 from advit.render import PANEL_SIZE, layer_panels, overlay
 from advit.training_view import (ProbeError, find_probes, gap_curves, gap_heatmap, load_probe, load_probes,
-                                 step_report, students_gap_figure)
+                                 step_report, students_faithfulness_figure, students_gap_figure)
 
 BUNDLE = REPO / 'checkpoints'
 BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'deit_hard', 'vit')
@@ -87,6 +87,9 @@ def test_corrupt_or_foreign_files_are_refused_with_a_message(tmp_path):
         'kinds should name': dict(arrays, kinds=np.array([1, 2, 3])),
         'steps should be': dict(arrays, steps=np.zeros(0, np.int64)),
         'not a readable': dict(arrays, kinds=np.array(['l1', None, 'kl'], dtype=object)),  # needs unpickling
+        'come together': dict(arrays, faithfulness=np.zeros((6, 5), np.float32)),
+        r'faithfulness \(6, 4\) should be float': dict(arrays, faithfulness=np.zeros((6, 4), np.float32),
+                                                      faithfulness_sources=np.array(['a', 'b', 'c', 'd', 'e'])),
     }
     for message, content in broken.items():
         _write_npz(target, **content)
@@ -124,6 +127,25 @@ def test_the_heatmap_and_curves_draw_the_files_gaps(group_run):
     assert data['steps'] == raw['steps'].tolist() and data['teacher_layers'] == raw['teacher_layers'].tolist()
     assert {kind: np.array(values).tolist() for kind, values in data['gaps'].items()} == \
         {kind: raw['gaps'][:, index].tolist() for index, kind in enumerate(raw['kinds'])}
+
+
+def test_the_faithfulness_of_each_evaluation_is_recorded_and_drawn(group_run):
+    """Each evaluation's quarter drops (as its metrics line has them) are in the probe, and drawn per
+    student: the last layer's and rollout's; probes from before the measure draw a note instead."""
+    probes = load_probes(group_run)
+    for name, probe in probes.items():
+        evaluations = [json.loads(line) for line in (group_run / name / 'metrics.jsonl').read_text().splitlines()
+                       if '"eval"' in line]
+        assert probe.faithfulness_sources == ('layer 1', 'layer 2', 'rollout')
+        np.testing.assert_allclose(probe.faithfulness, [[line['faithfulness'][source] for source in
+                                                         probe.faithfulness_sources] for line in evaluations],
+                                   atol=1e-3)
+    figure = students_faithfulness_figure(probes)
+    assert [trace.name for trace in figure.data] == [f'{name}: {source}' for name in probes
+                                                     for source in ('layer 2', 'rollout')]
+    assert np.array_equal(np.asarray(figure.data[1].y), probes['advit_l1'].faithfulness[:, 2])
+    shipped = students_faithfulness_figure(load_probes(BUNDLE))
+    assert not shipped.data and 'not recorded' in shipped.layout.annotations[0].text
 
 
 def test_one_chart_shows_the_vit_gap_staying_large_while_the_advit_gap_shrinks(group_run):
