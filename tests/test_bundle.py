@@ -24,6 +24,7 @@ from advit.bundle import hardware
 from advit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from advit.models import create_model
 from advit.cli import main
+from advit.faithfulness import headline
 from advit.presets import preset
 from advit.train import TrainConfig, validate
 from conftest import REPO, tiny_flags
@@ -116,14 +117,20 @@ def test_the_model_card_has_both_tables_beside_the_papers(bundle):
     runs, out, _ = bundle
     card = (out / 'README.md').read_text()
     table1 = card.split('## Table 1')[1].split('## Table 2')[0]
+    lines = [line for line in table1.splitlines() if line.startswith('|')]
+    titles = [cell.strip() for cell in lines[0].strip('|').split('|')]
     for name in NAMES:
-        row = next(line for line in table1.splitlines() if line.startswith(f'| {name} |'))
-        cells = [cell.strip() for cell in row.strip('|').split('|')]
-        assert cells[4] == f'{read_metadata(runs / name / "best.safetensors")["val_top1"]:.2f}'
-        assert cells[5] == f'{top1(out / f"{name}.eval.json"):.2f}'
+        row = next(line for line in lines if line.startswith(f'| {name} |'))
+        cells = dict(zip(titles, (cell.strip() for cell in row.strip('|').split('|'))))
+        assert cells['val top-1 (%)'] == f'{read_metadata(runs / name / "best.safetensors")["val_top1"]:.2f}'
+        assert cells['test top-1 (%)'] == f'{top1(out / f"{name}.eval.json"):.2f}'
+        drops = headline(json.loads((out / f'{name}.eval.json').read_text()))
+        for title, source in (('faithfulness, last layer (pts)', 'last layer'), ('faithfulness, rollout (pts)', 'rollout')):
+            assert cells[title] == f"{drops[source]['quarter_drop']:.2f}"  # the fixture measures faithfulness
         paper = PAPER_TEACHER_TOP1 if name == TEACHER else PAPER_TOP1['ViT-Tiny'].get(name)
-        assert cells[6] == (f'{paper:.2f}' if paper is not None else '–')  # advit_kl is not in the paper
-        assert cells[10] == ('yes' if (out / f'{name}.safetensors').is_file() else 'no (evaluation only)')
+        assert cells['paper top-1 (%)'] == (f'{paper:.2f}' if paper is not None else '–')  # advit_kl is not in it
+        shipped = (out / f'{name}.safetensors').is_file()
+        assert cells['weights shipped'] == ('yes' if shipped else 'no (evaluation only)')
     best = best_attention_run(runs)
     table2 = card.split('## Table 2')[1].split('## How it was made')[0]
     assert f'| class | deit_hard (%) | {best} (%) | difference |' in table2
