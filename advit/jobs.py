@@ -19,6 +19,7 @@ failed with the end of its output, never as running forever.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -32,6 +33,8 @@ from typing import Any
 
 import torch
 
+from .checks import shown_value
+from .data import DatasetError, load_dataset, steps_per_epoch
 from .io import write_json
 from .models import create_model
 from .train import TrainConfig, TrainingError, validate
@@ -42,7 +45,7 @@ FINAL = ('failed', 'cancelled', 'finished')  # a group's state is the first of t
 # there after this grace (ADVIT_CANCEL_GRACE_S) is killed: long enough for a CPU evaluation or a first
 # dataset decode to end, so that the steps since the last save are not lost.
 CANCEL_GRACE_S = 120.0
-NAME_PATTERN = re.compile(r'[^A-Za-z0-9._-]+|\.{2,}')  # no separators, no '..'
+NAME_PATTERN = re.compile(r'[^A-Za-z0-9._-]|\.{2,}')  # no separators, no '..'
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,12 +92,16 @@ class JobLimits:
         return replace(base, **changes)
 
 
-def sanitize_name(name: str) -> str:
-    """A run name safe as one folder name: letters, digits, '.', '_' and '-', no leading dots."""
-    cleaned = re.sub(r'-{2,}', '-', NAME_PATTERN.sub('-', name.strip())).strip('.-')[:80]
-    if not cleaned:
-        raise JobError(f'run name {name!r} has no usable characters: use letters, digits, ".", "_" or "-"')
-    return cleaned
+NAME_RULE = 'a run name is 1 to 80 letters, digits, ".", "_" or "-", not starting with "." or "-"'
+
+
+def check_name(name: Any) -> str:
+    """A run name as given, when it is one safe folder name (``NAME_RULE``); refused with the rule
+    otherwise, never rewritten: the job is cancelled and found later by the very name typed."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 80 or NAME_PATTERN.search(name) or \
+            name.startswith(('.', '-')):
+        raise JobError(f'run name {shown_value(name)} is not taken: {NAME_RULE}')
+    return name
 
 
 def _process_start(pid: int) -> str | None:
@@ -161,22 +168,26 @@ class JobManager:
         self.cancel_grace_s = cancel_grace_s if cancel_grace_s is not None else \
             float(os.environ.get('ADVIT_CANCEL_GRACE_S') or CANCEL_GRACE_S)
         self._children: dict[str, subprocess.Popen] = {}
+        self._train_counts: dict[str, int] = {}  # training images per dataset path, for the epochs limit
         self._lock = threading.RLock()
         self._stop = threading.Event()
 
     # --- submitting ------------------------------------------------------------------------------
 
-    def submit(self, name: str, settings: dict[str, Any]) -> str:
-        """Queue a run; return its (sanitised, unique) name.
+    def submit(self, name: str | None, settings: dict[str, Any]) -> str:
+        """Queue a run; return its name.
 
         Args:
-            name: The wanted run name.
+            name: The run's name (``check_name``), not yet taken; None: its method(s) joined by '-',
+                with '-2', '-3'... when taken.
             settings: ``TrainConfig`` fields (``out`` is set from the name); or, for a group job,
                 ``methods`` (a list of method names) in place of ``method``: one student per method,
                 in one process.
         """
         settings = dict(settings)
         methods = _group_methods(settings)
+        if name is not None:
+            check_name(name)
         self._validate(settings, methods)  # as asked, then within the limits
         self._apply_limits(settings)
         cfg = self._validate(settings, methods)
@@ -186,7 +197,7 @@ class JobManager:
             if waiting >= self.limits.max_queued:
                 raise JobError(f'{waiting} jobs are queued or running, the most this server takes: '
                                'wait for one to end, or cancel one')
-            run = self._new_run_folder(sanitize_name(name))
+            run = self._new_run_folder(name, cfg if methods is None else methods)
             settings['out'] = str(run)
             run.mkdir(parents=True)
             for method in methods or []:  # made now, so that a student's status.json records even an early failure
@@ -231,6 +242,13 @@ class JobManager:
         if not isinstance(batch, int) or not 1 <= batch <= limits.max_batch_size:
             raise JobError(f'batch size {batch}: the limit here is 1 to {limits.max_batch_size}')
         if limits.max_steps is not None:
+            epochs = settings.get('epochs')
+            if epochs is not None:  # refused here as steps are, not cut short by the steps set below
+                count = self._training_images(settings)
+                needed = math.ceil(epochs * steps_per_epoch(count, batch))
+                if needed > limits.max_steps:
+                    raise JobError(f'{epochs:g} epochs of {count} images in batches of {batch} are {needed:,} steps: '
+                                   f'the limit here is {limits.max_steps:,}')
             steps = settings.get('steps')
             if steps is not None and steps > limits.max_steps:
                 raise JobError(f'{steps} steps asked for: the limit here is {limits.max_steps}')
@@ -241,13 +259,34 @@ class JobManager:
                 raise JobError(f'a {budget:.0f}s time budget asked for: the limit here is {limits.max_seconds:.0f}s')
             settings['time_budget'] = limits.max_seconds if budget is None else budget  # it ends itself in time
 
-    def _new_run_folder(self, name: str) -> Path:
+    def _training_images(self, settings: dict[str, Any]) -> int:
+        """How many images a run trains on: its subset, else its dataset's training split less the
+        held-out images (the dataset read once per path; a run reads the same decoded cache)."""
+        if settings.get('subset'):
+            return int(settings['subset'])
+        data = settings['data']
+        if data not in self._train_counts:
+            try:
+                self._train_counts[data] = len(load_dataset(data, settings.get('cache_dir'))['train'])
+            except (DatasetError, OSError, ValueError) as err:
+                raise JobError(f'cannot read the dataset: {err}') from None
+        return max(self._train_counts[data] - settings.get('val_size', TrainConfig.val_size), 1)
+
+    def _new_run_folder(self, name: str | None, what: TrainConfig | list[str]) -> Path:
+        """The folder of a new run: ``name``'s, refused when taken; without a name, the method(s)'
+        (``what``: the one student's configuration, or a group's methods), numbered when taken."""
         root = self.runs_dir.resolve()
-        candidate, suffix = root / name, 2
-        while candidate.exists():
-            candidate, suffix = root / f'{name}-{suffix}', suffix + 1
-        if candidate.parent != root:  # sanitize_name allows no separators; this is the last guard
-            raise JobError(f'run name {name!r} would leave {root}')
+        if name is not None:
+            candidate = root / name
+            if candidate.exists():
+                raise JobError(f'a run named {name} exists: choose another name, or leave the name empty')
+        else:
+            base = '-'.join(what) if isinstance(what, list) else what.method
+            candidate, suffix = root / base, 2
+            while candidate.exists():
+                candidate, suffix = root / f'{base}-{suffix}', suffix + 1
+        if candidate.parent != root:  # check_name allows no separators; this is the last guard
+            raise JobError(f'run name {shown_value(name)} would leave the runs folder')
         return candidate
 
     # --- the queue -------------------------------------------------------------------------------
@@ -280,7 +319,8 @@ class JobManager:
             command = [self.python, '-m', 'advit', 'train', '--config', str(run / 'request.json'),
                        *(['--methods', ','.join(methods)] if methods else [])]
         with open(run / 'output.log', 'ab') as output:
-            output.write(f'\n$ {" ".join(command)}\n'.encode())
+            # The interpreter by name: its folder is the server's business, and the output is shown to clients.
+            output.write(f'\n$ {" ".join([Path(self.python).name, *command[1:]])}\n'.encode())
             output.flush()
             child = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
@@ -445,5 +485,5 @@ class JobManager:
         root = self.runs_dir.resolve()
         run = (root / name).resolve()
         if run.parent != root:
-            raise JobError(f'{name!r} is not a run in {root}')
+            raise JobError(f'{shown_value(name)} is not a run in {root}')
         return run

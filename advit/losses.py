@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import shown_value
 from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
 from .models import model_normalization, patch_grid
 
@@ -53,7 +54,7 @@ class Method:
 def parse_method(name: str) -> Method:
     """Parse a method name such as ``advit_l1`` or ``deit_hard+advit_kl``."""
     if name not in METHODS:
-        raise ValueError(f'unknown method {name!r}: choose one of {", ".join(METHODS)}')
+        raise ValueError(f'unknown method {shown_value(name)}: choose one of {", ".join(METHODS)}')
     parts = name.split('+')
     logit = next((p for p in parts if p in LOGIT_METHODS), None)
     attention = next((p.removeprefix('advit_') for p in parts if p in ATTENTION_METHODS), None)

@@ -21,6 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from .checks import number, shown_value
 from .weights import model_weights, read_tensors
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -175,12 +176,27 @@ ARCHITECTURE_ARGS = frozenset({
 })
 
 
+# The ranges numeric architecture arguments are taken in, checked before anything is built: building
+# depth=10000 on the meta device alone took 90 s of CPU before the size limit could refuse it. The
+# bounds are past the largest ViTs (ViT-22B: 48 blocks of width 6144, 48 heads).
+ARCHITECTURE_BOUNDS: dict[str, tuple[float, float, bool]] = {  # key: (low, high, whole)
+    'depth': (1, 64, True), 'embed_dim': (1, 8192, True), 'num_heads': (1, 128, True), 'mlp_ratio': (0.25, 16, False),
+    'patch_size': (1, 64, True), 'in_chans': (1, 16, True), 'reg_tokens': (0, 64, True),
+    **{rate: (0, 1, False) for rate in ('drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate',
+                                        'attn_drop_rate', 'drop_path_rate')},
+}
+
+
 def check_architecture_args(args: dict[str, Any]) -> None:
-    """Refuse keys other than architecture keys (``ARCHITECTURE_ARGS``), naming them."""
-    refused = sorted(set(args) - ARCHITECTURE_ARGS)
+    """Refuse keys other than architecture keys (``ARCHITECTURE_ARGS``), naming them, and numeric
+    values outside ``ARCHITECTURE_BOUNDS``, with the range."""
+    refused = sorted(shown_value(key, quoted=False) for key in set(args) - ARCHITECTURE_ARGS)
     if refused:
         raise ValueError(f'not an architecture argument: {", ".join(refused)} (allowed: '
                          f'{", ".join(sorted(ARCHITECTURE_ARGS))})')
+    for key, (low, high, whole) in ARCHITECTURE_BOUNDS.items():
+        if key in args:
+            number(args[key], key, low, high, whole)
 
 
 def create_model(
@@ -206,7 +222,7 @@ def create_model(
     check_architecture_args(model_args)
     base_name = name.split('.', 1)[0]
     if not timm.is_model(base_name):
-        raise ValueError(f'unknown model {name!r}: not a timm model name (see timm.list_models())')
+        raise ValueError(f'unknown model {shown_value(name)}: not a timm model name (see timm.list_models())')
     overlay = None
     if pretrained_file is not None:
         path = Path(pretrained_file)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import plotly.graph_objects as go
 
+from .checks import RequestError, number, redacted
 from .data import OFFICIAL_CIFAR10
 from .jobs import REPO, JobError, JobLimits, JobManager
 from .render import progress_html, students_curves, training_curves
@@ -154,8 +155,7 @@ class TrainDesk:
 
     def shown(self, text: str) -> str:
         """Text for a client: the runs folder as ``runs``, paths in the app's folder relative to it."""
-        runs = str(self.manager.runs_dir.resolve())
-        return text.replace(runs, 'runs').replace(f'{REPO}{os.sep}', '').replace(str(REPO), '.')
+        return redacted(text, {str(self.manager.runs_dir.resolve()): 'runs', f'{REPO}{os.sep}': '', str(REPO): '.'})
 
     def _authorise(self, token: str | None) -> None:
         if self.token is not None and not hmac.compare_digest(str(token or '').encode(), self.token.encode()):
@@ -178,25 +178,26 @@ class TrainDesk:
             raise JobError(f'run length is epochs, steps or seconds, not {length!r}')
         if device not in ('auto', 'cpu', 'cuda'):
             raise JobError(f'device is auto, cpu or cuda, not {device!r}')
-        if not isinstance(amount, (int, float)) or not amount > 0:
-            raise JobError(f'the run length must be positive, got {amount}')
-        for label, value, low, high in (('learning rate', lr, 1e-8, 1.0), ('attention weight', attn_weight, 0, 1e4),
-                                        ('alpha', alpha, 0, 1), ('tau', tau, 1e-3, 100), ('seed', seed, 0, 2**31 - 1),
-                                        ('subset', subset or 0, 0, 10**7),
-                                        ('batch size', batch_size, 1, self.manager.limits.max_batch_size)):
-            if not isinstance(value, (int, float)) or not low <= value <= high:
-                raise JobError(f'{label} must be between {low:g} and {high:g}, got {value}')
+        try:  # every number checked as it enters: finite, whole where it counts, in range, or refused
+            amount = number(amount, f'the number of {length}', 1 if length == 'steps' else 1e-6, 1e12,
+                            whole=length == 'steps')  # then held to this server's limits when queued
+            lr, attn_weight, alpha, tau = (number(value, label, low, high) for label, value, low, high in (
+                ('learning rate', lr, 1e-8, 1.0), ('attention weight', attn_weight, 0, 1e4), ('alpha', alpha, 0, 1),
+                ('tau', tau, 1e-3, 100)))
+            seed, subset, batch_size = (number(value, label, low, high, whole=True) for label, value, low, high in (
+                ('seed', seed, 0, 2**31 - 1), ('subset', subset or 0, 0, 10**7),
+                ('batch size', batch_size, 1, self.manager.limits.max_batch_size)))
+        except RequestError as err:
+            raise JobError(str(err)) from None
         methods = [method] if isinstance(method, str) else list(method or [])
         # Architecture keys are checked with the rest of the run's settings (train.validate, in submit).
         settings = dict(**({'method': methods[0]} if len(methods) == 1 else {'methods': methods}),
                         model=model, model_args=parse_model_args(model_args), data=self._dataset(data),
-                        teacher=self._teacher(teacher), lr=float(lr), attn_weight=float(attn_weight),
-                        alpha=float(alpha), tau=float(tau), seed=int(seed), subset=int(subset) if subset else None,
-                        batch_size=int(batch_size), device=device, log_every=10,
-                        **{dict(epochs='epochs', steps='steps', seconds='time_budget')[length]:
-                           int(amount) if length == 'steps' else float(amount)})
+                        teacher=self._teacher(teacher), lr=lr, attn_weight=attn_weight, alpha=alpha, tau=tau,
+                        seed=seed, subset=subset or None, batch_size=batch_size, device=device, log_every=10,
+                        **{dict(epochs='epochs', steps='steps', seconds='time_budget')[length]: amount})
         try:
-            return self._shown_job(self.manager.status(self.manager.submit(name or '-'.join(methods), settings)))
+            return self._shown_job(self.manager.status(self.manager.submit(name or None, settings)))
         except JobError as err:
             raise JobError(self.shown(str(err))) from None
 
@@ -266,6 +267,25 @@ class TrainDesk:
         rows = [{key: self.shown(value) if isinstance(value, str) else value for key, value in row.items()}
                 for row in rows]
         return rows, markdown_table(rows, TABLE1_COLUMNS)
+
+
+def job_summary(job: dict[str, Any] | None) -> str:
+    """A job's status in words and a small table (the Train tab's, beside its JSON): what it is, where it
+    stands, its best validation top-1, and its error's last line."""
+    if not job or not isinstance(job, dict) or 'state' not in job:
+        return 'No job yet: fill in the form and press Launch, or choose one in the job list.'
+    step, total = job.get('step'), job.get('total_steps')
+    where = {'queued': 'waits for a free slot', 'running': 'is running', 'finished': 'has finished',
+             'cancelled': 'was cancelled', 'failed': 'has failed'}.get(job['state'], job['state'])
+    cells = [job['name'], job.get('method') or '', job.get('model') or '', job['state'],
+             f"{step:,}" + (f" of {total:,}" if total else '') if step is not None else '–',
+             f"{100 * job['progress']:.0f}%" if job.get('progress') is not None else '–',
+             f"{job['best_val_top1']:.2f}%" if job.get('best_val_top1') is not None else '–']
+    table = ('| job | method | model | state | step | progress | best val top-1 |\n' + '|' + ' --- |' * 7 + '\n' +
+             '| ' + ' | '.join(str(cell).replace('|', '/') for cell in cells) + ' |')
+    error = f"\n\nError: {_last_line(job['error'])}" if job.get('error') else ''
+    eta = f", about {job['eta_s'] / 60:.0f} min left" if job['state'] == 'running' and job.get('eta_s') else ''
+    return f"Job **{job['name']}** {where}{eta}.\n\n{table}{error}"
 
 
 def _last_line(text: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from advit.checkpoint import load_checkpoint
-from advit.jobs import ACTIVE, JobError, JobLimits, JobManager, sanitize_name
+from advit.jobs import ACTIVE, JobError, JobLimits, JobManager, check_name
 from conftest import TINY, group_gone, kill_jobs, wait_until
 
 LONG = 100_000  # steps: a job that runs until it is cancelled or killed
@@ -85,31 +85,28 @@ def jobs(tmp_path, cifar):
 # --- names -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('name, expected', [
-    ('../../x', 'x'), ('a/b', 'a-b'), ('a\\b', 'a-b'), ('  my run  ', 'my-run'), ('run 1 / final', 'run-1-final'),
-    ('.hidden', 'hidden'), ('a..b', 'a-b'), ('v1.2_ok-3', 'v1.2_ok-3'), ('héllo wörld', 'h-llo-w-rld'),
-    ('學習', None), ('..', None), ('.', None), ('', None), ('   ', None), ('/', None), ('../..', None),
-])
-def test_sanitize_name_gives_one_safe_folder_name_or_refuses(name, expected):
-    if expected is None:
-        with pytest.raises(JobError, match='no usable characters'):
-            sanitize_name(name)
-        return
-    cleaned = sanitize_name(name)
-    assert cleaned == expected
-    assert '/' not in cleaned and '\\' not in cleaned and '..' not in cleaned and not cleaned.startswith(('.', '-'))
+@pytest.mark.parametrize('name', ['v1.2_ok-3', 'a', 'run-1', 'x' * 80])
+def test_a_clean_name_is_taken_as_it_is(name):
+    assert check_name(name) == name
 
 
-def test_sanitize_name_caps_the_length():
-    assert sanitize_name('a' * 200) == 'a' * 80
+@pytest.mark.parametrize('name', ['../../x', 'a/b', 'a\\b', '  my run  ', '.hidden', '-x', 'a..b', 'héllo', '學習',
+                                  '..', '', '/', 'x\x00y', 'x' * 81, None, 3])
+def test_any_other_name_is_refused_with_the_rule_not_rewritten(name):
+    with pytest.raises(JobError, match='is not taken: a run name is 1 to 80 letters, digits'):
+        check_name(name)
 
 
 def test_submitted_folders_stay_inside_the_runs_folder_and_get_unique_names(tmp_path, cifar_archive, jobs):
     manager = jobs(JobLimits(max_concurrent=0))  # nothing launches: only the folders are looked at
     runs = (tmp_path / 'runs').resolve()
-    names = [manager.submit(name, job_settings(cifar_archive))
-             for name in ('../../escape', 'a/b', '../a/b', 'ok', 'ok', 'ok', 'ünïcode run')]
-    assert names == ['escape', 'a-b', 'a-b-2', 'ok', 'ok-2', 'ok-3', 'n-code-run']
+    names = [manager.submit(name, job_settings(cifar_archive)) for name in ('ok', None, None, 'vit-9')]
+    assert names == ['ok', 'vit', 'vit-2', 'vit-9']  # without a name, the method's, numbered when taken
+    for name in ('../../escape', 'a/b', 'ünïcode run'):
+        with pytest.raises(JobError, match='is not taken'):
+            manager.submit(name, job_settings(cifar_archive))
+    with pytest.raises(JobError, match='a run named ok exists: choose another name'):
+        manager.submit('ok', job_settings(cifar_archive))
     for name in names:
         folder = (runs / name).resolve()
         assert folder.parent == runs and (folder / 'request.json').is_file() and (folder / 'job.json').is_file()
@@ -117,7 +114,7 @@ def test_submitted_folders_stay_inside_the_runs_folder_and_get_unique_names(tmp_
     assert sorted(path.name for path in runs.iterdir()) == sorted(names)
     assert sorted(path.name for path in tmp_path.iterdir()) == ['runs'], 'nothing written beside the runs folder'
     assert {job['name']: job['state'] for job in manager.list()} == dict.fromkeys(names, 'queued')
-    with pytest.raises(JobError, match='no usable characters'):
+    with pytest.raises(JobError, match='is not taken'):
         manager.submit('../..', job_settings(cifar_archive))
     for trick in ('../ok', '..', '', 'ok/../../x'):
         with pytest.raises(JobError):
@@ -161,6 +158,11 @@ def test_max_steps_caps_every_job_and_refuses_more(tmp_path, cifar_archive, jobs
     assert steps(manager.submit('five', job_settings(cifar_archive, steps=5))) == 5
     assert steps(manager.submit('epochs', job_settings(cifar_archive, steps=None, epochs=1.0))) == 5
     assert steps(manager.submit('budget', job_settings(cifar_archive, steps=None, time_budget=3600.0))) == 5
+    # Epochs are held to the same limit in steps (256 images in batches of 64: 4 a epoch), not cut short.
+    with pytest.raises(JobError, match='2 epochs of 256 images in batches of 64 are 8 steps: the limit here is 5'):
+        manager.submit('two-epochs', job_settings(cifar_archive, steps=None, epochs=2.0))
+    with pytest.raises(JobError, match='1 epochs of 45000 images in batches of 64 are 703 steps'):  # all, less 5000 held out
+        manager.submit('all', job_settings(cifar_archive, steps=None, epochs=1.0, subset=None))
 
 
 def test_max_seconds_sets_or_clamps_the_time_budget(tmp_path, cifar_archive, jobs):

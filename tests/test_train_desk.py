@@ -20,7 +20,7 @@ from conftest import REPO, TINY, kill_jobs, wait_until
 
 def form(archive: Path, **overrides) -> dict:
     """The Train form's values for a tiny 3-step run of 256 images."""
-    return dict(dict(name='tiny run', method='vit', model='vit_tiny_patch4_32', model_args='depth=2, embed_dim=48, '
+    return dict(dict(name='tiny-run', method='vit', model='vit_tiny_patch4_32', model_args='depth=2, embed_dim=48, '
                      'num_heads=3', teacher=None, data=str(archive), length='steps', amount=3, lr=1e-3,
                      attn_weight=1.0, alpha=0.5, tau=1.0, seed=0, subset=256, batch_size=64, device='cpu'),
                 **overrides)
@@ -105,31 +105,36 @@ def test_parse_model_args():
 
 @pytest.mark.parametrize('overrides, message', [
     (dict(length='minutes'), "run length is epochs, steps or seconds, not 'minutes'"),
-    (dict(amount=0), 'the run length must be positive, got 0'),
-    (dict(amount=-2.5), 'the run length must be positive'),
-    (dict(amount=None), 'the run length must be positive'),
+    (dict(amount=0), 'the number of steps must be between 1 and 1e\\+12, got 0'),
+    (dict(amount=-2.5), 'the number of steps must be a whole number, got -2.5'),
+    (dict(length='epochs', amount=-2.5), 'the number of epochs must be between 1e-06 and 1e\\+12, got -2.5'),
+    (dict(length='seconds', amount=float('inf')), 'the number of seconds must be a finite number, got inf'),
+    (dict(amount=None), 'the number of steps must be a number, got None'),
     (dict(lr=0.0), 'learning rate must be between'),
     (dict(lr=2.0), 'learning rate must be between'),
-    (dict(lr=None), 'learning rate must be between'),
+    (dict(lr=None), 'learning rate must be a number, got None'),
+    (dict(lr=float('nan')), 'learning rate must be a finite number, got nan'),
     (dict(attn_weight=-1.0), 'attention weight must be between'),
     (dict(alpha=1.5), 'alpha must be between 0 and 1, got 1.5'),
     (dict(tau=0.0), 'tau must be between'),
     (dict(batch_size=0), 'batch size must be between 1 and 4096, got 0'),
     (dict(batch_size=100_000), 'batch size must be between 1 and 4096'),
-    (dict(batch_size=float('nan')), 'batch size must be between'),
+    (dict(batch_size=float('nan')), 'batch size must be a finite number, got nan'),
+    (dict(seed=0.5), 'seed must be a whole number, got 0.5'),
     (dict(seed=-1), 'seed must be between'),
     (dict(device='tpu'), 'device is auto, cpu or cuda'),
     (dict(model_args='checkpoint_path="/etc/passwd"'), 'not an architecture argument: checkpoint_path'),
     (dict(model_args='pretrained_cfg={"file": "/etc/passwd"}'), 'not an architecture argument: pretrained_cfg'),
     (dict(model_args='embed_dim=50'), 'cannot build vit_tiny_patch4_32'),  # 50 is not a multiple of 3 heads
-    (dict(model_args='depth=200, embed_dim=4096, num_heads=8'), 'the limit here is 1000.0M'),
+    (dict(model_args='depth=48, embed_dim=4096, num_heads=8'), 'the limit here is 1000.0M'),
+    (dict(model_args='depth=10000'), 'depth must be between 1 and 64, got 10000'),
     (dict(model='vit_nonexistent'), 'unknown model'),
     (dict(model_args='depth'), 'KEY=VALUE'),
     (dict(method='advit_l1', teacher='/nowhere/teacher.safetensors'),
      'teacher checkpoint not found: /nowhere/teacher.safetensors'),
     (dict(method='advit_l1'), 'needs a teacher'),
     (dict(data='/nowhere/cifar'), 'dataset not found'),
-    (dict(length='steps', amount=0.5), 'steps must be positive'),
+    (dict(length='steps', amount=0.5), 'the number of steps must be a whole number, got 0.5'),
 ])
 def test_start_refuses_bad_form_values(overrides, message, tmp_path, cifar_archive, desks):
     desk = desks()
@@ -190,7 +195,7 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
     desk = desks(limits=JobLimits(max_concurrent=2))
     assert desk.view(None).progress == '' and desk.view('').log == '' and desk.view(None).job == {}
     # The finished job goes through the manager to evaluate on 64 test images (the form has no test subset).
-    done = desk.manager.submit('done run', dict(
+    done = desk.manager.submit('done-run', dict(
         method='vit', model='vit_tiny_patch4_32', model_args=dict(TINY), data=str(cifar_archive), subset=256,
         test_subset=64, batch_size=64, log_every=1, device='cpu', steps=3))
     # 16 images do not fill one batch of 64: the process itself fails, after loading the data.
@@ -312,7 +317,7 @@ def test_view_of_a_group_job_has_every_students_curves_and_once_finished_its_tab
                                                                                      teacher_checkpoint, desks):
     desk = desks(limits=JobLimits(max_concurrent=1))
     # Through the manager, to evaluate on 128 validation and 64 test images (the form has neither).
-    name = desk.manager.submit('table one', dict(
+    name = desk.manager.submit('table-one', dict(
         methods=GROUP, teacher=str(teacher_checkpoint), model='vit_tiny_patch4_32', model_args=dict(TINY),
         data=str(cifar_archive), subset=256, val_size=128, test_subset=64, batch_size=64, log_every=1, device='cpu',
         steps=3))
@@ -356,3 +361,17 @@ def test_view_of_a_group_job_has_every_students_curves_and_once_finished_its_tab
     for row in view.table:
         assert row['top1_mean'] == json.loads((run / row['method'] / 'best.eval.json').read_text())['top1']
     assert str(tmp_path) not in view.log + view.table_md + json.dumps(view.job), 'no server paths'
+
+
+def test_a_jobs_status_reads_as_a_sentence_and_a_small_table():
+    from advit.train_desk import job_summary
+    assert job_summary(None).startswith('No job yet') and job_summary({}).startswith('No job yet')
+    running = dict(name='tiny-run', method='vit', model='vit_tiny_patch4_32', state='running', step=50,
+                   total_steps=200, progress=0.25, eta_s=120.0, best_val_top1=None, error=None)
+    text = job_summary(running)
+    assert text.startswith('Job **tiny-run** is running, about 2 min left.')
+    assert '| tiny-run | vit | vit_tiny_patch4_32 | running | 50 of 200 | 25% | – |' in text
+    failed = dict(running, state='failed', best_val_top1=41.5, error='Traceback ...\nTrainingError: no | data')
+    text = job_summary(failed)
+    assert text.startswith('Job **tiny-run** has failed.') and '| 41.50% |' in text
+    assert text.endswith('Error: TrainingError: no | data')  # its last line, as the public error shows it
