@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .catalog import ModelEntry
-from .faithfulness import ROLLOUT, TEST_IMAGES, describe_drop
+from .faithfulness import HEADLINE_MAPS, TEST_IMAGES, describe_drop
 from .names import model_label
 
 # Paper Table 1, top-1 on CIFAR-10 at 224x224, ImageNet-pretrained timm students, ViT-Base teacher.
@@ -56,7 +56,7 @@ def paper_table() -> str:
 
 def bundle_table(entries: list[ModelEntry]) -> str:
     """Our usable checkpoints: name, file, validation and test top-1, the faithfulness of the maps (last
-    layer and rollout), size, from their metadata and evaluation files."""
+    layer, rollout and gradient rollout), size, from their metadata and evaluation files."""
     def number(value: float | None) -> str:
         return f'{value:.2f}' if value is not None else '–'
     rows = []
@@ -64,15 +64,15 @@ def bundle_table(entries: list[ModelEntry]) -> str:
         if e.usable and e.meta.get('test_top1') is not None:
             drops = e.faithfulness()
             faithful = ' | '.join(describe_drop(drops[source]) if drops.get(source, {}).get('quarter_drop')
-                                  is not None else '–' for source in ('last layer', ROLLOUT))
+                                  is not None else '–' for source in HEADLINE_MAPS)
             rows.append(f"| {model_label(e.key, dict(e.meta, test_top1=None))} | `{e.name}` | "
                         f"{number(e.meta.get('val_top1'))} | {number(e.meta['test_top1'])} | {faithful} | "
                         f"{e.meta.get('params', 0) / 1e6:.1f}M |")
     if not rows:
         return 'No evaluated checkpoints yet: the bundle goes in `checkpoints/`, runs in `runs/`.'
-    return '\n'.join(['| model | checkpoint | validation top-1 (%) | test top-1 (%) | faithfulness, last layer '
-                      '(pts) | faithfulness, rollout (pts) | params |',
-                      '| --- | --- | --- | --- | --- | --- | --- |', *rows])
+    return '\n'.join(['| model | checkpoint | validation top-1 (%) | test top-1 (%) | ' +
+                      ' | '.join(f'faithfulness, {source} (pts)' for source in HEADLINE_MAPS) + ' | params |',
+                      '|' + ' --- |' * (5 + len(HEADLINE_MAPS)), *rows])
 
 
 def about_markdown(entries: list[ModelEntry]) -> str:

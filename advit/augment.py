@@ -10,8 +10,10 @@ Four recipes:
 - ``rrc224``: the paper's RandomResizedCrop to ``image_size`` (scale 0.08-1, ratio 3/4-4/3),
   horizontal flip and RandomErasing (p 0.25, per-pixel noise, after normalisation), as in DeiT.
 
-Evaluation resizes to ``image_size`` (bilinear) and normalises. Mixup and CutMix (``Mixup``) mix
-labels too, so the training loop applies them after the transform.
+Any recipe may add Hide-and-Seek (``hide_patches``): random patches of the model's grid set to the
+dataset mean, as the faithfulness measure masks them. Evaluation resizes to ``image_size`` (bilinear)
+and normalises. Mixup and CutMix (``Mixup``) mix labels too, so the training loop applies them after
+the transform.
 """
 from __future__ import annotations
 
@@ -111,6 +113,41 @@ def random_erasing(
               & (cols >= left.view(-1, 1, 1)) & (cols < (left + erase_w).view(-1, 1, 1)) & apply.view(-1, 1, 1))
     noise = torch.randn(images.shape, device=device, generator=generator, dtype=images.dtype)
     return torch.where(inside[:, None], noise, images)
+
+
+def mask_patches(inputs: torch.Tensor, masked: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``inputs`` with the masked patches set to 0, the normalisation's mean.
+
+    Args:
+        inputs: Normalised images (batch, channels, H, W), H and W multiples of the grid's.
+        masked: (batch, rows * cols) booleans, True where a patch is masked.
+        grid: (rows, cols) of the model's patches.
+    """
+    rows, cols = grid
+    height, width = inputs.shape[-2:]
+    if height % rows or width % cols:
+        raise ValueError(f'a {height}x{width} image does not split into a {rows}x{cols} grid of patches')
+    keep = (~masked).view(-1, 1, rows, cols).to(inputs.dtype)
+    keep = keep.repeat_interleave(height // rows, dim=2).repeat_interleave(width // cols, dim=3)
+    return inputs * keep
+
+
+def hide_patches(inputs: torch.Tensor, grid: tuple[int, int], most: float, generator: torch.Generator) -> torch.Tensor:
+    """Hide-and-Seek (Singh & Lee, 2017) on the model's patch grid: each image hides each patch with a
+    probability drawn per image from [0, ``most``], set to the mean as ``mask_patches`` does. A model
+    trained so meets masked images in training: masking a patch then removes what it shows, not
+    what the model never saw (the deletion measure's shift of distribution, Hooker et al. 2019).
+
+    Args:
+        inputs: Normalised images (batch, channels, H, W).
+        grid: (rows, cols) of the model's patches.
+        most: Largest share of patches an image hides, in [0, 1].
+        generator: The augmentation's random stream.
+    """
+    batch, patches = inputs.shape[0], grid[0] * grid[1]
+    share = torch.rand(batch, 1, device=inputs.device, generator=generator) * most
+    masked = torch.rand(batch, patches, device=inputs.device, generator=generator) < share
+    return mask_patches(inputs, masked, grid)
 
 
 # TrivialAugment (Müller & Hutter, 2021) over RandAugment's operations and ranges (torchvision's
@@ -321,13 +358,17 @@ class BatchTransform:
         std: Normalisation std.
         seed: Seed of the augmentation generator (per rank).
         device: Device of the batches (the generator lives there).
+        hide: Largest share of patches Hide-and-Seek hides in a training image; 0: off.
+        grid: The model's (rows, cols) of patches, needed when ``hide`` is on.
     """
 
     def __init__(self, recipe: str, image_size: int, mean: tuple, std: tuple, seed: int,
-                 device: torch.device | str = 'cpu') -> None:
+                 device: torch.device | str = 'cpu', hide: float = 0.0, grid: tuple[int, int] | None = None) -> None:
         if recipe not in RECIPES:
             raise ValueError(f'unknown augmentation recipe {recipe!r}: choose one of {RECIPES}')
-        self.recipe, self.image_size = recipe, image_size
+        if not 0 <= hide <= 1 or (hide and grid is None):
+            raise ValueError(f'hiding patches needs a share in [0, 1] and the model\'s patch grid, got {hide}, {grid}')
+        self.recipe, self.image_size, self.hide, self.grid = recipe, image_size, hide, grid
         # Made once on the batches' device: a tensor copied from the host each step would sync a GPU stream.
         self.mean, self.std = (torch.tensor(values, device=device) for values in (mean, std))
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -344,6 +385,8 @@ class BatchTransform:
         if self.recipe == 'cifar32_strong':
             x = trivial_augment(x, generator=self.generator)
         x = normalize(x, self.mean, self.std)
+        if self.hide:
+            x = hide_patches(x, self.grid, self.hide, self.generator)
         if self.recipe in ('rrc224', 'cifar32_strong'):
             x = random_erasing(x, generator=self.generator)
         return x

@@ -32,7 +32,8 @@ from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
-from .faithfulness import FAITHFUL_BAR, NOISE_MARGIN, ROLLOUT, TEST_IMAGES, FaithfulnessCurves, headline, verdict
+from .faithfulness import (FAITHFUL_BAR, HEADLINE_MAPS, NOISE_MARGIN, ROLLOUT, TEST_IMAGES, WHOLE_MODEL_MAPS,
+                           FaithfulnessCurves, headline, headline_key, last_layer, verdict)
 from .io import atomic_path
 from .precision import native_bf16
 from .probe import PROBE_FILE
@@ -157,14 +158,14 @@ def hardware() -> str:
     return f'{names[0] if names else platform.processor() or "CPU"}, {cores} cores, {bf16}'
 
 
-FAITHFULNESS_COLUMNS = [('faith_last', 'faithfulness, last layer (pts)'), ('faith_rollout', 'faithfulness, rollout (pts)')]
+FAITHFULNESS_COLUMNS = [(headline_key(source), f'faithfulness, {source} (pts)') for source in HEADLINE_MAPS]
 FAITHFULNESS_HEADING = '## Faithfulness of the maps'
 
 
 def faithfulness_section(out: Path, names: list[str]) -> str:
     """The card's account of how faithful each model's maps are (``faithfulness.py``), from the bundle's
-    evaluation files: every layer's and rollout's quarter drop with its verdict, and the deletion and
-    insertion areas of the last layer and rollout against a random order."""
+    evaluation files: every layer's, rollout's and gradient rollout's quarter drop with its verdict, and
+    the deletion and insertion areas of the last layer and both rollouts against a random order."""
     evaluations = {name: _read_json(evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
     measured = {name: FaithfulnessCurves.from_dict(e['faithfulness']) for name, e in evaluations.items()
                 if 'faithfulness' in e}
@@ -176,8 +177,10 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
              f'the map points at what the model uses). Verdicts: within {NOISE_MARGIN:g} standard errors of 0 "no '
              'better than random"; above that "weakly faithful", and "faithful" from '
              f'{FAITHFUL_BAR:g} points; below it "points away from what the model uses". Table 1\'s faithfulness '
-             'columns are the last layer\'s and rollout\'s. The measure says whether a map is about what the '
-             'model uses, not whether it is about the object a person sees: it can be background.\n\n')
+             'columns are the last layer\'s, rollout\'s and gradient rollout\'s (Chefer et al. 2021: attention '
+             'weighted by the gradient of the predicted class\'s score, the map that asks what the model used). '
+             'The measure says whether a map is about what the model uses, not whether it is about the object a '
+             'person sees: it can be background.\n\n')
     if not measured:
         return intro + 'Not measured for these files yet: `advit faithfulness checkpoints/*.safetensors`.\n'
     sources = max((curves.sources for curves in measured.values()), key=len)
@@ -188,7 +191,7 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
     drops = markdown_table(rows, [('run', 'run')] + [(source, f'{source} (pts)') for source in sources])
     area_rows = []
     for name, curves in measured.items():
-        for source in (curves.sources[-2], ROLLOUT):
+        for source in [last_layer(curves.sources), *(name for name in WHOLE_MODEL_MAPS if name in curves.sources)]:
             drop, error = curves.quarter_drop(source), curves.quarter_drop_error(source)
             area_rows.append(dict(run=name, map=source, drop=drop, se=error, verdict=verdict(drop, error), **{
                 f'{mode}_{order}': curves.area('probability', mode, source, order)
@@ -224,7 +227,7 @@ def refresh_faithfulness(out: str | Path) -> None:
     table = [row(header, titles), '|' + ' --- |' * (len(kept) + len(titles))]
     for line, name in zip(lines[start + 2:end], names):
         cells = [cell.strip() for cell in line.strip('|').split('|')]
-        values = [results[name][source]['quarter_drop'] for source in ('last layer', ROLLOUT)]
+        values = [results[name][source]['quarter_drop'] for source in HEADLINE_MAPS]
         table.append(row(cells, [f'{value:.2f}' if value is not None else '–' for value in values]))
     lines[start:end] = table
     text = '\n'.join(lines)
@@ -252,11 +255,18 @@ def _curves(runs: Path, names: list[str]) -> str:
 
 
 def _sweep_table(sweep: list[dict[str, Any]]) -> str:
+    def drop(record: dict[str, Any], last: bool) -> float | None:
+        """A record's validation quarter drop of its last layer or rollout (older records lack it)."""
+        drops = record.get('val_faithfulness') or {}
+        return drops.get(last_layer(list(drops)) if last else ROLLOUT) if drops else None
     rows = [dict(model=r['model'], settings=', '.join(f'{k}={v}' for k, v in r['settings'].items()) or 'preset',
-                 seconds=r['seconds'], images_per_s=r['images_per_s'], val=r['best_val_top1'], test=r['test_top1'])
+                 seconds=r['seconds'], images_per_s=r['images_per_s'], val=r['best_val_top1'],
+                 faith_last=drop(r, last=True), faith_rollout=drop(r, last=False), test=r['test_top1'])
             for r in sweep]
     return markdown_table(rows, [('model', 'model'), ('settings', 'settings'), ('seconds', 'budget (s)'),
-                                 ('images_per_s', 'images/s'), ('val', 'val top-1 (%)'), ('test', 'test top-1 (%)')])
+                                 ('images_per_s', 'images/s'), ('val', 'val top-1 (%)'),
+                                 ('faith_last', 'val quarter drop, last layer (pts)'),
+                                 ('faith_rollout', 'val quarter drop, rollout (pts)'), ('test', 'test top-1 (%)')])
 
 
 def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best: str | None, files_size: int,
@@ -283,8 +293,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
 
     rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
-                 top1=result.top1, faith_last=result.faithfulness.get('last layer', {}).get('quarter_drop'),
-                 faith_rollout=result.faithfulness.get(ROLLOUT, {}).get('quarter_drop'), paper=_paper_top1(name, result),
+                 top1=result.top1, **{headline_key(source): result.faithfulness.get(source, {}).get('quarter_drop')
+                                      for source in HEADLINE_MAPS}, paper=_paper_top1(name, result),
                  params_m=result.params / 1e6,
                  steps=status[name].get('step'), seconds=status[name].get('elapsed'),
                  weights='yes' if name in shipped else 'no (evaluation only)')
@@ -331,7 +341,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         'The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) '
         f'to keep the bundle under {max_mb:g} MB.\n')
     sweep_text = ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
-                  'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained; '
+                  'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained, chosen '
+                  'on the validation images (quarter drops on its 256 probe images, about ±3 points of noise); '
                   'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n') \
         if sweep else ''
 

@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bundle import refresh_faithfulness
             from .data import load_dataset
             from .evaluate import measure_checkpoint_faithfulness
-            from .faithfulness import FaithfulnessCurves, verdict
+            from .faithfulness import HEADLINE_MAPS, WHOLE_MODEL_MAPS, FaithfulnessCurves, last_layer, verdict
             if args.images <= 0:
                 raise ValueError(f'--images must be positive, got {args.images}')
             test = load_dataset(args.data, args.cache_dir)['test']
@@ -192,9 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 curves = FaithfulnessCurves.from_dict(measure_checkpoint_faithfulness(
                     checkpoint, test, args.images, args.batch_size, args.device, args.model))
                 drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f}' for source in curves.sources)
-                last, rollout = (verdict(curves.quarter_drop(source), curves.quarter_drop_error(source))
-                                 for source in curves.sources[-2:])
-                print(f'{checkpoint}: quarter drop (points) {drops}; last layer {last}, rollout {rollout}')
+                verdicts = ', '.join(f'{name} {verdict(curves.quarter_drop(source), curves.quarter_drop_error(source))}'
+                                     for name, source in zip(HEADLINE_MAPS, [last_layer(curves.sources),
+                                                                             *WHOLE_MODEL_MAPS]))
+                print(f'{checkpoint}: quarter drop (points) {drops}; {verdicts}')
             if args.card:
                 refresh_faithfulness(args.card)
                 print(f'model card {Path(args.card) / "README.md"} brought up to date')

@@ -10,7 +10,10 @@ patch has its pixels set to the mean the model normalises its inputs with (0 onc
 dataset mean for the CIFAR models).
 
 Measured for each layer's [CLS] map (heads fused and normalised as the model was trained, exactly
-as the loss and the app take them) and for attention rollout. Two summaries:
+as the loss and the app take them), for attention rollout, and for gradient rollout (Chefer, Gur &
+Wolf 2021: each layer's attention weighted by the gradient of the predicted class's score, kept
+where positive, rolled out; ``rollout.gradient_rollout``), which asks the model what it used rather
+than where it looked. Two summaries:
 
 - the **area** under each curve (trapezoids over the fraction of patches, in [0, 1]): deletion,
   lower is more faithful; insertion, higher is;
@@ -33,11 +36,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .augment import mask_patches
 from .capture import ClsAttentionCapture, fuse_heads
 from .data import ImageSet
 from .models import patch_grid
 from .precision import autocast
-from .rollout import forward_with_attention, rollout
+from .rollout import forward_with_attention, gradient_rollout, rollout
 
 TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (the first ones, every class)
 MODES = ('deletion', 'insertion')
@@ -46,6 +50,14 @@ ORDERS = ('map', 'random', 'reversed')
 FRACTIONS = tuple(i / 4 for i in range(5))
 QUARTER = 0.25
 ROLLOUT = 'rollout'
+GRADIENT_ROLLOUT = 'gradient rollout'  # attention weighted by the class score's gradient (Chefer et al. 2021)
+WHOLE_MODEL_MAPS = (ROLLOUT, GRADIENT_ROLLOUT)  # measured after the layers' own maps
+HEADLINE_MAPS = ('last layer', *WHOLE_MODEL_MAPS)  # the maps tables show (``headline``)
+
+
+def headline_key(name: str) -> str:
+    """A table's column key of a headline map: ``faith_last``, ``faith_rollout``, ``faith_gradient``."""
+    return f'faith_{name.split()[0]}'
 
 
 FAITHFUL_BAR = 10.0  # points: the quarter drop this project asks of a teacher's maps
@@ -64,13 +76,19 @@ def verdict(quarter_drop: float, standard_error: float | None = None) -> str:
     return 'no better than random' if quarter_drop > -margin else 'points away from what the model uses'
 
 
+def last_layer(sources: list[str] | tuple[str, ...]) -> str | None:
+    """The last layer's map among a measure's sources (``layer L``), None when there is none."""
+    layers = [name for name in sources if name not in WHOLE_MODEL_MAPS]
+    return layers[-1] if layers else None
+
+
 def headline(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """The two maps tables show, from an evaluation file's contents: the last layer's (the [CLS]
-    attention the classifier reads last) and rollout's, each ``quarter_drop`` and ``quarter_drop_se``
-    (None where not measured)."""
+    """The maps tables show, from an evaluation file's contents: the last layer's (the [CLS] attention the
+    classifier reads last), rollout's and gradient rollout's, each ``quarter_drop`` and ``quarter_drop_se``
+    (None where not measured: files from before gradient rollout have the first two)."""
     sources = evaluation.get('faithfulness', {}).get('summary', {}).get('sources', {})
-    layers = [name for name in sources if name != ROLLOUT]
-    chosen = {'last layer': sources[layers[-1]] if layers else {}, ROLLOUT: sources.get(ROLLOUT, {})}
+    last = last_layer(list(sources))
+    chosen = {HEADLINE_MAPS[0]: sources[last] if last else {}, **{name: sources.get(name, {}) for name in WHOLE_MODEL_MAPS}}
     return {name: {key: entry.get(key) for key in ('quarter_drop', 'quarter_drop_se')} for name, entry in chosen.items()}
 
 
@@ -88,15 +106,17 @@ def has_cls_attention(model: nn.Module) -> bool:
 
 
 def source_names(layers: int) -> list[str]:
-    """The maps measured for a ViT of ``layers`` blocks: ``layer 1`` ... ``layer L`` and ``rollout``."""
-    return [f'layer {index + 1}' for index in range(layers)] + [ROLLOUT]
+    """The maps measured for a ViT of ``layers`` blocks: ``layer 1`` ... ``layer L``, ``rollout`` and
+    ``gradient rollout``."""
+    return [f'layer {index + 1}' for index in range(layers)] + list(WHOLE_MODEL_MAPS)
 
 
 @torch.no_grad()
 def attention_sources(model: nn.Module, inputs: torch.Tensor, attn_norm: str = 'renormalized',
                       head_fusion: str | int = 'mean', amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (batch, classes), maps (batch, layers + 1, patches)) of one forward: each layer's [CLS]
-    map as the capture, fusion and normalisation of training take it, then the rollout.
+    """(logits (batch, classes), maps (batch, layers + 2, patches)) in the order of ``source_names``: each
+    layer's [CLS] map as the capture, fusion and normalisation of training take it, then the rollout of
+    the same forward, then gradient rollout (a forward and a backward of its own, for the predicted class).
 
     Args:
         model: A timm ViT (eval mode).
@@ -110,7 +130,9 @@ def attention_sources(model: nn.Module, inputs: torch.Tensor, attn_norm: str = '
         logits, attention = forward_with_attention(model, inputs)  # the capture records along
         layers = fuse_heads(capture.pop(), fusion)[:, :, 0]
     flow = rollout(attention.float(), int(model.num_prefix_tokens))
-    return logits.float(), torch.cat([layers.float(), flow[:, None]], dim=1)
+    with autocast(inputs.device, amp):
+        weighted = gradient_rollout(model, inputs, logits.argmax(dim=-1))
+    return logits.float(), torch.cat([layers.float(), flow[:, None], weighted.float()[:, None]], dim=1)
 
 
 def patch_ranks(maps: torch.Tensor, order: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -127,23 +149,6 @@ def patch_ranks(maps: torch.Tensor, order: str, generator: torch.Generator | Non
     # Ties (equal attention) are broken by patch index, so a rank is the same on every machine.
     ordering = scores.argsort(dim=-1, descending=True, stable=True)
     return ordering.argsort(dim=-1)
-
-
-def mask_patches(inputs: torch.Tensor, masked: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``inputs`` with the masked patches set to 0, the normalisation's mean.
-
-    Args:
-        inputs: Normalised images (batch, channels, H, W), H and W multiples of the grid's.
-        masked: (batch, rows * cols) booleans, True where a patch is masked.
-        grid: (rows, cols) of the model's patches.
-    """
-    rows, cols = grid
-    height, width = inputs.shape[-2:]
-    if height % rows or width % cols:
-        raise ValueError(f'a {height}x{width} image does not split into a {rows}x{cols} grid of patches')
-    keep = (~masked).view(-1, 1, rows, cols).to(inputs.dtype)
-    keep = keep.repeat_interleave(height // rows, dim=2).repeat_interleave(width // cols, dim=3)
-    return inputs * keep
 
 
 @dataclass
@@ -379,7 +384,7 @@ def measure_faithfulness(
         if progress is not None:
             progress(0.1)
         targets = logits.argmax(dim=-1) if labels is None else labels
-        curves = perturbation_curves(model, inputs, targets, maps, source_names(maps.shape[1] - 1),
+        curves = perturbation_curves(model, inputs, targets, maps, source_names(maps.shape[1] - len(WHOLE_MODEL_MAPS)),
                                      batch_size=batch_size, amp=amp, **curve_args)
         if progress is not None:
             progress(1.0)

@@ -3,12 +3,12 @@
 On a fixed probe set of held-out training images (a fixed random ``PROBE_IMAGES`` of the validation
 split, never test images), each evaluation records the student's per-layer gap to the teacher
 (L1, L2 and KL, as the losses define them, averaged over the probe images), the faithfulness of its
-maps (the quarter drop of each layer's map and of rollout, ``faithfulness.quarter_drops``) and both
+maps (the quarter drop of each layer's map, of rollout and of gradient rollout, ``faithfulness.quarter_drops``) and both
 models' maps on the first ``MAP_IMAGES`` of them. One small file per run, ``attention_probe.npz``,
 rewritten atomically at each evaluation, which the app's training view draws without a second training:
 
 - ``steps`` (E,), ``gaps`` (E, 3, layers) in the order of ``kinds``,
-- ``faithfulness`` (E, layers + 1) quarter drops in points, in the order of ``faithfulness_sources``
+- ``faithfulness`` (E, sources) quarter drops in points, in the order of ``faithfulness_sources``
   (NaN where an evaluation did not measure them),
 - ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
 - ``images`` (MAP_IMAGES, 3, H, W) uint8, ``teacher_layers`` (layers,), ``grid`` (2,).
@@ -90,8 +90,7 @@ class AttentionProbe:
         path = Path(run) / PROBE_FILE
         earlier = read_probe(path) if path.is_file() else None
         keep = earlier['steps'] < step if earlier is not None else None  # a resumed run writes its steps again
-        earlier_faithful = earlier.get('faithfulness', np.full((len(earlier['steps']), len(sources)), np.nan,
-                                                               dtype=np.float32)) if earlier is not None else None
+        earlier_faithful = _columns(earlier, sources) if earlier is not None else None
         arrays = dict(
             steps=np.append(earlier['steps'][keep], step) if earlier is not None else np.array([step]),
             faithfulness=np.concatenate([earlier_faithful[keep], faithful[None]]) if earlier is not None
@@ -115,3 +114,14 @@ def read_probe(path: str | Path) -> dict[str, np.ndarray]:
     """A run's ``attention_probe.npz`` as arrays (see the module's docstring)."""
     with np.load(path, allow_pickle=False) as saved:
         return {key: saved[key] for key in saved.files}
+
+
+def _columns(probe: dict[str, np.ndarray], sources: list[str]) -> np.ndarray:
+    """An earlier probe's quarter drops in the columns of ``sources`` (NaN where it did not measure one:
+    a probe from before a map was measured, resumed by a later version)."""
+    earlier = list(probe.get('faithfulness_sources', np.array([])).tolist())
+    values = np.full((len(probe['steps']), len(sources)), np.nan, dtype=np.float32)
+    for column, source in enumerate(sources):
+        if source in earlier:
+            values[:, column] = probe['faithfulness'][:, earlier.index(source)]
+    return values

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from matplotlib import colormaps
 from PIL import Image
 
-from .faithfulness import ROLLOUT, FaithfulnessCurves
+from .faithfulness import GRADIENT_ROLLOUT, ROLLOUT, FaithfulnessCurves, last_layer
 from .inspection import AttentionReport
 from .rollout import ModelViews
 
@@ -69,14 +69,17 @@ def side_by_side_panels(image: Image.Image, first: tuple[str, np.ndarray, tuple[
 
 def views_panels(teacher: ModelViews, student: ModelViews, image: Image.Image,
                  opacity: float) -> list[tuple[Image.Image, str]]:
-    """Teacher then student: attention rollout (one colour scale for both), its attention-mass mask, and
-    each last-layer head's map (one scale per model)."""
+    """Teacher then student: attention rollout (one colour scale for both), its attention-mass mask, gradient
+    rollout (one scale for both), and each last-layer head's map (one scale per model)."""
     image = image.convert('RGB').resize((PANEL_SIZE, PANEL_SIZE), Image.BICUBIC)
     shared = float(max(teacher.rollout.max(), student.rollout.max()))
     panels = [(overlay(image, views.rollout, views.grid, shared, opacity), f'rollout · {role}')
               for role, views in (('teacher', teacher), ('student', student))]
     panels += [(overlay(image, views.mask.astype(np.float32), views.grid, 1.0, opacity),
                 f'rollout mass mask · {role} · {int(views.mask.sum())} patches')
+               for role, views in (('teacher', teacher), ('student', student))]
+    relevant = float(max(teacher.gradient_rollout.max(), student.gradient_rollout.max()))
+    panels += [(overlay(image, views.gradient_rollout, views.grid, relevant, opacity), f'gradient rollout · {role}')
                for role, views in (('teacher', teacher), ('student', student))]
     for role, views in (('teacher', teacher), ('student', student)):
         top = float(views.heads.max())
@@ -124,7 +127,8 @@ def gap_figure(report: AttentionReport) -> go.Figure:
 
 def faithfulness_figure(curves: dict[str, FaithfulnessCurves], classes: dict[str, str]) -> go.Figure:
     """Deletion curves side by side, one axis per model: the probability of the class the model predicts on
-    the whole image as its most-attended patches go (its last layer's map, rollout), against random orders.
+    the whole image as its most-attended patches go (its last layer's map, rollout, gradient rollout), against
+    random orders.
 
     Args:
         curves: By model role (teacher, student): deletion curves with the ``map`` and ``random`` orders.
@@ -132,13 +136,13 @@ def faithfulness_figure(curves: dict[str, FaithfulnessCurves], classes: dict[str
     """
     figure, layout = go.Figure(), dict(height=320, margin=dict(l=50, r=20, t=50, b=40), annotations=[],
                                        legend=dict(orientation='h', y=-0.25))
-    styles = {'map': 'solid', 'random': 'dot'}
+    styles = {'map': 'solid', 'random': 'dot'}  # the maps' colours tell them apart
     for index, (role, model_curves) in enumerate(curves.items()):
         suffix = str(index + 1) if index else ''
         left = index * 0.55
-        last = model_curves.sources[-2]
+        last = last_layer(model_curves.sources)
         shown = [(last, 'map', f'{last} (last): most attended first'), (ROLLOUT, 'map', 'rollout: most attended first'),
-                 (ROLLOUT, 'random', 'random order')]
+                 (GRADIENT_ROLLOUT, 'map', 'gradient rollout: most relevant first'), (ROLLOUT, 'random', 'random order')]
         for source, order, name in shown:
             figure.add_trace(go.Scatter(
                 x=model_curves.fractions, y=model_curves.curve('probability', 'deletion', source, order),

@@ -24,7 +24,7 @@ from typing import Any
 
 from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
-from .faithfulness import ROLLOUT, headline
+from .faithfulness import HEADLINE_MAPS, headline, headline_key
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
               'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
@@ -101,7 +101,8 @@ def table1(results: list[RunResult]) -> list[dict[str, Any]]:
         differing = differing_fields([group[0].setting for (m, k, _), group in groups.items()
                                       if (m, k) == (model, method)])
         faithful = {}
-        for key, source in (('faith_last', 'last layer'), ('faith_rollout', ROLLOUT)):
+        for source in HEADLINE_MAPS:
+            key = headline_key(source)
             drops = [run.faithfulness.get(source, {}).get('quarter_drop') for run in runs]
             drops = [drop for drop in drops if drop is not None]
             faithful[f'{key}_mean'] = statistics.fmean(drops) if drops else None
@@ -161,8 +162,8 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 TABLE1_COLUMNS = [('family', 'family'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'),
                   ('top1_mean', 'test top-1 (%)'), ('top1_std', '± std'),
-                  ('faith_last_mean', 'faithfulness, last layer (pts)'), ('faith_last_std', '± std'),
-                  ('faith_rollout_mean', 'faithfulness, rollout (pts)'), ('faith_rollout_std', '± std'),
+                  *[column for source in HEADLINE_MAPS for column in (
+                      (f'{headline_key(source)}_mean', f'faithfulness, {source} (pts)'), (f'{headline_key(source)}_std', '± std'))],
                   ('seeds', 'seeds'), ('setting', 'setting'), ('params_m', 'params (M)')]
 
 

@@ -2,7 +2,7 @@
 
 These are the views users of ViT attention tools know (vit-explain's rollout with head fusion and a
 discard ratio, after Abnar & Zuidema 2020; DINO's last-layer per-head maps and masks that keep a
-share of the attention mass). Unlike training, they need every layer's full N x N attention: for
+share of the attention mass; gradient-weighted rollout, after Chefer, Gur & Wolf 2021). Unlike training, they need every layer's full N x N attention: for
 one image in the app that is cheap, and ``full_attention`` builds it explicitly from each block's
 input, so it holds whether the blocks run fused attention or not.
 """
@@ -97,6 +97,57 @@ def rollout(attention: torch.Tensor, num_prefix_tokens: int, head_fusion: str = 
     return row / row.sum(dim=-1, keepdim=True)
 
 
+_GRADIENT_LOCK = threading.Lock()  # gradient_rollout switches a shared model's attention path for a moment
+
+
+def gradient_rollout(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient-weighted attention rollout (Chefer, Gur & Wolf, "Generic Attention-model Explainability",
+    ICCV 2021), the [CLS] token's relevance to the patches, (batch, patches): per layer, the heads' mean
+    of (dy/dA * A) kept where positive, with A the attention the forward used and y the class's logit;
+    relevance R = I, then R <- R + that R, from the first layer up; the [CLS] row, normalised to sum 1.
+
+    Unlike the attention alone, it weighs each link by how much the class's score depends on it. One
+    forward and one backward, with the blocks' explicit attention (the attention tensor must exist);
+    other threads meanwhile run the same model on that path, whose outputs equal the fused one's.
+
+    Args:
+        model: A timm ViT (eval mode).
+        inputs: Normalised images.
+        classes: The class explained per image; None: the predicted one.
+    """
+    attentions: list[torch.Tensor] = []
+    thread = threading.get_ident()
+
+    def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if threading.get_ident() == thread:
+            attentions.append(output)
+
+    modules = attention_modules(model)
+    with _GRADIENT_LOCK:
+        fused = [attn.fused_attn for attn in modules]
+        handles = [attn.attn_drop.register_forward_hook(keep) for attn in modules]
+        try:
+            for attn in modules:
+                attn.fused_attn = False
+            with torch.enable_grad():
+                logits = model(inputs)
+                chosen = logits.argmax(dim=-1) if classes is None else classes
+                score = logits.float().gather(1, chosen[:, None]).sum()
+                gradients = torch.autograd.grad(score, attentions)
+        finally:
+            for attn, was_fused in zip(modules, fused):
+                attn.fused_attn = was_fused
+            for handle in handles:
+                handle.remove()
+    tokens = attentions[0].shape[-1]
+    relevance = torch.eye(tokens, device=inputs.device).expand(len(inputs), tokens, tokens)
+    for attention, gradient in zip(attentions, gradients):
+        weighted = (gradient.float() * attention.detach().float()).clamp(min=0).mean(dim=1)
+        relevance = relevance + weighted @ relevance
+    row = relevance[:, 0, int(model.num_prefix_tokens):]
+    return row / row.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(row.dtype).tiny)
+
+
 def head_maps(attention: torch.Tensor, num_prefix_tokens: int, layer: int = -1) -> torch.Tensor:
     """One layer's [CLS] map per head (DINO's view of the last layer), patch part renormalised,
     shape (batch, heads, patches)."""
@@ -128,16 +179,19 @@ def mass_mask(maps: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
 
 @dataclass
 class ModelViews:
-    """One model's views of one image: rollout, the rollout's mass mask, last-layer heads, prefix shares."""
+    """One model's views of one image: rollout, the rollout's mass mask, gradient rollout (for the class
+    the model predicts), last-layer heads, prefix shares."""
     rollout: np.ndarray  # (patches,)
     mask: np.ndarray  # (patches,) bool: the fewest patches holding ``keep`` of the rollout's mass
     heads: np.ndarray  # (heads, patches)
     prefix_share: np.ndarray  # (layers,)
     grid: tuple[int, int]
+    gradient_rollout: np.ndarray  # (patches,)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(rollout=self.rollout.tolist(), mask=self.mask.tolist(), heads=self.heads.tolist(),
-                    prefix_share=self.prefix_share.tolist(), grid=list(self.grid))
+                    prefix_share=self.prefix_share.tolist(), grid=list(self.grid),
+                    gradient_rollout=self.gradient_rollout.tolist())
 
 
 def model_views(model: nn.Module, meta: dict[str, Any], image: Image.Image, head_fusion: str = 'mean',
@@ -152,9 +206,11 @@ def model_views(model: nn.Module, meta: dict[str, Any], image: Image.Image, head
         discard_ratio: Rollout's share of discarded attention entries.
         keep: The share of the rollout's mass its mask keeps.
     """
-    attention = full_attention(model, model_input(image, meta, model))
+    inputs = model_input(image, meta, model)
+    attention = full_attention(model, inputs)
     prefix = int(model.num_prefix_tokens)
     flow = rollout(attention, prefix, head_fusion, discard_ratio)
     return ModelViews(rollout=flow[0].numpy(), mask=mass_mask(flow, keep)[0].numpy(),
                       heads=head_maps(attention, prefix)[0].numpy(),
-                      prefix_share=prefix_share(attention, prefix)[0].numpy(), grid=patch_grid(model))
+                      prefix_share=prefix_share(attention, prefix)[0].numpy(), grid=patch_grid(model),
+                      gradient_rollout=gradient_rollout(model, inputs)[0].detach().numpy())

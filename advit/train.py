@@ -26,6 +26,7 @@ from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .checks import shown_value
 from . import distributed
 from .attention_path import ATTENTION_PATHS, attention_path_of, set_attention_path, use_attention_path
 from .augment import RECIPES, BatchTransform, Mixup
@@ -33,11 +34,12 @@ from .capture import HEAD_FUSIONS, NORMALIZATIONS
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
 from .evaluate import predict, save_evaluation, summarize
-from .faithfulness import ROLLOUT, TEST_IMAGES, has_cls_attention, quarter_drops, split_faithfulness
+from .faithfulness import (GRADIENT_ROLLOUT, ROLLOUT, TEST_IMAGES, has_cls_attention, last_layer, quarter_drops,
+                           split_faithfulness)
 from .precision import autocast, compute_dtype, native_bf16
 from .losses import METHODS, DistillationLoss, TeacherForward, parse_method
-from .models import (check_architecture_args, create_model, is_distilled, model_image_size, model_normalization,
-                     pretrained_classes)
+from .models import (check_architecture_args, create_model, is_distilled, is_vit_name, model_image_size,
+                     model_normalization, patch_grid, pretrained_classes)
 from .probe import PROBE_IMAGES, AttentionProbe
 from .run_folder import (RunStatus, StopSignal, append_metrics, close_log, open_log, restore_last, restore_rngs,
                          save_last, truncate_metrics, write_config)
@@ -97,6 +99,8 @@ class TrainConfig:
     mixup: float = setting(0.0, 'Beta alpha of mixup, e.g. 0.8; 0: off')
     cutmix: float = setting(0.0, 'Beta alpha of CutMix, e.g. 1.0; 0: off; with mixup on too, each mixes half')
     mix_prob: float = setting(1.0, 'share of batches mixed by mixup or CutMix')
+    hide_patches: float = setting(0.0, 'Hide-and-Seek: each training image hides up to this share of its '
+                                  'patches (set to the mean, as the faithfulness measure masks them); 0: off')
     attn_weight: float = setting(1.0, 'weight of the attention loss')
     alpha: float = setting(0.5, 'weight of the DeiT term; lambda for deit_soft')
     tau: float = setting(1.0, 'temperature of deit_soft and advit_kl_paper')
@@ -150,7 +154,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.recipe not in RECIPES:
         raise TrainingError(f'unknown recipe {cfg.recipe!r}: choose one of {RECIPES}')
     if not timm.is_model(cfg.model.split('.', 1)[0]):
-        raise TrainingError(f'unknown model {cfg.model!r}: not a timm model name')
+        raise TrainingError(f'unknown model {shown_value(cfg.model)}: not a timm model name')
     for key, instead in _SET_BY_TRAINING.items():
         if key in cfg.model_args:
             raise TrainingError(f'model argument {key} is set by the run itself: use {instead}')
@@ -176,6 +180,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
         raise TrainingError(f'mixup and cutmix must be >= 0 and mix_prob in [0, 1], got {cfg.mixup}, '
                             f'{cfg.cutmix}, {cfg.mix_prob}')
+    if not 0 <= cfg.hide_patches <= 1:
+        raise TrainingError(f'hide_patches is a share of patches in [0, 1], got {cfg.hide_patches}')
+    if cfg.hide_patches and not is_vit_name(cfg.model):
+        raise TrainingError(f'hide_patches hides patches of a ViT\'s grid; {cfg.model} has none')
     if not Path(cfg.data).exists() and cfg.data != OFFICIAL_CIFAR10:
         given = '' if cfg.data != default_dataset() else ' (the default: ADVIT_DATA, else the shared CIFAR-10 archive)'
         raise TrainingError(f'dataset not found: {cfg.data}{given}; give --data: a CIFAR-10 archive, an ImageFolder '
@@ -446,7 +454,8 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     students = [build_student(member, cfg, classes, shared_teacher, status, ctx,
                               member.method if len(cfgs) > 1 else None) for member, status in zip(cfgs, statuses)]
     mean, std = model_normalization(students[0].student)
-    transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device)
+    transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device,
+                               hide=cfg.hide_patches, grid=patch_grid(students[0].student) if cfg.hide_patches else None)
     # Each evaluation also measures every student's attention gap to a ViT teacher on held-out images.
     probe = None
     if hasattr(teacher, 'blocks') and splits.val is not None and hasattr(students[0].student, 'blocks'):
@@ -594,8 +603,8 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
                                **({'faithfulness': faithful} if faithful else {})))
     s.log.info('step %d: validation top-1 %s (best %.2f%%)%s', step,
                f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1,
-               f'; the maps\' quarter drop: last layer {faithful[f"layer {len(faithful) - 1}"]:+.1f} points, '
-               f'rollout {faithful[ROLLOUT]:+.1f}' if faithful else '')
+               f'; the maps\' quarter drop: last layer {faithful[last_layer(list(faithful))]:+.1f} points, '
+               f'rollout {faithful[ROLLOUT]:+.1f}, gradient rollout {faithful[GRADIENT_ROLLOUT]:+.1f}' if faithful else '')
 
 
 def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, device: torch.device) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
+from .faithfulness import WHOLE_MODEL_MAPS, source_names
 from .inspection import AttentionReport
 from .probe import PROBE_FILE, read_probe
 
@@ -38,8 +39,8 @@ class ProbeRecord:
     teacher_layers: list[int]  # 0-based teacher layer per student layer
     grid: tuple[int, int]
     kinds: tuple[str, ...]
-    # (E, layers + 1) quarter drops of each layer's map and rollout, points; None in probes recorded before
-    # the faithfulness measure (the shipped bundle's), NaN at evaluations that did not measure them.
+    # (E, sources) quarter drops of each layer's map, rollout and (since it is measured) gradient rollout, in
+    # points; None in probes recorded before the measure (the shipped bundle's), NaN where not measured.
     faithfulness: np.ndarray | None = None
     faithfulness_sources: tuple[str, ...] = ()
 
@@ -143,10 +144,12 @@ def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
         return 'faithfulness and faithfulness_sources come together'
     if 'faithfulness' in arrays:
         faithful, sources = arrays['faithfulness'], arrays['faithfulness_sources']
-        if faithful.dtype.kind != 'f' or sources.dtype.kind != 'U' or faithful.shape != (evaluations, layers + 1) \
-                or sources.shape != (layers + 1,):
-            return (f'faithfulness {faithful.shape} should be float ({evaluations}, {layers + 1}) with a name per '
-                    f'column in faithfulness_sources {sources.shape}')
+        # Each layer's map, then rollout (and, in probes since it was measured, gradient rollout).
+        known = [source_names(layers)[:layers + count] for count in range(1, len(WHOLE_MODEL_MAPS) + 1)]
+        if faithful.dtype.kind != 'f' or sources.dtype.kind != 'U' or sources.tolist() not in known or \
+                faithful.shape != (evaluations, len(sources)):
+            return (f'faithfulness {faithful.shape} should be float ({evaluations}, sources) with its sources named in '
+                    f'faithfulness_sources {sources.tolist()[:3]}...: each of the {layers} layers, then rollout')
     return None
 
 
@@ -200,13 +203,14 @@ def students_gap_figure(probes: dict[str, ProbeRecord], kind: str) -> go.Figure:
 
 
 def students_faithfulness_figure(probes: dict[str, ProbeRecord]) -> go.Figure:
-    """Each student's quarter drop against step (``faithfulness.py``): its last layer's map (solid) and its
-    rollout (dotted), so that a map becoming faithful as its gap falls shows."""
+    """Each student's quarter drop against step (``faithfulness.py``): its last layer's map (solid), its
+    rollout (dotted) and, where recorded, its gradient rollout (dash-dot), so that a map becoming faithful
+    as its gap falls shows."""
     figure = go.Figure()
     for name, probe in probes.items():
         if probe.faithfulness is None:
             continue
-        for index, dash in ((probe.layers - 1, 'solid'), (probe.layers, 'dot')):
+        for index, dash in zip(range(probe.layers - 1, len(probe.faithfulness_sources)), ('solid', 'dot', 'dashdot')):
             figure.add_trace(go.Scatter(x=probe.steps.tolist(), y=probe.faithfulness[:, index].tolist(),
                                         mode='lines+markers', line=dict(dash=dash),
                                         name=f'{name}: {probe.faithfulness_sources[index]}'))

@@ -5,8 +5,9 @@
 Each entry is a timm model name, optionally with ``:flag=value,...`` run settings (e.g.
 ``vit_mini4_convstem_32:lr=0.003``); every run starts from the ``bundle-teacher`` preset (method
 ``vit``). Results are appended to ``runs/sweep/sweep.jsonl`` (model, settings, wall time, images/s,
-best validation top-1, test top-1 of the selected checkpoint); ``advit bundle`` copies them into the
-model card.
+best validation top-1 and the quarter drops of that checkpoint's maps on the validation probe images,
+test top-1 of the selected checkpoint, recorded, never used to choose); ``advit bundle`` copies them
+into the model card.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advit.presets import preset  # noqa: E402
 from advit.data import default_dataset  # noqa: E402
+from advit.checkpoint import read_metadata  # noqa: E402
 from advit.train import TrainConfig, train  # noqa: E402
 
 
@@ -46,7 +48,8 @@ def main() -> None:
         model, settings = parse_entry(entry)
         name = re.sub(r'[^\w.-]+', '_', entry)  # a folder name of the entry
         values = dict(preset('bundle-teacher'), model=model, out=str(out / name), data=args.data,
-                      time_budget=args.seconds, **settings)
+                      time_budget=args.seconds)
+        values.update(settings)  # e.g. steps=660,time_budget=null: a run by steps, unmoved by other work beside it
         start = time.time()
         run = train(TrainConfig.from_dict(values))
         wall = time.time() - start
@@ -56,7 +59,8 @@ def main() -> None:
         test = next(line['test_top1'] for line in lines if line['event'] == 'test')
         record = dict(model=model, settings=settings, seconds=args.seconds, wall_s=round(wall, 1),
                       images_per_s=round(statistics.median(speeds), 1),
-                      best_val_top1=max(line['val_top1'] for line in evals), test_top1=test,
+                      best_val_top1=max(line['val_top1'] for line in evals),
+                      val_faithfulness=read_metadata(run / 'best.safetensors').get('val_faithfulness'), test_top1=test,
                       curve=[(line['step'], line['val_top1']) for line in evals])
         with open(out / 'sweep.jsonl', 'a') as f:
             f.write(json.dumps(record) + '\n')

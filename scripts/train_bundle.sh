@@ -16,7 +16,7 @@
 #   OUT, RUNS [runs/bundle: run folders, NAME.log of each command, commands.tsv],
 #   DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz], BUNDLE [bundle: the 2-core CPU recipe;
 #   gpu-bundle: the lent GPU's], TEACHER_SECONDS [2700], STUDENT_SECONDS [3600], MAX_MB [80],
-#   SWEEP [none: a sweep.jsonl of scripts/cpu_sweep.py to put in the card, e.g. runs/sweep/sweep.jsonl],
+#   SWEEP [benchmarks/results/bundle-sweep-cpu.jsonl: the sweep.jsonl of scripts/cpu_sweep.py behind the recipe, in the card],
 #   PYTHON [python3], EXTRA: flags added to every `advit train`, e.g. a tiny CPU check:
 #   EXTRA="--subset 256 --test-subset 128 --batch-size 64 --steps 2 --device cpu --model-arg depth=2"
 #
@@ -39,7 +39,7 @@ BUNDLE=${BUNDLE:-bundle}
 TEACHER_SECONDS=${TEACHER_SECONDS:-2700}
 STUDENT_SECONDS=${STUDENT_SECONDS:-3600}
 MAX_MB=${MAX_MB:-80}
-SWEEP=${SWEEP:-}
+SWEEP=${SWEEP:-benchmarks/results/bundle-sweep-cpu.jsonl}
 PYTHON=${PYTHON:-python3}
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 mkdir -p "$RUNS"

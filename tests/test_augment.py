@@ -10,7 +10,7 @@ import torchvision.transforms.v2.functional as TF
 from timm.data.mixup import mixup_target
 from torchvision.transforms import InterpolationMode
 
-from advit.augment import (TRIVIAL_OPS, BatchTransform, Mixup, random_crop_flip, random_erasing,
+from advit.augment import (TRIVIAL_OPS, BatchTransform, Mixup, hide_patches, random_crop_flip, random_erasing,
                            random_resized_crop_flip, trivial_augment, trivial_ops)
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
 
@@ -27,6 +27,33 @@ def generator(seed: int) -> torch.Generator:
 
 def unnormalize(x: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:
     return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+
+
+# --- Hide-and-Seek ---------------------------------------------------------------------------------
+
+def test_hidden_patches_are_whole_grid_cells_at_the_mean_in_a_share_up_to_the_most(images):
+    inputs = BatchTransform('none', 32, CIFAR10_MEAN, CIFAR10_STD, seed=0).eval(images)
+    hidden = hide_patches(inputs, (8, 8), 0.6, generator(1))
+    cells = (hidden - inputs).abs().view(32, 3, 8, 4, 8, 4).amax(dim=(1, 3, 5)) > 0  # changed cells
+    zero = hidden.view(32, 3, 8, 4, 8, 4).abs().amax(dim=(1, 3, 5)) == 0
+    assert torch.equal(cells | zero, zero)  # a changed cell is entirely the mean (0 once normalised)
+    kept = (hidden == inputs).view(32, 3, 8, 4, 8, 4).all(dim=1).all(dim=2).all(dim=3)
+    assert torch.equal(kept | zero, torch.ones_like(kept))  # each cell is kept whole or hidden whole
+    shares = zero.flatten(1).float().mean(1)
+    assert shares.max() <= 0.6 + 0.2 and shares.min() < 0.15 and shares.max() > 0.3  # drawn per image
+    assert torch.equal(hide_patches(inputs, (8, 8), 0.0, generator(1)), inputs)
+
+
+def test_a_transform_hides_patches_only_when_asked_and_needs_the_grid(images):
+    plain = BatchTransform('cifar32', 32, CIFAR10_MEAN, CIFAR10_STD, seed=3).train(images)
+    hiding = BatchTransform('cifar32', 32, CIFAR10_MEAN, CIFAR10_STD, seed=3, hide=0.5, grid=(8, 8)).train(images)
+    assert not torch.equal(plain, hiding)
+    cells = lambda x: x.view(32, 3, 8, 4, 8, 4).abs().amax(dim=(1, 3, 5)) == 0  # noqa: E731
+    assert cells(hiding).sum() > cells(plain).sum() + 32
+    with pytest.raises(ValueError, match="patch grid"):
+        BatchTransform('cifar32', 32, CIFAR10_MEAN, CIFAR10_STD, seed=3, hide=0.5)
+    with pytest.raises(ValueError, match=r'share in \[0, 1\]'):
+        BatchTransform('cifar32', 32, CIFAR10_MEAN, CIFAR10_STD, seed=3, hide=2.0, grid=(8, 8))
 
 
 # --- BatchTransform --------------------------------------------------------------------------------

@@ -125,8 +125,8 @@ def test_the_model_card_has_both_tables_beside_the_papers(bundle):
         assert cells['val top-1 (%)'] == f'{read_metadata(runs / name / "best.safetensors")["val_top1"]:.2f}'
         assert cells['test top-1 (%)'] == f'{top1(out / f"{name}.eval.json"):.2f}'
         drops = headline(json.loads((out / f'{name}.eval.json').read_text()))
-        for title, source in (('faithfulness, last layer (pts)', 'last layer'), ('faithfulness, rollout (pts)', 'rollout')):
-            assert cells[title] == f"{drops[source]['quarter_drop']:.2f}"  # the fixture measures faithfulness
+        for source in ('last layer', 'rollout', 'gradient rollout'):  # the fixture measures faithfulness
+            assert cells[f'faithfulness, {source} (pts)'] == f"{drops[source]['quarter_drop']:.2f}"
         paper = PAPER_TEACHER_TOP1 if name == TEACHER else PAPER_TOP1['ViT-Tiny'].get(name)
         assert cells['paper top-1 (%)'] == (f'{paper:.2f}' if paper is not None else '–')  # advit_kl is not in it
         shipped = (out / f'{name}.safetensors').is_file()
@@ -150,6 +150,35 @@ def test_the_model_card_has_both_tables_beside_the_papers(bundle):
     assert f"teacher at least 80%: {teacher_top1:.2f}%, {'reached' if teacher_top1 >= 80 else 'not reached'}" in goals
     for name, wall, command in (line.split('\t') for line in (runs / 'commands.tsv').read_text().splitlines()):
         assert f'| {name} | {wall} | `{command.strip()}` |' in card
+
+
+def test_advit_faithfulness_measures_shipped_files_and_brings_the_card_up_to_date(bundle, tmp_path, cifar_archive,
+                                                                                    capsys):
+    """`advit faithfulness CKPTS --card BUNDLE` on a bundle measured before: each evaluation file gets the curves
+    of the images asked for (every other key kept), Table 1's faithfulness columns and the faithfulness
+    section follow them, and the rest of the card is kept as written."""
+    _, out, _ = bundle
+    shipped = tmp_path / 'checkpoints'
+    shutil.copytree(out, shipped)
+    before = {path.name: json.loads(path.read_text()) for path in shipped.glob('*.eval.json')}
+    card = (shipped / 'README.md').read_text()
+    checkpoints = sorted(str(path) for path in shipped.glob('*.safetensors'))
+    assert main(['faithfulness', *checkpoints, '--data', str(cifar_archive), '--images', '32', '--card',
+                 str(shipped)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('quarter drop (points)') == len(checkpoints) and 'gradient rollout' in printed
+    for name, old in before.items():
+        new = json.loads((shipped / name).read_text())
+        assert new['faithfulness']['count'] == 32 and new['faithfulness']['sources'][-1] == 'gradient rollout'
+        assert {key: value for key, value in new.items() if key != 'faithfulness'} == \
+            {key: value for key, value in old.items() if key != 'faithfulness'}
+    refreshed = (shipped / 'README.md').read_text()
+    assert refreshed.split('## Table 1')[0] == card.split('## Table 1')[0]
+    assert refreshed.split('## Table 2')[1] == card.split('## Table 2')[1]
+    teacher = headline(json.loads((shipped / 'teacher.eval.json').read_text()))
+    row = next(line for line in refreshed.split('## Table 1')[1].splitlines() if line.startswith('| teacher |'))
+    assert f"| {teacher['gradient rollout']['quarter_drop']:.2f} |" in row
+    assert 'gradient rollout (pts)' in refreshed.split('## Faithfulness of the maps')[1]
 
 
 def test_an_export_over_the_size_limit_is_refused_without_a_card(bundle, tmp_path, capsys):
@@ -237,5 +266,10 @@ def test_the_sweep_records_each_model_at_its_budget(tmp_path, cifar_archive, cif
     records = [json.loads(line) for line in (tmp_path / 'sweep.jsonl').read_text().splitlines()]
     assert [r['settings']['model_args'] for r in records] == [{'depth': 1}, {'depth': 2}]
     assert all(r['seconds'] == 60 and r['images_per_s'] > 0 and 0 <= r['test_top1'] <= 100 for r in records)
+    assert [sorted(r['val_faithfulness']) for r in records] == [['gradient rollout', 'layer 1', 'rollout'],
+                                                                ['gradient rollout', 'layer 1', 'layer 2', 'rollout']]
     from advit.bundle import _sweep_table
-    assert _sweep_table(records).count('| vit_mini4_convstem_32 |') == 2
+    table = _sweep_table(records)
+    assert table.count('| vit_mini4_convstem_32 |') == 2 and 'val quarter drop, last layer (pts)' in table
+    last = records[1]['val_faithfulness']['layer 2']
+    assert f"| {records[1]['best_val_top1']:.2f} | {last:.2f} |" in table  # the last layer's drop beside top-1

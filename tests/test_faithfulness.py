@@ -7,9 +7,10 @@ import torch
 import torch.nn as nn
 
 from advit.capture import ClsAttentionCapture, fuse_heads
-from advit.faithfulness import (FaithfulnessCurves, mask_patches, measure_faithfulness, patch_ranks,
+from advit.augment import mask_patches
+from advit.faithfulness import (FaithfulnessCurves, measure_faithfulness, patch_ranks,
                                 perturbation_curves, source_names, verdict)
-from advit.rollout import full_attention, rollout
+from advit.rollout import full_attention, gradient_rollout, rollout
 from conftest import tiny_vit
 
 GRID = (4, 4)
@@ -127,8 +128,8 @@ def test_every_layer_and_rollout_of_a_real_vit_as_the_loss_and_the_app_take_them
     images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(6)
     curves = measure_faithfulness(model, images, labels, fractions=(0, 0.25, 1), batch_size=5)
-    assert curves.sources == source_names(3) == ['layer 1', 'layer 2', 'layer 3', 'rollout']
-    assert curves.accuracy.shape == (2, 4, 3, 3)
+    assert curves.sources == source_names(3) == ['layer 1', 'layer 2', 'layer 3', 'rollout', 'gradient rollout']
+    assert curves.accuracy.shape == (2, 5, 3, 3)
     # Whole images: every order alike, the model's own accuracy; none left: every order alike too.
     with torch.no_grad():
         probs = model(images).softmax(dim=-1)
@@ -152,6 +153,14 @@ def test_every_layer_and_rollout_of_a_real_vit_as_the_loss_and_the_app_take_them
     with torch.no_grad():
         expected = model(mask_patches(images, masked, (8, 8))).softmax(-1).gather(1, labels[:, None]).mean()
     assert curves.curve('probability', 'deletion', 'rollout', 'map')[1] == pytest.approx(float(expected), abs=1e-6)
+    # And gradient rollout, for the class each image is predicted (whatever the label read).
+    relevance = gradient_rollout(model, images)
+    top = relevance.argsort(dim=-1, descending=True)[:, :16]
+    masked = torch.zeros(6, 64, dtype=torch.bool).scatter(1, top, True)
+    with torch.no_grad():
+        expected = model(mask_patches(images, masked, (8, 8))).softmax(-1).gather(1, labels[:, None]).mean()
+    assert curves.curve('probability', 'deletion', 'gradient rollout', 'map')[1] == \
+        pytest.approx(float(expected), abs=1e-6)
     # Without labels, each image's own predicted class is read: accuracy on whole images is 100%.
     own = measure_faithfulness(model, images, fractions=(0, 0.25, 1))
     assert own.curve('accuracy', 'deletion', 'rollout', 'map')[0] == 100

@@ -6,7 +6,10 @@ import torch
 
 import advit  # noqa: F401  (registers the CIFAR models)
 from advit.capture import ClsAttentionCapture
-from advit.rollout import full_attention, head_maps, mass_mask, prefix_share, rollout
+import threading
+
+from advit.attention_path import attention_path_of, set_attention_path
+from advit.rollout import full_attention, gradient_rollout, head_maps, mass_mask, prefix_share, rollout
 from attention_reference import explicit_cls_attention
 from conftest import TINY, tiny_vit
 
@@ -82,3 +85,70 @@ def test_mass_mask_keeps_the_fewest_patches_holding_the_share():
     assert mass_mask(maps, 1.0).all()
     with pytest.raises(ValueError, match='kept share'):
         mass_mask(maps, 0.0)
+
+
+def chefer_by_hand(model, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Gradient-weighted rollout from a forward written out here: each block's attention output is
+    recomputed by hand with a tensor of ones multiplied into its attention, so the class logit's gradient
+    with respect to those ones is dy/dA * A, what Chefer et al. weigh each layer by."""
+    ones = []
+
+    def explicit(attn, inputs, output):
+        x = inputs[0]
+        batch, tokens, _ = x.shape
+        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
+        a = torch.softmax(q @ k.transpose(-2, -1) / attn.head_dim ** 0.5, dim=-1)
+        ones.append(torch.ones_like(a, requires_grad=True))
+        mixed = ((a * ones[-1]) @ v).transpose(1, 2).reshape(batch, tokens, -1)
+        return attn.proj(mixed)
+
+    handles = [block.attn.register_forward_hook(explicit) for block in model.blocks]
+    try:
+        logits = model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    weights = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), ones)
+    tokens = weights[0].shape[-1]
+    relevance = torch.eye(tokens).expand(len(images), tokens, tokens)
+    for weight in weights:
+        relevance = relevance + weight.clamp(min=0).mean(dim=1) @ relevance
+    row = relevance[:, 0, model.num_prefix_tokens:]
+    return row / row.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize('path', ['fused', 'explicit'])
+def test_gradient_rollout_is_chefer_et_al_on_the_attention_the_forward_used(path):
+    model = tiny_vit(depth=3, reg_tokens=1)  # a register too: prefix tokens beyond [CLS] are left out
+    set_attention_path(model, path)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    predicted = model(images).argmax(dim=-1)
+    maps = gradient_rollout(model, images)
+    assert maps.shape == (4, 64) and torch.allclose(maps.sum(dim=-1), torch.ones(4))
+    torch.testing.assert_close(maps, chefer_by_hand(model, images, predicted), rtol=1e-4, atol=1e-6)
+    other = (predicted + 1) % 10  # another class: another explanation
+    torch.testing.assert_close(gradient_rollout(model, images, other), chefer_by_hand(model, images, other),
+                               rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(gradient_rollout(model, images, other), maps)
+    assert attention_path_of(model) == path and not any(p.grad is not None for p in model.parameters())
+
+
+def test_gradient_rollout_in_threads_sharing_a_model_gives_each_its_own():
+    model = tiny_vit(depth=2)
+    batches = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) for seed in range(4)]
+    alone = [gradient_rollout(model, images) for images in batches]
+    together: dict[int, torch.Tensor] = {}
+
+    def run(index: int) -> None:
+        for _ in range(5):
+            together[index] = gradient_rollout(model, batches[index])
+            model(batches[index])  # a plain forward beside them, on whatever path
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, expected in enumerate(alone):
+        torch.testing.assert_close(together[index], expected)

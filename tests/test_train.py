@@ -322,6 +322,10 @@ def test_bad_inputs_are_refused_clearly(tmp_path, data_flags, cifar_archive, tea
     _assert_refused(['train', '--method', 'advit_l1', *data_flags, *common], 'needs a teacher', capsys, out)
     _assert_refused(['train', '--model', 'vit_nonexistent_patch4_32', *data_flags, *common], 'unknown model', capsys, out)
     _assert_refused(['train', *data_flags, '--out', str(out)], 'give a run length', capsys, out)
+    for share in ('1.5', 'nan', '-0.1'):
+        _assert_refused(['train', '--hide-patches', share, *data_flags, *common], 'hide_patches is a share', capsys, out)
+    _assert_refused(['train', '--hide-patches', '0.5', '--model', 'resnet10t', *data_flags, *common],
+                    "hides patches of a ViT's grid; resnet10t has none", capsys, out)
     _assert_refused(['eval', str(truncated), '--data', str(cifar_archive)], 'not a readable safetensors file', capsys)
     with pytest.raises(SystemExit) as exited:
         main(['train', '--method', 'advit_l3', *data_flags, *common])

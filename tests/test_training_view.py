@@ -90,6 +90,8 @@ def test_corrupt_or_foreign_files_are_refused_with_a_message(tmp_path):
         'come together': dict(arrays, faithfulness=np.zeros((6, 5), np.float32)),
         r'faithfulness \(6, 4\) should be float': dict(arrays, faithfulness=np.zeros((6, 4), np.float32),
                                                       faithfulness_sources=np.array(['a', 'b', 'c', 'd', 'e'])),
+        'then rollout': dict(arrays, faithfulness=np.zeros((6, 5), np.float32),  # the right count, other names
+                             faithfulness_sources=np.array(['layer 1', 'layer 2', 'layer 3', 'layer 4', 'mean'])),
     }
     for message, content in broken.items():
         _write_npz(target, **content)
@@ -131,18 +133,18 @@ def test_the_heatmap_and_curves_draw_the_files_gaps(group_run):
 
 def test_the_faithfulness_of_each_evaluation_is_recorded_and_drawn(group_run):
     """Each evaluation's quarter drops (as its metrics line has them) are in the probe, and drawn per
-    student: the last layer's and rollout's; probes from before the measure draw a note instead."""
+    student: the last layer's, rollout's and gradient rollout's; probes from before the measure draw a note."""
     probes = load_probes(group_run)
     for name, probe in probes.items():
         evaluations = [json.loads(line) for line in (group_run / name / 'metrics.jsonl').read_text().splitlines()
                        if '"eval"' in line]
-        assert probe.faithfulness_sources == ('layer 1', 'layer 2', 'rollout')
+        assert probe.faithfulness_sources == ('layer 1', 'layer 2', 'rollout', 'gradient rollout')
         np.testing.assert_allclose(probe.faithfulness, [[line['faithfulness'][source] for source in
                                                          probe.faithfulness_sources] for line in evaluations],
                                    atol=1e-3)
     figure = students_faithfulness_figure(probes)
     assert [trace.name for trace in figure.data] == [f'{name}: {source}' for name in probes
-                                                     for source in ('layer 2', 'rollout')]
+                                                     for source in ('layer 2', 'rollout', 'gradient rollout')]
     assert np.array_equal(np.asarray(figure.data[1].y), probes['advit_l1'].faithfulness[:, 2])
     shipped = students_faithfulness_figure(load_probes(BUNDLE))
     assert not shipped.data and 'not recorded' in shipped.layout.annotations[0].text
