@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 
 # Offline by default: no analytics, no hub calls (timm weights are used only if already cached).
@@ -18,6 +19,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import gradio as gr  # noqa: E402
 
 from advit.about import about_markdown  # noqa: E402
+from advit.checks import RequestError, number  # noqa: E402
 from advit.data import CIFAR10_CLASSES  # noqa: E402
 from advit.faithfulness import TEST_IMAGES  # noqa: E402
 from advit.figure import figure_png  # noqa: E402
@@ -27,7 +29,8 @@ from advit.losses import METHODS  # noqa: E402
 from advit.served import ServedFiles  # noqa: E402
 from advit.studio import BATCH_LIMIT, Studio, StudioError  # noqa: E402
 from advit.upload import UploadedImage  # noqa: E402
-from advit.train_desk import LIST_HEADERS, TrainDesk, is_public, jobs_off_reason, server_name  # noqa: E402
+from advit.train_desk import (LIST_HEADERS, TrainDesk, is_public, job_summary, jobs_off_reason,  # noqa: E402
+                              server_name)
 
 studio = Studio.from_env()
 served = ServedFiles.from_env()  # the galleries' images: written once each, never rewritten (see advit/served.py)
@@ -49,9 +52,19 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (StudioError, ImageError, JobError) as err:
+        except (StudioError, ImageError, JobError, RequestError) as err:
             raise gr.Error(studio.shown(str(err))) from None
     return wrapper
+
+
+# Whole-number boxes have no `precision`: Gradio would round a 1.5 to 2 unseen; `number` refuses it instead.
+# The ranges of the page's sliders, which are also what any client may send (``number`` refuses the rest).
+HEADS, LAYERS, OPACITY, DISCARD, KEEP = (0, 15), (1, 12), (0.0, 1.0), (0.0, 0.95), (0.1, 1.0)
+MAX_INDEX = 10**6  # image and evaluation numbers: the views check them against what exists
+
+
+def head_opacity(head, opacity) -> tuple[int, float]:
+    return number(head, 'head', *HEADS, whole=True), number(opacity, 'heatmap opacity', *OPACITY)
 
 
 def served_png(figure, stem: str) -> str:
@@ -61,11 +74,18 @@ def served_png(figure, stem: str) -> str:
 
 @user_errors
 def attention(image, teacher, student, fusion, head, opacity):
-    view = studio.attention(image, teacher, student, fusion, int(head), float(opacity))
+    view = studio.attention(image, teacher, student, fusion, *head_opacity(head, opacity))
     figure = served_png(view.paper_figure, 'attention')
     downloads = [figure, *(served.save_bytes(data, suffix, 'attention-maps') for suffix, data in view.downloads.items())]
     return (served.gallery(view.panels), view.figure, view.table, view.teacher_top5, view.student_top5, view.data,
-            figure, downloads)
+            figure, downloads, served_png(view.seen, 'seen'), view.seen_note)
+
+
+def needs_image(image, *others):
+    """The browser's check before an Attention request: without an image, one message on the upload box
+    and every output left as it was (a request from another client is refused by the Studio in words)."""
+    return [gr.validate(image is not None, 'Upload an image, or choose one of the examples below, first.'),
+            *(gr.validate(True, '') for _ in others)]
 
 
 def layer_range(data):
@@ -75,14 +95,17 @@ def layer_range(data):
 
 @user_errors
 def attention_layer(image, teacher, student, fusion, head, opacity, layer):
-    figure = studio.attention_layer(image, teacher, student, fusion, int(head), float(opacity), int(layer))
-    return served_png(figure, f'attention-layer{int(layer)}')
+    layer = number(layer, 'layer', 1, MAX_INDEX, whole=True)  # past the student's last: its last
+    figure = studio.attention_layer(image, teacher, student, fusion, *head_opacity(head, opacity), layer)
+    return served_png(figure, f'attention-layer{layer}')
 
 
 @user_errors
 def attention_images(files, teacher, student, fusion, head, layer, opacity):
     paths = [str(f) for f in files] if files else EXAMPLES[:BATCH_LIMIT]  # none given: the example row
-    figure, rows = studio.attention_images(paths, teacher, student, fusion, int(head), int(layer), float(opacity))
+    head, opacity = head_opacity(head, opacity)
+    layer = number(layer, 'layer', 1, MAX_INDEX, whole=True)
+    figure, rows = studio.attention_images(paths, teacher, student, fusion, head, layer, opacity)
     return served_png(figure, 'attention-images'), rows
 
 
@@ -94,8 +117,40 @@ def faithfulness(image, teacher, student):
 
 @user_errors
 def more_views(image, teacher, student, fusion, discard, keep, opacity):
-    view = studio.more_views(image, teacher, student, fusion, float(discard), float(keep), float(opacity))
+    view = studio.more_views(image, teacher, student, fusion, number(discard, 'rollout discard ratio', *DISCARD),
+                             number(keep, 'mask share', *KEEP), number(opacity, 'heatmap opacity', *OPACITY))
     return served.gallery(view.panels), view.figure, view.data
+
+
+def opening_views():
+    """What the page shows before any click, computed once per server start (a visitor meets a finished
+    answer, not empty boxes): the first example under the default teacher and best student (every
+    Attention output, the last layer large, the deletion curves), and the default Compare pair on
+    every class. A part that cannot be made (no models yet) leaves its outputs as they are."""
+    with _opening_lock:
+        if not _opening:
+            skip = gr.skip()
+            pair = defaults['teacher'], defaults['student']
+            example = EXAMPLES[0] if EXAMPLES else None
+            try:
+                shown = attention(example, *pair, 'trained', 0, 0.6)
+                layers = len(shown[5]['layers'])
+                large = attention_layer(example, *pair, 'trained', 0, 0.6, layers)
+                attention_views = [example, *shown, gr.Slider(maximum=max(layers, 2), value=layers), large,
+                                   *faithfulness(example, *pair)]
+            except gr.Error:
+                attention_views = [skip] * 16
+            try:
+                compare_views = list(compare(defaults['compare_a'], defaults['compare_b'], 'all',
+                                             progress=lambda *args, **kwargs: None))
+            except gr.Error:
+                compare_views = [skip] * 6
+            _opening.append(attention_views + compare_views)
+        return _opening[0]
+
+
+_opening: list[list] = []
+_opening_lock = threading.Lock()
 
 
 @user_errors
@@ -116,7 +171,7 @@ def picked(side):
 
 @user_errors
 def compare_image(model_a, model_b, index):
-    view = studio.compare_image(model_a, model_b, int(index))
+    view = studio.compare_image(model_a, model_b, number(index, 'test image', 0, MAX_INDEX, whole=True))
     return served.gallery(view.panels), view.top5_a, view.top5_b, view.summary
 
 
@@ -147,7 +202,9 @@ def resume_job(name, token):
 
 @user_errors
 def training_view(source, student, kind, evaluation, image, opacity):
-    view = studio.training_view(source, student or None, kind, int(evaluation), int(image), float(opacity))
+    view = studio.training_view(source, student or None, kind, number(evaluation, 'evaluation', 0, MAX_INDEX, whole=True),
+                                number(image, 'probe image', 0, MAX_INDEX, whole=True),
+                                number(opacity, 'heatmap opacity', *OPACITY))
     return (view.summary, view.students, view.heatmap, view.curves,
             served_png(view.frame, 'distillation-step'), view.data, view.faithfulness)
 
@@ -205,6 +262,10 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 image = UploadedImage(label='Image (PNG, JPEG, WebP, GIF, BMP, TIFF): upload, drop or paste',
                                       height=260, elem_id='upload')
                 gr.Examples(EXAMPLES, inputs=image, label='CIFAR-10 test images', examples_per_page=20)
+                with gr.Row():
+                    seen = gr.Image(label='What the student reads', type='filepath', interactive=False, height=140,
+                                    buttons=[], elem_id='seen-image', scale=1)
+                    seen_note = gr.Markdown(elem_id='seen-note')
                 # Custom values let API clients name runs that finished after start-up; the Studio
                 # accepts only models on offer.
                 teacher = gr.Dropdown(label='Teacher', choices=studio.choices(vit_only=True),
@@ -215,8 +276,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 student_info = gr.Markdown(studio.describe(student.value))
                 fusion = gr.Radio([('as trained', 'trained'), ('mean', 'mean'), ('max', 'max'), ('one head', 'head')],
                                   value='trained', label='Head fusion (as trained: the student\'s own)')
-                head = gr.Slider(0, 15, value=0, step=1, label='Head (when fusion is "head")')
-                opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label='Heatmap opacity')
+                head = gr.Slider(*HEADS, value=0, step=1, label='Head (when fusion is "head")')
+                opacity = gr.Slider(*OPACITY, value=0.6, step=0.05, label='Heatmap opacity')
                 show = gr.Button('Show attention', variant='primary')
             with gr.Column(scale=2):
                 # The images' labels would float over the figures' column titles: a caption above instead.
@@ -225,7 +286,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 paper_figure = gr.Image(type='filepath', show_label=False, interactive=False,
                                         elem_id='attention-figure', buttons=['download', 'fullscreen'])
                 with gr.Row():
-                    layer = gr.Slider(1, 12, value=1, step=1, label='Layer shown large', elem_id='layer-slider')
+                    layer = gr.Slider(*LAYERS, value=1, step=1, label='Layer shown large', elem_id='layer-slider')
                     downloads = gr.File(label='Downloads: the figure (PNG), the maps (.npz, JSON)',
                                         file_count='multiple', interactive=False, elem_id='attention-downloads')
                 layer_large = gr.Image(label='One layer, large (move the slider)', show_label=False, type='filepath',
@@ -252,9 +313,10 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         attention_inputs = [image, teacher, student, fusion, head, opacity]
         layer.release(attention_layer, inputs=[*attention_inputs, layer], outputs=layer_large,
                       api_name='attention_layer')
+        attention_outputs = [panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads,
+                             seen, seen_note]
         gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs=attention_inputs,
-              outputs=[panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads],
-              api_name='attention').success(layer_range, inputs=maps, outputs=[layer, layer_large],
+              outputs=attention_outputs, api_name='attention', validator=needs_image).success(layer_range, inputs=maps, outputs=[layer, layer_large],
                                             api_visibility='private').success(
             faithfulness, inputs=[image, teacher, student], outputs=[faithful_plot, faithful_summary, faithful_data],
             api_name='faithfulness')
@@ -262,7 +324,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             with gr.Row():
                 batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',
                                 file_count='multiple', file_types=['image'], type='filepath', elem_id='batch-files')
-                batch_layer = gr.Slider(1, 12, value=1, step=1, label='Student layer (past its last: the last)')
+                batch_layer = gr.Slider(*LAYERS, value=1, step=1, label='Student layer (past its last: the last)')
             show_batch = gr.Button('Show them')
             batch_figure = gr.Image(label='A row per image: teacher | student | student - teacher', show_label=False,
                                     type='filepath', interactive=False, elem_id='batch-figure')
@@ -273,11 +335,11 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         with gr.Accordion('More views: attention rollout, last-layer heads, attention mass, prefix share', open=False):
             with gr.Row():
                 rollout_fusion = gr.Radio(['mean', 'max', 'min'], value='mean', label='Rollout head fusion')
-                discard = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label='Rollout discard ratio')
-                keep = gr.Slider(0.1, 1.0, value=0.6, step=0.05, label='Mask keeps this share of attention')
+                discard = gr.Slider(*DISCARD, value=0.0, step=0.05, label='Rollout discard ratio')
+                keep = gr.Slider(*KEEP, value=0.6, step=0.05, label='Mask keeps this share of attention')
             show_more = gr.Button('Show more views')
-            more_panels = gr.Gallery(label='teacher and student: rollout, its mass mask, each last-layer head',
-                                     columns=4, height='auto', elem_id='more-panels')
+            more_panels = gr.Gallery(label='teacher and student: rollout, its mass mask, gradient rollout, each '
+                                           'last-layer head', columns=4, height='auto', elem_id='more-panels')
             prefix_plot = gr.Plot(label='Share of [CLS] attention on prefix tokens, per layer', elem_id='prefix-plot')
             more_data = gr.JSON(label='rollouts, masks, heads and prefix shares as data')
         show_more.click(more_views, inputs=[image, teacher, student, rollout_fusion, discard, keep, opacity],
@@ -301,7 +363,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             b_only = gr.Gallery(label='B right, A wrong', columns=6, height=360, elem_id='b-only')
         with gr.Group():
             with gr.Row():
-                image_index = gr.Number(label='Test image # (or select one above)', precision=0, minimum=0,
+                image_index = gr.Number(label='Test image # (or select one above)', minimum=0, step=1,
                                         elem_id='image-index')
                 show_image = gr.Button('Show both models on it')
             image_summary = gr.Markdown(elem_id='image-summary')
@@ -314,8 +376,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         per_class_rows = gr.Dataframe(headers=['class', 'A %', 'B %', 'B − A'], label='Per-class top-1',
                                       interactive=False, elem_id='per-class-table')
         confusion_plot = gr.Plot(label='Confusion matrices', elem_id='confusion-plot')
+        compare_outputs = [summary, a_only, b_only, per_class_rows, per_class_plot, confusion_plot]
         gr.on([run_compare.click, class_name.change], compare, inputs=[model_a, model_b, class_name],
-              outputs=[summary, a_only, b_only, per_class_rows, per_class_plot, confusion_plot], api_name='compare')
+              outputs=compare_outputs, api_name='compare')
         image_outputs = [image_panels, top5_a, top5_b, image_summary]
         show_image.click(compare_image, inputs=[model_a, model_b, image_index], outputs=image_outputs,
                          api_name='compare_image')
@@ -352,13 +415,15 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                         alpha = gr.Number(0.5, label='DeiT weight (alpha)')
                         tau = gr.Number(1.0, label='Temperature (tau)')
                     with gr.Row():
-                        seed = gr.Number(0, precision=0, label='Seed')
-                        subset = gr.Number(0, precision=0, label='Subset (0: all images)')
-                        batch_size = gr.Number(128, precision=0, label='Batch size')
+                        seed = gr.Number(0, step=1, label='Seed')
+                        subset = gr.Number(0, step=1, label='Subset (0: all images)')
+                        batch_size = gr.Number(128, step=1, label='Batch size')
                         device = gr.Radio(['auto', 'cpu', 'cuda'], value='auto', label='Device')
                     token = gr.Textbox(label='Token', type='password', visible=desk.token is not None)
                     launch = gr.Button('Launch', variant='primary')
-                    launched = gr.JSON(label='Launched job')
+                    launched_summary = gr.Markdown(job_summary(None), elem_id='launched-summary')
+                    with gr.Accordion('Launched job, as data', open=False):
+                        launched = gr.JSON(label='Launched job')
                 with gr.Column(scale=2):
                     rows = desk.rows()
                     jobs = gr.Dataframe(headers=LIST_HEADERS, value=rows, interactive=False, label='Jobs')
@@ -370,8 +435,10 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                     with gr.Row():
                         cancel = gr.Button('Cancel', variant='stop')
                         resume = gr.Button('Resume')
+                    job_summary_md = gr.Markdown(job_summary(None), elem_id='job-summary')
                     table1 = gr.Markdown(elem_id='job-table1')
-                    job = gr.JSON(label='Job status')
+                    with gr.Accordion('Job status, as data', open=False):
+                        job = gr.JSON(label='Job status')
             launch.click(start_job, inputs=[run_name, method, student_model, model_args, job_teacher, dataset, length,
                                             amount, lr, attn_weight, alpha, tau, seed, subset, batch_size, device,
                                             token],
@@ -380,6 +447,10 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                   outputs=[progress, curves, log, job, table1], api_name='job_status', show_progress='hidden')
             cancel.click(cancel_job, inputs=[selected, token], outputs=job, api_name='cancel_job')
             resume.click(resume_job, inputs=[selected, token], outputs=job, api_name='resume_job')
+            # The sentences follow their JSON, whatever set it (an answer, the timer): the API stays as it was.
+            launched.change(job_summary, inputs=launched, outputs=launched_summary, api_visibility='private',
+                            show_progress='hidden')
+            job.change(job_summary, inputs=job, outputs=job_summary_md, api_visibility='private', show_progress='hidden')
             gr.Timer(3.0).tick(list_jobs, outputs=jobs, api_name='list_jobs', show_progress='hidden')
             jobs.change(job_names, inputs=selected, outputs=selected, api_visibility='private', show_progress='hidden')
 
@@ -399,7 +470,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             with gr.Row():
                 evaluation = gr.Slider(0, 1, value=0, step=1, label='Evaluation (step)', elem_id='probe-step')
                 probe_image = gr.Slider(0, 7, value=0, step=1, label='Probe image', elem_id='probe-image')
-                probe_opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label='Heatmap opacity')
+                probe_opacity = gr.Slider(*OPACITY, value=0.6, step=0.05, label='Heatmap opacity')
             show_training = gr.Button('Show distillation over time', variant='primary')
             probe_summary = gr.Markdown(elem_id='probe-summary')
             students_plot = gr.Plot(label='Every student of the run: gap to the teacher, mean over layers',
@@ -427,15 +498,20 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             training_view, inputs=training_inputs, outputs=training_outputs, api_visibility='private')
 
     with gr.Tab('About'):
-        gr.Markdown(about_markdown(studio.entries()))
+        gr.Markdown(studio.shown(about_markdown(studio.entries())))
 
     refresh_button.click(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
     demo.load(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
+    demo.load(opening_views, outputs=[image, *attention_outputs, layer, layer_large, faithful_plot, faithful_summary,
+                                      faithful_data, *compare_outputs], api_visibility='private')
     if default_source is not None:  # the view opens drawn, on the bundle's best ADViT student
         demo.load(training_controls, inputs=[source, probe_student], outputs=[probe_student, evaluation, probe_image],
                   api_visibility='private').success(training_view, inputs=training_inputs, outputs=training_outputs,
                                                     api_visibility='private')
 
+
+# The opening views are made while the server starts, so the first visitor does not wait for them either.
+threading.Thread(target=opening_views, name='opening-views', daemon=True).start()
 
 if __name__ == '__main__':
     demo.queue(default_concurrency_limit=2).launch(

@@ -42,8 +42,10 @@ compared with masking patches in a random order. The number is the **quarter dro
 accuracy lost by masking the map's top quarter of patches beyond those lost by masking a random
 quarter, with its standard error over the images. Positive: the map points at patches the model
 needs; within two standard errors of 0: no better than chance; negative: it points away from them.
-It says what the model uses, which may be background rather than the object a person would point at. Shown for the last layer's [CLS] map and for rollout; the
-model card has every layer and the full deletion and insertion curves.
+It says what the model uses, which may be background rather than the object a person would point at.
+Shown for the last layer's [CLS] map, for rollout, and for gradient rollout (attention weighted by the
+gradient of the predicted class's score, Chefer et al. 2021: the map that asks what the model used;
+in the app's More views); the model card has every layer and the full deletion and insertion curves.
 """
 
 

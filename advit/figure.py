@@ -109,7 +109,7 @@ def figure_png(figure: Image.Image) -> bytes:
 
 def maps_npz(report: AttentionReport) -> bytes:
     """The maps as an ``.npz`` (loads without pickle): teacher_maps, student_maps and difference (layers,
-    patches), gaps (kinds, layers) in the order of gap_kinds, teacher_layers and grid."""
+    patches), gaps (kinds, layers) in the order of gap_kinds, teacher_layers (indices into the teacher's layers, from 0) and grid."""
     buffer = io.BytesIO()
     np.savez(buffer, teacher_maps=report.teacher_maps, student_maps=report.student_maps,
              difference=report.student_maps - report.teacher_maps,

@@ -28,27 +28,34 @@ class AttentionReport:
     """Per student layer: both maps on the student's grid, the teacher layer used, and the gaps."""
     student_maps: np.ndarray  # (layers, patches)
     teacher_maps: np.ndarray  # (layers, patches), aligned to the student
-    teacher_layers: list[int]
+    teacher_layers: list[int]  # the teacher layer compared with each student layer, from 0
     grid: tuple[int, int]
     gaps: dict[str, np.ndarray]  # kind -> (layers,)
     student_top5: dict[str, float]
     teacher_top5: dict[str, float]
-    settings: dict[str, Any]  # fusion, layer_map, attn_norm: how the maps were taken
+    settings: dict[str, Any]  # fusion, layer_map ('as trained' or 'uniform'), attn_norm: how the maps were taken
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: one record per layer."""
+        """JSON-ready: one record per layer, layers counted from 1 as the page's tables count them, and
+        ``teacher_layers``, the teacher layer compared with each student layer."""
         layers = [
-            dict(layer=i, teacher_layer=t, student_map=self.student_maps[i].tolist(),
+            dict(layer=i + 1, teacher_layer=t + 1, student_map=self.student_maps[i].tolist(),
                  teacher_map=self.teacher_maps[i].tolist(), **{k: float(v[i]) for k, v in self.gaps.items()})
             for i, t in enumerate(self.teacher_layers)]
         return dict(grid=list(self.grid), layers=layers, student_top5=self.student_top5,
-                    teacher_top5=self.teacher_top5, settings=self.settings)
+                    teacher_top5=self.teacher_top5,
+                    settings=dict(self.settings, teacher_layers=[t + 1 for t in self.teacher_layers]))
+
+
+def seen_image(image: Image.Image, model: nn.Module) -> Image.Image:
+    """The image as a model reads it: whole, resized (bicubic) to its input size (32x32 for CIFAR models)."""
+    size = model_image_size(model)
+    return image.convert('RGB').resize((size, size), Image.BICUBIC)
 
 
 def model_input(image: Image.Image, meta: dict[str, Any], model: nn.Module) -> torch.Tensor:
-    """The image resized (whole, bicubic) to the model's input size and normalised with its mean/std."""
-    size = model_image_size(model)
-    pixels = np.asarray(image.convert('RGB').resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    """The image as the model reads it (``seen_image``), normalised with its mean/std, as a batch of one."""
+    pixels = np.asarray(seen_image(image, model), dtype=np.float32) / 255.0
     tensor = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
     mean = meta.get('mean') or model.pretrained_cfg['mean']
     std = meta.get('std') or model.pretrained_cfg['std']
@@ -131,6 +138,7 @@ def inspect_pair(
     except ValueError:  # another teacher than the one it was trained with: map uniformly
         layer_map = None
         teacher_layers = layer_mapping(layers, teacher_maps.shape[1])
+    rule = 'as trained' if layer_map is not None else 'uniform'  # which teacher layers: settings' teacher_layers
     aligned = align_teacher_maps(teacher_maps, layers, patch_grid(teacher), grid, layer_map)
     gaps = {kind: attention_gap(student_maps, aligned, kind)[0, :, 0].numpy() for kind in GAP_KINDS}
     return AttentionReport(
@@ -138,4 +146,4 @@ def inspect_pair(
         teacher_layers=teacher_layers, grid=grid, gaps=gaps,
         student_top5=top5(student_logits, student_meta.get('classes', [])),
         teacher_top5=top5(teacher_logits, teacher_meta.get('classes', [])),
-        settings=dict(fusion=fusion, layer_map=layer_map, attn_norm=attn_norm))
+        settings=dict(fusion=fusion, layer_map=rule, attn_norm=attn_norm))

@@ -17,13 +17,14 @@ import plotly.graph_objects as go
 import torch
 from PIL import Image
 
+from .checks import redacted, shown_value
 from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
 from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, load_dataset
 from .images import ImageError, load_image
 from .figure import attention_figure, images_figure, layer_figure, maps_npz, report_json
-from .faithfulness import QUARTER, ROLLOUT, measure_faithfulness
-from .inspection import AttentionReport, inspect_model, inspect_pair, model_input
+from .faithfulness import GRADIENT_ROLLOUT, QUARTER, ROLLOUT, last_layer, measure_faithfulness
+from .inspection import AttentionReport, inspect_model, inspect_pair, model_input, seen_image
 from .names import TEACHER_STEM
 from .probe import PROBE_IMAGES
 from .training_view import (PROBE_FILE, ProbeError, find_probes, gap_curves, gap_heatmap, load_probe, step_report,
@@ -35,6 +36,7 @@ from .rollout import model_views
 REPO = Path(__file__).resolve().parents[1]
 GALLERY_LIMIT = 60  # images shown per direction in the comparison
 BATCH_LIMIT = 8  # images in the few-images view: a row each, 8 forward passes of both models
+SEEN_SCALE = 4  # the image as the model reads it, shown 4x (128x128 for a 32x32 model)
 # One image's deletion curves: eighths of the patches, random orders averaged (44 masked copies per model).
 IMAGE_FRACTIONS = tuple(i / 8 for i in range(9))
 QUARTER_STEP = IMAGE_FRACTIONS.index(QUARTER)
@@ -56,6 +58,8 @@ class AttentionView:
     data: dict[str, Any]
     paper_figure: Image.Image  # the paper's Fig. 2: every layer's teacher | student | difference
     downloads: dict[str, bytes]  # the maps as .npz and as JSON, by extension
+    seen: Image.Image  # the image as the student reads it (e.g. 32x32), enlarged without smoothing to show
+    seen_note: str  # in words: what the models read and which classes they know
 
 
 @dataclass
@@ -134,9 +138,7 @@ class Studio:
         if str(self.data) != OFFICIAL_CIFAR10:
             names[str((REPO / self.data).resolve())] = names[str(self.data)] = os.path.relpath(REPO / self.data, REPO)
         names[str(REPO)] = '.'
-        for path in sorted(names, key=len, reverse=True):  # the longest first: a folder inside another
-            text = text.replace(path, names[path])
-        return text
+        return redacted(text, names)
 
     # --- the models on offer ---------------------------------------------------------------------
 
@@ -170,9 +172,9 @@ class Studio:
         return '\n'.join(lines)
 
     def describe(self, key: str | None) -> str:
-        """Markdown describing a model from its metadata."""
-        entry = self.offered(key, self.entries()) if key else None
-        return entry.describe() if entry is not None else ''
+        """Markdown describing a model from its metadata (a teacher given by path there named as the app names it)."""
+        entry = self.offered(key, self.entries()) if isinstance(key, str) and key else None
+        return self.shown(entry.describe()) if entry is not None else ''
 
     def default_keys(self) -> dict[str, str | None]:
         """Sensible defaults: the bundle's teacher (else the largest model) as teacher; the best ADViT
@@ -208,11 +210,11 @@ class Studio:
 
     def _model(self, key: str | None, role: str, vit: bool = False):
         """The loaded model and metadata of a catalog key; with ``vit``, a ViT or refused before loading."""
-        if not key:
+        if not key or not isinstance(key, str):
             raise StudioError(f'choose a {role} model')
         entry = self.offered(key, self.entries())
         if entry is None:
-            raise StudioError(f'{key} is not one of the models on offer')  # no arbitrary paths from a request
+            raise StudioError(f'{shown_value(key)} is not one of the models on offer')  # no arbitrary paths from a request
         if vit and not entry.is_vit:
             raise StudioError(f'{key} is not a ViT: attention views need ViT models')
         try:
@@ -236,7 +238,7 @@ class Studio:
     def _inspect(pair, image: Image.Image, fusion: str, head: int) -> AttentionReport:
         """The pair's attention report on ``image`` (see ``attention`` for ``fusion`` and ``head``)."""
         if fusion not in ('trained', 'mean', 'max', 'head'):
-            raise StudioError(f'unknown head fusion {fusion!r}: choose trained, mean, max or head')
+            raise StudioError(f'unknown head fusion {shown_value(fusion)}: choose trained, mean, max or head')
         (teacher, teacher_meta), (student, student_meta) = pair
         try:
             return inspect_pair(teacher, teacher_meta, student, student_meta, image,
@@ -263,12 +265,24 @@ class Studio:
             head: Head index for ``fusion='head'``.
             opacity: Heatmap opacity over the image.
         """
-        image, report = self._report(image_path, teacher_key, student_key, fusion, head)
+        pair = self._pair(teacher_key, student_key)
+        image = self._upload(image_path)
+        report = self._inspect(pair, image, fusion, head)
+        (_, teacher_meta), (student, student_meta) = pair
+        seen = seen_image(image, student)
+        classes = student_meta.get('classes') or teacher_meta.get('classes') or []
+        known = f'the {len(classes)} classes {", ".join(classes)}' if classes else 'the classes they were trained on'
+        note = (f'What the student reads: your image shrunk to {seen.width}x{seen.height} pixels (left as it is: '
+                f'{image.width}x{image.height}). These models know {known}: whatever a photo shows, they answer one of '
+                'them.')
         return AttentionView(panels=layer_panels(report, image, opacity), figure=gap_figure(report),
                              table=gap_table(report), teacher_top5=report.teacher_top5,
                              student_top5=report.student_top5, data=report.as_dict(),
                              paper_figure=attention_figure(report, image, opacity),
-                             downloads=dict(npz=maps_npz(report), json=report_json(report)))
+                             downloads=dict(npz=maps_npz(report), json=report_json(report)),
+                             # Enlarged by whole pixels: a browser would smooth a 32x32 image into a blur.
+                             seen=seen.resize((seen.width * SEEN_SCALE, seen.height * SEEN_SCALE), Image.NEAREST),
+                             seen_note=note)
 
     def attention_layer(self, image_path: str | None, teacher_key: str, student_key: str, fusion: str = 'trained',
                         head: int = 0, opacity: float = 0.6, layer: int = 1) -> Image.Image:
@@ -331,8 +345,9 @@ class Studio:
                 return f"{c.curve('probability', 'deletion', source, order)[QUARTER_STEP]:.2f}"
             lines.append(f"**{role}** predicts *{classes[role]}* (probability "
                          f"{c.curve('probability', 'deletion', ROLLOUT, 'map')[0]:.2f}); with the quarter of "
-                         f"patches its last layer's map attends to most masked: {left(c.sources[-2])}, its rollout's: "
-                         f"{left(ROLLOUT)}, a random quarter: {left(ROLLOUT, 'random')}.")
+                         f"patches its last layer's map attends to most masked: {left(last_layer(c.sources))}, its "
+                         f"rollout's: {left(ROLLOUT)}, its gradient rollout's: {left(GRADIENT_ROLLOUT)}, a random "
+                         f"quarter: {left(ROLLOUT, 'random')}.")
         return FaithfulnessView(figure=faithfulness_figure(curves, classes), summary='\n\n'.join(lines),
                                 data={role: dict(curves[role].as_dict(), class_read=classes[role]) for role in curves})
 
@@ -385,7 +400,7 @@ class Studio:
         """(every student's probe file beside the source, by name; the source's own student)."""
         entries = self.entries()
         if source not in self.probe_sources(entries):
-            raise StudioError(f'{source!r} is not a model or run with an attention probe on offer')
+            raise StudioError(f'{shown_value(source)} is not a model or run with an attention probe on offer')
         entry = self.offered(source, entries)
         if entry is None:  # a run folder: all its students, an ADViT one first
             found = find_probes(Path(self.runs_dir) / Path(source).name)
@@ -424,7 +439,7 @@ class Studio:
             probes = {name: load_probe(path) for name, path in paths.items()}
             student = student or own
             if student not in probes:
-                raise StudioError(f'{source} has no student {student!r}: it has {", ".join(probes)}')
+                raise StudioError(f'{source} has no student {shown_value(student)}: it has {", ".join(probes)}')
             probe = probes[student]
             evaluation = len(probe.steps) - 1 if evaluation == -1 else int(evaluation)
             frame = attention_figure(step_report(probe, evaluation, int(image)), probe.image(int(image)), opacity)
@@ -437,8 +452,9 @@ class Studio:
         summary = (f'`{student}`: {len(probe.steps)} evaluations (steps {probe.steps[0]}-{probe.steps[-1]}) on '
                    f'held-out probe images; mean {kind.upper()} gap over layers {gaps[0].mean():.3f} at the first, '
                    f'{gaps[-1].mean():.3f} at the last. The figure: step {probe.steps[evaluation]}, probe image {image}.')
-        if probe.faithfulness is not None and not np.isnan(probe.faithfulness[[0, -1], -2]).any():
-            drops = probe.faithfulness[:, -2]
+        last = probe.layers - 1  # the last layer's column: each layer's come first
+        if probe.faithfulness is not None and not np.isnan(probe.faithfulness[[0, -1], last]).any():
+            drops = probe.faithfulness[:, last]
             summary += (f' Quarter drop of its last layer\'s map on the probe images: {drops[0]:+.1f} points at the '
                         f'first, {drops[-1]:+.1f} at the last (on {PROBE_IMAGES} images, a few points either way '
                         'are noise; the card\'s test figure has its standard error).')
@@ -464,7 +480,7 @@ class Studio:
         chosen = [self.offered(key, checkpoints) if key else None for key in (key_a, key_b)]
         for key, entry in zip((key_a, key_b), chosen):
             if entry is None:
-                raise StudioError(f'choose two checkpoints on offer to compare (got {key!r})')
+                raise StudioError(f'choose two checkpoints on offer to compare (got {shown_value(key)})')
         test = self.test_set()
         try:
             comparison = compare(chosen[0].key, chosen[1].key, test, self.data, progress)
@@ -476,7 +492,7 @@ class Studio:
     def _true_class(test: ImageSet, class_name: str | None) -> str | None:
         class_name = None if class_name in (None, '', 'all') else class_name
         if class_name is not None and class_name not in test.classes:
-            raise StudioError(f'unknown class {class_name!r}')
+            raise StudioError(f'unknown class {shown_value(class_name)}')
         return class_name
 
     def compare(self, key_a: str, key_b: str, class_name: str | None = None,

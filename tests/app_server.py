@@ -79,6 +79,22 @@ class AppServer:
         self.stop()
 
 
+def raw_call(url: str, endpoint: str, data: str, image: Path | None = None) -> str:
+    """One call to the app's HTTP API with the JSON list of inputs ``data`` as written (``NaN``, ``Infinity``:
+    what a browser or a script may send, and gradio_client refuses to); ``IMAGE`` in it stands for ``image``,
+    uploaded first. Returns the server's answer stream, its error message or its output."""
+    import json
+    import httpx
+    with httpx.Client(base_url=url, timeout=120) as http:
+        if image is not None:
+            with open(image, 'rb') as file:
+                [path] = http.post('/gradio_api/upload', files={'files': (image.name, file, 'image/png')}).json()
+            data = data.replace('IMAGE', json.dumps({'path': path, 'meta': {'_type': 'gradio.FileData'}}))
+        event = http.post(f'/gradio_api/call/{endpoint}', content='{"data": ' + data + '}',
+                          headers={'Content-Type': 'application/json'}).json()['event_id']
+        return http.get(f'/gradio_api/call/{endpoint}/{event}').text
+
+
 def folder_bytes(folder: Path) -> int:
     """Bytes of the files under ``folder``, such as the server's file cache (a file the server removes
     while it is counted is skipped)."""

@@ -22,7 +22,7 @@ from advit.compare import Comparison
 from advit.evaluate import load_predictions
 from advit.images import MAX_FILE_BYTES, load_image
 from advit.inspection import inspect_pair
-from app_server import folder_bytes, running_app
+from app_server import folder_bytes, raw_call, running_app
 from conftest import REPO
 
 EXAMPLE = REPO / 'assets' / 'examples' / 'ship_8000.png'
@@ -56,8 +56,13 @@ def page_config(url: str) -> str:
 
 
 def test_attention_endpoint_maps_and_gaps_match_advit(client, keys):
-    panels, figure, table, teacher_top5, student_top5, data, paper_figure, downloads = \
+    panels, figure, table, teacher_top5, student_top5, data, paper_figure, downloads, seen, seen_note = \
         attention(client, EXAMPLE, keys)
+    # What the student reads: the example (32x32 already) shown 4x by whole pixels, and the classes it knows.
+    shown = np.asarray(Image.open(seen).convert('RGB'))
+    assert shown.shape == (128, 128, 3)
+    np.testing.assert_array_equal(shown[::4, ::4], np.asarray(load_image(EXAMPLE).convert('RGB').resize((32, 32))))
+    assert '32x32' in seen_note and 'airplane' in seen_note and 'truck' in seen_note
     layers = data['layers']
     assert len(layers) == 2 and len(panels) == 4  # one teacher and one student map per student layer
     # The paper's Fig. 2 (a row per layer) and the downloads: the figure, the maps as .npz and JSON.
@@ -256,7 +261,8 @@ def test_everyone_asking_for_the_same_example_at_once_all_get_whole_answers(app_
         problems = []
         for _ in range(requests):
             try:
-                panels, *_, data, _, _ = attention(client, EXAMPLE, keys)
+                outputs = attention(client, EXAMPLE, keys)
+                panels, data = outputs[0], outputs[5]
                 for panel in panels:
                     with Image.open(panel['image']) as image:
                         image.load()  # a torn file does not decode
@@ -300,7 +306,7 @@ def test_more_views_endpoint(client, keys):
     panels, figure, data = client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'mean', 0.0,
                                           0.6, 0.6, api_name='/more_views')
     heads = len(data['teacher']['heads']) + len(data['student']['heads'])
-    assert heads == 4 + 3 and len(panels) == 4 + heads  # the tiny teacher's 4 heads, the student's 3
+    assert heads == 4 + 3 and len(panels) == 6 + heads  # the tiny teacher's 4 heads, the student's 3
     assert len(data['student']['prefix_share']) == 2 and sum(data['teacher']['rollout']) == pytest.approx(1.0)
     with pytest.raises(Exception, match='greater than maximum value 0.95'):  # the slider's own bound
         client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'mean', 1.0, 0.6, 0.6,
@@ -314,8 +320,8 @@ def test_faithfulness_endpoint(client, keys):
     for role in data:
         deletion = np.asarray(data[role]['probability'])[0]  # (sources, orders, fractions)
         assert deletion.shape == (len(data[role]['sources']), 2, 9) and np.all((deletion >= 0) & (deletion <= 1))
-        assert data[role]['sources'][-1] == 'rollout'
-    assert len(json.loads(figure['plot'])['data']) == 6
+        assert data[role]['sources'][-2:] == ['rollout', 'gradient rollout']
+    assert len(json.loads(figure['plot'])['data']) == 8  # per model: last layer, rollout, gradient rollout, random
     with pytest.raises(Exception, match='not one of the models on offer'):
         client.predict(handle_file(str(EXAMPLE)), keys['teacher'], '/etc/passwd', api_name='/faithfulness')
 
@@ -332,3 +338,24 @@ def test_a_few_images_at_once_default_to_the_example_row(client, keys, tmp_path)
     with pytest.raises(Exception, match='bomb: the image is too large'):
         client.predict([handle_file(str(EXAMPLE)), handle_file(str(bomb))], keys['teacher'], keys['advit_l1'], 'mean',
                        0, 1, 0.6, api_name='/attention_images')
+
+
+@pytest.mark.parametrize('endpoint, data, message', [
+    ('attention', '[IMAGE, "T", "S", "head", 0, NaN]', 'heatmap opacity must be a finite number, got nan'),
+    ('attention', '[IMAGE, "T", "S", "head", NaN, 0.6]', 'head must be a finite number, got nan'),
+    ('attention', '[IMAGE, "T", "S", "head", 1.5, 0.6]', 'head must be a whole number, got 1.5'),
+    ('attention_layer', '[IMAGE, "T", "S", "mean", 0, 0.6, Infinity]', 'Value inf is greater than maximum value 12'),
+    ('attention_layer', '[IMAGE, "T", "S", "mean", 0, 0.6, NaN]', 'layer must be a finite number, got nan'),
+    ('more_views', '[IMAGE, "T", "S", "mean", NaN, 0.6, 0.6]', 'rollout discard ratio must be a finite number'),
+])
+def test_odd_numbers_are_refused_in_words_and_the_next_request_served(app_url, client, keys, endpoint, data, message):
+    body = data.replace('"T"', json.dumps(keys['teacher'])).replace('"S"', json.dumps(keys['advit_l1']))
+    answer = raw_call(app_url, endpoint, body, EXAMPLE)
+    assert 'event: error' in answer and message in answer, answer[-500:]
+    assert len(attention(client, EXAMPLE, keys)[5]['layers']) == 2
+
+
+def test_a_long_model_name_is_quoted_not_echoed(client, keys):
+    with pytest.raises(Exception) as refused:
+        client.predict(handle_file(str(EXAMPLE)), 'x' * 100_000, keys['advit_l1'], 'mean', 0, 0.6, api_name='/attention')
+    assert 'is not one of the models on offer' in str(refused.value) and len(str(refused.value)) < 1000

@@ -5,6 +5,7 @@ import json
 import re
 import os
 import signal
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from gradio_client import Client, handle_file
 
 from advit.checkpoint import load_checkpoint, read_metadata
-from app_server import running_app
+from app_server import raw_call, running_app
 from conftest import REPO, TINY, group_gone
 
 TINY_ARGS = ', '.join(f'{key}={value}' for key, value in TINY.items())
@@ -87,8 +88,8 @@ def test_a_table1_job_of_several_students_ends_with_its_table_and_its_distillati
     [recorded] = [line for line in lines if line['event'] == 'eval']
     assert data['faithfulness']['rollout'] == [pytest.approx(recorded['faithfulness']['rollout'], abs=1e-3)]
     traces = {trace['name'] for trace in json.loads(faithful['plot'])['data']}
-    assert traces == {f'{name}: {source}' for name in ('vit', 'advit_l1') for source in (f'layer {TINY["depth"]}',
-                                                                                          'rollout')}
+    assert traces == {f'{name}: {source}' for name in ('vit', 'advit_l1')
+                      for source in (f'layer {TINY["depth"]}', 'rollout', 'gradient rollout')}
     assert 'Quarter drop of its last layer' in summary
     from advit.figure import Layout
     from advit.render import PANEL_SIZE
@@ -117,8 +118,14 @@ def test_tiny_job_runs_to_the_end_and_its_checkpoint_is_offered(client, runs, ci
 
 
 def test_queue_cancel_kill_resume_and_names(client, runs, cifar_archive):
-    long = start(client, '../../long', cifar_archive, 100_000)
-    assert long['name'] == 'long' and (runs / 'long').is_dir() and not (runs.parent / 'long').exists()
+    for name in ('../../long', 'a/b', 'x\x00y', ' long', '.long'):  # refused with the rule, never rewritten
+        with pytest.raises(Exception, match='is not taken: a run name is 1 to 80 letters'):
+            start(client, name, cifar_archive, 100_000)
+    assert not (runs.parent / 'long').exists() and not any(path.name.startswith(('a', 'x')) for path in runs.iterdir())
+    long = start(client, 'long', cifar_archive, 100_000)
+    assert long['name'] == 'long' and (runs / 'long').is_dir()
+    with pytest.raises(Exception, match='a run named long exists'):
+        start(client, 'long', cifar_archive, 10)
     running = wait_for(client, 'long', ('running',), min_step=5)
     # With one job at a time, a second one waits, visibly queued.
     start(client, 'second', cifar_archive, 100_000)
@@ -182,9 +189,9 @@ def test_any_client_lists_watches_cancels_and_resumes_a_job_by_name(app, client,
         other.predict('../../etc', '', api_name='/cancel_job')
 
 
-def test_the_page_names_no_server_path(app, runs, tiny_bundle, cifar_archive):
+def test_the_page_names_no_server_path(app, runs, tiny_bundle, cifar_archive, tmp_path_factory):
     config = urllib.request.urlopen(f'{app}/config', timeout=30).read().decode()
-    for path in (REPO, runs, tiny_bundle, cifar_archive):
+    for path in (REPO, runs, tiny_bundle, cifar_archive, tmp_path_factory.getbasetemp()):
         assert str(path) not in config, f'{path} is in the public config'
     assert f'{tiny_bundle.name}/teacher.safetensors' in config
 
@@ -226,6 +233,24 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         refused('cannot build', model_args='depth=2, embed_dim=50, num_heads=3')
         refused('outside the folders this server allows', data='/etc')
         refused('not one of the checkpoints on offer', method='advit_l1', teacher='/etc/passwd')
+        # Numbers are finite, whole where they count and in range, names clean, or refused in words.
+        # NaN and infinity as a raw request carries them (gradio_client will not send them).
+        form = ['abuse', ['vit'], 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5,
+                1.0, 0, 256, 64, 'cpu', 's3cret']
+        for index, value, message in ((8, 'NaN', 'learning rate must be a finite number, got nan'),
+                                      (7, 'Infinity', 'the number of steps must be a finite number, got inf')):
+            body = json.dumps(form[:index] + ['VALUE'] + form[index + 1:]).replace('"VALUE"', value)
+            answer = raw_call(url, 'start_job', body)
+            assert 'event: error' in answer and message in answer, answer[-500:]
+            assert not runs.exists() or not any(runs.iterdir())
+        refused('the number of steps must be a whole number, got 2.5', amount=2.5)
+        refused('seed must be a whole number, got 1.5', seed=1.5)
+        refused('tau must be a number', tau='warm')
+        refused('epochs of 256 images in batches of 64 are 40,000,000 steps: the limit here is 20,000', length='epochs',
+                amount=1e7)
+        refused('depth must be between 1 and 64, got 10000', model_args='depth=10000')  # before building anything
+        refused(r"unknown model .aaaa.*\(100002 characters\): not a timm model name", model='a' * 100_000)
+        refused('is not taken: a run name is', name='../x')
         # A job that fails inside its process (16 images do not fill a batch of 64): its error line, no traceback.
         job, _, _ = client.predict('fails', 'vit', 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps',
                                    3, 1e-3, 1.0, 0.5, 1.0, 0, 16, 64, 'cpu', 's3cret', api_name='/start_job')
@@ -233,6 +258,9 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         _, _, log, _, _ = client.predict(job['name'], api_name='/job_status')
     assert 'do not fill one batch' in failed['error'] and '\n' not in failed['error']
     assert 'Traceback' not in log and 'File "' not in log and str(REPO) not in log and str(runs) not in log
+    # The command line names the interpreter, not the folder it lives in.
+    assert re.search(r'^\$ python[\w.]* -m advit train --config runs/fails/request.json', log, re.M), log
+    assert sys.executable not in log and str(Path(sys.executable).parent) not in log
 
 
 def test_token_is_needed_when_set(tmp_path, cifar_archive):

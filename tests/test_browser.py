@@ -5,6 +5,7 @@ from ``ADVIT_SCREENSHOTS=assets/screenshots pytest tests/test_browser.py``: Atte
 and Compare on the shipped bundle, Train with a tiny job running). The test fails if the
 page asks any host other than the app's own (no CDN, analytics or web fonts).
 
+The page opens on a finished answer (Attention and Compare drawn before any click).
 What is drawn is checked against the models shown: the Fig. 2 image has one row per student layer
 (``figure.Layout``) and the few-images figure one per image, More views a rollout, a mask and every
 last-layer head of both models, Compare's selected image both models' maps of every layer.
@@ -87,6 +88,27 @@ def layer_maps(page) -> list[str]:
     return sources
 
 
+def opening_view(page, depth: int) -> None:
+    """The page as it opens, before any click: Attention's finished answer on the first example (the Fig. 2
+    figure with a row per student layer, the last layer large, the deletion curves, what the student reads)
+    and Compare's galleries, with no error badge."""
+    from advit.figure import LARGE_PANEL, Layout
+    from advit.render import PANEL_SIZE
+    page.wait_for_function('() => document.querySelector("#attention-layer img")'
+                           ' && document.querySelector("#faithfulness-plot .js-plotly-plot")?.data?.length === 8'
+                           ' && document.querySelector("#seen-image img")'
+                           ' && document.querySelector("#seen-note")?.textContent.includes("32x32")',
+                           timeout=180_000)
+    assert natural_size(page, 'attention-figure') == Layout.of(PANEL_SIZE).size(depth)
+    assert natural_size(page, 'attention-layer') == Layout.of(LARGE_PANEL).size(1)
+    assert natural_size(page, 'seen-image') == (128, 128)
+    page.get_by_role('tab', name='Compare').click()  # a tab is drawn when opened
+    page.wait_for_function('() => document.querySelectorAll("#a-only img").length > 0'
+                           ' && document.querySelector("#confusion-plot .js-plotly-plot")', timeout=180_000)
+    assert page.get_by_text('Error', exact=True).count() == 0
+    page.get_by_role('tab', name='Attention').click()
+
+
 def show_attention(page, url: str, depth: int) -> None:
     """Upload the example (its preview shows), show attention, and check the Fig. 2 figure (a row per
     student layer), the maps per layer, the three downloads, and the layer shown large: none until the
@@ -99,18 +121,21 @@ def show_attention(page, url: str, depth: int) -> None:
     upload = page.locator('#upload')
     upload.locator('input[type=file]').set_input_files(str(EXAMPLE))
     upload.locator('img').wait_for(timeout=60_000)  # the image box's preview of the upload
+    before = page.locator('#attention-figure img').get_attribute('src') \
+        if page.locator('#attention-figure img').count() else None  # the opening view's, if drawn
     page.get_by_role('button', name='Show attention').click()
-    page.wait_for_function('() => document.querySelector("#attention-figure img")'
+    page.wait_for_function('before => document.querySelector("#attention-figure img")?.src'
+                           ' && document.querySelector("#attention-figure img").src !== before'
                            ' && document.querySelector("#gap-plot .js-plotly-plot")'
                            ' && document.querySelectorAll("#attention-downloads a[download]").length >= 3',
-                           timeout=120_000)
+                           arg=before, timeout=120_000)
     assert natural_size(page, 'attention-figure') == Layout.of(PANEL_SIZE).size(depth)  # a row per student layer
     assert len(layer_maps(page)) == 2 * depth  # the teacher's and the student's map per layer
     # Then, drawn after the view: both models' deletion curves on this image (last layer, rollout, random).
-    page.wait_for_function('() => document.querySelector("#faithfulness-plot .js-plotly-plot")?.data?.length === 6'
+    page.wait_for_function('() => document.querySelector("#faithfulness-plot .js-plotly-plot")?.data?.length === 8'
                            ' && document.querySelector("#faithfulness-summary")?.textContent.includes("predicts")',
                            timeout=120_000)
-    assert plot_traces(page, 'faithfulness-plot') == [dict(type='scatter', points=9)] * 6
+    assert plot_traces(page, 'faithfulness-plot') == [dict(type='scatter', points=9)] * 8
 
     # The downloads: the figure, the maps as .npz and as JSON, each a link that serves it.
     links = page.locator('#attention-downloads a[download]').evaluate_all(
@@ -131,7 +156,7 @@ def show_attention(page, url: str, depth: int) -> None:
     # that layer is drawn large; on another, it is redrawn.
     page.wait_for_function('top => document.querySelector("#layer-slider input[type=range]")?.max === top',
                            arg=str(max(depth, 2)), timeout=60_000)
-    assert page.locator('#attention-layer img').count() == 0
+    page.locator('#attention-layer img').wait_for(state='detached', timeout=60_000)  # the new image's waits
     number = page.locator('#layer-slider input[type=number]')
     before = None
     for layer in (depth, 1):
@@ -167,12 +192,12 @@ def show_few_images(page, files: list[Path] = ()) -> None:
 
 
 def show_more_views(page, teacher: tuple[int, int], student: tuple[int, int]) -> None:
-    """Open More views and check its panels (both rollouts and masks, every last-layer head of each model)
+    """Open More views and check its panels (both rollouts, masks and gradient rollouts, every last-layer head of each model)
     and the prefix-share plot (a line per model, a point per layer); ``teacher`` and ``student`` are
     (layers, heads)."""
     page.get_by_text('More views: attention rollout').click()
     page.get_by_role('button', name='Show more views', exact=True).click()
-    panels = 4 + teacher[1] + student[1]
+    panels = 6 + teacher[1] + student[1]
     page.wait_for_function(f'() => document.querySelectorAll("#more-panels img").length >= {panels}'
                            ' && document.querySelector("#prefix-plot .js-plotly-plot")?.data?.length',
                            timeout=120_000)
@@ -250,6 +275,15 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         requested = []
         page.on('request', lambda request: requested.append(request.url))
         page.goto(url)
+        opening_view(page, student[0])
+
+        # Without an image, the button says so once, in words, and every output stays as it was.
+        figure = page.locator('#attention-figure img').get_attribute('src')
+        page.locator('#upload').get_by_role('button', name='Remove Image').click()
+        page.get_by_role('button', name='Show attention').click()
+        page.get_by_text('Upload an image, or choose one of the examples below, first.').wait_for(timeout=30_000)
+        assert page.get_by_text('Error', exact=True).count() == 0
+        assert page.locator('#attention-figure img').get_attribute('src') == figure
 
         # Attention: upload (a preview), the Fig. 2 figure, a layer large, the downloads.
         show_attention(page, url, student[0])
@@ -285,7 +319,8 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         page.get_by_label('Subset (0: all images)').fill('256')
         page.get_by_label('Batch size').fill('64')
         page.get_by_label('cpu', exact=True).check()
-        page.get_by_role('button', name='Launch').click()
+        page.get_by_role('button', name='Launch', exact=True).click()
+        page.locator('#launched-summary', has_text='Job browser-job').wait_for(timeout=60_000)  # a sentence, not JSON
         points = ('() => { const plot = document.querySelector("#job-curves .js-plotly-plot");'
                   ' return plot && plot.data && plot.data.length ? plot.data[0].x.length : 0; }')
         page.wait_for_function(f'({points})() >= 2', timeout=90_000)
@@ -302,7 +337,7 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         methods.click()
         page.get_by_role('option', name='vit', exact=True).click()
         page.get_by_label('how many').fill('2')
-        page.get_by_role('button', name='Launch').click()
+        page.get_by_role('button', name='Launch', exact=True).click()
         page.locator('#job-progress', has_text='finished').wait_for(timeout=180_000)
         page.wait_for_function('() => document.querySelector("#job-table1 table")', timeout=60_000)
         rows = page.locator('#job-table1 tr').evaluate_all(
@@ -337,6 +372,8 @@ def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cif
     with running_app(tmp_path / 'app.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_DATA=str(cifar_archive)) as url:
         page = browser.new_page(viewport={'width': 1400, 'height': 1000})
         page.goto(url)
+        opening_view(page, student[0])
+        save(page, tmp_path, 'opening')
         for label in (labels[defaults['teacher']], labels[defaults['student']]):  # the names people read, not paths
             page.wait_for_function('label => [...document.querySelectorAll("input")].some(i => i.value === label)',
                                    arg=label, timeout=60_000)

@@ -164,7 +164,7 @@ def test_json_is_the_reports_dict(report):
     saved = json.loads(report_json(report))
     assert saved == report.as_dict()
     assert saved['grid'] == list(report.grid)
-    assert [layer['teacher_layer'] for layer in saved['layers']] == report.teacher_layers
+    assert [layer['teacher_layer'] for layer in saved['layers']] == [t + 1 for t in report.teacher_layers]
     for index, layer in enumerate(saved['layers']):
         np.testing.assert_allclose(layer['teacher_map'], report.teacher_maps[index], rtol=1e-6)
         np.testing.assert_allclose(layer['student_map'], report.student_maps[index], rtol=1e-6)

@@ -90,7 +90,9 @@ def test_top5_and_data(image):
     assert list(report.student_top5) == list(expected)
     np.testing.assert_allclose(list(report.student_top5.values()), list(expected.values()), rtol=1e-5)
     data = report.as_dict()
-    assert [layer['teacher_layer'] for layer in data['layers']] == [1, 3]
+    assert [layer['teacher_layer'] for layer in data['layers']] == [2, 4]  # from 1, as the page's tables count
+    assert [layer['layer'] for layer in data['layers']] == [1, 2] and data['settings']['teacher_layers'] == [2, 4]
+    assert data['settings']['layer_map'] == 'uniform'
     assert data['layers'][0]['l1'] == pytest.approx(float(report.gaps['l1'][0]))
 
 
@@ -123,8 +125,8 @@ def test_a_run_is_shown_as_it_was_trained(tmp_path, image, data_flags, teacher_c
     names = {Path(e.key).parent.name + '/' + Path(e.key).name: e.name for e in studio.entries()}
     view = studio.attention(str(REPO / 'assets' / 'examples' / 'cat_3000.png'), names['run/best.safetensors'],
                             names['mapped/best.safetensors'], 'trained')
-    assert view.data['settings'] == dict(fusion='max', layer_map=[3, 0], attn_norm='raw')
-    assert [layer['teacher_layer'] for layer in view.data['layers']] == [3, 0]
+    assert view.data['settings'] == dict(fusion='max', layer_map='as trained', attn_norm='raw', teacher_layers=[4, 1])
+    assert [layer['teacher_layer'] for layer in view.data['layers']] == [4, 1]  # from 1
 
     def by_hand(loaded) -> torch.Tensor:  # raw rows, max over heads, normalised once
         with torch.no_grad():

@@ -11,11 +11,12 @@ from PIL import Image
 
 from advit.about import about_markdown
 from advit.compare import Comparison
-from advit.faithfulness import FaithfulnessCurves, mask_patches, verdict
+from advit.augment import mask_patches
+from advit.faithfulness import FaithfulnessCurves, verdict
 from advit.evaluate import load_predictions
 from advit.images import ImageError, load_image
 from advit.inspection import inspect_model, model_input
-from advit.rollout import full_attention, rollout
+from advit.rollout import full_attention, gradient_rollout, rollout
 from advit.studio import GALLERY_LIMIT, Studio, StudioError
 from conftest import REPO
 
@@ -59,6 +60,15 @@ def test_attention_view(studio):
     assert all(image.size == (160, 160) for image, _ in view.panels)
     assert [row[2] for row in view.table] == pytest.approx([layer['l1'] for layer in layers], abs=1e-6)
     assert len(view.teacher_top5) == 5 and sum(view.student_top5.values()) <= 1 + 1e-6
+    # What the student reads: a large photo shrunk to 32x32 (shown 4x by whole pixels), and the classes it knows.
+    photo = load_image(EXAMPLE).resize((300, 200))
+    big = Path(studio.runs_dir) / 'photo.png'
+    photo.save(big)
+    seen = studio.attention(str(big), defaults['teacher'], defaults['student'], 'mean', 0, 0.5)
+    assert seen.seen.size == (128, 128)
+    np.testing.assert_array_equal(np.asarray(seen.seen)[::4, ::4], np.asarray(photo.resize((32, 32), Image.BICUBIC)))
+    assert 'shrunk to 32x32 pixels' in seen.seen_note and '300x200' in seen.seen_note
+    assert 'the 10 classes airplane, automobile' in seen.seen_note
     other = studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'head', 1, 0.5)
     assert not np.allclose(layers[0]['student_map'], other.data['layers'][0]['student_map'])
     with pytest.raises(StudioError, match='head 7 does not exist'):
@@ -97,6 +107,27 @@ def test_attention_refuses_bad_requests(studio, tmp_path, tiny_bundle):
         studio.compare(str(outside), defaults['student'])
     with pytest.raises(StudioError, match='unknown head fusion'):
         studio.attention(EXAMPLE, defaults['teacher'], defaults['student'], 'median')
+    long_name = 'x' * 100_000  # quoted, not echoed whole
+    with pytest.raises(StudioError, match=r"^'x{59}\.\.\. \(100002 characters\) is not one of the models on offer$"):
+        studio.attention(EXAMPLE, long_name, defaults['student'])
+    for key in (7, ['a'], {'b': 1}):  # what a raw client may send as a model name
+        with pytest.raises(StudioError, match='choose a teacher model'):
+            studio.attention(EXAMPLE, key, defaults['student'])
+
+
+def test_no_server_path_in_a_models_card(tiny_bundle, cifar_archive, tmp_path):
+    """A student trained with --teacher as an absolute path: its card and the About tab name no folder."""
+    from advit.checkpoint import load_checkpoint, save_checkpoint
+    folder = tmp_path / 'checkpoints'
+    folder.mkdir()
+    loaded = load_checkpoint(tiny_bundle / 'advit_l1.safetensors')
+    teacher = '/srv/private/models/teacher.safetensors'
+    save_checkpoint(folder / 'student.safetensors', loaded.model, dict(loaded.meta, teacher=teacher))
+    studio = Studio([folder], tmp_path / 'runs', cifar_archive)
+    card = studio.describe(studio.choices()[0][1])
+    assert '**teacher**: .../teacher.safetensors' in card and '/srv' not in card
+    about = studio.shown(about_markdown(studio.entries()))
+    assert '/srv' not in about and str(tmp_path) not in about
 
 
 def test_compare_view_matches_saved_predictions(studio, tiny_bundle):
@@ -202,8 +233,9 @@ def test_more_views_rollout_mask_heads_and_prefix_shares(studio):
     view = studio.more_views(EXAMPLE, defaults['teacher'], defaults['student'], 'max', 0.2, 0.5, 0.6)
     teacher, student = view.data['teacher'], view.data['student']
     heads = len(teacher['heads']) + len(student['heads'])
-    assert len(view.panels) == 4 + heads and all(image.size == (160, 160) for image, _ in view.panels)
+    assert len(view.panels) == 6 + heads and all(image.size == (160, 160) for image, _ in view.panels)
     assert [caption for _, caption in view.panels[:2]] == ['rollout · teacher', 'rollout · student']
+    assert [caption for _, caption in view.panels[4:6]] == ['gradient rollout · teacher', 'gradient rollout · student']
     assert sum(student['rollout']) == pytest.approx(1.0) and len(student['rollout']) == 64
     # The mask holds at least half the rollout's mass with the fewest patches: one fewer would not.
     flow = np.array(student['rollout'])
@@ -213,6 +245,8 @@ def test_more_views_rollout_mask_heads_and_prefix_shares(studio):
     model, meta = studio._model(defaults['student'], 'student', vit=True)
     direct = rollout(full_attention(model, model_input(load_image(EXAMPLE), meta, model)), 1, 'max', 0.2)[0]
     np.testing.assert_allclose(flow, direct.numpy(), atol=1e-6)
+    relevance = gradient_rollout(model, model_input(load_image(EXAMPLE), meta, model))[0]
+    np.testing.assert_allclose(student['gradient_rollout'], relevance.detach().numpy(), atol=1e-6)
     with pytest.raises(StudioError, match='unknown rollout head fusion'):
         studio.more_views(EXAMPLE, defaults['teacher'], defaults['student'], 'median')
 
@@ -306,9 +340,10 @@ def test_faithfulness_of_the_maps_on_screen(studio):
             probs = model(mask_patches(model_input(image, meta, model), masked, grid)).softmax(-1)[0]
         label = meta['classes'].index(predicted)
         quarter = curves.fractions.index(0.25)
-        assert curves.curve('probability', 'deletion', curves.sources[-2], 'map')[quarter] == \
+        assert curves.curve('probability', 'deletion', curves.sources[-3], 'map')[quarter] == \
             pytest.approx(float(probs[label]), abs=1e-5)
-    assert len(view.figure.data) == 6  # per model: last layer, rollout, random
+        assert curves.sources[-2:] == ['rollout', 'gradient rollout'] and 'gradient rollout' in view.summary
+    assert len(view.figure.data) == 8  # per model: last layer, rollout, gradient rollout, random
     with pytest.raises(StudioError, match='upload an image'):
         studio.faithfulness(None, defaults['teacher'], defaults['student'])
     with pytest.raises(StudioError, match='not one of the models on offer'):
@@ -321,15 +356,17 @@ def test_each_models_faithfulness_is_shown_beside_its_accuracy(studio, tiny_bund
     entry = studio.offered(defaults['student'], studio.entries())
     evaluation = json.loads((tiny_bundle / 'advit_l1.eval.json').read_text())
     sources = evaluation['faithfulness']['summary']['sources']
-    assert evaluation['faithfulness']['count'] == 256 and list(sources) == ['layer 1', 'layer 2', 'rollout']
+    assert evaluation['faithfulness']['count'] == 256
+    assert list(sources) == ['layer 1', 'layer 2', 'rollout', 'gradient rollout']
     wanted = ('quarter_drop', 'quarter_drop_se')
     assert entry.faithfulness() == {'last layer': {key: sources['layer 2'][key] for key in wanted},
-                                    'rollout': {key: sources['rollout'][key] for key in wanted}}
+                                    **{name: {key: sources[name][key] for key in wanted}
+                                       for name in ('rollout', 'gradient rollout')}}
     drop, error = sources['rollout']['quarter_drop'], sources['rollout']['quarter_drop_se']
     assert error > 0
     words = f'{drop:+.1f} ± {error:.1f} points, {verdict(drop, error)}'
     assert f'rollout: {words}' in studio.describe(defaults['student'])
     about = about_markdown(studio.entries())
-    assert 'faithfulness, last layer (pts)' in about
+    assert 'faithfulness, last layer (pts)' in about and 'faithfulness, gradient rollout (pts)' in about
     row = next(line for line in about.splitlines() if 'advit_l1.safetensors' in line)
     assert words in row
