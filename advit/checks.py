@@ -1,6 +1,7 @@
-"""What crosses to and from a client: the values it sends are checked where they enter the app,
-refused in words and never silently rewritten (``number``); the text it gets names no server path
-(``redacted``).
+"""What crosses to and from a client: values checked as they enter, text without server paths.
+
+The values a client sends are checked where they enter the app, refused in words and never silently
+rewritten (``number``); the text it gets names no server path (``redacted``).
 
 A slider or number box bounds what a browser sends, not what any client may send (``gradio_client``,
 a raw HTTP request): NaN, infinity, strings, 1e300 or a fractional head index arrive all the same.

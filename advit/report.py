@@ -174,7 +174,7 @@ def paper_rows() -> list[dict[str, Any]]:
     """The paper's Table 1 in the same columns, labelled with its setting."""
     from .about import PAPER_TOP1
     return [dict(family='ViT', model=student, method=method, loss=LOSS_TYPES[method], top1_mean=score, top1_std=None,
-                 **{f'faith_{source}_{stat}': None for source in ('last', 'rollout') for stat in ('mean', 'std')},
+                 **{f'{headline_key(source)}_{stat}': None for source in HEADLINE_MAPS for stat in ('mean', 'std')},
                  seeds=None, setting=PAPER_SETTING, params_m=None)
             for student, scores in PAPER_TOP1.items() for method, score in scores.items()]
 
