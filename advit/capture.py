@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import threading
 from functools import partial
-from typing import Sequence
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-HEAD_FUSIONS = ('mean', 'max', 'none')
 # How a head's [CLS] row becomes a map over the patches:
 # - 'renormalized': the row's patch entries renormalised to sum to one in each head, before heads
 #   are fused (a head that gives 90% of its attention to [CLS] has its other 10% scaled tenfold);
@@ -25,6 +21,12 @@ HEAD_FUSIONS = ('mean', 'max', 'none')
 # The paper's text ("the attention of the [CLS] token over the patches, averaged over heads") fits
 # both; it does not say that heads are renormalised first.
 NORMALIZATIONS = ('renormalized', 'raw')
+DEFAULT_NORMALIZATION = 'renormalized'  # runs, and checkpoints from before the setting was recorded
+
+
+def trained_normalization(meta: dict) -> str:
+    """How a checkpoint's maps were normalised in training (its metadata's ``attn_norm``), so shown the same way."""
+    return meta.get('attn_norm') or DEFAULT_NORMALIZATION
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -90,7 +92,7 @@ class ClsAttentionCapture:
             softmax row's patch entries as they are); see ``NORMALIZATIONS``.
     """
 
-    def __init__(self, model: nn.Module, normalization: str = 'renormalized') -> None:
+    def __init__(self, model: nn.Module, normalization: str = DEFAULT_NORMALIZATION) -> None:
         self._attns = attention_modules(model)
         if getattr(model, 'cls_token', None) is None:
             raise ValueError(f'{type(model).__name__} has no class token (class_token=False): [CLS] attention '
@@ -136,83 +138,3 @@ class ClsAttentionCapture:
 
     def __exit__(self, *exc) -> None:
         self.remove()
-
-
-def fuse_heads(maps: torch.Tensor, fusion: str | int = 'mean') -> torch.Tensor:
-    """Fuse per-head maps (batch, layers, heads, patches) into distributions (batch, layers, H', patches).
-
-    Args:
-        maps: Per-head maps from ``ClsAttentionCapture.pop`` (renormalised or raw).
-        fusion: ``'mean'`` (the paper's: H' = 1), ``'max'`` (H' = 1), ``'none'`` (keep every head)
-            or an int selecting one head. The result is normalised to sum to one (once, after fusing).
-    """
-    if isinstance(fusion, int):
-        if not 0 <= fusion < maps.shape[2]:
-            raise ValueError(f'head {fusion} out of range: the model has {maps.shape[2]} heads')
-        fused = maps[:, :, fusion:fusion + 1]
-    elif fusion == 'mean':
-        fused = maps.mean(dim=2, keepdim=True)
-    elif fusion == 'max':
-        fused = maps.amax(dim=2, keepdim=True)
-    elif fusion == 'none':
-        fused = maps
-    else:
-        raise ValueError(f'unknown head fusion {fusion!r}: choose one of {HEAD_FUSIONS} or a head index')
-    return fused / fused.sum(dim=-1, keepdim=True)
-
-
-def layer_mapping(student_layers: int, teacher_layers: int, explicit: Sequence[int] | None = None) -> list[int]:
-    """For each student layer, the teacher layer it is distilled from.
-
-    Args:
-        student_layers: Student depth.
-        teacher_layers: Teacher depth.
-        explicit: One teacher index per student layer; default spreads them uniformly so
-            that the last student layer meets the last teacher layer.
-    """
-    if explicit is None:
-        return [-(-(i + 1) * teacher_layers // student_layers) - 1 for i in range(student_layers)]  # ceil
-    mapping = [int(i) for i in explicit]
-    if len(mapping) != student_layers:
-        raise ValueError(f'layer map has {len(mapping)} entries, the student has {student_layers} layers')
-    if not all(0 <= i < teacher_layers for i in mapping):
-        raise ValueError(f'layer map {mapping} names layers outside the teacher\'s 0..{teacher_layers - 1}')
-    return mapping
-
-
-def resample_to_grid(maps: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int]) -> torch.Tensor:
-    """Resample patch maps (..., rows*cols) from one patch grid to another, renormalised.
-
-    Args:
-        maps: Attention distributions over ``source_grid`` patches.
-        source_grid: (rows, cols) of the maps.
-        target_grid: (rows, cols) wanted.
-    """
-    if tuple(source_grid) == tuple(target_grid):
-        return maps
-    lead = maps.shape[:-1]
-    grid = maps.reshape(-1, 1, *source_grid)
-    resized = F.interpolate(grid, size=tuple(target_grid), mode='bilinear', align_corners=False, antialias=True)
-    resized = resized.clamp_min(0).reshape(*lead, target_grid[0] * target_grid[1])
-    return resized / resized.sum(dim=-1, keepdim=True)
-
-
-def align_teacher_maps(
-        teacher_maps: torch.Tensor,
-        student_layers: int,
-        teacher_grid: tuple[int, int],
-        student_grid: tuple[int, int],
-        layer_map: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Select and resample teacher maps (batch, L_t, H, P_t) to match the student's layers and grid.
-
-    Args:
-        teacher_maps: Fused teacher maps.
-        student_layers: Student depth.
-        teacher_grid: Teacher patch grid.
-        student_grid: Student patch grid.
-        layer_map: Optional explicit teacher layer per student layer.
-    """
-    index = layer_mapping(student_layers, teacher_maps.shape[1], layer_map)
-    selected = teacher_maps[:, index] if index != list(range(teacher_maps.shape[1])) else teacher_maps
-    return resample_to_grid(selected, teacher_grid, student_grid)

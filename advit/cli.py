@@ -12,10 +12,10 @@ from typing import Any, Sequence
 from .bundle import MAX_MB, BundleError
 from .data import DatasetError, default_dataset
 from .faithfulness import TEST_IMAGES
-from .losses import METHODS, parse_method
+from .losses import METHODS
 from .presets import PRESETS, preset
 from .report import ReportError
-from .train import TrainConfig, TrainingError
+from .train import TrainConfig, TrainingError, group_configs
 from .weights import CheckpointError
 
 
@@ -155,10 +155,7 @@ def train_configs(args: argparse.Namespace) -> tuple[list[TrainConfig], bool]:
         return [TrainConfig.from_dict(values)], False
     if args.method:
         raise TrainingError('give --method or --methods, not both')
-    parent = Path(values.get('out', 'runs'))
-    return [TrainConfig.from_dict(dict(values, method=method, out=str(parent / method),
-                                       teacher=values.get('teacher') if parse_method(method).needs_teacher else None))
-            for method in args.methods], False
+    return group_configs(values, args.methods), False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

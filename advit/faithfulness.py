@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 
 from .augment import mask_patches
-from .capture import ClsAttentionCapture, fuse_heads
+from .alignment import fuse_heads
+from .capture import DEFAULT_NORMALIZATION, ClsAttentionCapture, trained_normalization
 from .data import ImageSet
 from .models import patch_grid
 from .precision import autocast
@@ -112,7 +113,7 @@ def source_names(layers: int) -> list[str]:
 
 
 @torch.no_grad()
-def attention_sources(model: nn.Module, inputs: torch.Tensor, attn_norm: str = 'renormalized',
+def attention_sources(model: nn.Module, inputs: torch.Tensor, attn_norm: str = DEFAULT_NORMALIZATION,
                       head_fusion: str | int = 'mean', amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (batch, classes), maps (batch, layers + 2, patches)) in the order of ``source_names``: each
     layer's [CLS] map as the capture, fusion and normalisation of training take it, then the rollout of
@@ -351,7 +352,7 @@ def measure_faithfulness(
         model: nn.Module,
         inputs: torch.Tensor,
         labels: torch.Tensor | None = None,
-        attn_norm: str = 'renormalized',
+        attn_norm: str = DEFAULT_NORMALIZATION,
         head_fusion: str | int = 'mean',
         batch_size: int = 256,
         amp: bool = False,
@@ -393,7 +394,7 @@ def measure_faithfulness(
         model.train(was_training)
 
 
-def quarter_drops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, attn_norm: str = 'renormalized',
+def quarter_drops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, attn_norm: str = DEFAULT_NORMALIZATION,
                   head_fusion: str | int = 'mean', batch_size: int = 256, amp: bool = False) -> dict[str, float]:
     """The quarter drop of every layer's map and of rollout, and nothing else: what each evaluation of
     a run records (whole images, a quarter masked by each map, a random quarter: (layers + 3) forwards
@@ -424,6 +425,6 @@ def split_faithfulness(model: nn.Module, meta: dict[str, Any], data: ImageSet,
     chosen = data.subset(count)
     inputs = torch.cat([prepare(chosen.images[start:start + batch_size])
                         for start in range(0, len(chosen), batch_size)])
-    curves = measure_faithfulness(model, inputs, chosen.labels, meta.get('attn_norm') or 'renormalized',
+    curves = measure_faithfulness(model, inputs, chosen.labels, trained_normalization(meta),
                                   meta.get('head_fusion') or 'mean', batch_size, amp)
     return curves.as_dict()

@@ -1,8 +1,8 @@
 """Teacher vs student [CLS] attention on one image, layer by layer, as the training loss sees it.
 
-The maps are normalised, fused and aligned exactly as ``DistillationLoss`` does (the student's
-recorded ``attn_norm``, ``fuse_heads``, then the teacher mapped to the student's layers by its
-recorded ``layer_map`` and resampled to its grid), and the gaps are ``losses.attention_gap``, so
+The maps are taken as the student was trained (its recorded ``attn_norm``) and compared by
+``alignment.compare_maps``, the function the training loss calls (heads fused, the teacher mapped to
+the student's layers by its recorded ``layer_map`` and resampled to its grid, the gaps measured), so
 what the app shows is what training minimised.
 """
 from __future__ import annotations
@@ -16,11 +16,9 @@ import torch.nn as nn
 from PIL import Image
 
 from .augment import normalize
-from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
-from .losses import attention_gap
+from .alignment import GAP_KINDS, compare_maps, fuse_heads, layer_mapping
+from .capture import DEFAULT_NORMALIZATION, ClsAttentionCapture, trained_normalization
 from .models import model_image_size, patch_grid
-
-GAP_KINDS = ('l1', 'l2', 'kl')
 
 
 @dataclass
@@ -62,17 +60,19 @@ def model_input(image: Image.Image, meta: dict[str, Any], model: nn.Module) -> t
     return normalize(tensor, tuple(mean), tuple(std))
 
 
-def fused_maps(model: nn.Module, inputs: torch.Tensor, fusion: str | int,
-               attn_norm: str = 'renormalized') -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, fused [CLS] maps of shape (batch, layers, 1, patches)) of one forward."""
+def head_maps(model: nn.Module, inputs: torch.Tensor, attn_norm: str = DEFAULT_NORMALIZATION) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, per-head [CLS] maps of shape (batch, layers, heads, patches)) of one forward."""
     with ClsAttentionCapture(model, attn_norm) as capture, torch.inference_mode():
         logits = model(inputs)
         maps = capture.pop()
     if not torch.isfinite(maps).all() or not torch.isfinite(logits).all():
         raise ValueError(f'{type(model).__name__} produced non-finite attention or logits for this image')
-    if isinstance(fusion, int) and fusion >= maps.shape[2]:
+    return logits, maps
+
+
+def _check_head(fusion: str | int, maps: torch.Tensor) -> None:
+    if isinstance(fusion, int) and not 0 <= fusion < maps.shape[2]:
         raise ValueError(f'head {fusion} does not exist: this model has {maps.shape[2]} heads (0-{maps.shape[2] - 1})')
-    return logits, fuse_heads(maps, fusion)
 
 
 def top5(logits: torch.Tensor, classes: list[str]) -> dict[str, float]:
@@ -99,8 +99,9 @@ def inspect_model(model: nn.Module, meta: dict[str, Any], image: Image.Image, fu
         image: Any RGB image, resized to the model's input size.
         fusion: ``'mean'``, ``'max'`` or a head index.
     """
-    logits, maps = fused_maps(model, model_input(image, meta, model), fusion, meta.get('attn_norm') or 'renormalized')
-    return ModelAttention(maps=maps[0, :, 0].numpy(), grid=patch_grid(model), top5=top5(logits, meta.get('classes', [])))
+    logits, maps = head_maps(model, model_input(image, meta, model), trained_normalization(meta))
+    _check_head(fusion, maps)
+    return ModelAttention(maps=fuse_heads(maps, fusion)[0, :, 0].numpy(), grid=patch_grid(model), top5=top5(logits, meta.get('classes', [])))
 
 
 def inspect_pair(
@@ -127,23 +128,23 @@ def inspect_pair(
         fusion = 'mean' if fusion == 'none' else fusion
     if fusion == 'none':
         raise ValueError('choose mean, max or one head to display')
-    attn_norm = student_meta.get('attn_norm') or 'renormalized'
-    teacher_logits, teacher_maps = fused_maps(teacher, model_input(image, teacher_meta, teacher), fusion, attn_norm)
-    student_logits, student_maps = fused_maps(student, model_input(image, student_meta, student), fusion, attn_norm)
-    grid = patch_grid(student)
-    layers = student_maps.shape[1]
+    attn_norm = trained_normalization(student_meta)
+    teacher_logits, teacher_maps = head_maps(teacher, model_input(image, teacher_meta, teacher), attn_norm)
+    student_logits, student_maps = head_maps(student, model_input(image, student_meta, student), attn_norm)
+    for maps in (teacher_maps, student_maps):
+        _check_head(fusion, maps)
     layer_map = student_meta.get('layer_map')
     try:
-        teacher_layers = layer_mapping(layers, teacher_maps.shape[1], layer_map)
+        layer_mapping(student_maps.shape[1], teacher_maps.shape[1], layer_map)
     except ValueError:  # another teacher than the one it was trained with: map uniformly
         layer_map = None
-        teacher_layers = layer_mapping(layers, teacher_maps.shape[1])
-    rule = 'as trained' if layer_map is not None else 'uniform'  # which teacher layers: settings' teacher_layers
-    aligned = align_teacher_maps(teacher_maps, layers, patch_grid(teacher), grid, layer_map)
-    gaps = {kind: attention_gap(student_maps, aligned, kind)[0, :, 0].numpy() for kind in GAP_KINDS}
+    compared = compare_maps(student_maps, teacher_maps, patch_grid(student), patch_grid(teacher), fusion, layer_map)
     return AttentionReport(
-        student_maps=student_maps[0, :, 0].numpy(), teacher_maps=aligned[0, :, 0].numpy(),
-        teacher_layers=teacher_layers, grid=grid, gaps=gaps,
+        student_maps=compared.student[0, :, 0].numpy(), teacher_maps=compared.teacher[0, :, 0].numpy(),
+        teacher_layers=compared.teacher_layers, grid=patch_grid(student),
+        gaps={kind: compared.gap(kind)[0, :, 0].numpy() for kind in GAP_KINDS},
         student_top5=top5(student_logits, student_meta.get('classes', [])),
         teacher_top5=top5(teacher_logits, teacher_meta.get('classes', [])),
-        settings=dict(fusion=fusion, layer_map=rule, attn_norm=attn_norm))
+        # Which teacher layers: settings' teacher_layers.
+        settings=dict(fusion=fusion, layer_map='as trained' if layer_map is not None else 'uniform',
+                      attn_norm=attn_norm))

@@ -18,7 +18,6 @@ failed with the end of its output, never as running forever.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -35,9 +34,10 @@ import torch
 
 from .checks import shown_value
 from .data import DatasetError, load_dataset, steps_per_epoch
-from .io import write_json
+from .io import REPO, write_json
+from .run_folder import read_json, read_metrics
 from .models import create_model
-from .train import TrainConfig, TrainingError, validate
+from .train import TrainConfig, TrainingError, group_configs, validate, validate_group
 
 ACTIVE = ('queued', 'running')  # the states in which a job can still be cancelled
 FINAL = ('failed', 'cancelled', 'finished')  # a group's state is the first of these any student reports
@@ -46,7 +46,6 @@ FINAL = ('failed', 'cancelled', 'finished')  # a group's state is the first of t
 # dataset decode to end, so that the steps since the last save are not lost.
 CANCEL_GRACE_S = 120.0
 NAME_PATTERN = re.compile(r'[^A-Za-z0-9._-]|\.{2,}')  # no separators, no '..'
-REPO = Path(__file__).resolve().parents[1]
 
 
 class JobError(ValueError):
@@ -114,13 +113,6 @@ def _process_start(pid: int) -> str | None:
     return None if fields[0] == 'Z' else fields[19]  # a zombie has ended
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _group_methods(settings: dict[str, Any]) -> list[str] | None:
     """A group request's methods, taken out of ``settings``; None for a one-student request."""
     if 'methods' not in settings:
@@ -140,7 +132,7 @@ def _group_status(folders: list[Path]) -> dict[str, Any]:
     """A group's account from its students' ``status.json``: the first student's progress, the best
     validation top-1 of all, and final (the first of ``FINAL`` any reports) only once every one is; its
     ``updated`` is the oldest, so that it is fresh only when every student wrote it in this launch."""
-    accounts = [_read_json(folder / 'status.json') or {} for folder in folders]
+    accounts = [read_json(folder / 'status.json') or {} for folder in folders]
     states = [account.get('state') for account in accounts]
     best = [account['best_val_top1'] for account in accounts if account.get('best_val_top1') is not None]
     return dict(accounts[0], updated=min(account.get('updated', 0) for account in accounts),
@@ -212,11 +204,12 @@ class JobManager:
     def _validate(settings: dict[str, Any], methods: list[str] | None) -> TrainConfig:
         """The run's configuration, refused as ``advit train`` would refuse it; a group's is checked for
         each student (its method with the shared settings), and the first student's is returned."""
-        members = [dict(settings, method=method) for method in methods] if methods else [settings]
         try:
-            cfgs = [TrainConfig.from_dict(member) for member in members]
+            # A group's students as the process will build them (`advit train --methods`: the same expansion).
+            cfgs = group_configs(settings, methods) if methods else [TrainConfig.from_dict(settings)]
             for cfg in cfgs:
                 validate(cfg)
+            validate_group(cfgs)
         except (TrainingError, TypeError) as err:
             raise JobError(str(err)) from err
         return cfgs[0]
@@ -309,7 +302,7 @@ class JobManager:
 
     def _launch(self, name: str) -> None:
         run = self.runs_dir / name
-        record = _read_json(run / 'job.json') or {}
+        record = read_json(run / 'job.json') or {}
         methods = record.get('methods')
         folders = [run / method for method in methods] if methods else [run]
         if all((folder / 'config.json').is_file() for folder in folders):
@@ -359,13 +352,13 @@ class JobManager:
     def status(self, name: str) -> dict[str, Any]:
         """A job's state from its files and its process: job.json, status.json, and whether it lives."""
         run = self._run(name)
-        record = _read_json(run / 'job.json')
+        record = read_json(run / 'job.json')
         if record is None:
             raise JobError(f'{name} is not a job (no job.json)')
-        request = _read_json(run / 'request.json') or {}
+        request = read_json(run / 'request.json') or {}
         methods = record.get('methods')
         reported = _group_status([run / method for method in methods]) if methods else \
-            _read_json(run / 'status.json') or {}
+            read_json(run / 'status.json') or {}
         job = {'name': run.name, 'queued': record.get('queued', 0.0),
                'method': ','.join(methods) if methods else request.get('method'), 'methods': methods,
                'model': request.get('model'), 'cancel_requested': record.get('cancel_requested'),
@@ -402,10 +395,10 @@ class JobManager:
         """Each student's run folder by method: a group job's subfolders in its order, or a one-student
         job's own folder."""
         run = self._run(name)
-        record = _read_json(run / 'job.json') or {}
+        record = read_json(run / 'job.json') or {}
         if record.get('methods'):
             return {method: run / method for method in record['methods']}
-        return {(_read_json(run / 'request.json') or {}).get('method', TrainConfig.method): run}
+        return {(read_json(run / 'request.json') or {}).get('method', TrainConfig.method): run}
 
     def metrics(self, name: str, method: str | None = None) -> list[dict[str, Any]]:
         """The run's metrics lines (of a group job, its ``method`` student's); a torn or corrupt line is skipped."""
@@ -415,17 +408,7 @@ class JobManager:
             if method not in folders:
                 raise JobError(f'{name} has no {method} student: it has {", ".join(folders)}')
             folder = folders[method]
-        path = folder / 'metrics.jsonl'
-        records = []
-        if path.is_file():
-            for line in path.read_text(errors='replace').splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
+        return read_metrics(folder)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         """The last lines of the job's output."""
@@ -444,7 +427,7 @@ class JobManager:
         with self._lock:
             job = self.status(name)
             run = self._run(name)
-            record = _read_json(run / 'job.json') or {}
+            record = read_json(run / 'job.json') or {}
             if job['state'] == 'queued':
                 record['state'] = 'cancelled'
             elif job['state'] == 'running':
@@ -462,7 +445,7 @@ class JobManager:
             if job['state'] not in ('cancelled', 'failed'):
                 raise JobError(f'{name} is {job["state"]}: only cancelled or failed jobs can be resumed')
             run = self._run(name)
-            record = _read_json(run / 'job.json') or {}
+            record = read_json(run / 'job.json') or {}
             record.pop('state', None)
             record.pop('cancel_requested', None)
             record['queued'] = time.time()
@@ -473,7 +456,7 @@ class JobManager:
         return self.status(name)
 
     def _signal(self, name: str, signum: int) -> None:
-        record = _read_json(self._run(name) / 'job.json') or {}
+        record = read_json(self._run(name) / 'job.json') or {}
         launch = (record.get('launches') or [None])[-1]
         if launch and _process_start(launch['pid']) == launch.get('process_start'):
             try:

@@ -2,7 +2,7 @@
 
 On a fixed probe set of held-out training images (a fixed random ``PROBE_IMAGES`` of the validation
 split, never test images), each evaluation records the student's per-layer gap to the teacher
-(L1, L2 and KL, as the losses define them, averaged over the probe images), the faithfulness of its
+(L1, L2 and KL, compared by ``alignment.compare_maps`` as the loss compares them, averaged over the probe images), the faithfulness of its
 maps (the quarter drop of each layer's map, of rollout and of gradient rollout, ``faithfulness.quarter_drops``) and both
 models' maps on the first ``MAP_IMAGES`` of them. One small file per run, ``attention_probe.npz``,
 rewritten atomically at each evaluation, which the app's training view draws without a second training:
@@ -22,16 +22,16 @@ import torch
 import torch.nn as nn
 
 from .augment import BatchTransform
-from .capture import ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping
+from .alignment import GAP_KINDS, compare_maps
+from .capture import DEFAULT_NORMALIZATION, ClsAttentionCapture
 from .faithfulness import source_names
 from .io import atomic_path
-from .losses import attention_gap, renormalize
+from .losses import renormalize
 from .models import model_normalization, patch_grid
 from .precision import autocast
 
 PROBE_IMAGES = 256
 MAP_IMAGES = 8
-GAP_KINDS = ('l1', 'l2', 'kl')
 PROBE_FILE = 'attention_probe.npz'
 
 
@@ -50,11 +50,11 @@ class AttentionProbe:
 
     def __init__(self, teacher: nn.Module, images: torch.Tensor, transform: BatchTransform,
                  head_fusion: str = 'mean', layer_map: list[int] | None = None, amp: bool = True,
-                 attn_norm: str = 'renormalized') -> None:
+                 attn_norm: str = DEFAULT_NORMALIZATION) -> None:
         self.teacher, self.images, self.transform = teacher, images, transform
         self.head_fusion, self.layer_map, self.amp, self.attn_norm = head_fusion, layer_map, amp, attn_norm
         self.teacher_grid = patch_grid(teacher)
-        self._teacher_maps: torch.Tensor | None = None  # the teacher is frozen: its maps once
+        self._teacher_maps: torch.Tensor | None = None  # the teacher is frozen: its per-head maps once
 
     @torch.no_grad()
     def _maps(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -64,27 +64,27 @@ class AttentionProbe:
             model(inputs)
             maps = capture.pop()
         model.train(was_training)
-        return fuse_heads(maps, self.head_fusion)
+        return maps
 
-    def gaps(self, student: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(gaps (3, layers), student maps, aligned teacher maps (MAP_IMAGES, layers, patches))."""
+    def gaps(self, student: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """(gaps (3, layers), student maps, aligned teacher maps (MAP_IMAGES, layers, patches), the teacher
+        layer of each student layer)."""
         inputs = self.transform.eval(self.images)
         if self._teacher_maps is None:
             teacher_inputs = renormalize(inputs, model_normalization(student), model_normalization(self.teacher))
             self._teacher_maps = self._maps(self.teacher, teacher_inputs)
-        student_maps = self._maps(student, inputs)
-        teacher_maps = align_teacher_maps(self._teacher_maps, student_maps.shape[1], self.teacher_grid,
-                                          patch_grid(student), self.layer_map)
+        compared = compare_maps(self._maps(student, inputs), self._teacher_maps, patch_grid(student),
+                                self.teacher_grid, self.head_fusion, self.layer_map)
         # Per layer: averaged over images and (with per-head fusion) heads.
-        gaps = np.stack([attention_gap(student_maps, teacher_maps, kind).mean(dim=(0, 2)).cpu().numpy()
-                         for kind in GAP_KINDS])
-        return gaps, student_maps[:MAP_IMAGES, :, 0].cpu().numpy(), teacher_maps[:MAP_IMAGES, :, 0].cpu().numpy()
+        gaps = np.stack([compared.gap(kind).mean(dim=(0, 2)).cpu().numpy() for kind in GAP_KINDS])
+        return (gaps, compared.student[:MAP_IMAGES, :, 0].cpu().numpy(),
+                compared.teacher[:MAP_IMAGES, :, 0].cpu().numpy(), compared.teacher_layers)
 
     def record(self, student: nn.Module, step: int, run: Path,
                faithfulness: dict[str, float] | None = None) -> dict[str, list[float]]:
         """Add this evaluation's gaps, maps and faithfulness (quarter drops by source, measured by the
         caller on the same images) to ``run/attention_probe.npz``; return the gaps by kind."""
-        gaps, student_maps, teacher_maps = self.gaps(student)
+        gaps, student_maps, teacher_maps, teacher_layers = self.gaps(student)
         sources = source_names(student_maps.shape[1])
         faithful = np.array([(faithfulness or {}).get(source, np.nan) for source in sources], dtype=np.float32)
         path = Path(run) / PROBE_FILE
@@ -101,7 +101,7 @@ class AttentionProbe:
             if earlier is not None else student_maps[None].astype(np.float16),
             teacher_maps=teacher_maps.astype(np.float16),
             images=self.images[:MAP_IMAGES].cpu().numpy(),
-            teacher_layers=np.array(layer_mapping(student_maps.shape[1], self._teacher_maps.shape[1], self.layer_map)),
+            teacher_layers=np.array(teacher_layers),
             grid=np.array(patch_grid(student)),
             kinds=np.array(GAP_KINDS))
         with atomic_path(path) as tmp:

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import timm
 import torch
@@ -30,14 +30,15 @@ from .checks import shown_value
 from . import distributed
 from .attention_path import ATTENTION_PATHS, attention_path_of, set_attention_path, use_attention_path
 from .augment import RECIPES, BatchTransform, Mixup
-from .capture import HEAD_FUSIONS, NORMALIZATIONS
+from .alignment import HEAD_FUSIONS
+from .capture import DEFAULT_NORMALIZATION, NORMALIZATIONS, ClsAttentionCapture
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
 from .evaluate import predict, save_evaluation, summarize
 from .faithfulness import (GRADIENT_ROLLOUT, ROLLOUT, TEST_IMAGES, has_cls_attention, last_layer, quarter_drops,
                            split_faithfulness)
 from .precision import autocast, compute_dtype, native_bf16
-from .losses import METHODS, DistillationLoss, TeacherForward, parse_method
+from .losses import METHODS, DistillationLoss, TeacherForward, TeacherOutput, parse_method
 from .models import (check_architecture_args, create_model, is_distilled, is_vit_name, model_image_size,
                      model_normalization, patch_grid, pretrained_classes)
 from .probe import PROBE_IMAGES, AttentionProbe
@@ -107,7 +108,7 @@ class TrainConfig:
     head_fusion: str = setting('mean', 'fusion of attention heads before they are compared', choices=HEAD_FUSIONS)
     layer_map: list[int] | None = setting(None, 'teacher layer per student layer, e.g. 1,3,5,7,9,11 (default '
                                           'uniform)', metavar='L1,L2,...')
-    attn_norm: str = setting('renormalized', 'how each head\'s [CLS] row becomes a map: renormalized (its patch '
+    attn_norm: str = setting(DEFAULT_NORMALIZATION, 'how each head\'s [CLS] row becomes a map: renormalized (its patch '
                              'part sums to one) or raw (the softmax row\'s patch entries, heads fused, then '
                              'normalised once)', choices=NORMALIZATIONS)
     seed: int = setting(0, 'random seed')
@@ -242,6 +243,27 @@ def train_group(cfgs: list[TrainConfig], resume: bool = False) -> list[Path]:
 _GROUP_FREE_FIELDS = ('method', 'out', 'teacher')  # what may differ between the students of one group
 
 
+def group_configs(values: dict[str, Any], methods: Sequence[str]) -> list[TrainConfig]:
+    """The students of one several-method run (``advit train --methods``, the app's group jobs): the shared
+    settings ``values``, and for each method its own folder (``out``/method) and the teacher only where the
+    method needs one.
+
+    Args:
+        values: ``TrainConfig`` fields the students share (``out``: the folder of their folders, default runs).
+        methods: One method name per student.
+    """
+    parent = Path(values.get('out', 'runs'))
+    cfgs = []
+    for method in methods:
+        try:
+            needs_teacher = parse_method(method).needs_teacher
+        except ValueError as err:
+            raise TrainingError(str(err)) from err
+        cfgs.append(TrainConfig.from_dict(dict(values, method=method, out=str(parent / method),
+                                               teacher=values.get('teacher') if needs_teacher else None)))
+    return cfgs
+
+
 def validate_group(cfgs: list[TrainConfig]) -> None:
     """Refuse students that cannot share batches: settings other than method, folder and teacher differ."""
     if not cfgs:
@@ -297,10 +319,13 @@ def load_splits(cfg: TrainConfig, ctx: distributed.Context) -> Splits:
 
 @dataclass
 class Student:
-    """One student of a run: its configuration, model, loss, optimiser, files and running record."""
+    """One student of a run: its configuration, model, capture, loss, optimiser, files and running record."""
     cfg: TrainConfig
-    student: nn.Module  # unwrapped: checkpoints and evaluation use it
-    model: nn.Module  # what the step calls: `student`, DDP- and/or compile-wrapped
+    model: nn.Module  # unwrapped: checkpoints and evaluation use it
+    wrapped: nn.Module  # what the step calls: `model`, DDP- and/or compile-wrapped
+    # The student's [CLS] maps, for an attention method. Attached once for the run, not per step: a
+    # compiled forward keeps the hooks it was traced with. The step takes each forward's maps at once.
+    capture: ClsAttentionCapture | None
     criterion: DistillationLoss
     optimizer: torch.optim.Optimizer
     status: RunStatus
@@ -313,17 +338,18 @@ class Student:
     def run(self) -> Path:
         return Path(self.cfg.out)
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
-        """One optimiser step on a batch (the loss calls the shared teacher: once per batch for all)."""
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float, teacher: TeacherOutput | None) -> None:
+        """One optimiser step on a batch, given the teacher's output on it (computed once for every student)."""
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         with autocast(inputs.device, self.cfg.amp):
-            outputs = self.model(inputs)
-            loss, terms = self.criterion(inputs, outputs, labels)
+            outputs = self.wrapped(inputs)
+            maps = self.capture.pop() if self.capture is not None else None  # this forward's maps
+            loss, terms = self.criterion(outputs, labels, teacher, maps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0) + value.float()
@@ -341,10 +367,10 @@ class Student:
         return values
 
 
-def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], teacher: TeacherForward | None,
+def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], teacher: nn.Module | None,
                   status: RunStatus, ctx: distributed.Context, tag: str | None) -> Student:
-    """A student, its loss (with the shared teacher when its method needs one) and its optimiser. Seeded:
-    students of one seed start from the same weights, so students that differ in their method start alike."""
+    """A student, its capture and loss (with the group's teacher when its method needs one) and its optimiser.
+    Seeded: students of one seed start from the same weights, so students that differ in their method start alike."""
     method = parse_method(member.method)
     torch.manual_seed(cfg.seed)
     student = create_model(
@@ -358,22 +384,23 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
     criterion = DistillationLoss(
         member.method, student, teacher if method.needs_teacher else None,
         attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau, label_smoothing=cfg.label_smoothing,
-        head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm)
+        head_fusion=cfg.head_fusion, layer_map=cfg.layer_map)
+    capture = ClsAttentionCapture(student, cfg.attn_norm) if method.attention else None
     no_decay = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else ()  # ViTs: pos/cls tokens
     groups = param_groups_weight_decay(student, cfg.weight_decay, no_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=ctx.device.type == 'cuda')
-    model = DistributedDataParallel(student, device_ids=[ctx.device] if ctx.device.type == 'cuda' else None) \
+    wrapped = DistributedDataParallel(student, device_ids=[ctx.device] if ctx.device.type == 'cuda' else None) \
         if ctx.distributed else student
     if cfg.compile:
-        model = torch.compile(model)
-    return Student(member, student, model, criterion, optimizer, status, open_log(Path(member.out), ctx.is_main, tag),
-                   attention_path=path)
+        wrapped = torch.compile(wrapped)
+    return Student(member, student, wrapped, capture, criterion, optimizer, status,
+                   open_log(Path(member.out), ctx.is_main, tag), attention_path=path)
 
 
-def shared_teacher_of(cfgs: list[TrainConfig], classes: list[str],
-                      ctx: distributed.Context) -> tuple[nn.Module | None, TeacherForward | None]:
-    """The group's teacher (None if no method needs one) and its forward, shared by the students' losses;
-    its attention path set (it only infers, on the students' batches)."""
+def group_teacher(cfgs: list[TrainConfig], classes: list[str],
+                  ctx: distributed.Context) -> tuple[nn.Module | None, TeacherForward | None]:
+    """The group's teacher (None if no method needs one) and its forward, which the loop calls once per batch
+    for every student; its attention path set (it only infers, on the students' batches)."""
     cfg, methods = cfgs[0], [parse_method(c.method) for c in cfgs]
     teacher_cfg = next((c for c, m in zip(cfgs, methods) if m.needs_teacher), None)
     if teacher_cfg is None:
@@ -383,11 +410,10 @@ def shared_teacher_of(cfgs: list[TrainConfig], classes: list[str],
                        dtype=compute_dtype(ctx.device, cfg.amp))
     with torch.device('meta'):  # the students' input normalisation (one architecture for all), no weights
         student_norm = model_normalization(create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args))
-    shared = TeacherForward(teacher, student_norm, capture=any(m.attention for m in methods), shared=True,
-                            attn_norm=cfg.attn_norm)
-    if cfg.compile:  # the capture hooks compile with the forwards
-        shared.model = torch.compile(teacher)
-    return teacher, shared
+    forward = TeacherForward(teacher, student_norm, capture=any(m.attention for m in methods), attn_norm=cfg.attn_norm)
+    if cfg.compile:  # the capture hooks compile with the forward
+        forward.model = torch.compile(teacher)
+    return teacher, forward
 
 
 def restore_students(students: list[Student], teacher: nn.Module | None) -> tuple[int, float, dict[str, torch.Tensor]]:
@@ -402,11 +428,11 @@ def restore_students(students: list[Student], teacher: nn.Module | None) -> tupl
         raise TrainingError('some students of the group have a last checkpoint and some not: cannot resume together')
     steps, elapsed, first = [], 0.0, None
     for s in students:
-        progress, rngs = restore_last(s.run, s.student, s.optimizer)
+        progress, rngs = restore_last(s.run, s.model, s.optimizer)
         at, elapsed, s.best_val_top1 = int(progress['step']), float(progress['elapsed']), progress['best_val_top1']
         chosen = progress.get('attention_paths', {}) if s.cfg.attn_path == 'auto' else {}
         if chosen.get('student', 'none') != 'none':
-            set_attention_path(s.student, chosen['student'])
+            set_attention_path(s.model, chosen['student'])
             s.attention_path = chosen['student']
         if teacher is not None and chosen.get('teacher', 'none') != 'none':
             set_attention_path(teacher, chosen['teacher'])
@@ -421,22 +447,39 @@ def restore_students(students: list[Student], teacher: nn.Module | None) -> tupl
 def checkpoint_meta(cfg: TrainConfig, s: Student, classes: list[str], step: int, epoch_steps: int,
                     val_top1: float | None) -> dict[str, Any]:
     """What a checkpoint says of itself: how to rebuild the model, how it was trained and how well it does."""
-    mean, std = model_normalization(s.student)
+    mean, std = model_normalization(s.model)
     return dict(
         model=cfg.model, model_args=dict(cfg.model_args, num_classes=len(classes), img_size=cfg.image_size),
         classes=classes, image_size=cfg.image_size, mean=list(mean), std=list(std), method=s.cfg.method,
         teacher=s.cfg.teacher, recipe=cfg.recipe, data=cfg.data, step=step, epoch=step / epoch_steps,
-        val_size=cfg.val_size, val_top1=val_top1, test_top1=None, params=sum(p.numel() for p in s.student.parameters()),
+        val_size=cfg.val_size, val_top1=val_top1, test_top1=None, params=sum(p.numel() for p in s.model.parameters()),
         # How the attention was compared: the app shows the maps and gaps the same way.
         head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm, tau=cfg.tau,
         attn_weight=cfg.attn_weight, alpha=cfg.alpha)
 
 
-def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, statuses: list[RunStatus],
-           stop: StopSignal) -> list[Path]:
-    cfg, device = cfgs[0], ctx.device  # the settings the students share (validate_group)
+@dataclass
+class RunSetup:
+    """What the loop reads, all built before it starts: nothing is written before data and models have loaded."""
+    cfg: TrainConfig  # the settings the students share (validate_group)
+    splits: Splits
+    batch_size: int  # per process
+    epoch_steps: int
+    total_steps: int | None  # None: the time budget alone ends the run
+    teacher: TeacherForward | None  # called once per batch, for every student that needs it
+    students: list[Student]
+    transform: BatchTransform
+    mixer: Mixup | None
+    probe: AttentionProbe | None  # each evaluation's attention gaps to a ViT teacher on held-out images
+    step: int  # where the loop starts: 0, or where a resumed run stopped
+    elapsed: float  # seconds trained before (resumed)
+    teacher_path: str  # the teacher's attention path, saved with the students' progress
 
-    # Data and schedule.
+
+def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, statuses: list[RunStatus]) -> RunSetup:
+    """Data, schedule, teacher, students, augmentation and probe of a run; resumed from ``last`` when asked; the
+    run folders' configs written and the random streams seeded."""
+    cfg, device = cfgs[0], ctx.device
     splits = load_splits(cfg, ctx)
     classes = splits.classes
     batch_size = cfg.batch_size // ctx.world_size
@@ -447,26 +490,21 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     step_limits = [cfg.steps] if cfg.steps else []
     if cfg.epochs:
         step_limits.append(math.ceil(cfg.epochs * epoch_steps))
-    total_steps = min(step_limits, default=None)  # None: the time budget alone ends the run
 
-    # The teacher, loaded once; its forward runs once per batch for every student that needs it.
-    teacher, shared_teacher = shared_teacher_of(cfgs, classes, ctx)
-    students = [build_student(member, cfg, classes, shared_teacher, status, ctx,
-                              member.method if len(cfgs) > 1 else None) for member, status in zip(cfgs, statuses)]
-    mean, std = model_normalization(students[0].student)
+    teacher, teacher_forward = group_teacher(cfgs, classes, ctx)
+    students = [build_student(member, cfg, classes, teacher, status, ctx, member.method if len(cfgs) > 1 else None)
+                for member, status in zip(cfgs, statuses)]
+    first = students[0].model
+    mean, std = model_normalization(first)
     transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device,
-                               hide=cfg.hide_patches, grid=patch_grid(students[0].student) if cfg.hide_patches else None)
-    # Each evaluation also measures every student's attention gap to a ViT teacher on held-out images.
+                               hide=cfg.hide_patches, grid=patch_grid(first) if cfg.hide_patches else None)
     probe = None
-    if hasattr(teacher, 'blocks') and splits.val is not None and hasattr(students[0].student, 'blocks'):
-        same_heads = teacher.blocks[0].attn.num_heads == students[0].student.blocks[0].attn.num_heads
+    if hasattr(teacher, 'blocks') and splits.val is not None and hasattr(first, 'blocks'):
+        same_heads = teacher.blocks[0].attn.num_heads == first.blocks[0].attn.num_heads
         fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
         probe = AttentionProbe(teacher, splits.probe.images, transform, fusion, cfg.layer_map, cfg.amp, cfg.attn_norm)
 
-    # Resume, or start fresh run folders: nothing is written before data and models have loaded.
-    step, elapsed_before, saved = restore_students(students, teacher) if resume else (0, 0.0, {})
-    teacher_path = attention_path_of(teacher) if hasattr(teacher, 'blocks') else 'none'
-
+    step, elapsed, saved = restore_students(students, teacher) if resume else (0, 0.0, {})
     if ctx.is_main:
         for s in students:
             write_config(s.run, asdict(s.cfg), ctx.world_size, [c.method for c in cfgs])
@@ -481,104 +519,129 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         if cfg.mixup or cfg.cutmix else None
     if step and ctx.rank == 0:
         restore_rngs(saved, transform, mixer)
+    run = RunSetup(cfg, splits, batch_size, epoch_steps, min(step_limits, default=None), teacher_forward, students,
+                   transform, mixer, probe, step, elapsed,
+                   attention_path_of(teacher) if hasattr(teacher, 'blocks') else 'none')
     for s in students:
         s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
                    'attention %s (teacher %s)%s',
-                   s.cfg.method, cfg.model, sum(p.numel() for p in s.student.parameters()) / 1e6, device,
+                   s.cfg.method, cfg.model, sum(p.numel() for p in s.model.parameters()) / 1e6, device,
                    ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
-                   len(splits.test), total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
-                   ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, teacher_path,
+                   len(splits.test), run.total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
+                   ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, run.teacher_path,
                    f', with {len(cfgs) - 1} other students on the same batches' if len(cfgs) > 1 else '')
-        s.student.train()
-        s.criterion.train()
+        s.model.train()
+    return run
 
-    start = time.time() - elapsed_before
 
-    def run_progress() -> float:
-        """How far the run is, in [0, 1]: by steps, by time, whichever is further."""
-        by_steps = step / total_steps if total_steps else 0.0
-        if not cfg.time_budget:
-            return by_steps
-        return max(by_steps, distributed.broadcast_float((time.time() - start) / cfg.time_budget, ctx))
+def run_progress(run: RunSetup, step: int, elapsed: float, ctx: distributed.Context) -> float:
+    """How far the run is after ``step`` steps and ``elapsed`` seconds, in [0, 1]: by steps or by time,
+    whichever is further (rank 0's clock, so that every rank stops at the same step)."""
+    by_steps = step / run.total_steps if run.total_steps else 0.0
+    if not run.cfg.time_budget:
+        return by_steps
+    return max(by_steps, distributed.broadcast_float(elapsed / run.cfg.time_budget, ctx))
 
-    def report(state: str) -> None:
-        elapsed = time.time() - start
-        eta = elapsed / progress * (1 - progress) if 0 < progress < 1 else None
-        for s in students:
-            s.status.write(state, step=step, total_steps=total_steps, progress=min(progress, 1.0), elapsed=elapsed,
-                           eta_s=eta, best_val_top1=s.best_val_top1 if s.best_val_top1 >= 0 else None,
-                           started=s.status.fields.get('started', time.time()))
 
-    # The loop: batch, steps, log, evaluate, save.
-    bar = tqdm(total=total_steps, initial=step, disable=not (ctx.is_main and sys.stderr.isatty()),
+def write_status(run: RunSetup, state: str, step: int, progress: float, elapsed: float) -> None:
+    """Each student's ``status.json``: state, step, progress and the time left at this pace."""
+    eta = elapsed / progress * (1 - progress) if 0 < progress < 1 else None
+    for s in run.students:
+        s.status.write(state, step=step, total_steps=run.total_steps, progress=min(progress, 1.0), elapsed=elapsed,
+                       eta_s=eta, best_val_top1=s.best_val_top1 if s.best_val_top1 >= 0 else None,
+                       started=s.status.fields.get('started', time.time()))
+
+
+def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, statuses: list[RunStatus],
+           stop: StopSignal) -> list[Path]:
+    run = set_up(cfgs, ctx, resume, statuses)
+    cfg, step = run.cfg, run.step
+    start = time.time() - run.elapsed
+    progress = run_progress(run, step, time.time() - start, ctx)
+    write_status(run, 'running', step, progress, time.time() - start)
+    bar = tqdm(total=run.total_steps, initial=step, disable=not (ctx.is_main and sys.stderr.isatty()),
                dynamic_ncols=True, leave=False)
-    window_start, window_steps = time.time(), 0
-    progress = run_progress()
-    report('running')
-    cancelled = False
-    for images, labels in _batch_stream(splits.train, batch_size, cfg.seed, step, epoch_steps, ctx):
+    window_start, window_steps, cancelled = time.time(), 0, False
+    # The loop: batch, teacher, steps, log, evaluate, save.
+    for images, labels in _batch_stream(run.splits.train, run.batch_size, cfg.seed, step, run.epoch_steps, ctx):
         if progress >= 1.0:
             break
         lr = lr_at(progress, cfg)
-        inputs = transform.train(images)
-        if mixer is not None:
-            inputs, labels = mixer(inputs, labels)  # (batch, classes) soft targets from here
-        for s in students:  # the first that needs the teacher runs its forward; the others reuse it
-            s.step(inputs, labels, lr)
+        inputs = run.transform.train(images)
+        if run.mixer is not None:
+            inputs, labels = run.mixer(inputs, labels)  # (batch, classes) soft targets from here
+        with autocast(ctx.device, cfg.amp):
+            teacher = run.teacher(inputs) if run.teacher is not None else None  # once, for every student
+        for s in run.students:
+            s.step(inputs, labels, lr, teacher)
         step += 1
         window_steps += 1
         bar.update(1)
 
-        progress = run_progress()
+        progress = run_progress(run, step, time.time() - start, ctx)
         # Ranks agree on a cancel at log steps only, to spare a collective on every step.
         if not ctx.distributed or step % cfg.log_every == 0:
             cancelled = distributed.any_rank(stop.requested, ctx)
-        finished = progress >= 1.0
-        evaluate_now = not cancelled and (
-            finished or (step % cfg.eval_every == 0 if cfg.eval_every else step % epoch_steps == 0))
+        evaluate_now = not cancelled and (progress >= 1.0 or (
+            step % cfg.eval_every == 0 if cfg.eval_every else step % run.epoch_steps == 0))
         save_now = evaluate_now or cancelled or (cfg.save_every and step % cfg.save_every == 0)
-
         if step % cfg.log_every == 0 or save_now:
             images_per_s = window_steps * cfg.batch_size / max(time.time() - window_start, 1e-9)
-            for s in students:
-                values = s.mean_terms(window_steps, step, ctx)
-                if ctx.is_main:
-                    append_metrics(s.run, dict(event='train', step=step, epoch=round(step / epoch_steps, 4), lr=lr,
-                                               **values, images_per_s=images_per_s, elapsed=time.time() - start))
-                s.log.info('step %d: %s, %.0f images/s', step,
-                           ', '.join(f'{name} {value:.4f}' for name, value in values.items()), images_per_s)
-            bar.set_postfix(loss=f'{values["loss"]:.3f}', lr=f'{lr:.2e}')
+            log_terms(run, step, window_steps, lr, images_per_s, time.time() - start, ctx, bar)
             window_start, window_steps = time.time(), 0
-            report('running')
-        if ctx.is_main:
-            for s in students:
-                if evaluate_now:
-                    evaluate_student(s, splits, transform, probe, checkpoint_meta(cfg, s, classes, step, epoch_steps,
-                                                                                  None), step, epoch_steps)
-                if save_now:
-                    save_last(s.run, s.student, checkpoint_meta(cfg, s, classes, step, epoch_steps, s.best_val_top1),
-                              dict(step=step, elapsed=time.time() - start, best_val_top1=s.best_val_top1,
-                                   attention_paths=dict(student=s.attention_path, teacher=teacher_path)),
-                              s.optimizer, transform, mixer)
+            write_status(run, 'running', step, progress, time.time() - start)
         if evaluate_now or save_now:
-            distributed.barrier(ctx)  # the other ranks wait while rank 0 evaluates and writes
+            checkpoint_students(run, step, evaluate_now, save_now, time.time() - start, ctx)
             window_start = time.time()  # images/s counts training, not evaluation and saving
         if cancelled:
             break
     bar.close()
+    finish(run, step, cancelled, time.time() - start, ctx)
+    write_status(run, 'cancelled' if cancelled else 'finished', step, progress, time.time() - start)
+    return [s.run for s in run.students]
 
-    # The end: the checkpoint selected on validation is evaluated on the test set, once.
-    for s in students:
+
+def log_terms(run: RunSetup, step: int, steps: int, lr: float, images_per_s: float, elapsed: float,
+              ctx: distributed.Context, bar: tqdm) -> None:
+    """Each student's loss terms over the last ``steps`` steps: a metrics line, a log line, the bar's postfix."""
+    for s in run.students:
+        values = s.mean_terms(steps, step, ctx)
+        if ctx.is_main:
+            append_metrics(s.run, dict(event='train', step=step, epoch=round(step / run.epoch_steps, 4), lr=lr,
+                                       **values, images_per_s=images_per_s, elapsed=elapsed))
+        s.log.info('step %d: %s, %.0f images/s', step, ', '.join(f'{name} {value:.4f}' for name, value in values.items()),
+                   images_per_s)
+    bar.set_postfix(loss=f'{values["loss"]:.3f}', lr=f'{lr:.2e}')
+
+
+def checkpoint_students(run: RunSetup, step: int, evaluate_now: bool, save_now: bool, elapsed: float,
+                        ctx: distributed.Context) -> None:
+    """Rank 0 evaluates each student (keeping its best) and/or saves its ``last``; the other ranks wait."""
+    if ctx.is_main:
+        classes = run.splits.classes
+        for s in run.students:
+            if evaluate_now:
+                evaluate_student(s, run.splits, run.transform, run.probe,
+                                 checkpoint_meta(run.cfg, s, classes, step, run.epoch_steps, None), step, run.epoch_steps)
+            if save_now:
+                save_last(s.run, s.model, checkpoint_meta(run.cfg, s, classes, step, run.epoch_steps, s.best_val_top1),
+                          dict(step=step, elapsed=elapsed, best_val_top1=s.best_val_top1,
+                               attention_paths=dict(student=s.attention_path, teacher=run.teacher_path)),
+                          s.optimizer, run.transform, run.mixer)
+    distributed.barrier(ctx)
+
+
+def finish(run: RunSetup, step: int, cancelled: bool, elapsed: float, ctx: distributed.Context) -> None:
+    """The end: the checkpoint selected on validation is evaluated on the test set, once (not when cancelled)."""
+    for s in run.students:
         if cancelled:
             s.log.info('cancelled at step %d; %s holds it', step, s.run / 'last.safetensors')
         elif ctx.is_main:
-            test_top1 = evaluate_selected(s.run / 'best.safetensors', splits.test, s.cfg, device)
+            test_top1 = evaluate_selected(s.run / 'best.safetensors', run.splits.test, s.cfg, ctx.device)
             append_metrics(s.run, dict(event='test', step=step, test_top1=test_top1))
             s.log.info('done at step %d in %.0fs: the checkpoint selected on validation has test top-1 %.2f%%',
-                       step, time.time() - start, test_top1)
+                       step, elapsed, test_top1)
     distributed.barrier(ctx)
-    report('cancelled' if cancelled else 'finished')
-    return [s.run for s in students]
 
 
 def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, probe: AttentionProbe | None,
@@ -588,16 +651,16 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
     (the quarter drop of each layer and rollout on the probe images), and log it."""
     val_top1, faithful = None, None
     if splits.val is not None:
-        probs = predict(s.student, splits.val, transform, s.cfg.eval_batch_size, splits.val.images.device, s.cfg.amp)
+        probs = predict(s.model, splits.val, transform, s.cfg.eval_batch_size, splits.val.images.device, s.cfg.amp)
         val_top1 = summarize(probs, splits.val.labels, splits.classes)['top1']
-        if has_cls_attention(s.student):
-            faithful = quarter_drops(s.student, transform.eval(splits.probe.images), splits.probe.labels,
+        if has_cls_attention(s.model):
+            faithful = quarter_drops(s.model, transform.eval(splits.probe.images), splits.probe.labels,
                                      s.cfg.attn_norm, s.cfg.head_fusion, s.cfg.eval_batch_size, s.cfg.amp)
     if val_top1 is None or val_top1 > s.best_val_top1:
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
-        save_checkpoint(s.run / 'best.safetensors', s.student, dict(meta, val_top1=val_top1,
+        save_checkpoint(s.run / 'best.safetensors', s.model, dict(meta, val_top1=val_top1,
                                                                      val_faithfulness=faithful))
-    gaps = probe.record(s.student, step, s.run, faithful) if probe is not None else None
+    gaps = probe.record(s.model, step, s.run, faithful) if probe is not None else None
     append_metrics(s.run, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
                                best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {}),
                                **({'faithfulness': faithful} if faithful else {})))

@@ -27,7 +27,7 @@ memory allocated right after the models were built. On CPU, times come from
 models were built. Both include the AdamW state created during warm-up.
 
 Model FLOPs utilisation (MFU): a step's FLOPs are batch x (teacher forward + 3 x student forward),
-each forward counted from the model's shapes by ``advit.models.vit_forward_flops`` (matmuls only,
+each forward counted from the model's shapes by ``measure.vit_forward_flops`` (matmuls only,
 2 per multiply-add; a backward is twice a forward), divided by the step time and by the device's
 dense matmul rate measured here (bf16 on CUDA, float32 on CPU: the median of square matmuls).
 
@@ -56,10 +56,11 @@ import torch
 import torch.nn as nn
 
 from advit.distributed import resolve_device
-from advit.losses import DistillationLoss
-from advit.models import create_model, vit_forward_flops
+from advit.capture import ClsAttentionCapture
+from advit.losses import DistillationLoss, TeacherForward
+from advit.models import create_model, model_normalization
 from advit.precision import autocast
-from measure import rss_mib, time_repeats  # benchmarks/, this script's folder
+from measure import rss_mib, time_repeats, vit_forward_flops  # benchmarks/, this script's folder
 
 # The loss each training-step variant runs; 'full' is advit_l1 on full attention maps.
 STEP_METHODS = {'deit': 'deit_hard', 'ours': 'advit_l1', 'ours_kl': 'advit_kl', 'full': 'advit_l1'}
@@ -79,7 +80,7 @@ CHECKED_VARIANTS = ('ours', 'full')  # same loss by two routes
 class FullMapCapture:
     """Records every block's full softmax attention map (unfused attention) through ``attn.attn_drop``.
 
-    A drop-in for ``ClsAttentionCapture`` inside ``DistillationLoss``: ``pop()`` returns the same
+    A drop-in for ``ClsAttentionCapture`` in the training step: ``pop()`` returns the same
     (batch, layers, heads, patches) renormalised [CLS] maps, taken from row 0 of the full maps,
     which stay alive as AttentionExtract keeps them.
 
@@ -118,29 +119,34 @@ class Setup:
         self.teacher = create_model(args.teacher, num_classes=args.num_classes, img_size=args.image_size).to(device)
         self.student = create_model(args.student, num_classes=args.num_classes, img_size=args.image_size).to(device)
         self.criterion = DistillationLoss(method, self.student, self.teacher)
+        attention = self.criterion.method.attention is not None
+        # The step as advit.train takes it: the teacher called once, the student's maps of its forward.
+        self.teacher_forward = TeacherForward(self.teacher, model_normalization(self.student), capture=attention)
+        self.student_capture = ClsAttentionCapture(self.student) if attention else None
         # With --compile, both forwards are compiled; the capture hooks are traced into the graphs.
         self.forward = torch.compile(self.student) if args.compile else self.student
         if args.compile:
-            self.criterion.teacher_forward.model = torch.compile(self.teacher)
+            self.teacher_forward.model = torch.compile(self.teacher)
         self.student.train()
-        self.criterion.train()
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=1e-4, fused=device.type == 'cuda')
         generator = torch.Generator().manual_seed(args.seed)
         self.images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator).to(device)
         self.labels = torch.randint(args.num_classes, (args.batch_size,), generator=generator).to(device)
 
     def use_full_maps(self) -> None:
-        """Swap the loss's [CLS] captures for full-map captures on unfused attention."""
-        self.criterion.student_capture.remove()
-        self.criterion.teacher_forward.capture.remove()
-        self.criterion.student_capture = FullMapCapture(self.student)
-        self.criterion.teacher_forward.capture = FullMapCapture(self.teacher)
+        """Swap the step's [CLS] captures for full-map captures on unfused attention."""
+        self.student_capture.remove()
+        self.teacher_forward.capture.remove()
+        self.student_capture = FullMapCapture(self.student)
+        self.teacher_forward.capture = FullMapCapture(self.teacher)
 
     def loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher and student forwards and the distillation loss on the fixed batch."""
         with autocast(self.device, self.amp):
+            teacher = self.teacher_forward(self.images)
             outputs = self.forward(self.images)
-            return self.criterion(self.images, outputs, self.labels)
+            maps = self.student_capture.pop() if self.student_capture is not None else None
+            return self.criterion(outputs, self.labels, teacher, maps)
 
     def train_step(self) -> None:
         """One training step: forwards, loss, backward, AdamW."""
@@ -150,11 +156,11 @@ class Setup:
         self.optimizer.step()
 
     def student_forward(self, capture: bool) -> None:
-        """A training-mode student forward; with ``capture``, also pop the loss's student maps."""
+        """A training-mode student forward; with ``capture``, also pop the student's maps."""
         with autocast(self.device, self.amp):
             self.forward(self.images)
         if capture:
-            self.criterion.student_capture.pop()
+            self.student_capture.pop()
 
     def prepare(self, variant: str) -> Callable[[], None]:
         """Configure the models for ``variant`` and return the function to time."""
@@ -162,9 +168,9 @@ class Setup:
             self.use_full_maps()
         if variant in STEP_METHODS:
             return self.train_step
-        self.criterion.teacher_forward.capture.remove()
+        self.teacher_forward.capture.remove()
         if variant == 'forward':
-            self.criterion.student_capture.remove()  # a plain student: no hooks at all
+            self.student_capture.remove()  # a plain student: no hooks at all
         return partial(self.student_forward, capture=variant == 'forward_capture')
 
 

@@ -7,10 +7,12 @@ import torch
 
 import advit.attention_path as attention_path
 from advit.attention_path import attention_path_of, fastest_attention_path, set_attention_path, use_attention_path
-from advit.capture import ClsAttentionCapture, fuse_heads
+from advit.alignment import fuse_heads
+from advit.capture import ClsAttentionCapture
 from advit.checkpoint import load_checkpoint, read_metadata
 from advit.precision import native_bf16
-from advit.losses import ATTENTION_METHODS, DistillationLoss
+from advit.losses import ATTENTION_METHODS, DistillationLoss, TeacherForward
+from advit.models import model_normalization
 from advit.train import TrainConfig, train
 from conftest import TINY, tiny_vit
 
@@ -23,10 +25,13 @@ def loss_and_grads(path: str, method: str, dtype: torch.dtype) -> tuple[torch.Te
     for model in (teacher, student):
         set_attention_path(model, path)
     criterion = DistillationLoss(method, student, teacher)
+    teacher_forward = TeacherForward(teacher, model_normalization(student), capture=True)
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     labels = torch.arange(8) % 10
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        loss, terms = criterion(images, student(images), labels)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16), \
+            ClsAttentionCapture(student) as capture:
+        outputs = student(images)
+        loss, terms = criterion(outputs, labels, teacher_forward(images), capture.pop())
     loss.backward()
     with ClsAttentionCapture(student) as capture, torch.no_grad():
         student.eval()(images)

@@ -6,8 +6,8 @@ import timm
 import torch
 
 import advit  # noqa: F401  (registers the CIFAR models)
-from advit.capture import (ClsAttentionCapture, align_teacher_maps, fuse_heads, layer_mapping,
-                           resample_to_grid)
+from advit.alignment import align_teacher_maps, fuse_heads, layer_mapping, resample_to_grid
+from advit.capture import ClsAttentionCapture
 from attention_reference import explicit_cls_attention
 from conftest import TINY, tiny_vit
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from advit.capture import ClsAttentionCapture, fuse_heads
+from advit.alignment import fuse_heads
+from advit.capture import ClsAttentionCapture
 from advit.augment import mask_patches
 from advit.faithfulness import (FaithfulnessCurves, measure_faithfulness, patch_ranks,
                                 perturbation_curves, source_names, verdict)

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 import advit  # noqa: F401
+from advit.capture import ClsAttentionCapture
 from advit.inspection import GAP_KINDS, inspect_pair, model_input
-from advit.losses import DistillationLoss, attention_gap
+from advit.losses import DistillationLoss
 from conftest import REPO, TINY
 
 CLASSES = [f'class{i}' for i in range(10)]
@@ -36,18 +37,17 @@ def test_gaps_equal_the_training_loss_terms(image, teacher_args):
     meta = {'classes': CLASSES}
     report = inspect_pair(teacher, meta, student, meta, image, 'mean')
 
-    # The same maps through DistillationLoss, as a training step computes them.
-    criterion = DistillationLoss('advit_l1', student, teacher)
-    with torch.no_grad():
+    # The loss's attention term of each distance on the same image, as a training step computes it.
+    with ClsAttentionCapture(student) as student_capture, ClsAttentionCapture(teacher) as teacher_capture, \
+            torch.no_grad():
         student(model_input(image, meta, student))
         teacher(model_input(image, meta, teacher))
-    student_maps, teacher_maps = criterion.aligned_maps(criterion.teacher_forward.capture.pop())
+        student_maps, teacher_maps = student_capture.pop(), teacher_capture.pop()
     for kind in GAP_KINDS:
-        expected = attention_gap(student_maps, teacher_maps, kind)[0, :, 0].numpy()
-        np.testing.assert_allclose(report.gaps[kind], expected, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(report.student_maps, student_maps[0, :, 0].numpy(), atol=1e-7)
-    np.testing.assert_allclose(report.teacher_maps, teacher_maps[0, :, 0].numpy(), atol=1e-7)
-    assert report.student_maps.shape == (2, 64) and report.grid == (8, 8)
+        term = DistillationLoss(f'advit_{kind}', student, teacher).attention_term(student_maps, teacher_maps)
+        assert term.item() == pytest.approx(float(report.gaps[kind].mean()), abs=1e-6)
+    assert report.student_maps.shape == report.teacher_maps.shape == (2, 64) and report.grid == (8, 8)
+    np.testing.assert_allclose(report.teacher_maps.sum(-1), 1, rtol=1e-5)
     assert len(report.teacher_layers) == 2
 
 

@@ -1,6 +1,8 @@
-"""Losses against values computed by hand, and DistillationLoss against its formulas on real tiny models."""
+"""Losses against values computed by hand, and DistillationLoss against its formulas on real tiny models,
+given what a training step gives it (the teacher's output, the student's maps of its forward)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -9,7 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import advit  # noqa: F401
-from advit.losses import METHODS, DistillationLoss, Method, attention_gap, parse_method, renormalize
+from advit.alignment import attention_gap, compare_maps
+from advit.capture import ClsAttentionCapture
+from advit.losses import METHODS, DistillationLoss, Method, TeacherForward, parse_method, renormalize
+from advit.models import model_normalization
 from attention_reference import explicit_cls_attention
 from conftest import TINY
 
@@ -75,6 +80,18 @@ def pair():
     return student, teacher, images, labels
 
 
+def step_loss(criterion: DistillationLoss, student, teacher, images, labels, model=None):
+    """(loss, terms, outputs) as a training step takes them: the teacher called once on the batch, the
+    student (or ``model``, a wrapper of it) called once, its maps of that forward taken at once."""
+    method = criterion.method
+    teacher_output = TeacherForward(teacher, model_normalization(student), method.attention is not None)(images) \
+        if method.needs_teacher else None
+    with ClsAttentionCapture(student) if method.attention else contextlib.nullcontext() as capture:
+        outputs = (model or student)(images)
+        maps = capture.pop() if capture is not None else None
+    return *criterion(outputs, labels, teacher_output, maps), outputs
+
+
 def _expected(method: str, student, teacher, images, labels, logits, alpha=0.5, tau=1.0, weight=1.0):
     """The loss written out from the paper's equations, with maps from the explicit attention."""
     parsed = parse_method(method)
@@ -110,8 +127,7 @@ def test_distillation_loss_matches_the_equations(method, pair):
     student, teacher, images, labels = pair
     criterion = DistillationLoss(method, student, None if method == 'vit' else teacher,
                                  alpha=0.3, tau=2.0, attn_weight=0.7)
-    logits = student(images)
-    loss, terms = criterion(images, logits, labels)
+    loss, terms, logits = step_loss(criterion, student, teacher, images, labels)
     expected = _expected(method, student, teacher, images, labels, logits, alpha=0.3, tau=2.0, weight=0.7)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     parsed = parse_method(method)
@@ -121,8 +137,44 @@ def test_distillation_loss_matches_the_equations(method, pair):
     assert student.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
     if parsed.needs_teacher:
-        criterion.train()
         assert not teacher.training, 'the teacher must stay in eval mode while the student trains'
+
+
+def test_a_wrapper_that_clones_inputs_and_micro_batches_change_nothing(pair):
+    """Nothing rests on the batch tensor's identity or on the order of calls: a student wrapped in a module
+    that clones its inputs gets the same loss, and each micro-batch's loss (gradient accumulation) is that
+    batch's own."""
+    student, teacher, images, labels = pair
+
+    class Cloning(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.clone())
+
+    for method in ('advit_l1', 'deit_hard+advit_kl'):
+        criterion = DistillationLoss(method, student, teacher)
+        plain, _, _ = step_loss(criterion, student, teacher, images, labels)
+        wrapped, _, _ = step_loss(criterion, student, teacher, images, labels, model=Cloning(student))
+        torch.testing.assert_close(wrapped, plain)
+        halves = [step_loss(criterion, student, teacher, images[part], labels[part])[0]
+                  for part in (slice(0, 2), slice(2, 4))]
+        alone = [step_loss(criterion, student, teacher, images[part], labels[part])[0]
+                 for part in (slice(2, 4), slice(0, 2))][::-1]  # the other order
+        torch.testing.assert_close(torch.stack(halves), torch.stack(alone))
+        assert not torch.allclose(halves[0], halves[1])
+
+
+def test_missing_inputs_are_refused_in_words(pair):
+    student, teacher, images, labels = pair
+    criterion = DistillationLoss('advit_l1', student, teacher)
+    teacher_output = TeacherForward(teacher, model_normalization(student), capture=True)(images)
+    with pytest.raises(ValueError, match="teacher's output"):
+        criterion(student(images), labels)
+    with pytest.raises(ValueError, match="student's and the teacher's maps"):
+        criterion(student(images), labels, teacher_output)
 
 
 
@@ -131,8 +183,7 @@ def test_distillation_token_heads(pair):
     student = timm.create_model('deit_tiny_distilled_patch4_32', **TINY)
     student.set_distilled_training(True)
     criterion = DistillationLoss('deit_hard+advit_l1', student, teacher)
-    class_logits, distill_logits = student(images)
-    loss, terms = criterion(images, (class_logits, distill_logits), labels)
+    loss, terms, (class_logits, distill_logits) = step_loss(criterion, student, teacher, images, labels)
     with torch.no_grad():
         hard = teacher(images).argmax(-1)
     expected_logit_part = 0.5 * F.cross_entropy(class_logits, labels) + 0.5 * F.cross_entropy(distill_logits, hard)
@@ -145,7 +196,7 @@ def test_teacher_with_other_normalisation_sees_its_own_inputs(pair):
     assert teacher.pretrained_cfg['mean'] != student.pretrained_cfg['mean']
     seen = []
     teacher.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
-    DistillationLoss('deit_hard', student, teacher)(images, student(images), labels)
+    step_loss(DistillationLoss('deit_hard', student, teacher), student, teacher, images, labels)
     mean_s, std_s = (torch.tensor(v).view(1, 3, 1, 1) for v in (student.pretrained_cfg['mean'], student.pretrained_cfg['std']))
     mean_t, std_t = (torch.tensor(v).view(1, 3, 1, 1) for v in (teacher.pretrained_cfg['mean'], teacher.pretrained_cfg['std']))
     torch.testing.assert_close(seen[0], (images * std_s + mean_s - mean_t) / std_t)
@@ -155,13 +206,15 @@ def test_grids_that_differ_are_resampled(pair):
     student, _, images, labels = pair
     teacher = timm.create_model('vit_tiny_patch4_32', depth=2, embed_dim=48, num_heads=3, patch_size=8)
     criterion = DistillationLoss('advit_l1', student, teacher)
-    student(images)
-    with torch.no_grad():
+    with ClsAttentionCapture(student) as student_capture, ClsAttentionCapture(teacher) as teacher_capture:
+        student(images)
         teacher(images)
-    student_maps, teacher_maps = criterion.aligned_maps(criterion.teacher_forward.capture.pop())
-    assert student_maps.shape == teacher_maps.shape == (4, 2, 1, 64)  # teacher's 4x4 grid resampled to 8x8
-    torch.testing.assert_close(teacher_maps.sum(-1), torch.ones(4, 2, 1))
-    loss, terms = criterion(images, student(images), labels)
+        compared = compare_maps(student_capture.pop(), teacher_capture.pop(), criterion.student_grid,
+                                criterion.teacher_grid)
+    assert compared.student.shape == compared.teacher.shape == (4, 2, 1, 64)  # teacher's 4x4 grid resampled to 8x8
+    torch.testing.assert_close(compared.teacher.sum(-1), torch.ones(4, 2, 1))
+    loss, terms, _ = step_loss(criterion, student, teacher, images, labels)
+    torch.testing.assert_close(terms['attn'], compared.gap('l1').mean().detach())
     assert torch.isfinite(loss) and terms['attn'] > 0
 
 
@@ -184,11 +237,11 @@ def test_soft_targets_cross_entropy_by_hand_and_no_second_smoothing(pair):
     log_p = [[z - math.log(sum(math.exp(v) for v in row)) for z in row] for row in logits.tolist()]
     by_hand = -sum(t * lp for t_row, lp_row in zip(targets.tolist(), log_p) for t, lp in zip(t_row, lp_row)) / 4
     for smoothing in (0.0, 0.1):  # soft targets carry their own smoothing: the loss's is not applied again
-        loss, terms = DistillationLoss('vit', student, label_smoothing=smoothing)(images, logits, targets)
+        loss, terms = DistillationLoss('vit', student, label_smoothing=smoothing)(logits, targets)
         assert loss.item() == pytest.approx(by_hand, rel=1e-5)
         assert terms['ce'].item() == pytest.approx(by_hand, rel=1e-5)
     # Class indices still get the configured smoothing.
-    smoothed, _ = DistillationLoss('vit', student, label_smoothing=0.1)(images, logits, labels)
+    smoothed, _ = DistillationLoss('vit', student, label_smoothing=0.1)(logits, labels)
     torch.testing.assert_close(smoothed, F.cross_entropy(logits, labels, label_smoothing=0.1))
     assert not torch.allclose(smoothed, F.cross_entropy(logits, labels))
 
@@ -199,8 +252,8 @@ def test_deit_hard_with_soft_targets_keeps_the_teachers_hard_label(pair):
     targets = 0.7 * F.one_hot(labels, 10).float() + 0.3 * F.one_hot(labels.flip(0), 10).float()
     seen = []
     teacher.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
-    logits = student(mixed)
-    loss, terms = DistillationLoss('deit_hard', student, teacher, label_smoothing=0.1)(mixed, logits, targets)
+    criterion = DistillationLoss('deit_hard', student, teacher, label_smoothing=0.1)
+    loss, terms, logits = step_loss(criterion, student, teacher, mixed, targets)
     assert torch.equal(seen[0], mixed)  # the teacher sees the same mixed images
     with torch.no_grad():
         hard = teacher(mixed).argmax(-1)

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 from attention_reference import explicit_cls_attention
-from conftest import REPO, tiny_flags
+from conftest import REPO, load_probes, tiny_flags
 from PIL import Image
 
 from advit.checkpoint import load_checkpoint
 from advit.cli import main
 from advit.precision import native_bf16
-from advit.losses import attention_gap
+from advit.alignment import attention_gap
 from advit.probe import read_probe
 from advit.render import PANEL_SIZE, layer_panels, overlay
-from advit.training_view import (ProbeError, find_probes, gap_curves, gap_heatmap, load_probe, load_probes,
+from advit.training_view import (ProbeError, find_probes, gap_curves, gap_heatmap, load_probe,
                                  step_report, students_faithfulness_figure, students_gap_figure)
 
 BUNDLE = REPO / 'checkpoints'
