@@ -37,6 +37,7 @@ from .faithfulness import (FAITHFUL_BAR, HEADLINE_MAPS, NOISE_MARGIN, ROLLOUT, T
 from .io import atomic_path
 from .precision import native_bf16
 from .probe import PROBE_FILE
+from .run_folder import read_json, read_metrics
 from .report import RunResult, differing_fields, load_run, markdown_table, table2, table2_columns
 from .weights import TRAIN_STATE_PREFIX
 
@@ -68,7 +69,7 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     """
     runs, out = Path(runs), Path(out)
     names = [name for name in (TEACHER, *STUDENTS)
-             if _read_json(runs / name / 'status.json').get('state') == 'finished']
+             if (read_json(runs / name / 'status.json') or {}).get('state') == 'finished']
     if not names:
         raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
     attention = [name for name in names if name.startswith('advit_')]
@@ -121,7 +122,7 @@ def _copy(source: Path, target: Path) -> None:
 def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple, ImageSet]) -> None:
     """The run's best checkpoint as fp16 safetensors, evaluated as shipped on the run's own test split."""
     loaded = load_checkpoint(run / 'best.safetensors')
-    config = json.loads((run / 'config.json').read_text())
+    config = read_json(run / 'config.json') or {}
     key = (config['data'], config.get('test_subset'), config.get('cache_dir'))
     if key not in test_sets:
         test_sets[key] = load_dataset(config['data'], config.get('cache_dir'))['test'].subset(config.get('test_subset'))
@@ -140,10 +141,6 @@ def _paper_top1(name: str, result: RunResult) -> float | None:
     if not result.model.startswith(('vit_', 'deit_')):
         return None
     return PAPER_TOP1.get(size, {}).get(result.method)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def hardware() -> str:
@@ -166,7 +163,7 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
     """The card's account of how faithful each model's maps are (``faithfulness.py``), from the bundle's
     evaluation files: every layer's, rollout's and gradient rollout's quarter drop with its verdict, and
     the deletion and insertion areas of the last layer and both rollouts against a random order."""
-    evaluations = {name: _read_json(evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
+    evaluations = {name: read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {} for name in names}
     measured = {name: FaithfulnessCurves.from_dict(e['faithfulness']) for name, e in evaluations.items()
                 if 'faithfulness' in e}
     intro = (f'{FAITHFULNESS_HEADING}\n\nDoes a model use the patches its [CLS] map points at? On a fixed random '
@@ -219,7 +216,7 @@ def refresh_faithfulness(out: str | Path) -> None:
     kept = [index for index, title in enumerate(header) if title not in titles]
     at = next(position for position, index in enumerate(kept) if header[index] == 'test top-1 (%)') + 1
     names = [line.strip('|').split('|')[0].strip() for line in lines[start + 2:end]]
-    results = {name: headline(_read_json(evaluation_paths(out / f'{name}.safetensors')[0])) for name in names}
+    results = {name: headline(read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {}) for name in names}
 
     def row(cells: list[str], extra: list[str]) -> str:
         chosen = [cells[index] for index in kept]
@@ -245,8 +242,7 @@ def _curves(runs: Path, names: list[str]) -> str:
     """Validation top-1 at each evaluation, one column per run."""
     curves = {}
     for name in names:
-        path = runs / name / 'metrics.jsonl'
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        lines = read_metrics(runs / name)
         curves[name] = {line['step']: line['val_top1'] for line in lines
                         if line.get('event') == 'eval' and line.get('val_top1') is not None}
     steps = sorted(set().union(*curves.values()))
@@ -284,9 +280,9 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         sweep: Records of ``scripts/cpu_sweep.py`` (the short runs behind the recipe), if any.
     """
     results = {name: load_run(runs / name, evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
-    configs = {name: _read_json(runs / name / 'config.json') for name in names}
-    status = {name: _read_json(runs / name / 'status.json') for name in names}
-    evaluation = _read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0])
+    configs = {name: read_json(runs / name / 'config.json') or {} for name in names}
+    status = {name: read_json(runs / name / 'status.json') or {} for name in names}
+    evaluation = read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0]) or {}
     versions = sorted({f"torch {c['versions']['torch']}, timm {c['versions']['timm']}"
                        for c in configs.values() if 'versions' in c})
     versions = versions or [f'torch {torch.__version__}, timm {timm.__version__}']

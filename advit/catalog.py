@@ -6,7 +6,6 @@ unusable with its reason instead of failing when chosen.
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -22,10 +21,11 @@ from .checkpoint import describe_mismatch, load_checkpoint, read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import describe_drop, headline
 from .models import create_model, is_vit_name
+from .io import REPO
 from .names import model_label
+from .run_folder import read_json
 from .weights import TRAIN_STATE_PREFIX, CheckpointError
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Paper models offered when their ImageNet weights are in the local Hugging Face cache.
 TIMM_MODELS = (
@@ -65,12 +65,8 @@ class ModelEntry:
         images of its evaluation file (``faithfulness.headline``), or {} where none was measured."""
         if self.key.startswith(TIMM_PREFIX):
             return {}
-        path = evaluation_paths(self.key)[0]
-        try:
-            evaluation = json.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, ValueError):  # unreadable or not JSON: as if not measured
-            return {}
-        drops = headline(evaluation) if isinstance(evaluation, dict) else {}
+        evaluation = read_json(evaluation_paths(self.key)[0])  # None: missing or unreadable, as if not measured
+        drops = headline(evaluation) if evaluation is not None else {}
         return drops if any(entry['quarter_drop'] is not None for entry in drops.values()) else {}
 
     def describe(self) -> str:

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a torn one."""
+"""Atomic file writes: a reader sees the old file or the new one, never a torn one; and where the project lies."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+# The repository root: the app's default folders, and the working directory of the jobs it launches.
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager

@@ -287,37 +287,3 @@ def model_image_size(model: nn.Module) -> int:
     if hasattr(model, 'patch_embed'):
         return int(model.patch_embed.img_size[0])
     return int(model.pretrained_cfg['input_size'][-1])
-
-
-def vit_forward_flops(model: nn.Module) -> int:
-    """Floating-point operations of one image's forward pass through a timm ViT, from its shapes.
-
-    Counts the matrix products at 2 FLOPs per multiply-add: the patch embedding, each block's qkv
-    and output projections, attention scores and weighted values (2 x tokens^2 x width), and MLP,
-    and the classifier head(s) on one token. Norms, softmax, activations and biases are left out
-    (under 1% of a ViT's work), as in the usual model-FLOPs-utilisation accounting; a backward
-    pass costs twice the forward.
-
-    Args:
-        model: A timm ``VisionTransformer`` (or DeiT distilled) with ``Mlp`` blocks.
-    """
-    rows, cols = patch_grid(model)
-    patches = rows * cols
-    tokens = patches + model.num_prefix_tokens
-    macs = 0
-    height, width = model.patch_embed.img_size
-    for conv in model.patch_embed.proj.modules():  # a patchify convolution, or the layers of a conv stem
-        if isinstance(conv, nn.Conv2d):
-            height, width = (height + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1, \
-                (width + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
-            macs += height * width * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
-    for block in model.blocks:
-        attn, mlp = block.attn, block.mlp
-        macs += tokens * sum(layer.in_features * layer.out_features
-                             for layer in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2))
-        macs += 2 * tokens * tokens * attn.num_heads * attn.head_dim
-    for name in ('head', 'head_dist'):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Linear):
-            macs += head.in_features * head.out_features
-    return 2 * macs

@@ -25,6 +25,7 @@ from typing import Any
 from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
+from .run_folder import read_json
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
               'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
@@ -76,8 +77,10 @@ def load_run(run: str | Path, evaluation: str | Path | None = None) -> RunResult
     if not checkpoint.is_file() or not metrics_path.is_file():
         raise ReportError(f'{run} has no evaluated best checkpoint (best.safetensors and {metrics_path.name})')
     meta = read_metadata(checkpoint)
-    evaluation = json.loads(metrics_path.read_text())
-    config = json.loads((run / 'config.json').read_text()) if (run / 'config.json').is_file() else {}
+    evaluation = read_json(metrics_path)
+    if evaluation is None:
+        raise ReportError(f'{run}: {metrics_path.name} is not a readable evaluation')
+    config = read_json(run / 'config.json') or {}
     arch = {k: v for k, v in meta.get('model_args', {}).items() if k not in ('num_classes', 'img_size')}
     model = meta['model'] + (f' ({", ".join(f"{k}={v}" for k, v in sorted(arch.items()))})' if arch else '')
     return RunResult(path=run, model=model, method=meta.get('method') or 'vit', seed=int(config.get('seed', 0)),

@@ -60,7 +60,7 @@ def forward_with_attention(model: nn.Module, inputs: torch.Tensor) -> tuple[torc
     return logits, torch.stack(maps, dim=1)
 
 
-def rollout(attention: torch.Tensor, num_prefix_tokens: int, head_fusion: str = 'mean',
+def rollout(attention: torch.Tensor, num_prefix_tokens: int, rollout_fusion: str = 'mean',
             discard_ratio: float = 0.0) -> torch.Tensor:
     """Attention rollout: the [CLS] token's attention to the patches through all layers, (batch, patches).
 
@@ -72,11 +72,11 @@ def rollout(attention: torch.Tensor, num_prefix_tokens: int, head_fusion: str = 
     Args:
         attention: Full attention, (batch, layers, heads, tokens, tokens) (``full_attention``).
         num_prefix_tokens: Tokens before the patches ([CLS], distillation, registers).
-        head_fusion: ``'mean'``, ``'max'`` or ``'min'`` over heads.
+        rollout_fusion: ``'mean'``, ``'max'`` or ``'min'`` over heads.
         discard_ratio: Share of each fused row's entries set to zero, the smallest first, in [0, 1).
     """
-    if head_fusion not in ROLLOUT_FUSIONS:
-        raise ValueError(f'unknown rollout head fusion {head_fusion!r}: choose one of {ROLLOUT_FUSIONS}')
+    if rollout_fusion not in ROLLOUT_FUSIONS:
+        raise ValueError(f'unknown rollout head fusion {rollout_fusion!r}: choose one of {ROLLOUT_FUSIONS}')
     if not 0 <= discard_ratio < 1:
         raise ValueError(f'discard ratio must be in [0, 1), got {discard_ratio}')
     batch, layers, _, tokens, _ = attention.shape
@@ -84,7 +84,7 @@ def rollout(attention: torch.Tensor, num_prefix_tokens: int, head_fusion: str = 
     result = eye.expand(batch, tokens, tokens)
     for layer in range(layers):
         heads = attention[:, layer]
-        fused = {'mean': heads.mean(dim=1), 'max': heads.amax(dim=1), 'min': heads.amin(dim=1)}[head_fusion]
+        fused = {'mean': heads.mean(dim=1), 'max': heads.amax(dim=1), 'min': heads.amin(dim=1)}[rollout_fusion]
         dropped = int(discard_ratio * tokens * tokens)
         if dropped:
             flat = fused.reshape(batch, -1)
@@ -194,7 +194,7 @@ class ModelViews:
                     gradient_rollout=self.gradient_rollout.tolist())
 
 
-def model_views(model: nn.Module, meta: dict[str, Any], image: Image.Image, head_fusion: str = 'mean',
+def model_views(model: nn.Module, meta: dict[str, Any], image: Image.Image, rollout_fusion: str = 'mean',
                 discard_ratio: float = 0.0, keep: float = 0.6) -> ModelViews:
     """The views of ``model`` on ``image`` (resized and normalised as the model takes it).
 
@@ -202,14 +202,14 @@ def model_views(model: nn.Module, meta: dict[str, Any], image: Image.Image, head
         model: A timm ViT (eval mode).
         meta: Its checkpoint metadata (mean, std).
         image: Any RGB image.
-        head_fusion: Rollout's fusion of heads (``ROLLOUT_FUSIONS``).
+        rollout_fusion: Rollout's fusion of heads (``ROLLOUT_FUSIONS``).
         discard_ratio: Rollout's share of discarded attention entries.
         keep: The share of the rollout's mass its mask keeps.
     """
     inputs = model_input(image, meta, model)
     attention = full_attention(model, inputs)
     prefix = int(model.num_prefix_tokens)
-    flow = rollout(attention, prefix, head_fusion, discard_ratio)
+    flow = rollout(attention, prefix, rollout_fusion, discard_ratio)
     return ModelViews(rollout=flow[0].numpy(), mask=mass_mask(flow, keep)[0].numpy(),
                       heads=head_maps(attention, prefix)[0].numpy(),
                       prefix_share=prefix_share(attention, prefix)[0].numpy(), grid=patch_grid(model),

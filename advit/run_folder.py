@@ -8,6 +8,9 @@ Also the cancel the process obeys (``StopSignal``). Rank 0 writes; the others on
 - ``config.json``: the configuration, with the world size, the group and the versions;
 - ``last.safetensors``: weights, optimiser state, every random stream and the progress: a killed
   or cancelled run resumes from it exactly.
+
+Written here, and read here too (``read_json``, ``read_metrics``) by the job list, the report, the
+bundle, the catalog and the training view, which all meet torn files the same way.
 """
 from __future__ import annotations
 
@@ -73,6 +76,31 @@ class StopSignal:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of a run folder (``status.json``, ``config.json``, an evaluation, a job's record), or
+    None where it is missing, unreadable, torn by a kill or not an object: readers go on as if not written yet."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """The run's ``metrics.jsonl`` records in order; a line torn or corrupted by a kill is skipped."""
+    path = Path(run) / 'metrics.jsonl'
+    records = []
+    if path.is_file():
+        for line in path.read_text(errors='replace').splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def append_metrics(run: Path, record: dict[str, Any]) -> None:

@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 
 from .checks import redacted, shown_value
+from .capture import trained_normalization
 from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .compare import compare
 from .data import OFFICIAL_CIFAR10, DatasetError, ImageSet, default_dataset, load_dataset
 from .images import ImageError, load_image
+from .io import REPO
 from .figure import attention_figure, images_figure, layer_figure, maps_npz, report_json
 from .faithfulness import GRADIENT_ROLLOUT, QUARTER, ROLLOUT, last_layer, measure_faithfulness
 from .inspection import AttentionReport, inspect_model, inspect_pair, model_input, seen_image
@@ -33,7 +35,6 @@ from .render import (confusion_figure, faithfulness_figure, gap_figure, gap_tabl
                      prefix_share_figure, side_by_side_panels, views_panels)
 from .rollout import model_views
 
-REPO = Path(__file__).resolve().parents[1]
 GALLERY_LIMIT = 60  # images shown per direction in the comparison
 BATCH_LIMIT = 8  # images in the few-images view: a row each, 8 forward passes of both models
 SEEN_SCALE = 4  # the image as the model reads it, shown 4x (128x128 for a 32x32 model)
@@ -337,7 +338,7 @@ class Studio:
             names = meta.get('classes') or []
             classes[role] = names[int(predicted)] if int(predicted) < len(names) else f'class {int(predicted)}'
             curves[role] = measure_faithfulness(
-                model, inputs, predicted, meta.get('attn_norm') or 'renormalized', meta.get('head_fusion') or 'mean',
+                model, inputs, predicted, trained_normalization(meta), meta.get('head_fusion') or 'mean',
                 fractions=IMAGE_FRACTIONS, modes=('deletion',), orders=('map', 'random'), random_orders=IMAGE_RANDOM_ORDERS)
         lines = []
         for role, c in curves.items():
@@ -351,19 +352,19 @@ class Studio:
         return FaithfulnessView(figure=faithfulness_figure(curves, classes), summary='\n\n'.join(lines),
                                 data={role: dict(curves[role].as_dict(), class_read=classes[role]) for role in curves})
 
-    def more_views(self, image_path: str | None, teacher_key: str, student_key: str, head_fusion: str = 'mean',
+    def more_views(self, image_path: str | None, teacher_key: str, student_key: str, rollout_fusion: str = 'mean',
                    discard_ratio: float = 0.0, keep: float = 0.6, opacity: float = 0.6) -> MoreViews:
         """Teacher and student side by side: attention rollout, its attention-mass mask, the last layer's
         heads, and each layer's share of [CLS] attention on prefix tokens.
 
         Args:
-            head_fusion: Rollout's fusion of heads: ``'mean'``, ``'max'`` or ``'min'``.
+            rollout_fusion: Rollout's fusion of heads: ``'mean'``, ``'max'`` or ``'min'``.
             discard_ratio: Rollout's share of the smallest attention entries dropped, in [0, 1).
             keep: Share of the rollout's mass the mask keeps, in (0, 1].
         """
         image = self._upload(image_path)
         try:
-            views = [model_views(model, meta, image, head_fusion, float(discard_ratio), float(keep))
+            views = [model_views(model, meta, image, rollout_fusion, float(discard_ratio), float(keep))
                      for model, meta in self._pair(teacher_key, student_key)]
         except ValueError as err:
             raise StudioError(str(err)) from err

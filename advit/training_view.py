@@ -153,11 +153,6 @@ def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
     return None
 
 
-def load_probes(target: str | Path) -> dict[str, ProbeRecord]:
-    """``find_probes`` then ``load_probe``: each student's checked probe by name."""
-    return {name: load_probe(path) for name, path in find_probes(target).items()}
-
-
 def _layer_labels(probe: ProbeRecord) -> list[str]:
     return [f'layer {layer + 1} (teacher {teacher + 1})' for layer, teacher in enumerate(probe.teacher_layers)]
 

@@ -10,7 +10,7 @@ bf16 against fp32, compiled against eager, several students in one process, and 
   normalised, forward, cross-entropy, backward, AdamW) on the faster attention path; ours is
   ``advit.train`` (``--attn-path auto``) with its crop + flip augmentation, gradient clipping, logging
   and progress (method ``vit``). Goal: ours >= 0.9x.
-- **mfu**: ours' achieved FLOP/s (3 x the forward's FLOPs from ``advit.models.vit_forward_flops`` per
+- **mfu**: ours' achieved FLOP/s (3 x the forward's FLOPs from ``measure.vit_forward_flops`` per
   image) over a matmul ceiling measured in the same run, in the dtype training runs in: the best of
   the student's own MLP matmul (batch x tokens, width) @ (width, 4 width) and a square 2048 matmul.
 - **profile**: where a bare step of the student spends its time (PyTorch's profiler, self CPU time of
@@ -47,8 +47,9 @@ from advit.checkpoint import save_checkpoint  # noqa: E402
 from advit.data import CIFAR10_CLASSES, ImageSet, default_dataset, load_dataset  # noqa: E402
 from advit.evaluate import predict  # noqa: E402
 from advit.precision import autocast, compute_dtype, native_bf16  # noqa: E402
-from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model, vit_forward_flops  # noqa: E402
+from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
 from advit.train import TrainConfig, train, train_group  # noqa: E402
+from measure import vit_forward_flops  # noqa: E402  (benchmarks/, this script's folder)
 
 CPU = torch.device('cpu')
 

@@ -1,4 +1,4 @@
-"""Readings the benchmarks share: seconds of repeated calls, a process's memory and CPU time."""
+"""Readings the benchmarks share: seconds of repeated calls, a process's memory and CPU time, a ViT's FLOPs."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
+
+from advit.models import patch_grid
 
 
 def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device | None = None) -> list[float]:
@@ -43,3 +46,37 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds process ``pid`` has used (all its threads; ``/proc/<pid>/stat``)."""
     fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def vit_forward_flops(model: nn.Module) -> int:
+    """Floating-point operations of one image's forward pass through a timm ViT, from its shapes.
+
+    Counts the matrix products at 2 FLOPs per multiply-add: the patch embedding, each block's qkv
+    and output projections, attention scores and weighted values (2 x tokens^2 x width), and MLP,
+    and the classifier head(s) on one token. Norms, softmax, activations and biases are left out
+    (under 1% of a ViT's work), as in the usual model-FLOPs-utilisation accounting; a backward
+    pass costs twice the forward.
+
+    Args:
+        model: A timm ``VisionTransformer`` (or DeiT distilled) with ``Mlp`` blocks.
+    """
+    rows, cols = patch_grid(model)
+    patches = rows * cols
+    tokens = patches + model.num_prefix_tokens
+    macs = 0
+    height, width = model.patch_embed.img_size
+    for conv in model.patch_embed.proj.modules():  # a patchify convolution, or the layers of a conv stem
+        if isinstance(conv, nn.Conv2d):
+            height, width = (height + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1, \
+                (width + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+            macs += height * width * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        macs += tokens * sum(layer.in_features * layer.out_features
+                             for layer in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2))
+        macs += 2 * tokens * tokens * attn.num_heads * attn.head_dim
+    for name in ('head', 'head_dist'):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            macs += head.in_features * head.out_features
+    return 2 * macs

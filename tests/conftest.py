@@ -21,6 +21,12 @@ def tiny_vit(seed: int = 0, name: str = 'vit_tiny_patch4_32', **overrides):
     return timm.create_model(name, **dict(TINY, **overrides)).eval()
 
 
+def load_probes(target):
+    """Each student's checked attention probe in a run or bundle folder, by name (``find_probes`` then ``load_probe``)."""
+    from advit.training_view import find_probes, load_probe
+    return {name: load_probe(path) for name, path in find_probes(target).items()}
+
+
 def noise_image(size: int = 32, seed: int = 0):
     """A seeded random RGB image (PIL)."""
     import numpy as np

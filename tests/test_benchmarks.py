@@ -7,8 +7,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from advit.models import create_model, model_image_size
 from conftest import REPO
+
+sys.path.insert(0, str(REPO / 'benchmarks'))
+from measure import vit_forward_flops  # noqa: E402  (the benchmarks' shared readings)
 
 
 @pytest.mark.slow
@@ -45,3 +51,20 @@ def test_cpu_train_reports_every_ratio(tmp_path, cifar_archive, cifar):
     assert report['group_methods'] == ['vit', 'advit_l1'] and set(report['separate_images_per_s']) == {'vit', 'advit_l1'}
     assert all(set(times) == {'bf16', 'fp32'} for key, times in report.items() if key.startswith('one_image_'))
     assert 'group / separate' in result.stdout
+
+
+@pytest.mark.parametrize('name, args', [
+    ('vit_tiny_patch4_32', {}),
+    ('deit_tiny_distilled_patch4_32', dict(depth=2)),  # two heads, two prefix tokens
+    ('vit_small_patch16_224', dict(img_size=384, depth=2)),  # 577 tokens: attention grows as tokens^2
+])
+def test_vit_forward_flops_equal_torch_flop_counter(name, args):
+    """The shape-derived count equals PyTorch's count of the matmuls actually run (unfused attention,
+    whose products FlopCounterMode sees; the CPU's fused attention kernel it does not count)."""
+    model = create_model(name, **args).eval()
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    size = model_image_size(model)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(2, 3, size, size))
+    assert counter.get_total_flops() == 2 * vit_forward_flops(model)

@@ -386,7 +386,7 @@ def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cif
         assert compare_and_pick(page, student[0]) == 'a-only' and len(image_sources(page, 'b-only')) > 0
         save(page, tmp_path, 'compare')
 
-        from advit.training_view import load_probes
+        from conftest import load_probes
         probes = load_probes(REPO / 'checkpoints')
         own = probes[Path(defaults['student']).stem]
         show_distillation(page, len(probes), student[0], len(own.steps))

@@ -7,10 +7,9 @@ import torch
 from safetensors.torch import save_file
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
-from torch.utils.flop_counter import FlopCounterMode
 
 from advit.models import (CIFAR10_MEAN, CIFAR10_STD, create_model, is_distilled, model_image_size,
-                          model_normalization, patch_grid, vit_forward_flops)
+                          model_normalization, patch_grid)
 from conftest import TINY
 
 # The standard ViT widths and head counts (Dosovitskiy et al.; DeiT for Tiny).
@@ -142,20 +141,3 @@ def test_image_size_goes_to_vits_only_and_bad_arguments_are_value_errors():
     assert cnn.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     with pytest.raises(ValueError, match='cannot build resnet10t'):
         create_model('resnet10t', depth=3)
-
-
-@pytest.mark.parametrize('name, args', [
-    ('vit_tiny_patch4_32', {}),
-    ('deit_tiny_distilled_patch4_32', dict(depth=2)),  # two heads, two prefix tokens
-    ('vit_small_patch16_224', dict(img_size=384, depth=2)),  # 577 tokens: attention grows as tokens^2
-])
-def test_vit_forward_flops_equal_torch_flop_counter(name, args):
-    """The shape-derived count equals PyTorch's count of the matmuls actually run (unfused attention,
-    whose products FlopCounterMode sees; the CPU's fused attention kernel it does not count)."""
-    model = create_model(name, **args).eval()
-    for block in model.blocks:
-        block.attn.fused_attn = False
-    size = model_image_size(model)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(2, 3, size, size))
-    assert counter.get_total_flops() == 2 * vit_forward_flops(model)
