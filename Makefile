@@ -4,7 +4,7 @@ PYTHON ?= python3
 TIMM_GPU_VERSION := 1.0.29
 TIMM_GPU_DIR := .cache/timm-$(TIMM_GPU_VERSION)
 
-.PHONY: install install-test browser test app
+.PHONY: install install-test browser test check app
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -20,6 +20,10 @@ browser:
 
 test: install-test browser
 	$(PYTHON) -m pytest
+
+# The fast tests, for the edit-test loop (a few minutes on 2 cores); `make test` is the whole suite CI runs.
+check: install-test
+	$(PYTHON) -m pytest -m "not slow"
 
 app: install
 	$(PYTHON) app.py

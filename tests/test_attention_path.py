@@ -16,6 +16,8 @@ from advit.models import model_normalization
 from advit.train import TrainConfig, train
 from conftest import TINY, tiny_vit
 
+pytestmark = pytest.mark.slow  # trains, kills and resumes runs: `make test`, not `make check`
+
 CPU = torch.device('cpu')
 
 

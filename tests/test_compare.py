@@ -157,6 +157,7 @@ def test_saved_predictions_for_a_subset_test_set(tmp_path, small_data):
     assert len(preds) == len(test) == 10
 
 
+@pytest.mark.slow  # two models over the 10,000 test images
 def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
     test = cifar['test']
     a = save_tiny_checkpoint(tmp_path / 'a.safetensors', 'vit', 3)

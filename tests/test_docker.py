@@ -6,8 +6,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from app_server import free_port
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # a fresh virtualenv and a served app: `make test`, not `make check`
 
 
 def test_dockerfile_steps_install_and_start_the_app_as_an_unprivileged_user():

@@ -13,6 +13,8 @@ from advit.evaluate import evaluate_checkpoint, evaluation_paths, load_predictio
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
 from conftest import TINY
 
+pytestmark = pytest.mark.slow  # trains and evaluates checkpoints on the CIFAR test set: `make test`, not `make check`
+
 NAME = 'vit_tiny_patch4_32'
 
 

@@ -31,6 +31,8 @@ from advit.images import ImageError, load_image
 from app_server import running_app
 from conftest import REPO, png_chunk, save_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # kills writers and starts a server: `make test`, not `make check`
+
 EXAMPLE = REPO / 'assets' / 'examples' / 'ship_8000.png'
 
 

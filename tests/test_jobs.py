@@ -16,6 +16,8 @@ from advit.checkpoint import load_checkpoint
 from advit.jobs import ACTIVE, JobError, JobLimits, JobManager, check_name
 from conftest import TINY, group_gone, kill_jobs, wait_until
 
+pytestmark = pytest.mark.slow  # launches training jobs as processes: `make test`, not `make check`
+
 LONG = 100_000  # steps: a job that runs until it is cancelled or killed
 
 

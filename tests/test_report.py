@@ -11,6 +11,8 @@ from advit.cli import main
 from advit.report import ReportError, load_run, table1
 from conftest import tiny_flags
 
+pytestmark = pytest.mark.slow  # trains runs of several seeds first: `make test`, not `make check`
+
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, data_flags, teacher_checkpoint):

@@ -19,6 +19,8 @@ from advit.losses import METHODS, parse_method
 from advit.train import TrainConfig, lr_at
 from conftest import REPO, tiny_flags
 
+pytestmark = pytest.mark.slow  # trains real runs, many in subprocesses: `make test`, not `make check`
+
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]

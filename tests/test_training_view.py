@@ -21,6 +21,8 @@ from advit.render import PANEL_SIZE, layer_panels, overlay
 from advit.training_view import (ProbeError, find_probes, gap_curves, gap_heatmap, load_probe,
                                  step_report, students_faithfulness_figure, students_gap_figure)
 
+pytestmark = pytest.mark.slow  # trains a group run first: `make test`, not `make check`
+
 BUNDLE = REPO / 'checkpoints'
 BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'deit_hard', 'vit')
 
