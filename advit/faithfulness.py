@@ -42,7 +42,7 @@ from .capture import DEFAULT_NORMALIZATION, ClsAttentionCapture, trained_normali
 from .data import ImageSet
 from .models import patch_grid
 from .precision import autocast
-from .rollout import forward_with_attention, gradient_rollout, rollout
+from .rollout import explain, rollout
 
 TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (the first ones, every class)
 MODES = ('deletion', 'insertion')
@@ -116,8 +116,8 @@ def source_names(layers: int) -> list[str]:
 def attention_sources(model: nn.Module, inputs: torch.Tensor, attn_norm: str = DEFAULT_NORMALIZATION,
                       head_fusion: str | int = 'mean', amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (batch, classes), maps (batch, layers + 2, patches)) in the order of ``source_names``: each
-    layer's [CLS] map as the capture, fusion and normalisation of training take it, then the rollout of
-    the same forward, then gradient rollout (a forward and a backward of its own, for the predicted class).
+    layer's [CLS] map as the capture, fusion and normalisation of training take it, then the rollout and
+    the gradient rollout (for the predicted class) of the same forward (``rollout.explain``).
 
     Args:
         model: A timm ViT (eval mode).
@@ -128,12 +128,10 @@ def attention_sources(model: nn.Module, inputs: torch.Tensor, attn_norm: str = D
     """
     fusion = 'mean' if head_fusion == 'none' else head_fusion
     with ClsAttentionCapture(model, attn_norm) as capture, autocast(inputs.device, amp):
-        logits, attention = forward_with_attention(model, inputs)  # the capture records along
-        layers = fuse_heads(capture.pop(), fusion)[:, :, 0]
-    flow = rollout(attention.float(), int(model.num_prefix_tokens))
-    with autocast(inputs.device, amp):
-        weighted = gradient_rollout(model, inputs, logits.argmax(dim=-1))
-    return logits.float(), torch.cat([layers.float(), flow[:, None], weighted.float()[:, None]], dim=1)
+        explained = explain(model, inputs)  # one forward and backward; the capture records along
+        layers = fuse_heads(capture.pop().detach(), fusion)[:, :, 0]
+    flow = rollout(explained.attention, int(model.num_prefix_tokens))
+    return explained.logits.float(), torch.cat([layers.float(), flow[:, None], explained.relevance[:, None]], dim=1)
 
 
 def patch_ranks(maps: torch.Tensor, order: str, generator: torch.Generator | None = None) -> torch.Tensor:

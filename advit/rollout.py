@@ -3,8 +3,8 @@
 These are the views users of ViT attention tools know (vit-explain's rollout with head fusion and a
 discard ratio, after Abnar & Zuidema 2020; DINO's last-layer per-head maps and masks that keep a
 share of the attention mass; gradient-weighted rollout, after Chefer, Gur & Wolf 2021). Unlike training, they need every layer's full N x N attention: for
-one image in the app that is cheap, and ``full_attention`` builds it explicitly from each block's
-input, so it holds whether the blocks run fused attention or not.
+one image in the app that is cheap: ``explain`` runs the blocks' explicit attention for one forward
+(and the backward gradient rollout needs), whatever path they train or serve on.
 """
 from __future__ import annotations
 
@@ -22,42 +22,6 @@ from .inspection import model_input
 from .models import patch_grid
 
 ROLLOUT_FUSIONS = ('mean', 'max', 'min')
-
-
-@torch.no_grad()
-def full_attention(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Every layer's softmax(Q K^T / sqrt(d)) on ``inputs``, shape (batch, layers, heads, tokens, tokens).
-
-    Args:
-        model: A timm ViT (eval mode); its forward is run once.
-        inputs: Normalised images.
-    """
-    return forward_with_attention(model, inputs)[1]
-
-
-@torch.no_grad()
-def forward_with_attention(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, every layer's full attention as ``full_attention`` gives it) of one forward. Only this
-    thread's forward is recorded: the app's requests share their models."""
-    maps: list[torch.Tensor] = []
-    thread = threading.get_ident()
-
-    def record(attn: nn.Module, args: tuple) -> None:
-        if threading.get_ident() != thread:
-            return
-        x = args[0]
-        batch, tokens, _ = x.shape
-        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-        maps.append(((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1))
-
-    handles = [attn.register_forward_pre_hook(record) for attn in attention_modules(model)]
-    try:
-        logits = model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits, torch.stack(maps, dim=1)
 
 
 def rollout(attention: torch.Tensor, num_prefix_tokens: int, rollout_fusion: str = 'mean',
@@ -97,18 +61,28 @@ def rollout(attention: torch.Tensor, num_prefix_tokens: int, rollout_fusion: str
     return row / row.sum(dim=-1, keepdim=True)
 
 
-_GRADIENT_LOCK = threading.Lock()  # gradient_rollout switches a shared model's attention path for a moment
+_GRADIENT_LOCK = threading.Lock()  # explain switches a shared model's attention path for a moment
 
 
-def gradient_rollout(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-    """Gradient-weighted attention rollout (Chefer, Gur & Wolf, "Generic Attention-model Explainability",
-    ICCV 2021), the [CLS] token's relevance to the patches, (batch, patches): per layer, the heads' mean
-    of (dy/dA * A) kept where positive, with A the attention the forward used and y the class's logit;
+@dataclass
+class Explanation:
+    """One forward and one backward of a ViT on a batch: what it predicts, the attention its blocks used,
+    and gradient rollout's relevance of the patches (``explain``)."""
+    logits: torch.Tensor  # (batch, classes), detached
+    attention: torch.Tensor  # (batch, layers, heads, tokens, tokens): every layer's softmax(Q K^T / sqrt(d)), detached
+    relevance: torch.Tensor  # (batch, patches): gradient rollout, each row summing to one
+
+
+def explain(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> Explanation:
+    """Every layer's full attention and gradient-weighted attention rollout (Chefer, Gur & Wolf, "Generic
+    Attention-model Explainability", ICCV 2021) from one forward and one backward.
+
+    Gradient rollout is the [CLS] token's relevance to the patches: per layer, the heads' mean of
+    (dy/dA * A) kept where positive, with A the attention the forward used and y the class's logit;
     relevance R = I, then R <- R + that R, from the first layer up; the [CLS] row, normalised to sum 1.
-
-    Unlike the attention alone, it weighs each link by how much the class's score depends on it. One
-    forward and one backward, with the blocks' explicit attention (the attention tensor must exist);
-    other threads meanwhile run the same model on that path, whose outputs equal the fused one's.
+    Unlike the attention alone, it weighs each link by how much the class's score depends on it. The
+    blocks run explicit attention for this forward (the attention tensor must exist); other threads
+    meanwhile run the same model on that path, whose outputs equal the fused one's, and are not recorded.
 
     Args:
         model: A timm ViT (eval mode).
@@ -145,7 +119,13 @@ def gradient_rollout(model: nn.Module, inputs: torch.Tensor, classes: torch.Tens
         weighted = (gradient.float() * attention.detach().float()).clamp(min=0).mean(dim=1)
         relevance = relevance + weighted @ relevance
     row = relevance[:, 0, int(model.num_prefix_tokens):]
-    return row / row.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(row.dtype).tiny)
+    return Explanation(logits=logits.detach(), attention=torch.stack([a.detach().float() for a in attentions], dim=1),
+                       relevance=row / row.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(row.dtype).tiny))
+
+
+def gradient_rollout(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient rollout alone, (batch, patches): ``explain``'s relevance."""
+    return explain(model, inputs, classes).relevance
 
 
 def head_maps(attention: torch.Tensor, num_prefix_tokens: int, layer: int = -1) -> torch.Tensor:
@@ -206,11 +186,10 @@ def model_views(model: nn.Module, meta: dict[str, Any], image: Image.Image, roll
         discard_ratio: Rollout's share of discarded attention entries.
         keep: The share of the rollout's mass its mask keeps.
     """
-    inputs = model_input(image, meta, model)
-    attention = full_attention(model, inputs)
-    prefix = int(model.num_prefix_tokens)
+    explained = explain(model, model_input(image, meta, model))  # one forward and backward for every view
+    attention, prefix = explained.attention, int(model.num_prefix_tokens)
     flow = rollout(attention, prefix, rollout_fusion, discard_ratio)
     return ModelViews(rollout=flow[0].numpy(), mask=mass_mask(flow, keep)[0].numpy(),
                       heads=head_maps(attention, prefix)[0].numpy(),
                       prefix_share=prefix_share(attention, prefix)[0].numpy(), grid=patch_grid(model),
-                      gradient_rollout=gradient_rollout(model, inputs)[0].detach().numpy())
+                      gradient_rollout=explained.relevance[0].numpy())

@@ -11,7 +11,8 @@ from advit.capture import ClsAttentionCapture
 from advit.augment import mask_patches
 from advit.faithfulness import (FaithfulnessCurves, measure_faithfulness, patch_ranks,
                                 perturbation_curves, source_names, verdict)
-from advit.rollout import full_attention, gradient_rollout, rollout
+from advit.rollout import gradient_rollout, rollout
+from attention_reference import full_attention
 from conftest import tiny_vit
 
 GRID = (4, 4)

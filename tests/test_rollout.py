@@ -9,8 +9,8 @@ from advit.capture import ClsAttentionCapture
 import threading
 
 from advit.attention_path import attention_path_of, set_attention_path
-from advit.rollout import full_attention, gradient_rollout, head_maps, mass_mask, prefix_share, rollout
-from attention_reference import explicit_cls_attention
+from advit.rollout import explain, gradient_rollout, head_maps, mass_mask, prefix_share, rollout
+from attention_reference import explicit_cls_attention, full_attention
 from conftest import TINY, tiny_vit
 
 # Two layers, one head, [CLS] + 2 patches: rows of the attention by hand.
@@ -62,10 +62,15 @@ def test_head_fusion_and_discard_ratio():
         rollout(single, 1, 'median')
 
 
-def test_full_attention_matches_the_capture_and_gives_heads_and_prefix_shares():
+def test_one_explained_forward_gives_the_full_attention_logits_heads_and_prefix_shares():
     model = tiny_vit(0, 'deit_tiny_distilled_patch4_32')  # two prefix tokens
     images = torch.randn(2, 3, 32, 32)
-    attention = full_attention(model, images)
+    explained = explain(model, images)
+    attention = explained.attention
+    torch.testing.assert_close(attention, full_attention(model, images), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(explained.logits, model(images), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(explained.relevance, gradient_rollout(model, images))
     assert attention.shape == (2, TINY['depth'], TINY['num_heads'], 66, 66)
     torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]))
     torch.testing.assert_close(attention[:, :, :, 0, 2:] / attention[:, :, :, 0, 2:].sum(-1, keepdim=True),
