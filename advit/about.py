@@ -1,9 +1,12 @@
 """The app's About page: the method, the losses, our bundle's results and the paper's, each with its setting."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .catalog import ModelEntry
 from .faithfulness import HEADLINE_MAPS, TEST_IMAGES, describe_drop
 from .names import model_label
+from .seeds import seeds_table
 
 # Paper Table 1, top-1 on CIFAR-10 at 224x224, ImageNet-pretrained timm students, ViT-Base teacher.
 PAPER_TEACHER_TOP1 = 99.34
@@ -77,7 +80,10 @@ def bundle_table(entries: list[ModelEntry]) -> str:
                       '|' + ' --- |' * (5 + len(HEADLINE_MAPS)), *rows])
 
 
-def about_markdown(entries: list[ModelEntry]) -> str:
+def about_markdown(entries: list[ModelEntry], bundle: Path | None = None) -> str:
+    """The About page: the method, our models (and, from the ``bundle`` folder, its students over seeds), the
+    paper's results."""
+    over_seeds = seeds_table(bundle, list(METHOD_COLUMNS)) if bundle is not None and bundle.is_dir() else None
     return '\n\n'.join([
         METHOD,
         '## Our models\n\nTop-1 on the test split of the data each was evaluated on (for CIFAR-10 here: '
@@ -85,6 +91,9 @@ def about_markdown(entries: list[ModelEntry]) -> str:
         'was chosen on (validation). The bundle\'s model card, `checkpoints/README.md`, says how each was made.',
         FAITHFULNESS,
         bundle_table(entries),
+        *(['### The bundle\'s students over seeds\n\nThe same recipe, the seed the only difference (the card\'s '
+           'Table 1 over seeds): mean and standard deviation of each method over its seeds.', over_seeds]
+          if over_seeds else []),
         '## The paper\'s results\n\nTop-1 (%) on CIFAR-10 at 224x224, students fine-tuned from ImageNet-pretrained '
         f'timm weights, ViT-Base teacher at {PAPER_TEACHER_TOP1}%. Not comparable with ours: other resolution, '
         'pretraining and budget.',

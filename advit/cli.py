@@ -1,4 +1,4 @@
-"""Command line: ``advit train``, ``eval``, ``faithfulness``, ``report`` and ``bundle`` (also ``python -m advit``)."""
+"""Command line: ``advit train``, ``eval``, ``faithfulness``, ``report``, ``bundle`` and ``seeds`` (also ``python -m advit``)."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ from .faithfulness import TEST_IMAGES
 from .losses import METHODS
 from .presets import PRESETS, preset
 from .report import ReportError
+from .seeds import SeedError
 from .train import TrainConfig, TrainingError, group_configs
 from .weights import CheckpointError
 
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--max-mb', type=float, default=MAX_MB, help='size limit of the bundle folder (MB of 10^6 bytes)')
     b.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='for evaluating the exports')
     b.add_argument('--sweep', help='a sweep.jsonl of scripts/cpu_sweep.py to record in the model card')
+    s = commands.add_parser('seeds', help='add the evaluations of further seeds of the bundle\'s students (no '
+                            'weights) to the bundle, and its card\'s Table 1 over seeds (scripts/train_seeds.sh calls it)',
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument('runs', nargs='+', help='group run folders of one seed each (one subfolder per method)')
+    s.add_argument('--card', default='checkpoints', metavar='BUNDLE', help='the bundle folder')
     return parser
 
 
@@ -177,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device, sweep=args.sweep)
             print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
                   f'model card {Path(args.out) / "README.md"}')
+        elif args.command == 'seeds':
+            from .bundle import STUDENTS, refresh_seeds
+            from .seeds import add_seeds
+            written = add_seeds([Path(run) for run in args.runs], Path(args.card), list(STUDENTS))
+            refresh_seeds(args.card)
+            print(f'{len(written)} evaluations added; model card {Path(args.card) / "README.md"} brought up to date')
         elif args.command == 'faithfulness':
             from .bundle import refresh_faithfulness
             from .data import load_dataset
@@ -202,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           device=args.device, subset=args.subset, cache_dir=args.cache_dir,
                                           model_name=args.model)
             print(json.dumps({k: metrics[k] for k in ('checkpoint', 'top1', 'count', 'per_class')}, indent=2))
-    except (TrainingError, CheckpointError, DatasetError, ReportError, BundleError, ValueError, RuntimeError,
+    except (TrainingError, CheckpointError, DatasetError, ReportError, BundleError, SeedError, ValueError, RuntimeError,
             OSError) as err:
         print(f'advit {args.command}: error: {err}', file=sys.stderr)
         return 2

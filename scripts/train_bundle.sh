@@ -42,28 +42,9 @@ MAX_MB=${MAX_MB:-80}
 SWEEP=${SWEEP:-benchmarks/results/bundle-sweep-cpu.jsonl}
 PYTHON=${PYTHON:-python3}
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
+source scripts/run_lib.sh
 mkdir -p "$RUNS"
 STARTED=$EPOCHREALTIME
-
-seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-
-finished() {  # run folder: true when its status says finished
-  "$PYTHON" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["state"] != "finished")' \
-    "$1/status.json" 2> /dev/null
-}
-
-train() {  # name of the command (its log and commands.tsv line), then the `advit train` arguments
-  local name=$1 line start wall
-  shift
-  local cmd=("$PYTHON" -m advit train "$@")
-  printf -v line '%q ' "${cmd[@]}"
-  echo "== $name: $line"
-  start=$EPOCHREALTIME
-  "${cmd[@]}" 2>&1 | tee -a "$RUNS/$name.log"
-  wall=$(seconds_since "$start")
-  printf '%s\t%s\t%s\n' "$name" "$wall" "$line" >> "$RUNS/commands.tsv"
-  echo "== $name: ${wall}s wall"
-}
 
 if finished "$RUNS/teacher"; then
   echo "== teacher: finished earlier, kept"
@@ -74,22 +55,8 @@ else
     "${EXTRA_FLAGS[@]}"
 fi
 
-read -r -a STUDENTS <<< "$("$PYTHON" -c 'from advit.bundle import STUDENTS; print(*STUDENTS)')"
-folders=("${STUDENTS[@]/#/$RUNS/}")
-pending=0 resumable=1
-for run in "${folders[@]}"; do
-  finished "$run" || pending=1
-  [[ -f $run/last.safetensors ]] || resumable=0
-done
-if (( pending == 0 )); then
-  echo "== students: finished earlier, kept"
-elif (( resumable == 1 )); then
-  train students --resume "${folders[@]}"
-else
-  methods=$(IFS=,; echo "${STUDENTS[*]}")
-  train students --out "$RUNS" --methods "$methods" --teacher "$RUNS/teacher/best.safetensors" --data "$DATA" \
-    --preset "$BUNDLE-student" --time-budget "$STUDENT_SECONDS" "${EXTRA_FLAGS[@]}"
-fi
+train_students students "$RUNS" --teacher "$RUNS/teacher/best.safetensors" --data "$DATA" \
+  --preset "$BUNDLE-student" --time-budget "$STUDENT_SECONDS" "${EXTRA_FLAGS[@]}"
 
 sweep=()
 [[ -f $SWEEP ]] && sweep=(--sweep "$SWEEP")

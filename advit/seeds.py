@@ -1,0 +1,141 @@
+"""Table 1 over seeds: the bundle's students and those of further seeds, from evaluation files alone.
+
+The bundle ships its students' evaluations as ``NAME.eval.json`` (seed ``BUNDLE_SEED``, the training
+default). Further seeds of the same recipe on the shipped teacher (``scripts/train_seeds.sh``) keep
+only their evaluations, never their weights: ``seeds/seed<N>/NAME.eval.json`` in the bundle folder
+(``add_seeds``). Each method's test top-1 and map faithfulness are then given as mean and standard
+deviation over its seeds, and a difference between two methods is said to exceed the spread only when
+it is larger than the sum of their standard deviations (two seeds each at least).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .evaluate import evaluation_paths
+from .faithfulness import HEADLINE_MAPS, headline, headline_key
+from .io import atomic_path
+from .report import markdown_table
+from .run_folder import read_json
+
+BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
+SEEDS_DIR = 'seeds'
+_SEED_FOLDER = re.compile(r'seed(\d+)')
+
+
+class SeedError(ValueError):
+    """Seed runs that cannot join the bundle's table (unfinished, the bundle's own seed, mixed seeds)."""
+
+
+@dataclass
+class MethodSeeds:
+    """One method's results over its seeds."""
+    method: str
+    seeds: list[int] = field(default_factory=list)
+    top1: list[float] = field(default_factory=list)
+    faithfulness: dict[str, list[float]] = field(default_factory=dict)  # headline map -> quarter drops
+
+    def add(self, seed: int, evaluation: dict) -> None:
+        self.seeds.append(seed)
+        self.top1.append(float(evaluation['top1']))
+        for source, entry in headline(evaluation).items():
+            if entry['quarter_drop'] is not None:
+                self.faithfulness.setdefault(source, []).append(float(entry['quarter_drop']))
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def collect(bundle: Path, methods: list[str]) -> dict[str, MethodSeeds]:
+    """Each method's evaluations in ``bundle``: its shipped file (seed ``BUNDLE_SEED``) and every
+    ``seeds/seed<N>/`` file, in seed order.
+
+    Args:
+        bundle: The bundle folder.
+        methods: The student methods, in the table's order.
+    """
+    found = {method: MethodSeeds(method) for method in methods}
+    folders = [(BUNDLE_SEED, bundle)] + sorted(
+        (int(match.group(1)), path) for path in (bundle / SEEDS_DIR).glob('seed*')
+        if path.is_dir() and (match := _SEED_FOLDER.fullmatch(path.name)))
+    for seed, folder in folders:
+        for method in methods:
+            evaluation = read_json(evaluation_paths(folder / f'{method}.safetensors')[0])
+            if evaluation is not None and 'top1' in evaluation:
+                found[method].add(seed, evaluation)
+    return {method: entry for method, entry in found.items() if entry.seeds}
+
+
+def seeds_table(bundle: Path, methods: list[str]) -> str:
+    """Markdown: Table 1 over seeds (test top-1 and each headline map's quarter drop, mean ± standard
+    deviation), then each ADViT method against ``deit_hard`` and ``vit``, and whether the difference
+    exceeds the spread."""
+    found = collect(bundle, methods)
+    if not found:
+        return 'No evaluated students.\n'
+    rows = []
+    for entry in found.values():
+        mean, std = _mean_std(entry.top1)
+        row = dict(method=entry.method, seeds=entry.seeds, top1=mean, top1_std=std)
+        for source in HEADLINE_MAPS:
+            row[headline_key(source)], row[headline_key(source) + '_std'] = _mean_std(entry.faithfulness.get(source, []))
+        rows.append(row)
+    table = markdown_table(rows, [('method', 'method'), ('seeds', 'seeds'), ('top1', 'test top-1 (%)'),
+                                  ('top1_std', '± std'), *[column for source in HEADLINE_MAPS for column in (
+                                      (headline_key(source), f'faithfulness, {source} (pts)'),
+                                      (headline_key(source) + '_std', '± std'))]])
+    comparisons = [_difference(found[ours], found[base]) for ours in found if ours.startswith('advit_')
+                   for base in ('deit_hard', 'vit') if base in found]
+    return table + ('\n' + '\n'.join(comparisons) + '\n' if comparisons else '')
+
+
+def _difference(ours: MethodSeeds, base: MethodSeeds) -> str:
+    """One line: the difference of mean test top-1 and whether it exceeds the two spreads added."""
+    (mean_a, std_a), (mean_b, std_b) = _mean_std(ours.top1), _mean_std(base.top1)
+    head = f'- `{ours.method}` - `{base.method}`: {mean_a - mean_b:+.2f} points of test top-1'
+    if std_a is None or std_b is None:
+        return head + ' (one seed of one of them: the spread is not known, so the difference is not told from noise)'
+    exceeds = abs(mean_a - mean_b) > std_a + std_b
+    return head + (f', {"exceeds" if exceeds else "within"} the spread (± {std_a:.2f} and ± {std_b:.2f} over '
+                   f'{len(ours.seeds)} and {len(base.seeds)} seeds)')
+
+
+def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
+    """Copy the evaluations of finished seed runs into ``bundle/seeds/seed<N>/`` (no weights); return the
+    files written.
+
+    Args:
+        runs: Group run folders of ``scripts/train_seeds.sh`` (one subfolder per method), each of one seed.
+        bundle: The bundle folder.
+        methods: The student methods the bundle's table has.
+    """
+    written = []
+    for run in runs:
+        students = [run / method for method in methods if (run / method / 'config.json').is_file()]
+        if not students:
+            raise SeedError(f'{run} holds no student run of {", ".join(methods)}')
+        seeds = {(read_json(student / 'config.json') or {}).get('seed') for student in students}
+        if len(seeds) != 1 or not isinstance(next(iter(seeds)), int):
+            raise SeedError(f'the students in {run} do not share one seed: {sorted(map(str, seeds))}')
+        seed = seeds.pop()
+        if seed == BUNDLE_SEED:
+            raise SeedError(f'{run} has seed {seed}, the bundle\'s own: train further seeds with another --seed')
+        unfinished = [student.name for student in students
+                      if (read_json(student / 'status.json') or {}).get('state') != 'finished']
+        if unfinished:
+            raise SeedError(f'{run}: not finished: {", ".join(unfinished)}')
+        target = bundle / SEEDS_DIR / f'seed{seed}'
+        target.mkdir(parents=True, exist_ok=True)
+        for student in students:
+            source = evaluation_paths(student / 'best.safetensors')[0]
+            copy = evaluation_paths(target / f'{student.name}.safetensors')[0]
+            with atomic_path(copy) as tmp:
+                shutil.copyfile(source, tmp)
+            written.append(copy)
+    return written
