@@ -1,8 +1,11 @@
 """ADViT Studio: see and compare attention distillation in the browser.
 
-Layout and wiring only: every view is computed by ``advit.studio.Studio`` (tested in tests/).
-Serves 127.0.0.1:7860 (``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``; the Dockerfile binds 0.0.0.0
-for a Space, and a public bind turns training off without a token: ``advit.train_desk``); models come from ``checkpoints/`` and ``runs/``
+Layout and wiring only: every view is computed by ``advit.studio.Studio``'s parts and the Train tab by
+``advit.train_desk.TrainDesk`` (tested in tests/); each form's values reach them as one request
+(``advit.forms``, ``advit.train_desk.JobForm``), passed by name (``inputs_kwargs``), so the API's
+parameters are the requests' fields. Serves 127.0.0.1:7860 (``GRADIO_SERVER_NAME``,
+``GRADIO_SERVER_PORT``; the Dockerfile binds 0.0.0.0 for a Space, and a public bind turns training off
+without a token: ``advit.train_desk``); models come from ``checkpoints/`` and ``runs/``
 (``ADVIT_CHECKPOINTS``, ``ADVIT_RUNS``), the comparison's test set from ``ADVIT_DATA``.
 """
 from __future__ import annotations
@@ -19,52 +22,44 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import gradio as gr  # noqa: E402
 
 from advit.about import about_markdown  # noqa: E402
-from advit.checks import RequestError, number  # noqa: E402
+from advit.attention_views import BATCH_LIMIT  # noqa: E402
+from advit.checks import RequestError  # noqa: E402
 from advit.data import CIFAR10_CLASSES  # noqa: E402
 from advit.faithfulness import TEST_IMAGES  # noqa: E402
 from advit.figure import figure_png  # noqa: E402
+from advit.forms import (DISCARD, HEADS, KEEP, LAYERS, OPACITY, AttentionRequest, ProbeRequest,  # noqa: E402
+                         RolloutRequest)
 from advit.images import MAX_FILE_BYTES, ImageError  # noqa: E402
 from advit.jobs import JobError  # noqa: E402
 from advit.losses import METHODS  # noqa: E402
+from advit.offer import StudioError  # noqa: E402
 from advit.served import ServedFiles  # noqa: E402
-from advit.studio import BATCH_LIMIT, Studio, StudioError  # noqa: E402
+from advit.studio import Studio  # noqa: E402
 from advit.upload import UploadedImage  # noqa: E402
-from advit.train_desk import (LIST_HEADERS, TrainDesk, is_public, job_summary, jobs_off_reason,  # noqa: E402
-                              server_name)
+from advit.train_desk import (DEVICES, LENGTHS, LIST_HEADERS, JobForm, TrainDesk, is_public, job_summary,  # noqa: E402
+                              jobs_off_reason, server_name, student_architectures)
 
 studio = Studio.from_env()
+offer = studio.offer
 served = ServedFiles.from_env()  # the galleries' images: written once each, never rewritten (see advit/served.py)
 jobs_off = jobs_off_reason()
-desk = TrainDesk.from_env(studio.runs_dir, studio.teacher_files, studio.data) if jobs_off is None else None
+desk = TrainDesk.from_env(offer.runs_dir, offer.teacher_files, studio.data, studio.scrub) if jobs_off is None else None
 if desk is not None:
     desk.manager.start_scheduler()
-defaults = studio.default_keys()  # each call scans the catalog: once for the layout
-# The conv-stem ViTs first: the ones that learn in minutes on a CPU (the bundle's).
-STUDENTS = ['vit_mini4_convstem_32', 'vit_mini6_convstem_32', 'vit_tiny6_convstem_32',
-            'vit_tiny_patch4_32', 'vit_small_patch4_32', 'deit_tiny_distilled_patch4_32',
-            'deit_small_distilled_patch4_32', 'vit_base_patch4_32', 'vit_tiny_patch16_224', 'vit_small_patch16_224']
+defaults = offer.defaults()
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / 'assets' / 'examples').glob('*.png'))
 
 
 def user_errors(fn):
-    """Show a request's own errors (bad upload, unusable model) as a message, not a server error."""
+    """Show a request's own errors (bad upload, unusable model, bad value) as a message, not a server error;
+    the one place an error's text is scrubbed of server paths."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (StudioError, ImageError, JobError, RequestError) as err:
-            raise gr.Error(studio.shown(str(err))) from None
+            raise gr.Error(studio.scrub(str(err))) from None
     return wrapper
-
-
-# Whole-number boxes have no `precision`: Gradio would round a 1.5 to 2 unseen; `number` refuses it instead.
-# The ranges of the page's sliders, which are also what any client may send (``number`` refuses the rest).
-HEADS, LAYERS, OPACITY, DISCARD, KEEP = (0, 15), (1, 12), (0.0, 1.0), (0.0, 0.95), (0.1, 1.0)
-MAX_INDEX = 10**6  # image and evaluation numbers: the views check them against what exists
-
-
-def head_opacity(head, opacity) -> tuple[int, float]:
-    return number(head, 'head', *HEADS, whole=True), number(opacity, 'heatmap opacity', *OPACITY)
 
 
 def served_png(figure, stem: str) -> str:
@@ -73,52 +68,49 @@ def served_png(figure, stem: str) -> str:
 
 
 @user_errors
-def attention(image, teacher, student, fusion, head, opacity):
-    view = studio.attention(image, teacher, student, fusion, *head_opacity(head, opacity))
+def attention(**form):
+    view = studio.attention.view(AttentionRequest(**form))
     figure = served_png(view.paper_figure, 'attention')
     downloads = [figure, *(served.save_bytes(data, suffix, 'attention-maps') for suffix, data in view.downloads.items())]
     return (served.gallery(view.panels), view.figure, view.table, view.teacher_top5, view.student_top5, view.data,
             figure, downloads, served_png(view.seen, 'seen'), view.seen_note)
 
 
-def needs_image(image, *others):
+def needs_image(image, **others):
     """The browser's check before an Attention request: without an image, one message on the upload box
-    and every output left as it was (a request from another client is refused by the Studio in words)."""
+    and every output left as it was (a request from another client is refused by the views in words)."""
     return [gr.validate(image is not None, 'Upload an image, or choose one of the examples below, first.'),
             *(gr.validate(True, '') for _ in others)]
 
 
-def layer_range(data):
+@user_errors
+def layer_range(student):
     """The layer slider runs over the student's layers; the large layer waits for it (the figure shows them all)."""
-    return gr.Slider(maximum=max(len(data['layers']), 2)), None  # a slider needs two ends
+    return gr.Slider(maximum=max(offer.layers(student), 2)), None  # a slider needs two ends
 
 
 @user_errors
-def attention_layer(image, teacher, student, fusion, head, opacity, layer):
-    layer = number(layer, 'layer', 1, MAX_INDEX, whole=True)  # past the student's last: its last
-    figure = studio.attention_layer(image, teacher, student, fusion, *head_opacity(head, opacity), layer)
-    return served_png(figure, f'attention-layer{layer}')
+def attention_layer(**form):
+    request = AttentionRequest(**form)  # a layer past the student's last: its last
+    return served_png(studio.attention.layer(request), f'attention-layer{request.layer}')
 
 
 @user_errors
-def attention_images(files, teacher, student, fusion, head, layer, opacity):
+def attention_images(files, **form):
     paths = [str(f) for f in files] if files else EXAMPLES[:BATCH_LIMIT]  # none given: the example row
-    head, opacity = head_opacity(head, opacity)
-    layer = number(layer, 'layer', 1, MAX_INDEX, whole=True)
-    figure, rows = studio.attention_images(paths, teacher, student, fusion, head, layer, opacity)
+    figure, rows = studio.attention.images(paths, AttentionRequest(**form))
     return served_png(figure, 'attention-images'), rows
 
 
 @user_errors
-def faithfulness(image, teacher, student):
-    view = studio.faithfulness(image, teacher, student)
+def faithfulness(**form):
+    view = studio.attention.faithfulness(AttentionRequest(**form))
     return view.figure, view.summary, view.data
 
 
 @user_errors
-def more_views(image, teacher, student, fusion, discard, keep, opacity):
-    view = studio.more_views(image, teacher, student, fusion, number(discard, 'rollout discard ratio', *DISCARD),
-                             number(keep, 'mask share', *KEEP), number(opacity, 'heatmap opacity', *OPACITY))
+def more_views(fusion, discard, keep, **form):
+    view = studio.attention.more(AttentionRequest(**form), RolloutRequest(fusion, discard, keep))
     return served.gallery(view.panels), view.figure, view.data
 
 
@@ -130,18 +122,16 @@ def opening_views():
     with _opening_lock:
         if not _opening:
             skip = gr.skip()
-            pair = defaults['teacher'], defaults['student']
-            example = EXAMPLES[0] if EXAMPLES else None
+            form = dict(image=EXAMPLES[0] if EXAMPLES else None, teacher=defaults.teacher, student=defaults.student)
             try:
-                shown = attention(example, *pair, 'trained', 0, 0.6)
-                layers = len(shown[5]['layers'])
-                large = attention_layer(example, *pair, 'trained', 0, 0.6, layers)
-                attention_views = [example, *shown, gr.Slider(maximum=max(layers, 2), value=layers), large,
-                                   *faithfulness(example, *pair)]
+                shown = attention(**form)
+                layers = offer.layers(defaults.student)
+                attention_views = [form['image'], *shown, gr.Slider(maximum=max(layers, 2), value=layers),
+                                   attention_layer(**form, layer=layers), *faithfulness(**form)]
             except gr.Error:
                 attention_views = [skip] * 16
             try:
-                compare_views = list(compare(defaults['compare_a'], defaults['compare_b'], 'all',
+                compare_views = list(compare(defaults.compare_a, defaults.compare_b, 'all',
                                              progress=lambda *args, **kwargs: None))
             except gr.Error:
                 compare_views = [skip] * 6
@@ -155,8 +145,8 @@ _opening_lock = threading.Lock()
 
 @user_errors
 def compare(model_a, model_b, class_name, progress=gr.Progress()):
-    view = studio.compare(model_a, model_b, class_name,
-                          progress=lambda done: progress(done, desc='predicting the test set once'))
+    view = studio.compare.view(model_a, model_b, class_name,
+                               progress=lambda done: progress(done, desc='predicting the test set once'))
     return (view.summary, served.gallery(view.a_only), served.gallery(view.b_only), view.table, view.figure,
             view.confusion)
 
@@ -165,21 +155,19 @@ def picked(side):
     """The test index of the image selected in one of the galleries (``side`` 'A' or 'B')."""
     @user_errors
     def pick(model_a, model_b, class_name, evt: gr.SelectData):
-        return studio.disagreement(model_a, model_b, class_name, side, evt.index)
+        return studio.compare.disagreement(model_a, model_b, class_name, side, evt.index)
     return pick
 
 
 @user_errors
 def compare_image(model_a, model_b, index):
-    view = studio.compare_image(model_a, model_b, number(index, 'test image', 0, MAX_INDEX, whole=True))
+    view = studio.compare.image(model_a, model_b, index)
     return served.gallery(view.panels), view.top5_a, view.top5_b, view.summary
 
 
 @user_errors
-def start_job(name, method, model, model_args, teacher, data, length, amount, lr, attn_weight, alpha, tau, seed,
-              subset, batch_size, device, token):
-    job = desk.start(name, method, model, model_args, teacher, data, length, amount, lr, attn_weight, alpha, tau,
-                     seed, subset, batch_size, device, token)
+def start_job(token, **form):
+    job = desk.start(JobForm(**form), token)
     rows = desk.rows()
     return job, gr.Dropdown(choices=[row[0] for row in rows], value=job['name']), rows
 
@@ -201,10 +189,8 @@ def resume_job(name, token):
 
 
 @user_errors
-def training_view(source, student, kind, evaluation, image, opacity):
-    view = studio.training_view(source, student or None, kind, number(evaluation, 'evaluation', 0, MAX_INDEX, whole=True),
-                                number(image, 'probe image', 0, MAX_INDEX, whole=True),
-                                number(opacity, 'heatmap opacity', *OPACITY))
+def training_view(**form):
+    view = studio.probes.view(ProbeRequest(**form))
     return (view.summary, view.students, view.heatmap, view.curves,
             served_png(view.frame, 'distillation-step'), view.data, view.faithfulness)
 
@@ -212,19 +198,17 @@ def training_view(source, student, kind, evaluation, image, opacity):
 @user_errors
 def training_controls(source, student):
     """The student list and the sliders' ranges of a source, the last evaluation selected."""
-    outline = studio.probe_outline(source, student or None)
-    last = max(outline['evaluations'] - 1, 1)  # a slider needs two ends
-    return (gr.Dropdown(choices=outline['students'], value=outline['student']),
-            gr.Slider(maximum=last, value=outline['evaluations'] - 1),
-            gr.Slider(maximum=max(outline['images'] - 1, 1)))
+    outline = studio.probes.outline(source, student or None)
+    return (gr.Dropdown(choices=outline.students, value=outline.student),  # a slider needs two ends:
+            gr.Slider(maximum=max(outline.evaluations - 1, 1), value=outline.evaluations - 1),
+            gr.Slider(maximum=max(outline.images - 1, 1)))
 
 
 def training_sources(preferred, current):
-    """The sources on offer now (a run appears once it has evaluated): ``preferred`` (a source, or a
-    job by its name) when on offer, else the current one."""
-    sources = studio.probe_sources()
-    wanted = [preferred, studio.run_source(preferred), current] if preferred else [current]
-    return gr.Dropdown(choices=sources, value=next((s for s in wanted if s in sources), sources[0] if sources else None))
+    """The sources on offer now (a run appears once it has evaluated), ``preferred`` (a source, or a job by
+    its name) selected when on offer, else the current one."""
+    sources, value = studio.probes.choice(preferred, current)
+    return gr.Dropdown(choices=sources, value=value)
 
 
 def list_jobs():
@@ -243,17 +227,20 @@ def job_names(selected):
 
 def refresh():
     """Rescan checkpoints and runs (a finished run appears without a restart)."""
-    vits, everything, now = studio.choices(vit_only=True), studio.choices(), studio.default_keys()
-    return (gr.Dropdown(choices=vits, value=now['teacher']), gr.Dropdown(choices=vits, value=now['student']),
-            gr.Dropdown(choices=everything, value=now['compare_a']),
-            gr.Dropdown(choices=everything, value=now['compare_b']), studio.problems())
+    offer.refresh()
+    vits, everything, now = offer.choices(vit_only=True), offer.choices(), offer.defaults()
+    return (gr.Dropdown(choices=vits, value=now.teacher), gr.Dropdown(choices=vits, value=now.student),
+            gr.Dropdown(choices=everything, value=now.compare_a),
+            gr.Dropdown(choices=everything, value=now.compare_b), offer.problems())
 
 
-# Gradio's own files (uploads, example copies) older than an hour are removed every ten minutes.
+# What each form opens on: its request's defaults.
+attention_defaults, rollout_defaults, probe_defaults = AttentionRequest(), RolloutRequest(), ProbeRequest()
+
 with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600, 3600)) as demo:
     gr.Markdown('# ADViT Studio\nAttention distillation for Vision Transformers: how a student\'s '
                 '[CLS] attention follows its teacher\'s, layer by layer.')
-    problems = gr.Markdown(studio.problems())
+    problems = gr.Markdown(offer.problems())
     refresh_button = gr.Button('Refresh model list', size='sm')
 
     with gr.Tab('Attention'):
@@ -266,18 +253,18 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                     seen = gr.Image(label='What the student reads', type='filepath', interactive=False, height=140,
                                     buttons=[], elem_id='seen-image', scale=1)
                     seen_note = gr.Markdown(elem_id='seen-note')
-                # Custom values let API clients name runs that finished after start-up; the Studio
-                # accepts only models on offer.
-                teacher = gr.Dropdown(label='Teacher', choices=studio.choices(vit_only=True),
-                                      value=defaults['teacher'], allow_custom_value=True)
-                teacher_info = gr.Markdown(studio.describe(teacher.value))
-                student = gr.Dropdown(label='Student', choices=studio.choices(vit_only=True),
-                                      value=defaults['student'], allow_custom_value=True)
-                student_info = gr.Markdown(studio.describe(student.value))
+                # Custom values let API clients name runs that finished after start-up (a name the last
+                # scan lacks rescans once); the views accept only models on offer.
+                teacher = gr.Dropdown(label='Teacher', choices=offer.choices(vit_only=True),
+                                      value=defaults.teacher, allow_custom_value=True)
+                teacher_info = gr.Markdown(offer.describe(teacher.value))
+                student = gr.Dropdown(label='Student', choices=offer.choices(vit_only=True),
+                                      value=defaults.student, allow_custom_value=True)
+                student_info = gr.Markdown(offer.describe(student.value))
                 fusion = gr.Radio([('as trained', 'trained'), ('mean', 'mean'), ('max', 'max'), ('one head', 'head')],
-                                  value='trained', label='Head fusion (as trained: the student\'s own)')
-                head = gr.Slider(*HEADS, value=0, step=1, label='Head (when fusion is "head")')
-                opacity = gr.Slider(*OPACITY, value=0.6, step=0.05, label='Heatmap opacity')
+                                  value=attention_defaults.fusion, label='Head fusion (as trained: the student\'s own)')
+                head = gr.Slider(*HEADS, value=attention_defaults.head, step=1, label='Head (when fusion is "head")')
+                opacity = gr.Slider(*OPACITY, value=attention_defaults.opacity, step=0.05, label='Heatmap opacity')
                 show = gr.Button('Show attention', variant='primary')
             with gr.Column(scale=2):
                 # The images' labels would float over the figures' column titles: a caption above instead.
@@ -286,7 +273,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 paper_figure = gr.Image(type='filepath', show_label=False, interactive=False,
                                         elem_id='attention-figure', buttons=['download', 'fullscreen'])
                 with gr.Row():
-                    layer = gr.Slider(*LAYERS, value=1, step=1, label='Layer shown large', elem_id='layer-slider')
+                    layer = gr.Slider(*LAYERS, value=attention_defaults.layer, step=1, label='Layer shown large',
+                                      elem_id='layer-slider')
                     downloads = gr.File(label='Downloads: the figure (PNG), the maps (.npz, JSON)',
                                         file_count='multiple', interactive=False, elem_id='attention-downloads')
                 layer_large = gr.Image(label='One layer, large (move the slider)', show_label=False, type='filepath',
@@ -310,51 +298,58 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                               'one colour scale per layer', columns=2, height='auto',
                                         elem_id='attention-panels')
                     maps = gr.JSON(label='per layer: both maps on the student grid, L1, L2, KL')
-        attention_inputs = [image, teacher, student, fusion, head, opacity]
-        layer.release(attention_layer, inputs=[*attention_inputs, layer], outputs=layer_large,
+        # The Attention form by its request's fields; each endpoint takes what it uses, in this order.
+        pair = dict(teacher=teacher, student=student)
+        attention_form = dict(image=image, **pair, fusion=fusion, head=head, opacity=opacity)
+        layer.release(attention_layer, inputs_kwargs=dict(**attention_form, layer=layer), outputs=layer_large,
                       api_name='attention_layer')
         attention_outputs = [panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads,
                              seen, seen_note]
-        gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs=attention_inputs,
-              outputs=attention_outputs, api_name='attention', validator=needs_image).success(layer_range, inputs=maps, outputs=[layer, layer_large],
-                                            api_visibility='private').success(
-            faithfulness, inputs=[image, teacher, student], outputs=[faithful_plot, faithful_summary, faithful_data],
-            api_name='faithfulness')
+        gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs_kwargs=attention_form,
+              outputs=attention_outputs, api_name='attention', validator=needs_image).success(
+            layer_range, inputs=student, outputs=[layer, layer_large], api_visibility='private').success(
+            faithfulness, inputs_kwargs=dict(image=image, **pair),
+            outputs=[faithful_plot, faithful_summary, faithful_data], api_name='faithfulness')
         with gr.Accordion('A few images at once: one layer, teacher and student on each', open=False):
             with gr.Row():
                 batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',
                                 file_count='multiple', file_types=['image'], type='filepath', elem_id='batch-files')
-                batch_layer = gr.Slider(*LAYERS, value=1, step=1, label='Student layer (past its last: the last)')
+                batch_layer = gr.Slider(*LAYERS, value=attention_defaults.layer, step=1,
+                                        label='Student layer (past its last: the last)')
             show_batch = gr.Button('Show them')
             batch_figure = gr.Image(label='A row per image: teacher | student | student - teacher', show_label=False,
                                     type='filepath', interactive=False, elem_id='batch-figure')
             batch_rows = gr.Dataframe(headers=['image', 'student layer', 'teacher layer', 'L1', 'L2', 'KL'],
                                       interactive=False, label='Gap per image')
-        show_batch.click(attention_images, inputs=[batch, teacher, student, fusion, head, batch_layer, opacity],
+        show_batch.click(attention_images, inputs_kwargs=dict(files=batch, **pair, fusion=fusion, head=head,
+                                                              layer=batch_layer, opacity=opacity),
                          outputs=[batch_figure, batch_rows], api_name='attention_images')
         with gr.Accordion('More views: attention rollout, last-layer heads, attention mass, prefix share', open=False):
             with gr.Row():
-                rollout_fusion = gr.Radio(['mean', 'max', 'min'], value='mean', label='Rollout head fusion')
-                discard = gr.Slider(*DISCARD, value=0.0, step=0.05, label='Rollout discard ratio')
-                keep = gr.Slider(*KEEP, value=0.6, step=0.05, label='Mask keeps this share of attention')
+                rollout_fusion = gr.Radio(['mean', 'max', 'min'], value=rollout_defaults.fusion,
+                                          label='Rollout head fusion')
+                discard = gr.Slider(*DISCARD, value=rollout_defaults.discard, step=0.05, label='Rollout discard ratio')
+                keep = gr.Slider(*KEEP, value=rollout_defaults.keep, step=0.05,
+                                 label='Mask keeps this share of attention')
             show_more = gr.Button('Show more views')
             more_panels = gr.Gallery(label='teacher and student: rollout, its mass mask, gradient rollout, each '
                                            'last-layer head', columns=4, height='auto', elem_id='more-panels')
             prefix_plot = gr.Plot(label='Share of [CLS] attention on prefix tokens, per layer', elem_id='prefix-plot')
             more_data = gr.JSON(label='rollouts, masks, heads and prefix shares as data')
-        show_more.click(more_views, inputs=[image, teacher, student, rollout_fusion, discard, keep, opacity],
+        show_more.click(more_views, inputs_kwargs=dict(image=image, **pair, fusion=rollout_fusion, discard=discard,
+                                                       keep=keep, opacity=opacity),
                         outputs=[more_panels, prefix_plot, more_data], api_name='more_views')
-        teacher.change(studio.describe, teacher, teacher_info, api_visibility='private')
-        student.change(studio.describe, student, student_info, api_visibility='private')
+        teacher.change(offer.describe, teacher, teacher_info, api_visibility='private')
+        student.change(offer.describe, student, student_info, api_visibility='private')
 
     with gr.Tab('Compare'):
         gr.Markdown('Two classifiers on the CIFAR-10 test set: the images one gets right and the other wrong '
                     '(paper Table 3), and per-class accuracy side by side (Table 2).')
         with gr.Row():
-            model_a = gr.Dropdown(label='Model A (default: the best ADViT student)', choices=studio.choices(),
-                                  value=defaults['compare_a'], allow_custom_value=True)
-            model_b = gr.Dropdown(label='Model B (default: the DeiT student)', choices=studio.choices(),
-                                  value=defaults['compare_b'], allow_custom_value=True)
+            model_a = gr.Dropdown(label='Model A (default: the best ADViT student)', choices=offer.choices(),
+                                  value=defaults.compare_a, allow_custom_value=True)
+            model_b = gr.Dropdown(label='Model B (default: the DeiT student)', choices=offer.choices(),
+                                  value=defaults.compare_b, allow_custom_value=True)
             class_name = gr.Dropdown(['all', *CIFAR10_CLASSES], value='all', label='True class')
         run_compare = gr.Button('Compare', variant='primary')
         summary = gr.Markdown()
@@ -392,33 +387,35 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         if desk is None:
             gr.Markdown(jobs_off, elem_id='jobs-off')
         else:
+            job_defaults = JobForm()  # what the form opens on
             with gr.Row():
                 with gr.Column(scale=1):
                     run_name = gr.Textbox(label='Run name (folder in runs/)', placeholder='e.g. tiny-l1')
-                    method = gr.Dropdown(list(METHODS), value=['advit_l1'], multiselect=True, elem_id='job-methods',
+                    method = gr.Dropdown(list(METHODS), value=job_defaults.method, multiselect=True,
+                                         elem_id='job-methods',
                                          label='Method (several: one run of them all on the same batches, '
                                                'with its Table 1 at the end)')
-                    student_model = gr.Dropdown(STUDENTS, value=STUDENTS[0], allow_custom_value=True,
-                                                label='Student architecture (timm name)')
+                    student_model = gr.Dropdown(student_architectures(), value=job_defaults.model,
+                                                allow_custom_value=True, label='Student architecture (timm name)')
                     model_args = gr.Textbox(label='Architecture arguments', placeholder='depth=6, embed_dim=192')
                     job_teacher = gr.Dropdown(label='Teacher checkpoint',
-                                              choices=studio.choices(vit_only=True, checkpoints_only=True),
-                                              value=defaults['teacher'], allow_custom_value=True)
+                                              choices=offer.choices(vit_only=True, checkpoints_only=True),
+                                              value=defaults.teacher, allow_custom_value=True)
                     dataset = gr.Textbox(label='Dataset (CIFAR-10 archive or an ImageFolder path on the server, '
                                                'from the app\'s folder)', value=desk.default_data)
                     with gr.Row():
-                        length = gr.Radio(['epochs', 'steps', 'seconds'], value='steps', label='Run length in')
-                        amount = gr.Number(200, label='how many')
+                        length = gr.Radio(list(LENGTHS), value=job_defaults.length, label='Run length in')
+                        amount = gr.Number(job_defaults.amount, label='how many')
                     with gr.Row():
-                        lr = gr.Number(1e-3, label='Learning rate')
-                        attn_weight = gr.Number(1.0, label='Attention loss weight')
-                        alpha = gr.Number(0.5, label='DeiT weight (alpha)')
-                        tau = gr.Number(1.0, label='Temperature (tau)')
+                        lr = gr.Number(job_defaults.lr, label='Learning rate')
+                        attn_weight = gr.Number(job_defaults.attn_weight, label='Attention loss weight')
+                        alpha = gr.Number(job_defaults.alpha, label='DeiT weight (alpha)')
+                        tau = gr.Number(job_defaults.tau, label='Temperature (tau)')
                     with gr.Row():
-                        seed = gr.Number(0, step=1, label='Seed')
-                        subset = gr.Number(0, step=1, label='Subset (0: all images)')
-                        batch_size = gr.Number(128, step=1, label='Batch size')
-                        device = gr.Radio(['auto', 'cpu', 'cuda'], value='auto', label='Device')
+                        seed = gr.Number(job_defaults.seed, step=1, label='Seed')
+                        subset = gr.Number(job_defaults.subset, step=1, label='Subset (0: all images)')
+                        batch_size = gr.Number(job_defaults.batch_size, step=1, label='Batch size')
+                        device = gr.Radio(list(DEVICES), value=job_defaults.device, label='Device')
                     token = gr.Textbox(label='Token', type='password', visible=desk.token is not None)
                     launch = gr.Button('Launch', variant='primary')
                     launched_summary = gr.Markdown(job_summary(None), elem_id='launched-summary')
@@ -439,10 +436,13 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                     table1 = gr.Markdown(elem_id='job-table1')
                     with gr.Accordion('Job status, as data', open=False):
                         job = gr.JSON(label='Job status')
-            launch.click(start_job, inputs=[run_name, method, student_model, model_args, job_teacher, dataset, length,
-                                            amount, lr, attn_weight, alpha, tau, seed, subset, batch_size, device,
-                                            token],
-                         outputs=[launched, selected, jobs], api_name='start_job')
+            # The form by JobForm's fields, the token last: the endpoint's parameters in this order.
+            job_form = dict(name=run_name, method=method, model=student_model, model_args=model_args,
+                            teacher=job_teacher, data=dataset, length=length, amount=amount, lr=lr,
+                            attn_weight=attn_weight, alpha=alpha, tau=tau, seed=seed, subset=subset,
+                            batch_size=batch_size, device=device)
+            launch.click(start_job, inputs_kwargs=dict(**job_form, token=token), outputs=[launched, selected, jobs],
+                         api_name='start_job')
             gr.on([selected.change, gr.Timer(2.0).tick], job_status, inputs=selected,
                   outputs=[progress, curves, log, job, table1], api_name='job_status', show_progress='hidden')
             cancel.click(cancel_job, inputs=[selected, token], outputs=job, api_name='cancel_job')
@@ -458,19 +458,18 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                           open=True):
             gr.Markdown('At every evaluation a run records, on held-out training images, each layer\'s gap to the '
                         'teacher and the student\'s maps: the bundle\'s students, finished runs and live jobs alike.')
-            probe_choices = studio.probe_sources()
-            default_source = defaults['student'] if defaults['student'] in probe_choices else \
-                (probe_choices[0] if probe_choices else None)
+            probe_choices, default_source = studio.probes.choice(defaults.student)  # the best ADViT student's
             with gr.Row():
                 source = gr.Dropdown(probe_choices, value=default_source, label='Model or run', allow_custom_value=True,
                                      elem_id='probe-source')
                 probe_student = gr.Dropdown([], label='Student (of its run)', allow_custom_value=True,
                                             elem_id='probe-student')
-                gap_kind = gr.Radio(['l1', 'l2', 'kl'], value='l1', label='Gap')
+                gap_kind = gr.Radio(['l1', 'l2', 'kl'], value=probe_defaults.kind, label='Gap')
             with gr.Row():
                 evaluation = gr.Slider(0, 1, value=0, step=1, label='Evaluation (step)', elem_id='probe-step')
-                probe_image = gr.Slider(0, 7, value=0, step=1, label='Probe image', elem_id='probe-image')
-                probe_opacity = gr.Slider(*OPACITY, value=0.6, step=0.05, label='Heatmap opacity')
+                probe_image = gr.Slider(0, 7, value=probe_defaults.image, step=1, label='Probe image',
+                                        elem_id='probe-image')
+                probe_opacity = gr.Slider(*OPACITY, value=probe_defaults.opacity, step=0.05, label='Heatmap opacity')
             show_training = gr.Button('Show distillation over time', variant='primary')
             probe_summary = gr.Markdown(elem_id='probe-summary')
             students_plot = gr.Plot(label='Every student of the run: gap to the teacher, mean over layers',
@@ -485,20 +484,21 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             frame = gr.Image(type='filepath', show_label=False, interactive=False, elem_id='probe-frame')
             with gr.Accordion('The records as data', open=False):
                 probe_data = gr.JSON(label='steps and per-layer gaps by kind')
-        training_inputs = [source, probe_student, gap_kind, evaluation, probe_image, probe_opacity]
+        training_form = dict(source=source, student=probe_student, kind=gap_kind, evaluation=evaluation,
+                             image=probe_image, opacity=probe_opacity)
         training_outputs = [probe_summary, students_plot, heatmap_plot, curves_plot, frame, probe_data,
                             faithfulness_plot]
         gr.on([show_training.click, gap_kind.change, evaluation.release, probe_image.release, probe_opacity.release],
-              training_view, inputs=training_inputs, outputs=training_outputs, api_name='training_view')
+              training_view, inputs_kwargs=training_form, outputs=training_outputs, api_name='training_view')
         if desk is not None:
             selected.change(training_sources, inputs=[selected, source], outputs=source, api_visibility='private')
         source.focus(training_sources, inputs=[source, source], outputs=source, api_visibility='private')
         gr.on([source.change, probe_student.input], training_controls, inputs=[source, probe_student],
               outputs=[probe_student, evaluation, probe_image], api_visibility='private').success(
-            training_view, inputs=training_inputs, outputs=training_outputs, api_visibility='private')
+            training_view, inputs_kwargs=training_form, outputs=training_outputs, api_visibility='private')
 
     with gr.Tab('About'):
-        gr.Markdown(studio.shown(about_markdown(studio.entries())))
+        gr.Markdown(studio.scrub(about_markdown(offer.entries(), offer.bundle)))
 
     refresh_button.click(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
     demo.load(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
@@ -506,8 +506,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                       faithful_data, *compare_outputs], api_visibility='private')
     if default_source is not None:  # the view opens drawn, on the bundle's best ADViT student
         demo.load(training_controls, inputs=[source, probe_student], outputs=[probe_student, evaluation, probe_image],
-                  api_visibility='private').success(training_view, inputs=training_inputs, outputs=training_outputs,
-                                                    api_visibility='private')
+                  api_visibility='private').success(training_view, inputs_kwargs=training_form,
+                                                    outputs=training_outputs, api_visibility='private')
 
 
 # The opening views are made while the server starts, so the first visitor does not wait for them either.

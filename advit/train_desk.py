@@ -17,14 +17,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import plotly.graph_objects as go
+import timm
 
-from .checks import RequestError, number, redacted
+from . import models
+from .checks import RequestError, number
 from .data import OFFICIAL_CIFAR10
 from .jobs import REPO, JobError, JobLimits, JobManager
 from .render import progress_html, students_curves, training_curves
 from .report import TABLE1_COLUMNS, ReportError, load_run, markdown_table, table1
+from .scrubber import Scrubber
 
 LIST_HEADERS = ['name', 'method', 'model', 'status', 'progress', 'best val top-1', 'started']
+PAPER_STUDENTS = ('vit_tiny_patch16_224', 'vit_small_patch16_224')  # timm's own: the paper's students
+LENGTHS = ('epochs', 'steps', 'seconds')
+DEVICES = ('auto', 'cpu', 'cuda')
 
 
 LOOPBACK = ('localhost', '::1')  # and 127.0.0.0/8
@@ -51,6 +57,47 @@ def jobs_off_reason() -> str | None:
                 '`ADVIT_JOBS_TOKEN`. Set one to let those who know it start, cancel and resume jobs, or run the '
                 'app on your own machine (`make app`, bound to 127.0.0.1).')
     return None
+
+
+def student_architectures() -> list[str]:
+    """The student architectures the form offers: the CIFAR-native models ``advit.models`` registers with timm,
+    the conv-stem ViTs first (the bundle's: they learn in minutes on a CPU), then the paper's students."""
+    cifar = timm.list_models(module=models.__name__.rsplit('.', 1)[-1])
+    return sorted(cifar, key=lambda name: 'convstem' not in name) + list(PAPER_STUDENTS)
+
+
+@dataclass
+class JobForm:
+    """The Train form: one job's settings as the client sent them (``TrainDesk.start`` checks each), the
+    defaults being the page's.
+
+    Args:
+        name: The run's folder name (empty: the method's name, numbered when taken).
+        method: One method, or several: a group job, one student per method on the same batches with one
+            teacher (for the methods that need it) and one run length (a list of one is a one-student job).
+        model: The student architecture (a timm name).
+        model_args: Architecture arguments, ``depth=6, embed_dim=192``.
+        teacher: A teacher checkpoint on offer, by the name listed.
+        data: The dataset (the page opens on the app's own, ``TrainDesk.default_data``).
+        length: ``epochs``, ``steps`` or ``seconds``; ``amount`` says how many.
+        subset: Train on this many images (0 or None: all).
+    """
+    name: str = ''
+    method: str | list[str] = field(default_factory=lambda: ['advit_l1'])
+    model: str = field(default_factory=lambda: student_architectures()[0])
+    model_args: str = ''
+    teacher: str | None = None
+    data: str = ''
+    length: str = 'steps'
+    amount: float = 200
+    lr: float = 1e-3
+    attn_weight: float = 1.0
+    alpha: float = 0.5
+    tau: float = 1.0
+    seed: int = 0
+    subset: int | None = 0
+    batch_size: int = 128
+    device: str = 'auto'
 
 
 def parse_model_args(text: str) -> dict[str, Any]:
@@ -94,18 +141,21 @@ class TrainDesk:
             release, when it is ``default_data``).
         default_data: The app's own dataset (always allowed).
         public: Others reach this server: failed jobs show their error line only.
+        scrub: The app's scrubber of server paths (default: one that knows the runs folder).
     """
 
     def __init__(self, manager: JobManager, token: str | None = None,
                  teachers: Callable[[], dict[str, str]] | None = None, data_roots: list[Path] | None = None,
-                 default_data: str | None = None, public: bool = False) -> None:
+                 default_data: str | None = None, public: bool = False, scrub: Scrubber | None = None) -> None:
         self.manager, self.token = manager, token or None
         self.teachers, self.data_roots, self.default_data, self.public = teachers, data_roots, default_data, public
+        self.scrub = scrub or Scrubber([manager.runs_dir])
         # A finished job's Table 1 by (name, launch time): the page asks for the job every 2 s, its files are final.
         self._tables: dict[tuple[str, float | None], tuple[list[dict[str, Any]], str]] = {}
 
     @classmethod
-    def from_env(cls, runs_dir: Path, teachers: Callable[[], dict[str, str]], data: Path) -> 'TrainDesk':
+    def from_env(cls, runs_dir: Path, teachers: Callable[[], dict[str, str]], data: Path,
+                 scrub: Scrubber | None = None) -> 'TrainDesk':
         """Limits and token from the environment (``JobLimits.public()``'s defaults on a public bind);
         datasets confined to ``data``'s folder and ``ADVIT_DATA_ROOTS`` (folders, ``:``-separated)."""
         official = str(data) == OFFICIAL_CIFAR10  # a download: no folder of the app's own to allow
@@ -114,7 +164,7 @@ class TrainDesk:
         public = is_public()
         shown = str(data) if official else os.path.relpath(REPO / data, REPO)
         return cls(JobManager(runs_dir, JobLimits.from_env(public)), os.environ.get('ADVIT_JOBS_TOKEN'), teachers,
-                   roots, shown, public)
+                   roots, shown, public, scrub)
 
     def _teacher(self, teacher: str | None) -> str | None:
         """The checkpoint file of a teacher on offer, named as the app lists it; anything else is refused."""
@@ -145,7 +195,7 @@ class TrainDesk:
         resolved = (REPO / data).resolve()
         if self.data_roots is not None and \
                 not any(resolved.is_relative_to(root.resolve()) for root in self.data_roots):
-            allowed = ', '.join(self.shown(str(root)) for root in self.data_roots)
+            allowed = ', '.join(self.scrub(str(root)) for root in self.data_roots)
             raise JobError(f'dataset {data} is outside the folders this server allows ({allowed})')
         if not resolved.exists():
             raise JobError(f'dataset not found: {data}')
@@ -153,53 +203,36 @@ class TrainDesk:
             raise JobError(f'dataset {data} cannot be read by this server')
         return str(resolved)
 
-    def shown(self, text: str) -> str:
-        """Text for a client: the runs folder as ``runs``, paths in the app's folder relative to it."""
-        return redacted(text, {str(self.manager.runs_dir.resolve()): 'runs', f'{REPO}{os.sep}': '', str(REPO): '.'})
-
     def _authorise(self, token: str | None) -> None:
         if self.token is not None and not hmac.compare_digest(str(token or '').encode(), self.token.encode()):
             raise JobError('this server needs a valid token to start, cancel or resume jobs')
 
-    def start(self, name: str, method: str | list[str], model: str, model_args: str, teacher: str | None,
-              data: str, length: str, amount: float, lr: float, attn_weight: float, alpha: float, tau: float,
-              seed: int, subset: int | None, batch_size: int, device: str, token: str | None = None) -> dict[str, Any]:
-        """Queue a training job from the form's values; return its status.
-
-        Args:
-            method: One method, or several: a group job, one student per method on the same batches
-                with one teacher (for the methods that need it) and one run length (a list of one is
-                a one-student job).
-            length: ``epochs``, ``steps`` or ``seconds``; ``amount`` says how many.
-            subset: Train on this many images (0 or None: all).
-        """
+    def start(self, form: JobForm, token: str | None = None) -> dict[str, Any]:
+        """Queue a training job from the form's values, each checked as it enters; return its status."""
         self._authorise(token)
-        if length not in ('epochs', 'steps', 'seconds'):
-            raise JobError(f'run length is epochs, steps or seconds, not {length!r}')
-        if device not in ('auto', 'cpu', 'cuda'):
-            raise JobError(f'device is auto, cpu or cuda, not {device!r}')
+        if form.length not in LENGTHS:
+            raise JobError(f'run length is epochs, steps or seconds, not {form.length!r}')
+        if form.device not in DEVICES:
+            raise JobError(f'device is auto, cpu or cuda, not {form.device!r}')
         try:  # every number checked as it enters: finite, whole where it counts, in range, or refused
-            amount = number(amount, f'the number of {length}', 1 if length == 'steps' else 1e-6, 1e12,
-                            whole=length == 'steps')  # then held to this server's limits when queued
+            amount = number(form.amount, f'the number of {form.length}', 1 if form.length == 'steps' else 1e-6, 1e12,
+                            whole=form.length == 'steps')  # then held to this server's limits when queued
             lr, attn_weight, alpha, tau = (number(value, label, low, high) for label, value, low, high in (
-                ('learning rate', lr, 1e-8, 1.0), ('attention weight', attn_weight, 0, 1e4), ('alpha', alpha, 0, 1),
-                ('tau', tau, 1e-3, 100)))
+                ('learning rate', form.lr, 1e-8, 1.0), ('attention weight', form.attn_weight, 0, 1e4),
+                ('alpha', form.alpha, 0, 1), ('tau', form.tau, 1e-3, 100)))
             seed, subset, batch_size = (number(value, label, low, high, whole=True) for label, value, low, high in (
-                ('seed', seed, 0, 2**31 - 1), ('subset', subset or 0, 0, 10**7),
-                ('batch size', batch_size, 1, self.manager.limits.max_batch_size)))
+                ('seed', form.seed, 0, 2**31 - 1), ('subset', form.subset or 0, 0, 10**7),
+                ('batch size', form.batch_size, 1, self.manager.limits.max_batch_size)))
         except RequestError as err:
             raise JobError(str(err)) from None
-        methods = [method] if isinstance(method, str) else list(method or [])
+        methods = [form.method] if isinstance(form.method, str) else list(form.method or [])
         # Architecture keys are checked with the rest of the run's settings (train.validate, in submit).
         settings = dict(**({'method': methods[0]} if len(methods) == 1 else {'methods': methods}),
-                        model=model, model_args=parse_model_args(model_args), data=self._dataset(data),
-                        teacher=self._teacher(teacher), lr=lr, attn_weight=attn_weight, alpha=alpha, tau=tau,
-                        seed=seed, subset=subset or None, batch_size=batch_size, device=device, log_every=10,
-                        **{dict(epochs='epochs', steps='steps', seconds='time_budget')[length]: amount})
-        try:
-            return self._shown_job(self.manager.status(self.manager.submit(name or None, settings)))
-        except JobError as err:
-            raise JobError(self.shown(str(err))) from None
+                        model=form.model, model_args=parse_model_args(form.model_args), data=self._dataset(form.data),
+                        teacher=self._teacher(form.teacher), lr=lr, attn_weight=attn_weight, alpha=alpha, tau=tau,
+                        seed=seed, subset=subset or None, batch_size=batch_size, device=form.device, log_every=10,
+                        **{dict(epochs='epochs', steps='steps', seconds='time_budget')[form.length]: amount})
+        return self._shown_job(self.manager.status(self.manager.submit(form.name or None, settings)))
 
     def cancel(self, name: str, token: str | None = None) -> dict[str, Any]:
         self._authorise(token)
@@ -219,7 +252,7 @@ class TrainDesk:
         """A job's status for a client: no server paths; on a public server, the error's last line only."""
         job = dict(job)
         if job.get('error'):
-            error = self.shown(job['error'])
+            error = self.scrub(job['error'])
             job['error'] = _last_line(error) if self.public else error
         return job
 
@@ -240,7 +273,7 @@ class TrainDesk:
         if not name:
             return JobView('', training_curves([]), '', {})
         job = self._shown_job(self.manager.status(name))
-        log = self.shown(self.manager.log_tail(name))
+        log = self.scrub(self.manager.log_tail(name))
         if self.public and 'Traceback (most recent call last)' in log:
             log = log[:log.index('Traceback (most recent call last)')] + '(traceback not shown on a public server)'
         if job['state'] == 'failed' and job['error']:
@@ -263,8 +296,8 @@ class TrainDesk:
         try:
             rows = table1([load_run(folder) for folder in self.manager.students(name).values()])
         except ReportError as err:
-            return [], self.shown(f'No Table 1: {err}')
-        rows = [{key: self.shown(value) if isinstance(value, str) else value for key, value in row.items()}
+            return [], self.scrub(f'No Table 1: {err}')
+        rows = [{key: self.scrub(value) if isinstance(value, str) else value for key, value in row.items()}
                 for row in rows]
         return rows, markdown_table(rows, TABLE1_COLUMNS)
 

@@ -71,6 +71,7 @@ from gradio_client import Client, handle_file
 
 from advit.checkpoint import save_checkpoint
 from advit.data import CIFAR10_CLASSES
+from advit.forms import AttentionRequest
 from advit.images import load_image
 from advit.inspection import inspect_pair, model_input
 from advit.models import create_model
@@ -137,12 +138,12 @@ def save_pair(pair: Pair, folder: Path, seed: int) -> dict[str, str]:
 def measure_in_process(keys: dict[str, str], checkpoints: Path, warmup: int, repeats: int) -> dict[str, Any]:
     """The first (model-loading) request, then forward, attention, inspect and render timings."""
     studio = Studio(checkpoint_dirs=[checkpoints], runs_dir=None, data=checkpoints / 'no-dataset')
-    request = (str(EXAMPLE), keys['teacher'], keys['student'], FUSION, HEAD, OPACITY)
+    request = AttentionRequest(str(EXAMPLE), keys['teacher'], keys['student'], FUSION, HEAD, OPACITY)
     start = time.perf_counter()
-    studio.attention(*request)
+    studio.attention.view(request)
     first_s = time.perf_counter() - start
 
-    (teacher, teacher_meta), (student, student_meta) = (studio.models.get(keys[role]) for role in ROLES)
+    (teacher, teacher_meta), (student, student_meta) = (studio.offer.models.get(keys[role]) for role in ROLES)
     image = load_image(EXAMPLE)
     teacher_input, student_input = model_input(image, teacher_meta, teacher), model_input(image, student_meta, student)
     report = inspect_pair(teacher, teacher_meta, student, student_meta, image, FUSION)
@@ -154,7 +155,7 @@ def measure_in_process(keys: dict[str, str], checkpoints: Path, warmup: int, rep
 
     stages: dict[str, Callable[[], Any]] = {
         'forward': forward,
-        'attention': lambda: studio.attention(*request),
+        'attention': lambda: studio.attention.view(request),
         'inspect': lambda: inspect_pair(teacher, teacher_meta, student, student_meta, image, FUSION),
         'render': lambda: (layer_panels(report, image, OPACITY), gap_figure(report), gap_table(report),
                            report.as_dict()),

@@ -63,6 +63,7 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from advit.forms import AttentionRequest
 from advit.inspection import GAP_KINDS
 from advit.studio import Studio
 
@@ -92,7 +93,8 @@ def expected_gaps(keys: dict[str, str], checkpoints: Path) -> dict[str, dict[str
     studio = Studio(checkpoint_dirs=[checkpoints], runs_dir=None, data=checkpoints / 'no-dataset')
     expected = {}
     for image in EXAMPLES:
-        data = studio.attention(str(image), keys['teacher'], keys['student'], FUSION, HEAD, OPACITY).data
+        data = studio.attention.view(AttentionRequest(str(image), keys['teacher'], keys['student'], FUSION, HEAD,
+                                                      OPACITY)).data
         expected[image.name] = {kind: [layer[kind] for layer in data['layers']] for kind in GAP_KINDS}
     return expected
 

@@ -25,6 +25,8 @@ from advit.inspection import inspect_pair
 from app_server import folder_bytes, raw_call, running_app
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # drives the real app server: `make test`, not `make check`
+
 EXAMPLE = REPO / 'assets' / 'examples' / 'ship_8000.png'
 
 
@@ -329,7 +331,7 @@ def test_faithfulness_endpoint(client, keys):
 def test_a_few_images_at_once_default_to_the_example_row(client, keys, tmp_path):
     from advit.figure import Layout
     from advit.render import PANEL_SIZE
-    from advit.studio import BATCH_LIMIT
+    from advit.attention_views import BATCH_LIMIT
     figure, rows = client.predict(None, keys['teacher'], keys['advit_l1'], 'mean', 0, 1, 0.6,
                                   api_name='/attention_images')
     assert Image.open(figure).size == Layout.of(PANEL_SIZE).size(BATCH_LIMIT) and len(rows['data']) == BATCH_LIMIT

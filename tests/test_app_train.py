@@ -18,6 +18,8 @@ from advit.checkpoint import load_checkpoint, read_metadata
 from app_server import raw_call, running_app
 from conftest import REPO, TINY, group_gone
 
+pytestmark = pytest.mark.slow  # launches jobs through the real app server: `make test`, not `make check`
+
 TINY_ARGS = ', '.join(f'{key}={value}' for key, value in TINY.items())
 
 

@@ -24,6 +24,8 @@ import pytest
 from app_server import running_app
 from conftest import REPO, TINY
 
+pytestmark = pytest.mark.slow  # drives the app in Chromium: `make test`, not `make check`
+
 CHROMIUM = Path('/usr/bin/chromium')
 # As the machine's probe runs it: no sandbox as root, no background calls to the outside.
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
@@ -58,7 +60,7 @@ def image_sources(page, element_id: str) -> list[str]:
 
 def shape(studio, name: str) -> tuple[int, int]:
     """(layers, heads of the last layer) of a model on offer, by the name the page shows it by."""
-    model = studio.models.get(studio.offered(name, studio.entries()).key)[0]
+    model = studio.offer.load(name, 'model')[0]
     return len(model.blocks), model.blocks[-1].attn.num_heads
 
 
@@ -174,7 +176,7 @@ def show_few_images(page, files: list[Path] = ()) -> None:
     from playwright.sync_api import expect
     from advit.figure import Layout
     from advit.render import PANEL_SIZE
-    from advit.studio import BATCH_LIMIT
+    from advit.attention_views import BATCH_LIMIT
     shown = list(files) or sorted(EXAMPLE.parent.glob('*.png'))[:BATCH_LIMIT]
     accordion = page.get_by_text('A few images at once')
     accordion.click()
@@ -264,10 +266,10 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
     from advit.render import PANEL_SIZE
     from advit.studio import Studio
     studio = Studio([tiny_bundle], None, cifar_archive)
-    defaults = studio.default_keys()
-    teacher, student = shape(studio, defaults['teacher']), shape(studio, defaults['student'])
-    depth = shape(studio, defaults['compare_a'])[0]
-    assert shape(studio, defaults['compare_b'])[0] == depth  # the selected image's maps pair up layer by layer
+    defaults = studio.offer.defaults()
+    teacher, student = shape(studio, defaults.teacher), shape(studio, defaults.student)
+    depth = shape(studio, defaults.compare_a)[0]
+    assert shape(studio, defaults.compare_b)[0] == depth  # the selected image's maps pair up layer by layer
     runs = tmp_path / 'runs'
     with running_app(tmp_path / 'app.log', ADVIT_CHECKPOINTS=str(tiny_bundle), ADVIT_RUNS=str(runs),
                      ADVIT_DATA=str(cifar_archive), ADVIT_JOBS='on') as url:
@@ -363,18 +365,18 @@ def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cif
     ADViT student (chosen on validation), Compare on that student against DeiT-hard, by readable names."""
     from advit.studio import Studio
     studio = Studio([REPO / 'checkpoints'], None, cifar_archive)
-    defaults, labels = studio.default_keys(), dict((key, label) for label, key in studio.choices())
-    assert Path(defaults['teacher']).name == 'teacher.safetensors'
-    assert Path(defaults['compare_b']).name == 'deit_hard.safetensors'
-    assert defaults['student'] == defaults['compare_a'] and Path(defaults['student']).name.startswith('advit_')
-    teacher, student = shape(studio, defaults['teacher']), shape(studio, defaults['student'])
-    assert shape(studio, defaults['compare_b'])[0] == student[0]  # compare_a is the student
+    defaults, labels = studio.offer.defaults(), dict((key, label) for label, key in studio.offer.choices())
+    assert Path(defaults.teacher).name == 'teacher.safetensors'
+    assert Path(defaults.compare_b).name == 'deit_hard.safetensors'
+    assert defaults.student == defaults.compare_a and Path(defaults.student).name.startswith('advit_')
+    teacher, student = shape(studio, defaults.teacher), shape(studio, defaults.student)
+    assert shape(studio, defaults.compare_b)[0] == student[0]  # compare_a is the student
     with running_app(tmp_path / 'app.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_DATA=str(cifar_archive)) as url:
         page = browser.new_page(viewport={'width': 1400, 'height': 1000})
         page.goto(url)
         opening_view(page, student[0])
         save(page, tmp_path, 'opening')
-        for label in (labels[defaults['teacher']], labels[defaults['student']]):  # the names people read, not paths
+        for label in (labels[defaults.teacher], labels[defaults.student]):  # the names people read, not paths
             page.wait_for_function('label => [...document.querySelectorAll("input")].some(i => i.value === label)',
                                    arg=label, timeout=60_000)
         show_attention(page, url, student[0])
@@ -388,6 +390,6 @@ def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cif
 
         from conftest import load_probes
         probes = load_probes(REPO / 'checkpoints')
-        own = probes[Path(defaults['student']).stem]
+        own = probes[Path(defaults.student).stem]
         show_distillation(page, len(probes), student[0], len(own.steps))
         save(page, tmp_path, 'distillation')

@@ -104,11 +104,13 @@ def test_a_model_producing_nan_is_an_error(image):
         inspect_pair(teacher, {}, student, {}, image)
 
 
+@pytest.mark.slow  # trains a run first
 def test_a_run_is_shown_as_it_was_trained(tmp_path, image, data_flags, teacher_checkpoint):
     """A run trained with a non-default layer map, max head fusion and raw maps records them, and the
     view uses them: its gaps equal an independent computation from the explicit N x N attention."""
     from advit.checkpoint import load_checkpoint
     from advit.cli import main
+    from advit.forms import AttentionRequest
     from advit.studio import Studio
     from attention_reference import explicit_cls_attention
     from conftest import tiny_flags
@@ -122,9 +124,9 @@ def test_a_run_is_shown_as_it_was_trained(tmp_path, image, data_flags, teacher_c
         dict(head_fusion='max', layer_map=[3, 0], attn_norm='raw', tau=2.0)
 
     studio = Studio([teacher_checkpoint.parent], tmp_path / 'runs', teacher_checkpoint)
-    names = {Path(e.key).parent.name + '/' + Path(e.key).name: e.name for e in studio.entries()}
-    view = studio.attention(str(REPO / 'assets' / 'examples' / 'cat_3000.png'), names['run/best.safetensors'],
-                            names['mapped/best.safetensors'], 'trained')
+    names = {Path(e.key).parent.name + '/' + Path(e.key).name: e.name for e in studio.offer.entries()}
+    view = studio.attention.view(AttentionRequest(str(REPO / 'assets' / 'examples' / 'cat_3000.png'),
+                                                  names['run/best.safetensors'], names['mapped/best.safetensors']))
     assert view.data['settings'] == dict(fusion='max', layer_map='as trained', attn_norm='raw', teacher_layers=[4, 1])
     assert [layer['teacher_layer'] for layer in view.data['layers']] == [4, 1]  # from 1
 
@@ -137,6 +139,7 @@ def test_a_run_is_shown_as_it_was_trained(tmp_path, image, data_flags, teacher_c
     student_maps, teacher_maps = by_hand(student), by_hand(teacher)[[3, 0]]  # both on the same 8x8 grid
     expected_l2 = ((student_maps - teacher_maps) ** 2).sum(-1)
     assert [layer['l2'] for layer in view.data['layers']] == pytest.approx(expected_l2.tolist(), abs=1e-5)
-    other = studio.attention(str(REPO / 'assets' / 'examples' / 'cat_3000.png'), names['run/best.safetensors'],
-                             names['mapped/best.safetensors'], 'mean')
+    other = studio.attention.view(AttentionRequest(str(REPO / 'assets' / 'examples' / 'cat_3000.png'),
+                                                   names['run/best.safetensors'], names['mapped/best.safetensors'],
+                                                   'mean'))
     assert other.data['settings']['fusion'] == 'mean' and other.data['layers'][0]['l2'] != view.data['layers'][0]['l2']

@@ -14,16 +14,17 @@ from advit.checkpoint import read_metadata
 from advit.cli import main
 from advit.jobs import JobError, JobLimits, JobManager
 from advit.report import load_run, table1
-from advit.train_desk import LIST_HEADERS, TrainDesk, jobs_off_reason, parse_model_args
+from advit.train_desk import (LIST_HEADERS, JobForm, TrainDesk, jobs_off_reason, parse_model_args,
+                              student_architectures)
 from conftest import REPO, TINY, kill_jobs, wait_until
 
 
-def form(archive: Path, **overrides) -> dict:
+def form(archive: Path, **overrides) -> JobForm:
     """The Train form's values for a tiny 3-step run of 256 images."""
-    return dict(dict(name='tiny-run', method='vit', model='vit_tiny_patch4_32', model_args='depth=2, embed_dim=48, '
-                     'num_heads=3', teacher=None, data=str(archive), length='steps', amount=3, lr=1e-3,
-                     attn_weight=1.0, alpha=0.5, tau=1.0, seed=0, subset=256, batch_size=64, device='cpu'),
-                **overrides)
+    return replace(JobForm(name='tiny-run', method='vit', model='vit_tiny_patch4_32',
+                           model_args='depth=2, embed_dim=48, num_heads=3', teacher=None, data=str(archive),
+                           length='steps', amount=3, lr=1e-3, attn_weight=1.0, alpha=0.5, tau=1.0, seed=0, subset=256,
+                           batch_size=64, device='cpu'), **overrides)
 
 
 @pytest.fixture
@@ -90,6 +91,36 @@ def test_from_env_reads_limits_and_token(monkeypatch, tmp_path):
     assert TrainDesk.from_env(tmp_path / 'runs', set, data).token is None, 'an empty token means no token'
 
 
+def test_the_form_offers_the_registered_students_and_opens_on_its_defaults():
+    """The architectures are the ones advit.models registers (the bundle's conv-stem ViTs first) and the
+    paper's; the form's request opens on the first, every one of them buildable."""
+    import timm
+    import torch
+    from advit.models import create_model
+    names = student_architectures()
+    assert names[:3] == ['vit_mini4_convstem_32', 'vit_mini6_convstem_32', 'vit_tiny6_convstem_32']
+    assert names[-2:] == ['vit_tiny_patch16_224', 'vit_small_patch16_224'] and len(set(names)) == len(names)
+    assert {'vit_tiny_patch4_32', 'deit_tiny_distilled_patch4_32', 'deit_base_distilled_patch4_32'} <= set(names)
+    assert all(timm.is_model(name) for name in names)
+    with torch.device('meta'):
+        create_model(names[0])
+    defaults = JobForm()
+    assert (defaults.model, defaults.method, defaults.length, defaults.device) == (names[0], ['advit_l1'], 'steps', 'auto')
+
+
+def test_the_desk_names_folders_as_the_app_does(tmp_path):
+    """One scrubber for the app and the desk: the runs folder by its name, the app's folder relative, any
+    other absolute path by its file."""
+    from advit.scrubber import Scrubber
+    manager = JobManager(tmp_path / 'runs', JobLimits(max_concurrent=0))
+    scrub = Scrubber([tmp_path / 'bundle', tmp_path / 'runs'])
+    assert TrainDesk(manager, scrub=scrub).scrub is scrub
+    default = TrainDesk(manager).scrub
+    text = f'{tmp_path}/runs/x/best.safetensors, {REPO}/advit/train.py, {REPO}, /usr/lib/python3/os.py'
+    assert default(text) == 'runs/x/best.safetensors, advit/train.py, ., .../os.py'
+    assert scrub(f'{tmp_path}/bundle/teacher.safetensors') == 'bundle/teacher.safetensors'
+
+
 def test_parse_model_args():
     assert parse_model_args('depth=2, embed_dim=48') == {'depth': 2, 'embed_dim': 48}
     assert parse_model_args(' depth = 2 ,, qkv_bias=false, act_layer=gelu ') == \
@@ -139,7 +170,7 @@ def test_parse_model_args():
 def test_start_refuses_bad_form_values(overrides, message, tmp_path, cifar_archive, desks):
     desk = desks()
     with pytest.raises(JobError, match=message):
-        desk.start(**form(cifar_archive, **overrides))
+        desk.start(form(cifar_archive, **overrides))
     assert run_folders(tmp_path) == [] and desk.rows() == []
 
 
@@ -147,7 +178,7 @@ def test_start_refuses_bad_form_values(overrides, message, tmp_path, cifar_archi
     ('steps', 3, 'steps', 3), ('epochs', 0.5, 'epochs', 0.5), ('seconds', 20, 'time_budget', 20.0)])
 def test_start_queues_the_form_as_a_request(length, amount, field, value, tmp_path, cifar_archive, desks):
     desk = desks()
-    job = desk.start(**form(cifar_archive, length=length, amount=amount, name=''))
+    job = desk.start(form(cifar_archive, length=length, amount=amount, name=''))
     assert job['state'] == 'queued' and job['name'] == 'vit', 'no name: the method names the run'
     request = json.loads((tmp_path / 'runs' / 'vit' / 'request.json').read_text())
     assert request[field] == value and type(request[field]) is type(value)
@@ -163,9 +194,9 @@ def test_a_token_guards_start_cancel_and_resume(tmp_path, cifar_archive, desks):
     desk = desks(token='s3cret')
     for token in (None, '', 'wrong', 's3cret '):
         with pytest.raises(JobError, match='needs a valid token'):
-            desk.start(**form(cifar_archive), token=token)
+            desk.start(form(cifar_archive), token)
     assert run_folders(tmp_path) == []
-    name = desk.start(**form(cifar_archive), token='s3cret')['name']
+    name = desk.start(form(cifar_archive), 's3cret')['name']
     assert name == 'tiny-run' and run_folders(tmp_path) == ['tiny-run']
     for token in (None, 'wrong'):
         with pytest.raises(JobError, match='needs a valid token'):
@@ -185,7 +216,7 @@ def test_a_token_guards_start_cancel_and_resume(tmp_path, cifar_archive, desks):
 def test_a_non_ascii_token_is_refused_as_a_job_error(tmp_path, cifar_archive, desks):
     desk = desks(token='s3cret')
     with pytest.raises(JobError, match='needs a valid token'):
-        desk.start(**form(cifar_archive), token='sécret')
+        desk.start(form(cifar_archive), 'sécret')
 
 
 # --- the list and the live view --------------------------------------------------------------------
@@ -199,7 +230,7 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
         method='vit', model='vit_tiny_patch4_32', model_args=dict(TINY), data=str(cifar_archive), subset=256,
         test_subset=64, batch_size=64, log_every=1, device='cpu', steps=3))
     # 16 images do not fill one batch of 64: the process itself fails, after loading the data.
-    broken = desk.start(**form(cifar_archive, name='broken', subset=16))['name']
+    broken = desk.start(form(cifar_archive, name='broken', subset=16))['name']
     assert broken == 'broken' and desk.manager.status(broken)['state'] == 'running'
     wait_until('both jobs end', lambda: {desk.manager.status(name)['state'] for name in (done, broken)}
                == {'finished', 'failed'}, 90, desk.manager)
@@ -240,14 +271,14 @@ def test_typed_paths_are_confined_to_what_the_server_offers(tmp_path, cifar_arch
     outside = tmp_path / 'elsewhere.safetensors'
     outside.write_bytes((tiny_bundle / 'teacher.safetensors').read_bytes())
     with pytest.raises(JobError, match='not one of the checkpoints on offer'):
-        desk.start(**form(cifar_archive, method='advit_l1', teacher=str(outside)))
+        desk.start(form(cifar_archive, method='advit_l1', teacher=str(outside)))
     for data in ('/etc', str(cifar_archive.parent / '..' / '..' / 'etc')):
         with pytest.raises(JobError, match='outside the folders this server allows'):
-            desk.start(**form(cifar_archive, data=data))
+            desk.start(form(cifar_archive, data=data))
     assert not (tmp_path / 'runs').exists() or list((tmp_path / 'runs').iterdir()) == []
     with pytest.raises(JobError, match='not one of the checkpoints on offer'):  # its file, not its name
-        desk.start(**form(cifar_archive, method='advit_l1', teacher=str(tiny_bundle / 'teacher.safetensors')))
-    job = desk.start(**form(cifar_archive, method='advit_l1', teacher='bundle/teacher.safetensors'))
+        desk.start(form(cifar_archive, method='advit_l1', teacher=str(tiny_bundle / 'teacher.safetensors')))
+    job = desk.start(form(cifar_archive, method='advit_l1', teacher='bundle/teacher.safetensors'))
     assert job['state'] == 'queued'
     request = json.loads((tmp_path / 'runs' / job['name'] / 'request.json').read_text())
     assert request['teacher'] == offered['bundle/teacher.safetensors']
@@ -282,7 +313,7 @@ GROUP = ['vit', 'deit_hard', 'advit_l1']
 
 def test_start_queues_several_methods_as_one_group_job(tmp_path, cifar_archive, teacher_checkpoint, desks):
     desk = desks()
-    job = desk.start(**form(cifar_archive, name='', method=GROUP, teacher=str(teacher_checkpoint)))
+    job = desk.start(form(cifar_archive, name='', method=GROUP, teacher=str(teacher_checkpoint)))
     assert (job['name'], job['state'], job['method'], job['methods']) == \
         ('vit-deit_hard-advit_l1', 'queued', 'vit,deit_hard,advit_l1', GROUP), 'no name: the methods name the run'
     run = tmp_path / 'runs' / job['name']
@@ -291,7 +322,7 @@ def test_start_queues_several_methods_as_one_group_job(tmp_path, cifar_archive, 
     assert json.loads((run / 'job.json').read_text())['methods'] == GROUP
     assert desk.manager.students(job['name']) == {method: run / method for method in GROUP}
     assert desk.rows()[0][:4] == ['vit-deit_hard-advit_l1', 'vit,deit_hard,advit_l1', 'vit_tiny_patch4_32', 'queued']
-    one = desk.start(**form(cifar_archive, name='', method=['vit']))
+    one = desk.start(form(cifar_archive, name='', method=['vit']))
     assert one['name'] == 'vit' and one['methods'] is None, 'a list of one method is a one-student job'
     assert json.loads((tmp_path / 'runs' / 'vit' / 'request.json').read_text())['method'] == 'vit'
 
@@ -308,7 +339,7 @@ def test_start_refuses_a_bad_group_before_any_process_starts(methods, teacher, m
                                                               teacher_checkpoint, desks):
     desk = desks(limits=JobLimits(max_concurrent=1))  # a job that got through would launch
     with pytest.raises(JobError, match=re.escape(message)):
-        desk.start(**form(cifar_archive, method=methods, teacher=str(teacher_checkpoint) if teacher == 'fixture'
+        desk.start(form(cifar_archive, method=methods, teacher=str(teacher_checkpoint) if teacher == 'fixture'
                           else teacher))
     assert run_folders(tmp_path) == [] and desk.rows() == [] and desk.manager._children == {}
 

@@ -1,0 +1,64 @@
+"""Table 1 over seeds from evaluation files: means, spreads and the differences said to exceed them."""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from advit.about import about_markdown
+from advit.seeds import SeedError, add_seeds, collect, seeds_table
+from conftest import REPO
+
+SHIPPED = REPO / 'checkpoints'
+
+
+def bundle_with_seeds(folder: Path, top1: dict[str, list[float]]) -> Path:
+    """A bundle folder of the shipped students' evaluation files, their test top-1 set to ``top1[method][0]``,
+    and seeds 1, 2... with the next values (the rest of each file as shipped)."""
+    for method, values in top1.items():
+        evaluation = json.loads((SHIPPED / f'{method}.eval.json').read_text())
+        for seed, value in enumerate(values):
+            target = folder if seed == 0 else folder / 'seeds' / f'seed{seed}'
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f'{method}.eval.json').write_text(json.dumps(dict(evaluation, top1=value)))
+    return folder
+
+
+def test_means_spreads_and_which_differences_exceed_them(tmp_path):
+    top1 = {'vit': [60.0, 61.0, 59.0], 'deit_hard': [64.0, 64.5, 63.5], 'advit_l1': [69.0, 68.0, 70.0],
+            'advit_l2': [64.5, 66.0, 63.0]}
+    bundle = bundle_with_seeds(tmp_path, top1)
+    found = collect(bundle, list(top1))
+    assert found['advit_l1'].seeds == [0, 1, 2] and found['advit_l1'].top1 == top1['advit_l1']
+    drops = json.loads((SHIPPED / 'advit_l1.eval.json').read_text())['faithfulness']['summary']['sources']
+    assert found['advit_l1'].faithfulness['gradient rollout'] == [drops['gradient rollout']['quarter_drop']] * 3
+    table = seeds_table(bundle, list(top1))
+    row = next(line for line in table.splitlines() if line.startswith('| advit_l1 |'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells[1:4] == ['0,1,2', '69.00', f"{statistics.stdev(top1['advit_l1']):.2f}"]
+    # 69 - 64 = 5 > 1 + 0.5: exceeds; L2 64.5 - 64 = 0.5 < 1.5 + 0.5: within.
+    assert '- `advit_l1` - `deit_hard`: +5.00 points of test top-1, exceeds the spread' in table
+    assert '- `advit_l2` - `deit_hard`: +0.50 points of test top-1, within the spread' in table
+    about = about_markdown([], bundle)
+    assert "The bundle's students over seeds" in about and row in about
+
+
+def test_one_seed_is_not_told_from_noise_and_no_bundle_leaves_the_section_out(tmp_path):
+    bundle = bundle_with_seeds(tmp_path, {'deit_hard': [64.0], 'advit_l1': [69.0, 70.0]})
+    assert 'the spread is not known' in seeds_table(bundle, ['deit_hard', 'advit_l1'])
+    assert 'over seeds' not in about_markdown([], None)
+
+
+def test_a_seed_folder_of_the_bundles_own_seed_is_refused(tmp_path):
+    run = tmp_path / 'seed0'
+    shutil.copytree(REPO / 'checkpoints', tmp_path / 'bundle')
+    (run / 'vit').mkdir(parents=True)
+    (run / 'vit' / 'config.json').write_text(json.dumps({'seed': 0}))
+    with pytest.raises(SeedError, match="the bundle's own"):
+        add_seeds([run], tmp_path / 'bundle', ['vit'])
+    (run / 'vit' / 'config.json').write_text(json.dumps({'seed': 3}))
+    with pytest.raises(SeedError, match='not finished: vit'):
+        add_seeds([run], tmp_path / 'bundle', ['vit'])
