@@ -5,35 +5,6 @@ import torch
 import torch.nn as nn
 
 
-def explicit_cls_attention(model: nn.Module, images: torch.Tensor, renormalize: bool = True) -> torch.Tensor:
-    """Per layer, the [CLS] row of the full N x N attention, prefix tokens dropped and (with
-    ``renormalize``) the rest renormalised per head.
-
-    Computed from each attention module's input with its own weights, independently of the
-    module's forward (fused or not) and of ``advit.capture``. Shape (batch, layers, heads, patches).
-    """
-    rows = []
-
-    def record(attn, inputs):
-        x = inputs[0]
-        batch, tokens, _ = x.shape
-        heads, head_dim = attn.num_heads, attn.head_dim
-        qkv = nn.functional.linear(x, attn.qkv.weight, attn.qkv.bias)
-        q, k, _ = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        full = torch.softmax(q @ k.transpose(-2, -1) / head_dim ** 0.5, dim=-1)  # (batch, heads, N, N)
-        rows.append(full[:, :, 0])
-
-    handles = [block.attn.register_forward_pre_hook(record) for block in model.blocks]
-    try:
-        model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    maps = torch.stack(rows, dim=1)[..., model.num_prefix_tokens:]
-    return maps / maps.sum(dim=-1, keepdim=True) if renormalize else maps
-
-
 @torch.no_grad()
 def full_attention(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Every layer's softmax(Q K^T / sqrt(d)) on ``inputs``, shape (batch, layers, heads, tokens, tokens),
@@ -54,3 +25,14 @@ def full_attention(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         for handle in handles:
             handle.remove()
     return torch.stack(maps, dim=1)
+
+
+def explicit_cls_attention(model: nn.Module, images: torch.Tensor, renormalize: bool = True) -> torch.Tensor:
+    """Per layer, the [CLS] row of the full N x N attention (``full_attention``), prefix tokens dropped and
+    (with ``renormalize``) the rest renormalised per head.
+
+    Computed from each attention module's input with its own weights, independently of the
+    module's forward (fused or not) and of ``advit.capture``. Shape (batch, layers, heads, patches).
+    """
+    maps = full_attention(model, images)[:, :, :, 0, model.num_prefix_tokens:]
+    return maps / maps.sum(dim=-1, keepdim=True) if renormalize else maps

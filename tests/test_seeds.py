@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from pathlib import Path
 
@@ -54,7 +53,6 @@ def test_one_seed_is_not_told_from_noise_and_no_bundle_leaves_the_section_out(tm
 
 def test_a_seed_folder_of_the_bundles_own_seed_is_refused(tmp_path):
     run = tmp_path / 'seed0'
-    shutil.copytree(REPO / 'checkpoints', tmp_path / 'bundle')
     (run / 'vit').mkdir(parents=True)
     (run / 'vit' / 'config.json').write_text(json.dumps({'seed': 0}))
     with pytest.raises(SeedError, match="the bundle's own"):
