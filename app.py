@@ -114,33 +114,27 @@ def more_views(fusion, discard, keep, **form):
     return served.gallery(view.panels), view.figure, view.data
 
 
+@functools.cache  # once per server start; a visitor arriving while the start-up thread works may compute it too
 def opening_views():
     """What the page shows before any click, computed once per server start (a visitor meets a finished
     answer, not empty boxes): the first example under the default teacher and best student (every
     Attention output, the last layer large, the deletion curves), and the default Compare pair on
     every class. A part that cannot be made (no models yet) leaves its outputs as they are."""
-    with _opening_lock:
-        if not _opening:
-            skip = gr.skip()
-            form = dict(image=EXAMPLES[0] if EXAMPLES else None, teacher=defaults.teacher, student=defaults.student)
-            try:
-                shown = attention(**form)
-                layers = offer.layers(defaults.student)
-                attention_views = [form['image'], *shown, gr.Slider(maximum=max(layers, 2), value=layers),
-                                   attention_layer(**form, layer=layers), *faithfulness(**form)]
-            except gr.Error:
-                attention_views = [skip] * 16
-            try:
-                compare_views = list(compare(defaults.compare_a, defaults.compare_b, 'all',
-                                             progress=lambda *args, **kwargs: None))
-            except gr.Error:
-                compare_views = [skip] * 6
-            _opening.append(attention_views + compare_views)
-        return _opening[0]
-
-
-_opening: list[list] = []
-_opening_lock = threading.Lock()
+    skip = gr.skip()
+    form = dict(image=EXAMPLES[0] if EXAMPLES else None, teacher=defaults.teacher, student=defaults.student)
+    try:
+        shown = attention(**form)
+        layers = offer.layers(defaults.student)
+        attention_views = [form['image'], *shown, gr.Slider(maximum=max(layers, 2), value=layers),
+                           attention_layer(**form, layer=layers), *faithfulness(**form)]
+    except gr.Error:
+        attention_views = [skip] * 16
+    try:
+        compare_views = list(compare(defaults.compare_a, defaults.compare_b, 'all',
+                                     progress=lambda *args, **kwargs: None))
+    except gr.Error:
+        compare_views = [skip] * 6
+    return attention_views + compare_views
 
 
 @user_errors

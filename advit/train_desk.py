@@ -22,7 +22,8 @@ import timm
 from . import models
 from .checks import RequestError, number
 from .data import OFFICIAL_CIFAR10
-from .jobs import REPO, JobError, JobLimits, JobManager
+from .io import REPO
+from .jobs import JobError, JobLimits, JobManager
 from .render import progress_html, students_curves, training_curves
 from .report import TABLE1_COLUMNS, ReportError, load_run, markdown_table, table1
 from .scrubber import Scrubber
@@ -310,12 +311,12 @@ def job_summary(job: dict[str, Any] | None) -> str:
     step, total = job.get('step'), job.get('total_steps')
     where = {'queued': 'waits for a free slot', 'running': 'is running', 'finished': 'has finished',
              'cancelled': 'was cancelled', 'failed': 'has failed'}.get(job['state'], job['state'])
-    cells = [job['name'], job.get('method') or '', job.get('model') or '', job['state'],
-             f"{step:,}" + (f" of {total:,}" if total else '') if step is not None else '–',
-             f"{100 * job['progress']:.0f}%" if job.get('progress') is not None else '–',
-             f"{job['best_val_top1']:.2f}%" if job.get('best_val_top1') is not None else '–']
-    table = ('| job | method | model | state | step | progress | best val top-1 |\n' + '|' + ' --- |' * 7 + '\n' +
-             '| ' + ' | '.join(str(cell).replace('|', '/') for cell in cells) + ' |')
+    row = dict(job=job['name'], method=job.get('method') or '', model=job.get('model') or '', state=job['state'],
+               step=f"{step:,}" + (f" of {total:,}" if total else '') if step is not None else None,
+               progress=f"{100 * job['progress']:.0f}%" if job.get('progress') is not None else None,
+               best=f"{job['best_val_top1']:.2f}%" if job.get('best_val_top1') is not None else None)
+    table = markdown_table([row], [('job', 'job'), ('method', 'method'), ('model', 'model'), ('state', 'state'),
+                                   ('step', 'step'), ('progress', 'progress'), ('best', 'best val top-1')]).rstrip()
     error = f"\n\nError: {_last_line(job['error'])}" if job.get('error') else ''
     eta = f", about {job['eta_s'] / 60:.0f} min left" if job['state'] == 'running' and job.get('eta_s') else ''
     return f"Job **{job['name']}** {where}{eta}.\n\n{table}{error}"
