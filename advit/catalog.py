@@ -34,6 +34,7 @@ TIMM_MODELS = (
     'vit_base_patch16_224.augreg_in21k_ft_in1k',
 )
 TIMM_PREFIX = 'timm:'
+STATE_DICT_PATTERNS = ('*.pth', '*.pt')  # weights without metadata (timm's and DeiT's own files)
 
 
 @dataclass
@@ -96,8 +97,9 @@ def discover(checkpoint_dirs: list[Path], runs_dir: Path | None, home: Path = RE
             any other by its folder and file (``runs/tiny/best.safetensors``).
     """
     found: list[tuple[Path, Path]] = []  # (file, the folder it was found in)
-    for folder in checkpoint_dirs:
-        found += [(path, Path(folder)) for path in sorted(Path(folder).glob('*.safetensors'))]
+    for folder in checkpoint_dirs:  # plain state dicts too: listed as unusable, with how to import them
+        found += [(path, Path(folder)) for pattern in ('*.safetensors', *STATE_DICT_PATTERNS)
+                  for path in sorted(Path(folder).glob(pattern))]
     if runs_dir is not None and Path(runs_dir).is_dir():
         # A run's best, and each student's of a several-student run (runs/<run>/<method>/best.safetensors).
         found += [(path, Path(runs_dir)) for pattern in ('*/best.safetensors', '*/*/best.safetensors')
@@ -144,6 +146,10 @@ def check_checkpoint(path: Path) -> ModelEntry:
 
 def _check(path: Path) -> ModelEntry:
     entry = ModelEntry(key=str(path))
+    if path.suffix != '.safetensors':  # a state dict does not say what it is, and unpickling it to look costs
+        entry.problem = (f'a plain state dict, which does not name its architecture: `advit import {path.name} '
+                         f'--model ARCHITECTURE --out {path.stem}.safetensors` makes it a checkpoint this app lists')
+        return entry
     try:
         entry.meta = read_metadata(path)
         if 'model' not in entry.meta:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from .io import atomic_path
-from .models import create_model
+from .models import create_model, model_image_size, model_normalization
 from .weights import (TRAIN_STATE_PREFIX, CheckpointError, existing_file, model_weights, read_tensors,
                       strip_wrapper_prefixes)
 
@@ -72,7 +72,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f'{path} is not a readable safetensors file: {err}') from err
     if 'advit' not in header:
-        raise CheckpointError(f'{path} has no advit metadata: pass the architecture (--model) to load it')
+        raise CheckpointError(f'{path} has no advit metadata: pass the architecture (--model) to load it, or make it '
+                              'a checkpoint with `advit import`')
     try:
         return json.loads(header['advit'])
     except json.JSONDecodeError as err:
@@ -140,6 +141,40 @@ def load_checkpoint(
     meta.setdefault('model', name)
     meta.setdefault('model_args', args)
     return Checkpoint(model=model.to(device).eval(), meta=meta)
+
+
+def import_state_dict(
+        weights: str | Path,
+        model_name: str,
+        out: str | Path,
+        classes: list[str],
+        image_size: int | None = None,
+        method: str | None = None,
+        teacher: str | None = None,
+) -> dict[str, Any]:
+    """Make a plain state dict (timm's own ``.pth``, DeiT's ``{'model': ...}``, safetensors without metadata) a
+    self-describing checkpoint the app lists and the CLI evaluates; return its metadata.
+
+    Args:
+        weights: The state dict's file.
+        model_name: Its architecture, a timm name (``vit_base_patch16_224``).
+        out: The checkpoint to write (``.safetensors``), atomically.
+        classes: The class names, in the order of the head's outputs.
+        image_size: The input size it was trained at (default: the architecture's).
+        method: How it was trained (``vit``, ``deit_hard``, ``advit_l1``...), shown by the app.
+        teacher: Its teacher, shown by the app.
+    """
+    if Path(out).suffix != '.safetensors':
+        raise CheckpointError(f'the imported checkpoint is a .safetensors file, not {Path(out).name}')
+    args = dict(num_classes=len(classes), **({'img_size': image_size} if image_size else {}))
+    loaded = load_checkpoint(weights, model_name, args)
+    mean, std = model_normalization(loaded.model)
+    meta = dict(model=model_name, model_args=args, classes=list(classes),
+                image_size=image_size or model_image_size(loaded.model),  # a CNN takes any size: the one given
+                mean=list(mean), std=list(std), method=method, teacher=teacher,
+                params=sum(p.numel() for p in loaded.model.parameters()), imported_from=Path(weights).name)
+    save_checkpoint(out, loaded.model, meta)
+    return meta
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

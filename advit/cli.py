@@ -1,4 +1,5 @@
-"""Command line: ``advit train``, ``eval``, ``faithfulness``, ``report``, ``bundle`` and ``seeds`` (also ``python -m advit``)."""
+"""Command line: ``advit train``, ``eval``, ``import``, ``faithfulness``, ``report``, ``bundle`` and ``seeds`` (also
+``python -m advit``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .bundle import MAX_MB, BundleError
-from .data import DatasetError, default_dataset
+from .data import CIFAR10_CLASSES, DatasetError, default_dataset
 from .faithfulness import TEST_IMAGES
 from .losses import METHODS
 from .presets import PRESETS, preset
@@ -62,8 +63,9 @@ def _add_setting(parser: argparse.ArgumentParser, setting: Field) -> None:
     described = 'default' in setting.metadata['help'] or kind == 'bool' or default in (None, {})  # nothing to add
     options = dict(dest=setting.name, default=None, help=setting.metadata['help'] + ('' if described else
                                                                                     f' (default {default})'), **cli)
-    if kind == 'bool':
-        options['action'] = 'store_false' if default else 'store_true'
+    if kind == 'bool':  # --pretrained and --no-pretrained: a preset's choice can be turned off (--no-amp: its own flag)
+        options['action'] = argparse.BooleanOptionalAction if 'flag' not in setting.metadata['cli'] else \
+            'store_false' if default else 'store_true'
     elif kind.startswith('dict'):
         options.update(action='append', type=_model_arg)
     elif kind.startswith('list'):
@@ -99,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--batch-size', type=int, default=256)
     e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     e.add_argument('--cache-dir', help='decoded-dataset cache')
+    i = commands.add_parser('import', help='make a plain state dict (timm\'s .pth, DeiT\'s checkpoint, safetensors '
+                            'without metadata) a checkpoint the app lists: architecture, classes and input size '
+                            'written into it')
+    i.add_argument('weights', help='the state dict\'s file')
+    i.add_argument('--model', required=True, help='its architecture, a timm name (e.g. vit_base_patch16_224)')
+    i.add_argument('--out', required=True, help='the checkpoint to write (.safetensors), e.g. in checkpoints/')
+    i.add_argument('--classes', default=','.join(CIFAR10_CLASSES), help='class names in the head\'s order, '
+                   'comma-separated (default: CIFAR-10\'s)')
+    i.add_argument('--image-size', type=int, help='input size it was trained at (default: the architecture\'s)')
+    i.add_argument('--method', choices=METHODS, help='how it was trained, shown by the app')
+    i.add_argument('--teacher', help='its teacher, shown by the app')
     f = commands.add_parser('faithfulness', help='measure how faithful checkpoints\' attention maps are (deletion and '
                             'insertion curves of every layer and rollout) and add it to their evaluation files',
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -189,6 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = add_seeds([Path(run) for run in args.runs], Path(args.card), list(STUDENTS))
             refresh_seeds(args.card)
             print(f'{len(written)} evaluations added; model card {Path(args.card) / "README.md"} brought up to date')
+        elif args.command == 'import':
+            from .checkpoint import import_state_dict
+            classes = [name.strip() for name in args.classes.split(',') if name.strip()]
+            meta = import_state_dict(args.weights, args.model, args.out, classes, args.image_size, args.method,
+                                     args.teacher)
+            print(f'{args.out}: {meta["model"]} at {meta["image_size"]}px, {len(classes)} classes, '
+                  f'{meta["params"] / 1e6:.1f}M parameters')
         elif args.command == 'faithfulness':
             from .bundle import refresh_faithfulness
             from .data import load_dataset

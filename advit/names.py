@@ -47,14 +47,16 @@ def model_label(key: str, meta: dict[str, Any]) -> str:
     method = meta.get('method')
     if Path(key).stem == TEACHER_STEM:
         role = 'Teacher'
-    elif not method:
-        role = 'ImageNet-pretrained (timm)'  # a timm model from the hub cache
+    elif not method:  # a state dict brought in by `advit import` without its method, or a timm model from the hub cache
+        role = 'Imported' if meta.get('imported_from') else 'ImageNet-pretrained (timm)'
     elif method == 'vit':
         role = 'ViT (no distillation)' if is_vit_name(meta.get('model') or '') else 'CNN (cross-entropy)'
     else:
         role = f'{method_name(method)} student'
     args = {k: v for k, v in (meta.get('model_args') or {}).items() if k not in ('num_classes', 'img_size')}
     parts = [role, architecture_name(meta.get('model', '?'), args)]
+    if meta.get('image_size') not in (None, 32):  # the paper's 224: a 32x32 bundle is the rule, not worth a word
+        parts.append(f"{meta['image_size']}px")
     if meta.get('test_top1') is not None:
         parts.append(f"{meta['test_top1']:.1f}%")
     if Path(key).name == 'best.safetensors':  # a run of runs/: its folder tells runs of one method apart

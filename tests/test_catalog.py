@@ -57,7 +57,7 @@ def test_entry_without_method_or_accuracy():
     entry = ModelEntry(key='timm:vit_small_patch16_224.augreg_in21k_ft_in1k',
                        meta={'model': 'vit_small_patch16_224.augreg_in21k_ft_in1k', 'image_size': 224})
     assert entry.usable and entry.is_vit
-    assert entry.label() == 'ImageNet-pretrained (timm) · ViT-S/16'
+    assert entry.label() == 'ImageNet-pretrained (timm) · ViT-S/16 · 224px'
     assert entry.describe().splitlines() == ['- **file**: `timm:vit_small_patch16_224.augreg_in21k_ft_in1k`',
                                              '- **architecture**: vit_small_patch16_224.augreg_in21k_ft_in1k',
                                              '- **image size**: 224']
@@ -260,7 +260,13 @@ def test_cache_drops_the_stale_model_of_a_rewritten_file(tmp_path):
     ('runs/l1/best.safetensors', dict(model='deit_tiny_distilled_patch4_32', method='deit_hard+advit_l1',
                                       model_args=dict(depth=2)), 'DeiT-hard + ADViT-L1 student · DeiT-Ti/4 distilled (2 layers) · l1'),
     ('runs/cnn/best.safetensors', dict(model='resnet10t', method='vit'), 'CNN (cross-entropy) · resnet10t · cnn'),
-], ids=['teacher', 'paper-kl', 'narrowed', 'run-folder', 'cnn'])
+    ('paper/teacher.safetensors', dict(model='vit_base_patch16_224', method='vit', image_size=224, test_top1=99.0),
+     'Teacher · ViT-B/16 · 224px · 99.0%'),
+    ('paper/deit.safetensors', dict(model='deit_tiny_distilled_patch16_224', method='deit_hard', image_size=224),
+     'DeiT-hard student · DeiT-Ti/16 distilled · 224px'),
+    ('paper/small.safetensors', dict(model='vit_small_patch16_224', image_size=224, imported_from='small.pth'),
+     'Imported · ViT-S/16 · 224px'),
+], ids=['teacher', 'paper-kl', 'narrowed', 'run-folder', 'cnn', 'paper-teacher', 'paper-distilled', 'imported'])
 def test_models_have_readable_names(key, meta, label):
     from advit.names import model_label
     assert model_label(key, meta) == label
@@ -278,3 +284,11 @@ def test_metadata_that_names_a_file_is_refused_before_any_model_is_built(tmp_pat
     assert not entry.usable and f'not an architecture argument: {key}' in entry.problem
     with pytest.raises(Exception, match=f'not an architecture argument: {key}'):
         ModelCache().get(str(path))
+
+
+def test_a_state_dict_in_a_checkpoint_folder_is_listed_with_how_to_import_it(tmp_path):
+    torch.save({'head.weight': torch.zeros(10, 4)}, tmp_path / 'timm_weights.pth')
+    (entry,) = [e for e in discover([tmp_path], None, home=tmp_path) if e.name == 'timm_weights.pth']
+    assert not entry.usable
+    assert entry.problem == ('a plain state dict, which does not name its architecture: `advit import timm_weights.pth '
+                             '--model ARCHITECTURE --out timm_weights.safetensors` makes it a checkpoint this app lists')

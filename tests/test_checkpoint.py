@@ -127,6 +127,32 @@ def test_plain_safetensors_needs_a_model_name(tmp_path, inputs):
     assert torch.equal(outputs(loaded.model, inputs), outputs(model, inputs))
 
 
+def test_import_makes_a_state_dict_a_checkpoint_that_describes_itself(tmp_path, inputs, capsys):
+    from advit.catalog import check_checkpoint
+    from advit.cli import main
+    from advit.models import create_model
+    torch.manual_seed(0)
+    model = create_model('vit_mini4_convstem_32').eval()
+    weights = tmp_path / 'deit_style.pth'
+    torch.save({'model': model.state_dict(), 'epoch': 3}, weights)  # DeiT's own checkpoints nest the weights
+    out = tmp_path / 'imported.safetensors'
+    assert main(['import', str(weights), '--model', 'vit_mini4_convstem_32', '--method', 'advit_l1',
+                 '--out', str(out)]) == 0
+    loaded = load_checkpoint(out)
+    assert torch.equal(outputs(loaded.model, inputs), outputs(model, inputs))
+    assert loaded.meta['classes'] == CLASSES and loaded.meta['image_size'] == 32 and loaded.meta['method'] == 'advit_l1'
+    assert loaded.meta['mean'] == list(CIFAR10_MEAN) and loaded.meta['imported_from'] == 'deit_style.pth'
+    assert check_checkpoint(out).usable
+    for flags, message in ((['--model', 'vit_mini6_convstem_32'], 'missing: blocks.4'),
+                           (['--model', 'vit_mini4_convstem_32', '--classes', 'cat,dog'], 'shape mismatch: head.bias'),
+                           (['--model', 'vit_mini4_convstem_32', '--out', str(tmp_path / 'x.pth')],
+                            'the imported checkpoint is a .safetensors file, not x.pth')):
+        flags = flags if '--out' in flags else [*flags, '--out', str(tmp_path / 'refused.safetensors')]
+        assert main(['import', str(weights), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['deit_style.pth', 'imported.safetensors']
+
+
 class Payload:
     """Unpickling this calls ``print``: harmless, but no weights-only loader may run it."""
 
