@@ -16,10 +16,10 @@ from PIL import Image
 
 from .catalog import ModelEntry
 from .checks import number, shown_value
-from .compare import Comparison, compare
+from .compare import Comparison, PredictionsMissing, compare
 from .data import DatasetError, ImageSet, load_dataset
 from .forms import MAX_INDEX, OPACITY
-from .inspection import inspect_model
+from .inspection import inspect_model, predicted_top5
 from .offer import Offer, StudioError
 from .render import confusion_figure, per_class_figure, side_by_side_panels
 
@@ -69,8 +69,8 @@ class CompareViews:
                     raise StudioError(f'the comparison needs the CIFAR-10 test set: {err}') from err
             return self._test
 
-    def _comparison(self, key_a: Any, key_b: Any, progress: Callable[[float], None] | None = None
-                    ) -> tuple[Comparison, list[ModelEntry], ImageSet]:
+    def _comparison(self, key_a: Any, key_b: Any, progress: Callable[[float, str], None] | None = None,
+                    compute: bool = True) -> tuple[Comparison, list[ModelEntry], ImageSet]:
         """(comparison, the two entries, the test set) of two checkpoints on offer."""
         chosen = [self.offer.find(key, checkpoints_only=True) for key in (key_a, key_b)]
         for key, entry in zip((key_a, key_b), chosen):
@@ -78,7 +78,10 @@ class CompareViews:
                 raise StudioError(f'choose two checkpoints on offer to compare (got {shown_value(key)})')
         test = self.test_set()
         try:
-            comparison = compare(chosen[0].key, chosen[1].key, test, self.data, progress)
+            comparison = compare(chosen[0].key, chosen[1].key, test, self.data, progress,
+                                 names=(f'A ({chosen[0].label()})', f'B ({chosen[1].label()})'), compute=compute)
+        except PredictionsMissing as err:
+            raise StudioError(f'not compared yet: {err}') from None
         except Exception as err:
             raise StudioError(f'cannot compare: {err}') from err
         return comparison, chosen, test
@@ -91,16 +94,18 @@ class CompareViews:
         return class_name
 
     def view(self, key_a: str, key_b: str, class_name: str | None = None,
-             progress: Callable[[float], None] | None = None) -> CompareView:
+             progress: Callable[[float, str], None] | None = None, compute: bool = True) -> CompareView:
         """Where A is right and B wrong and the reverse, per-class accuracy and confusion of both, on the test set.
 
         Args:
             key_a: Model A as the lists name it (a checkpoint).
             key_b: Model B.
             class_name: Show only test images of this true class (None or 'all': every class).
-            progress: Called with the fraction done while missing predictions are computed.
+            progress: Called with the fraction done and a line with the time left while missing predictions
+                are computed (on the CPU: minutes for a ViT-B/16 at 224).
+            compute: Compute missing predictions; else refused (the page's opening view reads saved ones only).
         """
-        comparison, (entry_a, entry_b), test = self._comparison(key_a, key_b, progress)
+        comparison, (entry_a, entry_b), test = self._comparison(key_a, key_b, progress, compute)
         class_name = self._true_class(test, class_name)
         a_only, b_only = comparison.disagreements(class_name)
         name_a, name_b = Path(entry_a.key).stem, Path(entry_b.key).stem
@@ -140,10 +145,11 @@ class CompareViews:
         if index >= len(test):
             raise StudioError(f'the test set has images 0-{len(test) - 1}, not {index}')
         image = Image.fromarray(test.images[index].permute(1, 2, 0).numpy())
-        views = []
+        views, top5s = [], []
         for role, entry in zip(SIDES, entries):
             model, meta = self.offer.load(entry.name, f'model {role}')
             views.append(inspect_model(model, meta, image) if entry.is_vit else None)
+            top5s.append(views[-1].top5 if entry.is_vit else predicted_top5(model, meta, image))
         classes = comparison.classes
         verdicts = [f'{role}: {classes[preds[index]]} {"✓" if preds[index] == comparison.labels[index] else "✗"}'
                     for role, preds in zip(SIDES, (comparison.preds_a, comparison.preds_b))]
@@ -152,8 +158,7 @@ class CompareViews:
         if all(views):
             panels += side_by_side_panels(image, *((role, view.maps, view.grid) for role, view in zip(SIDES, views)),
                                           opacity)
-        return CompareImageView(panels=panels, top5_a=views[0].top5 if views[0] else {},
-                                top5_b=views[1].top5 if views[1] else {},
+        return CompareImageView(panels=panels, top5_a=top5s[0], top5_b=top5s[1],
                                 summary=f'Test image #{index}, true class **{classes[comparison.labels[index]]}**: '
                                         + ' · '.join(verdicts) + ('' if all(views) else
                                                                   ' (attention maps need two ViTs)'))

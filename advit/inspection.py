@@ -45,15 +45,16 @@ class AttentionReport:
                     settings=dict(self.settings, teacher_layers=[t + 1 for t in self.teacher_layers]))
 
 
-def seen_image(image: Image.Image, model: nn.Module) -> Image.Image:
-    """The image as a model reads it: whole, resized (bicubic) to its input size (32x32 for CIFAR models)."""
-    size = model_image_size(model)
+def seen_image(image: Image.Image, model: nn.Module, meta: dict[str, Any] | None = None) -> Image.Image:
+    """The image as a model reads it: whole, resized (bicubic) to the size it was trained at (``image_size`` in
+    its metadata: a CNN takes any size), else its input size (32x32 for CIFAR models)."""
+    size = (meta or {}).get('image_size') or model_image_size(model)
     return image.convert('RGB').resize((size, size), Image.BICUBIC)
 
 
 def model_input(image: Image.Image, meta: dict[str, Any], model: nn.Module) -> torch.Tensor:
     """The image as the model reads it (``seen_image``), normalised with its mean/std, as a batch of one."""
-    pixels = np.asarray(seen_image(image, model), dtype=np.float32) / 255.0
+    pixels = np.asarray(seen_image(image, model, meta), dtype=np.float32) / 255.0
     tensor = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
     mean = meta.get('mean') or model.pretrained_cfg['mean']
     std = meta.get('std') or model.pretrained_cfg['std']
@@ -80,6 +81,12 @@ def top5(logits: torch.Tensor, classes: list[str]) -> dict[str, float]:
     values, index = probs.topk(min(5, len(probs)))
     names = classes or [str(i) for i in range(len(probs))]
     return {names[i]: float(v) for v, i in zip(values, index)}
+
+
+def predicted_top5(model: nn.Module, meta: dict[str, Any], image: Image.Image) -> dict[str, float]:
+    """Any classifier's five most probable classes on ``image`` (a CNN's too: it has no maps to show)."""
+    with torch.inference_mode():
+        return top5(model(model_input(image, meta, model)), meta.get('classes', []))
 
 
 @dataclass

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import advit  # noqa: F401  (registers the CIFAR ViTs with timm)
-from advit.compare import Comparison, compare, comparison_cache, saved_predictions
+from advit.compare import (Comparison, PredictionsMissing, compare, comparison_cache, saved_predictions,
+                           time_left)
 from advit.data import load_dataset
 from advit.evaluate import evaluation_paths, load_predictions, save_evaluation
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
-from conftest import save_tiny_checkpoint, tiny_vit
+from conftest import save_tiny_checkpoint, tiny_vit, write_small_cifar
 
 NAME = 'vit_tiny_patch4_32'
 
@@ -121,15 +121,7 @@ def test_saved_predictions_that_cover_the_test_set_are_used(tmp_path, cifar, cif
 @pytest.fixture(scope='module')
 def small_data(tmp_path_factory, cifar) -> Path:
     """An ImageFolder tree of 30 real CIFAR-10 test images (3 a class) and 10 train images, as PNG files."""
-    root = tmp_path_factory.mktemp('small-cifar')
-    for split, source, per_class in (('test', cifar['test'], 3), ('train', cifar['train'], 1)):
-        labels = source.labels.numpy()
-        for label, name in enumerate(source.classes):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in np.flatnonzero(labels == label)[:per_class]:
-                Image.fromarray(source.images[i].permute(1, 2, 0).numpy()).save(folder / f'{i:05d}.png')
-    return root
+    return write_small_cifar(tmp_path_factory.mktemp('small-cifar'), cifar, test_per_class=3, train_per_class=1)
 
 
 def test_predictions_of_the_same_size_but_other_images_are_recomputed(tmp_path, small_data):
@@ -166,7 +158,7 @@ def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
     save_evaluation(a, one_hot(subset.labels.numpy()), subset.labels, subset.classes, {})
     assert not evaluation_paths(b)[1].exists()  # B: none yet
     fractions = []
-    comparison = compare(a, b, test, cifar_archive, fractions.append)
+    comparison = compare(a, b, test, cifar_archive, lambda done, _: fractions.append(done))
     assert np.array_equal(comparison.labels, test.labels.numpy()) and comparison.classes == test.classes
     assert len(comparison.preds_a) == len(comparison.preds_b) == 10000
     # A's own 300 predictions are left as they are (a later `advit report` reads what the run measured);
@@ -186,7 +178,7 @@ def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
     # The cached predictions serve the next comparison: nothing computed, nothing rewritten.
     before = stamp(comparison_cache(a, test)), stamp(comparison_cache(b, test))
     fractions = []
-    again = compare(a, b, test, cifar_archive, fractions.append)
+    again = compare(a, b, test, cifar_archive, lambda done, _: fractions.append(done))
     assert fractions == []
     assert (stamp(comparison_cache(a, test)), stamp(comparison_cache(b, test))) == before
     assert np.array_equal(again.preds_a, comparison.preds_a) and np.array_equal(again.preds_b, comparison.preds_b)
@@ -196,3 +188,26 @@ def test_compare_on_the_cifar_test_set(tmp_path, cifar, cifar_archive):
     assert comparison.top1() == pytest.approx(tuple(expected))
     assert comparison.table()[-1] == ['all (top-1)', round(expected[0], 2), round(expected[1], 2),
                                       round(expected[1] - expected[0], 2)]
+
+
+def test_time_left_holds_the_rate_so_far():
+    assert time_left(10.0, 0.5) == 'about 10 s left'
+    assert time_left(60.0, 0.25) == 'about 3 min left'
+    assert time_left(3.0, 0.0) == 'estimating the time left' and time_left(3.0, 1.0) == 'done'
+
+
+def test_compare_reports_each_models_progress_with_its_time_left(tmp_path, small_data):
+    test = load_dataset(small_data)['test']
+    a, b = (save_tiny_checkpoint(tmp_path / f'{name}.safetensors', 'vit', seed) for name, seed in (('a', 1), ('b', 2)))
+    with pytest.raises(PredictionsMissing, match='a.safetensors has no predictions on this test set yet'):
+        compare(a, b, test, small_data, compute=False)  # the app's opening view: saved predictions only
+    reports = []
+    compare(a, b, test, small_data, lambda done, line: reports.append((done, line)), names=('A (one)', 'B (two)'))
+    fractions = [done for done, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert reports[0][1].startswith('A (one): predicting the 30 test images once, ')
+    assert reports[-1][1] == 'B (two): predicting the 30 test images once, done'
+    reports.clear()
+    compare(a, b, test, small_data, lambda done, line: reports.append((done, line)))
+    assert reports == [], 'predictions already made are read, not computed again'
+    assert compare(a, b, test, small_data, compute=False).top1() == compare(a, b, test, small_data).top1()
