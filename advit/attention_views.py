@@ -27,7 +27,7 @@ from .render import faithfulness_figure, gap_figure, gap_table, layer_panels, pr
 from .rollout import model_views
 
 BATCH_LIMIT = 8  # images in the few-images view: a row each, 8 forward passes of both models
-SEEN_SCALE = 4  # the image as the model reads it, shown 4x (128x128 for a 32x32 model)
+SEEN_SIZE = 128  # the image as the model reads it, enlarged by whole pixels to at least this (4x for 32x32)
 # One image's deletion curves: eighths of the patches, random orders averaged (44 masked copies per model).
 IMAGE_FRACTIONS = tuple(i / 8 for i in range(9))
 QUARTER_STEP = IMAGE_FRACTIONS.index(QUARTER)
@@ -111,23 +111,23 @@ class AttentionViews:
                 f'{image.width}x{image.height}). These models know {known}: whatever a photo shows, they answer one of '
                 'them.')
         opacity = request.opacity
+        scale = max(1, SEEN_SIZE // max(seen.width, seen.height))  # 224x224 is shown as it is
         return AttentionView(panels=layer_panels(report, image, opacity), figure=gap_figure(report),
                              table=gap_table(report), teacher_top5=report.teacher_top5,
                              student_top5=report.student_top5, data=report.as_dict(),
                              paper_figure=attention_figure(report, image, opacity),
                              downloads=dict(npz=maps_npz(report), json=report_json(report)),
                              # Enlarged by whole pixels: a browser would smooth a 32x32 image into a blur.
-                             seen=seen.resize((seen.width * SEEN_SCALE, seen.height * SEEN_SCALE), Image.NEAREST),
+                             seen=seen.resize((seen.width * scale, seen.height * scale), Image.NEAREST),
                              seen_note=note)
 
     def layer(self, request: AttentionRequest) -> Image.Image:
-        """The request's student layer of the attention view, large (one past the student's last shows its
-        last: the page's slider may still hold a deeper student's layer)."""
+        """The request's student layer of the attention view, large."""
         pair = self._pair(request)
         image = self._upload(request.image)
         report = self._inspect(pair, image, request)
         try:
-            return layer_figure(report, image, min(request.layer, len(report.teacher_layers)) - 1, request.opacity)
+            return layer_figure(report, image, request.layer - 1, request.opacity)
         except ValueError as err:
             raise StudioError(str(err)) from err
 
@@ -152,11 +152,15 @@ class AttentionViews:
             except ImageError as err:
                 raise StudioError(f'{name}: {err}') from None
             images.append(image), reports.append(self._inspect(pair, image, request)), names.append(name)
-        shown = min(request.layer, len(reports[0].teacher_layers))
+        try:
+            figure = images_figure(reports, images, names, request.layer - 1, request.opacity)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        shown = request.layer
         rows = [[name, shown, report.teacher_layers[shown - 1] + 1,
                  *(round(float(report.gaps[kind][shown - 1]), 6) for kind in ('l1', 'l2', 'kl'))]
                 for name, report in zip(names, reports)]
-        return images_figure(reports, images, names, shown - 1, request.opacity), rows
+        return figure, rows
 
     def faithfulness(self, request: AttentionRequest) -> FaithfulnessView:
         """Do the maps on screen point at what each model uses? On the uploaded image, each model's

@@ -46,13 +46,20 @@ def images_figure(reports: list[AttentionReport], images: list[Image.Image], nam
         reports: The pair's report on each image.
         images: The images, in the same order.
         names: A short name per image, written beside its row.
-        layer: Student layer, 0-based (one past the last shows the last: students differ in depth).
+        layer: Student layer, 0-based (``check_layer``).
     """
     rows = []
     for report, image, name in zip(reports, images, names):
-        shown = min(layer, len(report.teacher_layers) - 1)
-        rows.append((report, shown, image, f'{name}\n' + _row_label(report, shown)))
+        check_layer(report, layer)
+        rows.append((report, layer, image, f'{name}\n' + _row_label(report, layer)))
     return _draw(rows, opacity, PANEL_SIZE)
+
+
+def check_layer(report: AttentionReport, layer: int) -> None:
+    """Refuse, in words, a 0-based student layer the report does not have (none is quietly shown instead)."""
+    layers = len(report.teacher_layers)
+    if not 0 <= layer < layers:
+        raise ValueError(f'layer {layer + 1} does not exist: this student has layers 1-{layers}')
 
 
 def layer_figure(report: AttentionReport, image: Image.Image, layer: int, opacity: float = 0.6) -> Image.Image:
@@ -61,9 +68,7 @@ def layer_figure(report: AttentionReport, image: Image.Image, layer: int, opacit
     Args:
         layer: Student layer, 0-based as in the report's arrays (the figure labels it 1-based).
     """
-    layers = len(report.teacher_layers)
-    if not 0 <= layer < layers:
-        raise ValueError(f'layer {layer + 1} does not exist: this student has layers 1-{layers}')
+    check_layer(report, layer)
     return _draw([(report, layer, image, _row_label(report, layer))], opacity, LARGE_PANEL)
 
 

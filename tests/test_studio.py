@@ -113,9 +113,10 @@ def test_attention_view(studio):
     assert json.loads(view.downloads['json']) == view.data
     large = studio.attention.layer(AttentionRequest(EXAMPLE, defaults.teacher, defaults.student, 'mean', 0, 0.5, 2))
     assert large.size == Layout.of(LARGE_PANEL).size(1)
-    # A layer past this student's last (the page's slider may hold a deeper one's) shows its last.
+    # A layer past this student's last is refused in words, not quietly shown as its last.
     deeper = AttentionRequest(EXAMPLE, defaults.teacher, defaults.student, 'mean', 0, 0.5, 9)
-    assert np.array_equal(np.asarray(studio.attention.layer(deeper)), np.asarray(large))
+    with pytest.raises(StudioError, match='layer 9 does not exist: this student has layers 1-2'):
+        studio.attention.layer(deeper)
     with pytest.raises(RequestError, match='layer must be between 1 and 1e\\+06, got 0'):  # refused as it enters
         AttentionRequest(EXAMPLE, defaults.teacher, defaults.student, 'mean', 0, 0.5, 0)
 
@@ -339,8 +340,9 @@ def test_a_few_images_at_once(studio, tmp_path):
     for path, row in zip(examples, rows):  # each row's gaps are the single-image view's at that layer
         single = studio.attention.view(AttentionRequest(path, defaults.teacher, defaults.student, 'mean', 0, 0.5))
         assert row[3:] == pytest.approx(single.table[1][2:], abs=1e-6)
-    _, deepest = studio.attention.images(examples[:1], replace(pair, layer=99))
-    assert deepest[0][1] == 2  # past the tiny student's last layer: its last
+    for view in (lambda request: studio.attention.images(examples[:1], request), studio.attention.layer):
+        with pytest.raises(StudioError, match='layer 99 does not exist: this student has layers 1-2'):
+            view(replace(pair, layer=99, image=examples[0]))  # refused, not quietly shown as its last
     broken = tmp_path / 'broken.png'
     broken.write_bytes(b'not an image')
     with pytest.raises(StudioError, match='broken: the file is not an image'):
