@@ -248,8 +248,8 @@ def _with_section(card: str, heading: str, section: str, before: str) -> str:
 def seeds_section(out: Path) -> str:
     """The card's Table 1 over seeds (``seeds.seeds_table``), from the bundle's evaluation files."""
     return (f'{SEEDS_HEADING}\n\nThe students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
-            f'recipe on the shipped teacher (`scripts/train_seeds.sh`, evaluations in `{SEEDS_DIR}/seed<N>/`, no '
-            'weights), each method as mean and standard deviation over its seeds. A difference is said to exceed '
+            f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
+            f'`{SEEDS_DIR}/seed<N>/`, no weights), each method as mean and standard deviation over its seeds. A difference is said to exceed '
             'the spread when it is larger than the two standard deviations added.\n\n'
             + seeds_table(out, list(STUDENTS)))
 
