@@ -84,14 +84,16 @@ def needs_image(image, **others):
 
 
 @user_errors
-def layer_range(student):
-    """The layer slider runs over the student's layers; the large layer waits for it (the figure shows them all)."""
-    return gr.Slider(maximum=max(offer.layers(student), 2)), None  # a slider needs two ends
+def layer_range(student, layer):
+    """The layer slider runs over the student's layers, its value kept within them (a request for a layer the
+    student lacks is refused); the large layer waits for it (the figure shows them all)."""
+    depth = offer.layers(student)
+    return gr.Slider(maximum=max(depth, 2), value=min(layer, depth) if depth else layer), None  # two ends
 
 
 @user_errors
 def attention_layer(**form):
-    request = AttentionRequest(**form)  # a layer past the student's last: its last
+    request = AttentionRequest(**form)
     return served_png(studio.attention.layer(request), f'attention-layer{request.layer}')
 
 
@@ -119,7 +121,8 @@ def opening_views():
     """What the page shows before any click, computed once per server start (a visitor meets a finished
     answer, not empty boxes): the first example under the default teacher and best student (every
     Attention output, the last layer large, the deletion curves), and the default Compare pair on
-    every class. A part that cannot be made (no models yet) leaves its outputs as they are."""
+    every class when their predictions are saved. A part that cannot be made (no models yet, predictions
+    not computed) leaves its outputs as they are."""
     skip = gr.skip()
     form = dict(image=EXAMPLES[0] if EXAMPLES else None, teacher=defaults.teacher, student=defaults.student)
     try:
@@ -129,20 +132,24 @@ def opening_views():
                            attention_layer(**form, layer=layers), *faithfulness(**form)]
     except gr.Error:
         attention_views = [skip] * 16
-    try:
-        compare_views = list(compare(defaults.compare_a, defaults.compare_b, 'all',
-                                     progress=lambda *args, **kwargs: None))
-    except gr.Error:
+    try:  # from saved predictions only: a pair of 224 models on 2 cores would take the CPU for many minutes
+        view = studio.compare.view(defaults.compare_a, defaults.compare_b, 'all', compute=False)
+        compare_views = list(compare_answer(view))
+    except StudioError:
         compare_views = [skip] * 6
     return attention_views + compare_views
 
 
-@user_errors
-def compare(model_a, model_b, class_name, progress=gr.Progress()):
-    view = studio.compare.view(model_a, model_b, class_name,
-                               progress=lambda done: progress(done, desc='predicting the test set once'))
+def compare_answer(view):
+    """Compare's outputs of a ``CompareView``, the galleries' images as files."""
     return (view.summary, served.gallery(view.a_only), served.gallery(view.b_only), view.table, view.figure,
             view.confusion)
+
+
+@user_errors
+def compare(model_a, model_b, class_name, progress=gr.Progress()):
+    return compare_answer(studio.compare.view(model_a, model_b, class_name,
+                                                  progress=lambda done, line: progress(done, desc=line)))
 
 
 def picked(side):
@@ -164,6 +171,12 @@ def start_job(token, **form):
     job = desk.start(JobForm(**form), token)
     rows = desk.rows()
     return job, gr.Dropdown(choices=[row[0] for row in rows], value=job['name']), rows
+
+
+def follow_teacher(teacher):
+    """The form's image size, set to the chosen teacher's (a 224 teacher trains 224 students); else left as it is."""
+    size = desk.teacher_size(teacher)
+    return gr.skip() if size is None else size
 
 
 @user_errors
@@ -301,7 +314,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                              seen, seen_note]
         gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs_kwargs=attention_form,
               outputs=attention_outputs, api_name='attention', validator=needs_image).success(
-            layer_range, inputs=student, outputs=[layer, layer_large], api_visibility='private').success(
+            layer_range, inputs=[student, layer], outputs=[layer, layer_large], api_visibility='private').success(
             faithfulness, inputs_kwargs=dict(image=image, **pair),
             outputs=[faithful_plot, faithful_summary, faithful_data], api_name='faithfulness')
         with gr.Accordion('A few images at once: one layer, teacher and student on each', open=False):
@@ -346,7 +359,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                   value=defaults.compare_b, allow_custom_value=True)
             class_name = gr.Dropdown(['all', *CIFAR10_CLASSES], value='all', label='True class')
         run_compare = gr.Button('Compare', variant='primary')
-        summary = gr.Markdown()
+        summary = gr.Markdown(elem_id='compare-summary')
         with gr.Row():
             a_only = gr.Gallery(label='A right, B wrong', columns=6, height=360, elem_id='a-only')
             b_only = gr.Gallery(label='B right, A wrong', columns=6, height=360, elem_id='b-only')
@@ -410,6 +423,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                         subset = gr.Number(job_defaults.subset, step=1, label='Subset (0: all images)')
                         batch_size = gr.Number(job_defaults.batch_size, step=1, label='Batch size')
                         device = gr.Radio(list(DEVICES), value=job_defaults.device, label='Device')
+                        image_size = gr.Number(desk.teacher_size(defaults.teacher) or job_defaults.image_size,
+                                               step=1, elem_id='job-image-size',
+                                               label='Image size (px): the teacher\'s')
                     token = gr.Textbox(label='Token', type='password', visible=desk.token is not None)
                     launch = gr.Button('Launch', variant='primary')
                     launched_summary = gr.Markdown(job_summary(None), elem_id='launched-summary')
@@ -434,7 +450,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
             job_form = dict(name=run_name, method=method, model=student_model, model_args=model_args,
                             teacher=job_teacher, data=dataset, length=length, amount=amount, lr=lr,
                             attn_weight=attn_weight, alpha=alpha, tau=tau, seed=seed, subset=subset,
-                            batch_size=batch_size, device=device)
+                            batch_size=batch_size, device=device, image_size=image_size)
+            job_teacher.change(follow_teacher, inputs=job_teacher, outputs=image_size, api_visibility='private')
             launch.click(start_job, inputs_kwargs=dict(**job_form, token=token), outputs=[launched, selected, jobs],
                          api_name='start_job')
             gr.on([selected.change, gr.Timer(2.0).tick], job_status, inputs=selected,

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import timm
 
 from . import models
+from .checkpoint import read_metadata
 from .checks import RequestError, number
 from .data import OFFICIAL_CIFAR10
 from .io import REPO
@@ -27,11 +28,13 @@ from .jobs import JobError, JobLimits, JobManager
 from .render import progress_html, students_curves, training_curves
 from .report import TABLE1_COLUMNS, ReportError, load_run, markdown_table, table1
 from .scrubber import Scrubber
+from .weights import CheckpointError
 
 LIST_HEADERS = ['name', 'method', 'model', 'status', 'progress', 'best val top-1', 'started']
 PAPER_STUDENTS = ('vit_tiny_patch16_224', 'vit_small_patch16_224')  # timm's own: the paper's students
 LENGTHS = ('epochs', 'steps', 'seconds')
 DEVICES = ('auto', 'cpu', 'cuda')
+IMAGE_SIZES = (8, 1024)  # the input sizes the form takes, in pixels: CIFAR's 32, the paper's 224, and room around
 
 
 LOOPBACK = ('localhost', '::1')  # and 127.0.0.0/8
@@ -82,6 +85,7 @@ class JobForm:
         data: The dataset (the page opens on the app's own, ``TrainDesk.default_data``).
         length: ``epochs``, ``steps`` or ``seconds``; ``amount`` says how many.
         subset: Train on this many images (0 or None: all).
+        image_size: The input size in pixels; a teacher's own (224 for the paper's) when there is one.
     """
     name: str = ''
     method: str | list[str] = field(default_factory=lambda: ['advit_l1'])
@@ -99,6 +103,18 @@ class JobForm:
     subset: int | None = 0
     batch_size: int = 128
     device: str = 'auto'
+    image_size: int = 32
+
+
+def teacher_image_size(path: str | None) -> int | None:
+    """The input size a teacher checkpoint was trained at (None: no teacher, or a file that does not say)."""
+    if not path:
+        return None
+    try:
+        size = read_metadata(path).get('image_size')
+    except CheckpointError:
+        return None
+    return int(size) if isinstance(size, int) else None
 
 
 def parse_model_args(text: str) -> dict[str, Any]:
@@ -204,6 +220,13 @@ class TrainDesk:
             raise JobError(f'dataset {data} cannot be read by this server')
         return str(resolved)
 
+    def teacher_size(self, teacher: str | None) -> int | None:
+        """The input size of a teacher on offer, which the form's image size follows (None: none chosen or unknown)."""
+        try:
+            return teacher_image_size(self._teacher(teacher))
+        except JobError:
+            return None
+
     def _authorise(self, token: str | None) -> None:
         if self.token is not None and not hmac.compare_digest(str(token or '').encode(), self.token.encode()):
             raise JobError('this server needs a valid token to start, cancel or resume jobs')
@@ -221,17 +244,25 @@ class TrainDesk:
             lr, attn_weight, alpha, tau = (number(value, label, low, high) for label, value, low, high in (
                 ('learning rate', form.lr, 1e-8, 1.0), ('attention weight', form.attn_weight, 0, 1e4),
                 ('alpha', form.alpha, 0, 1), ('tau', form.tau, 1e-3, 100)))
-            seed, subset, batch_size = (number(value, label, low, high, whole=True) for label, value, low, high in (
+            seed, subset, batch_size, image_size = (number(value, label, low, high, whole=True)
+                                                    for label, value, low, high in (
                 ('seed', form.seed, 0, 2**31 - 1), ('subset', form.subset or 0, 0, 10**7),
-                ('batch size', form.batch_size, 1, self.manager.limits.max_batch_size)))
+                ('batch size', form.batch_size, 1, self.manager.limits.max_batch_size),
+                ('image size', form.image_size, *IMAGE_SIZES)))
         except RequestError as err:
             raise JobError(str(err)) from None
+        teacher = self._teacher(form.teacher)
+        teacher_size = teacher_image_size(teacher)
+        if teacher_size is not None and teacher_size != image_size:  # refused here, not minutes later in the job
+            raise JobError(f'the teacher reads {teacher_size}px images and the student would read {image_size}px: '
+                           f'set the image size to {teacher_size}')
         methods = [form.method] if isinstance(form.method, str) else list(form.method or [])
         # Architecture keys are checked with the rest of the run's settings (train.validate, in submit).
         settings = dict(**({'method': methods[0]} if len(methods) == 1 else {'methods': methods}),
                         model=form.model, model_args=parse_model_args(form.model_args), data=self._dataset(form.data),
-                        teacher=self._teacher(form.teacher), lr=lr, attn_weight=attn_weight, alpha=alpha, tau=tau,
-                        seed=seed, subset=subset or None, batch_size=batch_size, device=form.device, log_every=10,
+                        teacher=teacher, lr=lr, attn_weight=attn_weight, alpha=alpha, tau=tau, seed=seed,
+                        subset=subset or None, batch_size=batch_size, image_size=image_size, device=form.device,
+                        log_every=10,
                         **{dict(epochs='epochs', steps='steps', seconds='time_budget')[form.length]: amount})
         return self._shown_job(self.manager.status(self.manager.submit(form.name or None, settings)))
 

@@ -34,6 +34,26 @@ def noise_image(size: int = 32, seed: int = 0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
+def write_small_cifar(root: Path, splits: dict, test_per_class: int, train_per_class: int) -> Path:
+    """An ImageFolder tree (``train/<class>/``, ``test/<class>/``) of the first real CIFAR-10 images of each class,
+    as PNG files.
+
+    Args:
+        splits: The decoded CIFAR-10 (``load_dataset``'s ``train`` and ``test`` ImageSets).
+    """
+    import numpy as np
+    from PIL import Image
+    for split, per_class in (('test', test_per_class), ('train', train_per_class)):
+        source = splits[split]
+        labels = source.labels.numpy()
+        for label, name in enumerate(source.classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in np.flatnonzero(labels == label)[:per_class]:
+                Image.fromarray(source.images[i].permute(1, 2, 0).numpy()).save(folder / f'{i:05d}.png')
+    return root
+
+
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     """One PNG chunk: length, type, data and CRC, for PNG files written by hand."""
     import struct
@@ -134,6 +154,17 @@ def tiny_bundle(tmp_path_factory, cifar_archive, cifar) -> Path:
         save_checkpoint(path, loaded.model, dict(loaded.meta, test_top1=top1))
     (folder / 'broken.safetensors').write_bytes(b'\x00' * 100)
     return folder
+
+
+@pytest.fixture(scope='session')
+def paper_models(tmp_path_factory, cifar):
+    """The paper's model sizes trained one step each by the CLI (``tests/paper_models.py``), on a small real
+    CIFAR-10 tree: (its ``runs`` folder, its checkpoint folder ``paper``, the dataset), all under one root."""
+    from paper_models import paper_folder, train_paper_models
+    root = tmp_path_factory.mktemp('paper')
+    data = write_small_cifar(root / 'data', cifar, test_per_class=3, train_per_class=4)
+    train_paper_models(root / 'runs', data)
+    return root / 'runs', paper_folder(root / 'runs', root / 'paper'), data
 
 
 def group_gone(pid: int) -> bool:

@@ -26,7 +26,7 @@ TINY_ARGS = ', '.join(f'{key}={value}' for key, value in TINY.items())
 def start(client: Client, name: str, data: Path, steps: int, token: str = '', method: str = 'vit',
           teacher: str | None = None) -> dict:
     job, _, _ = client.predict(name, [method], 'vit_tiny_patch4_32', TINY_ARGS, teacher, str(data), 'steps', steps,
-                               1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', token, api_name='/start_job')
+                               1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', 32, token, api_name='/start_job')
     return job
 
 
@@ -72,7 +72,7 @@ def test_a_table1_job_of_several_students_ends_with_its_table_and_its_distillati
     the run's attention probe drawn by the training view (the run is a source once it has evaluated)."""
     teacher = f'{tiny_bundle.name}/teacher.safetensors'
     job, _, _ = client.predict('table1', ['vit', 'advit_l1'], 'vit_tiny_patch4_32', TINY_ARGS, teacher,
-                               str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', '',
+                               str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', 32, '',
                                api_name='/start_job')
     assert job['methods'] == ['vit', 'advit_l1']
     done = wait_for(client, 'table1', ('finished', 'failed'), timeout=240)
@@ -220,7 +220,8 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         def refused(message: str, **form) -> None:
             values = dict(name='abuse', method='vit', model='vit_tiny_patch4_32', model_args=TINY_ARGS, teacher=None,
                           data=str(cifar_archive), length='steps', amount=3, lr=1e-3, attn_weight=1.0, alpha=0.5,
-                          tau=1.0, seed=0, subset=256, batch_size=64, device='cpu', token='s3cret')
+                          tau=1.0, seed=0, subset=256, batch_size=64, device='cpu', image_size=32,
+                          token='s3cret')
             values.update(form)
             with pytest.raises(Exception, match=message):
                 client.predict(*values.values(), api_name='/start_job')
@@ -235,10 +236,13 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         refused('cannot build', model_args='depth=2, embed_dim=50, num_heads=3')
         refused('outside the folders this server allows', data='/etc')
         refused('not one of the checkpoints on offer', method='advit_l1', teacher='/etc/passwd')
+        refused('the teacher reads 32px images and the student would read 224px: set the image size to 32',
+                method='advit_l1', teacher=f'{tiny_bundle.name}/teacher.safetensors', image_size=224)
+        refused('image size must be between 8 and 1024, got 4096', image_size=4096)
         # Numbers are finite, whole where they count and in range, names clean, or refused in words.
         # NaN and infinity as a raw request carries them (gradio_client will not send them).
         form = ['abuse', ['vit'], 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5,
-                1.0, 0, 256, 64, 'cpu', 's3cret']
+                1.0, 0, 256, 64, 'cpu', 32, 's3cret']
         for index, value, message in ((8, 'NaN', 'learning rate must be a finite number, got nan'),
                                       (7, 'Infinity', 'the number of steps must be a finite number, got inf')):
             body = json.dumps(form[:index] + ['VALUE'] + form[index + 1:]).replace('"VALUE"', value)
@@ -255,7 +259,7 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         refused('is not taken: a run name is', name='../x')
         # A job that fails inside its process (16 images do not fill a batch of 64): its error line, no traceback.
         job, _, _ = client.predict('fails', 'vit', 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps',
-                                   3, 1e-3, 1.0, 0.5, 1.0, 0, 16, 64, 'cpu', 's3cret', api_name='/start_job')
+                                   3, 1e-3, 1.0, 0.5, 1.0, 0, 16, 64, 'cpu', 32, 's3cret', api_name='/start_job')
         failed = wait_for(client, job['name'], ('failed',))
         _, _, log, _, _ = client.predict(job['name'], api_name='/job_status')
     assert 'do not fill one batch' in failed['error'] and '\n' not in failed['error']

@@ -90,20 +90,22 @@ def layer_maps(page) -> list[str]:
     return sources
 
 
-def opening_view(page, depth: int) -> None:
+def opening_view(page, depth: int, size: int = 32) -> None:
     """The page as it opens, before any click: Attention's finished answer on the first example (the Fig. 2
-    figure with a row per student layer, the last layer large, the deletion curves, what the student reads)
-    and Compare's galleries, with no error badge."""
+    figure with a row per student layer, the last layer large, the deletion curves, what the student reads:
+    ``size`` pixels square, enlarged by whole pixels to at least 128) and Compare's galleries, with no error badge."""
+    from advit.attention_views import SEEN_SIZE
     from advit.figure import LARGE_PANEL, Layout
     from advit.render import PANEL_SIZE
-    page.wait_for_function('() => document.querySelector("#attention-layer img")'
+    page.wait_for_function('size => document.querySelector("#attention-layer img")'
                            ' && document.querySelector("#faithfulness-plot .js-plotly-plot")?.data?.length === 8'
                            ' && document.querySelector("#seen-image img")'
-                           ' && document.querySelector("#seen-note")?.textContent.includes("32x32")',
-                           timeout=180_000)
+                           ' && document.querySelector("#seen-note")?.textContent.includes(`${size}x${size}`)',
+                           arg=size, timeout=180_000)
     assert natural_size(page, 'attention-figure') == Layout.of(PANEL_SIZE).size(depth)
     assert natural_size(page, 'attention-layer') == Layout.of(LARGE_PANEL).size(1)
-    assert natural_size(page, 'seen-image') == (128, 128)
+    shown = max(1, SEEN_SIZE // size) * size
+    assert natural_size(page, 'seen-image') == (shown, shown)
     page.get_by_role('tab', name='Compare').click()  # a tab is drawn when opened
     page.wait_for_function('() => document.querySelectorAll("#a-only img").length > 0'
                            ' && document.querySelector("#confusion-plot .js-plotly-plot")', timeout=180_000)
@@ -393,3 +395,29 @@ def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cif
         own = probes[Path(defaults.student).stem]
         show_distillation(page, len(probes), student[0], len(own.steps))
         save(page, tmp_path, 'distillation')
+
+
+def test_attention_and_compare_on_the_papers_model_sizes_in_a_real_browser(browser, paper_models, tmp_path):
+    """The paper's sizes alone in the app (``tests/paper_models.py``: a ViT-B/16 teacher, 224x224 students trained
+    one step): it opens on the teacher and the best ADViT student with every layer's 14x14 maps, shows an
+    upload's maps, the More views of 12 and 3 heads, and compares that student with the DeiT-hard one."""
+    from advit.studio import Studio
+    runs, folder, data = paper_models
+    studio = Studio([folder], runs, data)
+    defaults = studio.offer.defaults()
+    assert Path(defaults.teacher).name == 'teacher.safetensors'
+    teacher, student = shape(studio, defaults.teacher), shape(studio, defaults.student)
+    assert teacher == (12, 12) and student[0] == 12 and shape(studio, defaults.compare_b)[0] == 12
+    with running_app(tmp_path / 'app.log', ADVIT_CHECKPOINTS=str(folder), ADVIT_RUNS=str(runs),
+                     ADVIT_DATA=str(data)) as url:
+        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        page.goto(url)
+        opening_view(page, student[0], size=224)
+        show_attention(page, url, student[0])
+        show_more_views(page, teacher, student)
+        save(page, tmp_path, 'paper-attention', publish=False)
+        compare_and_pick(page, student[0])
+        assert 'on 30 test images' in page.locator('#compare-summary').text_content()
+        save(page, tmp_path, 'paper-compare', publish=False)
+        page.get_by_role('tab', name='Train').click()  # the form opens on the 224 teacher, so at its size
+        assert page.locator('#job-image-size input').input_value() == '224'

@@ -166,6 +166,8 @@ def test_parse_model_args():
     (dict(method='advit_l1'), 'needs a teacher'),
     (dict(data='/nowhere/cifar'), 'dataset not found'),
     (dict(length='steps', amount=0.5), 'the number of steps must be a whole number, got 0.5'),
+    (dict(image_size=4), 'image size must be between 8 and 1024, got 4'),
+    (dict(image_size=32.5), 'image size must be a whole number, got 32.5'),
 ])
 def test_start_refuses_bad_form_values(overrides, message, tmp_path, cifar_archive, desks):
     desk = desks()
@@ -262,6 +264,19 @@ def test_rows_and_view_of_a_finished_and_a_failed_job(tmp_path, cifar_archive, d
     assert '--- output ---' in failed.log and '<b>failed</b>' in failed.progress
     assert len(failed.figure.data) == 0, 'no metrics: an empty figure'
     assert failed.table == [] and failed.table_md == '', 'no Table 1 of a job that did not finish'
+
+
+def test_the_image_size_follows_the_teacher(tmp_path, cifar_archive, tiny_bundle):
+    offered = {'bundle/teacher.safetensors': str(tiny_bundle / 'teacher.safetensors')}
+    desk = TrainDesk(JobManager(tmp_path / 'runs', JobLimits(max_concurrent=0)), teachers=lambda: offered)
+    assert desk.teacher_size('bundle/teacher.safetensors') == 32
+    assert desk.teacher_size(None) is None and desk.teacher_size(str(tiny_bundle / 'teacher.safetensors')) is None
+    with pytest.raises(JobError, match='the teacher reads 32px images and the student would read 224px: set the '
+                                       'image size to 32'):
+        desk.start(form(cifar_archive, method='advit_l1', teacher='bundle/teacher.safetensors', image_size=224))
+    assert run_folders(tmp_path) == []
+    job = desk.start(form(cifar_archive, image_size=48.0))
+    assert json.loads((tmp_path / 'runs' / job['name'] / 'request.json').read_text())['image_size'] == 48
 
 
 def test_typed_paths_are_confined_to_what_the_server_offers(tmp_path, cifar_archive, tiny_bundle):
