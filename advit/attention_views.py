@@ -17,7 +17,7 @@ from PIL import Image
 
 from .capture import trained_normalization
 from .checks import shown_value
-from .faithfulness import GRADIENT_ROLLOUT, QUARTER, ROLLOUT, last_layer, measure_faithfulness
+from .faithfulness import GRADIENT_ROLLOUT, QUARTER, ROLLOUT, last_layer, measure_faithfulness, source_names
 from .figure import attention_figure, images_figure, layer_figure, maps_npz, report_json
 from .forms import AttentionRequest, RolloutRequest
 from .images import ImageError, load_image
@@ -28,7 +28,7 @@ from .rollout import model_views
 
 BATCH_LIMIT = 8  # images in the few-images view: a row each, 8 forward passes of both models
 SEEN_SIZE = 128  # the image as the model reads it, enlarged by whole pixels to at least this (4x for 32x32)
-# One image's deletion curves: eighths of the patches, random orders averaged (44 masked copies per model).
+# One image's deletion curves of the three maps drawn: eighths of the patches, random orders averaged.
 IMAGE_FRACTIONS = tuple(i / 8 for i in range(9))
 QUARTER_STEP = IMAGE_FRACTIONS.index(QUARTER)
 IMAGE_RANDOM_ORDERS = 4
@@ -177,6 +177,7 @@ class AttentionViews:
             classes[role] = names[int(predicted)] if int(predicted) < len(names) else f'class {int(predicted)}'
             curves[role] = measure_faithfulness(
                 model, inputs, predicted, trained_normalization(meta), meta.get('head_fusion') or 'mean',
+                sources=(last_layer(source_names(len(model.blocks))), ROLLOUT, GRADIENT_ROLLOUT),  # those drawn
                 fractions=IMAGE_FRACTIONS, modes=('deletion',), orders=('map', 'random'), random_orders=IMAGE_RANDOM_ORDERS)
         lines = []
         for role, c in curves.items():

@@ -1,5 +1,4 @@
-"""Command line: ``advit train``, ``eval``, ``import``, ``faithfulness``, ``report``, ``bundle`` and ``seeds`` (also
-``python -m advit``)."""
+"""Command line: ``advit train``, ``eval``, ``import``, ``faithfulness``, ``report``, ``bundle``, ``seeds`` (or ``-m advit``)."""
 from __future__ import annotations
 
 import argparse

@@ -16,9 +16,10 @@ from .data import ImageSet, default_cache_dir
 from .evaluate import checkpoint_probs, evaluation_paths, load_predictions
 from .io import atomic_path
 
-# Images per forward when Compare predicts on the CPU: a ViT-B/16 at 224 reads 64 in about 10 s on 2 cores, so
-# the progress bar moves every few seconds rather than once a minute (256 gain nothing in speed there).
-PREDICTION_BATCH = 64
+# Images per forward when Compare predicts on the CPU. On 2 fp32 EPYC cores a ViT-B/16 at 224 reads 2.7-3.2
+# images/s at any batch from 1 to 64, a ViT-S/16 12-15 at batches 1-8 and 10 at 64: at 16 the progress bar
+# moves every 5 s or so, not every 25 s, and nothing is lost in speed.
+PREDICTION_BATCH = 16
 
 
 @dataclass

@@ -30,7 +30,7 @@ background or a shortcut rather than the object a person would point at.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -355,6 +355,7 @@ def measure_faithfulness(
         batch_size: int = 256,
         amp: bool = False,
         progress: Callable[[float], None] | None = None,
+        sources: Sequence[str] | None = None,
         **curve_args: Any,
 ) -> FaithfulnessCurves:
     """Deletion and insertion curves of every layer's [CLS] map and of rollout, on ``inputs``.
@@ -368,6 +369,8 @@ def measure_faithfulness(
         batch_size: Images per forward.
         amp: bf16 autocast where the device runs it natively.
         progress: Called with the share done (0.1 once the maps are taken, 1 at the end).
+        sources: The maps measured, by ``source_names``' names (None: all; fewer maps, fewer masked copies:
+            the app's view of one image measures the three it shows).
         curve_args: ``perturbation_curves``' fractions, modes, orders, random_orders, seed.
     """
     was_training = model.training
@@ -383,8 +386,13 @@ def measure_faithfulness(
         if progress is not None:
             progress(0.1)
         targets = logits.argmax(dim=-1) if labels is None else labels
-        curves = perturbation_curves(model, inputs, targets, maps, source_names(maps.shape[1] - len(WHOLE_MODEL_MAPS)),
-                                     batch_size=batch_size, amp=amp, **curve_args)
+        names = source_names(maps.shape[1] - len(WHOLE_MODEL_MAPS))
+        if sources is not None:
+            unknown = [name for name in sources if name not in names]
+            if unknown:
+                raise ValueError(f'no map {", ".join(unknown)} in this model: it has {", ".join(names)}')
+            maps, names = maps[:, [names.index(name) for name in sources]], list(sources)
+        curves = perturbation_curves(model, inputs, targets, maps, names, batch_size=batch_size, amp=amp, **curve_args)
         if progress is not None:
             progress(1.0)
         return curves

@@ -32,14 +32,15 @@ def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int, device: torch
     return times
 
 
-def rss_mib(pid: int | str = 'self') -> float:
-    """Resident memory of a process (this one by default) in MiB (``VmRSS`` of ``/proc/<pid>/status``)."""
+def rss_mib(pid: int | str = 'self', field: str = 'VmRSS') -> float:
+    """Resident memory of a process (this one by default) in MiB: ``VmRSS`` of ``/proc/<pid>/status``, or its
+    high-water mark since the process started with ``field='VmHWM'``."""
     for line in Path(f'/proc/{pid}/status').read_text().splitlines():
-        if line.startswith('VmRSS:'):
+        if line.startswith(f'{field}:'):
             value, unit = line.split()[1:3]
             assert unit == 'kB', line
             return int(value) / 1024
-    raise RuntimeError(f'no VmRSS for process {pid}')
+    raise RuntimeError(f'no {field} for process {pid}')
 
 
 def cpu_s(pid: int) -> float:

@@ -167,6 +167,15 @@ def test_every_layer_and_rollout_of_a_real_vit_as_the_loss_and_the_app_take_them
     own = measure_faithfulness(model, images, fractions=(0, 0.25, 1))
     assert own.curve('accuracy', 'deletion', 'rollout', 'map')[0] == 100
     assert FaithfulnessCurves.from_dict(curves.as_dict()).summary() == curves.summary()
+    # Only the maps asked for (the app's one-image view draws three): the same curves, fewer masked copies.
+    some = measure_faithfulness(model, images, labels, fractions=(0, 0.25, 1), batch_size=5,
+                                sources=('layer 3', 'gradient rollout'))
+    assert some.sources == ['layer 3', 'gradient rollout']
+    for source in some.sources:
+        assert some.curve('probability', 'deletion', source, 'map') == \
+            pytest.approx(curves.curve('probability', 'deletion', source, 'map'), abs=1e-6)
+    with pytest.raises(ValueError, match='no map layer 4 in this model: it has layer 1, layer 2, layer 3, rollout'):
+        measure_faithfulness(model, images, labels, sources=('layer 4',))
 
 
 def test_bad_arguments_are_refused():
