@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 
 from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
 from .faithfulness import (FAITHFUL_BAR, HEADLINE_MAPS, NOISE_MARGIN, ROLLOUT, TEST_IMAGES, WHOLE_MODEL_MAPS,
@@ -48,6 +48,7 @@ ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student, wh
 SHIP_ALL_SHARE = 0.9  # every run's weights are shipped if they take at most this share of the size limit
 MAX_MB = 80.0
 GOALS = {TEACHER: 85.0, 'best student': 80.0}  # test top-1 (%) asked of the CPU bundle
+GOALS_START = 'Goals set for this bundle'  # the card's account of them begins so (``refresh_goals``)
 CARD = 'README.md'
 COMMANDS = 'commands.tsv'  # written by the script: run name, wall seconds, command; one line per command
 
@@ -234,6 +235,7 @@ def refresh_faithfulness(out: str | Path) -> None:
     text = _with_section('\n'.join(lines), FAITHFULNESS_HEADING, faithfulness_section(out, names), '## Table 2')
     with atomic_path(out / CARD) as tmp:
         tmp.write_text(text)
+    refresh_goals(out)  # the teacher's maps are among them
 
 
 def _with_section(card: str, heading: str, section: str, before: str) -> str:
@@ -260,6 +262,39 @@ def refresh_seeds(out: str | Path) -> None:
     text = _with_section((out / CARD).read_text(), SEEDS_HEADING, seeds_section(out), FAITHFULNESS_HEADING)
     with atomic_path(out / CARD) as tmp:
         tmp.write_text(text)
+
+
+def bundle_results(out: Path) -> dict[str, RunResult]:
+    """The bundle's own models as ``RunResult``s, from each shipped ``NAME.safetensors``' metadata and its
+    ``NAME.eval.json`` (the run folders they came from may be gone)."""
+    results = {}
+    for name in (TEACHER, *STUDENTS):
+        path = out / f'{name}.safetensors'
+        evaluation = read_json(evaluation_paths(path)[0])
+        if path.is_file() and evaluation is not None:
+            meta = read_metadata(path)
+            results[name] = RunResult(path=path, model=meta['model'], method=meta.get('method') or 'vit',
+                                      seed=BUNDLE_SEED, top1=float(evaluation['top1']), params=int(meta.get('params') or 0),
+                                      per_class=evaluation['per_class'], val_top1=meta.get('val_top1'),
+                                      faithfulness=headline(evaluation))
+    return results
+
+
+def refresh_goals(out: str | Path) -> None:
+    """Bring an existing card's account of the goals (``goals_account``: ``GOALS`` and the maps' faithfulness)
+    up to date with the bundle's files, in place; ``advit faithfulness --card`` and ``advit seeds`` call it."""
+    out = Path(out)
+    results = bundle_results(out)
+    attention = [name for name in results if name.startswith('advit_')]
+    best = max(attention, key=lambda name: results[name].val_top1 or -1.0, default=None)
+    lines = (out / CARD).read_text().split('\n')
+    begin = next(index for index, line in enumerate(lines) if line.startswith(GOALS_START))
+    end = begin + 1  # the account: its first line, then its list (a card of an earlier version: one line)
+    while end < len(lines) and (lines[end].startswith('- ') or
+                                (lines[end] == '' and end + 1 < len(lines) and lines[end + 1].startswith('- '))):
+        end += 1
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text('\n'.join(lines[:begin] + goals_account(results, best).rstrip('\n').split('\n') + lines[end:]))
 
 
 def _curves(runs: Path, names: list[str]) -> str:
@@ -331,7 +366,7 @@ def goals_account(results: dict[str, RunResult], best_attention: str | None) -> 
                        f'{drop("deit_hard", source)}{verdict_of(source)}' for source in HEADLINE_MAPS]
         lines.append('- the best ADViT student\'s maps at least as faithful as the DeiT student\'s (quarter drops, '
                      'points): ' + '; '.join(comparisons))
-    return 'Goals set for this bundle, on the test set:\n\n' + '\n'.join(lines) + '\n'
+    return f'{GOALS_START}, on the test set:\n\n' + '\n'.join(lines) + '\n'
 
 
 def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best: str | None, files_size: int,

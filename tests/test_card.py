@@ -1,0 +1,32 @@
+"""The shipped bundle's card brought up to date from the bundle's own files (its run folders may be gone)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from advit.bundle import GOALS, GOALS_START, refresh_goals
+from conftest import REPO
+
+SHIPPED = REPO / 'checkpoints'
+
+
+def test_the_goals_account_is_rewritten_from_the_bundles_files_in_place(tmp_path):
+    bundle = tmp_path / 'checkpoints'
+    shutil.copytree(SHIPPED, bundle)
+    card = (bundle / 'README.md').read_text()
+    refresh_goals(bundle)
+    refreshed = (bundle / 'README.md').read_text()
+    lines = refreshed.split('\n')
+    begin = next(index for index, line in enumerate(lines) if line.startswith(GOALS_START))
+    account = lines[begin:lines.index('', begin + 2)]
+    teacher = json.loads((bundle / 'teacher.eval.json').read_text())['top1']
+    assert account[2] == f"- teacher test top-1 at least {GOALS['teacher']:g}%: {teacher:.2f}%, **" + \
+        ('reached**' if teacher >= GOALS['teacher'] else 'not reached**')
+    assert account[3].startswith(f"- best student test top-1 at least {GOALS['best student']:g}%")
+    assert account[4].startswith("- the teacher's maps faithful") and 'gradient rollout' in account[4]
+    assert account[5].startswith("- the best ADViT student's maps at least as faithful as the DeiT student's")
+    # Everything else is kept as it was, and a second refresh changes nothing.
+    outside = [line for line in card.split('\n') if not line.startswith(GOALS_START)]
+    assert [line for line in lines if line not in account] == [line for line in outside if line not in account]
+    refresh_goals(bundle)
+    assert (bundle / 'README.md').read_text() == refreshed
