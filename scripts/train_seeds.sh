@@ -10,9 +10,10 @@
 #   RUNS [runs/seeds: seed<N>/ run folders, logs, commands.tsv], DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz],
 #   BUNDLE [bundle: the presets' prefix], STEPS [the bundle's students': the `step` of OUT/vit.safetensors],
 #   PYTHON [python3], EXTRA (flags added to every `advit train`, as in scripts/train_bundle.sh).
-# One seed of the shipped bundle's 1452 steps takes about 90 minutes on an fp32 2-core EPYC (0.28 steps/s for the
-# six students together): start it at the beginning of a session, with nothing heavy beside it. Run again, it
-# goes on (finished seeds are kept, interrupted ones resumed from their last evaluation).
+# One seed of the shipped bundle's 1452 steps takes about 110 minutes on an fp32 2-core EPYC (0.23 steps/s for the
+# six students together, evaluations included): start it at the beginning of a session, with nothing heavy
+# beside it. Run again, it goes on (finished seeds are kept; interrupted ones resume where they stopped: SIGTERM
+# saves the students' last checkpoints, a kill loses the steps since the last evaluation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (( $# )) || { echo "usage: $0 SEED [SEED ...]" >&2; exit 2; }
