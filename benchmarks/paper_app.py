@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from app_latency import PAIRS, save_pair, summarize  # noqa: E402
 from app_server import AppServer  # noqa: E402
 from measure import cpu_s, rss_mib  # noqa: E402
 
+from advit.bundle import hardware  # noqa: E402
 from advit.compare import PREDICTION_BATCH  # noqa: E402
 from advit.data import default_dataset, load_dataset  # noqa: E402
 from advit.evaluate import checkpoint_probs  # noqa: E402
@@ -42,14 +42,6 @@ from advit.evaluate import checkpoint_probs  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / 'assets' / 'examples' / 'horse_7000.png'
 TEST_IMAGES = 10_000
-
-
-def cpu_name() -> str:
-    """The CPU's model name as ``lscpu`` has it."""
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-        if line.startswith('model name'):
-            return line.split(':', 1)[1].strip()
-    return platform.processor()
 
 
 def wait_until_idle(pid: int, timeout_s: float = 600) -> None:
@@ -119,10 +111,10 @@ def main() -> None:
         keys = save_pair(PAIRS['224'], folder, seed=0)
         app = measure_app(keys, folder, Path(tmp), args.warmup, args.repeats)
         compare = measure_compare(keys, args.compare_images)
-    result = dict(cpu=cpu_name(), cores=os.cpu_count(), torch=torch.__version__, pair='ViT-B/16 teacher, ViT-S/16 '
-                  'student, 224x224', app=app, compare=compare)
+    result = dict(machine=hardware(), torch=torch.__version__, pair='ViT-B/16 teacher, ViT-S/16 student, 224x224',
+                  app=app, compare=compare)
     attention = app['attention']
-    print(f"{result['cpu']}, {result['cores']} cores, torch {torch.__version__}, {result['pair']}")
+    print(f"{result['machine']}, torch {torch.__version__}, {result['pair']}")
     print(f"attention: median {attention['median_s'] * 1000:.0f} ms, p95 {attention['p95_s'] * 1000:.0f} ms "
           f"(n={attention['n']}); " + ', '.join(f'{name} {seconds:.1f} s' for name, seconds in app['once_s'].items()))
     print(f"server memory: {app['server_started_mib']:.0f} MiB started, {app['server_peak_mib']:.0f} MiB peak")
