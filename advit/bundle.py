@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 
 from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
-from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
 from .faithfulness import (FAITHFUL_BAR, HEADLINE_MAPS, NOISE_MARGIN, ROLLOUT, TEST_IMAGES, WHOLE_MODEL_MAPS,
@@ -38,8 +38,8 @@ from .io import atomic_path
 from .precision import native_bf16
 from .probe import PROBE_FILE
 from .run_folder import read_json, read_metrics
-from .seeds import BUNDLE_SEED, SEEDS_DIR, seeds_table
-from .report import RunResult, differing_fields, load_run, markdown_table, table2, table2_columns
+from .seeds import BUNDLE_SEED, SEEDS_DIR, seeds_tables
+from .report import RunResult, best_on_validation, checkpoint_result, differing_fields, load_run, markdown_table, table2, table2_columns
 from .weights import TRAIN_STATE_PREFIX
 
 TEACHER = 'teacher'
@@ -74,9 +74,9 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
              if (read_json(runs / name / 'status.json') or {}).get('state') == 'finished']
     if not names:
         raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
-    attention = [name for name in names if name.startswith('advit_')]
     # Chosen on validation; the first in STUDENTS order wins a tie (and where no run held images out).
-    best_attention = max(attention, key=lambda name: load_run(runs / name).val_top1 or -1.0, default=None)
+    best_attention = best_on_validation({name: load_run(runs / name).val_top1 for name in names
+                                         if name.startswith('advit_')})
     # Every run's weights where they fit (small CPU models), else the most wanted ones.
     if sum(_fp16_bytes(runs / name / 'best.safetensors') for name in names) > SHIP_ALL_SHARE * max_mb * 1e6:
         shipped = [name for name in names if name in ALWAYS_SHIPPED or name == best_attention]
@@ -161,7 +161,7 @@ def hardware() -> str:
 
 FAITHFULNESS_COLUMNS = [(headline_key(source), f'faithfulness, {source} (pts)') for source in HEADLINE_MAPS]
 FAITHFULNESS_HEADING = '## Faithfulness of the maps'
-SEEDS_HEADING = '## Table 1 over seeds'
+SEEDS_HEADING = '## Tables 1 and 2 over seeds'
 
 
 def faithfulness_section(out: Path, names: list[str]) -> str:
@@ -248,16 +248,16 @@ def _with_section(card: str, heading: str, section: str, before: str) -> str:
 
 
 def seeds_section(out: Path) -> str:
-    """The card's Table 1 over seeds (``seeds.seeds_table``), from the bundle's evaluation files."""
+    """The card's Tables 1 and 2 over seeds (``seeds.seeds_tables``), from the bundle's evaluation files."""
     return (f'{SEEDS_HEADING}\n\nThe students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
             f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
             f'`{SEEDS_DIR}/seed<N>/`, no weights), each method as mean and standard deviation over its seeds. A difference is said to exceed '
             'the spread when it is larger than the two standard deviations added.\n\n'
-            + seeds_table(out, list(STUDENTS)))
+            + seeds_tables(out, list(STUDENTS)))
 
 
 def refresh_seeds(out: str | Path) -> None:
-    """Bring an existing card's Table 1 over seeds up to date with the evaluations in ``out``, in place."""
+    """Bring an existing card's Tables 1 and 2 over seeds up to date with the evaluations in ``out``, in place."""
     out = Path(out)
     text = _with_section((out / CARD).read_text(), SEEDS_HEADING, seeds_section(out), FAITHFULNESS_HEADING)
     with atomic_path(out / CARD) as tmp:
@@ -272,11 +272,7 @@ def bundle_results(out: Path) -> dict[str, RunResult]:
         path = out / f'{name}.safetensors'
         evaluation = read_json(evaluation_paths(path)[0])
         if path.is_file() and evaluation is not None:
-            meta = read_metadata(path)
-            results[name] = RunResult(path=path, model=meta['model'], method=meta.get('method') or 'vit',
-                                      seed=BUNDLE_SEED, top1=float(evaluation['top1']), params=int(meta.get('params') or 0),
-                                      per_class=evaluation['per_class'], val_top1=meta.get('val_top1'),
-                                      faithfulness=headline(evaluation))
+            results[name] = checkpoint_result(path, evaluation, path=path, seed=BUNDLE_SEED)
     return results
 
 
@@ -285,8 +281,7 @@ def refresh_goals(out: str | Path) -> None:
     up to date with the bundle's files, in place; ``advit faithfulness --card`` and ``advit seeds`` call it."""
     out = Path(out)
     results = bundle_results(out)
-    attention = [name for name in results if name.startswith('advit_')]
-    best = max(attention, key=lambda name: results[name].val_top1 or -1.0, default=None)
+    best = best_on_validation({name: result.val_top1 for name, result in results.items() if name.startswith('advit_')})
     lines = (out / CARD).read_text().split('\n')
     begin = next(index for index, line in enumerate(lines) if line.startswith(GOALS_START))
     end = begin + 1  # the account: its first line, then its list (a card of an earlier version: one line)
@@ -333,8 +328,7 @@ def goals_account(results: dict[str, RunResult], best_attention: str | None) -> 
         results: The runs by name.
         best_attention: The best ADViT student, chosen on validation.
     """
-    students = [name for name in results if name != TEACHER]
-    best_student = max(students, key=lambda name: results[name].val_top1 or -1.0, default=None)
+    best_student = best_on_validation({name: result.val_top1 for name, result in results.items() if name != TEACHER})
     reached = {TEACHER: results[TEACHER].top1 if TEACHER in results else None,
                'best student': results[best_student].top1 if best_student else None}
     lines = [f'- {role} test top-1 at least {goal:g}%: ' + ('not trained' if reached[role] is None else

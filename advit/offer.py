@@ -17,6 +17,7 @@ from .catalog import TIMM_PREFIX, ModelCache, ModelEntry, discover
 from .checks import shown_value
 from .io import REPO
 from .names import TEACHER_STEM
+from .report import best_on_validation
 from .scrubber import Scrubber
 
 
@@ -123,8 +124,8 @@ class Offer:
         usable = [e for e in self.entries() if e.usable and e.is_vit]
 
         def best(predicate: Callable[[ModelEntry], bool]) -> ModelEntry | None:
-            found = [e for e in usable if predicate(e)]
-            return max(found, key=lambda e: e.meta.get('val_top1') or 0) if found else None
+            found = {e.key: e for e in usable if predicate(e)}
+            return found.get(best_on_validation({key: e.meta.get('val_top1') for key, e in found.items()}))
         teacher = next((e for e in usable if Path(e.key).stem == TEACHER_STEM), None) or \
             max(usable, key=lambda e: e.meta.get('params') or 0, default=None)
         advit = best(lambda e: 'advit' in (e.meta.get('method') or ''))

@@ -76,18 +76,39 @@ def load_run(run: str | Path, evaluation: str | Path | None = None) -> RunResult
     metrics_path = Path(evaluation) if evaluation is not None else evaluation_paths(checkpoint)[0]
     if not checkpoint.is_file() or not metrics_path.is_file():
         raise ReportError(f'{run} has no evaluated best checkpoint (best.safetensors and {metrics_path.name})')
-    meta = read_metadata(checkpoint)
     evaluation = read_json(metrics_path)
     if evaluation is None:
         raise ReportError(f'{run}: {metrics_path.name} is not a readable evaluation')
     config = read_json(run / 'config.json') or {}
+    return checkpoint_result(checkpoint, evaluation, path=run, seed=int(config.get('seed', 0)),
+                             setting={k: v for k, v in config.items() if k not in NOT_SETTINGS})
+
+
+def checkpoint_result(checkpoint: Path, evaluation: dict[str, Any], path: Path, seed: int,
+                      setting: dict[str, Any] | None = None) -> RunResult:
+    """A checkpoint's metadata and its evaluation as a ``RunResult`` (a run folder's, or a bundle's model whose
+    run folder may be gone).
+
+    Args:
+        checkpoint: The ``.safetensors`` file.
+        evaluation: Its evaluation, as read from its ``.eval.json``.
+        path: What the result names: the run folder, or the checkpoint.
+        seed: The seed it was trained with.
+        setting: Its configuration less ``NOT_SETTINGS``, where known.
+    """
+    meta = read_metadata(checkpoint)
     arch = {k: v for k, v in meta.get('model_args', {}).items() if k not in ('num_classes', 'img_size')}
     model = meta['model'] + (f' ({", ".join(f"{k}={v}" for k, v in sorted(arch.items()))})' if arch else '')
-    return RunResult(path=run, model=model, method=meta.get('method') or 'vit', seed=int(config.get('seed', 0)),
+    return RunResult(path=path, model=model, method=meta.get('method') or 'vit', seed=seed,
                      top1=float(evaluation['top1']), params=int(meta.get('params') or 0),
                      per_class=evaluation['per_class'], val_top1=meta.get('val_top1'),
-                     faithfulness=headline(evaluation),
-                     setting={k: v for k, v in config.items() if k not in NOT_SETTINGS})
+                     faithfulness=headline(evaluation), setting=setting or {})
+
+
+def best_on_validation(val_top1: dict[str, float | None]) -> str | None:
+    """The name of highest validation top-1 (None when there is none; the first wins a tie, and a name without
+    a validation score only when none has one): how a best model is chosen, never on the test set."""
+    return max(val_top1, key=lambda name: -1.0 if val_top1[name] is None else val_top1[name], default=None)
 
 
 def table1(results: list[RunResult]) -> list[dict[str, Any]]:
