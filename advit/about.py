@@ -6,7 +6,7 @@ from pathlib import Path
 from .catalog import ModelEntry
 from .faithfulness import HEADLINE_MAPS, TEST_IMAGES, describe_drop
 from .names import model_label
-from .seeds import seeds_table
+from .seeds import seeds_tables
 
 # Paper Table 1, top-1 on CIFAR-10 at 224x224, ImageNet-pretrained timm students, ViT-Base teacher.
 PAPER_TEACHER_TOP1 = 99.34
@@ -83,7 +83,7 @@ def bundle_table(entries: list[ModelEntry]) -> str:
 def about_markdown(entries: list[ModelEntry], bundle: Path | None = None) -> str:
     """The About page: the method, our models (and, from the ``bundle`` folder, its students over seeds), the
     paper's results."""
-    over_seeds = seeds_table(bundle, list(METHOD_COLUMNS)) if bundle is not None and bundle.is_dir() else None
+    over_seeds = seeds_tables(bundle, list(METHOD_COLUMNS)) if bundle is not None and bundle.is_dir() else None
     return '\n\n'.join([
         METHOD,
         '## Our models\n\nTop-1 on the test split of the data each was evaluated on (for CIFAR-10 here: '
@@ -92,7 +92,7 @@ def about_markdown(entries: list[ModelEntry], bundle: Path | None = None) -> str
         FAITHFULNESS,
         bundle_table(entries),
         *(['### The bundle\'s students over seeds\n\nThe same recipe, the seed the only difference (the card\'s '
-           'Table 1 over seeds): mean and standard deviation of each method over its seeds.', over_seeds]
+           'Tables 1 and 2 over seeds): mean and standard deviation of each method over its seeds.', over_seeds]
           if over_seeds else []),
         '## The paper\'s results\n\nTop-1 (%) on CIFAR-10 at 224x224, students fine-tuned from ImageNet-pretrained '
         f'timm weights, ViT-Base teacher at {PAPER_TEACHER_TOP1}%. Not comparable with ours: other resolution, '

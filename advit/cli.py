@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='for evaluating the exports')
     b.add_argument('--sweep', help='a sweep.jsonl of scripts/cpu_sweep.py to record in the model card')
     s = commands.add_parser('seeds', help='add the evaluations of further seeds of the bundle\'s students (no '
-                            'weights) to the bundle, and its card\'s Table 1 over seeds (scripts/train_seeds.sh calls it)',
+                            'weights) to the bundle, and its card\'s Tables 1 and 2 over seeds (scripts/train_seeds.sh calls it)',
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument('runs', nargs='+', help='group run folders of one seed each (one subfolder per method)')
     s.add_argument('--card', default='checkpoints', metavar='BUNDLE', help='the bundle folder')

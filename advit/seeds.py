@@ -1,11 +1,12 @@
-"""Table 1 over seeds: the bundle's students and those of further seeds, from evaluation files alone.
+"""Tables 1 and 2 over seeds: the bundle's students and those of further seeds, from their evaluation files.
 
 The bundle ships its students' evaluations as ``NAME.eval.json`` (seed ``BUNDLE_SEED``, the training
 default). Further seeds of the same recipe on the shipped teacher (``scripts/train_seeds.sh``) keep
 only their evaluations, never their weights: ``seeds/seed<N>/NAME.eval.json`` in the bundle folder
 (``add_seeds``). Each method's test top-1 and map faithfulness are then given as mean and standard
-deviation over its seeds, and a difference between two methods is said to exceed the spread only when
-it is larger than the sum of their standard deviations (two seeds each at least).
+deviation over its seeds, as is each class's top-1 of DeiT and of the best ADViT student (chosen on
+validation, from the shipped checkpoints); a difference between two methods is said to exceed the spread
+only when it is larger than the sum of their standard deviations (two seeds each at least).
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .io import atomic_path
-from .report import markdown_table
+from .report import best_on_validation, markdown_table
 from .run_folder import read_json
 
 BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
@@ -37,10 +39,13 @@ class MethodSeeds:
     seeds: list[int] = field(default_factory=list)
     top1: list[float] = field(default_factory=list)
     faithfulness: dict[str, list[float]] = field(default_factory=dict)  # headline map -> quarter drops
+    per_class: dict[str, list[float]] = field(default_factory=dict)  # class -> its test top-1 per seed
 
     def add(self, seed: int, evaluation: dict) -> None:
         self.seeds.append(seed)
         self.top1.append(float(evaluation['top1']))
+        for name, score in (evaluation.get('per_class') or {}).items():  # None: no test image of the class
+            self.per_class.setdefault(name, []).extend([] if score is None else [float(score)])
         for source, entry in headline(evaluation).items():
             if entry['quarter_drop'] is not None:
                 self.faithfulness.setdefault(source, []).append(float(entry['quarter_drop']))
@@ -95,15 +100,64 @@ def seeds_table(bundle: Path, methods: list[str]) -> str:
     return table + ('\n' + '\n'.join(comparisons) + '\n' if comparisons else '')
 
 
+def _exceeds(ours: list[float], base: list[float]) -> bool | None:
+    """Whether the difference of the means is larger than the two standard deviations added (None: a spread
+    is not known, one value of either)."""
+    (mean_a, std_a), (mean_b, std_b) = _mean_std(ours), _mean_std(base)
+    return None if std_a is None or std_b is None else abs(mean_a - mean_b) > std_a + std_b
+
+
 def _difference(ours: MethodSeeds, base: MethodSeeds) -> str:
     """One line: the difference of mean test top-1 and whether it exceeds the two spreads added."""
     (mean_a, std_a), (mean_b, std_b) = _mean_std(ours.top1), _mean_std(base.top1)
     head = f'- `{ours.method}` - `{base.method}`: {mean_a - mean_b:+.2f} points of test top-1'
-    if std_a is None or std_b is None:
+    exceeds = _exceeds(ours.top1, base.top1)
+    if exceeds is None:
         return head + ' (one seed of one of them: the spread is not known, so the difference is not told from noise)'
-    exceeds = abs(mean_a - mean_b) > std_a + std_b
     return head + (f', {"exceeds" if exceeds else "within"} the spread (± {std_a:.2f} and ± {std_b:.2f} over '
                    f'{len(ours.seeds)} and {len(base.seeds)} seeds)')
+
+
+def best_attention_method(bundle: Path, methods: list[str]) -> str | None:
+    """The bundle's best ADViT student, chosen on validation (its shipped checkpoint's ``val_top1``) as the
+    card's Table 2 chooses it; None where no ADViT student's weights are shipped."""
+    return best_on_validation({method: read_metadata(bundle / f'{method}.safetensors').get('val_top1')
+                               for method in methods
+                               if method.startswith('advit_') and (bundle / f'{method}.safetensors').is_file()})
+
+
+def per_class_table(bundle: Path, base: str, ours: str) -> str:
+    """Markdown: Table 2 over seeds, each class's test top-1 of ``base`` and ``ours`` as mean ± standard
+    deviation over their seeds, the difference of the means, and whether it exceeds the two spreads added.
+
+    Args:
+        bundle: The bundle folder.
+        base: The method compared against (``deit_hard``).
+        ours: The ADViT method.
+    """
+    found = collect(bundle, [base, ours])
+    if len(found) < 2:
+        return ''
+    rows = []
+    for name in found[base].per_class:
+        a, b = found[base].per_class[name], found[ours].per_class.get(name, [])
+        (mean_a, std_a), (mean_b, std_b) = _mean_std(a), _mean_std(b)
+        exceeds = _exceeds(b, a) if a and b else None
+        rows.append({'class': name, 'a': mean_a, 'a_std': std_a, 'b': mean_b, 'b_std': std_b,
+                     'difference': None if mean_a is None or mean_b is None else mean_b - mean_a,
+                     'exceeds': None if exceeds is None else ('yes' if exceeds else 'no')})
+    return markdown_table(rows, [('class', 'class'), ('a', f'{base} (%)'), ('a_std', '± std'), ('b', f'{ours} (%)'),
+                                 ('b_std', '± std'), ('difference', 'difference'), ('exceeds', 'exceeds the spread')])
+
+
+def seeds_tables(bundle: Path, methods: list[str]) -> str:
+    """Markdown: Table 1 over seeds (``seeds_table``), then Table 2 over seeds (``per_class_table``) of
+    ``deit_hard`` and the best ADViT student where the bundle has both."""
+    best = best_attention_method(bundle, methods)
+    table2 = per_class_table(bundle, 'deit_hard', best) if best is not None and 'deit_hard' in methods else ''
+    return seeds_table(bundle, methods) + (
+        f'\nPer-class test top-1 over seeds (Table 2) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
+        f'chosen on validation):\n\n{table2}' if table2 else '')
 
 
 def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:

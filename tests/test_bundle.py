@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,9 +19,8 @@ from safetensors import safe_open
 
 from advit.about import PAPER_TEACHER_TOP1, PAPER_TOP1
 from advit.augment import BatchTransform
-from advit.bundle import STUDENTS, TEACHER
+from advit.bundle import SEEDS_HEADING, STUDENTS, TEACHER, hardware
 from advit.catalog import ModelCache, discover
-from advit.bundle import hardware
 from advit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from advit.models import create_model
 from advit.cli import main
@@ -314,7 +314,7 @@ def test_further_seeds_join_table_1_by_their_evaluations_alone(bundle, tmp_path,
     assert not list((shipped / 'seeds').rglob('*.safetensors'))
 
     card = (shipped / 'README.md').read_text()
-    section = card.split('## Table 1 over seeds')[1].split('\n## ')[0]
+    section = card.split(SEEDS_HEADING)[1].split('\n## ')[0]
     lines = [line for line in section.splitlines() if line.startswith('|')]
     titles = [cell.strip() for cell in lines[0].strip('|').split('|')]
     for name in STUDENTS:
@@ -327,6 +327,16 @@ def test_further_seeds_join_table_1_by_their_evaluations_alone(bundle, tmp_path,
         assert cells[titles.index('seeds')] == '0,1,2' and titles[at + 1] == '± std'
         assert cells[at:at + 2] == [f'{np.mean(values):.2f}', f'{np.std(values, ddof=1):.2f}']
     assert '- `advit_l1` - `deit_hard`: ' in section and ('exceeds the spread' in section or 'within the spread' in section)
+    # Table 2 over seeds: the pair of the card's Table 2 (DeiT and the best ADViT student on validation), per class.
+    best = re.search(r'best ADViT student \(`(\w+)`', card.split('## Table 2: per class')[1]).group(1)
+    assert f'the best ADViT student (`{best}`, chosen on validation)' in section
+    classes = json.loads((shipped / 'deit_hard.eval.json').read_text())['per_class']
+    for name in classes:
+        scores = [json.loads(path.read_text())['per_class'][name] for path in
+                  [shipped / f'{best}.eval.json'] + [shipped / 'seeds' / f'seed{seed}' / f'{best}.eval.json' for seed in (1, 2)]]
+        scores = [score for score in scores if score is not None]  # None: no test image of the class in a subset
+        row = next(line for line in section.splitlines() if line.startswith(f'| {name} |'))
+        assert [cell.strip() for cell in row.strip('|').split('|')][3] == (f'{np.mean(scores):.2f}' if scores else '–')
 
     # Refused: a seed run folder whose students are not finished; the card is left as it was.
     unfinished = tmp_path / 'unfinished'

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 
 from advit.about import about_markdown
-from advit.seeds import SeedError, add_seeds, collect, seeds_table
+from advit.checkpoint import read_metadata
+from advit.seeds import SeedError, add_seeds, collect, seeds_table, seeds_tables
 from conftest import REPO
 
 SHIPPED = REPO / 'checkpoints'
@@ -43,6 +45,37 @@ def test_means_spreads_and_which_differences_exceed_them(tmp_path):
     assert '- `advit_l2` - `deit_hard`: +0.50 points of test top-1, within the spread' in table
     about = about_markdown([], bundle)
     assert "The bundle's students over seeds" in about and row in about
+
+
+def table_row(table: str, first: str) -> list[str]:
+    return [cell.strip() for cell in next(line for line in table.splitlines()
+                                          if line.startswith(f'| {first} |')).strip('|').split('|')]
+
+
+def test_table2_over_seeds_gives_each_class_of_deit_and_the_best_student_on_validation(tmp_path):
+    methods = ['deit_hard', 'advit_l1', 'advit_l2']
+    bundle = bundle_with_seeds(tmp_path, {method: [60.0, 61.0, 62.0] for method in methods})
+    assert 'Per-class' not in seeds_tables(bundle, methods)  # no ADViT weights shipped: no best to choose
+    val = {}
+    for method in ('advit_l1', 'advit_l2'):
+        shutil.copyfile(SHIPPED / f'{method}.safetensors', bundle / f'{method}.safetensors')
+        val[method] = read_metadata(bundle / f'{method}.safetensors')['val_top1']
+    best = max(val, key=val.get)
+    per_class = {'deit_hard': {'airplane': [50.0, 52.0, 54.0], 'cat': [40.0, 44.0, 48.0]},
+                 best: {'airplane': [60.0, 61.0, 62.0], 'cat': [45.0, 45.0, 45.0]}}
+    for method, classes in per_class.items():
+        for seed in range(3):
+            path = (bundle if seed == 0 else bundle / 'seeds' / f'seed{seed}') / f'{method}.eval.json'
+            evaluation = json.loads(path.read_text())
+            evaluation['per_class'].update({name: scores[seed] for name, scores in classes.items()})
+            path.write_text(json.dumps(evaluation))
+    tables = seeds_tables(bundle, methods)
+    assert f'the best ADViT student (`{best}`, chosen on validation)' in tables
+    # airplane: 61 - 52 = 9 > 1 + 2 exceeds; cat: 45 - 44 = 1 < 0 + 4 within.
+    assert table_row(tables, 'airplane') == ['airplane', '52.00', '2.00', '61.00', '1.00', '9.00', 'yes']
+    assert table_row(tables, 'cat') == ['cat', '44.00', '4.00', '45.00', '0.00', '1.00', 'no']
+    assert len([line for line in tables.splitlines() if line.startswith('| ')]) == 2 + 3 + 2 + 10
+    assert '| airplane |' in about_markdown([], bundle)
 
 
 def test_one_seed_is_not_told_from_noise_and_no_bundle_leaves_the_section_out(tmp_path):
