@@ -278,7 +278,7 @@ def bundle_results(out: Path) -> dict[str, RunResult]:
 
 def refresh_goals(out: str | Path) -> None:
     """Bring an existing card's account of the goals (``goals_account``: ``GOALS`` and the maps' faithfulness)
-    up to date with the bundle's files, in place; ``advit faithfulness --card`` and ``advit seeds`` call it."""
+    up to date with the bundle's files, in place (``advit faithfulness --card`` calls it)."""
     out = Path(out)
     results = bundle_results(out)
     best = best_on_validation({name: result.val_top1 for name, result in results.items() if name.startswith('advit_')})
