@@ -1,11 +1,13 @@
 """The models on offer: one catalog scan kept until refreshed, its lists, defaults and cards, and loading by name.
 
 The app's views take one ``Offer``: a request looks a model up in the last scan (a name it does not
-hold, such as a run finished since, rescans once), so requests do not each walk the folders.
+hold, such as a run finished since, rescans once, at most every ``RESCAN_AFTER_S``), so requests do not
+each walk the folders, nor does a stream of made-up names.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,9 @@ from .io import REPO
 from .names import TEACHER_STEM
 from .report import best_on_validation
 from .scrubber import Scrubber
+
+
+RESCAN_AFTER_S = 2.0  # a name the last scan lacks rescans only when the scan is at least this old
 
 
 class StudioError(ValueError):
@@ -47,6 +52,7 @@ class Offer:
         self.checkpoint_dirs, self.runs_dir, self.scrub = checkpoint_dirs, runs_dir, scrub
         self.models = ModelCache()
         self._entries: list[ModelEntry] | None = None
+        self._scanned_at = float('-inf')  # time.monotonic() of the last scan
         self._lock = threading.Lock()
 
     @property
@@ -58,7 +64,7 @@ class Offer:
         """Scan the folders again (a finished run appears without a restart) and keep the result."""
         entries = discover(self.checkpoint_dirs, self.runs_dir)
         with self._lock:
-            self._entries = entries
+            self._entries, self._scanned_at = entries, time.monotonic()
         return entries
 
     def entries(self) -> list[ModelEntry]:
@@ -69,8 +75,8 @@ class Offer:
 
     def find(self, key: Any, checkpoints_only: bool = False) -> ModelEntry | None:
         """The usable model a request names: by the name the lists show, its file's path, or another
-        spelling of that file (relative to the app's folder); a name the last scan lacks rescans once.
-        Nothing that is not on offer is ever returned.
+        spelling of that file (relative to the app's folder); a name the last scan lacks rescans once when
+        that scan is ``RESCAN_AFTER_S`` old. Nothing that is not on offer is ever returned.
 
         Args:
             key: What the client sent.
@@ -79,7 +85,12 @@ class Offer:
         if not isinstance(key, str) or not key:
             return None
         for entries in (self.entries(), None):
-            entries = self.refresh() if entries is None else entries
+            if entries is None:
+                with self._lock:
+                    recent = time.monotonic() - self._scanned_at < RESCAN_AFTER_S
+                if recent:
+                    return None
+                entries = self.refresh()
             offered = [e for e in entries if e.usable and not (checkpoints_only and e.key.startswith(TIMM_PREFIX))]
             found = next((e for e in offered if key in (e.name, e.key)), None) or \
                 next((e for e in offered if _same_file(e.key, key)), None)

@@ -53,7 +53,7 @@ def test_choices_defaults_and_problems(studio, tiny_bundle):
 
 def test_the_catalog_is_scanned_once_until_a_name_it_lacks(tiny_bundle, cifar_archive, tmp_path, monkeypatch):
     """Requests look models up in the last scan; a model that appeared since (a finished run) is found by
-    one rescan (and is listed from then on)."""
+    one rescan (and is listed from then on), and unknown names rescan at most every RESCAN_AFTER_S."""
     import shutil
     import advit.offer
     from advit.catalog import discover
@@ -62,6 +62,7 @@ def test_the_catalog_is_scanned_once_until_a_name_it_lacks(tiny_bundle, cifar_ar
     studio = Studio([folder], tmp_path / 'runs', cifar_archive)
     scans = []
     monkeypatch.setattr(advit.offer, 'discover', lambda *args: scans.append(args) or discover(*args))
+    monkeypatch.setattr(advit.offer, 'RESCAN_AFTER_S', 0.0)
     teacher = studio.offer.defaults().teacher
     for _ in range(3):
         studio.offer.describe(teacher), studio.offer.choices(), studio.offer.load(teacher, 'teacher')
@@ -71,6 +72,9 @@ def test_the_catalog_is_scanned_once_until_a_name_it_lacks(tiny_bundle, cifar_ar
     assert studio.offer.find('checkpoints/copy.safetensors').name == 'checkpoints/copy.safetensors'
     assert len(scans) == 2 and 'checkpoints/copy.safetensors' in [key for _, key in studio.offer.choices()]
     assert studio.offer.find('checkpoints/none.safetensors') is None and len(scans) == 3
+    monkeypatch.setattr(advit.offer, 'RESCAN_AFTER_S', 3600.0)  # a stream of made-up names: no rescan each
+    assert all(studio.offer.find(f'checkpoints/none{index}.safetensors') is None for index in range(20))
+    assert len(scans) == 3
 
 
 def test_empty_studio_says_how_to_get_models(tmp_path, cifar_archive):
