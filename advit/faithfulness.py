@@ -44,7 +44,7 @@ from .models import patch_grid
 from .precision import autocast
 from .rollout import explain, rollout
 
-TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (the first ones, every class)
+TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (a fixed random subset: ImageSet.subset)
 MODES = ('deletion', 'insertion')
 ORDERS = ('map', 'random', 'reversed')
 # 0, 1/4, ..., 1 of the patches: symmetric, so insertion needs only its random orders' copies beyond deletion's.

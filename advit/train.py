@@ -106,8 +106,8 @@ class TrainConfig:
     alpha: float = setting(0.5, 'weight of the DeiT term; lambda for deit_soft')
     tau: float = setting(1.0, 'temperature of deit_soft and advit_kl_paper')
     head_fusion: str = setting('mean', 'fusion of attention heads before they are compared', choices=HEAD_FUSIONS)
-    layer_map: list[int] | None = setting(None, 'teacher layer per student layer, e.g. 1,3,5,7,9,11 (default '
-                                          'uniform)', metavar='L1,L2,...')
+    layer_map: list[int] | None = setting(None, 'teacher layer per student layer, counted from 0, e.g. '
+                                          '1,3,5,7,9,11 (default uniform)', metavar='L1,L2,...')
     attn_norm: str = setting(DEFAULT_NORMALIZATION, 'how each head\'s [CLS] row becomes a map: renormalized (its patch '
                              'part sums to one) or raw (the softmax row\'s patch entries, heads fused, then '
                              'normalised once)', choices=NORMALIZATIONS)
