@@ -38,7 +38,7 @@ from .io import atomic_path
 from .precision import native_bf16
 from .probe import PROBE_FILE
 from .run_folder import read_json, read_metrics
-from .seeds import BUNDLE_SEED, SEEDS_DIR, seeds_tables
+from .seeds import BUNDLE_SEED, RECIPE_FILE, SEEDS_DIR, SeedError, seeds_tables, write_recipe
 from .report import RunResult, best_on_validation, checkpoint_result, differing_fields, load_run, markdown_table, table2, table2_columns
 from .weights import TRAIN_STATE_PREFIX
 
@@ -96,6 +96,10 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
                 _copy(source, copy)
         if (runs / name / PROBE_FILE).is_file():
             _copy(runs / name / PROBE_FILE, out / f'{name}.probe.npz')
+    try:  # the card says so where the students' settings differ: then no seed can replay them
+        write_recipe([runs / name for name in names if name != TEACHER], out)
+    except SeedError:
+        (out / RECIPE_FILE).unlink(missing_ok=True)  # an earlier export's, of other students
     files = sorted(path for path in out.rglob('*') if path.is_file() and path.name != CARD)
     sweep_rows = [json.loads(line) for line in Path(sweep).read_text().splitlines() if line.strip()] if sweep else []
     card = model_card(runs, out, names, shipped, best_attention, sum(path.stat().st_size for path in files), max_mb,
@@ -386,6 +390,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     versions = versions or [f'torch {torch.__version__}, timm {timm.__version__}']
     val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
 
+    recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings, which `scripts/train_seeds.sh` replays for "
+                   'further seeds.\n' if (out / RECIPE_FILE).is_file() else '')
     rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
                  top1=result.top1, **{headline_key(source): result.faithfulness.get(source, {}).get('quarter_drop')
                                       for source in HEADLINE_MAPS}, paper=_paper_top1(name, result),
@@ -462,7 +468,7 @@ Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model 
 {unshipped_text}"paper top-1" is the paper's ViT-Base teacher for ours, and its ViT-Tiny student by the same
 method for each of our students. `NAME.probe.npz` holds each run's attention gap to the teacher,
 per layer, at every evaluation, on 256 held-out training images, and the maps of 8 of them.
-
+{recipe_text}
 {seeds_section(out)}
 {faithfulness_section(out, names)}
 ## Table 2: per class

@@ -3,18 +3,21 @@
 The bundle ships its students' evaluations as ``NAME.eval.json`` (seed ``BUNDLE_SEED``, the training
 default). Further seeds of the same recipe on the shipped teacher (``scripts/train_seeds.sh``) keep
 only their evaluations, never their weights: ``seeds/seed<N>/NAME.eval.json`` in the bundle folder
-(``add_seeds``). Each method's test top-1 and map faithfulness are then given as mean and standard
+(``add_seeds``). They replay the students' settings the bundle records (``RECIPE_FILE``, written by
+``advit bundle``), not a preset's of today, so that the seed is the only difference. Each method's test top-1 and map faithfulness are then given as mean and standard
 deviation over its seeds, as is each class's top-1 of DeiT and of the best ADViT student (chosen on
 validation, from the shipped checkpoints); a difference between two methods is said to exceed the spread
 only when it is larger than the sum of their standard deviations (two seeds each at least).
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
@@ -25,6 +28,10 @@ from .run_folder import read_json
 
 BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
 SEEDS_DIR = 'seeds'
+RECIPE_FILE = 'students.recipe.json'  # the students' shared settings, which scripts/train_seeds.sh replays
+# What each student or each run sets for itself (the script gives them), and config.json's bookkeeping.
+NOT_RECIPE = ('out', 'data', 'method', 'teacher', 'seed', 'steps', 'time_budget', 'device', 'cache_dir',
+              'world_size', 'group', 'versions')
 _SEED_FOLDER = re.compile(r'seed(\d+)')
 
 
@@ -158,6 +165,35 @@ def seeds_tables(bundle: Path, methods: list[str]) -> str:
     return seeds_table(bundle, methods) + (
         f'\nPer-class test top-1 over seeds (Table 2) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
         f'chosen on validation):\n\n{table2}' if table2 else '')
+
+
+def students_recipe(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings the students of one run share (their ``config.json`` less ``NOT_RECIPE``).
+
+    Args:
+        configs: The students' saved configurations.
+    """
+    recipes = [{key: value for key, value in config.items() if key not in NOT_RECIPE} for config in configs]
+    if not recipes:
+        raise SeedError('no student configuration to take the recipe from')
+    differing = sorted({key for recipe in recipes for key in recipe if recipe.get(key) != recipes[0].get(key)})
+    if differing:
+        raise SeedError(f'the students do not share one recipe: they differ in {", ".join(differing)}')
+    return recipes[0]
+
+
+def write_recipe(students: list[Path], bundle: Path) -> Path:
+    """Record the students' shared settings in the bundle (``RECIPE_FILE``), for further seeds to replay.
+
+    Args:
+        students: The students' run folders.
+        bundle: The bundle folder.
+    """
+    recipe = students_recipe([read_json(run / 'config.json') or {} for run in students])
+    path = bundle / RECIPE_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(recipe, indent=2, sort_keys=True) + '\n')
+    return path
 
 
 def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:

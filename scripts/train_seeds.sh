@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Further seeds of the bundle's students, for its Table 1 over seeds (checkpoints/README.md): the six students
-# of scripts/train_bundle.sh with the same recipe and as many steps as the bundle's own (their checkpoints say:
+# Further seeds of the bundle's students, for its Tables 1 and 2 over seeds (checkpoints/README.md): the six
+# students of scripts/train_bundle.sh with the settings the bundle records (OUT/students.recipe.json, written by
+# `advit bundle`: a preset may have changed since) and as many steps as the bundle's own (their checkpoints say:
 # a time budget would give a slower CPU fewer steps), on the shipped teacher, the seed the only difference;
 # then `advit seeds` adds their evaluations (never their weights) to the bundle and its card.
 #
@@ -8,7 +9,7 @@
 #
 # Environment (defaults in brackets): OUT [checkpoints: the bundle, whose teacher.safetensors teaches],
 #   RUNS [runs/seeds: seed<N>/ run folders, logs, commands.tsv], DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz],
-#   BUNDLE [bundle: the presets' prefix], STEPS [the bundle's students': the `step` of OUT/vit.safetensors],
+#   RECIPE [OUT/students.recipe.json], STEPS [the bundle's students': the `step` of OUT/vit.safetensors],
 #   PYTHON [python3], EXTRA (flags added to every `advit train`, as in scripts/train_bundle.sh).
 # One seed of the shipped bundle's 1452 steps takes about 110 minutes on an fp32 2-core EPYC (0.23 steps/s for the
 # six students together, evaluations included): start it at the beginning of a session, with nothing heavy
@@ -20,10 +21,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-checkpoints}
 RUNS=${RUNS:-runs/seeds}
 DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.xz}
-BUNDLE=${BUNDLE:-bundle}
+RECIPE=${RECIPE:-$OUT/students.recipe.json}
 PYTHON=${PYTHON:-python3}
 STEPS=${STEPS:-$("$PYTHON" -c 'import sys; from advit.checkpoint import read_metadata
 print(read_metadata(sys.argv[1])["step"])' "$OUT/vit.safetensors")}
+[[ -f $RECIPE ]] || { echo "$RECIPE not found: the bundle does not record its students' settings (advit bundle writes them)" >&2; exit 2; }
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 source scripts/run_lib.sh
 for seed in "$@"; do
@@ -34,7 +36,7 @@ mkdir -p "$RUNS"
 folders=()
 for seed in "$@"; do
   train_students "seed$seed" "$RUNS/seed$seed" --teacher "$OUT/teacher.safetensors" --data "$DATA" \
-    --preset "$BUNDLE-student" --steps "$STEPS" --seed "$seed" "${EXTRA_FLAGS[@]}"
+    --config "$RECIPE" --steps "$STEPS" --seed "$seed" "${EXTRA_FLAGS[@]}"
   folders+=("$RUNS/seed$seed")
 done
 "$PYTHON" -m advit seeds "${folders[@]}" --card "$OUT"

@@ -25,6 +25,7 @@ from advit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from advit.models import create_model
 from advit.cli import main
 from advit.faithfulness import headline
+from advit.seeds import NOT_RECIPE
 from advit.presets import preset
 from advit.train import TrainConfig, validate
 from conftest import REPO, tiny_flags
@@ -218,7 +219,8 @@ def test_weights_that_do_not_all_fit_ship_the_most_wanted_and_drop_the_rest(bund
     runs, out, _ = bundle
     shutil.copytree(out, tmp_path / 'checkpoints')  # an earlier export that shipped every run
     everything = sum(_fp16_bytes(runs / name / 'best.safetensors') for name in NAMES)
-    export_bundle(runs, tmp_path / 'checkpoints', max_mb=0.8 * everything / SHIP_ALL_SHARE / 1e6, device='cpu')
+    # Just under the share that ships every run, with room for the evaluations, probes, recipe and card.
+    export_bundle(runs, tmp_path / 'checkpoints', max_mb=0.99 * everything / SHIP_ALL_SHARE / 1e6, device='cpu')
     shipped = {TEACHER, 'vit', 'deit_hard', best_attention_run(runs)}
     assert {path.stem for path in (tmp_path / 'checkpoints').glob('*.safetensors')} == shipped
     for name in set(NAMES) - shipped:  # the run's own evaluation instead of the stale weights
@@ -263,6 +265,7 @@ def test_unfinished_runs_are_left_out_the_best_advit_is_shipped_unequal_settings
     table1 = card.split('## Table 1')[1].split('## Table 2')[0]
     assert 'Not finished, so not in the bundle: `advit_kl_paper`.' in table1 and '| advit_kl_paper |' not in table1
     assert "The students' settings differ in lr: they are not compared like for like." in card
+    assert not (tmp_path / 'out' / 'students.recipe.json').exists() and 'students.recipe.json' not in card
     assert f'| class | deit_hard (%) | {best} (%) | difference |' in card
 
 
@@ -287,12 +290,13 @@ def test_the_sweep_records_each_model_at_its_budget(tmp_path, cifar_archive, cif
     assert f"| {records[1]['best_val_top1']:.2f} | {last:.2f} |" in table  # the last layer's drop beside top-1
 
 
-def test_further_seeds_join_table_1_by_their_evaluations_alone(bundle, tmp_path, cifar_archive):
+def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evaluations(bundle, tmp_path, cifar_archive):
     """scripts/train_seeds.sh 1 2 at tiny scale on the bundle's shipped teacher: each seed's students trained
     together with --seed N, only their evaluations added to the bundle (seeds/seed<N>/NAME.eval.json, no
-    weights), and the card's Table 1 over seeds given as mean and standard deviation over the three seeds,
-    checked against the files; the bundle's own seed and unfinished or mixed runs refused in words."""
-    _, out, _ = bundle
+    weights), with the students' settings the bundle recorded; the card's Tables 1 and 2 over seeds given as
+    mean and standard deviation over the three seeds, checked against the files; the bundle's own seed, a
+    bundle without its recipe, and unfinished or mixed runs refused in words."""
+    runs_dir, out, _ = bundle
     shipped = tmp_path / 'checkpoints'
     shutil.copytree(out, shipped)
     runs = tmp_path / 'seeds'
@@ -303,12 +307,26 @@ def test_further_seeds_join_table_1_by_their_evaluations_alone(bundle, tmp_path,
     script = REPO / 'scripts' / 'train_seeds.sh'
     refused = subprocess.run(['bash', str(script), '0'], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "other than 0 (the bundle's own)" in refused.stderr and not runs.exists()
+    # The seeds replay the students' settings the bundle recorded (advit bundle wrote them from their configs),
+    # whatever the presets say now: a learning rate set in the record reaches every seed's students.
+    recipe_path = shipped / 'students.recipe.json'
+    recipe = json.loads(recipe_path.read_text())
+    assert "`students.recipe.json` holds the students' shared settings" in (shipped / 'README.md').read_text()
+    for method in STUDENTS:
+        config = json.loads((runs_dir / method / 'config.json').read_text())
+        assert recipe == {key: value for key, value in config.items() if key not in NOT_RECIPE}
+    recipe_path.unlink()
+    refused = subprocess.run(['bash', str(script), '1'], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and 'students.recipe.json not found' in refused.stderr and not runs.exists()
+    recipe_path.write_text(json.dumps(dict(recipe, lr=1.234e-3)))
     result = subprocess.run(['bash', str(script), '1', '2'], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for seed in (1, 2):
         arguments = shlex.split((runs / 'commands.tsv').read_text().splitlines()[seed - 1].split('\t')[2])
         assert arguments[arguments.index('--seed') + 1] == str(seed)
         assert arguments[arguments.index('--teacher') + 1] == str(shipped / 'teacher.safetensors')
+        for method in STUDENTS:
+            assert json.loads((runs / f'seed{seed}' / method / 'config.json').read_text())['lr'] == 1.234e-3
         folder = shipped / 'seeds' / f'seed{seed}'
         assert sorted(path.name for path in folder.iterdir()) == sorted(f'{name}.eval.json' for name in STUDENTS)
     assert not list((shipped / 'seeds').rglob('*.safetensors'))

@@ -10,7 +10,7 @@ import pytest
 
 from advit.about import about_markdown
 from advit.checkpoint import read_metadata
-from advit.seeds import SeedError, add_seeds, collect, seeds_table, seeds_tables
+from advit.seeds import SeedError, add_seeds, collect, seeds_table, seeds_tables, students_recipe
 from conftest import REPO
 
 SHIPPED = REPO / 'checkpoints'
@@ -93,3 +93,11 @@ def test_a_seed_folder_of_the_bundles_own_seed_is_refused(tmp_path):
     (run / 'vit' / 'config.json').write_text(json.dumps({'seed': 3}))
     with pytest.raises(SeedError, match='not finished: vit'):
         add_seeds([run], tmp_path / 'bundle', ['vit'])
+
+
+def test_the_recipe_is_what_the_students_share_and_students_that_differ_are_refused():
+    students = [dict(out=f'runs/x/{method}', method=method, seed=0, lr=2e-3, batch_size=128, versions={'torch': 'x'})
+                for method in ('vit', 'advit_l1')]
+    assert students_recipe(students) == {'lr': 2e-3, 'batch_size': 128}
+    with pytest.raises(SeedError, match='differ in batch_size, lr'):
+        students_recipe([students[0], dict(students[1], lr=1e-3, batch_size=64)])
