@@ -58,6 +58,21 @@ def image_sources(page, element_id: str) -> list[str]:
     return page.locator(f'#{element_id} img').evaluate_all('images => images.map(image => image.src)')
 
 
+def choose_refreshed_option(page, element_id: str, option: str, attempts: int = 3) -> None:
+    """Pick ``option`` in a dropdown whose focus reads its choices again: the answer can redraw the open
+    list under the click, so the pick is tried again then (a person would click again too)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for attempt in range(attempts):
+        page.locator(f'#{element_id} input').click()
+        try:
+            page.get_by_role('option', name=option, exact=True).click(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press('Escape')
+
+
 def shape(studio, name: str) -> tuple[int, int]:
     """(layers, heads of the last layer) of a model on offer, by the name the page shows it by."""
     model = studio.offer.load(name, 'model')[0]
@@ -350,8 +365,7 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         students = page.evaluate('() => document.querySelector("#job-curves .js-plotly-plot").data'
                                  '.map(trace => trace.name.split(" · ")[0])')
         assert set(students) == {'advit_l1', 'vit'}
-        page.locator('#probe-source input').click()
-        page.get_by_role('option', name=f'{runs.name}/browser-table1', exact=True).click()
+        choose_refreshed_option(page, 'probe-source', f'{runs.name}/browser-table1')
         page.wait_for_function('() => document.querySelector("#probe-summary")?.textContent.includes("advit_l1")'
                                ' && document.querySelector("#probe-students .js-plotly-plot")?.data?.length === 2',
                                timeout=120_000)
