@@ -11,7 +11,6 @@ only when it is larger than the sum of their standard deviations (two seeds each
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import statistics
@@ -22,7 +21,7 @@ from typing import Any
 from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
-from .io import atomic_path
+from .io import atomic_path, write_json
 from .report import best_on_validation, markdown_table
 from .run_folder import read_json
 
@@ -149,7 +148,7 @@ def per_class_table(bundle: Path, base: str, ours: str) -> str:
     for name in found[base].per_class:
         a, b = found[base].per_class[name], found[ours].per_class.get(name, [])
         (mean_a, std_a), (mean_b, std_b) = _mean_std(a), _mean_std(b)
-        exceeds = _exceeds(b, a) if a and b else None
+        exceeds = _exceeds(b, a)
         rows.append({'class': name, 'a': mean_a, 'a_std': std_a, 'b': mean_b, 'b_std': std_b,
                      'difference': None if mean_a is None or mean_b is None else mean_b - mean_a,
                      'exceeds': None if exceeds is None else ('yes' if exceeds else 'no')})
@@ -191,8 +190,7 @@ def write_recipe(students: list[Path], bundle: Path) -> Path:
     """
     recipe = students_recipe([read_json(run / 'config.json') or {} for run in students])
     path = bundle / RECIPE_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(recipe, indent=2, sort_keys=True) + '\n')
+    write_json(path, recipe)
     return path
 
 
