@@ -521,10 +521,11 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                                     outputs=training_outputs, api_visibility='private')
 
 
-# The opening views are made while the server starts, so the first visitor does not wait for them either.
-threading.Thread(target=opening_views, name='opening-views', daemon=True).start()
-
 if __name__ == '__main__':
+    # The opening views are made while the server starts, so the first visitor does not wait for them either.
+    # Only when serving: a process that merely imports the app would exit while the thread is inside torch,
+    # which aborts the interpreter ("terminate called without an active exception").
+    threading.Thread(target=opening_views, name='opening-views', daemon=True).start()
     demo.queue(default_concurrency_limit=2).launch(
         server_name=server_name(), server_port=int(os.environ.get('GRADIO_SERVER_PORT', '7860')),
         max_file_size=MAX_FILE_BYTES, show_error=not is_public())  # others see our messages, not internal errors

@@ -4,7 +4,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
@@ -361,3 +364,11 @@ def test_a_long_model_name_is_quoted_not_echoed(client, keys):
     with pytest.raises(Exception) as refused:
         client.predict(handle_file(str(EXAMPLE)), 'x' * 100_000, keys['advit_l1'], 'mean', 0, 0.6, api_name='/attention')
     assert 'is not one of the models on offer' in str(refused.value) and len(str(refused.value)) < 1000
+
+
+def test_importing_the_app_exits_cleanly(tmp_path):
+    """A process that imports app.py (a tool, `gradio app.py`'s reload) and exits: no background work of the
+    server start may still be inside torch then, which aborted the interpreter (exit 134). On the shipped bundle."""
+    done = subprocess.run([sys.executable, '-c', 'import app'], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'ADVIT_RUNS': str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
