@@ -6,14 +6,8 @@ from pathlib import Path
 from .catalog import ModelEntry
 from .faithfulness import HEADLINE_MAPS, TEST_IMAGES, describe_drop
 from .names import model_label
-from .seeds import seeds_tables
-
-# Paper Table 1, top-1 on CIFAR-10 at 224x224, ImageNet-pretrained timm students, ViT-Base teacher.
-PAPER_TEACHER_TOP1 = 99.34
-PAPER_TOP1 = {
-    'ViT-Tiny': {'vit': 95.59, 'deit_hard': 96.39, 'advit_l1': 98.35, 'advit_l2': 98.06, 'advit_kl_paper': 96.17},
-    'ViT-Small': {'vit': 96.34, 'deit_hard': 96.83, 'advit_l1': 99.00, 'advit_l2': 98.75, 'advit_kl_paper': 96.94},
-}
+from .bundle import bundle_seeds_tables
+from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 METHOD_COLUMNS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl_paper', 'advit_kl')
 
 METHOD = """\
@@ -83,7 +77,7 @@ def bundle_table(entries: list[ModelEntry]) -> str:
 def about_markdown(entries: list[ModelEntry], bundle: Path | None = None) -> str:
     """The About page: the method, our models (and, from the ``bundle`` folder, its students over seeds), the
     paper's results."""
-    over_seeds = seeds_tables(bundle, list(METHOD_COLUMNS)) if bundle is not None and bundle.is_dir() else None
+    over_seeds = bundle_seeds_tables(bundle, METHOD_COLUMNS) if bundle is not None and bundle.is_dir() else None
     return '\n\n'.join([
         METHOD,
         '## Our models\n\nTop-1 on the test split of the data each was evaluated on (for CIFAR-10 here: '

@@ -28,13 +28,13 @@ import timm
 import torch
 from safetensors import safe_open
 
-from .about import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset
 from .evaluate import evaluate_split, evaluation_paths
 from .faithfulness import (FAITHFUL_BAR, HEADLINE_MAPS, NOISE_MARGIN, ROLLOUT, TEST_IMAGES, WHOLE_MODEL_MAPS,
                            FaithfulnessCurves, headline, headline_key, last_layer, verdict)
 from .io import atomic_path
+from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .precision import native_bf16
 from .probe import PROBE_FILE
 from .run_folder import read_json, read_metrics
@@ -75,8 +75,7 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     if not names:
         raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
     # Chosen on validation; the first in STUDENTS order wins a tie (and where no run held images out).
-    best_attention = best_on_validation({name: load_run(runs / name).val_top1 for name in names
-                                         if name.startswith('advit_')})
+    best_attention = best_attention_student({name: load_run(runs / name) for name in names if name != TEACHER})
     # Every run's weights where they fit (small CPU models), else the most wanted ones.
     if sum(_fp16_bytes(runs / name / 'best.safetensors') for name in names) > SHIP_ALL_SHARE * max_mb * 1e6:
         shipped = [name for name in names if name in ALWAYS_SHIPPED or name == best_attention]
@@ -257,7 +256,7 @@ def seeds_section(out: Path) -> str:
             f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
             f'`{SEEDS_DIR}/seed<N>/`, no weights), each method as mean and standard deviation over its seeds. A difference is said to exceed '
             'the spread when it is larger than the two standard deviations added.\n\n'
-            + seeds_tables(out, list(STUDENTS)))
+            + bundle_seeds_tables(out))
 
 
 def refresh_seeds(out: str | Path) -> None:
@@ -280,12 +279,32 @@ def bundle_results(out: Path) -> dict[str, RunResult]:
     return results
 
 
+def best_attention_student(results: dict[str, RunResult]) -> str | None:
+    """The best ADViT student, chosen on validation (the first in ``STUDENTS`` order wins a tie); None if none.
+
+    Args:
+        results: The runs by name, in ``STUDENTS`` order.
+    """
+    return best_on_validation({name: result.val_top1 for name, result in results.items() if name.startswith('advit_')})
+
+
+def bundle_seeds_tables(out: Path, methods: tuple[str, ...] = STUDENTS) -> str:
+    """Tables 1 and 2 over seeds (``seeds.seeds_tables``) of the bundle in ``out``, Table 2 for its best ADViT
+    student (``best_attention_student`` of its shipped checkpoints).
+
+    Args:
+        out: The bundle folder.
+        methods: The student methods, in the table's order.
+    """
+    return seeds_tables(out, list(methods), best_attention_student(bundle_results(out)))
+
+
 def refresh_goals(out: str | Path) -> None:
     """Bring an existing card's account of the goals (``goals_account``: ``GOALS`` and the maps' faithfulness)
     up to date with the bundle's files, in place (``advit faithfulness --card`` calls it)."""
     out = Path(out)
     results = bundle_results(out)
-    best = best_on_validation({name: result.val_top1 for name, result in results.items() if name.startswith('advit_')})
+    best = best_attention_student(results)
     lines = (out / CARD).read_text().split('\n')
     begin = next(index for index, line in enumerate(lines) if line.startswith(GOALS_START))
     end = begin + 1  # the account: its first line, then its list (a card of an earlier version: one line)

@@ -25,6 +25,7 @@ from typing import Any
 from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
+from .paper import PAPER_TOP1
 from .run_folder import read_json
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
@@ -196,7 +197,6 @@ PAPER_SETTING = 'paper: CIFAR-10 at 224, ImageNet-pretrained, ViT-B teacher'
 
 def paper_rows() -> list[dict[str, Any]]:
     """The paper's Table 1 in the same columns, labelled with its setting."""
-    from .about import PAPER_TOP1
     return [dict(family='ViT', model=student, method=method, loss=LOSS_TYPES[method], top1_mean=score, top1_std=None,
                  **{f'{headline_key(source)}_{stat}': None for source in HEADLINE_MAPS for stat in ('mean', 'std')},
                  seeds=None, setting=PAPER_SETTING, params_m=None)

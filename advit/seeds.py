@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .io import atomic_path, write_json
-from .report import best_on_validation, markdown_table
+from .report import markdown_table
 from .run_folder import read_json
 
 BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
@@ -83,11 +82,14 @@ def collect(bundle: Path, methods: list[str]) -> dict[str, MethodSeeds]:
     return {method: entry for method, entry in found.items() if entry.seeds}
 
 
-def seeds_table(bundle: Path, methods: list[str]) -> str:
+def seeds_table(found: dict[str, MethodSeeds]) -> str:
     """Markdown: Table 1 over seeds (test top-1 and each headline map's quarter drop, mean ± standard
     deviation), then each ADViT method against ``deit_hard`` and ``vit``, and whether the difference
-    exceeds the spread."""
-    found = collect(bundle, methods)
+    exceeds the spread.
+
+    Args:
+        found: Each method's results over its seeds (``collect``), in the table's order.
+    """
     if not found:
         return 'No evaluated students.\n'
     rows = []
@@ -124,25 +126,17 @@ def _difference(ours: MethodSeeds, base: MethodSeeds) -> str:
                    f'{len(ours.seeds)} and {len(base.seeds)} seeds)')
 
 
-def best_attention_method(bundle: Path, methods: list[str]) -> str | None:
-    """The bundle's best ADViT student, chosen on validation (its shipped checkpoint's ``val_top1``) as the
-    card's Table 2 chooses it; None where no ADViT student's weights are shipped."""
-    return best_on_validation({method: read_metadata(bundle / f'{method}.safetensors').get('val_top1')
-                               for method in methods
-                               if method.startswith('advit_') and (bundle / f'{method}.safetensors').is_file()})
-
-
-def per_class_table(bundle: Path, base: str, ours: str) -> str:
+def per_class_table(found: dict[str, MethodSeeds], base: str, ours: str) -> str:
     """Markdown: Table 2 over seeds, each class's test top-1 of ``base`` and ``ours`` as mean ± standard
-    deviation over their seeds, the difference of the means, and whether it exceeds the two spreads added.
+    deviation over their seeds, the difference of the means, and whether it exceeds the two spreads added
+    ('' where either has no evaluation).
 
     Args:
-        bundle: The bundle folder.
+        found: Each method's results over its seeds (``collect``).
         base: The method compared against (``deit_hard``).
         ours: The ADViT method.
     """
-    found = collect(bundle, [base, ours])
-    if len(found) < 2:
+    if base not in found or ours not in found:
         return ''
     rows = []
     for name in found[base].per_class:
@@ -156,12 +150,18 @@ def per_class_table(bundle: Path, base: str, ours: str) -> str:
                                  ('b_std', '± std'), ('difference', 'difference'), ('exceeds', 'exceeds the spread')])
 
 
-def seeds_tables(bundle: Path, methods: list[str]) -> str:
+def seeds_tables(bundle: Path, methods: list[str], best: str | None) -> str:
     """Markdown: Table 1 over seeds (``seeds_table``), then Table 2 over seeds (``per_class_table``) of
-    ``deit_hard`` and the best ADViT student where the bundle has both."""
-    best = best_attention_method(bundle, methods)
-    table2 = per_class_table(bundle, 'deit_hard', best) if best is not None and 'deit_hard' in methods else ''
-    return seeds_table(bundle, methods) + (
+    ``deit_hard`` and the best ADViT student where the bundle has both.
+
+    Args:
+        bundle: The bundle folder.
+        methods: The student methods, in the table's order.
+        best: The bundle's best ADViT student, chosen on validation (None: no Table 2).
+    """
+    found = collect(bundle, methods)
+    table2 = per_class_table(found, 'deit_hard', best) if best is not None else ''
+    return seeds_table(found) + (
         f'\nPer-class test top-1 over seeds (Table 2) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
         f'chosen on validation):\n\n{table2}' if table2 else '')
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from advit.about import PAPER_TEACHER_TOP1, PAPER_TOP1
+from advit.paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from advit.augment import BatchTransform
 from advit.bundle import SEEDS_HEADING, STUDENTS, TEACHER, hardware
 from advit.catalog import ModelCache, discover

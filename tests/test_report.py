@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from advit.cli import main
+from advit.paper import PAPER_TOP1
 from advit.report import ReportError, load_run, table1
 from conftest import tiny_flags
 
@@ -78,7 +79,6 @@ def test_a_folder_without_an_evaluated_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_the_papers_numbers_come_labelled_with_their_setting(runs, tmp_path):
-    from advit.about import PAPER_TOP1
     assert main(['report', str(runs / 'vit-0'), '--out', str(tmp_path), '--paper']) == 0
     rows = list(csv.DictReader(open(tmp_path / 'table1.csv')))
     paper = [row for row in rows if row['setting'].startswith('paper: CIFAR-10 at 224')]

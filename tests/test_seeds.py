@@ -10,7 +10,8 @@ import pytest
 
 from advit.about import about_markdown
 from advit.checkpoint import read_metadata
-from advit.seeds import SeedError, add_seeds, collect, seeds_table, seeds_tables, students_recipe
+from advit.bundle import bundle_seeds_tables
+from advit.seeds import SeedError, add_seeds, collect, seeds_table, students_recipe
 from conftest import REPO
 
 SHIPPED = REPO / 'checkpoints'
@@ -36,7 +37,7 @@ def test_means_spreads_and_which_differences_exceed_them(tmp_path):
     assert found['advit_l1'].seeds == [0, 1, 2] and found['advit_l1'].top1 == top1['advit_l1']
     drops = json.loads((SHIPPED / 'advit_l1.eval.json').read_text())['faithfulness']['summary']['sources']
     assert found['advit_l1'].faithfulness['gradient rollout'] == [drops['gradient rollout']['quarter_drop']] * 3
-    table = seeds_table(bundle, list(top1))
+    table = seeds_table(found)
     row = next(line for line in table.splitlines() if line.startswith('| advit_l1 |'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert cells[1:4] == ['0,1,2', '69.00', f"{statistics.stdev(top1['advit_l1']):.2f}"]
@@ -53,9 +54,9 @@ def table_row(table: str, first: str) -> list[str]:
 
 
 def test_table2_over_seeds_gives_each_class_of_deit_and_the_best_student_on_validation(tmp_path):
-    methods = ['deit_hard', 'advit_l1', 'advit_l2']
+    methods = ('deit_hard', 'advit_l1', 'advit_l2')
     bundle = bundle_with_seeds(tmp_path, {method: [60.0, 61.0, 62.0] for method in methods})
-    assert 'Per-class' not in seeds_tables(bundle, methods)  # no ADViT weights shipped: no best to choose
+    assert 'Per-class' not in bundle_seeds_tables(bundle, methods)  # no ADViT weights shipped: no best to choose
     val = {}
     for method in ('advit_l1', 'advit_l2'):
         shutil.copyfile(SHIPPED / f'{method}.safetensors', bundle / f'{method}.safetensors')
@@ -69,7 +70,7 @@ def test_table2_over_seeds_gives_each_class_of_deit_and_the_best_student_on_vali
             evaluation = json.loads(path.read_text())
             evaluation['per_class'].update({name: scores[seed] for name, scores in classes.items()})
             path.write_text(json.dumps(evaluation))
-    tables = seeds_tables(bundle, methods)
+    tables = bundle_seeds_tables(bundle, methods)
     assert f'the best ADViT student (`{best}`, chosen on validation)' in tables
     # airplane: 61 - 52 = 9 > 1 + 2 exceeds; cat: 45 - 44 = 1 < 0 + 4 within.
     assert table_row(tables, 'airplane') == ['airplane', '52.00', '2.00', '61.00', '1.00', '9.00', 'yes']
@@ -80,7 +81,7 @@ def test_table2_over_seeds_gives_each_class_of_deit_and_the_best_student_on_vali
 
 def test_one_seed_is_not_told_from_noise_and_no_bundle_leaves_the_section_out(tmp_path):
     bundle = bundle_with_seeds(tmp_path, {'deit_hard': [64.0], 'advit_l1': [69.0, 70.0]})
-    assert 'the spread is not known' in seeds_table(bundle, ['deit_hard', 'advit_l1'])
+    assert 'the spread is not known' in seeds_table(collect(bundle, ['deit_hard', 'advit_l1']))
     assert 'over seeds' not in about_markdown([], None)
 
 
