@@ -59,17 +59,32 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return steps
 
 
+def dockerignore_patterns() -> list[str]:
+    """The patterns of the repository's ``.dockerignore``."""
+    return [p.strip() for p in (REPO / '.dockerignore').read_text().splitlines() if p.strip() and not p.startswith('#')]
+
+
+def dockerignored(name: str, patterns: list[str]) -> bool:
+    """Whether ``.dockerignore``'s ``patterns`` leave the file ``name`` (relative to the context) out: a pattern
+    matches the file or a folder above it; ``**/`` at its start matches at any depth.
+
+    Args:
+        name: A file's path in the build context, with ``/``.
+        patterns: ``dockerignore_patterns()``.
+    """
+    parts = Path(name).parts
+    paths = [(start, '/'.join(parts[start:end])) for end in range(1, len(parts) + 1) for start in range(end)]
+    return any(fnmatch.fnmatch(path, pattern.removeprefix('**/'))
+               for pattern in patterns for start, path in paths if start == 0 or pattern.startswith('**/'))
+
+
 def build_context(target: Path) -> None:
-    """The repository's tracked files, less what ``.dockerignore`` leaves out."""
-    patterns = [p.strip() for p in (REPO / '.dockerignore').read_text().splitlines() if p.strip()
-                and not p.startswith('#')]
+    """The repository's tracked files (a Space builds from its git repository), less what ``.dockerignore``
+    leaves out."""
+    patterns = dockerignore_patterns()
     files = subprocess.run(['git', 'ls-files'], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
-        parts = Path(name).parts
-        ignored = any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(name, p.removeprefix('**/'))
-                      or any(fnmatch.fnmatch('/'.join(parts[:i]), p.removeprefix('**/')) for i in range(1, len(parts)))
-                      for p in patterns)
-        if not ignored and (REPO / name).is_file():
+        if not dockerignored(name, patterns) and (REPO / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, target / name)
 

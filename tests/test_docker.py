@@ -35,7 +35,7 @@ def test_dockerfile_steps_install_and_start_the_app_as_an_unprivileged_user():
 def test_dockerignore_keeps_runs_caches_and_tests_out_of_the_image(tmp_path):
     sys.path.insert(0, str(REPO / 'scripts'))
     try:
-        from check_docker import build_context
+        from check_docker import build_context, dockerignore_patterns, dockerignored
     finally:
         sys.path.pop(0)
     build_context(tmp_path)
@@ -43,3 +43,13 @@ def test_dockerignore_keeps_runs_caches_and_tests_out_of_the_image(tmp_path):
     assert (tmp_path / 'assets' / 'examples').is_dir()
     for left_out in ('tests', 'runs', '.ci', 'benchmarks/results'):
         assert not (tmp_path / left_out).exists(), left_out
+
+    # A local `docker build .` also sends what git does not track: a checkout's runs, caches and test debris.
+    patterns = dockerignore_patterns()
+    for debris in ('runs/seeds/seed1/vit/last.safetensors', '.hypothesis/examples/x', '.benchmarks/Linux/0001.json',
+                   '.pytest_cache/v/x', 'advit/__pycache__/train.cpython-311.pyc', '.cache/timm-1.0.29/timm/x.py',
+                   'advit.egg-info/PKG-INFO', '.git/HEAD', 'benchmarks/results/x.json'):
+        assert dockerignored(debris, patterns), debris
+    for kept in ('app.py', 'advit/train.py', 'checkpoints/teacher.safetensors', 'assets/examples/ship_8000.png',
+                 'benchmarks/README.md', 'requirements.txt'):
+        assert not dockerignored(kept, patterns), kept
