@@ -94,7 +94,7 @@ def fuse_heads(maps: torch.Tensor, fusion: str | int = 'mean') -> torch.Tensor:
     """
     if isinstance(fusion, int):
         if not 0 <= fusion < maps.shape[2]:
-            raise ValueError(f'head {fusion} out of range: the model has {maps.shape[2]} heads')
+            raise ValueError(f'head {fusion} does not exist: this model has {maps.shape[2]} heads (0-{maps.shape[2] - 1})')
         fused = maps[:, :, fusion:fusion + 1]
     elif fusion == 'mean':
         fused = maps.mean(dim=2, keepdim=True)

@@ -71,11 +71,6 @@ def head_maps(model: nn.Module, inputs: torch.Tensor, attn_norm: str = DEFAULT_N
     return logits, maps
 
 
-def _check_head(fusion: str | int, maps: torch.Tensor) -> None:
-    if isinstance(fusion, int) and not 0 <= fusion < maps.shape[2]:
-        raise ValueError(f'head {fusion} does not exist: this model has {maps.shape[2]} heads (0-{maps.shape[2] - 1})')
-
-
 def top5(logits: torch.Tensor, classes: list[str]) -> dict[str, float]:
     probs = logits.float().softmax(dim=-1)[0]
     values, index = probs.topk(min(5, len(probs)))
@@ -107,7 +102,6 @@ def inspect_model(model: nn.Module, meta: dict[str, Any], image: Image.Image, fu
         fusion: ``'mean'``, ``'max'`` or a head index.
     """
     logits, maps = head_maps(model, model_input(image, meta, model), trained_normalization(meta))
-    _check_head(fusion, maps)
     return ModelAttention(maps=fuse_heads(maps, fusion)[0, :, 0].numpy(), grid=patch_grid(model), top5=top5(logits, meta.get('classes', [])))
 
 
@@ -138,8 +132,6 @@ def inspect_pair(
     attn_norm = trained_normalization(student_meta)
     teacher_logits, teacher_maps = head_maps(teacher, model_input(image, teacher_meta, teacher), attn_norm)
     student_logits, student_maps = head_maps(student, model_input(image, student_meta, student), attn_norm)
-    for maps in (teacher_maps, student_maps):
-        _check_head(fusion, maps)
     layer_map = student_meta.get('layer_map')
     try:
         layer_mapping(student_maps.shape[1], teacher_maps.shape[1], layer_map)
