@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,8 +32,8 @@ from .evaluate import evaluate_split, evaluation_paths
 from .faithfulness import (FAITHFUL_BAR, HEADLINE_MAPS, NOISE_MARGIN, ROLLOUT, TEST_IMAGES, WHOLE_MODEL_MAPS,
                            FaithfulnessCurves, headline, headline_key, last_layer, verdict)
 from .io import atomic_path
+from .machine import machine
 from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
-from .precision import native_bf16
 from .probe import PROBE_FILE
 from .run_folder import read_json, read_metrics
 from .seeds import BUNDLE_SEED, RECIPE_FILE, SEEDS_DIR, SeedError, seeds_tables, write_recipe
@@ -150,18 +148,6 @@ def _paper_top1(name: str, result: RunResult) -> float | None:
     return PAPER_TOP1.get(size, {}).get(result.method)
 
 
-def hardware() -> str:
-    """The machine in words: the GPU's name, or the CPU's model, its cores and whether it runs bf16 natively."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpuinfo = Path('/proc/cpuinfo')
-    names = [line.split(':', 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith('model name')] if cpuinfo.is_file() else []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    bf16 = 'bf16 natively' if native_bf16(torch.device('cpu')) else 'no native bf16 (fp32)'
-    return f'{names[0] if names else platform.processor() or "CPU"}, {cores} cores, {bf16}'
-
-
 FAITHFULNESS_COLUMNS = [(headline_key(source), f'faithfulness, {source} (pts)') for source in HEADLINE_MAPS]
 FAITHFULNESS_HEADING = '## Faithfulness of the maps'
 SEEDS_HEADING = '## Tables 1 and 2 over seeds'
@@ -254,7 +240,7 @@ def seeds_section(out: Path) -> str:
     """The card's Tables 1 and 2 over seeds (``seeds.seeds_tables``), from the bundle's evaluation files."""
     return (f'{SEEDS_HEADING}\n\nThe students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
             f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
-            f'`{SEEDS_DIR}/seed<N>/`, no weights), each method as mean and standard deviation over its seeds. A difference is said to exceed '
+            f'`{SEEDS_DIR}/seed<N>/` with how each was trained, no weights), each method as mean and standard deviation over its seeds. A difference is said to exceed '
             'the spread when it is larger than the two standard deviations added.\n\n'
             + bundle_seeds_tables(out))
 
@@ -407,6 +393,9 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     versions = sorted({f"torch {c['versions']['torch']}, timm {c['versions']['timm']}"
                        for c in configs.values() if 'versions' in c})
     versions = versions or [f'torch {torch.__version__}, timm {timm.__version__}']
+    machines = list(dict.fromkeys(name for c in configs.values() for name in c.get('machines', [])))
+    made_on = (f"Trained on **{'**, then **'.join(machines)}**" if machines
+               else f'Made on **{machine()}** (the runs do not record where they trained)')
     val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
 
     recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings, which `scripts/train_seeds.sh` replays for "
@@ -463,7 +452,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
 
 CIFAR-10 classifiers for the app: a ViT teacher and ViT students trained from it by each method of
 the ADViT paper, all **from scratch at 32x32** (an 8x8 grid of patch tokens) on `{data}` (CIFAR-10,
-JPEG q75 copy). Made on **{hardware()}** with {'; '.join(versions)}.
+JPEG q75 copy). {made_on} with {'; '.join(versions)}.
 
 **Which split each number is on.** {', '.join(str(v) for v in val_sizes)} training images are held out
 as a validation split (the same images for every run); every checkpoint choice (each run's `best`,

@@ -35,7 +35,7 @@ LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft 
 # config.json keys that do not change what a run learns: where and how it ran, and its seed (the
 # repeats of one setting differ only there).
 NOT_SETTINGS = frozenset({'out', 'seed', 'device', 'cache_dir', 'compile', 'attn_path', 'log_every', 'eval_batch_size',
-                          'world_size', 'versions', 'group'})
+                          'world_size', 'versions', 'group', 'machines'})
 
 
 class ReportError(ValueError):

@@ -5,7 +5,7 @@ Also the cancel the process obeys (``StopSignal``). Rank 0 writes; the others on
 - ``status.json``: the run's own account (``RunStatus``), read by the job list;
 - ``metrics.jsonl``: one JSON line per log step and evaluation, appended as the run goes;
 - ``train.log``: the log, also on stderr around the progress bar;
-- ``config.json``: the configuration, with the world size, the group and the versions;
+- ``config.json``: the configuration, with the world size, the group, the versions and the machines that trained it;
 - ``last.safetensors``: weights, optimiser state, every random stream and the progress: a killed
   or cancelled run resumes from it exactly.
 
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from .augment import BatchTransform, Mixup
 from .checkpoint import load_optimizer_tensors, load_weights, optimizer_tensors, read_metadata, save_checkpoint
 from .io import atomic_path, write_json
+from .machine import machine
 from .weights import model_weights, read_tensors, train_state
 
 
@@ -126,9 +127,13 @@ def truncate_metrics(run: Path, step: int) -> None:
 
 
 def write_config(run: Path, config: dict[str, Any], world_size: int, group: list[str]) -> None:
-    """The run's ``config.json``: its settings, and where they ran (world size, the group, versions)."""
+    """The run's ``config.json``: its settings, and where they ran (world size, the group, versions, and
+    ``machines``: each machine that trained it, in order, kept over resumes)."""
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / 'config.json', dict(config, world_size=world_size, group=group,
+    machines = list((read_json(run / 'config.json') or {}).get('machines', []))
+    if machine() not in machines[-1:]:
+        machines.append(machine())
+    write_json(run / 'config.json', dict(config, world_size=world_size, group=group, machines=machines,
                                          versions={'torch': torch.__version__, 'timm': timm.__version__}))
 
 

@@ -26,10 +26,11 @@ from .run_folder import read_json
 
 BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
 SEEDS_DIR = 'seeds'
+SEED_RECORD = 'seed.json'  # in seeds/seed<N>/: the seed's steps, training time and machines
 RECIPE_FILE = 'students.recipe.json'  # the students' shared settings, which scripts/train_seeds.sh replays
 # What each student or each run sets for itself (the script gives them), and config.json's bookkeeping.
 NOT_RECIPE = ('out', 'data', 'method', 'teacher', 'seed', 'steps', 'time_budget', 'device', 'cache_dir',
-              'world_size', 'group', 'versions')
+              'world_size', 'group', 'versions', 'machines')
 _SEED_FOLDER = re.compile(r'seed(\d+)')
 
 
@@ -62,6 +63,12 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def _seed_folders(bundle: Path) -> list[tuple[int, Path]]:
+    """(seed, folder) of the bundle's further seeds, in seed order."""
+    return sorted((int(match.group(1)), path) for path in (bundle / SEEDS_DIR).glob('seed*')
+                  if path.is_dir() and (match := _SEED_FOLDER.fullmatch(path.name)))
+
+
 def collect(bundle: Path, methods: list[str]) -> dict[str, MethodSeeds]:
     """Each method's evaluations in ``bundle``: its shipped file (seed ``BUNDLE_SEED``) and every
     ``seeds/seed<N>/`` file, in seed order.
@@ -71,10 +78,7 @@ def collect(bundle: Path, methods: list[str]) -> dict[str, MethodSeeds]:
         methods: The student methods, in the table's order.
     """
     found = {method: MethodSeeds(method) for method in methods}
-    folders = [(BUNDLE_SEED, bundle)] + sorted(
-        (int(match.group(1)), path) for path in (bundle / SEEDS_DIR).glob('seed*')
-        if path.is_dir() and (match := _SEED_FOLDER.fullmatch(path.name)))
-    for seed, folder in folders:
+    for seed, folder in [(BUNDLE_SEED, bundle)] + _seed_folders(bundle):
         for method in methods:
             evaluation = read_json(evaluation_paths(folder / f'{method}.safetensors')[0])
             if evaluation is not None and 'top1' in evaluation:
@@ -150,9 +154,24 @@ def per_class_table(found: dict[str, MethodSeeds], base: str, ours: str) -> str:
                                  ('b_std', '± std'), ('difference', 'difference'), ('exceeds', 'exceeds the spread')])
 
 
+def seed_runs(bundle: Path) -> str:
+    """Markdown: one line per further seed in ``bundle``, how it was trained (its ``SEED_RECORD``)."""
+    lines = []
+    for seed, folder in _seed_folders(bundle):
+        record = read_json(folder / SEED_RECORD)
+        if record is None:
+            lines.append(f'- seed {seed}: not recorded how it was trained')
+            continue
+        where = ', then '.join(record.get('machines') or []) or 'a machine not recorded'
+        lines.append(f"- seed {seed}: {record['steps']} steps in {record['train_s'] / 60:.0f} minutes of training "
+                     f'(the six students together, evaluations included), on {where}')
+    return '\n'.join(lines) + '\n' if lines else ''
+
+
 def seeds_tables(bundle: Path, methods: list[str], best: str | None) -> str:
-    """Markdown: Table 1 over seeds (``seeds_table``), then Table 2 over seeds (``per_class_table``) of
-    ``deit_hard`` and the best ADViT student where the bundle has both.
+    """Markdown: how each further seed was trained (``seed_runs``), Table 1 over seeds (``seeds_table``),
+    then Table 2 over seeds (``per_class_table``) of ``deit_hard`` and the best ADViT student where the
+    bundle has both.
 
     Args:
         bundle: The bundle folder.
@@ -161,7 +180,8 @@ def seeds_tables(bundle: Path, methods: list[str], best: str | None) -> str:
     """
     found = collect(bundle, methods)
     table2 = per_class_table(found, 'deit_hard', best) if best is not None else ''
-    return seeds_table(found) + (
+    runs = seed_runs(bundle)
+    return (runs + '\n' if runs else '') + seeds_table(found) + (
         f'\nPer-class test top-1 over seeds (Table 2) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
         f'chosen on validation):\n\n{table2}' if table2 else '')
 
@@ -195,8 +215,9 @@ def write_recipe(students: list[Path], bundle: Path) -> Path:
 
 
 def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
-    """Copy the evaluations of finished seed runs into ``bundle/seeds/seed<N>/`` (no weights); return the
-    files written.
+    """Copy the evaluations of finished seed runs into ``bundle/seeds/seed<N>/`` (no weights), with how each
+    seed was trained (``SEED_RECORD``: steps, training time, the machines its runs' configs name); return
+    the files written.
 
     Args:
         runs: Group run folders of ``scripts/train_seeds.sh`` (one subfolder per method), each of one seed.
@@ -220,6 +241,12 @@ def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
             raise SeedError(f'{run}: not finished: {", ".join(unfinished)}')
         target = bundle / SEEDS_DIR / f'seed{seed}'
         target.mkdir(parents=True, exist_ok=True)
+        statuses = [read_json(student / 'status.json') or {} for student in students]
+        machines = [name for student in students for name in (read_json(student / 'config.json') or {}).get('machines', [])]
+        write_json(target / SEED_RECORD, dict(seed=seed, steps=max(status.get('step', 0) for status in statuses),
+                                              train_s=round(max(status.get('elapsed', 0.0) for status in statuses), 1),
+                                              machines=list(dict.fromkeys(machines))))
+        written.append(target / SEED_RECORD)
         for student in students:
             source = evaluation_paths(student / 'best.safetensors')[0]
             copy = evaluation_paths(target / f'{student.name}.safetensors')[0]

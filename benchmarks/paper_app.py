@@ -34,7 +34,7 @@ from app_latency import PAIRS, save_pair, summarize  # noqa: E402
 from app_server import AppServer  # noqa: E402
 from measure import cpu_s, rss_mib  # noqa: E402
 
-from advit.bundle import hardware  # noqa: E402
+from advit.machine import machine  # noqa: E402
 from advit.compare import PREDICTION_BATCH  # noqa: E402
 from advit.data import default_dataset, load_dataset  # noqa: E402
 from advit.evaluate import checkpoint_probs  # noqa: E402
@@ -111,7 +111,7 @@ def main() -> None:
         keys = save_pair(PAIRS['224'], folder, seed=0)
         app = measure_app(keys, folder, Path(tmp), args.warmup, args.repeats)
         compare = measure_compare(keys, args.compare_images)
-    result = dict(machine=hardware(), torch=torch.__version__, pair='ViT-B/16 teacher, ViT-S/16 student, 224x224',
+    result = dict(machine=machine(), torch=torch.__version__, pair='ViT-B/16 teacher, ViT-S/16 student, 224x224',
                   app=app, compare=compare)
     attention = app['attention']
     print(f"{result['machine']}, torch {torch.__version__}, {result['pair']}")

@@ -11,7 +11,9 @@ import pytest
 from advit.about import about_markdown
 from advit.checkpoint import read_metadata
 from advit.bundle import bundle_seeds_tables
-from advit.seeds import SeedError, add_seeds, collect, seeds_table, students_recipe
+from advit.machine import machine
+from advit.run_folder import write_config
+from advit.seeds import SEED_RECORD, SeedError, add_seeds, collect, seeds_table, students_recipe
 from conftest import REPO
 
 SHIPPED = REPO / 'checkpoints'
@@ -102,3 +104,36 @@ def test_the_recipe_is_what_the_students_share_and_students_that_differ_are_refu
     assert students_recipe(students) == {'lr': 2e-3, 'batch_size': 128}
     with pytest.raises(SeedError, match='differ in batch_size, lr'):
         students_recipe([students[0], dict(students[1], lr=1e-3, batch_size=64)])
+
+
+def test_a_seed_joins_with_its_evaluations_and_how_it_was_trained(tmp_path):
+    """``add_seeds`` copies a finished seed's evaluations (no weights) and records its steps, training time and
+    machines; the tables say so beside the numbers."""
+    methods = ['deit_hard', 'advit_l1']
+    run, bundle = tmp_path / 'seed1', bundle_with_seeds(tmp_path / 'bundle', {method: [60.0] for method in methods})
+    for method, elapsed in zip(methods, (5880.0, 5890.0)):
+        student = run / method
+        student.mkdir(parents=True)
+        (student / 'config.json').write_text(json.dumps({'seed': 1, 'machines': ['CPU A, 2 cores', 'CPU B, 2 cores']}))
+        (student / 'status.json').write_text(json.dumps({'state': 'finished', 'step': 1452, 'elapsed': elapsed}))
+        shutil.copyfile(SHIPPED / f'{method}.eval.json', student / 'best.eval.json')
+        (student / 'best.safetensors').write_bytes(b'weights stay out')
+    written = add_seeds([run], bundle, methods)
+    target = bundle / 'seeds' / 'seed1'
+    assert sorted(path.name for path in written) == ['advit_l1.eval.json', 'deit_hard.eval.json', SEED_RECORD]
+    assert sorted(path.name for path in target.iterdir()) == sorted(path.name for path in written)
+    assert json.loads((target / SEED_RECORD).read_text()) == dict(
+        seed=1, steps=1452, train_s=5890.0, machines=['CPU A, 2 cores', 'CPU B, 2 cores'])
+    tables = bundle_seeds_tables(bundle, tuple(methods))
+    assert '- seed 1: 1452 steps in 98 minutes of training (the six students together, evaluations included), ' \
+           'on CPU A, 2 cores, then CPU B, 2 cores' in tables
+    assert collect(bundle, methods)['advit_l1'].seeds == [0, 1]
+
+
+def test_a_runs_config_names_each_machine_that_trained_it_over_resumes(tmp_path):
+    write_config(tmp_path, {'lr': 1e-3}, 1, ['vit'])
+    write_config(tmp_path, {'lr': 1e-3}, 1, ['vit'])  # resumed on the same machine: named once
+    assert json.loads((tmp_path / 'config.json').read_text())['machines'] == [machine()]
+    (tmp_path / 'config.json').write_text(json.dumps({'lr': 1e-3, 'machines': ['an earlier machine']}))
+    write_config(tmp_path, {'lr': 1e-3}, 1, ['vit'])  # resumed elsewhere
+    assert json.loads((tmp_path / 'config.json').read_text())['machines'] == ['an earlier machine', machine()]
