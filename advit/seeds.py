@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .io import atomic_path, write_json
@@ -214,6 +215,26 @@ def write_recipe(students: list[Path], bundle: Path) -> Path:
     return path
 
 
+def _check_same_training(run: Path, students: list[Path], bundle: Path) -> None:
+    """Refuse a seed whose students were not trained as the bundle's were: the recipe it records
+    (``RECIPE_FILE``) and as many steps as its shipped students took, so that the seed is the only difference."""
+    recipe = read_json(bundle / RECIPE_FILE)
+    if recipe is None:
+        raise SeedError(f'the bundle records no students\' settings ({RECIPE_FILE}, written by advit bundle): '
+                        'a further seed cannot be shown to differ from its students by the seed alone')
+    theirs = students_recipe([read_json(student / 'config.json') or {} for student in students])
+    differing = sorted(key for key in recipe.keys() | theirs.keys() if recipe.get(key) != theirs.get(key))
+    if differing:
+        raise SeedError(f'{run} was not trained with the bundle\'s recipe: ' + ', '.join(
+            f'{key} {theirs.get(key)!r} (the bundle\'s {recipe.get(key)!r})' for key in differing))
+    shipped = [bundle / f'{student.name}.safetensors' for student in students]
+    shipped_steps = {read_metadata(path).get('step') for path in shipped if path.is_file()}
+    steps = {(read_json(student / 'status.json') or {}).get('step') for student in students}
+    if shipped_steps and steps != shipped_steps:
+        raise SeedError(f'{run} trained {", ".join(map(str, sorted(steps, key=str)))} steps, the bundle\'s students '
+                        f'{", ".join(map(str, sorted(shipped_steps, key=str)))}: a seed takes as many as they did')
+
+
 def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
     """Copy the evaluations of finished seed runs into ``bundle/seeds/seed<N>/`` (no weights), with how each
     seed was trained (``SEED_RECORD``: steps, training time, the machines its runs' configs name); return
@@ -239,6 +260,7 @@ def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
                       if (read_json(student / 'status.json') or {}).get('state') != 'finished']
         if unfinished:
             raise SeedError(f'{run}: not finished: {", ".join(unfinished)}')
+        _check_same_training(run, students, bundle)
         target = bundle / SEEDS_DIR / f'seed{seed}'
         target.mkdir(parents=True, exist_ok=True)
         statuses = [read_json(student / 'status.json') or {} for student in students]

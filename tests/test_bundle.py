@@ -330,7 +330,7 @@ def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evalua
         for method in STUDENTS:
             assert json.loads((runs / f'seed{seed}' / method / 'config.json').read_text())['lr'] == 1.234e-3
         folder = shipped / 'seeds' / f'seed{seed}'
-        assert sorted(path.name for path in folder.iterdir()) == sorted(f'{name}.eval.json' for name in STUDENTS)
+        assert sorted(path.name for path in folder.iterdir()) == sorted([f'{name}.eval.json' for name in STUDENTS] + ['seed.json'])
     assert not list((shipped / 'seeds').rglob('*.safetensors'))
 
     card = (shipped / 'README.md').read_text()
