@@ -240,8 +240,11 @@ def seeds_section(out: Path) -> str:
     """The card's Tables 1 and 2 over seeds (``seeds.seeds_tables``), from the bundle's evaluation files."""
     return (f'{SEEDS_HEADING}\n\nThe students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
             f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
-            f'`{SEEDS_DIR}/seed<N>/` with how each was trained, no weights), each method as mean and standard deviation over its seeds. A difference is said to exceed '
-            'the spread when it is larger than the two standard deviations added.\n\n'
+            f'`{SEEDS_DIR}/seed<N>/` with how each was trained, no weights), each method as mean and standard '
+            'deviation over its seeds. A difference is said to exceed the spread when it is larger than the two '
+            f'standard deviations added. Seed {BUNDLE_SEED}\'s numbers are of the shipped (fp16) weights, as '
+            'evaluated for the bundle; a further seed\'s of its checkpoint selected on validation as trained, evaluated '
+            'at the end of its run: the same test images and faithfulness measure.\n\n'
             + bundle_seeds_tables(out))
 
 
