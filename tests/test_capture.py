@@ -129,7 +129,7 @@ def test_fuse_heads():
     torch.testing.assert_close(top.sum(-1), torch.ones(2, 3, 1))
     torch.testing.assert_close(fuse_heads(maps, 'none'), maps)
     torch.testing.assert_close(fuse_heads(maps, 2), maps[:, :, 2:3])
-    with pytest.raises(ValueError, match='out of range'):
+    with pytest.raises(ValueError, match=r'head 4 does not exist: this model has 4 heads \(0-3\)'):
         fuse_heads(maps, 4)
     with pytest.raises(ValueError, match='unknown head fusion'):
         fuse_heads(maps, 'median')
