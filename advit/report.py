@@ -26,7 +26,7 @@ from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .paper import PAPER_TOP1
-from .run_folder import read_json
+from .run_folder import RECORD_KEYS, read_json
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
               'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
@@ -34,8 +34,8 @@ LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft 
 
 # config.json keys that do not change what a run learns: where and how it ran, and its seed (the
 # repeats of one setting differ only there).
-NOT_SETTINGS = frozenset({'out', 'seed', 'device', 'cache_dir', 'compile', 'attn_path', 'log_every', 'eval_batch_size',
-                          'world_size', 'versions', 'group', 'machines'})
+NOT_SETTINGS = frozenset({'out', 'seed', 'device', 'cache_dir', 'compile', 'attn_path', 'log_every',
+                          'eval_batch_size'}) | RECORD_KEYS
 
 
 class ReportError(ValueError):

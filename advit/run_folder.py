@@ -126,6 +126,10 @@ def truncate_metrics(run: Path, step: int) -> None:
         tmp.write_text(''.join(line + '\n' for line in kept))
 
 
+# The keys write_config puts beside a config's fields: bookkeeping, never a setting to read back.
+RECORD_KEYS = frozenset({'world_size', 'group', 'machines', 'versions'})
+
+
 def write_config(run: Path, config: dict[str, Any], world_size: int, group: list[str]) -> None:
     """The run's ``config.json``: its settings, and where they ran (world size, the group, versions, and
     ``machines``: each machine that trained it, in order, kept over resumes)."""

@@ -23,15 +23,15 @@ from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .io import atomic_path, write_json
 from .report import markdown_table
-from .run_folder import read_json
+from .run_folder import RECORD_KEYS, read_json
 
 BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
 SEEDS_DIR = 'seeds'
 SEED_RECORD = 'seed.json'  # in seeds/seed<N>/: the seed's steps, training time and machines
 RECIPE_FILE = 'students.recipe.json'  # the students' shared settings, which scripts/train_seeds.sh replays
 # What each student or each run sets for itself (the script gives them), and config.json's bookkeeping.
-NOT_RECIPE = ('out', 'data', 'method', 'teacher', 'seed', 'steps', 'time_budget', 'device', 'cache_dir',
-              'world_size', 'group', 'versions', 'machines')
+NOT_RECIPE = frozenset({'out', 'data', 'method', 'teacher', 'seed', 'steps', 'time_budget', 'device',
+                        'cache_dir'}) | RECORD_KEYS
 _SEED_FOLDER = re.compile(r'seed(\d+)')
 
 

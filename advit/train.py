@@ -42,8 +42,8 @@ from .losses import METHODS, DistillationLoss, TeacherForward, TeacherOutput, pa
 from .models import (check_architecture_args, create_model, is_distilled, is_vit_name, model_image_size,
                      model_normalization, patch_grid, pretrained_classes)
 from .probe import PROBE_IMAGES, AttentionProbe
-from .run_folder import (RunStatus, StopSignal, append_metrics, close_log, open_log, restore_last, restore_rngs,
-                         save_last, truncate_metrics, write_config)
+from .run_folder import (RECORD_KEYS, RunStatus, StopSignal, append_metrics, close_log, open_log, restore_last,
+                         restore_rngs, save_last, truncate_metrics, write_config)
 from .weights import CheckpointError
 
 
@@ -51,7 +51,6 @@ class TrainingError(Exception):
     """A run that cannot start or cannot go on (bad configuration, non-finite loss)."""
 
 
-_CONFIG_RECORD_KEYS = ('world_size', 'versions', 'group')  # written beside the fields in config.json
 
 
 def setting(default: Any = None, help: str = '', *, factory: Any = None, **cli: Any) -> Any:
@@ -131,7 +130,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> 'TrainConfig':
         """From a dict of fields, such as a saved ``config.json`` (its bookkeeping keys ignored)."""
-        values = {k: v for k, v in values.items() if k not in _CONFIG_RECORD_KEYS}
+        values = {k: v for k, v in values.items() if k not in RECORD_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

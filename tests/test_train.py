@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 from advit.checkpoint import load_checkpoint, read_metadata
 from advit.cli import main
 from advit.losses import METHODS, parse_method
+from advit.run_folder import RECORD_KEYS, write_config
 from advit.train import TrainConfig, lr_at
 from conftest import REPO, tiny_flags
 
@@ -356,6 +358,16 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
 def test_resume_takes_no_other_flags(tmp_path, capsys):
     _assert_refused(['train', '--resume', str(tmp_path), '--lr', '0.1'], 'give no other flags', capsys)
+
+
+def test_a_written_config_reads_back_as_the_runs_settings_whatever_write_config_records(tmp_path):
+    # Resume reads config.json back; the bookkeeping write_config adds (machines, versions...) must not
+    # break that (it once did: every resume failed with "unknown config fields: machines").
+    config = TrainConfig(out=str(tmp_path), data='cifar.tar.gz', lr=1e-3)
+    write_config(tmp_path, asdict(config), 1, ['vit'])
+    written = json.loads((tmp_path / 'config.json').read_text())
+    assert set(written) - set(asdict(config)) == RECORD_KEYS
+    assert TrainConfig.from_dict(written) == config
 
 
 def test_paper_preset_without_network_says_how_to_give_weights(tmp_path, data_flags):
