@@ -381,12 +381,13 @@ def test_paper_preset_without_network_says_how_to_give_weights(tmp_path, data_fl
     assert '--pretrained-file' in err and not out.exists()
 
 
-def test_a_cnn_trains_by_cross_entropy_and_teaches_deit(tmp_path, data_flags, cifar_archive, capsys):
+@pytest.mark.parametrize('model, kind', [('resnet10t', 'ResNet'), ('cnn_airbench_32', 'CifarConvNet')])
+def test_a_cnn_trains_by_cross_entropy_and_teaches_deit(model, kind, tmp_path, data_flags, cifar_archive, capsys):
     cnn = tmp_path / 'cnn'
-    assert main(['train', '--method', 'vit', '--model', 'resnet10t', '--steps', '2', '--out', str(cnn),
+    assert main(['train', '--method', 'vit', '--model', model, '--drop-path', '0', '--steps', '2', '--out', str(cnn),
                  *data_flags]) == 0
     loaded = load_checkpoint(cnn / 'best.safetensors')
-    assert type(loaded.model).__name__ == 'ResNet' and loaded.meta['image_size'] == 32
+    assert type(loaded.model).__name__ == kind and loaded.meta['image_size'] == 32
     capsys.readouterr()
     assert main(['eval', str(cnn / 'best.safetensors'), '--data', str(cifar_archive), '--subset', '64']) == 0
     assert json.loads(capsys.readouterr().out)['count'] == 64  # evaluated at 32x32, the size it trained at
