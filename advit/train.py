@@ -521,13 +521,15 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     run = RunSetup(cfg, splits, batch_size, epoch_steps, min(step_limits, default=None), teacher_forward, students,
                    transform, mixer, probe, step, elapsed,
                    attention_path_of(teacher) if hasattr(teacher, 'blocks') else 'none')
+    teacher_text = ('no teacher' if teacher is None else f'teacher {run.teacher_path}' if run.teacher_path != 'none'
+                    else f'teacher {type(teacher).__name__}, no attention')  # a CNN teaches by its logits only
     for s in students:
         s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
-                   'attention %s (teacher %s)%s',
+                   'attention %s (%s)%s',
                    s.cfg.method, cfg.model, sum(p.numel() for p in s.model.parameters()) / 1e6, device,
                    ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
                    len(splits.test), run.total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
-                   ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, run.teacher_path,
+                   ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, teacher_text,
                    f', with {len(cfgs) - 1} other students on the same batches' if len(cfgs) > 1 else '')
         s.model.train()
     return run

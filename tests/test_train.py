@@ -396,6 +396,7 @@ def test_a_cnn_trains_by_cross_entropy_and_teaches_deit(model, kind, tmp_path, d
     assert main(['train', '--method', 'deit_hard', '--teacher', str(cnn / 'best.safetensors'), '--steps', '2',
                  '--out', str(student), *data_flags, *tiny_flags()]) == 0
     assert all('kd' in line for line in metrics(student) if line['event'] == 'train')
+    assert f'(teacher {kind}, no attention)' in capsys.readouterr().err
 
 
 def test_attention_distillation_with_a_cnn_teacher_is_refused_before_anything_runs(tmp_path, data_flags, capsys):
