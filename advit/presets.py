@@ -43,6 +43,9 @@ _GPU_BUNDLE = dict(_CIFAR32, recipe='cifar32_strong', batch_size=512, mixup=0.8,
 # about 660 steps each, fp32 EPYC, validation top-1): 1e-3 53.6% against 51.2% at the earlier 2e-3 and 37.1% at
 # 4e-3; batch 256 at 3e-3 47.6%; no label smoothing 52.0%; Hide-and-Seek (hide_patches 0.5) 46.1% with maps no
 # more faithful. The students' model was not swept apart: it shares the teacher's recipe.
+# No convnet teacher for the teacher: cnn_airbench_32 reached 86.5% validation top-1 in 15 minutes, but the
+# teacher's ViT trained 15 minutes by deit_hard from it reached 66.5% against 68.3% alone (its forward costs
+# a fifth of each step; 2026-12-06, AMD EPYC 2 cores bf16, benchmarks/results/cnn-teacher-probe-cpu.jsonl).
 _CPU_BUNDLE = dict(_CIFAR32, batch_size=128, lr=1e-3, drop_path=0.0, eval_every=500)
 
 # The paper's CNN baselines (Table 1), trained by cross-entropy: ImageNet weights at 224, or from scratch at 32.
