@@ -4,10 +4,11 @@ DeiT showed that a convnet teacher gives a ViT the inductive bias it lacks when 
 small convnet learns CIFAR-10 in a few epochs where a ViT from scratch needs hundreds. timm's CNNs
 are ImageNet-shaped (a stride-4 stem leaves a 32x32 image a 1x1 map at the end), so this is the
 network of airbench94 (Jordan, 2024: 94% on CIFAR-10 in 10 epochs), without its training tricks
-(whitened first layer, lookahead, test-time flips): three groups of two 3x3 convolutions with a
-2x2 max-pool between them, batch norm and GELU, widths 64, 256, 256, then a global max-pool and a
-linear head. It trains with the project's loop like any timm CNN (``--method vit``), then teaches
-a ViT by DeiT distillation (``deit_hard``, ``deit_soft``).
+(its first layer a learnt 3x3 convolution rather than a frozen whitening 2x2 one; no lookahead, no
+test-time flips): three groups of two 3x3 convolutions with a 2x2 max-pool after the first, batch
+norm and GELU, widths 64, 256, 256, then a global max-pool and a linear head. It trains with the
+project's loop like any timm CNN (``--method vit``, ``--drop-path 0``), then teaches a ViT by DeiT
+distillation (``deit_hard``, ``deit_soft``).
 """
 from __future__ import annotations
 
@@ -43,15 +44,15 @@ class CifarConvNet(nn.Module):
                  drop_path_rate: float = 0., **kwargs: Any) -> None:
         super().__init__()
         if drop_path_rate:
-            raise ValueError(f'{type(self).__name__} has no residual paths to drop: give drop_path_rate 0')
+            raise ValueError(f'{type(self).__name__} has no residual paths to drop: its drop_path_rate '
+                             f'(advit train\'s --drop-path) must be 0, not {drop_path_rate:g}')
         if kwargs:
             raise TypeError(f'unexpected arguments: {", ".join(sorted(kwargs))}')
-        self.num_classes = num_classes
         self.num_features = widths[-1]
         self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.GELU())
         self.stages = nn.Sequential(*(ConvGroup(a, b) for a, b in zip(widths, widths[1:])))
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.reset_classifier(num_classes)
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -80,5 +81,5 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def cnn_airbench_32(pretrained: bool = False, **kwargs: Any) -> CifarConvNet:
-    """airbench94's network for 32x32 inputs: widths 64, 256, 256 after a 24-channel stem (1.9M params)."""
+    """airbench94's network for 32x32 inputs: widths 64, 256, 256 after a 24-channel stem (2.0M params)."""
     return build_model_with_cfg(CifarConvNet, 'cnn_airbench_32', pretrained, **kwargs)

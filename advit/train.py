@@ -51,8 +51,6 @@ class TrainingError(Exception):
     """A run that cannot start or cannot go on (bad configuration, non-finite loss)."""
 
 
-
-
 def setting(default: Any = None, help: str = '', *, factory: Any = None, **cli: Any) -> Any:
     """A ``TrainConfig`` field with its help: the command line builds its flag from these (``cli``:
     argparse's ``choices``, ``metavar``, or ``flag`` for another flag name)."""
@@ -521,8 +519,12 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     run = RunSetup(cfg, splits, batch_size, epoch_steps, min(step_limits, default=None), teacher_forward, students,
                    transform, mixer, probe, step, elapsed,
                    attention_path_of(teacher) if hasattr(teacher, 'blocks') else 'none')
-    teacher_text = ('no teacher' if teacher is None else f'teacher {run.teacher_path}' if run.teacher_path != 'none'
-                    else f'teacher {type(teacher).__name__}, no attention')  # a CNN teaches by its logits only
+    if teacher is None:
+        teacher_text = 'no teacher'
+    elif hasattr(teacher, 'blocks'):
+        teacher_text = f'teacher {run.teacher_path}'
+    else:  # a CNN teaches by its logits only
+        teacher_text = f'teacher {type(teacher).__name__}, no attention'
     for s in students:
         s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
                    'attention %s (%s)%s',

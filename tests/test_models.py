@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
-from advit.models import (CIFAR10_MEAN, CIFAR10_STD, create_model, is_distilled, model_image_size,
+from advit.models import (CIFAR10_MEAN, CIFAR10_STD, create_model, is_distilled, is_vit_name, model_image_size,
                           model_normalization, patch_grid)
 from conftest import TINY
 
@@ -133,7 +133,6 @@ def test_missing_pretrained_file(tmp_path):
 
 
 def test_image_size_goes_to_vits_only_and_bad_arguments_are_value_errors():
-    from advit.models import is_vit_name
     assert is_vit_name('vit_small_patch16_224.augreg_in21k_ft_in1k') and is_vit_name('vit_tiny_patch4_32')
     assert is_vit_name('deit_tiny_distilled_patch16_224') and not is_vit_name('resnet10t')
     assert create_model('vit_tiny_patch16_224', img_size=32, depth=1).patch_embed.img_size == (32, 32)
@@ -144,12 +143,11 @@ def test_image_size_goes_to_vits_only_and_bad_arguments_are_value_errors():
 
 
 def test_the_cifar_cnn_is_a_cnn_that_keeps_its_spatial_maps_to_the_end(tmp_path, x):
-    from advit.models import is_vit_name
     model = create_model('cnn_airbench_32', num_classes=10, img_size=32, drop_path_rate=0.0).eval()
     assert not is_vit_name('cnn_airbench_32') and model.pretrained_cfg['mean'] == CIFAR10_MEAN
     assert model(x).shape == (2, 10)
     assert model.forward_features(x).shape == (2, 256, 4, 4)  # three halvings of 32, not timm's stride 32
-    with pytest.raises(ValueError, match='no residual paths to drop'):
+    with pytest.raises(ValueError, match=r"drop: its drop_path_rate \(advit train's --drop-path\) must be 0"):
         create_model('cnn_airbench_32', drop_path_rate=0.1)
     with pytest.raises(ValueError, match='cannot build cnn_airbench_32'):
         create_model('cnn_airbench_32', depth=3)
