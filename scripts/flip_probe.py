@@ -1,0 +1,53 @@
+"""Measure test-time flips (a lever of the bundle's issue) on held-out training images, never the test set.
+
+For each checkpoint, validation top-1 of its class probabilities alone and averaged with those of the
+horizontally flipped images (the training augmentation flips, so a model has seen both), on the validation
+split every run holds out; one JSON line per checkpoint, with the machine.
+
+    python scripts/flip_probe.py checkpoints/*.safetensors [--out benchmarks/results/flip-probe-cpu.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from advit.data import ImageSet, load_dataset
+from advit.evaluate import load_for_evaluation, predict
+from advit.machine import machine
+from advit.train import TrainConfig
+
+BATCH_SIZE = 256
+
+
+def top1(probs, data: ImageSet) -> float:
+    return round(100.0 * (probs.argmax(-1) == data.labels).float().mean().item(), 2)
+
+
+def flip_record(checkpoint: Path, val: ImageSet) -> dict:
+    """Validation top-1 (%) of ``checkpoint`` without and with the flipped copy's probabilities averaged in."""
+    loaded, transform, device = load_for_evaluation(checkpoint, val, BATCH_SIZE)
+    flipped = ImageSet(val.images.flip(-1), val.labels, val.classes)
+    plain = predict(loaded.model, val, transform, BATCH_SIZE, device)
+    both = (plain + predict(loaded.model, flipped, transform, BATCH_SIZE, device)) / 2
+    return dict(checkpoint=str(checkpoint), images=len(val), val_top1=top1(plain, val), val_top1_flips=top1(both, val),
+                machine=machine())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('checkpoints', nargs='+', type=Path)
+    parser.add_argument('--data', default='../shared/data/cifar10/cifar10-jpeg.tar.xz')
+    parser.add_argument('--out', type=Path, help='JSON lines to append to (default: print only)')
+    args = parser.parse_args()
+    val = load_dataset(args.data)['train'].holdout(TrainConfig().val_size)[1]
+    for checkpoint in args.checkpoints:
+        line = json.dumps(flip_record(checkpoint, val))
+        print(line)
+        if args.out:
+            with open(args.out, 'a') as f:
+                f.write(line + '\n')
+
+
+if __name__ == '__main__':
+    main()
