@@ -86,16 +86,18 @@ def test_corrupt_or_foreign_files_are_refused_with_a_message(tmp_path):
     broken = {
         'it has no images, teacher_layers': {k: v for k, v in arrays.items() if k not in ('images', 'teacher_layers')},
         r'gaps has shape \(6, 3, 5\)': dict(arrays, gaps=np.zeros((6, 3, 5), np.float32)),
-        rf'student_maps has shape \({evaluations - 1}, 8, 4, 64\)': dict(arrays, student_maps=arrays['student_maps'][1:]),
+        rf'student_maps has shape \({evaluations - 1}, 8, 4, 64\)':
+            dict(arrays, student_maps=arrays['student_maps'][1:]),
         'the grid': dict(arrays, grid=np.array([4, 4])),
         'kinds should name': dict(arrays, kinds=np.array([1, 2, 3])),
         'steps should be': dict(arrays, steps=np.zeros(0, np.int64)),
         'not a readable': dict(arrays, kinds=np.array(['l1', None, 'kl'], dtype=object)),  # needs unpickling
         'come together': dict({k: v for k, v in arrays.items() if k != 'faithfulness_sources'},
                               faithfulness=np.zeros((evaluations, 5), np.float32)),
-        rf'faithfulness \({evaluations}, 4\) should be float': dict(arrays, faithfulness=np.zeros((evaluations, 4), np.float32),
-                                                                    faithfulness_sources=np.array(['a', 'b', 'c', 'd', 'e'])),
-        'then rollout': dict(arrays, faithfulness=np.zeros((evaluations, 5), np.float32),  # the right count, other names
+        rf'faithfulness \({evaluations}, 4\) should be float':
+            dict(arrays, faithfulness=np.zeros((evaluations, 4), np.float32),
+                 faithfulness_sources=np.array(['a', 'b', 'c', 'd', 'e'])),
+        'then rollout': dict(arrays, faithfulness=np.zeros((evaluations, 5), np.float32),  # right count, other names
                              faithfulness_sources=np.array(['layer 1', 'layer 2', 'layer 3', 'layer 4', 'mean'])),
     }
     for message, content in broken.items():
