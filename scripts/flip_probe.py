@@ -12,16 +12,19 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from advit.data import ImageSet, load_dataset
-from advit.evaluate import load_for_evaluation, predict
+from advit.evaluate import load_for_evaluation, predict, summarize
 from advit.machine import machine
 from advit.train import TrainConfig
 
 BATCH_SIZE = 256
 
 
-def top1(probs, data: ImageSet) -> float:
-    return round(100.0 * (probs.argmax(-1) == data.labels).float().mean().item(), 2)
+def top1(probs: torch.Tensor, data: ImageSet) -> float:
+    """Top-1 (%) as the project's evaluation computes it, to two decimals."""
+    return round(summarize(probs, data.labels, data.classes)['top1'], 2)
 
 
 def flip_record(checkpoint: Path, val: ImageSet) -> dict:
@@ -30,8 +33,8 @@ def flip_record(checkpoint: Path, val: ImageSet) -> dict:
     flipped = ImageSet(val.images.flip(-1), val.labels, val.classes)
     plain = predict(loaded.model, val, transform, BATCH_SIZE, device)
     both = (plain + predict(loaded.model, flipped, transform, BATCH_SIZE, device)) / 2
-    return dict(checkpoint=str(checkpoint), images=len(val), val_top1=top1(plain, val), val_top1_flips=top1(both, val),
-                machine=machine())
+    return dict(checkpoint=str(checkpoint), images=len(val), val_top1=top1(plain, val),
+                val_top1_flips=top1(both, val), machine=machine())
 
 
 def main() -> None:
