@@ -401,8 +401,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
                else f'Made on **{machine()}** (the runs do not record where they trained)')
     val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
 
-    recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings, which `scripts/train_seeds.sh` replays for "
-                   'further seeds.\n' if (out / RECIPE_FILE).is_file() else '')
+    recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings and the number of steps they trained, which "
+                   '`scripts/train_seeds.sh` replays for further seeds.\n' if (out / RECIPE_FILE).is_file() else '')
     rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
                  top1=result.top1, **{headline_key(source): result.faithfulness.get(source, {}).get('quarter_drop')
                                       for source in HEADLINE_MAPS}, paper=_paper_top1(name, result),

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import read_metadata
 from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .io import atomic_path, write_json
@@ -29,6 +28,7 @@ BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs h
 SEEDS_DIR = 'seeds'
 SEED_RECORD = 'seed.json'  # in seeds/seed<N>/: the seed's steps, training time and machines
 RECIPE_FILE = 'students.recipe.json'  # the students' shared settings, which scripts/train_seeds.sh replays
+TRAINED_STEPS = 'steps'  # the steps the students trained, as TrainConfig's own key: `--config` gives a seed as many
 # What each student or each run sets for itself (the script gives them), and config.json's bookkeeping.
 NOT_RECIPE = frozenset({'out', 'data', 'method', 'teacher', 'seed', 'steps', 'time_budget', 'device',
                         'cache_dir'}) | RECORD_KEYS
@@ -203,36 +203,40 @@ def students_recipe(configs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_recipe(students: list[Path], bundle: Path) -> Path:
-    """Record the students' shared settings in the bundle (``RECIPE_FILE``), for further seeds to replay.
+    """Record the students' shared settings in the bundle (``RECIPE_FILE``), for further seeds to replay, with
+    the number of steps they trained (``TRAINED_STEPS``, from their status: not the step of the checkpoint
+    chosen on validation, and a step count, not a time budget, which a slower CPU would turn into fewer steps).
 
     Args:
         students: The students' run folders.
         bundle: The bundle folder.
     """
     recipe = students_recipe([read_json(run / 'config.json') or {} for run in students])
+    steps = {(read_json(run / 'status.json') or {}).get('step') for run in students}
+    if len(steps) != 1 or not isinstance(next(iter(steps)), int):
+        raise SeedError(f'the students did not train one number of steps: {sorted(map(str, steps))}')
     path = bundle / RECIPE_FILE
-    write_json(path, recipe)
+    write_json(path, dict(recipe, **{TRAINED_STEPS: steps.pop()}))
     return path
 
 
 def _check_same_training(run: Path, students: list[Path], bundle: Path) -> None:
     """Refuse a seed whose students were not trained as the bundle's were: the recipe it records
-    (``RECIPE_FILE``) and as many steps as its shipped students took, so that the seed is the only difference."""
+    (``RECIPE_FILE``) and as many steps as they trained, so that the seed is the only difference."""
     recipe = read_json(bundle / RECIPE_FILE)
-    if recipe is None:
-        raise SeedError(f'the bundle records no students\' settings ({RECIPE_FILE}, written by advit bundle): '
-                        'a further seed cannot be shown to differ from its students by the seed alone')
+    if recipe is None or TRAINED_STEPS not in recipe:
+        raise SeedError(f'the bundle records no students\' settings and steps ({RECIPE_FILE}, written by advit '
+                        'bundle): a further seed cannot be shown to differ from its students by the seed alone')
+    bundle_steps = recipe.pop(TRAINED_STEPS)
     theirs = students_recipe([read_json(student / 'config.json') or {} for student in students])
     differing = sorted(key for key in recipe.keys() | theirs.keys() if recipe.get(key) != theirs.get(key))
     if differing:
         raise SeedError(f'{run} was not trained with the bundle\'s recipe: ' + ', '.join(
             f'{key} {theirs.get(key)!r} (the bundle\'s {recipe.get(key)!r})' for key in differing))
-    shipped = [bundle / f'{student.name}.safetensors' for student in students]
-    shipped_steps = {read_metadata(path).get('step') for path in shipped if path.is_file()}
     steps = {(read_json(student / 'status.json') or {}).get('step') for student in students}
-    if shipped_steps and steps != shipped_steps:
+    if steps != {bundle_steps}:
         raise SeedError(f'{run} trained {", ".join(map(str, sorted(steps, key=str)))} steps, the bundle\'s students '
-                        f'{", ".join(map(str, sorted(shipped_steps, key=str)))}: a seed takes as many as they did')
+                        f'{bundle_steps}: a seed takes as many as they did')
 
 
 def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Further seeds of the bundle's students, for its Tables 1 and 2 over seeds (checkpoints/README.md): the six
-# students of scripts/train_bundle.sh with the settings the bundle records (OUT/students.recipe.json, written by
-# `advit bundle`: a preset may have changed since) and as many steps as the bundle's own (their checkpoints say:
-# a time budget would give a slower CPU fewer steps), on the shipped teacher, the seed the only difference;
-# then `advit seeds` adds their evaluations (never their weights) to the bundle and its card.
+# students of scripts/train_bundle.sh with the settings and the number of steps the bundle records
+# (OUT/students.recipe.json, written by `advit bundle`: a preset may have changed since, and a time budget would
+# give a slower CPU fewer steps), on the shipped teacher, the seed the only difference; then `advit seeds` adds
+# their evaluations (never their weights) to the bundle and its card.
 #
 #   bash scripts/train_seeds.sh SEED [SEED ...]     # e.g. 1 2 (seed 0 is the bundle's own)
 #
 # Environment (defaults in brackets): OUT [checkpoints: the bundle, whose teacher.safetensors teaches],
 #   RUNS [runs/seeds: seed<N>/ run folders, logs, commands.tsv], DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz],
-#   RECIPE [OUT/students.recipe.json], STEPS [the bundle's students': the `step` of OUT/vit.safetensors],
-#   PYTHON [python3], EXTRA (flags added to every `advit train`, as in scripts/train_bundle.sh).
-# One seed of the shipped bundle's 1452 steps takes about 110 minutes on an fp32 2-core EPYC (0.23 steps/s for the
-# six students together, evaluations included): start it at the beginning of a session, with nothing heavy
-# beside it. Run again, it goes on (finished seeds are kept; interrupted ones resume where they stopped: SIGTERM
-# saves the students' last checkpoints, a kill loses the steps since the last evaluation).
+#   RECIPE [OUT/students.recipe.json], PYTHON [python3], EXTRA (flags added to every `advit train`, as in
+#   scripts/train_bundle.sh).
+# One seed of the shipped bundle's 1991 steps takes about an hour on a 2-core EPYC with avx512_bf16 (0.55 steps/s
+# for the six students together, evaluations included): start it at the beginning of a session, with nothing
+# heavy beside it. Run again, it goes on (finished seeds are kept; interrupted ones resume where they stopped:
+# SIGTERM saves the students' last checkpoints, a kill loses the steps since the last evaluation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (( $# )) || { echo "usage: $0 SEED [SEED ...]" >&2; exit 2; }
@@ -23,8 +23,6 @@ RUNS=${RUNS:-runs/seeds}
 DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.xz}
 RECIPE=${RECIPE:-$OUT/students.recipe.json}
 PYTHON=${PYTHON:-python3}
-STEPS=${STEPS:-$("$PYTHON" -c 'import sys; from advit.checkpoint import read_metadata
-print(read_metadata(sys.argv[1])["step"])' "$OUT/vit.safetensors")}
 [[ -f $RECIPE ]] || { echo "$RECIPE not found: the bundle does not record its students' settings (advit bundle writes them)" >&2; exit 2; }
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 source scripts/run_lib.sh
@@ -36,7 +34,7 @@ mkdir -p "$RUNS"
 folders=()
 for seed in "$@"; do
   train_students "seed$seed" "$RUNS/seed$seed" --teacher "$OUT/teacher.safetensors" --data "$DATA" \
-    --config "$RECIPE" --steps "$STEPS" --seed "$seed" "${EXTRA_FLAGS[@]}"
+    --config "$RECIPE" --seed "$seed" "${EXTRA_FLAGS[@]}"
   folders+=("$RUNS/seed$seed")
 done
 "$PYTHON" -m advit seeds "${folders[@]}" --card "$OUT"

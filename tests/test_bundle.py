@@ -302,7 +302,7 @@ def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evalua
     shipped = tmp_path / 'checkpoints'
     shutil.copytree(out, shipped)
     runs = tmp_path / 'seeds'
-    extra = ['--subset', '128', '--val-size', '64', '--test-subset', '64', '--batch-size', '64', '--steps', '2',
+    extra = ['--subset', '128', '--val-size', '64', '--test-subset', '64', '--batch-size', '64',
              '--device', 'cpu', '--log-every', '1', *tiny_flags()]
     env = dict(os.environ, OUT=str(shipped), RUNS=str(runs), DATA=str(cifar_archive), PYTHON=sys.executable,
                EXTRA=' '.join(extra))
@@ -313,10 +313,12 @@ def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evalua
     # whatever the presets say now: a learning rate set in the record reaches every seed's students.
     recipe_path = shipped / 'students.recipe.json'
     recipe = json.loads(recipe_path.read_text())
-    assert "`students.recipe.json` holds the students' shared settings" in (shipped / 'README.md').read_text()
+    assert "`students.recipe.json` holds the students' shared settings and the number of steps they trained" in \
+        (shipped / 'README.md').read_text()
     for method in STUDENTS:
         config = json.loads((runs_dir / method / 'config.json').read_text())
-        assert recipe == {key: value for key, value in config.items() if key not in NOT_RECIPE}
+        trained = json.loads((runs_dir / method / 'status.json').read_text())['step']
+        assert recipe == dict({key: value for key, value in config.items() if key not in NOT_RECIPE}, steps=trained)
     recipe_path.unlink()
     refused = subprocess.run(['bash', str(script), '1'], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and 'students.recipe.json not found' in refused.stderr and not runs.exists()
@@ -328,7 +330,8 @@ def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evalua
         assert arguments[arguments.index('--seed') + 1] == str(seed)
         assert arguments[arguments.index('--teacher') + 1] == str(shipped / 'teacher.safetensors')
         for method in STUDENTS:
-            assert json.loads((runs / f'seed{seed}' / method / 'config.json').read_text())['lr'] == 1.234e-3
+            config = json.loads((runs / f'seed{seed}' / method / 'config.json').read_text())
+            assert config['lr'] == 1.234e-3 and config['steps'] == recipe['steps']  # no --steps given: the record's
         folder = shipped / 'seeds' / f'seed{seed}'
         assert sorted(path.name for path in folder.iterdir()) == sorted([f'{name}.eval.json' for name in STUDENTS] + ['seed.json'])
     assert not list((shipped / 'seeds').rglob('*.safetensors'))

@@ -8,10 +8,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from advit.about import about_markdown
-from advit.checkpoint import read_metadata
 from advit.bundle import bundle_seeds_tables
+from advit.checkpoint import read_metadata
 from advit.machine import machine
 from advit.run_folder import write_config
 from advit.seeds import SEED_RECORD, SeedError, add_seeds, collect, seeds_table, students_recipe
@@ -113,7 +115,7 @@ def test_a_seed_joins_with_its_evaluations_and_how_it_was_trained(tmp_path):
     methods = ['deit_hard', 'advit_l1']
     run, bundle = tmp_path / 'seed1', bundle_with_seeds(tmp_path / 'bundle', {method: [60.0] for method in methods})
     recipe = json.loads((SHIPPED / 'students.recipe.json').read_text())
-    steps = read_metadata(SHIPPED / 'deit_hard.safetensors')['step']  # the shipped students'
+    steps = recipe['steps']  # the number the shipped students trained, which advit bundle recorded
     for method, elapsed in zip(methods, (5880.0, 5890.0)):
         student = run / method
         student.mkdir(parents=True)
@@ -129,8 +131,14 @@ def test_a_seed_joins_with_its_evaluations_and_how_it_was_trained(tmp_path):
     with pytest.raises(SeedError, match=re.escape(f"not trained with the bundle's recipe: lr {recipe['lr']:g} "
                                                   f"(the bundle's {recipe['lr'] / 2:g})")):
         add_seeds([run], bundle, methods)
+    (bundle / 'students.recipe.json').write_text(json.dumps({key: value for key, value in recipe.items() if key != 'steps'}))
+    with pytest.raises(SeedError, match="records no students' settings and steps"):
+        add_seeds([run], bundle, methods)
     shutil.copyfile(SHIPPED / 'students.recipe.json', bundle / 'students.recipe.json')
-    shutil.copyfile(SHIPPED / 'deit_hard.safetensors', bundle / 'deit_hard.safetensors')
+    # A shipped student is the checkpoint chosen on validation, often before the last step: the steps a seed
+    # must take are the recorded ones, not its step.
+    save_file({'weight': torch.zeros(1)}, str(bundle / 'deit_hard.safetensors'),
+              metadata={'advit': json.dumps(dict(read_metadata(SHIPPED / 'deit_hard.safetensors'), step=steps - 241))})
     (run / 'advit_l1' / 'status.json').write_text(json.dumps({'state': 'finished', 'step': 1000, 'elapsed': 1.0}))
     with pytest.raises(SeedError, match=f"trained 1000, {steps} steps, the bundle's students {steps}"):
         add_seeds([run], bundle, methods)
