@@ -495,8 +495,9 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     mean, std = model_normalization(first)
     transform = BatchTransform(cfg.recipe, cfg.image_size, mean, std, seed=cfg.seed, device=device,
                                hide=cfg.hide_patches, grid=patch_grid(first) if cfg.hide_patches else None)
+    teacher_attends = hasattr(teacher, 'blocks')  # a ViT teacher; a CNN teaches by its logits only
     probe = None
-    if hasattr(teacher, 'blocks') and splits.val is not None and hasattr(first, 'blocks'):
+    if teacher_attends and splits.val is not None and hasattr(first, 'blocks'):
         same_heads = teacher.blocks[0].attn.num_heads == first.blocks[0].attn.num_heads
         fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
         probe = AttentionProbe(teacher, splits.probe.images, transform, fusion, cfg.layer_map, cfg.amp, cfg.attn_norm)
@@ -518,12 +519,12 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         restore_rngs(saved, transform, mixer)
     run = RunSetup(cfg, splits, batch_size, epoch_steps, min(step_limits, default=None), teacher_forward, students,
                    transform, mixer, probe, step, elapsed,
-                   attention_path_of(teacher) if hasattr(teacher, 'blocks') else 'none')
+                   attention_path_of(teacher) if teacher_attends else 'none')
     if teacher is None:
         teacher_text = 'no teacher'
-    elif hasattr(teacher, 'blocks'):
+    elif teacher_attends:
         teacher_text = f'teacher {run.teacher_path}'
-    else:  # a CNN teaches by its logits only
+    else:
         teacher_text = f'teacher {type(teacher).__name__}, no attention'
     for s in students:
         s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
