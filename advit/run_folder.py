@@ -178,18 +178,24 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+AVERAGE_PREFIX = 'average/'  # the weights' moving average, among last's train-state tensors
+
+
 def save_last(run: Path, model: nn.Module, meta: dict[str, Any], progress: dict[str, Any],
-              optimizer: torch.optim.Optimizer, transform: BatchTransform, mixer: Mixup | None) -> None:
-    """Write ``last.safetensors``: all a resumed run needs to go on exactly where this one stands."""
+              optimizer: torch.optim.Optimizer, transform: BatchTransform, mixer: Mixup | None,
+              average: nn.Module | None = None) -> None:
+    """Write ``last.safetensors``: all a resumed run needs to go on exactly where this one stands (with the
+    weights' moving average, ``average``, where the run keeps one)."""
+    averaged = {f'{AVERAGE_PREFIX}{name}': value for name, value in average.state_dict().items()} if average else {}
     save_checkpoint(run / 'last.safetensors', model, dict(meta, progress=progress),
-                    train_state=dict(optimizer_tensors(optimizer), **rng_tensors(transform, mixer)))
+                    train_state=dict(optimizer_tensors(optimizer), **rng_tensors(transform, mixer), **averaged))
 
 
-def restore_last(run: Path, model: nn.Module,
-                 optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load weights and optimiser state from ``last.safetensors``; return (its progress record: step,
-    elapsed, best validation top-1, attention paths; its saved random streams, for ``restore_rngs`` once
-    the streams exist): the file is read once."""
+def restore_last(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 average: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load weights, optimiser state and the weights' moving average (``average``, if the run keeps one) from
+    ``last.safetensors``; return (its progress record: step, elapsed, best validation top-1, attention paths;
+    its saved random streams, for ``restore_rngs`` once the streams exist): the file is read once."""
     path = run / 'last.safetensors'
     tensors = read_tensors(path)
     progress = read_metadata(path).get('progress')
@@ -198,6 +204,12 @@ def restore_last(run: Path, model: nn.Module,
     load_weights(model, model_weights(tensors), source=str(path))
     state = train_state(tensors)
     load_optimizer_tensors(optimizer, state)
+    if average is not None:
+        averaged = {key[len(AVERAGE_PREFIX):]: value for key, value in state.items() if key.startswith(AVERAGE_PREFIX)}
+        if not averaged:
+            raise ResumeError(f'{path} holds no moving average of the weights: it was saved by a run without '
+                              '--ema-decay')
+        load_weights(average, averaged, source=f'{path} (moving average)')
     rngs = {key: value for key, value in state.items() if key.startswith('rng/')}
     return progress, rngs
 

@@ -23,6 +23,7 @@ import timm
 import torch
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -92,6 +93,8 @@ class TrainConfig:
     weight_decay: float = setting(0.05, 'AdamW weight decay')
     warmup_fraction: float = setting(0.05, 'share of the run spent warming up')
     grad_clip: float = setting(1.0, 'gradient norm clip, 0 for none')
+    ema_decay: float = setting(0.0, 'weight EMA: evaluate, select and save an exponential moving average of the '
+                               'weights, whose decay grows with the step (timm ModelEmaV3 warmup) up to this; 0: off')
     drop_path: float = setting(0.1, 'stochastic depth rate')
     label_smoothing: float = setting(0.0, 'label smoothing (with mixup / CutMix, folded into their soft targets)')
     mixup: float = setting(0.0, 'Beta alpha of mixup, e.g. 0.8; 0: off')
@@ -178,6 +181,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
         raise TrainingError(f'mixup and cutmix must be >= 0 and mix_prob in [0, 1], got {cfg.mixup}, '
                             f'{cfg.cutmix}, {cfg.mix_prob}')
+    if not 0 <= cfg.ema_decay < 1:
+        raise TrainingError(f'ema_decay is a decay in [0, 1), got {cfg.ema_decay}')
     if not 0 <= cfg.hide_patches <= 1:
         raise TrainingError(f'hide_patches is a share of patches in [0, 1], got {cfg.hide_patches}')
     if cfg.hide_patches and not is_vit_name(cfg.model):
@@ -328,6 +333,7 @@ class Student:
     status: RunStatus
     log: logging.Logger
     attention_path: str = 'none'  # 'fused' or 'explicit' ('none': not a ViT), as use_attention_path chose
+    ema: ModelEmaV3 | None = None  # the weights' moving average (--ema-decay), which is evaluated in their stead
     best_val_top1: float = -1.0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # loss terms since the last log line
 
@@ -335,8 +341,20 @@ class Student:
     def run(self) -> Path:
         return Path(self.cfg.out)
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float, teacher: TeacherOutput | None) -> None:
-        """One optimiser step on a batch, given the teacher's output on it (computed once for every student)."""
+    @property
+    def average(self) -> nn.Module | None:
+        """The weights' moving average (``--ema-decay``), if the run keeps one."""
+        return self.ema.module if self.ema is not None else None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are evaluated, selected and saved as ``best``: the moving average, if kept."""
+        return self.average if self.average is not None else self.model
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float, teacher: TeacherOutput | None,
+             step: int) -> None:
+        """Optimiser step ``step`` (counted from 1) on a batch, given the teacher's output on it (computed once
+        for every student)."""
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         with autocast(inputs.device, self.cfg.amp):
@@ -348,6 +366,8 @@ class Student:
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0) + value.float()
 
@@ -378,6 +398,8 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
         student.set_distilled_training(True)
     path = use_attention_path(student, cfg.attn_path, ctx.device, max(1, cfg.batch_size // ctx.world_size),
                               training=True, dtype=compute_dtype(ctx.device, cfg.amp))
+    # The average copies the model with its attention path, before the capture hooks it (the copy only infers).
+    ema = ModelEmaV3(student, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
     criterion = DistillationLoss(
         member.method, student, teacher if method.needs_teacher else None,
         attn_weight=cfg.attn_weight, alpha=cfg.alpha, tau=cfg.tau, label_smoothing=cfg.label_smoothing,
@@ -391,7 +413,7 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     return Student(member, student, wrapped, capture, criterion, optimizer, status,
-                   open_log(Path(member.out), ctx.is_main, tag), attention_path=path)
+                   open_log(Path(member.out), ctx.is_main, tag), attention_path=path, ema=ema)
 
 
 def group_teacher(cfgs: list[TrainConfig], classes: list[str],
@@ -425,11 +447,12 @@ def restore_students(students: list[Student], teacher: nn.Module | None) -> tupl
         raise TrainingError('some students of the group have a last checkpoint and some not: cannot resume together')
     steps, elapsed, first = [], 0.0, None
     for s in students:
-        progress, rngs = restore_last(s.run, s.model, s.optimizer)
+        progress, rngs = restore_last(s.run, s.model, s.optimizer, s.average)
         at, elapsed, s.best_val_top1 = int(progress['step']), float(progress['elapsed']), progress['best_val_top1']
         chosen = progress.get('attention_paths', {}) if s.cfg.attn_path == 'auto' else {}
         if chosen.get('student', 'none') != 'none':
-            set_attention_path(s.model, chosen['student'])
+            for model in (s.model, s.evaluated):
+                set_attention_path(model, chosen['student'])
             s.attention_path = chosen['student']
         if teacher is not None and chosen.get('teacher', 'none') != 'none':
             set_attention_path(teacher, chosen['teacher'])
@@ -577,7 +600,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         with autocast(ctx.device, cfg.amp):
             teacher = run.teacher(inputs) if run.teacher is not None else None  # once, for every student
         for s in run.students:
-            s.step(inputs, labels, lr, teacher)
+            s.step(inputs, labels, lr, teacher, step + 1)
         step += 1
         window_steps += 1
         bar.update(1)
@@ -631,7 +654,7 @@ def checkpoint_students(run: RunSetup, step: int, evaluate_now: bool, save_now: 
                 save_last(s.run, s.model, checkpoint_meta(run.cfg, s, classes, step, run.epoch_steps, s.best_val_top1),
                           dict(step=step, elapsed=elapsed, best_val_top1=s.best_val_top1,
                                attention_paths=dict(student=s.attention_path, teacher=run.teacher_path)),
-                          s.optimizer, run.transform, run.mixer)
+                          s.optimizer, run.transform, run.mixer, s.average)
     distributed.barrier(ctx)
 
 
@@ -650,21 +673,21 @@ def finish(run: RunSetup, step: int, cancelled: bool, elapsed: float, ctx: distr
 
 def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, probe: AttentionProbe | None,
                      meta: dict[str, Any], step: int, epoch_steps: int) -> None:
-    """Score a student on the held-out images, keep it as ``best`` when it beats its best so far (the
-    latest evaluation, without held-out images), record its attention gaps and its maps' faithfulness
-    (the quarter drop of each layer and rollout on the probe images), and log it."""
-    val_top1, faithful = None, None
+    """Score a student (its weights' average, if kept) on the held-out images, keep it as ``best`` when it beats
+    its best so far (the latest evaluation, without held-out images), record its attention gaps and its maps'
+    faithfulness (the quarter drop of each layer and rollout on the probe images), and log it."""
+    val_top1, faithful, model = None, None, s.evaluated
     if splits.val is not None:
-        probs = predict(s.model, splits.val, transform, s.cfg.eval_batch_size, splits.val.images.device, s.cfg.amp)
+        probs = predict(model, splits.val, transform, s.cfg.eval_batch_size, splits.val.images.device, s.cfg.amp)
         val_top1 = summarize(probs, splits.val.labels, splits.classes)['top1']
-        if has_cls_attention(s.model):
-            faithful = quarter_drops(s.model, transform.eval(splits.probe.images), splits.probe.labels,
+        if has_cls_attention(model):
+            faithful = quarter_drops(model, transform.eval(splits.probe.images), splits.probe.labels,
                                      s.cfg.attn_norm, s.cfg.head_fusion, s.cfg.eval_batch_size, s.cfg.amp)
     if val_top1 is None or val_top1 > s.best_val_top1:
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
-        save_checkpoint(s.run / 'best.safetensors', s.model, dict(meta, val_top1=val_top1,
+        save_checkpoint(s.run / 'best.safetensors', model, dict(meta, val_top1=val_top1,
                                                                      val_faithfulness=faithful))
-    gaps = probe.record(s.model, step, s.run, faithful) if probe is not None else None
+    gaps = probe.record(model, step, s.run, faithful) if probe is not None else None
     append_metrics(s.run, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
                                best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {}),
                                **({'faithfulness': faithful} if faithful else {})))

@@ -131,7 +131,8 @@ def test_a_seed_joins_with_its_evaluations_and_how_it_was_trained(tmp_path):
     with pytest.raises(SeedError, match=re.escape(f"not trained with the bundle's recipe: lr {recipe['lr']:g} "
                                                   f"(the bundle's {recipe['lr'] / 2:g})")):
         add_seeds([run], bundle, methods)
-    (bundle / 'students.recipe.json').write_text(json.dumps({key: value for key, value in recipe.items() if key != 'steps'}))
+    without_steps = {key: value for key, value in recipe.items() if key != 'steps'}
+    (bundle / 'students.recipe.json').write_text(json.dumps(without_steps))
     with pytest.raises(SeedError, match="records no students' settings and steps"):
         add_seeds([run], bundle, methods)
     shutil.copyfile(SHIPPED / 'students.recipe.json', bundle / 'students.recipe.json')

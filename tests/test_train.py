@@ -17,7 +17,8 @@ import torch
 from advit.checkpoint import load_checkpoint, read_metadata
 from advit.cli import main
 from advit.losses import METHODS, parse_method
-from advit.run_folder import RECORD_KEYS, write_config
+from advit.run_folder import AVERAGE_PREFIX, RECORD_KEYS, write_config
+from advit.weights import model_weights, read_tensors, train_state
 from advit.train import TrainConfig, lr_at
 from conftest import REPO, tiny_flags
 
@@ -176,13 +177,14 @@ def test_killed_run_resumes_from_last(tmp_path, data_flags, teacher_checkpoint):
     assert load_checkpoint(out / 'best.safetensors').meta['step'] == 400
 
 
-@pytest.mark.parametrize('attn_path', ['fused', 'explicit'])
-def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(attn_path, tmp_path, data_flags):
+@pytest.mark.parametrize('attn_path, ema_decay', [('fused', '0'), ('explicit', '0.99')])
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(attn_path, ema_decay, tmp_path, data_flags):
     """Killed and resumed, a run with every random stream in use (strong augmentation, mixup and
-    CutMix, drop-path) ends with the weights of the same run left alone: bitwise, on either attention path."""
+    CutMix, drop-path) ends with the weights of the same run left alone: bitwise, on either attention path,
+    and so does the weights' moving average, where the run keeps one (its selected checkpoint)."""
     common = ['train', '--method', 'vit', '--steps', '60', '--save-every', '4', '--eval-every', '1000',
               '--recipe', 'cifar32_strong', '--mixup', '0.8', '--cutmix', '1.0', '--drop-path', '0.2',
-              '--attn-path', attn_path, *data_flags, *tiny_flags()]
+              '--attn-path', attn_path, '--ema-decay', ema_decay, *data_flags, *tiny_flags()]
     alone, interrupted = tmp_path / 'alone', tmp_path / 'interrupted'
     assert main([*common, '--out', str(alone)]) == 0
     last = interrupted / 'last.safetensors'
@@ -195,6 +197,8 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(attn_path, tmp_path
     assert read_metadata(last)['progress']['step'] == 60
     for name, tensor in expected.items():
         assert torch.equal(resumed[name], tensor), f'{name} differs after the resume at step {killed_at}'
+    selected = [load_checkpoint(run / 'best.safetensors').model.state_dict() for run in (alone, interrupted)]
+    assert all(torch.equal(selected[0][name], selected[1][name]) for name in selected[0])
     losses = [[line['loss'] for line in metrics(run) if line['event'] == 'train'] for run in (alone, interrupted)]
     assert losses[0] == losses[1], 'every step\'s loss as in the run left alone'
 
@@ -302,6 +306,35 @@ def test_an_installed_advit_train_finds_its_default_dataset_from_any_folder(tmp_
     assert f'dataset not found: {tmp_path / "no.tar.xz"} (the default' in missing.stderr and 'give --data' in missing.stderr
 
 
+def test_the_weights_moving_average_is_what_is_evaluated_and_selected(tmp_path, data_flags, capsys):
+    """With --ema-decay, the checkpoint evaluated and selected (one evaluation, at the end) is the moving average
+    that ``last`` keeps beside the trained weights for a resume, not the trained weights; it trails them."""
+    out = tmp_path / 'run'
+    assert main(['train', '--method', 'vit', '--steps', '12', '--eval-every', '1000', '--ema-decay', '0.9',
+                 '--out', str(out), *data_flags, *tiny_flags()]) == 0
+    tensors = read_tensors(out / 'last.safetensors')
+    trained, average = model_weights(tensors), {name[len(AVERAGE_PREFIX):]: value for name, value in
+                                                 train_state(tensors).items() if name.startswith(AVERAGE_PREFIX)}
+    selected = load_checkpoint(out / 'best.safetensors').model.state_dict()
+    assert average.keys() == trained.keys() == selected.keys()
+    assert all(torch.equal(selected[name], average[name]) for name in selected)
+    moved = [name for name in trained
+             if trained[name].is_floating_point() and not torch.equal(trained[name], average[name])]
+    assert 'head.weight' in moved and len(moved) > len(trained) // 2
+    [evaluation] = [line for line in metrics(out) if line['event'] == 'eval']
+    assert evaluation['val_top1'] == read_metadata(out / 'best.safetensors')['val_top1']
+    # A run without an average cannot be resumed as one that keeps it.
+    plain = tmp_path / 'plain'
+    assert main(['train', '--method', 'vit', '--steps', '2', '--out', str(plain), *data_flags, *tiny_flags()]) == 0
+    config = json.loads((plain / 'config.json').read_text())
+    (plain / 'config.json').write_text(json.dumps(dict(config, ema_decay=0.9)))
+    (plain / 'status.json').write_text(json.dumps({'state': 'cancelled', 'step': 2}))
+    capsys.readouterr()
+    assert main(['train', '--resume', str(plain)]) == 2
+    refusal = capsys.readouterr().err
+    assert 'holds no moving average of the weights: it was saved by a run without --ema-decay' in refusal
+
+
 def test_bad_inputs_are_refused_clearly(tmp_path, data_flags, cifar_archive, teacher_checkpoint, capsys):
     out = tmp_path / 'run'
     common = ['--steps', '2', '--out', str(out), *tiny_flags()]
@@ -328,6 +361,9 @@ def test_bad_inputs_are_refused_clearly(tmp_path, data_flags, cifar_archive, tea
     _assert_refused(['train', *data_flags, '--out', str(out)], 'give a run length', capsys, out)
     for share in ('1.5', 'nan', '-0.1'):
         _assert_refused(['train', '--hide-patches', share, *data_flags, *common], 'hide_patches is a share', capsys, out)
+    for decay in ('1', 'nan', '-0.1'):
+        _assert_refused(['train', '--ema-decay', decay, *data_flags, *common], 'ema_decay is a decay in [0, 1)',
+                        capsys, out)
     _assert_refused(['train', '--hide-patches', '0.5', '--model', 'resnet10t', *data_flags, *common],
                     "hides patches of a ViT's grid; resnet10t has none", capsys, out)
     _assert_refused(['eval', str(truncated), '--data', str(cifar_archive)], 'not a readable safetensors file', capsys)
