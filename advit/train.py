@@ -549,10 +549,10 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         teacher_text = f'teacher {run.teacher_path}'
     else:
         teacher_text = f'teacher {type(teacher).__name__}, no attention'
-    for s in students:
-        s.log.info('%s: %s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
+    for s in students:  # the method leads the line where no console tag (the method, in a group) shows it
+        s.log.info('%s%s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
                    'attention %s (%s)%s',
-                   s.cfg.method, cfg.model, sum(p.numel() for p in s.model.parameters()) / 1e6, device,
+                   '' if len(cfgs) > 1 else f'{s.cfg.method}: ', cfg.model, sum(p.numel() for p in s.model.parameters()) / 1e6, device,
                    ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
                    len(splits.test), run.total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
                    ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, teacher_text,

@@ -475,10 +475,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_students_trained_together_share_batches_and_one_teacher_forward(tmp_path, data_flags, teacher_checkpoint,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capsys):
     """--methods: one folder per student as a single run writes it; the teacher runs once per batch
     for all of them (counted by a hook on the real teacher); a student in the group ends with the
-    weights it has when trained alone (the same batches, augmentation and initial weights)."""
+    weights it has when trained alone (the same batches, augmentation and initial weights); the console
+    names each student's lines once."""
     import advit.train as train_module
     real_load_teacher = train_module.load_teacher
     batch_sizes = []
@@ -493,6 +494,9 @@ def test_students_trained_together_share_batches_and_one_teacher_forward(tmp_pat
     assert main(['train', '--methods', ','.join(methods), '--teacher', str(teacher_checkpoint),
                  '--out', str(tmp_path / 'group'), *flags]) == 0
     assert batch_sizes.count(64) == 3, 'one teacher forward per training batch, not one per student'
+    console = capsys.readouterr().err
+    for method in methods:
+        assert f" {method}: {TrainConfig().model} (" in console and f'{method}: {method}:' not in console
     for method in methods:
         run = tmp_path / 'group' / method
         config = json.loads((run / 'config.json').read_text())
@@ -503,6 +507,7 @@ def test_students_trained_together_share_batches_and_one_teacher_forward(tmp_pat
         assert load_checkpoint(run / 'best.safetensors').meta['method'] == method
 
     assert main(['train', '--method', 'vit', '--out', str(tmp_path / 'alone'), *flags]) == 0
+    assert f" vit: {config['model']} (" in (tmp_path / 'alone' / 'train.log').read_text().splitlines()[0]
     alone = load_checkpoint(tmp_path / 'alone' / 'last.safetensors').model.state_dict()
     together = load_checkpoint(tmp_path / 'group' / 'vit' / 'last.safetensors').model.state_dict()
     assert all(torch.equal(alone[k], together[k]) for k in alone)
