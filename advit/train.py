@@ -47,6 +47,8 @@ from .run_folder import (RECORD_KEYS, RunStatus, StopSignal, append_metrics, clo
                          restore_rngs, save_last, truncate_metrics, write_config)
 from .weights import CheckpointError
 
+LR_DECAYS = ('cosine', 'linear')  # how the learning rate falls from its peak to min_lr (lr_at)
+
 
 class TrainingError(Exception):
     """A run that cannot start or cannot go on (bad configuration, non-finite loss)."""
@@ -89,7 +91,9 @@ class TrainConfig:
     time_budget: float | None = setting(None, 'run length in seconds of training', metavar='SECONDS')
     batch_size: int = setting(128, 'global batch size, split over processes')
     lr: float = setting(1e-3, 'peak learning rate')
-    min_lr: float = setting(1e-5, 'final learning rate of the cosine')
+    min_lr: float = setting(1e-5, 'final learning rate of the decay')
+    lr_decay: str = setting('cosine', 'shape of the decay from lr to min_lr after the warmup: cosine, or linear '
+                            '(straight down, as linear-to-zero schedules with min_lr 0)', choices=LR_DECAYS)
     weight_decay: float = setting(0.05, 'AdamW weight decay')
     warmup_fraction: float = setting(0.05, 'share of the run spent warming up')
     grad_clip: float = setting(1.0, 'gradient norm clip, 0 for none')
@@ -169,6 +173,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise TrainingError(f'{name} must be positive, got {value}')
+    if cfg.lr_decay not in LR_DECAYS:
+        raise TrainingError(f'unknown learning-rate decay {cfg.lr_decay!r}: choose one of {LR_DECAYS}')
     if cfg.attn_norm not in NORMALIZATIONS:
         raise TrainingError(f'unknown attention normalization {cfg.attn_norm!r}: choose one of {NORMALIZATIONS}')
     if cfg.attn_path not in ATTENTION_PATHS:
@@ -194,12 +200,14 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def lr_at(progress: float, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``min_lr``, over run progress in [0, 1]."""
+    """Linear warmup to ``lr``, then decay to ``min_lr`` (``cfg.lr_decay``: cosine or linear), over run
+    progress in [0, 1]."""
     if progress < cfg.warmup_fraction:
         return cfg.lr * progress / cfg.warmup_fraction
     span = max(1e-8, 1 - cfg.warmup_fraction)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - cfg.warmup_fraction) / span)))
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * cosine
+    done = min(1.0, (progress - cfg.warmup_fraction) / span)
+    left = 0.5 * (1 + math.cos(math.pi * done)) if cfg.lr_decay == 'cosine' else 1 - done
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * left
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:

@@ -145,6 +145,10 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(0.1, cfg) == pytest.approx(1e-3)
     assert lr_at(0.55, cfg) == pytest.approx((1e-3 + 1e-5) / 2)
     assert lr_at(1.0, cfg) == pytest.approx(1e-5)
+    linear = TrainConfig(lr=1e-3, min_lr=0.0, warmup_fraction=0.1, lr_decay='linear')
+    assert lr_at(0.05, linear) == pytest.approx(5e-4) and lr_at(0.1, linear) == pytest.approx(1e-3)
+    assert [lr_at(p, linear) for p in (0.325, 0.55, 0.775, 1.0)] == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])
+    assert lr_at(0.325, linear) < lr_at(0.325, TrainConfig(lr=1e-3, min_lr=0.0, warmup_fraction=0.1))
 
 
 def kill_once_saved(process: subprocess.Popen, lasts: list[Path], step: int, timeout: float = 120) -> list[int]:
@@ -361,6 +365,9 @@ def test_bad_inputs_are_refused_clearly(tmp_path, data_flags, cifar_archive, tea
     _assert_refused(['train', *data_flags, '--out', str(out)], 'give a run length', capsys, out)
     for share in ('1.5', 'nan', '-0.1'):
         _assert_refused(['train', '--hide-patches', share, *data_flags, *common], 'hide_patches is a share', capsys, out)
+    with pytest.raises(SystemExit):
+        main(['train', '--lr-decay', 'step', *data_flags, *common])
+    assert "invalid choice: 'step'" in capsys.readouterr().err
     for decay in ('1', 'nan', '-0.1'):
         _assert_refused(['train', '--ema-decay', decay, *data_flags, *common], 'ema_decay is a decay in [0, 1)',
                         capsys, out)
