@@ -86,7 +86,7 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     for name in names:
         target = out / f'{name}.safetensors'
         if name in shipped:
-            _export_weights(runs / name, target, device, test_sets)
+            _export_weights(runs / name, target, device, test_sets, runs / TEACHER / 'best.safetensors')
         else:
             target.unlink(missing_ok=True)  # an earlier export's weights, no longer shipped
             for source, copy in zip(evaluation_paths(runs / name / 'best.safetensors'), evaluation_paths(target)):
@@ -124,17 +124,22 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple, ImageSet]) -> None:
-    """The run's best checkpoint as fp16 safetensors, evaluated as shipped on the run's own test split."""
+def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple, ImageSet],
+                    bundle_teacher: Path) -> None:
+    """The run's best checkpoint as fp16 safetensors, evaluated as shipped on the run's own test split; a student
+    of the bundle's teacher (``bundle_teacher``, its run's checkpoint) names it as shipped beside it."""
     loaded = load_checkpoint(run / 'best.safetensors')
     config = read_json(run / 'config.json') or {}
     key = (config['data'], config.get('test_subset'), config.get('cache_dir'))
     if key not in test_sets:
         test_sets[key] = load_dataset(config['data'], config.get('cache_dir'))['test'].subset(config.get('test_subset'))
-    save_checkpoint(target, loaded.model, loaded.meta, half=True)
+    meta = dict(loaded.meta)
+    if meta.get('teacher') and Path(meta['teacher']).resolve() == bundle_teacher.resolve():
+        meta['teacher'] = f'{TEACHER}.safetensors'  # the app shows it beside the shipped files, not a runs/ path
+    save_checkpoint(target, loaded.model, meta, half=True)
     top1 = evaluate_split(target, test_sets[key], config['data'], device=device)['top1']
     # The metadata carries the shipped file's own accuracy (fp16 weights can flip a few predictions).
-    save_checkpoint(target, loaded.model, dict(loaded.meta, test_top1=top1), half=True)
+    save_checkpoint(target, loaded.model, dict(meta, test_top1=top1), half=True)
 
 
 def _paper_top1(name: str, result: RunResult) -> float | None:

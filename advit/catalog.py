@@ -84,7 +84,7 @@ class ModelEntry:
                 ('faithful maps? (quarter drop on test images)', '; '.join(
                     f'{source}: {describe_drop(entry)}' for source, entry in drops.items()
                     if entry['quarter_drop'] is not None) or None),
-                ('trained steps', meta.get('step'))]
+                ('chosen at step', meta.get('step'))]
         return '\n'.join(f'- **{name}**: {value}' for name, value in rows if value not in (None, ''))
 
 

@@ -98,6 +98,10 @@ def test_the_script_trains_every_run_in_order_and_exports_what_fits(bundle):
             assert f.get_slice('head.weight').get_dtype() == 'F16'
         assert read_metadata(out / f'{name}.safetensors')['test_top1'] == metrics['top1']
         assert metrics['checkpoint'] == str(out / f'{name}.safetensors')
+    # A student names its teacher as shipped beside it, not by the run folder it was trained from (nor vit none).
+    teachers = {read_metadata(out / f'{name}.safetensors').get('teacher') for name in STUDENTS}
+    assert teachers == {None, 'teacher.safetensors'}
+    assert read_metadata(out / 'vit.safetensors').get('teacher') is None
 
 
 def test_the_app_catalog_finds_and_loads_the_bundle(bundle, cifar):

@@ -50,7 +50,7 @@ def test_good_checkpoint_is_usable_and_described(tmp_path):
     assert '- **test top-1**: 87.50%' in lines
     assert '- **classes**: 10' in lines
     assert '- **parameters**: 5.4M' in lines
-    assert not any('teacher' in line or 'trained steps' in line for line in lines)  # absent from the metadata
+    assert not any('teacher' in line or 'chosen at step' in line for line in lines)  # absent from the metadata
 
 
 def test_entry_without_method_or_accuracy():
