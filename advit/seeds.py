@@ -202,6 +202,11 @@ def students_recipe(configs: list[dict[str, Any]]) -> dict[str, Any]:
     return recipes[0]
 
 
+def trained_steps(students: list[Path]) -> set[int | None]:
+    """The steps the students' runs trained, as their status says (one value for students trained together)."""
+    return {(read_json(run / 'status.json') or {}).get('step') for run in students}
+
+
 def write_recipe(students: list[Path], bundle: Path) -> Path:
     """Record the students' shared settings in the bundle (``RECIPE_FILE``), for further seeds to replay, with
     the number of steps they trained (``TRAINED_STEPS``, from their status: not the step of the checkpoint
@@ -212,7 +217,7 @@ def write_recipe(students: list[Path], bundle: Path) -> Path:
         bundle: The bundle folder.
     """
     recipe = students_recipe([read_json(run / 'config.json') or {} for run in students])
-    steps = {(read_json(run / 'status.json') or {}).get('step') for run in students}
+    steps = trained_steps(students)
     if len(steps) != 1 or not isinstance(next(iter(steps)), int):
         raise SeedError(f'the students did not train one number of steps: {sorted(map(str, steps))}')
     path = bundle / RECIPE_FILE
@@ -233,7 +238,7 @@ def _check_same_training(run: Path, students: list[Path], bundle: Path) -> None:
     if differing:
         raise SeedError(f'{run} was not trained with the bundle\'s recipe: ' + ', '.join(
             f'{key} {theirs.get(key)!r} (the bundle\'s {recipe.get(key)!r})' for key in differing))
-    steps = {(read_json(student / 'status.json') or {}).get('step') for student in students}
+    steps = trained_steps(students)
     if steps != {bundle_steps}:
         raise SeedError(f'{run} trained {", ".join(map(str, sorted(steps, key=str)))} steps, the bundle\'s students '
                         f'{bundle_steps}: a seed takes as many as they did')

@@ -520,7 +520,8 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         step_limits.append(math.ceil(cfg.epochs * epoch_steps))
 
     teacher, teacher_forward = group_teacher(cfgs, classes, ctx)
-    students = [build_student(member, cfg, classes, teacher, status, ctx, member.method if len(cfgs) > 1 else None)
+    grouped = len(cfgs) > 1  # then each student's console lines are tagged with its method
+    students = [build_student(member, cfg, classes, teacher, status, ctx, member.method if grouped else None)
                 for member, status in zip(cfgs, statuses)]
     first = students[0].model
     mean, std = model_normalization(first)
@@ -557,14 +558,14 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         teacher_text = f'teacher {run.teacher_path}'
     else:
         teacher_text = f'teacher {type(teacher).__name__}, no attention'
-    for s in students:  # the method leads the line where no console tag (the method, in a group) shows it
+    for s in students:  # the method leads the line where no console tag shows it
         s.log.info('%s%s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
                    'attention %s (%s)%s',
-                   '' if len(cfgs) > 1 else f'{s.cfg.method}: ', cfg.model, sum(p.numel() for p in s.model.parameters()) / 1e6, device,
-                   ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
+                   '' if grouped else f'{s.cfg.method}: ', cfg.model,
+                   sum(p.numel() for p in s.model.parameters()) / 1e6, device, ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
                    len(splits.test), run.total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
                    ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, teacher_text,
-                   f', with {len(cfgs) - 1} other students on the same batches' if len(cfgs) > 1 else '')
+                   f', with {len(cfgs) - 1} other students on the same batches' if grouped else '')
         s.model.train()
     return run
 

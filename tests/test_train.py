@@ -514,7 +514,7 @@ def test_students_trained_together_share_batches_and_one_teacher_forward(tmp_pat
         assert load_checkpoint(run / 'best.safetensors').meta['method'] == method
 
     assert main(['train', '--method', 'vit', '--out', str(tmp_path / 'alone'), *flags]) == 0
-    assert f" vit: {config['model']} (" in (tmp_path / 'alone' / 'train.log').read_text().splitlines()[0]
+    assert f" vit: {TrainConfig().model} (" in (tmp_path / 'alone' / 'train.log').read_text().splitlines()[0]
     alone = load_checkpoint(tmp_path / 'alone' / 'last.safetensors').model.state_dict()
     together = load_checkpoint(tmp_path / 'group' / 'vit' / 'last.safetensors').model.state_dict()
     assert all(torch.equal(alone[k], together[k]) for k in alone)
