@@ -29,7 +29,8 @@ models were built. Both include the AdamW state created during warm-up.
 Model FLOPs utilisation (MFU): a step's FLOPs are batch x (teacher forward + 3 x student forward),
 each forward counted from the model's shapes by ``measure.vit_forward_flops`` (matmuls only,
 2 per multiply-add; a backward is twice a forward), divided by the step time and by the device's
-dense matmul rate measured here (bf16 on CUDA, float32 on CPU: the median of square matmuls).
+dense matmul ceiling measured here (bf16 on CUDA, float32 on CPU: the fastest square matmul, before and
+after the variants, ``measure.matmul_ceiling``); an MFU over 100% is not reported (``measure.utilisation``).
 
 The parent process then checks, in float32 on one set of weights and inputs, that ``ours`` and
 ``full`` give the same loss and gradient, and prints a table and the ratios.
@@ -60,7 +61,7 @@ from advit.capture import ClsAttentionCapture
 from advit.losses import DistillationLoss, TeacherForward
 from advit.models import create_model, model_normalization
 from advit.precision import autocast
-from measure import rss_mib, time_repeats, vit_forward_flops  # benchmarks/, this script's folder
+from measure import matmul_ceiling, rss_mib, time_repeats, utilisation, vit_forward_flops  # benchmarks/, this script's folder
 
 # The loss each training-step variant runs; 'full' is advit_l1 on full attention maps.
 STEP_METHODS = {'deit': 'deit_hard', 'ours': 'advit_l1', 'ours_kl': 'advit_kl', 'full': 'advit_l1'}
@@ -196,13 +197,10 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
                 peak_mem_bytes=peak, fused_attn=setup.student.blocks[0].attn.fused_attn, step_flops=flops)
 
 
-def matmul_rate(device: torch.device, size: int | None = None, repeats: int = 20) -> float:
-    """The device's dense matmul rate in FLOP/s: bf16 on CUDA, float32 on CPU; median of repeats."""
-    size = size or (8192 if device.type == 'cuda' else 1024)
-    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    times = time_repeats(lambda: a @ b, warmup=3, repeats=repeats, device=device)
-    return 2 * size ** 3 / statistics.median(times)
+def matmul_rate(device: torch.device) -> float:
+    """The device's dense matmul ceiling in FLOP/s (``measure.matmul_ceiling``): bf16 on CUDA, float32 on CPU."""
+    size = 8192 if device.type == 'cuda' else 1024
+    return matmul_ceiling(size, size, size, torch.bfloat16 if device.type == 'cuda' else torch.float32, device)
 
 
 def loss_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,15 +241,16 @@ def run_child(args: argparse.Namespace, variant: str) -> dict[str, Any]:
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     """The chosen variants, each in its own subprocess; then the device's matmul rate and the loss check."""
+    device = resolve_device(args.device)
+    before = matmul_rate(device)  # the ceiling before and after the variants: the higher is kept
     results = {}
     for variant in args.variants:
         print(f'running {variant} ...', file=sys.stderr, flush=True)
         results[variant] = run_child(args, variant)
-    device = resolve_device(args.device)
-    rate = matmul_rate(device)
+    rate = max(before, matmul_rate(device))
     for result in results.values():
         if result['step_flops']:
-            result['mfu'] = result['step_flops'] / result['median_s'] / rate
+            result['mfu'] = utilisation(result['step_flops'] / result['median_s'], rate)
     ratios = {}
     for top, bottom in (('ours', 'deit'), ('ours_kl', 'deit'), ('ours', 'full')):
         if top in results and bottom in results:

@@ -12,7 +12,15 @@ bf16 against fp32, compiled against eager, several students in one process, and 
   and progress (method ``vit``). Goal: ours >= 0.9x.
 - **mfu**: ours' achieved FLOP/s (3 x the forward's FLOPs from ``measure.vit_forward_flops`` per
   image) over a matmul ceiling measured in the same run, in the dtype training runs in: the best of
-  the student's own MLP matmul (batch x tokens, width) @ (width, 4 width) and a square 2048 matmul.
+  the student's own MLP matmul (batch x tokens, width) @ (width, 4 width) and a square 2048 matmul,
+  each the best of several short tries taken both before and after the training it divides, so that
+  one slow moment (other work on the cores) cannot lower it. An MFU over 100% can only mean the
+  ceiling was measured wrong: it is then reported as not measured, never as a result.
+- **teacher**: the levers on the bundle teacher's step, ``advit train`` images/s of each against the
+  plain step in the same run: PatchDropout (timm's ``patch_drop_rate``, a quarter of the patch tokens
+  dropped while training), batch 256; and a bare step in channels-last memory format against the
+  default (``advit train`` has no such switch: it is measured first). Whether a lever keeps validation
+  top-1 per epoch is a training question, answered by ``scripts/cpu_sweep.py`` runs, not here.
 - **profile**: where a bare step of the student spends its time (PyTorch's profiler, self CPU time of
   the top operators), on the path ``auto`` chooses.
 - **bf16 vs fp32**: ``advit train`` with and without ``--no-amp`` (bf16 autocast where the CPU runs
@@ -49,25 +57,28 @@ from advit.evaluate import predict  # noqa: E402
 from advit.precision import autocast, compute_dtype, native_bf16  # noqa: E402
 from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
 from advit.train import TrainConfig, train, train_group  # noqa: E402
-from measure import vit_forward_flops  # noqa: E402  (benchmarks/, this script's folder)
+from measure import matmul_ceiling, utilisation, vit_forward_flops  # noqa: E402  (benchmarks/, this script's folder)
 
 CPU = torch.device('cpu')
 
 
 def bare_loop(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
-              amp: bool, attn_path: str, profile_rows: int = 0) -> float | list[dict]:
+              amp: bool, attn_path: str, profile_rows: int = 0, channels_last: bool = False) -> float | list[dict]:
     """images/s of the least a training step does, after 3 warm-up steps; with ``profile_rows``, the
-    top operators of those steps by self CPU time instead (name, share of the total, ms per step)."""
+    top operators of those steps by self CPU time instead (name, share of the total, ms per step);
+    ``channels_last``: the model and its inputs in that memory format (for the convolutional stem)."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=10, drop_path_rate=0.0).train()
     set_attention_path(model, attn_path)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
         index = torch.randint(len(labels), (batch_size,), generator=generator)
-        inputs = (images[index].float() / 255 - mean) / std
+        inputs = ((images[index].float() / 255 - mean) / std).contiguous(memory_format=memory_format)
         with autocast(CPU, amp):
             loss = F.cross_entropy(model(inputs), labels[index])
         optimizer.zero_grad(set_to_none=True)
@@ -88,18 +99,6 @@ def bare_loop(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch
     for _ in range(steps):
         step()
     return steps * batch_size / (time.perf_counter() - start)
-
-
-def matmul_flops(rows: int, inner: int, cols: int, dtype: torch.dtype, seconds: float = 2.0) -> float:
-    """FLOP/s of a (rows, inner) @ (inner, cols) matmul in ``dtype``, repeated for about ``seconds``."""
-    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        calls += 1
-    return 2 * rows * inner * cols * calls / (time.perf_counter() - start)
 
 
 def run_speed(run: Path, skip_windows: int = 1) -> float:
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--steps', type=int, default=60, help='steps of each single-student measurement')
     parser.add_argument('--group', default='vit,deit_hard,advit_l1,advit_l2,advit_kl,advit_kl_paper')
     parser.add_argument('--group-steps', type=int, default=20)
-    parser.add_argument('--parts', default='paths,bare,mfu,profile,dtype,compile,eval,group')
+    parser.add_argument('--parts', default='paths,bare,mfu,teacher,profile,dtype,compile,eval,group')
     parser.add_argument('--json', type=Path)
     args = parser.parse_args(argv)
     parts = args.parts.split(',')
@@ -194,15 +193,35 @@ def main(argv: list[str] | None = None) -> None:
             model = create_model(args.model, num_classes=10)
             tokens = model.patch_embed.num_patches + model.num_prefix_tokens
             width = model.embed_dim
-            ceilings = {'student_mlp': matmul_flops(args.batch_size * tokens, width, 4 * width, dtype),
-                        'square_2048': matmul_flops(2048, 2048, 2048, dtype)}
-            speed = results.get('ours_images_per_s') or ours(base, tmp / 'mfu')
+            shapes = {'student_mlp': (args.batch_size * tokens, width, 4 * width), 'square_2048': (2048, 2048, 2048)}
+            before = {name: matmul_ceiling(*shape, dtype) for name, shape in shapes.items()}
+            speed = ours(base, tmp / 'mfu')  # measured between the two ceilings, not earlier in the run
+            ceilings = {name: max(before[name], matmul_ceiling(*shape, dtype)) for name, shape in shapes.items()}
             achieved = speed * 3 * vit_forward_flops(model)
             results.update(matmul_ceiling_flops=ceilings, achieved_flops=achieved,
-                           mfu=achieved / max(ceilings.values()))
+                           mfu=utilisation(achieved, max(ceilings.values())))
+            verdict = f"{results['mfu']:.1%}" if results['mfu'] is not None else \
+                'not measured: the achieved FLOP/s exceed the ceiling, so the ceiling measurement failed'
             print(f"MFU: ours {achieved / 1e9:.1f} GFLOP/s against a {dtype} matmul ceiling of "
-                  f"{max(ceilings.values()) / 1e9:.1f} GFLOP/s (student's MLP shape {ceilings['student_mlp'] / 1e9:.1f}, "
-                  f"2048^2 {ceilings['square_2048'] / 1e9:.1f}): {results['mfu']:.1%}", flush=True)
+                  f"{max(ceilings.values()) / 1e9:.1f} GFLOP/s (best of before and after training; student's MLP "
+                  f"shape {ceilings['student_mlp'] / 1e9:.1f}, 2048^2 {ceilings['square_2048'] / 1e9:.1f}): {verdict}",
+                  flush=True)
+        if 'teacher' in parts:
+            teacher_base = dict(base, model=args.teacher_model)
+            plain = ours(teacher_base, tmp / 'teacher-plain')
+            levers = {'patch_drop_0.25': ours(teacher_base, tmp / 'teacher-pd', model_args={'patch_drop_rate': 0.25}),
+                      'batch_256': ours(teacher_base, tmp / 'teacher-b256', batch_size=2 * args.batch_size)}
+            path = auto_path(args.teacher_model)
+            channels = {layout: bare_loop(args.teacher_model, train_set.images, train_set.labels, args.batch_size,
+                                          args.steps, amp, path, channels_last=layout == 'channels_last')
+                        for layout in ('contiguous', 'channels_last')}
+            results['teacher'] = dict(model=args.teacher_model, plain_images_per_s=plain,
+                                      levers_over_plain={k: v / plain for k, v in levers.items()},
+                                      bare_channels_last_over_contiguous=channels['channels_last'] / channels['contiguous'])
+            print(f"teacher {args.teacher_model}: advit train {plain:.1f} img/s; "
+                  + ', '.join(f'{k} {v / plain:.3f}x' for k, v in levers.items())
+                  + f"; bare step channels-last / contiguous {results['teacher']['bare_channels_last_over_contiguous']:.3f}",
+                  flush=True)
         if 'profile' in parts:
             path = results.get('student_auto_path') or auto_path(args.model)
             results['profile'] = dict(path=path, top=bare(args.model, path, profile_rows=12))

@@ -1,4 +1,5 @@
-"""Readings the benchmarks share: seconds of repeated calls, a process's memory and CPU time, a ViT's FLOPs."""
+"""Readings the benchmarks share: seconds of repeated calls, a process's memory and CPU time, a ViT's FLOPs,
+and the matmul ceiling with the utilisation (MFU) measured against it."""
 from __future__ import annotations
 
 import os
@@ -30,6 +31,24 @@ def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int, device: torch
             fn()
             times.append(time.perf_counter() - start_s)
     return times
+
+
+def matmul_ceiling(rows: int, inner: int, cols: int, dtype: torch.dtype,
+                   device: torch.device = torch.device('cpu'), repeats: int = 20) -> float:
+    """The dense FLOP/s of a (rows, inner) @ (inner, cols) matmul at its best: the fastest of ``repeats`` calls.
+
+    A ceiling is what the hardware can do, so slow moments (other work on the cores, a clock dip) are
+    dropped, not averaged in; the benchmarks take it before and after the work it divides, and keep the higher.
+    """
+    a = torch.randn(rows, inner, device=device, dtype=dtype)
+    b = torch.randn(inner, cols, device=device, dtype=dtype)
+    return 2 * rows * inner * cols / min(time_repeats(lambda: a @ b, warmup=3, repeats=repeats, device=device))
+
+
+def utilisation(achieved: float, ceiling: float) -> float | None:
+    """Achieved over ceiling FLOP/s (MFU); None where it would exceed 1, which no true ceiling allows: the
+    ceiling was measured wrong, and the figure is reported as not measured rather than as a result."""
+    return achieved / ceiling if 0 < achieved <= ceiling else None
 
 
 def rss_mib(pid: int | str = 'self', field: str = 'VmRSS') -> float:

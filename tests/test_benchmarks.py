@@ -14,7 +14,7 @@ from advit.models import create_model, model_image_size
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / 'benchmarks'))
-from measure import vit_forward_flops  # noqa: E402  (the benchmarks' shared readings)
+from measure import matmul_ceiling, utilisation, vit_forward_flops  # noqa: E402  (the benchmarks' shared readings)
 
 
 @pytest.mark.slow
@@ -42,7 +42,7 @@ def test_cpu_train_reports_every_ratio(tmp_path, cifar_archive, cifar):
     """benchmarks/cpu_train.py end to end at tiny scale (no --compile: minutes of compiling on 2 cores)."""
     result = subprocess.run(
         [sys.executable, 'benchmarks/cpu_train.py', '--data', str(cifar_archive), '--batch-size', '32', '--steps', '12',
-         '--group', 'vit,advit_l1', '--group-steps', '10', '--parts', 'bare,dtype,eval,group',
+         '--group', 'vit,advit_l1', '--group-steps', '10', '--parts', 'bare,mfu,teacher,dtype,eval,group',
          '--json', str(tmp_path / 'cpu.json')], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / 'cpu.json').read_text())
@@ -51,6 +51,17 @@ def test_cpu_train_reports_every_ratio(tmp_path, cifar_archive, cifar):
     assert report['group_methods'] == ['vit', 'advit_l1'] and set(report['separate_images_per_s']) == {'vit', 'advit_l1'}
     assert all(set(times) == {'bf16', 'fp32'} for key, times in report.items() if key.startswith('one_image_'))
     assert 'group / separate' in result.stdout
+    assert report['mfu'] is None or 0 < report['mfu'] <= 1, 'an MFU above 100% is never a result'
+    assert set(report['teacher']['levers_over_plain']) == {'patch_drop_0.25', 'batch_256'}
+    assert report['teacher']['bare_channels_last_over_contiguous'] > 0
+
+
+def test_an_mfu_above_one_is_refused_as_a_measurement_error_and_the_ceiling_is_a_real_rate():
+    assert utilisation(50.0, 100.0) == 0.5
+    assert utilisation(116.0, 100.0) is None, 'achieved above the ceiling: the ceiling was mismeasured'
+    assert utilisation(0.0, 100.0) is None
+    ceiling = matmul_ceiling(64, 64, 64, torch.float32, repeats=3)
+    assert 1e6 < ceiling < 1e15, 'FLOP/s of a real matmul on this machine'
 
 
 @pytest.mark.parametrize('name, args', [
