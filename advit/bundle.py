@@ -36,6 +36,7 @@ from .machine import machine
 from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .probe import PROBE_FILE
 from .run_folder import read_json, read_metrics
+from .train import fields_with_role
 from .seeds import BUNDLE_SEED, RECIPE_FILE, SEEDS_DIR, SeedError, seeds_tables, write_recipe
 from .report import RunResult, best_on_validation, checkpoint_result, differing_fields, load_run, markdown_table, table2, table2_columns
 from .weights import TRAIN_STATE_PREFIX
@@ -434,7 +435,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         if command_rows else f'No `{COMMANDS}` in `{runs}`: the runs were not made by `scripts/train_bundle.sh`.\n'
     data = configs[names[0]].get('data', '?')
     students = [name for name in names if name != TEACHER]
-    differing = differing_fields([configs[name] for name in students], ignored=('method', 'teacher', 'out'))
+    differing = differing_fields([configs[name] for name in students],
+                                 ignored=fields_with_role('output', 'student'))
     together = len(students) > 1 and all(configs[name].get('group') == configs[students[0]].get('group')
                                          and configs[name].get('group') for name in students)
     same_text = ('The students\' settings (`config.json`) are the same apart from the method and teacher: same '

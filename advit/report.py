@@ -20,6 +20,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from .checkpoint import read_metadata
@@ -27,15 +28,15 @@ from .evaluate import evaluation_paths
 from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .paper import PAPER_TOP1
 from .run_folder import RECORD_KEYS, read_json
+from .train import fields_with_role
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
               'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
 
 
-# config.json keys that do not change what a run learns: where and how it ran, and its seed (the
-# repeats of one setting differ only there).
-NOT_SETTINGS = frozenset({'out', 'seed', 'device', 'cache_dir', 'compile', 'attn_path', 'log_every',
-                          'eval_batch_size'}) | RECORD_KEYS
+# config.json keys that do not change what a run learns: where it wrote, how it ran, its seed (the repeats of
+# one setting differ only there), and the run's own records.
+NOT_SETTINGS = fields_with_role('output', 'seed', 'runtime') | RECORD_KEYS
 
 
 class ReportError(ValueError):
@@ -140,7 +141,7 @@ def table1(results: list[RunResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def differing_fields(configs: list[dict[str, Any]], ignored: tuple[str, ...] = ()) -> list[str]:
+def differing_fields(configs: list[dict[str, Any]], ignored: Collection[str] = ()) -> list[str]:
     """The fields (other than ``ignored``) whose values are not the same in all of ``configs``."""
     keys = set().union(*configs) - set(ignored)
     return sorted(key for key in keys

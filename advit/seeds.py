@@ -23,15 +23,16 @@ from .faithfulness import HEADLINE_MAPS, headline, headline_key
 from .io import atomic_path, write_json
 from .report import markdown_table
 from .run_folder import RECORD_KEYS, read_json
+from .train import fields_with_role
 
 BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
 SEEDS_DIR = 'seeds'
 SEED_RECORD = 'seed.json'  # in seeds/seed<N>/: the seed's steps, training time and machines
 RECIPE_FILE = 'students.recipe.json'  # the students' shared settings, which scripts/train_seeds.sh replays
 TRAINED_STEPS = 'steps'  # the steps the students trained, as TrainConfig's own key: `--config` gives a seed as many
-# What each student or each run sets for itself (the script gives them), and config.json's bookkeeping.
-NOT_RECIPE = frozenset({'out', 'data', 'method', 'teacher', 'seed', 'steps', 'time_budget', 'device',
-                        'cache_dir'}) | RECORD_KEYS
+# What each student or each run sets for itself (the script gives them), what never changes learning, and
+# config.json's bookkeeping.
+NOT_RECIPE = fields_with_role('output', 'student', 'data', 'length', 'seed', 'runtime') | RECORD_KEYS
 _SEED_FOLDER = re.compile(r'seed(\d+)')
 
 

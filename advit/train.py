@@ -54,10 +54,25 @@ class TrainingError(Exception):
     """A run that cannot start or cannot go on (bad configuration, non-finite loss)."""
 
 
-def setting(default: Any = None, help: str = '', *, factory: Any = None, **cli: Any) -> Any:
-    """A ``TrainConfig`` field with its help: the command line builds its flag from these (``cli``:
-    argparse's ``choices``, ``metavar``, or ``flag`` for another flag name)."""
-    metadata = dict(help=help, cli=cli)
+# What a field is to a run, declared once with the field (``setting(role=...)``): the group check, the report, the
+# seeds' recipe and the bundle all ask ``fields_with_role`` instead of keeping lists of their own.
+ROLES = (
+    'recipe',   # what the run learns and how (the default): equal recipes train alike
+    'output',   # where it writes
+    'student',  # what each student of a group sets for itself: its loss and its teacher
+    'data',     # where its images are read from (the same data may lie elsewhere on another machine)
+    'length',   # how long it trains, where a script gives the length apart from the recipe
+    'seed',     # the seed: the repeats of one setting differ only there
+    'runtime',  # where and how fast it runs, never what it learns
+)
+
+
+def setting(default: Any = None, help: str = '', *, factory: Any = None, role: str = 'recipe', **cli: Any) -> Any:
+    """A ``TrainConfig`` field with its help and its ``role`` (``ROLES``): the command line builds its flag from
+    these (``cli``: argparse's ``choices``, ``metavar``, or ``flag`` for another flag name)."""
+    if role not in ROLES:
+        raise ValueError(f'unknown role {role!r}: one of {ROLES}')
+    metadata = dict(help=help, cli=cli, role=role)
     return field(default_factory=factory, metadata=metadata) if factory else field(default=default, metadata=metadata)
 
 
@@ -66,17 +81,18 @@ class TrainConfig:
     """Everything a run depends on; saved as ``config.json`` in the run folder. Each field's help is
     its ``advit train`` flag's help (``cli.build_parser``)."""
     out: str = setting('runs/run', 'run folder (the command line\'s default: runs/<method>); with --methods, the '
-                       'folder of the students\' folders, each named by its method')
+                       'folder of the students\' folders, each named by its method', role='output')
     data: str = setting(help='CIFAR-10 archive or folder, an ImageFolder root, or "cifar10" to download the official '
-                        'release (default: ADVIT_DATA, else the shared CIFAR-10 archive)', factory=default_dataset)
-    method: str = setting('vit', 'loss: vit, DeiT, ADViT, or DeiT+ADViT', choices=METHODS)
+                        'release (default: ADVIT_DATA, else the shared CIFAR-10 archive)', factory=default_dataset,
+                        role='data')
+    method: str = setting('vit', 'loss: vit, DeiT, ADViT, or DeiT+ADViT', choices=METHODS, role='student')
     model: str = setting('vit_tiny_patch4_32', 'student architecture, a timm name')
     model_args: dict[str, Any] = setting(help='architecture argument for the student, e.g. depth=6 (repeatable)',
                                          factory=dict, flag='--model-arg', metavar='KEY=VALUE')
     pretrained: bool = setting(False, 'student weights from the hub (needs a network)')
     pretrained_file: str | None = setting(None, 'student pretrained weights from a local file')
     teacher: str | None = setting(None, 'teacher: an advit checkpoint, a state-dict file, or a timm name whose '
-                                  'weights\' head was trained on the run\'s classes')
+                                  'weights\' head was trained on the run\'s classes', role='student')
     teacher_model: str | None = setting(None, 'architecture of a teacher state dict that lacks advit metadata')
     teacher_pretrained_file: str | None = setting(None, 'local weights for a teacher given by timm name')
     image_size: int = setting(32, 'input size')
@@ -87,8 +103,9 @@ class TrainConfig:
     test_subset: int | None = setting(None, 'evaluate on a fixed subset of N test images')
     epochs: float | None = setting(None, 'run length in epochs (with steps and a time budget: the first reached '
                                    'ends the run)')
-    steps: int | None = setting(None, 'run length in optimiser steps')
-    time_budget: float | None = setting(None, 'run length in seconds of training', metavar='SECONDS')
+    steps: int | None = setting(None, 'run length in optimiser steps', role='length')
+    time_budget: float | None = setting(None, 'run length in seconds of training', metavar='SECONDS',
+                                        role='length')
     batch_size: int = setting(128, 'global batch size, split over processes')
     lr: float = setting(1e-3, 'peak learning rate')
     min_lr: float = setting(1e-5, 'final learning rate of the decay')
@@ -115,22 +132,24 @@ class TrainConfig:
     attn_norm: str = setting(DEFAULT_NORMALIZATION, 'how each head\'s [CLS] row becomes a map: renormalized (its patch '
                              'part sums to one) or raw (the softmax row\'s patch entries, heads fused, then '
                              'normalised once)', choices=NORMALIZATIONS)
-    seed: int = setting(0, 'random seed')
-    device: str = setting('auto', 'where to train', choices=('auto', 'cpu', 'cuda'))
+    seed: int = setting(0, 'random seed', role='seed')
+    device: str = setting('auto', 'where to train', choices=('auto', 'cpu', 'cuda'), role='runtime')
     amp: bool = setting(True, 'bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / '
                         'AMX); --no-amp turns it off', flag='--no-amp')
     attn_path: str = setting('auto', 'attention of the blocks: fused (scaled_dot_product_attention), explicit '
                              '(softmax(q k^T) v as matmuls), or auto: the faster of the two, timed at the start on the '
                              'run\'s own shapes and device (kept on resume); maps and losses are the same on both',
-                             choices=ATTENTION_PATHS)
-    compile: bool = setting(False, 'torch.compile the forwards (minutes of compiling first; pays on long GPU runs)')
-    log_every: int = setting(50, 'steps between metrics lines')
+                             choices=ATTENTION_PATHS, role='runtime')
+    compile: bool = setting(False, 'torch.compile the forwards (minutes of compiling first; pays on long GPU runs)',
+                            role='runtime')
+    log_every: int = setting(50, 'steps between metrics lines', role='runtime')
     eval_every: int = setting(0, 'steps between evaluations; 0: at each epoch\'s end')
-    save_every: int = setting(0, 'steps between last checkpoints; 0: at each evaluation')
-    eval_batch_size: int = setting(512, 'images per evaluation forward')
+    save_every: int = setting(0, 'steps between last checkpoints; 0: at each evaluation', role='runtime')
+    eval_batch_size: int = setting(512, 'images per evaluation forward', role='runtime')
     faithfulness_images: int = setting(TEST_IMAGES, 'test images the selected checkpoint\'s maps are measured on at '
                                        'the end (deletion and insertion curves of every layer and rollout); 0: none')
-    cache_dir: str | None = setting(None, 'decoded-dataset cache (default $ADVIT_CACHE or ~/.cache/advit)')
+    cache_dir: str | None = setting(None, 'decoded-dataset cache (default $ADVIT_CACHE or ~/.cache/advit)',
+                                    role='runtime')
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> 'TrainConfig':
@@ -141,6 +160,14 @@ class TrainConfig:
         if unknown:
             raise TrainingError(f'unknown config fields: {", ".join(unknown)}')
         return cls(**values)
+
+
+def fields_with_role(*roles: str) -> frozenset[str]:
+    """The names of the ``TrainConfig`` fields whose declared role is one of ``roles`` (``ROLES``)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f'unknown roles {sorted(unknown)}: choose from {ROLES}')
+    return frozenset(f.name for f in fields(TrainConfig) if f.metadata['role'] in roles)
 
 
 # Model arguments the run passes itself, and the setting that gives each.
@@ -250,7 +277,6 @@ def train_group(cfgs: list[TrainConfig], resume: bool = False) -> list[Path]:
         distributed.cleanup()
 
 
-_GROUP_FREE_FIELDS = ('method', 'out', 'teacher')  # what may differ between the students of one group
 
 
 def group_configs(values: dict[str, Any], methods: Sequence[str]) -> list[TrainConfig]:
@@ -278,9 +304,9 @@ def validate_group(cfgs: list[TrainConfig]) -> None:
     """Refuse students that cannot share batches: settings other than method, folder and teacher differ."""
     if not cfgs:
         raise TrainingError('no student to train')
-    first = asdict(cfgs[0])
+    first, free = asdict(cfgs[0]), fields_with_role('output', 'student')  # what may differ between students
     for cfg in cfgs[1:]:
-        differing = sorted(k for k, v in asdict(cfg).items() if k not in _GROUP_FREE_FIELDS and first[k] != v)
+        differing = sorted(k for k, v in asdict(cfg).items() if k not in free and first[k] != v)
         if differing:
             raise TrainingError(f'students trained together differ only in method: {cfg.out} and {cfgs[0].out} '
                                 f'differ in {", ".join(differing)}')
