@@ -8,12 +8,13 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from .data import ImageSet, default_cache_dir
-from .evaluate import checkpoint_probs, evaluation_paths, load_predictions
+from .evaluate import checkpoint_probs, evaluation_paths, load_predictions, summarize_predictions
 from .io import atomic_path
 
 # Images per forward when Compare predicts on the CPU. On 2 fp32 EPYC cores a ViT-B/16 at 224 reads 2.7-3.2
@@ -36,29 +37,36 @@ class Comparison:
         keep = np.ones_like(right_a) if class_name is None else self.labels == self.classes.index(class_name)
         return np.flatnonzero(right_a & ~right_b & keep), np.flatnonzero(right_b & ~right_a & keep)
 
-    def per_class(self) -> tuple[list[float], list[float]]:
-        """Per-class top-1 (percent) of A and of B."""
-        def accuracy(preds: np.ndarray) -> list[float]:
-            return [float((preds[self.labels == c] == c).mean() * 100) if (self.labels == c).any() else float('nan')
-                    for c in range(len(self.classes))]
-        return accuracy(self.preds_a), accuracy(self.preds_b)
+    def summaries(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A's and B's top-1, per-class accuracy and confusion matrix, by the evaluation's own rule
+        (``evaluate.summarize_predictions``), so that this tab and the model card agree."""
+        return tuple(summarize_predictions(torch.from_numpy(preds), torch.from_numpy(self.labels), self.classes)
+                     for preds in (self.preds_a, self.preds_b))
+
+    def per_class(self) -> tuple[list[float | None], list[float | None]]:
+        """Per-class top-1 (percent) of A and of B; None for a class without test images."""
+        a, b = self.summaries()
+        return list(a['per_class'].values()), list(b['per_class'].values())
 
     def confusion(self) -> tuple[np.ndarray, np.ndarray]:
         """Confusion matrices of A and of B: counts, rows the true class, columns the predicted one."""
-        def counts(preds: np.ndarray) -> np.ndarray:
-            size = len(self.classes)
-            return np.bincount(self.labels * size + preds, minlength=size * size).reshape(size, size)
-        return counts(self.preds_a), counts(self.preds_b)
+        a, b = self.summaries()
+        return np.array(a['confusion']), np.array(b['confusion'])
 
     def top1(self) -> tuple[float, float]:
-        return float((self.preds_a == self.labels).mean() * 100), float((self.preds_b == self.labels).mean() * 100)
+        a, b = self.summaries()
+        return a['top1'], b['top1']
 
     def table(self) -> list[list]:
-        """Rows (class, A %, B %, B − A) and a last row for all classes."""
-        per_a, per_b = self.per_class()
-        rows = [[name, round(a, 2), round(b, 2), round(b - a, 2)] for name, a, b in zip(self.classes, per_a, per_b)]
-        top_a, top_b = self.top1()
-        return rows + [['all (top-1)', round(top_a, 2), round(top_b, 2), round(top_b - top_a, 2)]]
+        """Rows (class, A %, B %, B − A; None where a class has no test image) and a last row for all classes."""
+        a, b = self.summaries()
+        rows = [[name, *_rounded(a['per_class'][name], b['per_class'][name])] for name in self.classes]
+        return rows + [['all (top-1)', *_rounded(a['top1'], b['top1'])]]
+
+
+def _rounded(a: float | None, b: float | None) -> list[float | None]:
+    return [None if a is None else round(a, 2), None if b is None else round(b, 2),
+            None if a is None or b is None else round(b - a, 2)]
 
 
 class PredictionsMissing(LookupError):

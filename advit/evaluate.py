@@ -48,12 +48,18 @@ def predict(model: nn.Module, data: ImageSet, transform: BatchTransform, batch_s
 
 
 def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Top-1 and per-class accuracy in percent, and the confusion matrix (rows: true class).
+    """Top-1 and per-class accuracy in percent, and the confusion matrix (rows: true class), of class
+    probabilities (``summarize_predictions`` of their argmax)."""
+    return summarize_predictions(probs.argmax(dim=-1), labels, classes)
+
+
+def summarize_predictions(preds: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Top-1 and per-class accuracy in percent, and the confusion matrix (rows: true class), of predicted
+    classes: the one rule the evaluation files, the model card and the Compare tab all use.
 
     A class without test images has per-class accuracy None, not 0.
     """
-    labels = labels.cpu()
-    preds = probs.argmax(dim=-1)
+    labels, preds = torch.as_tensor(labels).cpu().long(), torch.as_tensor(preds).cpu().long()
     num_classes = len(classes)
     confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(num_classes, -1)
     support = confusion.sum(dim=1)

@@ -1,7 +1,6 @@
 """Two classifiers on one test set: disagreements and per-class accuracy, and the predictions they come from."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import advit  # noqa: F401  (registers the CIFAR ViTs with timm)
 from advit.compare import (Comparison, PredictionsMissing, compare, comparison_cache, saved_predictions,
                            time_left)
 from advit.data import load_dataset
-from advit.evaluate import evaluation_paths, load_predictions, save_evaluation
+from advit.evaluate import evaluation_paths, load_predictions, save_evaluation, summarize
 from advit.models import CIFAR10_MEAN, CIFAR10_STD
 from conftest import save_tiny_checkpoint, tiny_vit, write_small_cifar
 
@@ -50,8 +49,18 @@ def test_disagreements_of_an_unknown_class(example):
 
 def test_per_class(example):
     per_a, per_b = example.per_class()
-    assert per_a[:2] == pytest.approx([200 / 3, 100 / 3]) and math.isnan(per_a[2])
-    assert per_b[:2] == pytest.approx([100 / 3, 100.0]) and math.isnan(per_b[2])
+    assert per_a[:2] == pytest.approx([200 / 3, 100 / 3]) and per_a[2] is None  # no ship among the labels
+    assert per_b[:2] == pytest.approx([100 / 3, 100.0]) and per_b[2] is None
+
+
+def test_the_compare_tab_and_the_evaluation_files_share_one_per_class_rule(example):
+    """Table 2 of the Compare tab and of the model card (the evaluation files' summary) are the same numbers."""
+    for preds, per_class, confusion, top1 in zip((example.preds_a, example.preds_b), example.per_class(),
+                                                  example.confusion(), example.top1()):
+        probs = torch.nn.functional.one_hot(torch.from_numpy(preds), len(example.classes)).float()
+        evaluated = summarize(probs, torch.from_numpy(example.labels), example.classes)
+        assert list(evaluated['per_class'].values()) == per_class
+        assert evaluated['confusion'] == confusion.tolist() and evaluated['top1'] == top1
 
 
 def test_top1(example):
@@ -63,7 +72,7 @@ def test_table(example):
     assert [row[0] for row in rows] == ['cat', 'dog', 'ship', 'all (top-1)']
     assert rows[0][1:] == [66.67, 33.33, -33.33]
     assert rows[1][1:] == [33.33, 100.0, 66.67]
-    assert all(math.isnan(value) for value in rows[2][1:])
+    assert rows[2][1:] == [None, None, None]
     assert rows[3][1:] == [50.0, 66.67, 16.67]
 
 
