@@ -44,8 +44,6 @@ offer = studio.offer
 served = ServedFiles.from_env()  # the galleries' images: written once each, never rewritten (see advit/served.py)
 jobs_off = jobs_off_reason()
 desk = TrainDesk.from_env(offer.runs_dir, offer.teacher_files, studio.data, studio.scrub) if jobs_off is None else None
-if desk is not None:
-    desk.manager.start_scheduler()
 defaults = offer.defaults()
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / 'assets' / 'examples').glob('*.png'))
 
@@ -526,6 +524,8 @@ if __name__ == '__main__':
     # Only when serving: a process that merely imports the app would exit while the thread is inside torch,
     # which aborts the interpreter ("terminate called without an active exception").
     threading.Thread(target=opening_views, name='opening-views', daemon=True).start()
+    if desk is not None:
+        desk.manager.start_scheduler()  # queued jobs start only in a serving process, never on import
     demo.queue(default_concurrency_limit=2).launch(
         server_name=server_name(), server_port=int(os.environ.get('GRADIO_SERVER_PORT', '7860')),
         max_file_size=MAX_FILE_BYTES, show_error=not is_public())  # others see our messages, not internal errors

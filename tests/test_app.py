@@ -369,6 +369,8 @@ def test_a_long_model_name_is_quoted_not_echoed(client, keys):
 def test_importing_the_app_exits_cleanly(tmp_path):
     """A process that imports app.py (a tool, `gradio app.py`'s reload) and exits: no background work of the
     server start may still be inside torch then, which aborted the interpreter (exit 134). On the shipped bundle."""
-    done = subprocess.run([sys.executable, '-c', 'import app'], cwd=REPO, capture_output=True, text=True, timeout=300,
+    code = 'import threading, app; print(sorted(t.name for t in threading.enumerate()))'
+    done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, 'ADVIT_RUNS': str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
+    assert 'advit-jobs' not in done.stdout and 'opening-views' not in done.stdout, 'importing the app starts nothing'
