@@ -7,7 +7,8 @@ not DeiT's RandAugment or repeated augmentation. They need pretrained weights (a
 files) and a GPU. ``cifar32-*`` train from scratch at 32x32 (ViTs with patch 4) and run on a CPU at small
 scale. ``paper-<cnn>`` / ``cifar32-<cnn>`` train the paper's CNN baselines by cross-entropy.
 ``bundle-teacher`` / ``bundle-student`` train the shipped checkpoint bundle on a 2-core CPU
-(``scripts/train_bundle.sh``); ``gpu-bundle-*`` the stronger recipe for a lent GPU.
+(``scripts/train_bundle.sh``); ``long-bundle-*`` the same recipe several times longer, trained across
+sessions; ``gpu-bundle-*`` the stronger recipe for a lent GPU.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ _GPU_BUNDLE = dict(_CIFAR32, recipe='cifar32_strong', batch_size=512, mixup=0.8,
 # a fifth of each step; 2026-12-06, AMD EPYC 2 cores bf16, benchmarks/results/cnn-teacher-probe-cpu.jsonl).
 _CPU_BUNDLE = dict(_CIFAR32, batch_size=128, lr=1e-3, drop_path=0.0, eval_every=500)
 
+# The long bundle (BUNDLE=long-bundle): the quick bundle's recipe at 100 epochs for the teacher and 30 for the
+# students, counted in epochs (steps), so that a slower machine only takes longer. Its teacher's size, schedule
+# and the speed levers taken come from short runs before it started: benchmarks/results/long-bundle-probes-cpu.md.
+# `last` every 500 steps: under 10 minutes of 2-core CPU on every machine seen, so a stop loses less.
+_LONG_BUNDLE = dict(_CPU_BUNDLE, eval_every=2000, save_every=500)
+
 # The paper's CNN baselines (Table 1), trained by cross-entropy: ImageNet weights at 224, or from scratch at 32.
 CNN_BASELINES = ('resnet10t', 'resnet34', 'efficientnet_b1', 'efficientnet_b4')
 
@@ -62,6 +69,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     'bundle-teacher': dict(_CPU_BUNDLE, model='vit_mini6_convstem_32', method='vit'),
     # Six students share each step: evaluated twice as often in steps, about as often in minutes.
     'bundle-student': dict(_CPU_BUNDLE, model='vit_mini4_convstem_32', eval_every=250),
+    'long-bundle-teacher': dict(_LONG_BUNDLE, model='vit_mini6_convstem_32', method='vit', epochs=100),
+    # Four students share each step: evaluated and saved more often in steps, about as often in minutes.
+    'long-bundle-student': dict(_LONG_BUNDLE, model='vit_mini4_convstem_32', epochs=30, eval_every=1000,
+                                save_every=200),
     'gpu-bundle-teacher': dict(_GPU_BUNDLE, model='vit_small_patch4_32', method='vit', epochs=100),
     'gpu-bundle-student': dict(_GPU_BUNDLE, model='vit_tiny_patch4_32', epochs=10, drop_path=0.0),
     **{f'paper-{cnn}': dict(_PAPER, model=cnn, method='vit', drop_path=0.0) for cnn in CNN_BASELINES},

@@ -6,6 +6,8 @@ Also the cancel the process obeys (``StopSignal``). Rank 0 writes; the others on
 - ``metrics.jsonl``: one JSON line per log step and evaluation, appended as the run goes;
 - ``train.log``: the log, also on stderr around the progress bar;
 - ``config.json``: the configuration, with the world size, the group, the versions and the machines that trained it;
+- ``sessions.json``: each sitting that trained the run (machine, first and last step, wall time), kept over
+  resumes, so that a run trained across several sessions says what each one did (``read_sessions``);
 - ``last.safetensors``: weights, optimiser state, every random stream and the progress: a killed
   or cancelled run resumes from it exactly.
 
@@ -43,18 +45,44 @@ class RunStatus:
     """The run's own account of itself in ``status.json`` (state, progress, best accuracy), written
     atomically by rank 0, so that a job list only reads files.
 
-    States: ``running``, ``finished``, ``cancelled``, ``failed`` (with ``error``).
+    States: ``running``, ``finished``, ``cancelled``, ``failed`` (with ``error``). Each write with a ``step``
+    also brings this process's entry of ``sessions.json`` up to date.
     """
 
     def __init__(self, run: Path, enabled: bool) -> None:
         self.path, self.enabled = run / 'status.json', enabled
         self.fields: dict[str, Any] = {}
+        self.session: dict[str, Any] | None = None
 
     def write(self, state: str, **fields: Any) -> None:
         if not self.enabled or not self.path.parent.is_dir():
             return  # a run refused before its folder exists leaves nothing behind
         self.fields.update(fields, state=state, pid=os.getpid(), updated=time.time())
         write_json(self.path, self.fields)
+        if 'step' in fields:
+            self._record_session(fields['step'])
+
+    def _record_session(self, step: int) -> None:
+        path = self.path.parent / SESSIONS
+        sessions = read_sessions(self.path.parent)
+        if self.session is None:  # this process's first write: a new sitting, from the step it starts at
+            self.session = dict(machine=machine(), started=time.time(), first_step=step)
+            sessions.append(self.session)
+        else:
+            sessions[-1] = self.session
+        self.session.update(last_step=step, wall_s=round(time.time() - self.session['started'], 1))
+        write_json(path, {'sessions': sessions})
+
+
+SESSIONS = 'sessions.json'
+
+
+def read_sessions(run: Path) -> list[dict[str, Any]]:
+    """The sittings that trained a run (``sessions.json``), oldest first; [] for a run from before they were
+    recorded. Steps a killed sitting trained after its last save are trained again by the next, so summed
+    steps can exceed the run's length: the sum is the work done, the run's step its progress."""
+    sessions = (read_json(Path(run) / SESSIONS) or {}).get('sessions')
+    return [s for s in sessions if isinstance(s, dict)] if isinstance(sessions, list) else []
 
 
 class StopSignal:

@@ -2,6 +2,7 @@
 the export (fp16 weights, evaluations, model card, size limit) and the app's catalog loading the result."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from advit.cli import main
 from advit.faithfulness import headline
 from advit.seeds import NOT_RECIPE
 from advit.presets import preset
+from advit.run_folder import read_sessions
 from advit.train import TrainConfig, validate
 from conftest import REPO, tiny_flags
 
@@ -371,3 +373,27 @@ def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evalua
     (unfinished / 'vit' / 'status.json').write_text(json.dumps({'state': 'running'}))
     assert main(['seeds', str(unfinished), '--card', str(shipped)]) == 2
     assert (shipped / 'README.md').read_text() == card
+
+
+def test_a_second_start_leaves_a_bundle_in_training_to_the_process_that_holds_it(tmp_path, cifar_archive):
+    """The long bundle is started in the first minute of every session: a start while it still trains
+    (its RUNS/.lock held) must say so and leave it alone, not train a second copy beside it."""
+    runs = tmp_path / 'runs'
+    runs.mkdir()
+    with open(runs / '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result, _ = run_script(runs, tmp_path / 'out', cifar_archive, BUNDLE='long-bundle')
+    assert 'being trained by another process' in result.stdout
+    assert sorted(path.name for path in runs.iterdir()) == ['.lock'], 'nothing trained, nothing written'
+
+
+def test_the_long_bundle_trains_its_four_students_and_records_each_sitting(tmp_path, cifar_archive):
+    runs, out = tmp_path / 'runs', tmp_path / 'checkpoints'
+    result, _ = run_script(runs, out, cifar_archive, BUNDLE='long-bundle')
+    assert '--preset long-bundle-teacher' in result.stdout and '--time-budget' not in result.stdout
+    trained = {path.name for path in runs.iterdir() if (path / 'status.json').is_file()}
+    assert trained == {TEACHER, 'vit', 'deit_hard', 'advit_l1', 'advit_kl'}
+    for name in trained:
+        [sitting] = read_sessions(runs / name)
+        assert sitting['machine'] == machine() and (sitting['first_step'], sitting['last_step']) == (0, 2)
+    assert (out / 'README.md').is_file() and (out / f'{TEACHER}.safetensors').is_file()

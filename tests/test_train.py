@@ -17,7 +17,8 @@ import torch
 from advit.checkpoint import load_checkpoint, read_metadata
 from advit.cli import main
 from advit.losses import METHODS, parse_method
-from advit.run_folder import AVERAGE_PREFIX, RECORD_KEYS, write_config
+from advit.machine import machine
+from advit.run_folder import AVERAGE_PREFIX, RECORD_KEYS, read_sessions, write_config
 from advit.weights import model_weights, read_tensors, train_state
 from advit.train import TrainConfig, lr_at
 from conftest import REPO, tiny_flags
@@ -179,6 +180,10 @@ def test_killed_run_resumes_from_last(tmp_path, data_flags, teacher_checkpoint):
     assert steps == list(range(1, 401)), 'each step logged once: none lost, none repeated'
     assert read_metadata(last)['progress']['step'] == 400
     assert load_checkpoint(out / 'best.safetensors').meta['step'] == 400
+    first, second = read_sessions(out)  # each sitting, with its machine, steps and wall time
+    assert first['first_step'] == 0 and first['last_step'] >= killed_at
+    assert (second['first_step'], second['last_step']) == (killed_at, 400)
+    assert first['machine'] == second['machine'] == machine() and second['wall_s'] > 0
 
 
 @pytest.mark.parametrize('attn_path, ema_decay', [('fused', '0'), ('explicit', '0.99')])
