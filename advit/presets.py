@@ -50,10 +50,12 @@ _GPU_BUNDLE = dict(_CIFAR32, recipe='cifar32_strong', batch_size=512, mixup=0.8,
 _CPU_BUNDLE = dict(_CIFAR32, batch_size=128, lr=1e-3, drop_path=0.0, eval_every=500)
 
 # The long bundle (BUNDLE=long-bundle): the quick bundle's recipe at 100 epochs for the teacher and 30 for the
-# students, counted in epochs (steps), so that a slower machine only takes longer. Its teacher's size, schedule
-# and the speed levers taken come from short runs before it started: benchmarks/results/long-bundle-probes-cpu.md.
-# `last` every 500 steps: under 10 minutes of 2-core CPU on every machine seen, so a stop loses less.
-_LONG_BUNDLE = dict(_CPU_BUNDLE, eval_every=2000, save_every=500)
+# students, counted in epochs (steps), so that a slower machine only takes longer, with the learning rate
+# decayed linearly to zero over the whole length. The teacher is the 6x192 conv-stem ViT, trained with
+# PatchDropout (a quarter of the patch tokens dropped while training, none at evaluation); why these, from
+# short runs before it started: benchmarks/results/long-bundle-probes-cpu.md. `last` every 500 steps: under 10
+# minutes of 2-core CPU on every machine seen, so that a stop loses less.
+_LONG_BUNDLE = dict(_CPU_BUNDLE, lr_decay='linear', min_lr=0.0, eval_every=2000, save_every=500)
 
 # The paper's CNN baselines (Table 1), trained by cross-entropy: ImageNet weights at 224, or from scratch at 32.
 CNN_BASELINES = ('resnet10t', 'resnet34', 'efficientnet_b1', 'efficientnet_b4')
@@ -69,7 +71,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     'bundle-teacher': dict(_CPU_BUNDLE, model='vit_mini6_convstem_32', method='vit'),
     # Six students share each step: evaluated twice as often in steps, about as often in minutes.
     'bundle-student': dict(_CPU_BUNDLE, model='vit_mini4_convstem_32', eval_every=250),
-    'long-bundle-teacher': dict(_LONG_BUNDLE, model='vit_mini6_convstem_32', method='vit', epochs=100),
+    'long-bundle-teacher': dict(_LONG_BUNDLE, model='vit_tiny6_convstem_32', method='vit', epochs=100,
+                                model_args={'patch_drop_rate': 0.25}),
     # Four students share each step: evaluated and saved more often in steps, about as often in minutes.
     'long-bundle-student': dict(_LONG_BUNDLE, model='vit_mini4_convstem_32', epochs=30, eval_every=1000,
                                 save_every=200),
