@@ -1,6 +1,6 @@
 # Set-up is part of each target, so a fresh machine needs only `make app` or `make test`.
 PYTHON ?= python3
-# The lent GPU machine runs timm 1.0.29: the capture tests also run against it (tests/test_capture.py).
+# The lent GPU machine runs timm 1.0.29: the capture tests also run against it (tests/core/test_capture.py).
 TIMM_GPU_VERSION := 1.0.29
 TIMM_GPU_DIR := .cache/timm-$(TIMM_GPU_VERSION)
 

@@ -1,11 +1,11 @@
 """ADViT Studio: see and compare attention distillation in the browser.
 
-Layout and wiring only: every view is computed by ``advit.studio.Studio``'s parts and the Train tab by
-``advit.train_desk.TrainDesk`` (tested in tests/); each form's values reach them as one request
-(``advit.forms``, ``advit.train_desk.JobForm``), passed by name (``inputs_kwargs``), so the API's
+Layout and wiring only: every view is computed by ``advit.app.studio.Studio``'s parts and the Train tab by
+``advit.app.train_desk.TrainDesk`` (tested in tests/); each form's values reach them as one request
+(``advit.app.forms``, ``advit.app.train_desk.JobForm``), passed by name (``inputs_kwargs``), so the API's
 parameters are the requests' fields. Serves 127.0.0.1:7860 (``GRADIO_SERVER_NAME``,
 ``GRADIO_SERVER_PORT``; the Dockerfile binds 0.0.0.0 for a Space, and a public bind turns training off
-without a token: ``advit.train_desk``); models come from ``checkpoints/`` and ``runs/``
+without a token: ``advit.app.train_desk``); models come from ``checkpoints/`` and ``runs/``
 (``ADVIT_CHECKPOINTS``, ``ADVIT_RUNS``), the comparison's test set from ``ADVIT_DATA``.
 """
 from __future__ import annotations
@@ -21,27 +21,27 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 import gradio as gr  # noqa: E402
 
-from advit.about import about_markdown  # noqa: E402
-from advit.attention_views import BATCH_LIMIT  # noqa: E402
-from advit.checks import RequestError  # noqa: E402
-from advit.data import CIFAR10_CLASSES  # noqa: E402
-from advit.faithfulness import TEST_IMAGES  # noqa: E402
-from advit.figure import figure_png  # noqa: E402
-from advit.forms import (DISCARD, HEADS, KEEP, LAYERS, OPACITY, AttentionRequest, ProbeRequest,  # noqa: E402
+from advit.app.about import about_markdown  # noqa: E402
+from advit.app.attention_views import BATCH_LIMIT  # noqa: E402
+from advit.core.checks import RequestError  # noqa: E402
+from advit.core.data import CIFAR10_CLASSES  # noqa: E402
+from advit.measure.faithfulness import TEST_IMAGES  # noqa: E402
+from advit.app.figure import figure_png  # noqa: E402
+from advit.app.forms import (DISCARD, HEADS, KEEP, LAYERS, OPACITY, AttentionRequest, ProbeRequest,  # noqa: E402
                          RolloutRequest)
-from advit.images import MAX_FILE_BYTES, ImageError  # noqa: E402
-from advit.jobs import JobError  # noqa: E402
-from advit.losses import METHODS  # noqa: E402
-from advit.offer import StudioError  # noqa: E402
-from advit.served import ServedFiles  # noqa: E402
-from advit.studio import Studio  # noqa: E402
-from advit.upload import UploadedImage  # noqa: E402
-from advit.train_desk import (DEVICES, LENGTHS, LIST_HEADERS, JobForm, TrainDesk, is_public, job_summary,  # noqa: E402
+from advit.app.images import MAX_FILE_BYTES, ImageError  # noqa: E402
+from advit.training.jobs import JobError  # noqa: E402
+from advit.core.losses import METHODS  # noqa: E402
+from advit.app.offer import StudioError  # noqa: E402
+from advit.app.served import ServedFiles  # noqa: E402
+from advit.app.studio import Studio  # noqa: E402
+from advit.app.upload import UploadedImage  # noqa: E402
+from advit.app.train_desk import (DEVICES, LENGTHS, LIST_HEADERS, JobForm, TrainDesk, is_public, job_summary,  # noqa: E402
                               jobs_off_reason, server_name, student_architectures)
 
 studio = Studio.from_env()
 offer = studio.offer
-served = ServedFiles.from_env()  # the galleries' images: written once each, never rewritten (see advit/served.py)
+served = ServedFiles.from_env()  # the galleries' images: written once each, never rewritten (see advit/app/served.py)
 jobs_off = jobs_off_reason()
 desk = TrainDesk.from_env(offer.runs_dir, offer.teacher_files, studio.data, studio.scrub) if jobs_off is None else None
 defaults = offer.defaults()

@@ -2,6 +2,6 @@
 
 Importing the package registers the CIFAR-native models with timm.
 """
-from . import cnn, models  # noqa: F401  (registers models with timm)
+from .core import cnn, models  # noqa: F401  (registers models with timm)
 
 __version__ = '0.1.0'

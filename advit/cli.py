@@ -9,16 +9,15 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .bundle import MAX_MB, BundleError
-from .data import CIFAR10_CLASSES, DatasetError, default_dataset
-from .faithfulness import TEST_IMAGES
-from .losses import METHODS
-from .presets import PRESETS, preset
-from .report import ReportError
-from .seeds import SeedError
-from .train import TrainConfig, TrainingError, group_configs
-from .weights import CheckpointError
-
+from .core.data import CIFAR10_CLASSES, DatasetError, default_dataset
+from .core.losses import METHODS
+from .core.weights import CheckpointError
+from .measure.faithfulness import TEST_IMAGES
+from .results.bundle import MAX_MB, BundleError
+from .results.report import ReportError
+from .results.seeds import SeedError
+from .training.presets import PRESETS, preset
+from .training.train import TrainConfig, TrainingError, group_configs
 
 
 def _model_arg(text: str) -> tuple[str, Any]:
@@ -180,39 +179,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == 'train':
-            from .train import train_group
+            from .training.train import train_group
             configs, resume = train_configs(args)
             runs = train_group(configs, resume=resume)
             if os.environ.get('RANK', '0') == '0':
                 print('\n'.join(f'run folder: {run}' for run in runs))
         elif args.command == 'report':
-            from .report import write_report
-            out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None, args.paper)
+            from .results.report import write_report
+            try:
+                from .app.render import per_class_chart
+            except ImportError:  # the app's extra (matplotlib) is not installed: the tables alone
+                per_class_chart = None
+            out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None, args.paper,
+                               chart=per_class_chart)
             print((out / 'table1.md').read_text(), end='')
             print(f'written to {out}')
         elif args.command == 'bundle':
-            from .bundle import export_bundle
+            from .results.bundle import export_bundle
             size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device, sweep=args.sweep)
             print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
                   f'model card {Path(args.out) / "README.md"}')
         elif args.command == 'seeds':
-            from .bundle import STUDENTS, refresh_seeds
-            from .seeds import add_seeds
+            from .results.bundle import STUDENTS, refresh_seeds
+            from .results.seeds import add_seeds
             written = add_seeds([Path(run) for run in args.runs], Path(args.card), list(STUDENTS))
             refresh_seeds(args.card)
             print(f'{len(written)} evaluations added; model card {Path(args.card) / "README.md"} brought up to date')
         elif args.command == 'import':
-            from .checkpoint import import_state_dict
+            from .core.checkpoint import import_state_dict
             classes = [name.strip() for name in args.classes.split(',') if name.strip()]
             meta = import_state_dict(args.weights, args.model, args.out, classes, args.image_size, args.method,
                                      args.teacher)
             print(f'{args.out}: {meta["model"]} at {meta["image_size"]}px, {len(classes)} classes, '
                   f'{meta["params"] / 1e6:.1f}M parameters')
         elif args.command == 'faithfulness':
-            from .bundle import refresh_faithfulness
-            from .data import load_dataset
-            from .evaluate import measure_checkpoint_faithfulness
-            from .faithfulness import HEADLINE_MAPS, WHOLE_MODEL_MAPS, FaithfulnessCurves, last_layer, verdict
+            from .core.data import load_dataset
+            from .measure.evaluate import measure_checkpoint_faithfulness
+            from .measure.faithfulness import HEADLINE_MAPS, WHOLE_MODEL_MAPS, FaithfulnessCurves, last_layer, verdict
+            from .results.bundle import refresh_faithfulness
             if args.images <= 0:
                 raise ValueError(f'--images must be positive, got {args.images}')
             test = load_dataset(args.data, args.cache_dir)['test']
@@ -228,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 refresh_faithfulness(args.card)
                 print(f'model card {Path(args.card) / "README.md"} brought up to date')
         else:
-            from .evaluate import evaluate_checkpoint
+            from .measure.evaluate import evaluate_checkpoint
             metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                           device=args.device, subset=args.subset, cache_dir=args.cache_dir,
                                           model_name=args.model)

@@ -69,14 +69,14 @@ import timm
 import torch
 from gradio_client import Client, handle_file
 
-from advit.checkpoint import save_checkpoint
-from advit.data import CIFAR10_CLASSES
-from advit.forms import AttentionRequest
-from advit.images import load_image
-from advit.inspection import inspect_pair, model_input
-from advit.models import create_model
-from advit.render import gap_figure, gap_table, layer_panels
-from advit.studio import Studio
+from advit.core.checkpoint import save_checkpoint
+from advit.core.data import CIFAR10_CLASSES
+from advit.app.forms import AttentionRequest
+from advit.app.images import load_image
+from advit.measure.inspection import inspect_pair, model_input
+from advit.core.models import create_model
+from advit.app.render import gap_figure, gap_table, layer_panels
+from advit.app.studio import Studio
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / 'tests')]
 from app_server import AppServer  # noqa: E402  (tests/: the app as a server, shared with the tests)

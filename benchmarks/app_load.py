@@ -63,9 +63,9 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from advit.forms import AttentionRequest
-from advit.inspection import GAP_KINDS
-from advit.studio import Studio
+from advit.app.forms import AttentionRequest
+from advit.measure.inspection import GAP_KINDS
+from advit.app.studio import Studio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_latency import EXAMPLES, FUSION, HEAD, OPACITY, PAIRS, ProfiledApp, save_pair, temp_root  # noqa: E402

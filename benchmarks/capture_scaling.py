@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from advit.distributed import resolve_device  # noqa: E402
+from advit.core.distributed import resolve_device  # noqa: E402
 from capture_step import parse_args as step_args, run_child  # noqa: E402
 
 # (image size, patch size, teacher, student): token counts 65, 197 and 577.

@@ -7,7 +7,7 @@ backward and an AdamW step:
 
 - ``deit``: DeiT hard distillation (``deit_hard``), the baseline attention distillation should match.
 - ``ours`` / ``ours_kl``: ADViT (``advit_l1`` / ``advit_kl``): every layer's head-averaged [CLS]
-  map from ``advit.capture.ClsAttentionCapture``, which hooks each block's ``attn.qkv`` and computes
+  map from ``advit.core.capture.ClsAttentionCapture``, which hooks each block's ``attn.qkv`` and computes
   only the [CLS] row's logits (one batched matmul on the keys in place); the blocks keep fused
   SDPA attention, and one softmax covers all layers.
 - ``full``: ``advit_l1`` with the same ``DistillationLoss``, its two captures swapped for ones
@@ -21,7 +21,7 @@ backward and an AdamW step:
 How: every variant runs in a fresh subprocess (``--variant NAME --json PATH``) that builds the
 models from the same seed, runs ``--warmup`` untimed repeats, then ``--repeats`` timed ones, and
 reports the median time. On CUDA, times come from CUDA events and the step runs under bf16
-autocast (as ``advit.train`` does); peak memory is ``torch.cuda.max_memory_allocated`` minus the
+autocast (as ``advit.training.train`` does); peak memory is ``torch.cuda.max_memory_allocated`` minus the
 memory allocated right after the models were built. On CPU, times come from
 ``time.perf_counter`` and peak memory is ``ru_maxrss`` minus the resident set size right after the
 models were built. Both include the AdamW state created during warm-up.
@@ -56,11 +56,11 @@ import timm
 import torch
 import torch.nn as nn
 
-from advit.distributed import resolve_device
-from advit.capture import ClsAttentionCapture
-from advit.losses import DistillationLoss, TeacherForward
-from advit.models import create_model, model_normalization
-from advit.precision import autocast
+from advit.core.distributed import resolve_device
+from advit.core.capture import ClsAttentionCapture
+from advit.core.losses import DistillationLoss, TeacherForward
+from advit.core.models import create_model, model_normalization
+from advit.core.precision import autocast
 from measure import matmul_ceiling, rss_mib, time_repeats, utilisation, vit_forward_flops  # benchmarks/, this script's folder
 
 # The loss each training-step variant runs; 'full' is advit_l1 on full attention maps.
@@ -121,7 +121,7 @@ class Setup:
         self.student = create_model(args.student, num_classes=args.num_classes, img_size=args.image_size).to(device)
         self.criterion = DistillationLoss(method, self.student, self.teacher)
         attention = self.criterion.method.attention is not None
-        # The step as advit.train takes it: the teacher called once, the student's maps of its forward.
+        # The step as advit.training.train takes it: the teacher called once, the student's maps of its forward.
         self.teacher_forward = TeacherForward(self.teacher, model_normalization(self.student), capture=attention)
         self.student_capture = ClsAttentionCapture(self.student) if attention else None
         # With --compile, both forwards are compiled; the capture hooks are traced into the graphs.

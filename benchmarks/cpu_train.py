@@ -4,11 +4,11 @@ bf16 against fp32, compiled against eager, several students in one process, and 
     python benchmarks/cpu_train.py --json benchmarks/results/cpu_train.json
 
 - **paths**: a bare timm training loop of the bundle's student and teacher with fused SDPA and with
-  explicit attention math (``advit.attention_path``), and what ``--attn-path auto`` chooses for each.
+  explicit attention math (``advit.core.attention_path``), and what ``--attn-path auto`` chooses for each.
 - **bare vs ours**: the same model, batch and dtype on the same CIFAR-10 images. The bare loop is
   the least a training step can do (random batches of the uint8 training tensor, scaled and
   normalised, forward, cross-entropy, backward, AdamW) on the faster attention path; ours is
-  ``advit.train`` (``--attn-path auto``) with its crop + flip augmentation, gradient clipping, logging
+  ``advit.training.train`` (``--attn-path auto``) with its crop + flip augmentation, gradient clipping, logging
   and progress (method ``vit``). Goal: ours >= 0.9x.
 - **mfu**: ours' achieved FLOP/s (3 x the forward's FLOPs from ``measure.vit_forward_flops`` per
   image) over a matmul ceiling measured in the same run, in the dtype training runs in: the best of
@@ -49,14 +49,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from advit.attention_path import set_attention_path, use_attention_path  # noqa: E402
-from advit.augment import BatchTransform  # noqa: E402
-from advit.checkpoint import save_checkpoint  # noqa: E402
-from advit.data import CIFAR10_CLASSES, ImageSet, default_dataset, load_dataset  # noqa: E402
-from advit.evaluate import predict  # noqa: E402
-from advit.precision import autocast, compute_dtype, native_bf16  # noqa: E402
-from advit.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
-from advit.train import TrainConfig, train, train_group  # noqa: E402
+from advit.core.attention_path import set_attention_path, use_attention_path  # noqa: E402
+from advit.core.augment import BatchTransform  # noqa: E402
+from advit.core.checkpoint import save_checkpoint  # noqa: E402
+from advit.core.data import CIFAR10_CLASSES, ImageSet, default_dataset, load_dataset  # noqa: E402
+from advit.measure.evaluate import predict  # noqa: E402
+from advit.core.precision import autocast, compute_dtype, native_bf16  # noqa: E402
+from advit.core.models import CIFAR10_MEAN, CIFAR10_STD, create_model  # noqa: E402
+from advit.training.train import TrainConfig, train, train_group  # noqa: E402
 from measure import matmul_ceiling, utilisation, vit_forward_flops  # noqa: E402  (benchmarks/, this script's folder)
 
 CPU = torch.device('cpu')

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from advit.models import patch_grid
+from advit.core.models import patch_grid
 
 
 def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device | None = None) -> list[float]:

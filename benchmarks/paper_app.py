@@ -34,10 +34,10 @@ from app_latency import PAIRS, save_pair, summarize  # noqa: E402
 from app_server import AppServer  # noqa: E402
 from measure import cpu_s, rss_mib  # noqa: E402
 
-from advit.machine import machine  # noqa: E402
-from advit.compare import PREDICTION_BATCH  # noqa: E402
-from advit.data import default_dataset, load_dataset  # noqa: E402
-from advit.evaluate import checkpoint_probs  # noqa: E402
+from advit.core.machine import machine  # noqa: E402
+from advit.measure.compare import PREDICTION_BATCH  # noqa: E402
+from advit.core.data import default_dataset, load_dataset  # noqa: E402
+from advit.measure.evaluate import checkpoint_probs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / 'assets' / 'examples' / 'horse_7000.png'

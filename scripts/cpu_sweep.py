@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from advit.presets import preset  # noqa: E402
-from advit.data import default_dataset  # noqa: E402
-from advit.checkpoint import read_metadata  # noqa: E402
-from advit.train import TrainConfig, train  # noqa: E402
+from advit.training.presets import preset  # noqa: E402
+from advit.core.data import default_dataset  # noqa: E402
+from advit.core.checkpoint import read_metadata  # noqa: E402
+from advit.training.train import TrainConfig, train  # noqa: E402
 
 
 def parse_entry(entry: str) -> tuple[str, dict]:

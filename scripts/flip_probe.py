@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from advit.data import ImageSet, load_dataset
-from advit.evaluate import load_for_evaluation, predict, summarize
-from advit.machine import machine
-from advit.train import TrainConfig
+from advit.core.data import ImageSet, load_dataset
+from advit.measure.evaluate import load_for_evaluation, predict, summarize
+from advit.core.machine import machine
+from advit.training.train import TrainConfig
 
 BATCH_SIZE = 256
 

@@ -18,7 +18,7 @@ mkdir -p "$OUT" "$RUNS"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" \
   | tee "$OUT/summary.txt"
 
-python3 -m pytest -q -p no:cacheprovider tests/test_capture.py tests/test_losses.py tests/test_train.py \
+python3 -m pytest -q -p no:cacheprovider tests/core/test_capture.py tests/core/test_losses.py tests/training/test_train.py \
   -k "${PYTEST_K:-not torchrun and not killed and not gpu_machines}" 2>&1 | tee "$OUT/pytest.log" | tail -n 5
 
 train() {  # name, then advit train flags

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from advit.data import load_dataset
+from advit.core.data import load_dataset
 
 PER_CLASS = 2
 

@@ -22,12 +22,12 @@ train() {  # name of the command (its log and commands.tsv line), then the `advi
 }
 
 train_students() {  # name, folder of the students' folders, then the flags of a fresh start
-  # The students (STUDENTS if set, else the bundle's six of advit.bundle.STUDENTS) in one process on the same
+  # The students (STUDENTS if set, else the bundle's six of advit.results.bundle.STUDENTS) in one process on the same
   # batches: kept when all finished, resumed together when all have a last checkpoint, else started with the
   # flags given.
   local name=$1 parent=$2 run pending=0 resumable=1 students methods
   shift 2
-  read -r -a students <<< "${STUDENTS:-$("$PYTHON" -c 'from advit.bundle import STUDENTS; print(*STUDENTS)')}"
+  read -r -a students <<< "${STUDENTS:-$("$PYTHON" -c 'from advit.results.bundle import STUDENTS; print(*STUDENTS)')}"
   local folders=("${students[@]/#/$parent/}")
   for run in "${folders[@]}"; do
     finished "$run" || pending=1

@@ -32,7 +32,7 @@ def explicit_cls_attention(model: nn.Module, images: torch.Tensor, renormalize: 
     (with ``renormalize``) the rest renormalised per head.
 
     Computed from each attention module's input with its own weights, independently of the
-    module's forward (fused or not) and of ``advit.capture``. Shape (batch, layers, heads, patches).
+    module's forward (fused or not) and of ``advit.core.capture``. Shape (batch, layers, heads, patches).
     """
     maps = full_attention(model, images)[:, :, :, 0, model.num_prefix_tokens:]
     return maps / maps.sum(dim=-1, keepdim=True) if renormalize else maps

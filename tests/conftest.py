@@ -23,7 +23,7 @@ def tiny_vit(seed: int = 0, name: str = 'vit_tiny_patch4_32', **overrides):
 
 def load_probes(target):
     """Each student's checked attention probe in a run or bundle folder, by name (``find_probes`` then ``load_probe``)."""
-    from advit.training_view import find_probes, load_probe
+    from advit.app.training_view import find_probes, load_probe
     return {name: load_probe(path) for name, path in find_probes(target).items()}
 
 
@@ -102,7 +102,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='session')
 def cifar(cifar_archive, cache_dir):
-    from advit.data import load_dataset
+    from advit.core.data import load_dataset
     return load_dataset(cifar_archive, cache_dir)
 
 
@@ -125,9 +125,9 @@ def teacher_checkpoint(tmp_path_factory, data_flags) -> Path:
 
 def save_tiny_checkpoint(path: Path, method: str, seed: int, **arch) -> Path:
     """A tiny CIFAR-native ViT with random weights, saved as a self-describing advit checkpoint."""
-    from advit.checkpoint import save_checkpoint
-    from advit.data import CIFAR10_CLASSES
-    from advit.models import CIFAR10_MEAN, CIFAR10_STD
+    from advit.core.checkpoint import save_checkpoint
+    from advit.core.data import CIFAR10_CLASSES
+    from advit.core.models import CIFAR10_MEAN, CIFAR10_STD
     args = dict(TINY, **arch)
     name = 'deit_tiny_distilled_patch4_32' if method.startswith('deit') else 'vit_tiny_patch4_32'
     model = tiny_vit(seed, name, **arch)
@@ -142,8 +142,8 @@ def save_tiny_checkpoint(path: Path, method: str, seed: int, **arch) -> Path:
 def tiny_bundle(tmp_path_factory, cifar_archive, cifar) -> Path:
     """A checkpoint folder like the shipped bundle, with tiny models evaluated on the real test set,
     and one corrupt file that must be listed as unusable."""
-    from advit.checkpoint import load_checkpoint, save_checkpoint
-    from advit.evaluate import evaluate_checkpoint
+    from advit.core.checkpoint import load_checkpoint, save_checkpoint
+    from advit.measure.evaluate import evaluate_checkpoint
     folder = tmp_path_factory.mktemp('bundle')
     for method, seed, arch in (('vit', 0, dict(depth=4, num_heads=4, embed_dim=64)), ('advit_l1', 1, {}),
                                ('deit_hard', 2, {})):
@@ -183,7 +183,7 @@ def kill_jobs(runs: Path, managers=(), launches=()) -> None:
     import json
     import os
     import signal
-    from advit.jobs import _process_start
+    from advit.training.jobs import _process_start
     recorded = set(launches)
     for job_json in runs.glob('*/job.json'):
         recorded |= {(launch['pid'], launch['process_start'])

@@ -61,7 +61,7 @@ def paper_folder(runs: Path, folder: Path) -> Path:
             shutil.copy(source, folder / f'{name}{source.name[len("best"):]}')
     # The ViT-S/16 student's weights as timm saves a state dict: no metadata, the architecture given on import.
     import torch
-    from advit.checkpoint import load_checkpoint
+    from advit.core.checkpoint import load_checkpoint
     state = load_checkpoint(folder / 'vit_small_advit_l2.safetensors').model.state_dict()
     torch.save(state, folder / 'timm_state_dict.pth')
     advit('import', folder / 'timm_state_dict.pth', '--model', 'vit_small_patch16_224', '--method', 'advit_l2',

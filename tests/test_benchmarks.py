@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from advit.models import create_model, model_image_size
+from advit.core.models import create_model, model_image_size
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / 'benchmarks'))

@@ -50,6 +50,6 @@ def test_dockerignore_keeps_runs_caches_and_tests_out_of_the_image(tmp_path):
                    '.pytest_cache/v/x', 'advit/__pycache__/train.cpython-311.pyc', '.cache/timm-1.0.29/timm/x.py',
                    'advit.egg-info/PKG-INFO', '.git/HEAD', 'benchmarks/results/x.json'):
         assert dockerignored(debris, patterns), debris
-    for kept in ('app.py', 'advit/train.py', 'checkpoints/teacher.safetensors', 'assets/examples/ship_8000.png',
+    for kept in ('app.py', 'advit/training/train.py', 'checkpoints/teacher.safetensors', 'assets/examples/ship_8000.png',
                  'benchmarks/README.md', 'requirements.txt'):
         assert not dockerignored(kept, patterns), kept

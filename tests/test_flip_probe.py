@@ -5,8 +5,8 @@ import sys
 
 import torch
 
-from advit.data import ImageSet
-from advit.evaluate import checkpoint_probs
+from advit.core.data import ImageSet
+from advit.measure.evaluate import checkpoint_probs
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / 'scripts'))

@@ -1,0 +1,1 @@
+"""The core: models, [CLS]-attention capture and alignment, losses, data, augmentation, checkpoints and weights."""

@@ -1,0 +1,141 @@
+"""[CLS]-attention capture that leaves fused attention in place.
+
+A forward hook on each block's ``attn.qkv`` projection takes the query of the [CLS] token and
+the keys of all tokens, and computes the one row of logits q_cls K^T / sqrt(d); the softmax runs
+once over every layer's row when the maps are taken. The block itself keeps calling
+``scaled_dot_product_attention``, and no N x N map is ever built: the extra cost is
+O(heads x tokens x head_dim) per layer, against the block's O(tokens^2).
+"""
+from __future__ import annotations
+
+import threading
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+# How a head's [CLS] row becomes a map over the patches:
+# - 'renormalized': the row's patch entries renormalised to sum to one in each head, before heads
+#   are fused (a head that gives 90% of its attention to [CLS] has its other 10% scaled tenfold);
+# - 'raw': the softmax row's patch entries as they are (each head's sum is the share it gives the
+#   patches), heads fused, and the fused map normalised once, so heads weigh by what they give the patches.
+# The paper's text ("the attention of the [CLS] token over the patches, averaged over heads") fits
+# both; it does not say that heads are renormalised first.
+NORMALIZATIONS = ('renormalized', 'raw')
+DEFAULT_NORMALIZATION = 'renormalized'  # runs, and checkpoints from before the setting was recorded
+
+
+def trained_normalization(meta: dict) -> str:
+    """How a checkpoint's maps were normalised in training (its metadata's ``attn_norm``), so shown the same way."""
+    return meta.get('attn_norm') or DEFAULT_NORMALIZATION
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of a timm ViT's blocks, in depth order.
+
+    Args:
+        model: A timm ``VisionTransformer`` (or subclass, e.g. DeiT distilled).
+    """
+    blocks = getattr(model, 'blocks', None)
+    attns = [getattr(block, 'attn', None) for block in blocks] if blocks is not None else []
+    if not attns or not all(isinstance(getattr(a, 'qkv', None), nn.Linear) for a in attns):
+        raise TypeError(
+            f'{type(model).__name__} is not a ViT with qkv attention blocks: '
+            'attention capture needs a timm VisionTransformer')
+    return attns
+
+
+def cls_attention_logits(qkv: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+    """The [CLS] query's attention logits over all tokens, from the output of ``attn.qkv``.
+
+    Args:
+        qkv: Output of the qkv projection, shape (batch, tokens, 3 * heads * head_dim).
+        attn: The timm ``Attention`` module that produced it (for heads, norms and scale).
+
+    Returns:
+        q_cls . k / sqrt(head_dim) per head, shape (batch, heads, tokens), in qkv's dtype.
+    """
+    batch, tokens, _ = qkv.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    width = heads * head_dim
+    if isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity):
+        # One batched matmul over the keys where they lie in qkv (rows 3 * width apart, which
+        # BLAS takes as they are: no copy, nothing new saved for backward). The [CLS] query is
+        # spread over a block-diagonal (width, heads) matrix, so that each head's dot products come
+        # out as one column; the zeros cost heads x more multiply-adds, which is still under 1% of
+        # the qkv projection's.
+        query = (qkv[:, 0, :width] * attn.scale).unsqueeze(-1) * _head_blocks(heads, head_dim, qkv)
+        return torch.bmm(qkv[:, :, width:2 * width], query).transpose(1, 2)
+    q_cls = qkv[:, :1, :width].reshape(batch, 1, heads, head_dim).transpose(1, 2)
+    keys = qkv[:, :, width:2 * width].reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+    q_cls, keys = attn.q_norm(q_cls), attn.k_norm(keys)
+    # Per-head norms need the heads apart: a broadcast product and sum over views of qkv.
+    return (q_cls * attn.scale * keys).sum(dim=-1)
+
+
+def _head_blocks(heads: int, head_dim: int, like: torch.Tensor) -> torch.Tensor:
+    """(heads * head_dim, heads) with ones where a row's channel belongs to the column's head."""
+    return torch.eye(heads, device=like.device, dtype=like.dtype).repeat_interleave(head_dim, dim=0)
+
+
+class ClsAttentionCapture:
+    """Records, on every forward of a ViT, each layer's [CLS] attention over its patch tokens.
+
+    Gradients flow through the recorded maps when the forward runs with grad enabled (the
+    student); run the forward under ``torch.no_grad()`` for a teacher. A capture records only
+    the forwards of the thread that created it, so concurrent requests sharing one model (the
+    app's) each get their own maps.
+
+    Args:
+        model: A timm ViT with a class token. Prefix tokens (CLS, distillation, registers) are
+            dropped from the maps.
+        normalization: ``'renormalized'`` (each head's patch part sums to one) or ``'raw'`` (the
+            softmax row's patch entries as they are); see ``NORMALIZATIONS``.
+    """
+
+    def __init__(self, model: nn.Module, normalization: str = DEFAULT_NORMALIZATION) -> None:
+        self._attns = attention_modules(model)
+        if getattr(model, 'cls_token', None) is None:
+            raise ValueError(f'{type(model).__name__} has no class token (class_token=False): [CLS] attention '
+                            'capture needs a ViT with one (the maps would be some patch\'s attention)')
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f'unknown attention normalization {normalization!r}: choose one of {NORMALIZATIONS}')
+        self.normalization = normalization
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self._thread = threading.get_ident()
+        self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
+        self._handles = [attn.qkv.register_forward_hook(partial(self._record, index, attn))
+                         for index, attn in enumerate(self._attns)]
+
+    def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        # A compiled forward skips the thread check, which torch.compile cannot trace (a graph break
+        # per layer): compiled models are trained, never shared between request threads.
+        if torch.compiler.is_compiling() or threading.get_ident() == self._thread:
+            self._rows[index] = cls_attention_logits(output, attn)
+
+    def pop(self) -> torch.Tensor:
+        """The maps of the last forward, shape (batch, layers, heads, patches); clears them.
+
+        Renormalised, each head's map sums to one; raw, to the share of its attention it gives the patches.
+        """
+        if any(row is None for row in self._rows):
+            raise RuntimeError('no attention recorded: run a forward pass of the model first')
+        logits = torch.stack(self._rows, dim=1).float()
+        self._rows = [None] * len(self._attns)
+        if self.normalization == 'raw':
+            return logits.softmax(dim=-1)[..., self.num_prefix_tokens:]
+        # All layers at once. The softmax over the patches alone is the full row's softmax with the
+        # prefix tokens dropped and the rest renormalised.
+        return logits[..., self.num_prefix_tokens:].softmax(dim=-1)
+
+    def remove(self) -> None:
+        """Detach the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> 'ClsAttentionCapture':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

@@ -1,0 +1,1 @@
+"""Measurement: evaluation, faithfulness of maps, rollout and inspection, the attention probe, comparisons."""

@@ -1,0 +1,127 @@
+"""The attention probe: at every evaluation, how far each student's attention is from the teacher's.
+
+On a fixed probe set of held-out training images (a fixed random ``PROBE_IMAGES`` of the validation
+split, never test images), each evaluation records the student's per-layer gap to the teacher
+(L1, L2 and KL, compared by ``alignment.compare_maps`` as the loss compares them, averaged over the probe images), the faithfulness of its
+maps (the quarter drop of each layer's map, of rollout and of gradient rollout, ``faithfulness.quarter_drops``) and both
+models' maps on the first ``MAP_IMAGES`` of them. One small file per run, ``attention_probe.npz``,
+rewritten atomically at each evaluation, which the app's training view draws without a second training:
+
+- ``steps`` (E,), ``gaps`` (E, 3, layers) in the order of ``kinds``,
+- ``faithfulness`` (E, sources) quarter drops in points, in the order of ``faithfulness_sources``
+  (NaN where an evaluation did not measure them),
+- ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
+- ``images`` (MAP_IMAGES, 3, H, W) uint8, ``teacher_layers`` (layers,), ``grid`` (2,).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core.alignment import GAP_KINDS, compare_maps
+from ..core.augment import BatchTransform
+from ..core.capture import DEFAULT_NORMALIZATION, ClsAttentionCapture
+from ..core.io import atomic_path
+from ..core.losses import renormalize
+from ..core.models import model_normalization, patch_grid
+from ..core.precision import autocast
+from .faithfulness import source_names
+
+PROBE_IMAGES = 256
+MAP_IMAGES = 8
+PROBE_FILE = 'attention_probe.npz'
+
+
+class AttentionProbe:
+    """Per-layer attention gaps of students to one teacher on fixed images, recorded evaluation by evaluation.
+
+    Args:
+        teacher: The frozen teacher (a timm ViT).
+        images: The probe images, uint8 (N, 3, H, W), on the models' device.
+        transform: The students' evaluation transform (normalises for the students).
+        head_fusion: How heads are fused before comparing (the run's, as the loss fuses them).
+        layer_map: Teacher layer per student layer (the run's); default uniform.
+        amp: bf16 autocast where native, as the run evaluates.
+        attn_norm: How the maps are normalised (the run's, ``capture.NORMALIZATIONS``).
+    """
+
+    def __init__(self, teacher: nn.Module, images: torch.Tensor, transform: BatchTransform,
+                 head_fusion: str = 'mean', layer_map: list[int] | None = None, amp: bool = True,
+                 attn_norm: str = DEFAULT_NORMALIZATION) -> None:
+        self.teacher, self.images, self.transform = teacher, images, transform
+        self.head_fusion, self.layer_map, self.amp, self.attn_norm = head_fusion, layer_map, amp, attn_norm
+        self.teacher_grid = patch_grid(teacher)
+        self._teacher_maps: torch.Tensor | None = None  # the teacher is frozen: its per-head maps once
+
+    @torch.no_grad()
+    def _maps(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        with ClsAttentionCapture(model, self.attn_norm) as capture, autocast(inputs.device, self.amp):
+            model(inputs)
+            maps = capture.pop()
+        model.train(was_training)
+        return maps
+
+    def gaps(self, student: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """(gaps (3, layers), student maps, aligned teacher maps (MAP_IMAGES, layers, patches), the teacher
+        layer of each student layer)."""
+        inputs = self.transform.eval(self.images)
+        if self._teacher_maps is None:
+            teacher_inputs = renormalize(inputs, model_normalization(student), model_normalization(self.teacher))
+            self._teacher_maps = self._maps(self.teacher, teacher_inputs)
+        compared = compare_maps(self._maps(student, inputs), self._teacher_maps, patch_grid(student),
+                                self.teacher_grid, self.head_fusion, self.layer_map)
+        # Per layer: averaged over images and (with per-head fusion) heads.
+        gaps = np.stack([compared.gap(kind).mean(dim=(0, 2)).cpu().numpy() for kind in GAP_KINDS])
+        return (gaps, compared.student[:MAP_IMAGES, :, 0].cpu().numpy(),
+                compared.teacher[:MAP_IMAGES, :, 0].cpu().numpy(), compared.teacher_layers)
+
+    def record(self, student: nn.Module, step: int, run: Path,
+               faithfulness: dict[str, float] | None = None) -> dict[str, list[float]]:
+        """Add this evaluation's gaps, maps and faithfulness (quarter drops by source, measured by the
+        caller on the same images) to ``run/attention_probe.npz``; return the gaps by kind."""
+        gaps, student_maps, teacher_maps, teacher_layers = self.gaps(student)
+        sources = source_names(student_maps.shape[1])
+        faithful = np.array([(faithfulness or {}).get(source, np.nan) for source in sources], dtype=np.float32)
+        path = Path(run) / PROBE_FILE
+        earlier = read_probe(path) if path.is_file() else None
+        keep = earlier['steps'] < step if earlier is not None else None  # a resumed run writes its steps again
+        earlier_faithful = _columns(earlier, sources) if earlier is not None else None
+        arrays = dict(
+            steps=np.append(earlier['steps'][keep], step) if earlier is not None else np.array([step]),
+            faithfulness=np.concatenate([earlier_faithful[keep], faithful[None]]) if earlier is not None
+            else faithful[None],
+            faithfulness_sources=np.array(sources),
+            gaps=np.concatenate([earlier['gaps'][keep], gaps[None]]) if earlier is not None else gaps[None],
+            student_maps=np.concatenate([earlier['student_maps'][keep], student_maps[None].astype(np.float16)])
+            if earlier is not None else student_maps[None].astype(np.float16),
+            teacher_maps=teacher_maps.astype(np.float16),
+            images=self.images[:MAP_IMAGES].cpu().numpy(),
+            teacher_layers=np.array(teacher_layers),
+            grid=np.array(patch_grid(student)),
+            kinds=np.array(GAP_KINDS))
+        with atomic_path(path) as tmp:
+            with open(tmp, 'wb') as f:
+                np.savez(f, **arrays)
+        return {kind: [float(v) for v in row] for kind, row in zip(GAP_KINDS, gaps)}
+
+
+def read_probe(path: str | Path) -> dict[str, np.ndarray]:
+    """A run's ``attention_probe.npz`` as arrays (see the module's docstring)."""
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
+def _columns(probe: dict[str, np.ndarray], sources: list[str]) -> np.ndarray:
+    """An earlier probe's quarter drops in the columns of ``sources`` (NaN where it did not measure one:
+    a probe from before a map was measured, resumed by a later version)."""
+    earlier = list(probe.get('faithfulness_sources', np.array([])).tolist())
+    values = np.full((len(probe['steps']), len(sources)), np.nan, dtype=np.float32)
+    for column, source in enumerate(sources):
+        if source in earlier:
+            values[:, column] = probe['faithfulness'][:, earlier.index(source)]
+    return values

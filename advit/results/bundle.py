@@ -1,0 +1,530 @@
+"""The checkpoint bundle: fp16 weights, evaluations and a model card, exported from its run folders.
+
+    advit bundle runs/bundle --out checkpoints
+
+``scripts/train_bundle.sh`` trains the runs (``teacher``, then the students ``vit``, ``deit_hard``,
+``advit_l1``, ``advit_l2``, ``advit_kl``, ``advit_kl_paper``) and calls this. Within the size limit
+(80 MB: the app's Docker image carries the bundle) go the fp16 weights of every run when they fit
+(the CPU bundle's small models), else of the teacher, ``vit``, ``deit_hard`` and the best ADViT
+student, each re-evaluated as shipped (``NAME.eval.json``,
+``NAME.predictions.npz``), the other runs' evaluations, and ``README.md``, the model card.
+Runs not (yet) finished are left out, and named in the card, so a cut-short session still
+exports what it has. The best ADViT student is the one of highest top-1 on the held-out training
+images (validation), never chosen on the test set. Each run's attention probe (``probe.py``) is
+copied as ``NAME.probe.npz``; the sweep behind the recipe (``scripts/cpu_sweep.py``), when given,
+goes into the card.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import safe_open
+
+from ..core.checkpoint import load_checkpoint, save_checkpoint
+from ..core.data import ImageSet, load_dataset
+from ..core.io import atomic_path
+from ..core.machine import machine
+from ..core.weights import TRAIN_STATE_PREFIX
+from ..measure.evaluate import evaluate_split, evaluation_paths
+from ..measure.faithfulness import (
+    FAITHFUL_BAR,
+    HEADLINE_MAPS,
+    NOISE_MARGIN,
+    ROLLOUT,
+    TEST_IMAGES,
+    WHOLE_MODEL_MAPS,
+    FaithfulnessCurves,
+    headline,
+    headline_key,
+    last_layer,
+    verdict,
+)
+from ..measure.probe import PROBE_FILE
+from ..training.run_folder import read_json, read_metrics
+from ..training.train import fields_with_role
+from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
+from .report import (
+    RunResult,
+    best_on_validation,
+    checkpoint_result,
+    differing_fields,
+    load_run,
+    markdown_table,
+    table2,
+    table2_columns,
+)
+from .seeds import BUNDLE_SEED, RECIPE_FILE, SEEDS_DIR, SeedError, seeds_tables, write_recipe
+
+TEACHER = 'teacher'
+STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # scripts/train_bundle.sh trains them in this order
+ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student, when not all fit
+SHIP_ALL_SHARE = 0.9  # every run's weights are shipped if they take at most this share of the size limit
+MAX_MB = 80.0
+GOALS = {TEACHER: 85.0, 'best student': 80.0}  # test top-1 (%) asked of the CPU bundle
+GOALS_START = 'Goals set for this bundle'  # the card's account of them begins so (``refresh_goals``)
+CARD = 'README.md'
+COMMANDS = 'commands.tsv'  # written by the script: run name, wall seconds, command; one line per command
+
+
+class BundleError(Exception):
+    """Nothing to export, or a bundle over its size limit."""
+
+
+def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, device: str = 'auto',
+                  sweep: str | Path | None = None) -> int:
+    """Export the finished bundle runs into ``out``; return the folder's size in bytes.
+
+    Args:
+        runs: Folder of the run folders (named as ``TEACHER`` and ``STUDENTS``).
+        out: The bundle folder, e.g. ``checkpoints``.
+        max_mb: Size limit of the whole folder, in MB of 10^6 bytes; over it, the card is not written
+            and ``BundleError`` says what is there.
+        device: Where the exported weights are evaluated.
+        sweep: A ``sweep.jsonl`` of ``scripts/cpu_sweep.py`` to record in the card.
+    """
+    runs, out = Path(runs), Path(out)
+    names = [name for name in (TEACHER, *STUDENTS)
+             if (read_json(runs / name / 'status.json') or {}).get('state') == 'finished']
+    if not names:
+        raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
+    # Chosen on validation; the first in STUDENTS order wins a tie (and where no run held images out).
+    best_attention = best_attention_student({name: load_run(runs / name) for name in names if name != TEACHER})
+    # Every run's weights where they fit (small CPU models), else the most wanted ones.
+    if sum(_fp16_bytes(runs / name / 'best.safetensors') for name in names) > SHIP_ALL_SHARE * max_mb * 1e6:
+        shipped = [name for name in names if name in ALWAYS_SHIPPED or name == best_attention]
+    else:
+        shipped = names
+    out.mkdir(parents=True, exist_ok=True)
+    # Further seeds' evaluations (`advit seeds`) belong to the students of the teacher being replaced.
+    shutil.rmtree(out / SEEDS_DIR, ignore_errors=True)
+    test_sets: dict[tuple, ImageSet] = {}
+    for name in names:
+        target = out / f'{name}.safetensors'
+        if name in shipped:
+            _export_weights(runs / name, target, device, test_sets, runs / TEACHER / 'best.safetensors')
+        else:
+            target.unlink(missing_ok=True)  # an earlier export's weights, no longer shipped
+            for source, copy in zip(evaluation_paths(runs / name / 'best.safetensors'), evaluation_paths(target)):
+                _copy(source, copy)
+        if (runs / name / PROBE_FILE).is_file():
+            _copy(runs / name / PROBE_FILE, out / f'{name}.probe.npz')
+    try:  # the card says so where the students' settings differ: then no seed can replay them
+        write_recipe([runs / name for name in names if name != TEACHER], out)
+    except SeedError:
+        (out / RECIPE_FILE).unlink(missing_ok=True)  # an earlier export's, of other students
+    files = sorted(path for path in out.rglob('*') if path.is_file() and path.name != CARD)
+    sweep_rows = [json.loads(line) for line in Path(sweep).read_text().splitlines() if line.strip()] if sweep else []
+    card = model_card(runs, out, names, shipped, best_attention, sum(path.stat().st_size for path in files), max_mb,
+                      sweep_rows)
+    size = sum(path.stat().st_size for path in files) + len(card.encode())
+    if size > max_mb * 1e6:
+        (out / CARD).unlink(missing_ok=True)  # an earlier card would describe other files
+        listing = ', '.join(f'{path.name} {path.stat().st_size / 1e6:.1f} MB' for path in files)
+        raise BundleError(f'the bundle {out} would be {size / 1e6:.1f} MB, over its {max_mb:g} MB limit; '
+                          f'no model card written. Files: {listing}')
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text(card)
+    return size
+
+
+def _fp16_bytes(checkpoint: Path) -> int:
+    """About the size of a float32 checkpoint once exported in fp16 (its float tensors halved)."""
+    with safe_open(str(checkpoint), framework='pt') as f:
+        return sum(math.prod(f.get_slice(key).get_shape()) * 2 for key in f.keys()
+                   if not key.startswith(TRAIN_STATE_PREFIX))
+
+
+def _copy(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple, ImageSet],
+                    bundle_teacher: Path) -> None:
+    """The run's best checkpoint as fp16 safetensors, evaluated as shipped on the run's own test split; a student
+    of the bundle's teacher (``bundle_teacher``, its run's checkpoint) names it as shipped beside it."""
+    loaded = load_checkpoint(run / 'best.safetensors')
+    config = read_json(run / 'config.json') or {}
+    key = (config['data'], config.get('test_subset'), config.get('cache_dir'))
+    if key not in test_sets:
+        test_sets[key] = load_dataset(config['data'], config.get('cache_dir'))['test'].subset(config.get('test_subset'))
+    meta = dict(loaded.meta)
+    if meta.get('teacher') and Path(meta['teacher']).resolve() == bundle_teacher.resolve():
+        meta['teacher'] = f'{TEACHER}.safetensors'  # the app shows it beside the shipped files, not a runs/ path
+    save_checkpoint(target, loaded.model, meta, half=True)
+    top1 = evaluate_split(target, test_sets[key], config['data'], device=device)['top1']
+    # The metadata carries the shipped file's own accuracy (fp16 weights can flip a few predictions).
+    save_checkpoint(target, loaded.model, dict(meta, test_top1=top1), half=True)
+
+
+def _paper_top1(name: str, result: RunResult) -> float | None:
+    """The paper's number for the same role: its ViT-Base teacher, or its student of the same size."""
+    if name == TEACHER:
+        return PAPER_TEACHER_TOP1
+    # The paper's ViT-Small for ours of that name; its smaller student, ViT-Tiny, for the other (smaller) ViTs.
+    size = 'ViT-Small' if result.model.startswith('vit_small') else 'ViT-Tiny'
+    if not result.model.startswith(('vit_', 'deit_')):
+        return None
+    return PAPER_TOP1.get(size, {}).get(result.method)
+
+
+FAITHFULNESS_COLUMNS = [(headline_key(source), f'faithfulness, {source} (pts)') for source in HEADLINE_MAPS]
+FAITHFULNESS_HEADING = '## Faithfulness of the maps'
+SEEDS_HEADING = '## Tables 1 and 2 over seeds'
+
+
+def faithfulness_section(out: Path, names: list[str]) -> str:
+    """The card's account of how faithful each model's maps are (``faithfulness.py``), from the bundle's
+    evaluation files: every layer's, rollout's and gradient rollout's quarter drop with its verdict, and
+    the deletion and insertion areas of the last layer and both rollouts against a random order."""
+    evaluations = {name: read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {} for name in names}
+    measured = {name: FaithfulnessCurves.from_dict(e['faithfulness']) for name, e in evaluations.items()
+                if 'faithfulness' in e}
+    intro = (f'{FAITHFULNESS_HEADING}\n\nDoes a model use the patches its [CLS] map points at? On a fixed random '
+             f'{TEST_IMAGES} test images, patches are masked (set to the dataset mean) in the order of each map, most '
+             'attended first, and accuracy and the true class\'s probability are read as they go; a random order is '
+             'the baseline. **Quarter drop**: points of accuracy lost by masking the map\'s top quarter of patches '
+             'beyond those lost by masking a random quarter, with its standard error over the images (positive: '
+             f'the map points at what the model uses). Verdicts: within {NOISE_MARGIN:g} standard errors of 0 "no '
+             'better than random"; above that "weakly faithful", and "faithful" from '
+             f'{FAITHFUL_BAR:g} points; below it "points away from what the model uses". Table 1\'s faithfulness '
+             'columns are the last layer\'s, rollout\'s and gradient rollout\'s (Chefer et al. 2021: attention '
+             'weighted by the gradient of the predicted class\'s score, the map that asks what the model used). '
+             'The measure says whether a map is about what the model uses, not whether it is about the object a '
+             'person sees: it can be background.\n\n')
+    if not measured:
+        return intro + 'Not measured for these files yet: `advit faithfulness checkpoints/*.safetensors`.\n'
+    sources = max((curves.sources for curves in measured.values()), key=len)
+    rows = [dict(run=name, **{source: (f'{curves.quarter_drop(source):+.1f} ± {curves.quarter_drop_error(source):.1f}'
+                                       if source in curves.sources and curves.quarter_drop_se is not None else
+                                       curves.quarter_drop(source) if source in curves.sources else None)
+                              for source in sources}) for name, curves in measured.items()]
+    drops = markdown_table(rows, [('run', 'run')] + [(source, f'{source} (pts)') for source in sources])
+    area_rows = []
+    for name, curves in measured.items():
+        for source in [last_layer(curves.sources), *(name for name in WHOLE_MODEL_MAPS if name in curves.sources)]:
+            drop, error = curves.quarter_drop(source), curves.quarter_drop_error(source)
+            area_rows.append(dict(run=name, map=source, drop=drop, se=error, verdict=verdict(drop, error), **{
+                f'{mode}_{order}': curves.area('probability', mode, source, order)
+                for mode in ('deletion', 'insertion') for order in ('map', 'random', 'reversed')}))
+    areas = markdown_table(area_rows, [
+        ('run', 'run'), ('map', 'map'), ('drop', 'quarter drop (pts)'), ('se', '± se'), ('verdict', 'verdict'),
+        ('deletion_map', 'deletion area, map'), ('deletion_random', 'random'), ('deletion_reversed', 'reversed'),
+        ('insertion_map', 'insertion area, map'), ('insertion_random', 'random'), ('insertion_reversed', 'reversed')])
+    return (intro + 'Quarter drop of every map (points ± standard error):\n\n' + drops + '\nAreas under the true class\'s probability as '
+            'patches are deleted (lower: more faithful) or inserted (higher: more faithful), in the map\'s order, a '
+            'random one and the reversed map\'s:\n\n' + areas)
+
+
+def refresh_faithfulness(out: str | Path) -> None:
+    """Bring an existing card's faithfulness up to date with the bundle's evaluation files, in place: Table
+    1's faithfulness columns and the faithfulness section (the rest of the card, made from run folders that
+    may be gone, is kept as written). ``advit faithfulness`` measures the files first."""
+    out = Path(out)
+    card = (out / CARD).read_text()
+    lines = card.split('\n')
+    start = lines.index(next(line for line in lines if line.startswith('## Table 1'))) + 2
+    end = next(index for index in range(start, len(lines)) if not lines[index].startswith('|'))
+    header = [cell.strip() for cell in lines[start].strip('|').split('|')]
+    titles = [title for _, title in FAITHFULNESS_COLUMNS]
+    kept = [index for index, title in enumerate(header) if title not in titles]
+    at = next(position for position, index in enumerate(kept) if header[index] == 'test top-1 (%)') + 1
+    names = [line.strip('|').split('|')[0].strip() for line in lines[start + 2:end]]
+    results = {name: headline(read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {}) for name in names}
+
+    def row(cells: list[str], extra: list[str]) -> str:
+        chosen = [cells[index] for index in kept]
+        return '| ' + ' | '.join(chosen[:at] + extra + chosen[at:]) + ' |'
+    table = [row(header, titles), '|' + ' --- |' * (len(kept) + len(titles))]
+    for line, name in zip(lines[start + 2:end], names):
+        cells = [cell.strip() for cell in line.strip('|').split('|')]
+        values = [results[name][source]['quarter_drop'] for source in HEADLINE_MAPS]
+        table.append(row(cells, [f'{value:.2f}' if value is not None else '–' for value in values]))
+    lines[start:end] = table
+    text = _with_section('\n'.join(lines), FAITHFULNESS_HEADING, faithfulness_section(out, names), '## Table 2')
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text(text)
+    refresh_goals(out)  # the teacher's maps are among them
+
+
+def _with_section(card: str, heading: str, section: str, before: str) -> str:
+    """``card`` with its section under ``heading`` replaced by ``section`` (which starts with the heading), or
+    with ``section`` put before the heading ``before`` where the card has none yet."""
+    if heading + '\n' in card:
+        begin = card.index(heading + '\n')
+        return card[:begin] + section + '\n' + card[card.index('\n## ', begin + 1) + 1:]
+    return card.replace(before, section + '\n' + before, 1)
+
+
+def seeds_section(out: Path) -> str:
+    """The card's Tables 1 and 2 over seeds (``seeds.seeds_tables``), from the bundle's evaluation files."""
+    return (f'{SEEDS_HEADING}\n\nThe students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
+            f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
+            f'`{SEEDS_DIR}/seed<N>/` with how each was trained, no weights), each method as mean and standard '
+            'deviation over its seeds. A difference is said to exceed the spread when it is larger than the two '
+            f'standard deviations added. Seed {BUNDLE_SEED}\'s numbers are of the shipped (fp16) weights, as '
+            'evaluated for the bundle; a further seed\'s of its checkpoint selected on validation as trained, evaluated '
+            'at the end of its run: the same test images and faithfulness measure.\n\n'
+            + bundle_seeds_tables(out))
+
+
+def refresh_seeds(out: str | Path) -> None:
+    """Bring an existing card's Tables 1 and 2 over seeds up to date with the evaluations in ``out``, in place."""
+    out = Path(out)
+    text = _with_section((out / CARD).read_text(), SEEDS_HEADING, seeds_section(out), FAITHFULNESS_HEADING)
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text(text)
+
+
+def bundle_results(out: Path) -> dict[str, RunResult]:
+    """The bundle's own models as ``RunResult``s, from each shipped ``NAME.safetensors``' metadata and its
+    ``NAME.eval.json`` (the run folders they came from may be gone)."""
+    results = {}
+    for name in (TEACHER, *STUDENTS):
+        path = out / f'{name}.safetensors'
+        evaluation = read_json(evaluation_paths(path)[0])
+        if path.is_file() and evaluation is not None:
+            results[name] = checkpoint_result(path, evaluation, path=path, seed=BUNDLE_SEED)
+    return results
+
+
+def best_attention_student(results: dict[str, RunResult]) -> str | None:
+    """The best ADViT student, chosen on validation (the first in ``STUDENTS`` order wins a tie); None if none.
+
+    Args:
+        results: The runs by name, in ``STUDENTS`` order.
+    """
+    return best_on_validation({name: result.val_top1 for name, result in results.items() if name.startswith('advit_')})
+
+
+def bundle_seeds_tables(out: Path, methods: tuple[str, ...] = STUDENTS) -> str:
+    """Tables 1 and 2 over seeds (``seeds.seeds_tables``) of the bundle in ``out``, Table 2 for its best ADViT
+    student (``best_attention_student`` of its shipped checkpoints).
+
+    Args:
+        out: The bundle folder.
+        methods: The student methods, in the table's order.
+    """
+    return seeds_tables(out, list(methods), best_attention_student(bundle_results(out)))
+
+
+def refresh_goals(out: str | Path) -> None:
+    """Bring an existing card's account of the goals (``goals_account``: ``GOALS`` and the maps' faithfulness)
+    up to date with the bundle's files, in place (``advit faithfulness --card`` calls it)."""
+    out = Path(out)
+    results = bundle_results(out)
+    best = best_attention_student(results)
+    lines = (out / CARD).read_text().split('\n')
+    begin = next(index for index, line in enumerate(lines) if line.startswith(GOALS_START))
+    end = begin + 1  # the account: its first line, then its list (a card of an earlier version: one line)
+    while end < len(lines) and (lines[end].startswith('- ') or
+                                (lines[end] == '' and end + 1 < len(lines) and lines[end + 1].startswith('- '))):
+        end += 1
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text('\n'.join(lines[:begin] + goals_account(results, best).rstrip('\n').split('\n') + lines[end:]))
+
+
+def _curves(runs: Path, names: list[str]) -> str:
+    """Validation top-1 at each evaluation, one column per run."""
+    curves = {}
+    for name in names:
+        lines = read_metrics(runs / name)
+        curves[name] = {line['step']: line['val_top1'] for line in lines
+                        if line.get('event') == 'eval' and line.get('val_top1') is not None}
+    steps = sorted(set().union(*curves.values()))
+    rows = [dict(step=step, **{name: curves[name].get(step) for name in names}) for step in steps]
+    return markdown_table(rows, [('step', 'step')] + [(name, name) for name in names]) if rows else 'No evaluations.\n'
+
+
+def _sweep_table(sweep: list[dict[str, Any]]) -> str:
+    def drop(record: dict[str, Any], last: bool) -> float | None:
+        """A record's validation quarter drop of its last layer or rollout (older records lack it)."""
+        drops = record.get('val_faithfulness') or {}
+        return drops.get(last_layer(list(drops)) if last else ROLLOUT) if drops else None
+    rows = [dict(model=r['model'], settings=', '.join(f'{k}={v}' for k, v in r['settings'].items()) or 'preset',
+                 seconds=r['seconds'], images_per_s=r['images_per_s'], val=r['best_val_top1'],
+                 faith_last=drop(r, last=True), faith_rollout=drop(r, last=False), test=r['test_top1'])
+            for r in sweep]
+    return markdown_table(rows, [('model', 'model'), ('settings', 'settings'), ('seconds', 'budget (s)'),
+                                 ('images_per_s', 'images/s'), ('val', 'val top-1 (%)'),
+                                 ('faith_last', 'val quarter drop, last layer (pts)'),
+                                 ('faith_rollout', 'val quarter drop, rollout (pts)'), ('test', 'test top-1 (%)')])
+
+
+def goals_account(results: dict[str, RunResult], best_attention: str | None) -> str:
+    """The card's account of the bundle's goals, each reached or not with its number: the teacher's and the
+    best student's test top-1 (``GOALS``), the teacher's maps faithful (a quarter drop of ``FAITHFUL_BAR``
+    points, every headline map given), and the best ADViT student's maps against the DeiT student's.
+
+    Args:
+        results: The runs by name.
+        best_attention: The best ADViT student, chosen on validation.
+    """
+    best_student = best_on_validation({name: result.val_top1 for name, result in results.items() if name != TEACHER})
+    reached = {TEACHER: results[TEACHER].top1 if TEACHER in results else None,
+               'best student': results[best_student].top1 if best_student else None}
+    lines = [f'- {role} test top-1 at least {goal:g}%: ' + ('not trained' if reached[role] is None else
+             f"{reached[role]:.2f}%, **{'reached' if reached[role] >= goal else 'not reached'}**")
+             + (f' (the best student on validation: `{best_student}`)' if role != TEACHER and best_student else '')
+             for role, goal in GOALS.items()]
+
+    def drop(name: str, source: str) -> str:
+        entry = results[name].faithfulness.get(source, {})
+        if entry.get('quarter_drop') is None:
+            return 'not measured'
+        error = entry.get('quarter_drop_se')
+        return f"{entry['quarter_drop']:+.1f}" + (f' ± {error:.1f}' if error is not None else '')
+    if TEACHER in results:
+        teacher = results[TEACHER].faithfulness
+        faithful = [source for source in HEADLINE_MAPS if (teacher.get(source, {}).get('quarter_drop') or -1e9)
+                    >= FAITHFUL_BAR]
+        lines.append(f'- the teacher\'s maps faithful (a quarter drop of at least {FAITHFUL_BAR:g} points on the test '
+                     'images): ' + ', '.join(f'{source} {drop(TEACHER, source)}' for source in HEADLINE_MAPS)
+                     + (f"; **reached** by {', '.join(faithful)}" if faithful else '; **not reached** by any map'))
+    if best_attention is not None and 'deit_hard' in results:
+        def verdict_of(source: str) -> str:
+            ours, deit = (results[name].faithfulness.get(source, {}).get('quarter_drop')
+                          for name in (best_attention, 'deit_hard'))
+            if ours is None or deit is None:
+                return ''
+            return ' (as faithful or more)' if ours >= deit else ' (**less faithful**)'
+        comparisons = [f'{source}: `{best_attention}` {drop(best_attention, source)}, `deit_hard` '
+                       f'{drop("deit_hard", source)}{verdict_of(source)}' for source in HEADLINE_MAPS]
+        lines.append('- the best ADViT student\'s maps at least as faithful as the DeiT student\'s (quarter drops, '
+                     'points): ' + '; '.join(comparisons))
+    return f'{GOALS_START}, on the test set:\n\n' + '\n'.join(lines) + '\n'
+
+
+def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best: str | None, files_size: int,
+               max_mb: float = MAX_MB, sweep: list[dict[str, Any]] | None = None) -> str:
+    """The bundle's README: setting, Tables 1 and 2 beside the paper's, and how every run was made.
+
+    Args:
+        runs: Folder of the run folders.
+        out: The bundle folder, holding each run's ``NAME.eval.json``.
+        names: The exported runs (finished).
+        shipped: Those whose weights are in the bundle.
+        best: The best ADViT run (chosen on validation), if any.
+        files_size: Bytes of the bundle's files other than the card.
+        max_mb: The bundle's size limit.
+        sweep: Records of ``scripts/cpu_sweep.py`` (the short runs behind the recipe), if any.
+    """
+    results = {name: load_run(runs / name, evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
+    configs = {name: read_json(runs / name / 'config.json') or {} for name in names}
+    status = {name: read_json(runs / name / 'status.json') or {} for name in names}
+    evaluation = read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0]) or {}
+    versions = sorted({f"torch {c['versions']['torch']}, timm {c['versions']['timm']}"
+                       for c in configs.values() if 'versions' in c})
+    versions = versions or [f'torch {torch.__version__}, timm {timm.__version__}']
+    machines = list(dict.fromkeys(name for c in configs.values() for name in c.get('machines', [])))
+    made_on = (f"Trained on **{'**, then **'.join(machines)}**" if machines
+               else f'Made on **{machine()}** (the runs do not record where they trained)')
+    val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
+
+    recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings and the number of steps they trained, which "
+                   '`scripts/train_seeds.sh` replays for further seeds.\n' if (out / RECIPE_FILE).is_file() else '')
+    rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
+                 top1=result.top1, **{headline_key(source): result.faithfulness.get(source, {}).get('quarter_drop')
+                                      for source in HEADLINE_MAPS}, paper=_paper_top1(name, result),
+                 params_m=result.params / 1e6,
+                 steps=status[name].get('step'), seconds=status[name].get('elapsed'),
+                 weights='yes' if name in shipped else 'no (evaluation only)')
+            for name, result in results.items()]
+    table1 = markdown_table(rows, [
+        ('run', 'run'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'), ('val', 'val top-1 (%)'),
+        ('top1', 'test top-1 (%)'), *FAITHFULNESS_COLUMNS, ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'), ('steps', 'steps'),
+        ('seconds', 'training (s)'), ('weights', 'weights shipped')])
+    if 'deit_hard' in results and best is not None:
+        a, b = results['deit_hard'], results[best]
+        table2_text = (f'Per-class test top-1 (%) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
+                       'chosen on validation):\n\n' + markdown_table(table2(a, b), table2_columns(a, b)))
+    else:
+        table2_text = 'Not made: it needs the `deit_hard` run and an ADViT run.\n'
+
+    commands = (runs / COMMANDS).read_text().splitlines() if (runs / COMMANDS).is_file() else []
+    command_rows = [dict(zip(('run', 'wall', 'command'), line.split('\t', 2))) for line in commands if line.strip()]
+    for row in command_rows:
+        row['command'] = f"`{row['command'].strip()}`"
+    runs_text = markdown_table(command_rows, [('run', 'run'), ('wall', 'wall time (s)'), ('command', 'command')]) \
+        if command_rows else f'No `{COMMANDS}` in `{runs}`: the runs were not made by `scripts/train_bundle.sh`.\n'
+    data = configs[names[0]].get('data', '?')
+    students = [name for name in names if name != TEACHER]
+    differing = differing_fields([configs[name] for name in students],
+                                 ignored=fields_with_role('output', 'student'))
+    together = len(students) > 1 and all(configs[name].get('group') == configs[students[0]].get('group')
+                                         and configs[name].get('group') for name in students)
+    same_text = ('The students\' settings (`config.json`) are the same apart from the method and teacher: same '
+                 'length, schedule, augmentation and seed' + (
+                     ', and they were trained together in one process on the very same batches (order, '
+                     'augmentation, mixing), one teacher forward per batch shared by all.' if together else '.')
+                 if not differing else f'The students\' settings differ in {", ".join(differing)}: '
+                 'they are not compared like for like.')
+    missing = [name for name in (TEACHER, *STUDENTS) if name not in names]
+    missing_text = f"Not finished, so not in the bundle: {', '.join(f'`{name}`' for name in missing)}.\n" \
+        if missing else ''
+    goals_text = goals_account(results, best)
+    unshipped_text = '' if len(shipped) == len(names) else (
+        'The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) '
+        f'to keep the bundle under {max_mb:g} MB.\n')
+    sweep_text = ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
+                  'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained, chosen '
+                  'on the validation images (quarter drops on its 256 probe images, about ±3 points of noise); '
+                  'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n') \
+        if sweep else ''
+
+    return f'''# ADViT Studio checkpoint bundle
+
+CIFAR-10 classifiers for the app: a ViT teacher and ViT students trained from it by each method of
+the ADViT paper, all **from scratch at 32x32** (an 8x8 grid of patch tokens) on `{data}` (CIFAR-10,
+JPEG q75 copy). {made_on} with {'; '.join(versions)}.
+
+**Which split each number is on.** {', '.join(str(v) for v in val_sizes)} training images are held out
+as a validation split (the same images for every run); every checkpoint choice (each run's `best`,
+and the best ADViT student shipped) is made on it ("val top-1"). The test set
+({evaluation.get('count', '?')} images) is evaluated once per run, on the chosen checkpoint ("test top-1").
+
+**Not the paper's setting.** The paper fine-tunes ImageNet-pretrained timm ViTs at 224x224 for 300
+epochs on GPUs, with a ViT-Base teacher ({PAPER_TEACHER_TOP1}%); here every model starts from random
+weights at 32x32 and trains for minutes, and the models are small conv-stem ViTs sized to that budget.
+The paper's numbers stand beside ours to compare the ranking of the methods, not the accuracies. The
+paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps themselves) is this project's.
+
+## Table 1: top-1 per method
+
+{table1}
+{missing_text}{same_text}
+
+{goals_text}
+
+Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model is the fp16 file's.
+{unshipped_text}"paper top-1" is the paper's ViT-Base teacher for ours, and its ViT-Tiny student by the same
+method for each of our students. `NAME.probe.npz` holds each run's attention gap to the teacher,
+per layer, at every evaluation, on 256 held-out training images, and the maps of 8 of them.
+{recipe_text}
+{seeds_section(out)}
+{faithfulness_section(out, names)}
+## Table 2: per class
+
+{table2_text}
+The paper's Table 2 makes this comparison at 224x224 with pretrained students; its per-class numbers
+are not repeated here.
+
+## Learning curves: validation top-1 (%) at each evaluation
+
+{_curves(runs, [name for name in names if name == TEACHER])}
+{_curves(runs, students) if students else ''}
+{sweep_text}
+## How it was made
+
+`scripts/train_bundle.sh` ran these commands (wall time includes start-up and evaluation), then
+`advit bundle`:
+
+{runs_text}
+Bundle: {len(shipped)} weight files, {len(names)} evaluations, {files_size / 1e6:.1f} MB without this card.
+'''
