@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..core.attention_path import use_attention_path
 from ..core.augment import BatchTransform
-from ..core.checkpoint import Checkpoint, load_checkpoint
+from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..core.data import ImageSet, batches, load_dataset
 from ..core.distributed import resolve_device
 from ..core.io import atomic_path, write_json
@@ -134,10 +134,12 @@ def evaluate_split(
         test: ImageSet,
         data_name: str,
         batch_size: int = 256,
-        device: str = 'auto',
+        device: str | torch.device = 'auto',
         model_name: str | None = None,
         progress: Callable[[float], None] | None = None,
         faithfulness_images: int = TEST_IMAGES,
+        amp: bool = True,
+        extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split in memory; save metrics and predictions beside it. A ViT's
     evaluation also holds its maps' faithfulness (``faithfulness.split_faithfulness``).
@@ -147,20 +149,40 @@ def evaluate_split(
         test: The images and labels.
         data_name: Where the split came from, recorded in the metrics.
         batch_size: Images per forward.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu`` or ``cuda``, or a torch device.
         model_name: Architecture, for a state dict without advit metadata.
         progress: Called with the fraction of test images done.
         faithfulness_images: Test images the maps' faithfulness is measured on (0: not measured).
+        amp: bf16 autocast where the device runs it natively.
+        extra: More to record in the metrics (how the checkpoint was chosen, the split's name).
     """
     loaded, transform, target = load_for_evaluation(checkpoint, test, batch_size, device, model_name)
-    probs = predict(loaded.model, test, transform, batch_size, target, progress=progress)
-    extra = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
-             'method': loaded.meta.get('method')}
+    probs = predict(loaded.model, test, transform, batch_size, target, amp, progress=progress)
+    chosen = {key: loaded.meta[key] for key in ('step', 'val_top1') if key in loaded.meta}
+    record = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
+              'method': loaded.meta.get('method'), **chosen, **(extra or {})}
     faithfulness = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, faithfulness_images,
-                                      batch_size, amp=True)
+                                      batch_size, amp)
     if faithfulness is not None:
-        extra['faithfulness'] = faithfulness
-    return save_evaluation(checkpoint, probs, test.labels, test.classes, extra)
+        record['faithfulness'] = faithfulness
+    return save_evaluation(checkpoint, probs, test.labels, test.classes, record)
+
+
+def evaluate_and_record(checkpoint: str | Path, test: ImageSet, data_name: str, *, half: bool = False,
+                        **evaluation: Any) -> dict[str, Any]:
+    """Evaluate a chosen checkpoint (``evaluate_split``: its evaluation files beside it) and record its test
+    figures in its own metadata (``test_top1``, ``test_faithfulness``): the one place they are made, at the end
+    of a run and for each file the bundle ships. Returns the metrics.
+
+    Args:
+        half: The file holds fp16 weights (a shipped one) and is rewritten so.
+        evaluation: ``evaluate_split``'s other arguments.
+    """
+    metrics = evaluate_split(checkpoint, test, data_name, **evaluation)
+    loaded = load_checkpoint(checkpoint)
+    save_checkpoint(checkpoint, loaded.model, dict(loaded.meta, test_top1=metrics['top1'], test_faithfulness=(
+        metrics.get('faithfulness') or {}).get('summary')), half=half)
+    return metrics
 
 
 def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, count: int = TEST_IMAGES,
@@ -193,7 +215,7 @@ def load_for_evaluation(checkpoint: str | Path, test: ImageSet, batch_size: int 
 
     Args: as ``evaluate_split``'s.
     """
-    target = resolve_device(device)
+    target = device if isinstance(device, torch.device) else resolve_device(device)
     loaded = load_checkpoint(checkpoint, model_name=model_name, device=target)
     classes = loaded.meta.get('classes', test.classes)
     if list(classes) != list(test.classes):

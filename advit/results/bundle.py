@@ -31,7 +31,7 @@ from ..core.data import ImageSet, load_dataset
 from ..core.io import atomic_path
 from ..core.machine import machine
 from ..core.weights import TRAIN_STATE_PREFIX
-from ..measure.evaluate import evaluate_split, evaluation_paths
+from ..measure.evaluate import evaluate_and_record, evaluation_paths
 from ..measure.faithfulness import (
     FAITHFUL_BAR,
     HEADLINE_MAPS,
@@ -158,9 +158,8 @@ def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple,
     if meta.get('teacher') and Path(meta['teacher']).resolve() == bundle_teacher.resolve():
         meta['teacher'] = f'{TEACHER}.safetensors'  # the app shows it beside the shipped files, not a runs/ path
     save_checkpoint(target, loaded.model, meta, half=True)
-    top1 = evaluate_split(target, test_sets[key], config['data'], device=device)['top1']
-    # The metadata carries the shipped file's own accuracy (fp16 weights can flip a few predictions).
-    save_checkpoint(target, loaded.model, dict(meta, test_top1=top1), half=True)
+    # The metadata carries the shipped file's own figures (fp16 weights can flip a few predictions).
+    evaluate_and_record(target, test_sets[key], config['data'], device=device, half=True)
 
 
 def _paper_top1(name: str, result: RunResult) -> float | None:

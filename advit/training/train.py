@@ -48,7 +48,7 @@ from ..core.models import (
 )
 from ..core.precision import autocast, compute_dtype, native_bf16
 from ..core.weights import CheckpointError
-from ..measure.evaluate import predict, save_evaluation, summarize
+from ..measure.evaluate import evaluate_and_record, predict, summarize
 from ..measure.faithfulness import (
     GRADIENT_ROLLOUT,
     ROLLOUT,
@@ -56,7 +56,6 @@ from ..measure.faithfulness import (
     has_cls_attention,
     last_layer,
     quarter_drops,
-    split_faithfulness,
 )
 from ..measure.probe import PROBE_IMAGES, AttentionProbe
 from .run_folder import (
@@ -725,7 +724,10 @@ def finish(run: RunSetup, step: int, cancelled: bool, elapsed: float, ctx: distr
         if cancelled:
             s.log.info('cancelled at step %d; %s holds it', step, s.run / 'last.safetensors')
         elif ctx.is_main:
-            test_top1 = evaluate_selected(s.run / 'best.safetensors', run.splits.test, s.cfg, ctx.device)
+            test_top1 = evaluate_and_record(
+                s.run / 'best.safetensors', run.splits.test, s.cfg.data, batch_size=s.cfg.eval_batch_size,
+                device=ctx.device, amp=s.cfg.amp, faithfulness_images=s.cfg.faithfulness_images,
+                extra={'split': 'test', 'selected_on': 'validation' if s.cfg.val_size else 'last evaluation'})['top1']
             append_metrics(s.run, dict(event='test', step=step, test_top1=test_top1))
             s.log.info('done at step %d in %.0fs: the checkpoint selected on validation has test top-1 %.2f%%',
                        step, elapsed, test_top1)
@@ -756,27 +758,6 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
                f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1,
                f'; the maps\' quarter drop: last layer {faithful[last_layer(list(faithful))]:+.1f} points, '
                f'rollout {faithful[ROLLOUT]:+.1f}, gradient rollout {faithful[GRADIENT_ROLLOUT]:+.1f}' if faithful else '')
-
-
-def evaluate_selected(best_path: Path, test_set: ImageSet, cfg: TrainConfig, device: torch.device) -> float:
-    """Evaluate the selected checkpoint on the test split, once: its evaluation files beside it and
-    ``test_top1`` in its metadata. Returns the test top-1."""
-    loaded = load_checkpoint(best_path, device=device)
-    transform = BatchTransform(cfg.recipe, cfg.image_size, loaded.meta['mean'], loaded.meta['std'], seed=0, device=device)
-    use_attention_path(loaded.model, cfg.attn_path, device, cfg.eval_batch_size, training=False,
-                       dtype=compute_dtype(device, cfg.amp))
-    probs = predict(loaded.model, test_set, transform, cfg.eval_batch_size, device, cfg.amp)
-    extra = {'checkpoint': str(best_path), 'data': cfg.data, 'split': 'test', 'model': cfg.model, 'method': cfg.method,
-             'step': loaded.meta['step'], 'selected_on': 'validation' if cfg.val_size else 'last evaluation',
-             'val_top1': loaded.meta.get('val_top1')}
-    faithfulness = split_faithfulness(loaded.model, loaded.meta, test_set, transform.eval, cfg.faithfulness_images,
-                                      cfg.eval_batch_size, cfg.amp)
-    if faithfulness is not None:
-        extra['faithfulness'] = faithfulness
-    metrics = save_evaluation(best_path, probs, test_set.labels, test_set.classes, extra)
-    save_checkpoint(best_path, loaded.model, dict(loaded.meta, test_top1=metrics['top1'], test_faithfulness=(
-        faithfulness or {}).get('summary')))
-    return metrics['top1']
 
 
 def load_teacher(cfg: TrainConfig, classes: list[str], device: torch.device) -> nn.Module:

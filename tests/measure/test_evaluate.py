@@ -9,11 +9,14 @@ import timm
 import torch
 
 from advit.core.checkpoint import save_checkpoint
-from advit.measure.evaluate import evaluate_checkpoint, evaluation_paths, load_predictions, summarize
+from advit.core.checkpoint import read_metadata
+from advit.core.weights import read_tensors
+from advit.measure.evaluate import (evaluate_and_record, evaluate_checkpoint, evaluation_paths, load_predictions,
+                                    summarize)
 from advit.core.models import CIFAR10_MEAN, CIFAR10_STD
 from conftest import TINY
 
-pytestmark = pytest.mark.slow  # trains and evaluates checkpoints on the CIFAR test set: `make test`, not `make check`
+# The tests that evaluate checkpoints on the CIFAR test set are marked slow (`make test`); the rules by hand are not.
 
 NAME = 'vit_tiny_patch4_32'
 
@@ -59,6 +62,7 @@ def tiny_checkpoint(tmp_path_factory, cifar):
     return path, model
 
 
+@pytest.mark.slow
 def test_evaluate_checkpoint_writes_consistent_files(tiny_checkpoint, cifar, cifar_archive, cache_dir):
     path, model = tiny_checkpoint
     returned = evaluate_checkpoint(path, cifar_archive, batch_size=64, device='cpu', subset=200,
@@ -103,6 +107,29 @@ def test_evaluate_checkpoint_writes_consistent_files(tiny_checkpoint, cifar, cif
     assert (expected[np.arange(200), preds] >= expected.max(axis=1) - 1e-3).all()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('half', [False, True], ids=['fp32-run-file', 'fp16-shipped-file'])
+def test_a_chosen_checkpoint_is_evaluated_and_its_figures_recorded_in_one_place(tmp_path, cifar, half):
+    """The end of a run and the bundle's export both call evaluate_and_record: the evaluation files beside the
+    checkpoint, and its test top-1 and faithfulness summary in its own metadata, the weights' precision kept."""
+    torch.manual_seed(0)
+    model = timm.create_model(NAME, **TINY).eval()
+    path = tmp_path / 'best.safetensors'
+    save_checkpoint(path, model, dict(model=NAME, model_args=dict(TINY, num_classes=10, img_size=32), step=7,
+                                      val_top1=12.5, classes=cifar['test'].classes, mean=list(CIFAR10_MEAN),
+                                      std=list(CIFAR10_STD), method='vit'), half=half)
+    weights = {k: v for k, v in read_tensors(path).items()}
+    metrics = evaluate_and_record(path, cifar['test'].subset(64), 'cifar10', batch_size=32, device='cpu',
+                                  faithfulness_images=16, extra={'split': 'test'}, half=half)
+    meta = read_metadata(path)
+    assert meta['test_top1'] == metrics['top1'] and meta['test_faithfulness'] == metrics['faithfulness']['summary']
+    assert (metrics['step'], metrics['val_top1'], metrics['split']) == (7, 12.5, 'test'), 'how it was chosen'
+    assert json.loads(evaluation_paths(path)[0].read_text()) == json.loads(json.dumps(metrics))
+    rewritten = read_tensors(path)
+    assert all(torch.equal(rewritten[k], v) and rewritten[k].dtype == v.dtype for k, v in weights.items())
+
+
+@pytest.mark.slow
 def test_evaluate_state_dict_with_model_name(tmp_path, cifar, cifar_archive, cache_dir):
     """No advit metadata: normalisation from the model's config, classes from the dataset."""
     torch.manual_seed(0)
@@ -123,6 +150,7 @@ def test_evaluate_state_dict_with_model_name(tmp_path, cifar, cifar_archive, cac
     np.testing.assert_allclose(saved['probs'].astype(np.float32), expected, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_other_class_names_are_refused(tmp_path, cifar_archive, cache_dir):
     torch.manual_seed(0)
     model = timm.create_model(NAME, **TINY)
