@@ -39,7 +39,7 @@ def test_dockerignore_keeps_runs_caches_and_tests_out_of_the_image(tmp_path):
     finally:
         sys.path.pop(0)
     build_context(tmp_path)
-    assert (tmp_path / 'app.py').is_file() and (tmp_path / 'advit' / 'train.py').is_file()
+    assert (tmp_path / 'app.py').is_file() and (tmp_path / 'advit' / 'training' / 'train.py').is_file()
     assert (tmp_path / 'assets' / 'examples').is_dir()
     for left_out in ('tests', 'runs', '.ci', 'benchmarks/results'):
         assert not (tmp_path / left_out).exists(), left_out
