@@ -12,7 +12,8 @@ from typing import Any, Sequence
 from .core.data import CIFAR10_CLASSES, DatasetError, default_dataset
 from .core.losses import METHODS
 from .core.weights import CheckpointError
-from .measure.faithfulness import TEST_IMAGES
+from .measure.faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES
+from .measure.removal import PROTOCOLS
 from .results.bundle import MAX_MB, BundleError
 from .results.report import ReportError
 from .results.seeds import SeedError
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument('--batch-size', type=int, default=256)
     f.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     f.add_argument('--cache-dir', help='decoded-dataset cache')
+    f.add_argument('--protocol', choices=PROTOCOLS, default=HEADLINE_PROTOCOL, help='how a patch is removed: its '
+                   'pixels set to the mean, its token dropped from the sequence, or its pixels blurred')
     f.add_argument('--card', metavar='BUNDLE', help='then bring the faithfulness of this bundle\'s model card up to '
                    'date (its Table 1 columns and section)')
     r = commands.add_parser('report', help='results tables (paper Tables 1 and 2) from run folders')
@@ -222,12 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             test = load_dataset(args.data, args.cache_dir)['test']
             for checkpoint in args.checkpoints:
                 curves = FaithfulnessCurves.from_dict(measure_checkpoint_faithfulness(
-                    checkpoint, test, args.images, args.batch_size, args.device, args.model))
-                drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f}' for source in curves.sources)
+                    checkpoint, test, args.images, args.batch_size, args.device, args.model, args.protocol))
+                drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f} (relevance gain '
+                                  f'{curves.relevance_gain(source):+.3f})' for source in curves.sources)
                 verdicts = ', '.join(f'{name} {verdict(curves.quarter_drop(source), curves.quarter_drop_error(source))}'
                                      for name, source in zip(HEADLINE_MAPS, [last_layer(curves.sources),
                                                                              *WHOLE_MODEL_MAPS]))
-                print(f'{checkpoint}: quarter drop (points) {drops}; {verdicts}')
+                print(f'{checkpoint}, {args.protocol} removal: quarter drop (points) {drops}; {verdicts}')
             if args.card:
                 refresh_faithfulness(args.card)
                 print(f'model card {Path(args.card) / "README.md"} brought up to date')

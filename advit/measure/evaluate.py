@@ -22,7 +22,7 @@ from ..core.distributed import resolve_device
 from ..core.io import atomic_path, write_json
 from ..core.models import model_image_size, model_normalization
 from ..core.precision import autocast, compute_dtype
-from .faithfulness import TEST_IMAGES, split_faithfulness
+from .faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES, evaluation_key, split_faithfulness
 
 
 @torch.no_grad()
@@ -186,25 +186,28 @@ def evaluate_and_record(checkpoint: str | Path, test: ImageSet, data_name: str, 
 
 
 def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, count: int = TEST_IMAGES,
-                                    batch_size: int = 256, device: str = 'auto',
-                                    model_name: str | None = None) -> dict[str, Any]:
-    """Measure a ViT checkpoint's faithfulness on a test split and add it to its evaluation file beside
-    it (the rest of the file as it was, or a file of its own if there is none); return the curves.
+                                    batch_size: int = 256, device: str = 'auto', model_name: str | None = None,
+                                    protocol: str = HEADLINE_PROTOCOL) -> dict[str, Any]:
+    """Measure a ViT checkpoint's faithfulness on a test split under a removal protocol and add it to its
+    evaluation file beside it (under ``faithfulness.evaluation_key``; the rest of the file as it was, or a file
+    of its own if there is none); return the curves.
 
     Args:
         checkpoint: The checkpoint file.
         test: The split (``count`` of its images are measured).
         count: Images measured.
         batch_size, device, model_name: as ``evaluate_split``'s.
+        protocol: How patches are removed (``removal.PROTOCOLS``).
     """
+    key = evaluation_key(protocol)
     loaded, transform, target = load_for_evaluation(checkpoint, test, batch_size, device, model_name)
     faithfulness = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, count, batch_size,
-                                      amp=True)
+                                      amp=True, protocol=protocol)
     if faithfulness is None:
         raise ValueError(f'{checkpoint}: {loaded.meta.get("model")} has no [CLS] attention to measure')
     metrics_path = evaluation_paths(checkpoint)[0]
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {'checkpoint': str(checkpoint)}
-    write_json(metrics_path, dict(metrics, faithfulness=faithfulness))
+    write_json(metrics_path, dict(metrics, **{key: faithfulness}))
     return faithfulness
 
 

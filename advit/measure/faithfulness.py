@@ -5,9 +5,10 @@ the patches of each image are masked in the order a map gives, most attended fir
 revealed in that order into an image whose patches are all masked (insertion), and at each step the
 model's accuracy and its probability of the true class are read. A map that points at what the model
 uses makes the deletion curve fall faster, and the insertion curve rise faster, than a random order
-of the same patches does; the reversed map (least attended first) is the other bound. A masked
-patch has its pixels set to the mean the model normalises its inputs with (0 once normalised: the
-dataset mean for the CIFAR models).
+of the same patches does; the reversed map (least attended first) is the other bound. How a patch
+is removed is a named protocol (``removal.PROTOCOLS``): its pixels set to the mean the model
+normalises with (``mean``, the default), its token dropped from the sequence (``drop``), or its pixels
+blurred (``blur``); the curves record which.
 
 Measured for each layer's [CLS] map (heads fused and normalised as the model was trained, exactly
 as the loss and the app take them), for attention rollout, and for gradient rollout (Chefer, Gur &
@@ -21,6 +22,9 @@ than where it looked. Two summaries:
   quarter of the patches is masked, minus the accuracy lost when a random quarter is. Positive: the
   map points at patches the model needs more than random ones; near 0: no better than chance;
   negative: it points away from what the model uses.
+- the **relevance gain**: the area under the deletion curve (true class's probability) with the least
+  attended patches removed first, minus with the most attended first (Bluecher et al. 2024); positive
+  when the map ranks what the model uses first, and less swayed by the removal itself than one curve.
 
 What it does not say: masked images are unlike training images, so every order costs accuracy, and
 only the difference between orders speaks of the map; the measure is about the model's reliance on
@@ -37,11 +41,11 @@ import torch
 import torch.nn as nn
 
 from ..core.alignment import fuse_heads
-from ..core.augment import mask_patches
 from ..core.capture import DEFAULT_NORMALIZATION, ClsAttentionCapture, trained_normalization
 from ..core.data import ImageSet
 from ..core.models import patch_grid
 from ..core.precision import autocast
+from .removal import check_protocol, removed_logits
 from .rollout import explain, rollout
 
 TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (a fixed random subset: ImageSet.subset)
@@ -54,6 +58,16 @@ ROLLOUT = 'rollout'
 GRADIENT_ROLLOUT = 'gradient rollout'  # attention weighted by the class score's gradient (Chefer et al. 2021)
 WHOLE_MODEL_MAPS = (ROLLOUT, GRADIENT_ROLLOUT)  # measured after the layers' own maps
 HEADLINE_MAPS = ('last layer', *WHOLE_MODEL_MAPS)  # the maps tables show (``headline``)
+
+
+HEADLINE_PROTOCOL = 'mean'  # the protocol the tables, verdicts and goals read, until the agreement is measured
+
+
+def evaluation_key(protocol: str = HEADLINE_PROTOCOL) -> str:
+    """Where an evaluation file keeps the curves of a removal protocol: ``faithfulness`` for the headline one
+    (as files from before protocols were named, all of which measured it), ``faithfulness_<protocol>`` else."""
+    check_protocol(None, protocol)
+    return 'faithfulness' if protocol == HEADLINE_PROTOCOL else f'faithfulness_{protocol}'
 
 
 def headline_key(name: str) -> str:
@@ -166,6 +180,7 @@ class FaithfulnessCurves:
     probability: np.ndarray
     count: int
     quarter_drop_se: np.ndarray | None = None
+    protocol: str = 'mean'  # how the patches were removed (``removal.PROTOCOLS``)
 
     def curve(self, metric: str, mode: str, source: str, order: str) -> np.ndarray:
         values = self.accuracy if metric == 'accuracy' else self.probability
@@ -191,24 +206,37 @@ class FaithfulnessCurves:
         right or wrong, minus top quarter masked), over the images."""
         return None if self.quarter_drop_se is None else float(self.quarter_drop_se[self.sources.index(source)])
 
+    def relevance_gain(self, source: str) -> float | None:
+        """Least-relevant-first minus most-relevant-first: the area under the deletion curve of the true class's
+        probability with the map's least attended patches removed first, minus with its most attended removed
+        first (Bluecher et al. 2024's symmetric relevance gain). Both curves suffer the removal alike, so their
+        difference speaks of the map more than either curve alone; positive: the map ranks what the model uses
+        first. None unless both orders were measured over the whole range."""
+        if 'deletion' not in self.modes or not {'map', 'reversed'} <= set(self.orders):
+            return None
+        least, most = (self.area('probability', 'deletion', source, order) for order in ('reversed', 'map'))
+        return None if least is None or most is None else least - most
+
     def summary(self) -> dict[str, Any]:
-        """Per source: the quarter drop, its standard error, and the areas of the probability curves by
-        mode and order (what the metadata, reports and the card carry)."""
+        """Per source: the quarter drop, its standard error, the relevance gain, and the areas of the probability
+        curves by mode and order (what the metadata, reports and the card carry), under the named protocol."""
         per_source = {}
         for source in self.sources:
             entry: dict[str, Any] = {'quarter_drop': self.quarter_drop(source),
-                                     'quarter_drop_se': self.quarter_drop_error(source)}
+                                     'quarter_drop_se': self.quarter_drop_error(source),
+                                     'relevance_gain': self.relevance_gain(source)}
             for mode in self.modes:
                 areas = {order: self.area('probability', mode, source, order) for order in self.orders}
                 if all(value is not None for value in areas.values()):
                     entry[f'{mode}_auc'] = areas
             per_source[source] = entry
-        return dict(count=self.count, sources=per_source)
+        return dict(count=self.count, protocol=self.protocol, sources=per_source)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: every curve and the summary."""
         return dict(modes=self.modes, sources=self.sources, orders=self.orders, fractions=self.fractions,
-                    count=self.count, accuracy=self.accuracy.tolist(), probability=self.probability.tolist(),
+                    count=self.count, protocol=self.protocol, accuracy=self.accuracy.tolist(),
+                    probability=self.probability.tolist(),
                     quarter_drop_se=None if self.quarter_drop_se is None else self.quarter_drop_se.tolist(),
                     summary=self.summary())
 
@@ -217,7 +245,8 @@ class FaithfulnessCurves:
         return cls(modes=list(data['modes']), sources=list(data['sources']), orders=list(data['orders']),
                    fractions=[float(f) for f in data['fractions']], accuracy=np.asarray(data['accuracy']),
                    probability=np.asarray(data['probability']), count=int(data['count']),
-                   quarter_drop_se=None if data.get('quarter_drop_se') is None else np.asarray(data['quarter_drop_se']))
+                   quarter_drop_se=None if data.get('quarter_drop_se') is None else np.asarray(data['quarter_drop_se']),
+                   protocol=data.get('protocol', 'mean'))  # curves from before protocols were named: all mean
 
 
 @torch.no_grad()
@@ -234,6 +263,7 @@ def perturbation_curves(
         batch_size: int = 256,
         amp: bool = False,
         seed: int = 0,
+        protocol: str = 'mean',
 ) -> FaithfulnessCurves:
     """Deletion and insertion curves of ``maps`` for ``model`` on ``inputs``, in batches.
 
@@ -257,7 +287,9 @@ def perturbation_curves(
         batch_size: Images per forward.
         amp: bf16 autocast where the device runs it natively.
         seed: Seed of the random orders.
+        protocol: How a patch is removed (``removal.PROTOCOLS``): filled with the mean, its token dropped, or blurred.
     """
+    check_protocol(model, protocol)
     count, num_sources, patches = maps.shape
     grid = patch_grid(model)
     if grid[0] * grid[1] != patches or len(sources) != num_sources or len(inputs) != count:
@@ -317,7 +349,7 @@ def perturbation_curves(
         image_index = torch.tensor([i for _, i in chunk])
         masked = torch.stack([variants[keys[k]][i] for k, i in chunk]).to(device)
         with autocast(device, amp):
-            logits = model(mask_patches(inputs[image_index.to(device)], masked, grid))
+            logits = removed_logits(model, inputs[image_index.to(device)], masked, grid, protocol)
         probs = logits.float().softmax(dim=-1)
         chunk_labels = labels[image_index.to(device)]
         correct[key_index, image_index] = (probs.argmax(dim=-1) == chunk_labels).float().cpu()
@@ -342,7 +374,8 @@ def perturbation_curves(
         quarter_drop_se = (differences.std(dim=1) / count ** 0.5).numpy() if count > 1 else np.zeros(num_sources)
     return FaithfulnessCurves(modes=list(modes), sources=list(sources), orders=list(orders),
                               fractions=[float(f) for f in fractions], accuracy=accuracy,
-                              probability=mean_probability, count=count, quarter_drop_se=quarter_drop_se)
+                              probability=mean_probability, count=count, quarter_drop_se=quarter_drop_se,
+                              protocol=protocol)
 
 
 @torch.no_grad()
@@ -412,7 +445,7 @@ def quarter_drops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, 
 
 def split_faithfulness(model: nn.Module, meta: dict[str, Any], data: ImageSet,
                        prepare: Callable[[torch.Tensor], torch.Tensor], count: int = TEST_IMAGES,
-                       batch_size: int = 256, amp: bool = False) -> dict[str, Any] | None:
+                       batch_size: int = 256, amp: bool = False, protocol: str = 'mean') -> dict[str, Any] | None:
     """Every curve of a checkpoint on a fixed random ``count`` images of a split (``ImageSet.subset``:
     every class, the same images for every model), JSON-ready; None for a model without [CLS]
     attention, or ``count`` 0. What an evaluation file carries.
@@ -425,6 +458,7 @@ def split_faithfulness(model: nn.Module, meta: dict[str, Any], data: ImageSet,
         count: Images measured.
         batch_size: Images per forward.
         amp: bf16 autocast where the device runs it natively.
+        protocol: How patches are removed (``removal.PROTOCOLS``).
     """
     if not count or not has_cls_attention(model):
         return None
@@ -432,5 +466,5 @@ def split_faithfulness(model: nn.Module, meta: dict[str, Any], data: ImageSet,
     inputs = torch.cat([prepare(chosen.images[start:start + batch_size])
                         for start in range(0, len(chosen), batch_size)])
     curves = measure_faithfulness(model, inputs, chosen.labels, trained_normalization(meta),
-                                  meta.get('head_fusion') or 'mean', batch_size, amp)
+                                  meta.get('head_fusion') or 'mean', batch_size, amp, protocol=protocol)
     return curves.as_dict()

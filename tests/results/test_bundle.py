@@ -201,6 +201,18 @@ def test_advit_faithfulness_measures_shipped_files_and_brings_the_card_up_to_dat
     assert f"| {teacher['gradient rollout']['quarter_drop']:.2f} |" in row
     assert 'gradient rollout (pts)' in refreshed.split('## Faithfulness of the maps')[1]
 
+    # Another protocol goes beside the headline one, which it leaves as it was.
+    headline_curves = {name: json.loads((shipped / name).read_text())['faithfulness'] for name in before}
+    assert main(['faithfulness', checkpoints[0], '--data', str(cifar_archive), '--images', '16', '--protocol',
+                 'drop']) == 0
+    assert 'drop removal' in capsys.readouterr().out
+    measured = json.loads(Path(checkpoints[0]).with_suffix('.eval.json').read_text())
+    assert measured['faithfulness_drop']['protocol'] == 'drop' and measured['faithfulness_drop']['count'] == 16
+    assert measured['faithfulness'] == headline_curves[Path(checkpoints[0]).with_suffix('.eval.json').name]
+    with pytest.raises(SystemExit) as refused:
+        main(['faithfulness', checkpoints[0], '--protocol', 'grey'])
+    assert refused.value.code == 2 and "invalid choice: 'grey'" in capsys.readouterr().err
+
 
 def test_an_export_over_the_size_limit_is_refused_without_a_card(bundle, tmp_path, capsys):
     runs, out, _ = bundle
