@@ -97,14 +97,19 @@ def last_layer(sources: list[str] | tuple[str, ...]) -> str | None:
     return layers[-1] if layers else None
 
 
-def headline(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+def headline(evaluation: dict[str, Any], protocol: str = HEADLINE_PROTOCOL,
+             keys: tuple[str, ...] = ('quarter_drop', 'quarter_drop_se')) -> dict[str, dict[str, float | None]]:
     """The maps tables show, from an evaluation file's contents: the last layer's (the [CLS] attention the
-    classifier reads last), rollout's and gradient rollout's, each ``quarter_drop`` and ``quarter_drop_se``
-    (None where not measured: files from before gradient rollout have the first two)."""
-    sources = evaluation.get('faithfulness', {}).get('summary', {}).get('sources', {})
+    classifier reads last), rollout's and gradient rollout's, each with the summary's ``keys`` (None where not
+    measured: files from before gradient rollout have the first two), under a removal ``protocol``."""
+    measured = evaluation.get(evaluation_key(protocol)) or {}
+    # From the curves where the file has them, so that a summary written before a measure was added (the
+    # relevance gain) still has it; else the summary as written.
+    summary = FaithfulnessCurves.from_dict(measured).summary() if 'accuracy' in measured else measured.get('summary', {})
+    sources = summary.get('sources', {})
     last = last_layer(list(sources))
     chosen = {HEADLINE_MAPS[0]: sources[last] if last else {}, **{name: sources.get(name, {}) for name in WHOLE_MODEL_MAPS}}
-    return {name: {key: entry.get(key) for key in ('quarter_drop', 'quarter_drop_se')} for name, entry in chosen.items()}
+    return {name: {key: entry.get(key) for key in keys} for name, entry in chosen.items()}
 
 
 def describe_drop(entry: dict[str, float | None]) -> str:

@@ -48,6 +48,7 @@ from ..measure.faithfulness import (
 from ..measure.probe import PROBE_FILE
 from ..training.run_folder import read_json, read_metrics
 from ..training.train import fields_with_role
+from .agreement import agreement_markdown
 from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .report import (
     RunResult,
@@ -59,7 +60,14 @@ from .report import (
     table2,
     table2_columns,
 )
-from .seeds import BUNDLE_SEED, RECIPE_FILE, SEEDS_DIR, SeedError, seeds_tables, write_recipe
+from .seeds import (
+    BUNDLE_SEED,
+    RECIPE_FILE,
+    SEEDS_DIR,
+    SeedError,
+    seeds_tables,
+    write_recipe,
+)
 
 TEACHER = 'teacher'
 STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # scripts/train_bundle.sh trains them in this order
@@ -221,6 +229,19 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
             'random one and the reversed map\'s:\n\n' + areas)
 
 
+PROTOCOLS_HEADING = '## Faithfulness under every removal protocol'
+
+
+def protocols_section(out: Path, names: list[str]) -> str:
+    """The card's section on whether the maps' verdicts hold when a removed patch is filled with the mean, its
+    token dropped or its pixels blurred (``agreement``), from the bundle's evaluation files."""
+    evaluations = {name: read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {} for name in names}
+    return (f'{PROTOCOLS_HEADING}\n\nEach headline map under each removal protocol (`advit/measure/removal.py`) on '
+            'the same test images, and how far the protocols agree: Kendall\'s tau over the (model, map) pairs and '
+            'the share of verdicts that are the same. A claim the card makes about a map holds where its verdict '
+            'is the same under all three.\n\n' + agreement_markdown(evaluations) + '\n')
+
+
 def refresh_faithfulness(out: str | Path) -> None:
     """Bring an existing card's faithfulness up to date with the bundle's evaluation files, in place: Table
     1's faithfulness columns and the faithfulness section (the rest of the card, made from run folders that
@@ -247,6 +268,7 @@ def refresh_faithfulness(out: str | Path) -> None:
         table.append(row(cells, [f'{value:.2f}' if value is not None else '–' for value in values]))
     lines[start:end] = table
     text = _with_section('\n'.join(lines), FAITHFULNESS_HEADING, faithfulness_section(out, names), '## Table 2')
+    text = _with_section(text, PROTOCOLS_HEADING, protocols_section(out, names), '## Table 2')
     with atomic_path(out / CARD) as tmp:
         tmp.write_text(text)
     refresh_goals(out)  # the teacher's maps are among them
