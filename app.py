@@ -25,7 +25,8 @@ from advit.app.about import about_markdown  # noqa: E402
 from advit.app.attention_views import BATCH_LIMIT  # noqa: E402
 from advit.core.checks import RequestError  # noqa: E402
 from advit.core.data import CIFAR10_CLASSES  # noqa: E402
-from advit.measure.faithfulness import TEST_IMAGES  # noqa: E402
+from advit.measure.faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES  # noqa: E402
+from advit.measure.removal import PROTOCOLS, REMOVED_AS  # noqa: E402
 from advit.app.figure import figure_png  # noqa: E402
 from advit.app.forms import (DISCARD, HEADS, KEEP, LAYERS, OPACITY, AttentionRequest, ProbeRequest,  # noqa: E402
                          RolloutRequest)
@@ -286,10 +287,14 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                        interactive=False,
                                        elem_id='attention-layer')
                 gap_plot = gr.Plot(label='Gap between the maps, per layer', elem_id='gap-plot')
-                gr.Markdown('**Do these maps point at what each model uses?** Patches masked (set to the '
-                            'dataset mean) most attended first, against a random order: a faithful map makes '
-                            'the model\'s probability fall faster than random does. The card of each model '
-                            f'(left) gives the same measure on {TEST_IMAGES} test images.')
+                gr.Markdown('**Do these maps point at what each model uses?** Patches removed most attended '
+                            'first, against a random order: a faithful map makes the model\'s probability fall '
+                            'faster than random does. How a patch is removed is a choice that can change the '
+                            'verdict: its pixels set to the dataset mean, its token dropped (a ViT needs no '
+                            'fill), or its pixels blurred. The card of each model (left) gives the same measure '
+                            f'on {TEST_IMAGES} test images under each.')
+                protocol = gr.Radio([(f'{name}: {REMOVED_AS[name]}', name) for name in PROTOCOLS],
+                                    value=HEADLINE_PROTOCOL, label='Removal protocol', elem_id='removal-protocol')
                 faithful_plot = gr.Plot(label='Deletion curves on this image', elem_id='faithfulness-plot')
                 faithful_summary = gr.Markdown(elem_id='faithfulness-summary')
                 faithful_data = gr.JSON(visible=False)
@@ -313,8 +318,10 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs_kwargs=attention_form,
               outputs=attention_outputs, api_name='attention', validator=needs_image).success(
             layer_range, inputs=[student, layer], outputs=[layer, layer_large], api_visibility='private').success(
-            faithfulness, inputs_kwargs=dict(image=image, **pair),
+            faithfulness, inputs_kwargs=dict(image=image, **pair, protocol=protocol),
             outputs=[faithful_plot, faithful_summary, faithful_data], api_name='faithfulness')
+        protocol.change(faithfulness, inputs_kwargs=dict(image=image, **pair, protocol=protocol),
+                        outputs=[faithful_plot, faithful_summary, faithful_data], api_visibility='private')
         with gr.Accordion('A few images at once: one layer, teacher and student on each', open=False):
             with gr.Row():
                 batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',

@@ -17,14 +17,29 @@ from PIL import Image
 
 from ..core.capture import trained_normalization
 from ..core.checks import shown_value
-from ..measure.faithfulness import GRADIENT_ROLLOUT, QUARTER, ROLLOUT, last_layer, measure_faithfulness, source_names
+from ..measure.faithfulness import (
+    GRADIENT_ROLLOUT,
+    QUARTER,
+    ROLLOUT,
+    last_layer,
+    measure_faithfulness,
+    source_names,
+)
 from ..measure.inspection import AttentionReport, inspect_pair, model_input, seen_image
+from ..measure.removal import REMOVED_AS
 from ..measure.rollout import model_views
 from .figure import attention_figure, images_figure, layer_figure, maps_npz, report_json
 from .forms import AttentionRequest, RolloutRequest
 from .images import ImageError, load_image
 from .offer import Offer, StudioError
-from .render import faithfulness_figure, gap_figure, gap_table, layer_panels, prefix_share_figure, views_panels
+from .render import (
+    faithfulness_figure,
+    gap_figure,
+    gap_table,
+    layer_panels,
+    prefix_share_figure,
+    views_panels,
+)
 
 BATCH_LIMIT = 8  # images in the few-images view: a row each, 8 forward passes of both models
 SEEN_SIZE = 128  # the image as the model reads it, enlarged by whole pixels to at least this (4x for 32x32)
@@ -165,7 +180,8 @@ class AttentionViews:
     def faithfulness(self, request: AttentionRequest) -> FaithfulnessView:
         """Do the maps on screen point at what each model uses? On the uploaded image, each model's
         deletion curves: the probability of the class it predicts on the whole image as the patches its
-        last layer's map, and its rollout, attend to most are masked first, against random orders.
+        last layer's map, and its rollout, attend to most are removed first (by the request's protocol),
+        against random orders.
         """
         image = self._upload(request.image)
         curves, classes = {}, {}
@@ -178,14 +194,16 @@ class AttentionViews:
             curves[role] = measure_faithfulness(
                 model, inputs, predicted, trained_normalization(meta), meta.get('head_fusion') or 'mean',
                 sources=(last_layer(source_names(len(model.blocks))), ROLLOUT, GRADIENT_ROLLOUT),  # those drawn
-                fractions=IMAGE_FRACTIONS, modes=('deletion',), orders=('map', 'random'), random_orders=IMAGE_RANDOM_ORDERS)
+                fractions=IMAGE_FRACTIONS, modes=('deletion',), orders=('map', 'random'), random_orders=IMAGE_RANDOM_ORDERS,
+                protocol=request.protocol)
         lines = []
         for role, c in curves.items():
             def left(source: str, order: str = 'map', c=c) -> str:
                 return f"{c.curve('probability', 'deletion', source, order)[QUARTER_STEP]:.2f}"
             lines.append(f"**{role}** predicts *{classes[role]}* (probability "
                          f"{c.curve('probability', 'deletion', ROLLOUT, 'map')[0]:.2f}); with the quarter of "
-                         f"patches its last layer's map attends to most masked: {left(last_layer(c.sources))}, its "
+                         f"patches its last layer's map attends to most {REMOVED_AS[request.protocol]}: "
+                         f"{left(last_layer(c.sources))}, its "
                          f"rollout's: {left(ROLLOUT)}, its gradient rollout's: {left(GRADIENT_ROLLOUT)}, a random "
                          f"quarter: {left(ROLLOUT, 'random')}.")
         return FaithfulnessView(figure=faithfulness_figure(curves, classes), summary='\n\n'.join(lines),

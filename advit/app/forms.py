@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.checks import number
+from ..measure.faithfulness import HEADLINE_PROTOCOL
+from ..measure.removal import check_protocol
 
 # Whole-number boxes have no `precision` on the page: Gradio would round a 1.5 to 2 unseen; `number` refuses it.
 HEADS, LAYERS, OPACITY, DISCARD, KEEP = (0, 15), (1, 12), (0.0, 1.0), (0.0, 0.95), (0.1, 1.0)
@@ -26,6 +28,7 @@ class AttentionRequest:
         head: Head index for ``fusion='head'``.
         opacity: Heatmap opacity over the image.
         layer: The student layer shown large, from 1 (past the student's last: its last).
+        protocol: How the deletion curves remove a patch (``removal.PROTOCOLS``).
     """
     image: str | None = None
     teacher: str | None = None
@@ -34,11 +37,13 @@ class AttentionRequest:
     head: int = 0
     opacity: float = 0.6
     layer: int = 1
+    protocol: str = HEADLINE_PROTOCOL
 
     def __post_init__(self) -> None:
         self.head = number(self.head, 'head', *HEADS, whole=True)
         self.opacity = number(self.opacity, 'heatmap opacity', *OPACITY)
         self.layer = number(self.layer, 'layer', 1, MAX_INDEX, whole=True)
+        check_protocol(None, self.protocol)
 
 
 @dataclass

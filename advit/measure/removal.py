@@ -23,6 +23,8 @@ from ..core.augment import mask_patches
 from ..core.checks import shown_value
 
 PROTOCOLS = ('mean', 'drop', 'blur')
+# What each does to a patch, in the words a page or a message uses.
+REMOVED_AS = {'mean': 'set to the mean', 'drop': 'dropped from the tokens', 'blur': 'blurred'}
 
 
 def check_protocol(model: nn.Module | None, protocol: str) -> None:

@@ -392,6 +392,26 @@ def test_faithfulness_of_the_maps_on_screen(studio):
         studio.attention.faithfulness(AttentionRequest(EXAMPLE, '/etc/passwd', defaults.student))
 
 
+def test_the_deletion_curves_on_screen_follow_the_chosen_removal_protocol(studio):
+    """Dropped tokens instead of grey patches: the same maps and predictions, other curves, said in the summary;
+    a protocol that does not exist is refused in words before any model runs."""
+    from advit.core.checks import RequestError
+    defaults = studio.offer.defaults()
+    views = {protocol: studio.attention.faithfulness(AttentionRequest(EXAMPLE, defaults.teacher, defaults.student,
+                                                                      protocol=protocol))
+             for protocol in ('mean', 'drop')}
+    for role in ('teacher', 'student'):
+        mean, drop = (FaithfulnessCurves.from_dict(views[p].data[role]) for p in ('mean', 'drop'))
+        assert (mean.protocol, drop.protocol) == ('mean', 'drop')
+        assert views['mean'].data[role]['class_read'] == views['drop'].data[role]['class_read']
+        assert mean.curve('probability', 'deletion', 'rollout', 'map')[0] == \
+            pytest.approx(drop.curve('probability', 'deletion', 'rollout', 'map')[0], abs=1e-5)
+        assert not (mean.probability == drop.probability).all()
+    assert 'dropped from the tokens' in views['drop'].summary and 'set to the mean' in views['mean'].summary
+    with pytest.raises((ValueError, RequestError), match='unknown removal protocol'):
+        AttentionRequest(EXAMPLE, defaults.teacher, defaults.student, protocol='x' * 10_000)
+
+
 def test_each_models_faithfulness_is_shown_beside_its_accuracy(studio, tiny_bundle):
     """The card beside each model list and the About tab carry the quarter drops the evaluation file holds."""
     defaults = studio.offer.defaults()
