@@ -79,3 +79,16 @@ def test_vit_forward_flops_equal_torch_flop_counter(name, args):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(2, 3, size, size))
     assert counter.get_total_flops() == 2 * vit_forward_flops(model)
+
+
+@pytest.mark.slow
+def test_faithfulness_protocols_benchmark_times_every_protocol(tmp_path, cifar_archive, cifar):
+    result = subprocess.run(
+        [sys.executable, 'benchmarks/faithfulness_protocols.py', '--data', str(cifar_archive), '--repeats', '1',
+         '--images', '16', '--json', str(tmp_path / 'protocols.json')], cwd=REPO, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'protocols.json').read_text())
+    for key in ('app_view_s', 'dataset_s'):
+        assert set(report[key]) == {'mean', 'drop', 'blur'} and all(t > 0 for t in report[key].values())
+    assert report['dataset_over_mean']['mean'] == 1.0
