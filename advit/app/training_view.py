@@ -198,9 +198,9 @@ def students_gap_figure(probes: dict[str, ProbeRecord], kind: str) -> go.Figure:
 
 
 def students_faithfulness_figure(probes: dict[str, ProbeRecord]) -> go.Figure:
-    """Each student's quarter drop against step (``faithfulness.py``): its last layer's map (solid), its
-    rollout (dotted) and, where recorded, its gradient rollout (dash-dot), so that a map becoming faithful
-    as its gap falls shows."""
+    """Each student's quarter drop against step (``faithfulness.py``), so that a map becoming faithful as its gap
+    falls shows: its last layer's map (solid, the map the paper distils) drawn, one line a student; its rollout
+    (dotted) and, where recorded, its gradient rollout (dash-dot) a click on the legend away."""
     figure = go.Figure()
     for name, probe in probes.items():
         if probe.faithfulness is None:
@@ -208,6 +208,7 @@ def students_faithfulness_figure(probes: dict[str, ProbeRecord]) -> go.Figure:
         for index, dash in zip(range(probe.layers - 1, len(probe.faithfulness_sources)), ('solid', 'dot', 'dashdot')):
             figure.add_trace(go.Scatter(x=probe.steps.tolist(), y=probe.faithfulness[:, index].tolist(),
                                         mode='lines+markers', line=dict(dash=dash),
+                                        visible=True if index == probe.layers - 1 else 'legendonly',
                                         name=f'{name}: {probe.faithfulness_sources[index]}'))
     layout = dict(xaxis_title='step', yaxis_title='quarter drop (points): map beyond random', height=320,
                   margin=dict(l=40, r=10, t=30, b=40), legend=dict(orientation='h'))

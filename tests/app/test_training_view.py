@@ -153,6 +153,9 @@ def test_the_faithfulness_of_each_evaluation_is_recorded_and_drawn(group_run, tm
     assert [trace.name for trace in figure.data] == [f'{name}: {source}' for name in probes
                                                      for source in ('layer 2', 'rollout', 'gradient rollout')]
     assert np.array_equal(np.asarray(figure.data[1].y), probes['advit_l1'].faithfulness[:, 2])
+    drawn = [trace.name for trace in figure.data if trace.visible is True]
+    assert drawn == [f'{name}: layer 2' for name in probes], 'one headline map a student; the rest on request'
+    assert all(trace.visible == 'legendonly' for trace in figure.data if trace.name not in drawn)
     arrays = read_probe(BUNDLE / 'vit.probe.npz')  # as a probe from before the measure was recorded
     _write_npz(tmp_path / 'vit.probe.npz', **{k: v for k, v in arrays.items() if not k.startswith('faithfulness')})
     older = students_faithfulness_figure(load_probes(tmp_path))
