@@ -218,7 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == 'faithfulness':
             from .core.data import load_dataset
             from .measure.evaluate import measure_checkpoint_faithfulness
-            from .measure.faithfulness import HEADLINE_MAPS, WHOLE_MODEL_MAPS, FaithfulnessCurves, last_layer, verdict
+            from .measure.faithfulness import (
+                HEADLINE_MAPS,
+                WHOLE_MODEL_MAPS,
+                FaithfulnessCurves,
+                last_layer,
+                verdict,
+            )
             from .results.bundle import refresh_faithfulness
             if args.images <= 0:
                 raise ValueError(f'--images must be positive, got {args.images}')

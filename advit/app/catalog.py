@@ -17,7 +17,12 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from ..core.attention_path import use_attention_path
-from ..core.checkpoint import describe_mismatch, load_checkpoint, read_metadata
+from ..core.checkpoint import (
+    check_metadata,
+    describe_mismatch,
+    load_checkpoint,
+    read_metadata,
+)
 from ..core.io import REPO
 from ..core.models import create_model, is_vit_name
 from ..core.weights import TRAIN_STATE_PREFIX, CheckpointError
@@ -162,6 +167,8 @@ def _check(path: Path) -> ModelEntry:
         problem = describe_mismatch(expected, found)
         if problem:
             entry.problem = f'weights do not fit {entry.meta["model"]}: {problem}'
+        else:
+            check_metadata(entry.meta, model)
     except (CheckpointError, SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         entry.problem = str(err) or type(err).__name__
     return entry

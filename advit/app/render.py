@@ -10,7 +10,12 @@ from matplotlib import colormaps
 from PIL import Image
 
 from ..core.io import atomic_path
-from ..measure.faithfulness import GRADIENT_ROLLOUT, ROLLOUT, FaithfulnessCurves, last_layer
+from ..measure.faithfulness import (
+    GRADIENT_ROLLOUT,
+    ROLLOUT,
+    FaithfulnessCurves,
+    last_layer,
+)
 from ..measure.inspection import AttentionReport
 from ..measure.rollout import ModelViews
 

@@ -25,7 +25,13 @@ from ..core.checks import RequestError, number
 from ..core.data import OFFICIAL_CIFAR10
 from ..core.io import REPO
 from ..core.weights import CheckpointError
-from ..results.report import TABLE1_COLUMNS, ReportError, load_run, markdown_table, table1
+from ..results.report import (
+    TABLE1_COLUMNS,
+    ReportError,
+    load_run,
+    markdown_table,
+    table1,
+)
 from ..training.jobs import JobError, JobLimits, JobManager
 from .render import progress_html, students_curves, training_curves
 from .scrubber import Scrubber

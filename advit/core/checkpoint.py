@@ -18,6 +18,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from .checks import RequestError, number, shown_value
 from .io import atomic_path
 from .models import create_model, model_image_size, model_normalization
 from .weights import (
@@ -84,6 +85,59 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return json.loads(header['advit'])
     except json.JSONDecodeError as err:
         raise CheckpointError(f'{path} has corrupt advit metadata: {err}') from err
+
+
+def check_metadata(meta: Any, model: nn.Module) -> None:
+    """Refuse, in words (``CheckpointError``), metadata that contradicts the weights' model or sense: what the
+    views would otherwise trust to prepare inputs and name classes. Fields a checkpoint leaves out are not asked for.
+
+    Args:
+        meta: A checkpoint's metadata, as read.
+        model: Its model as the metadata builds it (on the meta device will do: only shapes are read).
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(f'its metadata is {type(meta).__name__}, not a mapping of fields')
+    try:
+        _check_fields(meta, model)
+    except RequestError as err:
+        raise CheckpointError(f'its metadata is wrong: {err}') from None
+
+
+def _check_fields(meta: dict[str, Any], model: nn.Module) -> None:
+    classes = meta.get('classes')
+    if classes is not None:
+        heads = getattr(model, 'num_classes', None)
+        if not isinstance(classes, list) or not all(isinstance(name, str) and name for name in classes):
+            raise RequestError(f'classes must be a list of names, got {shown_value(classes)}')
+        if heads is not None and len(classes) != heads:
+            raise RequestError(f'{len(classes)} class names for a head of {heads} classes')
+    if meta.get('image_size') is not None:
+        size = _number(meta['image_size'], 'image_size', 1, 4096, whole=True)
+        built = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+        if built is not None and not getattr(model, 'dynamic_img_size', False) and tuple(built) != (size, size):
+            grid, patch = tuple(model.patch_embed.grid_size), tuple(model.patch_embed.patch_size)
+            raise RequestError(f'image_size {size} does not fit the model\'s {grid[0]}x{grid[1]} grid of '
+                               f'{patch[0]}-pixel patches ({built[0]}x{built[1]} pixels)')
+    for field, low in (('mean', -1e3), ('std', 1e-6)):  # the images an app reads are RGB: three channels
+        values = meta.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != 3:
+            raise RequestError(f'{field} must be a list of 3 numbers (red, green, blue), got {shown_value(values)}')
+        for value in values:
+            _number(value, f'each {field} value', low, 1e3)
+    if meta.get('step') is not None:
+        _number(meta['step'], 'step', 0, 10**12, whole=True)
+    for field in ('val_top1', 'test_top1'):
+        if meta.get(field) is not None:
+            _number(meta[field], field, 0, 100)
+
+
+def _number(value: Any, name: str, low: float, high: float, whole: bool = False) -> int | float:
+    """``checks.number`` for a file's field: a number written as text is a wrong type here, not a client's habit."""
+    if isinstance(value, str):
+        raise RequestError(f'{name} must be a number, got the text {shown_value(value)}')
+    return number(value, name, low, high, whole)
 
 
 def describe_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],

@@ -15,7 +15,12 @@ import torch
 
 from ..core.data import ImageSet, default_cache_dir
 from ..core.io import atomic_path
-from .evaluate import checkpoint_probs, evaluation_paths, load_predictions, summarize_predictions
+from .evaluate import (
+    checkpoint_probs,
+    evaluation_paths,
+    load_predictions,
+    summarize_predictions,
+)
 
 # Images per forward when Compare predicts on the CPU. On 2 fp32 EPYC cores a ViT-B/16 at 224 reads 2.7-3.2
 # images/s at any batch from 1 to 64, a ViT-S/16 12-15 at batches 1-8 and 10 at 64: at 16 the progress bar

@@ -22,7 +22,12 @@ from ..core.distributed import resolve_device
 from ..core.io import atomic_path, write_json
 from ..core.models import model_image_size, model_normalization
 from ..core.precision import autocast, compute_dtype
-from .faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES, evaluation_key, split_faithfulness
+from .faithfulness import (
+    HEADLINE_PROTOCOL,
+    TEST_IMAGES,
+    evaluation_key,
+    split_faithfulness,
+)
 
 
 @torch.no_grad()

@@ -41,7 +41,11 @@ import torch
 import torch.nn as nn
 
 from ..core.alignment import fuse_heads
-from ..core.capture import DEFAULT_NORMALIZATION, ClsAttentionCapture, trained_normalization
+from ..core.capture import (
+    DEFAULT_NORMALIZATION,
+    ClsAttentionCapture,
+    trained_normalization,
+)
 from ..core.data import ImageSet
 from ..core.models import patch_grid
 from ..core.precision import autocast

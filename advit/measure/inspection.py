@@ -17,7 +17,11 @@ from PIL import Image
 
 from ..core.alignment import GAP_KINDS, compare_maps, fuse_heads, layer_mapping
 from ..core.augment import normalize
-from ..core.capture import DEFAULT_NORMALIZATION, ClsAttentionCapture, trained_normalization
+from ..core.capture import (
+    DEFAULT_NORMALIZATION,
+    ClsAttentionCapture,
+    trained_normalization,
+)
 from ..core.models import model_image_size, patch_grid
 
 

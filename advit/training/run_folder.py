@@ -31,7 +31,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..core.augment import BatchTransform, Mixup
-from ..core.checkpoint import load_optimizer_tensors, load_weights, optimizer_tensors, read_metadata, save_checkpoint
+from ..core.checkpoint import (
+    load_optimizer_tensors,
+    load_weights,
+    optimizer_tensors,
+    read_metadata,
+    save_checkpoint,
+)
 from ..core.io import atomic_path, write_json
 from ..core.machine import machine
 from ..core.weights import model_weights, read_tensors, train_state

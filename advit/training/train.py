@@ -29,13 +29,31 @@ from tqdm import tqdm
 
 from ..core import distributed
 from ..core.alignment import HEAD_FUSIONS
-from ..core.attention_path import ATTENTION_PATHS, attention_path_of, set_attention_path, use_attention_path
+from ..core.attention_path import (
+    ATTENTION_PATHS,
+    attention_path_of,
+    set_attention_path,
+    use_attention_path,
+)
 from ..core.augment import RECIPES, BatchTransform, Mixup
 from ..core.capture import DEFAULT_NORMALIZATION, NORMALIZATIONS, ClsAttentionCapture
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.checks import shown_value
-from ..core.data import OFFICIAL_CIFAR10, ImageSet, batches, default_dataset, load_dataset, steps_per_epoch
-from ..core.losses import METHODS, DistillationLoss, TeacherForward, TeacherOutput, parse_method
+from ..core.data import (
+    OFFICIAL_CIFAR10,
+    ImageSet,
+    batches,
+    default_dataset,
+    load_dataset,
+    steps_per_epoch,
+)
+from ..core.losses import (
+    METHODS,
+    DistillationLoss,
+    TeacherForward,
+    TeacherOutput,
+    parse_method,
+)
 from ..core.models import (
     check_architecture_args,
     create_model,

@@ -154,6 +154,32 @@ def test_metadata_without_architecture(tmp_path):
 
 # --- discover ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize('lie, reason', [
+    (dict(image_size=64), "image_size 64 does not fit the model's 8x8 grid of 4-pixel patches"),
+    (dict(image_size='big'), "image_size must be a number, got the text 'big'"),
+    (dict(image_size='32'), 'image_size must be a number, got the text'),
+    (dict(image_size=True), 'image_size must be a number'),
+    (dict(classes=['cat', 'dog', 'ship']), '3 class names for a head of 10 classes'),
+    (dict(classes='cat,dog'), 'classes must be a list of names'),
+    (dict(classes=[1] * 10), 'classes must be a list of names'),
+    (dict(std=[0, 0, 0]), 'each std value must be between'),
+    (dict(std=[0.2, float('nan'), 0.2]), 'each std value must be a finite number'),
+    (dict(mean=[0.5, 0.5]), 'mean must be a list of 3 numbers'),
+    (dict(mean='grey'), 'mean must be a list of 3 numbers'),
+    (dict(step=-1), 'step must be between'),
+    (dict(test_top1=250.0), 'test_top1 must be between 0 and 100'),
+    (dict(test_top1='high'), 'test_top1 must be a number'),
+], ids=lambda value: str(value)[:40])
+def test_metadata_that_lies_about_the_weights_or_sense_is_listed_unusable_with_the_reason(tmp_path, lie, reason):
+    """A copy of a good checkpoint whose metadata says something the weights or sense deny: listed as unusable,
+    saying which field and why, before any view could trust it (issue #41)."""
+    honest = dict(meta_for(), image_size=32, mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26], step=10)
+    entry = check_checkpoint(save(tmp_path / 'liar.safetensors', meta={**honest, **lie}))
+    assert not entry.usable and reason in entry.problem, entry.problem
+    assert len(entry.problem) < 300
+    assert check_checkpoint(save(tmp_path / 'honest.safetensors', meta=honest)).usable
+
+
 def test_discover(tmp_path):
     bundle, extra, runs = tmp_path / 'bundle', tmp_path / 'extra', tmp_path / 'runs'
     good = save(bundle / 'b_good.safetensors')
