@@ -28,8 +28,8 @@ from advit.core.data import CIFAR10_CLASSES  # noqa: E402
 from advit.measure.faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES  # noqa: E402
 from advit.measure.removal import PROTOCOLS, REMOVED_AS  # noqa: E402
 from advit.app.figure import figure_png  # noqa: E402
-from advit.app.forms import (DISCARD, HEADS, KEEP, LAYERS, OPACITY, AttentionRequest, ProbeRequest,  # noqa: E402
-                         RolloutRequest)
+from advit.app.forms import (DISCARD, HEADS, KEEP, LAYERS, MAX_INDEX, OPACITY,  # noqa: E402
+                             AttentionRequest, ProbeRequest, RolloutRequest)
 from advit.app.images import MAX_FILE_BYTES, ImageError  # noqa: E402
 from advit.training.jobs import JobError  # noqa: E402
 from advit.core.losses import METHODS  # noqa: E402
@@ -482,8 +482,11 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                             elem_id='probe-student')
                 gap_kind = gr.Radio(['l1', 'l2', 'kl'], value=probe_defaults.kind, label='Gap')
             with gr.Row():
-                evaluation = gr.Slider(0, 1, value=0, step=1, label='Evaluation (step)', elem_id='probe-step')
-                probe_image = gr.Slider(0, 7, value=probe_defaults.image, step=1, label='Probe image',
+                # The API takes any index the view checks (-1: the last evaluation); the page narrows both sliders
+                # to the chosen student's evaluations and probe images (training_controls).
+                evaluation = gr.Slider(-1, MAX_INDEX, value=-1, step=1, label='Evaluation (step; -1: the last)',
+                                       elem_id='probe-step')
+                probe_image = gr.Slider(0, MAX_INDEX, value=probe_defaults.image, step=1, label='Probe image',
                                         elem_id='probe-image')
                 probe_opacity = gr.Slider(*OPACITY, value=probe_defaults.opacity, step=0.05, label='Heatmap opacity')
             show_training = gr.Button('Show distillation over time', variant='primary')
