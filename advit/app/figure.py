@@ -114,12 +114,13 @@ def figure_png(figure: Image.Image) -> bytes:
 
 def maps_npz(report: AttentionReport) -> bytes:
     """The maps as an ``.npz`` (loads without pickle): teacher_maps, student_maps and difference (layers,
-    patches), gaps (kinds, layers) in the order of gap_kinds, teacher_layers (indices into the teacher's layers, from 0) and grid."""
+    patches), gaps (kinds, layers) in the order of gap_kinds, teacher_layers (the teacher layer compared with each
+    student layer, counted from 1 as the JSON download and the page count them) and grid."""
     buffer = io.BytesIO()
     np.savez(buffer, teacher_maps=report.teacher_maps, student_maps=report.student_maps,
              difference=report.student_maps - report.teacher_maps,
              gaps=np.stack([report.gaps[kind] for kind in GAP_KINDS]), gap_kinds=np.array(GAP_KINDS),
-             teacher_layers=np.array(report.teacher_layers), grid=np.array(report.grid))
+             teacher_layers=np.array(report.teacher_layer_numbers), grid=np.array(report.grid))
     return buffer.getvalue()
 
 

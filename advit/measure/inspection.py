@@ -37,16 +37,21 @@ class AttentionReport:
     teacher_top5: dict[str, float]
     settings: dict[str, Any]  # fusion, layer_map ('as trained' or 'uniform'), attn_norm: how the maps were taken
 
+    @property
+    def teacher_layer_numbers(self) -> list[int]:
+        """The teacher layer compared with each student layer, counted from 1 as every download and table counts."""
+        return [t + 1 for t in self.teacher_layers]
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: one record per layer, layers counted from 1 as the page's tables count them, and
         ``teacher_layers``, the teacher layer compared with each student layer."""
         layers = [
-            dict(layer=i + 1, teacher_layer=t + 1, student_map=self.student_maps[i].tolist(),
+            dict(layer=i + 1, teacher_layer=t, student_map=self.student_maps[i].tolist(),
                  teacher_map=self.teacher_maps[i].tolist(), **{k: float(v[i]) for k, v in self.gaps.items()})
-            for i, t in enumerate(self.teacher_layers)]
+            for i, t in enumerate(self.teacher_layer_numbers)]
         return dict(grid=list(self.grid), layers=layers, student_top5=self.student_top5,
                     teacher_top5=self.teacher_top5,
-                    settings=dict(self.settings, teacher_layers=[t + 1 for t in self.teacher_layers]))
+                    settings=dict(self.settings, teacher_layers=self.teacher_layer_numbers))
 
 
 def seen_image(image: Image.Image, model: nn.Module, meta: dict[str, Any] | None = None) -> Image.Image:

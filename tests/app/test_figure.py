@@ -156,7 +156,7 @@ def test_npz_holds_the_reports_arrays(report):
     assert arrays['gap_kinds'].tolist() == list(GAP_KINDS)
     for kind, gaps in zip(arrays['gap_kinds'], arrays['gaps']):
         np.testing.assert_array_equal(gaps, report.gaps[str(kind)])
-    assert arrays['teacher_layers'].tolist() == report.teacher_layers
+    assert arrays['teacher_layers'].tolist() == [t + 1 for t in report.teacher_layers], 'from 1, as the JSON'
     assert tuple(arrays['grid'].tolist()) == report.grid
 
 
