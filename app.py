@@ -83,11 +83,17 @@ def needs_image(image, **others):
 
 
 @user_errors
-def layer_range(student, layer):
-    """The layer slider runs over the student's layers, its value kept within them (a request for a layer the
-    student lacks is refused); the large layer waits for it (the figure shows them all)."""
+def student_layers(student, layer):
+    """A layer slider over the student's layers, its value kept within them: a request for a layer the student
+    lacks is refused, so the page offers none."""
     depth = offer.layers(student)
-    return gr.Slider(maximum=max(depth, 2), value=min(layer, depth) if depth else layer), None  # two ends
+    return gr.Slider(maximum=max(depth, 2), value=min(layer, depth) if depth else layer)  # a slider needs two ends
+
+
+def layer_range(student, layer):
+    """The large layer's slider over the student's layers; the large layer waits for it (the figure shows them
+    all)."""
+    return student_layers(student, layer), None
 
 
 @user_errors
@@ -327,7 +333,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',
                                 file_count='multiple', file_types=['image'], type='filepath', elem_id='batch-files')
                 batch_layer = gr.Slider(*LAYERS, value=attention_defaults.layer, step=1,
-                                        label='Student layer (past its last: the last)')
+                                        label='Student layer (1 to the student\'s last)', elem_id='batch-layer')
             show_batch = gr.Button('Show them')
             batch_figure = gr.Image(label='A row per image: teacher | student | student - teacher', show_label=False,
                                     type='filepath', interactive=False, elem_id='batch-figure')
@@ -336,6 +342,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         show_batch.click(attention_images, inputs_kwargs=dict(files=batch, **pair, fusion=fusion, head=head,
                                                               layer=batch_layer, opacity=opacity),
                          outputs=[batch_figure, batch_rows], api_name='attention_images')
+        gr.on([show.click, student.change], student_layers, inputs=[student, batch_layer], outputs=batch_layer,
+              api_visibility='private')  # the few images' slider over the student's layers, as the large one's
         with gr.Accordion('More views: attention rollout, last-layer heads, attention mass, prefix share', open=False):
             with gr.Row():
                 rollout_fusion = gr.Radio(['mean', 'max', 'min'], value=rollout_defaults.fusion,

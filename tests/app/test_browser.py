@@ -187,9 +187,10 @@ def show_attention(page, url: str, depth: int) -> None:
         before = page.locator('#attention-layer img').get_attribute('src')
 
 
-def show_few_images(page, files: list[Path] = ()) -> None:
+def show_few_images(page, files: list[Path] = (), depth: int | None = None) -> None:
     """Open 'A few images at once', upload ``files`` (none: the app takes its first examples), check the
-    figure has a row per image and the table a row of gaps per image, by its name, and close it again."""
+    figure has a row per image and the table a row of gaps per image, by its name, and (given the student's
+    ``depth``) that its layer slider runs over the student's layers only; close it again."""
     from playwright.sync_api import expect
     from advit.app.figure import Layout
     from advit.app.render import PANEL_SIZE
@@ -197,6 +198,9 @@ def show_few_images(page, files: list[Path] = ()) -> None:
     shown = list(files) or sorted(EXAMPLE.parent.glob('*.png'))[:BATCH_LIMIT]
     accordion = page.get_by_text('A few images at once')
     accordion.click()
+    if depth is not None:  # a layer the student lacks is refused, so the page offers none
+        page.wait_for_function('top => document.querySelector("#batch-layer input[type=range]")?.max === top',
+                               arg=str(max(depth, 2)), timeout=60_000)
     if files:
         page.locator('#batch-files input[type=file]').set_input_files([str(path) for path in files])
         page.locator('#batch-files', has_text=files[-1].stem).wait_for(timeout=60_000)
@@ -319,7 +323,7 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
         page.locator('#attention-layer img').wait_for(state='detached', timeout=60_000)  # it waits for the slider
 
         # A few images at once: two uploads, a row each.
-        show_few_images(page, sorted(EXAMPLE.parent.glob('*.png'))[:2])
+        show_few_images(page, sorted(EXAMPLE.parent.glob('*.png'))[:2], depth=student[0])
 
         # More views: rollouts, masks and heads of both models, the prefix share per layer.
         show_more_views(page, teacher, student)
