@@ -69,6 +69,7 @@ import timm
 import torch
 from gradio_client import Client, handle_file
 
+from advit.app.catalog import public_name
 from advit.core.checkpoint import save_checkpoint
 from advit.core.data import CIFAR10_CLASSES
 from advit.app.forms import AttentionRequest
@@ -117,7 +118,8 @@ def summarize(times_s: list[float]) -> dict[str, Any]:
 # --- the checkpoints ---------------------------------------------------------------------------
 
 def save_pair(pair: Pair, folder: Path, seed: int) -> dict[str, str]:
-    """Build the pair with random weights, save both as advit checkpoints; their catalog keys by role."""
+    """Build the pair with random weights, save both as advit checkpoints; their names as the app lists them
+    (``catalog.public_name``: a request never names a server path), by role."""
     keys = {}
     for role, name in zip(ROLES, (pair.teacher, pair.student)):
         torch.manual_seed(seed)
@@ -129,7 +131,7 @@ def save_pair(pair: Pair, folder: Path, seed: int) -> dict[str, str]:
                     params=sum(p.numel() for p in model.parameters()))
         path = folder / f'{pair.name}-{role}.safetensors'
         save_checkpoint(path, model, meta)
-        keys[role] = str(path)
+        keys[role] = public_name(path, folder)
     return keys
 
 
@@ -143,7 +145,8 @@ def measure_in_process(keys: dict[str, str], checkpoints: Path, warmup: int, rep
     studio.attention.view(request)
     first_s = time.perf_counter() - start
 
-    (teacher, teacher_meta), (student, student_meta) = (studio.offer.models.get(keys[role]) for role in ROLES)
+    (teacher, teacher_meta), (student, student_meta) = (studio.offer.models.get(studio.offer.find(keys[role]).key)
+                                                        for role in ROLES)
     image = load_image(EXAMPLE)
     teacher_input, student_input = model_input(image, teacher_meta, teacher), model_input(image, student_meta, student)
     report = inspect_pair(teacher, teacher_meta, student, student_meta, image, FUSION)

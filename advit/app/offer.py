@@ -6,6 +6,7 @@ each walk the folders, nor does a stream of made-up names.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -73,16 +74,16 @@ class Offer:
         return entries if entries is not None else self.refresh()
 
     def find(self, key: Any, checkpoints_only: bool = False) -> ModelEntry | None:
-        """The usable model a request names: by the name the lists show, its file's path, or another
-        spelling of that file (relative to the app's folder); a name the last scan lacks rescans once when
+        """The usable model a request names: by the name the lists show, or another spelling of that file
+        relative to the app's folder (never an absolute path); a name the last scan lacks rescans once when
         that scan is ``RESCAN_AFTER_S`` old. Nothing that is not on offer is ever returned.
 
         Args:
             key: What the client sent.
             checkpoints_only: Leave out the timm hub models.
         """
-        if not isinstance(key, str) or not key:
-            return None
+        if not isinstance(key, str) or not key or os.path.isabs(key):
+            return None  # a server path is never a name: answering one would confirm where the app lies
         for entries in (self.entries(), None):
             if entries is None:
                 with self._lock:

@@ -114,7 +114,7 @@ def test_tiny_job_runs_to_the_end_and_its_checkpoint_is_offered(client, runs, ci
     assert ['tiny', 'vit', 'vit_tiny_patch4_32', 'finished'] == rows[0][:4]
     # The finished run is offered to the Attention tab without a restart.
     example = handle_file(str(REPO / 'assets' / 'examples' / 'cat_3000.png'))
-    data = client.predict(example, str(tiny_bundle / 'teacher.safetensors'), str(runs / 'tiny' / 'best.safetensors'),
+    data = client.predict(example, f'{tiny_bundle.name}/teacher.safetensors', f'{runs.name}/tiny/best.safetensors',
                           'mean', 0, 0.5, api_name='/attention')[5]
     assert len(data['layers']) == TINY['depth']
 

@@ -141,6 +141,15 @@ def test_attention_refuses_bad_requests(studio, tmp_path, tiny_bundle):
         studio.attention.view(AttentionRequest(EXAMPLE, str(outside), defaults.student))
     with pytest.raises(StudioError, match='choose two checkpoints on offer'):
         studio.compare.view(str(outside), defaults.student)
+    # A model on offer named by its absolute server path is refused as any other path is (issue #41): answering
+    # it would let a client confirm where the app is installed. Its listed name still works.
+    offered = studio.offer.find(defaults.teacher)
+    assert Path(offered.key).is_absolute() and offered.name == defaults.teacher
+    for spelling in (offered.key, str(Path(offered.key).resolve())):
+        with pytest.raises(StudioError) as refused:
+            studio.attention.view(AttentionRequest(EXAMPLE, spelling, defaults.student))
+        assert 'is not one of the models on offer' in str(refused.value)
+    assert studio.offer.find(defaults.teacher) is offered
     with pytest.raises(StudioError, match='unknown head fusion'):
         studio.attention.view(AttentionRequest(EXAMPLE, defaults.teacher, defaults.student, 'median'))
     long_name = 'x' * 100_000  # quoted, not echoed whole
