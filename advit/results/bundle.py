@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from ..measure.faithfulness import (
     verdict,
 )
 from ..measure.probe import PROBE_FILE
-from ..training.run_folder import read_json, read_metrics
+from ..training.run_folder import read_json, read_metrics, read_sessions
 from ..training.train import fields_with_role
 from .agreement import agreement_markdown
 from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
@@ -351,6 +352,33 @@ def refresh_goals(out: str | Path) -> None:
         tmp.write_text('\n'.join(lines[:begin] + goals_account(results, best).rstrip('\n').split('\n') + lines[end:]))
 
 
+def sessions_text(runs: Path, names: list[str]) -> str:
+    """Each run's sittings (``run_folder.read_sessions``: machine, steps, wall time, when it started) and their
+    sums, for a bundle trained across sessions; '' where no run recorded them (runs from before they were)."""
+    rows = []
+    for name in names:
+        sittings = read_sessions(runs / name)
+        for index, sitting in enumerate(sittings, 1):
+            started = sitting.get('started')
+            rows.append(dict(run=name, sitting=index, machine=sitting.get('machine'),
+                             started=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started)) if started else None,
+                             steps=f"{sitting.get('first_step')}-{sitting.get('last_step')}",
+                             wall=sitting.get('wall_s')))
+        if len(sittings) > 1:
+            trained = sum((s.get('last_step') or 0) - (s.get('first_step') or 0) for s in sittings)
+            rows.append(dict(run=name, sitting='all', machine=f"{len({s.get('machine') for s in sittings})} machine(s)",
+                             started=None, steps=f'{trained} trained', wall=round(sum(s.get('wall_s') or 0
+                                                                                     for s in sittings), 1)))
+    if not rows:
+        return ''
+    return ('\nEach run\'s sittings (`sessions.json`): a run resumed in a later session, or on another machine, '
+            'adds one. Steps a killed sitting made after its last save are made again by the next, so the steps '
+            'summed can exceed the run\'s length; the wall time is the sitting\'s own clock, from start to its last '
+            'record.\n\n' + markdown_table(rows, [('run', 'run'), ('sitting', 'sitting'), ('machine', 'machine'),
+                                                  ('started', 'started'), ('steps', 'steps'),
+                                                  ('wall', 'wall time (s)')]))
+
+
 def _curves(runs: Path, names: list[str]) -> str:
     """Validation top-1 at each evaluation, one column per run."""
     curves = {}
@@ -546,6 +574,6 @@ are not repeated here.
 `scripts/train_bundle.sh` ran these commands (wall time includes start-up and evaluation), then
 `advit bundle`:
 
-{runs_text}
+{runs_text}{sessions_text(runs, names)}
 Bundle: {len(shipped)} weight files, {len(names)} evaluations, {files_size / 1e6:.1f} MB without this card.
 '''

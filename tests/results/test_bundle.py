@@ -408,4 +408,6 @@ def test_the_long_bundle_trains_its_four_students_and_records_each_sitting(tmp_p
     for name in trained:
         [sitting] = read_sessions(runs / name)
         assert sitting['machine'] == machine() and (sitting['first_step'], sitting['last_step']) == (0, 2)
-    assert (out / 'README.md').is_file() and (out / f'{TEACHER}.safetensors').is_file()
+    card = (out / 'README.md').read_text()
+    assert (out / f'{TEACHER}.safetensors').is_file() and "Each run's sittings" in card
+    assert f'| {TEACHER} | 1 | {machine()} |' in card and '| 0-2 |' in card, 'the card names each sitting'

@@ -38,3 +38,19 @@ def test_the_goals_account_is_rewritten_from_the_bundles_files_in_place(tmp_path
     assert (before, after) == (old_before, old_after) and '99%' not in refreshed
     refresh_goals(bundle)
     assert (bundle / 'README.md').read_text() == refreshed
+
+
+def test_the_card_adds_up_a_run_trained_across_sittings(tmp_path):
+    """The long bundle's runs resume across sessions and machines: each sitting a row, and their sums."""
+    from advit.core.io import write_json
+    from advit.results.bundle import sessions_text
+    run = tmp_path / 'teacher'
+    run.mkdir()
+    write_json(run / 'sessions.json', {'sessions': [
+        dict(machine='AMD EPYC, 2 cores, bf16 natively', started=1.8e9, first_step=0, last_step=1200, wall_s=3600.0),
+        dict(machine='Intel Xeon, 2 cores, bf16 natively', started=1.8e9 + 86400, first_step=1000, last_step=3000,
+             wall_s=2400.5)]})
+    text = sessions_text(tmp_path, ['teacher', 'vit'])  # vit: a run from before sittings were recorded
+    assert '| teacher | 1 | AMD EPYC, 2 cores, bf16 natively | 2027-01-15 08:00 UTC | 0-1200 | 3600.00 |' in text
+    assert '| teacher | all | 2 machine(s) | – | 3200 trained | 6000.50 |' in text
+    assert '| vit |' not in text and sessions_text(tmp_path, ['vit']) == ''
