@@ -21,7 +21,7 @@ import timm
 
 from ..core import models
 from ..core.checkpoint import read_metadata
-from ..core.checks import RequestError, number
+from ..core.checks import RequestError, number, shown_value
 from ..core.data import OFFICIAL_CIFAR10
 from ..core.io import REPO
 from ..core.weights import CheckpointError
@@ -129,7 +129,7 @@ def parse_model_args(text: str) -> dict[str, Any]:
     for item in filter(None, (part.strip() for part in (text or '').split(','))):
         key, sep, value = item.partition('=')
         if not sep or not key.strip():
-            raise JobError(f'architecture arguments are KEY=VALUE pairs, got {item!r}')
+            raise JobError(f'architecture arguments are KEY=VALUE pairs, got {shown_value(item)}')
         try:
             args[key.strip()] = json.loads(value.strip())
         except json.JSONDecodeError:
@@ -198,11 +198,11 @@ class TrainDesk:
         else:
             offered = self.teachers()
             if teacher not in offered:
-                raise JobError(f'teacher {teacher} is not one of the checkpoints on offer (the bundle and '
+                raise JobError(f'teacher {shown_value(teacher)} is not one of the checkpoints on offer (the bundle and '
                                'finished runs)')
             path = Path(offered[teacher])
         if not path.is_file():
-            raise JobError(f'teacher checkpoint not found: {teacher}')
+            raise JobError(f'teacher checkpoint not found: {shown_value(teacher)}')
         return str(path)
 
     def _dataset(self, data: str) -> str:
@@ -219,11 +219,11 @@ class TrainDesk:
         if self.data_roots is not None and \
                 not any(resolved.is_relative_to(root.resolve()) for root in self.data_roots):
             allowed = ', '.join(self.scrub(str(root)) for root in self.data_roots)
-            raise JobError(f'dataset {data} is outside the folders this server allows ({allowed})')
+            raise JobError(f'dataset {shown_value(data)} is outside the folders this server allows ({allowed})')
         if not resolved.exists():
-            raise JobError(f'dataset not found: {data}')
+            raise JobError(f'dataset not found: {shown_value(data)}')
         if not os.access(resolved, os.R_OK | (os.X_OK if resolved.is_dir() else 0)):
-            raise JobError(f'dataset {data} cannot be read by this server')
+            raise JobError(f'dataset {shown_value(data)} cannot be read by this server')
         return str(resolved)
 
     def teacher_size(self, teacher: str | None) -> int | None:
@@ -241,9 +241,9 @@ class TrainDesk:
         """Queue a training job from the form's values, each checked as it enters; return its status."""
         self._authorise(token)
         if form.length not in LENGTHS:
-            raise JobError(f'run length is epochs, steps or seconds, not {form.length!r}')
+            raise JobError(f'run length is epochs, steps or seconds, not {shown_value(form.length)}')
         if form.device not in DEVICES:
-            raise JobError(f'device is auto, cpu or cuda, not {form.device!r}')
+            raise JobError(f'device is auto, cpu or cuda, not {shown_value(form.device)}')
         try:  # every number checked as it enters: finite, whole where it counts, in range, or refused
             amount = number(form.amount, f'the number of {form.length}', 1 if form.length == 'steps' else 1e-6, 1e12,
                             whole=form.length == 'steps')  # then held to this server's limits when queued

@@ -87,7 +87,7 @@ class JobLimits:
                 try:
                     changes[field_name] = kind(float(value)) if kind is int else kind(value)
                 except ValueError:
-                    raise JobError(f'{variable}={value!r} is not a number') from None
+                    raise JobError(f'{variable}={shown_value(value)} is not a number') from None
         return replace(base, **changes)
 
 
@@ -121,10 +121,11 @@ def _group_methods(settings: dict[str, Any]) -> list[str] | None:
     if 'method' in settings:
         raise JobError('give method or methods, not both')
     if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise JobError(f'methods is a list of one or more method names, got {methods!r}')
+        raise JobError(f'methods is a list of one or more method names, got {shown_value(methods)}')
     twice = sorted({m for m in methods if methods.count(m) > 1})
     if twice:
-        raise JobError(f'method {", ".join(twice)} is named twice: each student of a group has its own method')
+        raise JobError(f'method {shown_value(", ".join(twice), quoted=False)} is named twice: each student of a group '
+                       'has its own method')
     return methods  # unknown ones are refused with the rest of each student's settings (train.validate)
 
 
@@ -222,12 +223,12 @@ class JobManager:
             with torch.device('meta'):
                 model = create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args)
         except (ValueError, TypeError, RuntimeError, AssertionError) as err:
-            raise JobError(f'cannot build {cfg.model} with {cfg.model_args}: {err}') from err
+            raise JobError(f'cannot build {cfg.model} with {shown_value(cfg.model_args)}: {err}') from err
         params = sum(p.numel() for p in model.parameters())
         if params * students > self.limits.max_params:
             group = f', {params * students / 1e6:.1f}M for its {students} students' if students > 1 else ''
-            raise JobError(f'{cfg.model} with {cfg.model_args} has {params / 1e6:.1f}M parameters{group}: the limit '
-                           f'here is {self.limits.max_params / 1e6:.1f}M')
+            raise JobError(f'{cfg.model} with {shown_value(cfg.model_args)} has {params / 1e6:.1f}M parameters{group}: '
+                           f'the limit here is {self.limits.max_params / 1e6:.1f}M')
 
     def _apply_limits(self, settings: dict[str, Any]) -> None:
         limits = self.limits
@@ -354,7 +355,7 @@ class JobManager:
         run = self._run(name)
         record = read_json(run / 'job.json')
         if record is None:
-            raise JobError(f'{name} is not a job (no job.json)')
+            raise JobError(f'{shown_value(name)} is not a job (no job.json)')
         request = read_json(run / 'request.json') or {}
         methods = record.get('methods')
         reported = _group_status([run / method for method in methods]) if methods else \
@@ -406,7 +407,7 @@ class JobManager:
         if method is not None:  # the job's records say which students it has
             folders = self.students(name)
             if method not in folders:
-                raise JobError(f'{name} has no {method} student: it has {", ".join(folders)}')
+                raise JobError(f'{shown_value(name)} has no {shown_value(method)} student: it has {", ".join(folders)}')
             folder = folders[method]
         return read_metrics(folder)
 
@@ -464,7 +465,9 @@ class JobManager:
             except ProcessLookupError:
                 pass
 
-    def _run(self, name: str) -> Path:
+    def _run(self, name: Any) -> Path:
+        if not isinstance(name, str) or not name or '\x00' in name or len(name) > 255:  # before any path is built
+            raise JobError(f'{shown_value(name)} is not a job\'s name: {NAME_RULE}')
         root = self.runs_dir.resolve()
         run = (root / name).resolve()
         if run.parent != root:

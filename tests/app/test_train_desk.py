@@ -162,7 +162,7 @@ def test_parse_model_args():
     (dict(model='vit_nonexistent'), 'unknown model'),
     (dict(model_args='depth'), 'KEY=VALUE'),
     (dict(method='advit_l1', teacher='/nowhere/teacher.safetensors'),
-     'teacher checkpoint not found: /nowhere/teacher.safetensors'),
+     "teacher checkpoint not found: '/nowhere/teacher.safetensors'"),
     (dict(method='advit_l1'), 'needs a teacher'),
     (dict(data='/nowhere/cifar'), 'dataset not found'),
     (dict(length='steps', amount=0.5), 'the number of steps must be a whole number, got 0.5'),
@@ -348,7 +348,7 @@ def test_start_queues_several_methods_as_one_group_job(tmp_path, cifar_archive, 
     (['vit', 'advit_l1'], None, 'method advit_l1 needs a teacher'),
     ([], 'fixture', 'methods is a list of one or more method names'),
     (None, 'fixture', 'methods is a list of one or more method names'),
-    (['vit', 'deit_hard'], '/nowhere/teacher.safetensors', 'teacher checkpoint not found: /nowhere/teacher.safetensors'),
+    (['vit', 'deit_hard'], '/nowhere/teacher.safetensors', "teacher checkpoint not found: '/nowhere/teacher.safetensors'"),
 ])
 def test_start_refuses_a_bad_group_before_any_process_starts(methods, teacher, message, tmp_path, cifar_archive,
                                                               teacher_checkpoint, desks):

@@ -432,6 +432,14 @@ def test_metrics_skip_corrupt_and_torn_lines_and_log_tail_gives_the_last_lines(t
     assert manager.log_tail(name).splitlines() == [f'line {i}' for i in range(60, 100)]
     with pytest.raises(JobError, match='not a job'):
         manager.status('missing')
+    # What a client may send as a job's name (issue #41): each refused in one short sentence, never echoed
+    # whole, never Python's own message ("embedded null byte", "unsupported operand type").
+    for sent in ('x' * 100_000, 'a\x00b', 7, ['table1'], None, '', '../outside'):
+        for call in (manager.status, manager.cancel, manager.resume, manager.log_tail):
+            with pytest.raises(JobError) as refused:
+                call(sent)
+            message = str(refused.value)
+            assert len(message) < 300 and 'null byte' not in message and 'operand' not in message, message
 
 
 # --- group jobs: several students in one process ---------------------------------------------------
