@@ -128,21 +128,22 @@ def opening_views():
     Attention output, the last layer large, the deletion curves), and the default Compare pair on
     every class when their predictions are saved. A part that cannot be made (no models yet, predictions
     not computed) leaves its outputs as they are."""
-    skip = gr.skip()
     form = dict(image=EXAMPLES[0] if EXAMPLES else None, teacher=defaults.teacher, student=defaults.student)
+    shown = {}  # by component: what is not made is not in it, and stays as it is on the page
     try:
-        shown = attention(**form)
         layers = offer.layers(defaults.student)
-        attention_views = [form['image'], *shown, gr.Slider(maximum=max(layers, 2), value=layers),
-                           attention_layer(**form, layer=layers), *faithfulness(**form)]
+        shown.update({image: form['image'], **dict(zip(attention_outputs, attention(**form))),
+                      layer: gr.Slider(maximum=max(layers, 2), value=layers),
+                      layer_large: attention_layer(**form, layer=layers),
+                      **dict(zip(faithfulness_outputs, faithfulness(**form)))})
     except gr.Error:
-        attention_views = [skip] * 16
+        pass
     try:  # from saved predictions only: a pair of 224 models on 2 cores would take the CPU for many minutes
         view = studio.compare.view(defaults.compare_a, defaults.compare_b, 'all', compute=False)
-        compare_views = list(compare_answer(view))
+        shown.update(zip(compare_outputs, compare_answer(view)))
     except StudioError:
-        compare_views = [skip] * 6
-    return attention_views + compare_views
+        pass
+    return shown
 
 
 def compare_answer(view):
@@ -304,6 +305,7 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 faithful_plot = gr.Plot(label='Deletion curves on this image', elem_id='faithfulness-plot')
                 faithful_summary = gr.Markdown(elem_id='faithfulness-summary')
                 faithful_data = gr.JSON(visible=False)
+                faithfulness_outputs = [faithful_plot, faithful_summary, faithful_data]
                 gap_rows = gr.Dataframe(headers=['student layer', 'teacher layer', 'L1', 'L2', 'KL'],
                                         label='Gap per layer', interactive=False)
                 with gr.Row():
@@ -325,9 +327,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
               outputs=attention_outputs, api_name='attention', validator=needs_image).success(
             layer_range, inputs=[student, layer], outputs=[layer, layer_large], api_visibility='private').success(
             faithfulness, inputs_kwargs=dict(image=image, **pair, protocol=protocol),
-            outputs=[faithful_plot, faithful_summary, faithful_data], api_name='faithfulness')
+            outputs=faithfulness_outputs, api_name='faithfulness')
         protocol.change(faithfulness, inputs_kwargs=dict(image=image, **pair, protocol=protocol),
-                        outputs=[faithful_plot, faithful_summary, faithful_data], api_visibility='private')
+                        outputs=faithfulness_outputs, api_visibility='private')
         with gr.Accordion('A few images at once: one layer, teacher and student on each', open=False):
             with gr.Row():
                 batch = gr.File(label=f'Up to {BATCH_LIMIT} images (none: the first {BATCH_LIMIT} examples)',
@@ -529,8 +531,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
 
     refresh_button.click(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
     demo.load(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
-    demo.load(opening_views, outputs=[image, *attention_outputs, layer, layer_large, faithful_plot, faithful_summary,
-                                      faithful_data, *compare_outputs], api_visibility='private')
+    demo.load(opening_views, outputs=[image, *attention_outputs, layer, layer_large, *faithfulness_outputs,
+                                      *compare_outputs], api_visibility='private')
     if default_source is not None:  # the view opens drawn, on the bundle's best ADViT student
         demo.load(training_controls, inputs=[source, probe_student], outputs=[probe_student, evaluation, probe_image],
                   api_visibility='private').success(training_view, inputs_kwargs=training_form,
