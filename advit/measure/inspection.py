@@ -70,8 +70,10 @@ def model_input(image: Image.Image, meta: dict[str, Any], model: nn.Module) -> t
     return normalize(tensor, tuple(mean), tuple(std))
 
 
-def head_maps(model: nn.Module, inputs: torch.Tensor, attn_norm: str = DEFAULT_NORMALIZATION) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, per-head [CLS] maps of shape (batch, layers, heads, patches)) of one forward."""
+def forward_head_maps(model: nn.Module, inputs: torch.Tensor,
+                      attn_norm: str = DEFAULT_NORMALIZATION) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, every layer's per-head [CLS] maps, (batch, layers, heads, patches)) of one forward; not to be taken
+    for ``rollout.head_maps``, one layer's maps from attention already recorded."""
     with ClsAttentionCapture(model, attn_norm) as capture, torch.inference_mode():
         logits = model(inputs)
         maps = capture.pop()
@@ -110,7 +112,7 @@ def inspect_model(model: nn.Module, meta: dict[str, Any], image: Image.Image, fu
         image: Any RGB image, resized to the model's input size.
         fusion: ``'mean'``, ``'max'`` or a head index.
     """
-    logits, maps = head_maps(model, model_input(image, meta, model), trained_normalization(meta))
+    logits, maps = forward_head_maps(model, model_input(image, meta, model), trained_normalization(meta))
     return ModelAttention(maps=fuse_heads(maps, fusion)[0, :, 0].numpy(), grid=patch_grid(model), top5=top5(logits, meta.get('classes', [])))
 
 
@@ -139,8 +141,8 @@ def inspect_pair(
     if fusion == 'none':
         raise ValueError('choose mean, max or one head to display')
     attn_norm = trained_normalization(student_meta)
-    teacher_logits, teacher_maps = head_maps(teacher, model_input(image, teacher_meta, teacher), attn_norm)
-    student_logits, student_maps = head_maps(student, model_input(image, student_meta, student), attn_norm)
+    teacher_logits, teacher_maps = forward_head_maps(teacher, model_input(image, teacher_meta, teacher), attn_norm)
+    student_logits, student_maps = forward_head_maps(student, model_input(image, student_meta, student), attn_norm)
     layer_map = student_meta.get('layer_map')
     try:
         layer_mapping(student_maps.shape[1], teacher_maps.shape[1], layer_map)
