@@ -407,7 +407,7 @@ class JobManager:
         if method is not None:  # the job's records say which students it has
             folders = self.students(name)
             if method not in folders:
-                raise JobError(f'{shown_value(name)} has no {shown_value(method)} student: it has {", ".join(folders)}')
+                raise JobError(f'{name} has no {shown_value(method)} student: it has {", ".join(folders)}')
             folder = folders[method]
         return read_metrics(folder)
 

@@ -48,7 +48,14 @@ def client(app_url) -> Client:
 
 @pytest.fixture(scope='module')
 def keys(tiny_bundle) -> dict[str, str]:
-    return {name: f'{tiny_bundle.name}/{name}.safetensors' for name in ('teacher', 'advit_l1', 'deit_hard')}  # as listed
+    """The models by the names the app lists them under: how a request names a model."""
+    return {name: f'{tiny_bundle.name}/{name}.safetensors' for name in ('teacher', 'advit_l1', 'deit_hard')}
+
+
+@pytest.fixture(scope='module')
+def files(tiny_bundle) -> dict[str, Path]:
+    """The same models' files, for what the test reads itself."""
+    return {name: tiny_bundle / f'{name}.safetensors' for name in ('teacher', 'advit_l1', 'deit_hard')}
 
 
 def attention(client: Client, image, keys, fusion='mean', head=0):
@@ -60,7 +67,7 @@ def page_config(url: str) -> str:
     return urllib.request.urlopen(f'{url}/config', timeout=30).read().decode()
 
 
-def test_attention_endpoint_maps_and_gaps_match_advit(client, keys):
+def test_attention_endpoint_maps_and_gaps_match_advit(client, keys, files):
     panels, figure, table, teacher_top5, student_top5, data, paper_figure, downloads, seen, seen_note = \
         attention(client, EXAMPLE, keys)
     # What the student reads: the example (32x32 already) shown 4x by whole pixels, and the classes it knows.
@@ -84,7 +91,7 @@ def test_attention_endpoint_maps_and_gaps_match_advit(client, keys):
     assert all(len(layer['teacher_map']) == len(layer['student_map']) == 64 for layer in layers)
 
     cache = ModelCache()
-    (teacher, teacher_meta), (student, student_meta) = cache.get(keys['teacher']), cache.get(keys['advit_l1'])
+    (teacher, teacher_meta), (student, student_meta) = cache.get(str(files['teacher'])), cache.get(str(files['advit_l1']))
     direct = inspect_pair(teacher, teacher_meta, student, student_meta, load_image(EXAMPLE), 'mean')
     for i, layer in enumerate(layers):
         for kind in ('l1', 'l2', 'kl'):
@@ -111,10 +118,10 @@ def plotly_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def test_compare_endpoint_matches_saved_predictions(client, keys, cifar):
+def test_compare_endpoint_matches_saved_predictions(client, keys, files, cifar):
     summary, a_only, b_only, table, _, confusion = client.predict(keys['advit_l1'], keys['deit_hard'], 'all',
                                                                   api_name='/compare')
-    a, b = load_predictions(keys['advit_l1']), load_predictions(keys['deit_hard'])
+    a, b = load_predictions(files['advit_l1']), load_predictions(files['deit_hard'])
     expected = Comparison(a['labels'].astype(int), a['preds'].astype(int), b['preds'].astype(int),
                           cifar['test'].classes)
     assert table['data'] == expected.table()

@@ -496,7 +496,7 @@ def test_a_group_job_is_final_only_once_every_student_is(tmp_path, cifar_archive
     (run / 'vit' / 'metrics.jsonl').write_text('{"event": "train", "step": 1, "loss": 2.3}\n')
     assert manager.metrics(name, 'vit') == [{'event': 'train', 'step': 1, 'loss': 2.3}]
     assert manager.metrics(name, 'advit_l1') == [] and manager.metrics(name) == []
-    with pytest.raises(JobError, match='group has no deit_hard student: it has vit, advit_l1'):
+    with pytest.raises(JobError, match="group has no 'deit_hard' student: it has vit, advit_l1"):
         manager.metrics(name, 'deit_hard')
 
 
