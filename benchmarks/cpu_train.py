@@ -217,10 +217,12 @@ def main(argv: list[str] | None = None) -> None:
                         for layout in ('contiguous', 'channels_last')}
             results['teacher'] = dict(model=args.teacher_model, plain_images_per_s=plain,
                                       levers_over_plain={k: v / plain for k, v in levers.items()},
-                                      bare_channels_last_over_contiguous=channels['channels_last'] / channels['contiguous'])
+                                      bare_channels_last_over_contiguous=(channels['channels_last']
+                                                                          / channels['contiguous']))
             print(f"teacher {args.teacher_model}: advit train {plain:.1f} img/s; "
                   + ', '.join(f'{k} {v / plain:.3f}x' for k, v in levers.items())
-                  + f"; bare step channels-last / contiguous {results['teacher']['bare_channels_last_over_contiguous']:.3f}",
+                  + '; bare step channels-last / contiguous '
+                  + f"{results['teacher']['bare_channels_last_over_contiguous']:.3f}",
                   flush=True)
         if 'profile' in parts:
             path = results.get('student_auto_path') or auto_path(args.model)

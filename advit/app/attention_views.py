@@ -194,8 +194,8 @@ class AttentionViews:
             curves[role] = measure_faithfulness(
                 model, inputs, predicted, trained_normalization(meta), meta.get('head_fusion') or 'mean',
                 sources=(last_layer(source_names(len(model.blocks))), ROLLOUT, GRADIENT_ROLLOUT),  # those drawn
-                fractions=IMAGE_FRACTIONS, modes=('deletion',), orders=('map', 'random'), random_orders=IMAGE_RANDOM_ORDERS,
-                protocol=request.protocol)
+                fractions=IMAGE_FRACTIONS, modes=('deletion',), orders=('map', 'random'),
+                random_orders=IMAGE_RANDOM_ORDERS, protocol=request.protocol)
         lines = []
         for role, c in curves.items():
             def left(source: str, order: str = 'map', c=c) -> str:

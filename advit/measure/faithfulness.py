@@ -109,7 +109,8 @@ def headline(evaluation: dict[str, Any], protocol: str = HEADLINE_PROTOCOL,
     measured = evaluation.get(evaluation_key(protocol)) or {}
     # From the curves where the file has them, so that a summary written before a measure was added (the
     # relevance gain) still has it; else the summary as written.
-    summary = FaithfulnessCurves.from_dict(measured).summary() if 'accuracy' in measured else measured.get('summary', {})
+    summary = FaithfulnessCurves.from_dict(measured).summary() if 'accuracy' in measured else \
+        measured.get('summary', {})
     sources = summary.get('sources', {})
     last = last_layer(list(sources))
     chosen = {HEADLINE_MAPS[0]: sources[last] if last else {}, **{name: sources.get(name, {}) for name in WHOLE_MODEL_MAPS}}

@@ -85,13 +85,14 @@ def agreement_markdown(evaluations: dict[str, dict[str, Any]]) -> str:
         cells = [f"{row[p]['quarter_drop']:+.1f} ± {row[p]['quarter_drop_se']:.1f} ({row[p]['verdict']}) | "
                  f"{row[p]['relevance_gain']:+.3f}" for p in PROTOCOLS]
         lines.append(f"| {row['model']} | {row['map']} | " + ' | '.join(cells) + ' |')
-    lines += ['', '| protocols | Kendall tau, quarter drops | Kendall tau, relevance gains | same verdict | verdicts that differ |',
-              '| --- | --- | --- | --- | --- |']
+    lines += ['', '| protocols | Kendall tau, quarter drops | Kendall tau, relevance gains | same verdict | '
+                  'verdicts that differ |', '| --- | --- | --- | --- | --- |']
     for pair, measured in agreement(rows).items():
         taus = [f'{measured[f"tau_{m}"]:+.2f}' if measured[f'tau_{m}'] is not None else 'n/a' for m in MEASURES]
         lines.append(f"| {pair} | {taus[0]} | {taus[1]} | {measured['same_verdict']:.0%} | "
                      f"{', '.join(measured['differing']) or 'none'} |")
     missing = missing_protocols(evaluations)
     if missing:
-        lines += ['', 'Not measured under every protocol: ' + '; '.join(f'{n} ({", ".join(p)})' for n, p in missing.items())]
+        lines += ['', 'Not measured under every protocol: ' + '; '.join(f'{name} ({", ".join(protocols)})'
+                                                                        for name, protocols in missing.items())]
     return '\n'.join(lines)

@@ -91,7 +91,7 @@ def test_attention_endpoint_maps_and_gaps_match_advit(client, keys, files):
     assert all(len(layer['teacher_map']) == len(layer['student_map']) == 64 for layer in layers)
 
     cache = ModelCache()
-    (teacher, teacher_meta), (student, student_meta) = cache.get(str(files['teacher'])), cache.get(str(files['advit_l1']))
+    (teacher, teacher_meta), (student, student_meta) = (cache.get(str(files[name])) for name in ('teacher', 'advit_l1'))
     direct = inspect_pair(teacher, teacher_meta, student, student_meta, load_image(EXAMPLE), 'mean')
     for i, layer in enumerate(layers):
         for kind in ('l1', 'l2', 'kl'):
