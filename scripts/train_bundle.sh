@@ -75,6 +75,9 @@ else
     "${EXTRA_FLAGS[@]}"
 fi
 
+# A teacher stopped short (cancelled by SIGTERM at a session's end, which exits cleanly) is resumed by the next
+# start, never taught from: the students wait for a finished teacher.
+finished "$RUNS/teacher" || { echo "== teacher not finished: run this script again to resume it; the students wait"; exit 3; }
 train_students students "$RUNS" --teacher "$RUNS/teacher/best.safetensors" --data "$DATA" \
   --preset "$BUNDLE-student" "${student_budget[@]}" "${EXTRA_FLAGS[@]}"
 

@@ -411,3 +411,21 @@ def test_the_long_bundle_trains_its_four_students_and_records_each_sitting(tmp_p
     card = (out / 'README.md').read_text()
     assert (out / f'{TEACHER}.safetensors').is_file() and "Each run's sittings" in card
     assert f'| {TEACHER} | 1 | {machine()} |' in card and '| 0-2 |' in card, 'the card names each sitting'
+
+
+def test_the_students_wait_for_a_teacher_stopped_short(tmp_path, cifar_archive):
+    """A session's end cancels the long teacher (SIGTERM saves its last checkpoint and `advit train` exits cleanly):
+    the script must not go on to teach students from it, and says so."""
+    runs = tmp_path / 'runs'
+    (runs / TEACHER).mkdir(parents=True)
+    (runs / TEACHER / 'status.json').write_text(json.dumps({'state': 'cancelled', 'step': 1}))
+    (runs / TEACHER / 'last.safetensors').write_bytes(b'')
+    # `advit train` as a cancelled run leaves it: it exits 0 and the teacher's status still says cancelled.
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\n[ "$1" = "-m" ] && exit 0\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = dict(os.environ, RUNS=str(runs), DATA=str(cifar_archive), PYTHON=str(python), BUNDLE='long-bundle')
+    result = subprocess.run(['bash', str(SCRIPT), str(tmp_path / 'out')], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 3 and 'teacher not finished' in result.stdout, result.stdout[-2000:]
+    assert not any((runs / name).exists() for name in STUDENTS), 'no student started from an unfinished teacher'
