@@ -22,7 +22,7 @@ from advit.app.render import PANEL_SIZE, layer_panels, overlay
 from advit.app.training_view import (ProbeError, find_probes, gap_curves, gap_heatmap, load_probe,
                                  step_report, students_faithfulness_figure, students_gap_figure)
 
-pytestmark = pytest.mark.slow  # trains a group run first: `make test`, not `make check`
+# Tests that train runs first (their fixtures) are marked slow: `make test`; the rest run in `make check`.
 
 BUNDLE = REPO / 'checkpoints'
 BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'deit_hard', 'vit')
@@ -37,6 +37,7 @@ def group_run(tmp_path_factory, data_flags, teacher_checkpoint):
     return out
 
 
+@pytest.mark.slow
 def test_probes_are_found_for_checkpoints_runs_groups_and_the_bundle(group_run, tmp_path):
     probe = group_run / 'advit_l1' / 'attention_probe.npz'
     assert find_probes(group_run) == {'advit_l1': probe, 'vit': group_run / 'vit' / 'attention_probe.npz'}
@@ -110,6 +111,7 @@ def test_corrupt_or_foreign_files_are_refused_with_a_message(tmp_path):
         load_probe(tmp_path / 'missing.npz')
 
 
+@pytest.mark.slow
 def test_the_heatmap_and_curves_draw_the_files_gaps(group_run):
     for path in (BUNDLE / 'advit_l1.probe.npz', group_run / 'advit_l1' / 'attention_probe.npz'):
         raw, probe = read_probe(path), load_probe(path)
@@ -138,6 +140,7 @@ def test_the_heatmap_and_curves_draw_the_files_gaps(group_run):
         {kind: raw['gaps'][:, index].tolist() for index, kind in enumerate(raw['kinds'])}
 
 
+@pytest.mark.slow
 def test_the_faithfulness_of_each_evaluation_is_recorded_and_drawn(group_run, tmp_path):
     """Each evaluation's quarter drops (as its metrics line has them) are in the probe, and drawn per
     student: the last layer's, rollout's and gradient rollout's; probes from before the measure draw a note."""
@@ -162,6 +165,7 @@ def test_the_faithfulness_of_each_evaluation_is_recorded_and_drawn(group_run, tm
     assert not older.data and 'not recorded' in older.layout.annotations[0].text
 
 
+@pytest.mark.slow
 def test_one_chart_shows_the_vit_gap_staying_large_while_the_advit_gap_shrinks(group_run):
     probes = load_probes(BUNDLE)
     curves = {curve.name: np.asarray(curve.y) for curve in students_gap_figure(probes, 'l1').data}
@@ -180,6 +184,7 @@ def step_panels(probe, evaluation: int, image: int, opacity: float = 0.6):
     return layer_panels(step_report(probe, evaluation, image), probe.image(image), opacity)
 
 
+@pytest.mark.slow
 def test_the_step_panels_show_the_recorded_maps_pairwise_on_one_scale(group_run):
     probe = load_probe(BUNDLE / 'advit_l1.probe.npz')
     last = len(probe.steps) - 1
@@ -236,6 +241,7 @@ def assert_gaps_match(probe, student: torch.Tensor, teacher: torch.Tensor, step:
     return row
 
 
+@pytest.mark.slow
 def test_the_recorded_gaps_are_those_of_the_saved_checkpoints(group_run, teacher_checkpoint, cifar):
     """Each student's `best` (its validation-selected step) and `last` checkpoints, reloaded, give the
     probe's gaps at their step: recomputed on the same held-out images (the run's first 128 of its
@@ -264,6 +270,7 @@ def test_the_recorded_gaps_are_those_of_the_saved_checkpoints(group_run, teacher
             np.testing.assert_allclose(probe.teacher_maps, aligned[:kept].numpy(), rtol=rtol, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_bundles_records_are_those_of_its_shipped_checkpoints(cifar):
     """The shipped students' gaps against their probes' row at their step, on the runs' probe images (a fixed
     random 256 of the 5000 held out): within 1% (fp16 weights and a bf16 evaluation apart: 0.4% seen), where the

@@ -12,7 +12,7 @@ from advit.results.paper import PAPER_TOP1
 from advit.results.report import ReportError, load_run, table1
 from conftest import tiny_flags
 
-pytestmark = pytest.mark.slow  # trains runs of several seeds first: `make test`, not `make check`
+# Tests that train runs first (their fixtures) are marked slow: `make test`; the rest run in `make check`.
 
 
 @pytest.fixture(scope='module')
@@ -30,6 +30,7 @@ def evaluation(run) -> dict:
     return json.loads((run / 'best.eval.json').read_text())
 
 
+@pytest.mark.slow
 def test_table1_mean_and_spread_over_seeds_match_the_runs(runs, tmp_path, capsys):
     assert main(['report', *(str(runs / n) for n in ('vit-0', 'vit-1', 'deit-0')), '--out', str(tmp_path),
                  '--compare', str(runs / 'vit-0'), str(runs / 'deit-0')]) == 0
@@ -54,6 +55,7 @@ def test_table1_mean_and_spread_over_seeds_match_the_runs(runs, tmp_path, capsys
     assert '| airplane |' in (tmp_path / 'table2.md').read_text()
 
 
+@pytest.mark.slow
 def test_runs_that_differ_in_more_than_the_seed_are_their_own_rows(runs, tmp_path):
     """vit-0 and vit-1 are seed repeats; vit-lr has another learning rate: never averaged with them."""
     assert main(['report', *(str(runs / n) for n in ('vit-0', 'vit-1', 'vit-lr')), '--out', str(tmp_path)]) == 0
@@ -66,6 +68,7 @@ def test_runs_that_differ_in_more_than_the_seed_are_their_own_rows(runs, tmp_pat
     assert '| lr=0.005 |' in (tmp_path / 'table1.md').read_text()
 
 
+@pytest.mark.slow
 def test_a_single_run_has_no_spread(runs):
     rows = table1([load_run(runs / 'vit-0')])
     assert rows[0]['params_m'] > 0 and rows[0]['top1_std'] == 0.0
@@ -78,6 +81,7 @@ def test_a_folder_without_an_evaluated_checkpoint_is_refused(tmp_path, capsys):
     assert 'no evaluated best checkpoint' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_papers_numbers_come_labelled_with_their_setting(runs, tmp_path):
     assert main(['report', str(runs / 'vit-0'), '--out', str(tmp_path), '--paper']) == 0
     rows = list(csv.DictReader(open(tmp_path / 'table1.csv')))
