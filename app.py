@@ -68,11 +68,13 @@ def served_png(figure, stem: str) -> str:
 
 @user_errors
 def attention(**form):
+    """The Attention tab's answer, by component (the API returns them in ``attention_outputs``' order)."""
     view = studio.attention.view(AttentionRequest(**form))
     figure = served_png(view.paper_figure, 'attention')
     downloads = [figure, *(served.save_bytes(data, suffix, 'attention-maps') for suffix, data in view.downloads.items())]
-    return (served.gallery(view.panels), view.figure, view.table, view.teacher_top5, view.student_top5, view.data,
-            figure, downloads, served_png(view.seen, 'seen'), view.seen_note)
+    return {panels: served.gallery(view.panels), gap_plot: view.figure, gap_rows: view.table,
+            teacher_top5: view.teacher_top5, student_top5: view.student_top5, maps: view.data, paper_figure: figure,
+            attention_downloads: downloads, seen: served_png(view.seen, 'seen'), seen_note: view.seen_note}
 
 
 def needs_image(image, **others):
@@ -132,7 +134,7 @@ def opening_views():
     shown = {}  # by component: what is not made is not in it, and stays as it is on the page
     try:
         layers = offer.layers(defaults.student)
-        shown.update({image: form['image'], **dict(zip(attention_outputs, attention(**form))),
+        shown.update({image: form['image'], **attention(**form),
                       layer: gr.Slider(maximum=max(layers, 2), value=layers),
                       layer_large: attention_layer(**form, layer=layers),
                       **dict(zip(faithfulness_outputs, faithfulness(**form)))})
@@ -288,8 +290,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                 with gr.Row():
                     layer = gr.Slider(*LAYERS, value=attention_defaults.layer, step=1, label='Layer shown large',
                                       elem_id='layer-slider')
-                    downloads = gr.File(label='Downloads: the figure (PNG), the maps (.npz, JSON)',
-                                        file_count='multiple', interactive=False, elem_id='attention-downloads')
+                    attention_downloads = gr.File(label='Downloads: the figure (PNG), the maps (.npz, JSON)',
+                                                  file_count='multiple', interactive=False,
+                                                  elem_id='attention-downloads')
                 layer_large = gr.Image(label='One layer, large (move the slider)', show_label=False, type='filepath',
                                        interactive=False,
                                        elem_id='attention-layer')
@@ -321,8 +324,8 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
         attention_form = dict(image=image, **pair, fusion=fusion, head=head, opacity=opacity)
         layer.release(attention_layer, inputs_kwargs=dict(**attention_form, layer=layer), outputs=layer_large,
                       api_name='attention_layer')
-        attention_outputs = [panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure, downloads,
-                             seen, seen_note]
+        attention_outputs = [panels, gap_plot, gap_rows, teacher_top5, student_top5, maps, paper_figure,
+                             attention_downloads, seen, seen_note]
         gr.on([show.click, fusion.change, head.release, opacity.release], attention, inputs_kwargs=attention_form,
               outputs=attention_outputs, api_name='attention', validator=needs_image).success(
             layer_range, inputs=[student, layer], outputs=[layer, layer_large], api_visibility='private').success(
