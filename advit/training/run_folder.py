@@ -58,7 +58,8 @@ class RunStatus:
     def __init__(self, run: Path, enabled: bool) -> None:
         self.path, self.enabled = run / 'status.json', enabled
         self.fields: dict[str, Any] = {}
-        self.session: dict[str, Any] | None = None
+        self.session: dict[str, Any] | None = None  # this process's sitting, the last of ``sessions``
+        self.sessions: list[dict[str, Any]] = []
 
     def write(self, state: str, **fields: Any) -> None:
         if not self.enabled or not self.path.parent.is_dir():
@@ -69,15 +70,12 @@ class RunStatus:
             self._record_session(fields['step'])
 
     def _record_session(self, step: int) -> None:
-        path = self.path.parent / SESSIONS
-        sessions = read_sessions(self.path.parent)
-        if self.session is None:  # this process's first write: a new sitting, from the step it starts at
+        if self.session is None:  # this process's first write: the earlier sittings read once, a new one begun
+            self.sessions = read_sessions(self.path.parent)
             self.session = dict(machine=machine(), started=time.time(), first_step=step)
-            sessions.append(self.session)
-        else:
-            sessions[-1] = self.session
+            self.sessions.append(self.session)
         self.session.update(last_step=step, wall_s=round(time.time() - self.session['started'], 1))
-        write_json(path, {'sessions': sessions})
+        write_json(self.path.parent / SESSIONS, {'sessions': self.sessions})
 
 
 SESSIONS = 'sessions.json'
