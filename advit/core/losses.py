@@ -9,6 +9,10 @@ Method names, each combining cross-entropy with the terms it names:
 - ``advit_kl_paper`` (eq. 4 as printed): CE + w tau^2 KL(softmax(A_t / tau) || softmax(A_s / tau)).
   The softmax is applied to maps that are already distributions, which flattens them.
 - ``advit_kl``: CE + w KL(A_t || A_s) on the attention distributions themselves.
+- ``advit_relevance``: CE + w mean_layers sum_patches |A_s - R_t|, with R_t the teacher's gradient-weighted
+  [CLS] attention of the mapped layer (``relevance.layer_relevance``: the heads' mean of (dy/dA * A)+, y the
+  true class's logit, or the mixed target's weighted logits): the student's attention is pulled towards what
+  the teacher's decision uses, not only where it looks. It costs one teacher backward per batch.
 - ``deit_hard+advit_l1`` etc.: a DeiT logit term and an ADViT attention term at once.
 
 Labels may be soft targets (mixup / CutMix): cross-entropy takes them as given, the teacher sees the
@@ -34,18 +38,22 @@ from .alignment import compare_maps, layer_mapping
 from .capture import DEFAULT_NORMALIZATION, ClsAttentionCapture
 from .checks import shown_value
 from .models import model_normalization, patch_grid
+from .relevance import RELEVANCE_TARGETS, attention_gradients, layer_relevance
 
 LOGIT_METHODS = ('deit_hard', 'deit_soft')
-ATTENTION_METHODS = ('advit_l1', 'advit_l2', 'advit_kl_paper', 'advit_kl')
+ATTENTION_METHODS = ('advit_l1', 'advit_l2', 'advit_kl_paper', 'advit_kl', 'advit_relevance')
+RELEVANCE_DISTANCE = 'l1'  # advit_relevance compares its maps as advit_l1 does
 METHODS = ('vit', *LOGIT_METHODS, *ATTENTION_METHODS) + tuple(
     f'{logit}+{attn}' for logit in LOGIT_METHODS for attn in ATTENTION_METHODS)
 
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name: which logit distillation and which attention distance, if any."""
+    """A parsed method name: which logit distillation and which attention distance, if any, towards which of the
+    teacher's maps (``'attention'``: its [CLS] attention; ``'relevance'``: its gradient-weighted attention)."""
     logit: str | None
     attention: str | None
+    target: str = 'attention'
 
     @property
     def needs_teacher(self) -> bool:
@@ -59,6 +67,8 @@ def parse_method(name: str) -> Method:
     parts = name.split('+')
     logit = next((p for p in parts if p in LOGIT_METHODS), None)
     attention = next((p.removeprefix('advit_') for p in parts if p in ATTENTION_METHODS), None)
+    if attention == 'relevance':
+        return Method(logit=logit, attention=RELEVANCE_DISTANCE, target='relevance')
     return Method(logit=logit, attention=attention)
 
 
@@ -74,9 +84,11 @@ def renormalize(images: torch.Tensor, source: tuple, target: tuple) -> torch.Ten
 
 @dataclass(frozen=True)
 class TeacherOutput:
-    """The teacher's answer on one batch: its logits and, for attention methods, its per-head [CLS] maps."""
+    """The teacher's answer on one batch: its logits and, for attention methods, its per-head [CLS] maps and
+    (for ``advit_relevance``) its gradient-weighted ones."""
     logits: torch.Tensor
     maps: torch.Tensor | None  # (batch, layers, heads, patches), or None without capture
+    relevance: torch.Tensor | None = None  # (batch, layers, 1, patches): heads already fused, each a distribution
 
 
 class TeacherForward:
@@ -88,19 +100,38 @@ class TeacherForward:
             re-expressed in the teacher's own normalisation.
         capture: Record the teacher's attention (needed by attention methods).
         attn_norm: How the captured maps are normalised (``capture.NORMALIZATIONS``).
+        relevance: Also compute its gradient-weighted maps (``advit_relevance``), as
+            ``relevance.RELEVANCE_TARGETS`` names them; None: a forward without gradients only.
     """
 
-    def __init__(self, teacher: nn.Module, input_norm: tuple, capture: bool, attn_norm: str = DEFAULT_NORMALIZATION) -> None:
+    def __init__(self, teacher: nn.Module, input_norm: tuple, capture: bool, attn_norm: str = DEFAULT_NORMALIZATION,
+                 relevance: str | None = None) -> None:
         self.model = teacher.eval().requires_grad_(False)
         self.norm, self.input_norm = model_normalization(teacher), input_norm
         capture = capture and hasattr(teacher, 'blocks')  # a CNN has no attention: its losses refuse it
         self.capture = ClsAttentionCapture(teacher, attn_norm) if capture else None
+        if relevance is not None and relevance not in RELEVANCE_TARGETS:
+            raise ValueError(f'unknown relevance target {relevance!r}: choose one of {", ".join(RELEVANCE_TARGETS)}')
+        self.relevance = relevance if capture else None
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> TeacherOutput:
-        """The teacher's logits and per-head maps on ``images`` (normalised for the students)."""
-        logits = self.model(renormalize(images, self.input_norm, self.norm))
-        return TeacherOutput(logits, self.capture.pop() if self.capture else None)
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> TeacherOutput:
+        """The teacher's logits and per-head maps on ``images`` (normalised for the students).
+
+        Args:
+            images: The batch, normalised for the students.
+            labels: Its training targets (class indices, or mixed (batch, classes) weights): the class score
+                whose gradient weighs the relevance; needed with ``relevance`` only.
+        """
+        inputs = renormalize(images, self.input_norm, self.norm)
+        if self.relevance is None:
+            with torch.no_grad():
+                logits = self.model(inputs)
+            return TeacherOutput(logits, self.capture.pop() if self.capture else None)
+        if labels is None:
+            raise ValueError('the teacher\'s relevance needs the batch\'s labels (the class whose score it follows)')
+        gradients = attention_gradients(self.model, inputs, labels)
+        relevance = layer_relevance(gradients.weighted, int(self.model.num_prefix_tokens), self.relevance)
+        return TeacherOutput(gradients.logits, self.capture.pop().detach(), relevance.unsqueeze(2))
 
 
 class DistillationLoss(nn.Module):
@@ -146,6 +177,9 @@ class DistillationLoss(nn.Module):
                 if not hasattr(model, 'blocks'):
                     raise ValueError(f'method {method!r} distils attention and needs a ViT {role}, '
                                      f'not {type(model).__name__}')
+            if head_fusion == 'none' and self.method.target == 'relevance':
+                raise ValueError(f'method {method!r} compares fused maps: the teacher\'s relevance fuses its heads '
+                                 '(choose head fusion mean or max)')
             if head_fusion == 'none' and student.blocks[0].attn.num_heads != teacher.blocks[0].attn.num_heads:
                 raise ValueError('per-head distillation needs the same head count in teacher and student')
             layer_mapping(len(student.blocks), len(teacher.blocks), layer_map)  # refuse a bad map now
@@ -183,9 +217,11 @@ class DistillationLoss(nn.Module):
             terms['kd'] = kd.detach()
             loss = (1 - self.alpha) * ce + self.alpha * kd
         if self.method.attention is not None:
-            if student_maps is None or teacher.maps is None:
-                raise ValueError(f'{self.name}: the loss needs the student\'s and the teacher\'s maps of the batch')
-            attn = self.attention_term(student_maps, teacher.maps)
+            target = teacher.relevance if self.method.target == 'relevance' else teacher.maps
+            if student_maps is None or target is None:
+                raise ValueError(f'{self.name}: the loss needs the student\'s maps and the teacher\'s '
+                                 f'{self.method.target} maps of the batch')
+            attn = self.attention_term(student_maps, target)
             terms['attn'] = attn.detach()
             loss = loss + self.attn_weight * attn
         terms['loss'] = loss.detach()

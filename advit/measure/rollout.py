@@ -8,7 +8,6 @@ one image in the app that is cheap: ``explain`` runs the blocks' explicit attent
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..core.capture import attention_modules
 from ..core.models import patch_grid
+from ..core.relevance import attention_gradients, relevance_rollout
 from .inspection import model_input
 
 ROLLOUT_FUSIONS = ('mean', 'max', 'min')
@@ -61,9 +60,6 @@ def rollout(attention: torch.Tensor, num_prefix_tokens: int, rollout_fusion: str
     return row / row.sum(dim=-1, keepdim=True)
 
 
-_GRADIENT_LOCK = threading.Lock()  # explain switches a shared model's attention path for a moment
-
-
 @dataclass
 class Explanation:
     """One forward and one backward of a ViT on a batch: what it predicts, the attention its blocks used,
@@ -75,52 +71,21 @@ class Explanation:
 
 def explain(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> Explanation:
     """Every layer's full attention and gradient-weighted attention rollout (Chefer, Gur & Wolf, "Generic
-    Attention-model Explainability", ICCV 2021) from one forward and one backward.
+    Attention-model Explainability", ICCV 2021) from one forward and one backward (``relevance``).
 
     Gradient rollout is the [CLS] token's relevance to the patches: per layer, the heads' mean of
     (dy/dA * A) kept where positive, with A the attention the forward used and y the class's logit;
     relevance R = I, then R <- R + that R, from the first layer up; the [CLS] row, normalised to sum 1.
-    Unlike the attention alone, it weighs each link by how much the class's score depends on it. The
-    blocks run explicit attention for this forward (the attention tensor must exist); other threads
-    meanwhile run the same model on that path, whose outputs equal the fused one's, and are not recorded.
+    Unlike the attention alone, it weighs each link by how much the class's score depends on it.
 
     Args:
         model: A timm ViT (eval mode).
         inputs: Normalised images.
         classes: The class explained per image; None: the predicted one.
     """
-    attentions: list[torch.Tensor] = []
-    thread = threading.get_ident()
-
-    def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if threading.get_ident() == thread:
-            attentions.append(output)
-
-    modules = attention_modules(model)
-    with _GRADIENT_LOCK:
-        fused = [attn.fused_attn for attn in modules]
-        handles = [attn.attn_drop.register_forward_hook(keep) for attn in modules]
-        try:
-            for attn in modules:
-                attn.fused_attn = False
-            with torch.enable_grad():
-                logits = model(inputs)
-                chosen = logits.argmax(dim=-1) if classes is None else classes
-                score = logits.float().gather(1, chosen[:, None]).sum()
-                gradients = torch.autograd.grad(score, attentions)
-        finally:
-            for attn, was_fused in zip(modules, fused):
-                attn.fused_attn = was_fused
-            for handle in handles:
-                handle.remove()
-    tokens = attentions[0].shape[-1]
-    relevance = torch.eye(tokens, device=inputs.device).expand(len(inputs), tokens, tokens)
-    for attention, gradient in zip(attentions, gradients):
-        weighted = (gradient.float() * attention.detach().float()).clamp(min=0).mean(dim=1)
-        relevance = relevance + weighted @ relevance
-    row = relevance[:, 0, int(model.num_prefix_tokens):]
-    return Explanation(logits=logits.detach(), attention=torch.stack([a.detach().float() for a in attentions], dim=1),
-                       relevance=row / row.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(row.dtype).tiny))
+    gradients = attention_gradients(model, inputs, classes)
+    return Explanation(logits=gradients.logits, attention=torch.stack([a.float() for a in gradients.attention], dim=1),
+                       relevance=relevance_rollout(gradients.weighted, int(model.num_prefix_tokens)))
 
 
 def gradient_rollout(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:

@@ -65,6 +65,7 @@ from ..core.models import (
     pretrained_classes,
 )
 from ..core.precision import autocast, compute_dtype, native_bf16
+from ..core.relevance import RELEVANCE_TARGETS
 from ..core.weights import CheckpointError
 from ..measure.evaluate import evaluate_and_record, predict, summarize
 from ..measure.faithfulness import (
@@ -175,6 +176,9 @@ class TrainConfig:
     attn_norm: str = setting(DEFAULT_NORMALIZATION, 'how each head\'s [CLS] row becomes a map: renormalized (its patch '
                              'part sums to one) or raw (the softmax row\'s patch entries, heads fused, then '
                              'normalised once)', choices=NORMALIZATIONS)
+    relevance_target: str = setting('layers', 'advit_relevance\'s target: each mapped teacher layer\'s '
+                                    'gradient-weighted [CLS] attention (layers), or the same with its gradient '
+                                    'rollout as the last layer\'s (rollout_last)', choices=RELEVANCE_TARGETS)
     seed: int = setting(0, 'random seed', role='seed')
     device: str = setting('auto', 'where to train', choices=('auto', 'cpu', 'cuda'), role='runtime')
     amp: bool = setting(True, 'bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / '
@@ -213,6 +217,8 @@ def fields_with_role(*roles: str) -> frozenset[str]:
     return frozenset(f.name for f in fields(TrainConfig) if f.metadata['role'] in roles)
 
 
+CHOICES = {f.name: f.metadata['cli']['choices'] for f in fields(TrainConfig) if 'choices' in f.metadata['cli']}
+
 # Model arguments the run passes itself, and the setting that gives each.
 _SET_BY_TRAINING = {'img_size': '--image-size (image_size)', 'drop_path_rate': '--drop-path (drop_path)',
                     'num_classes': 'nothing: the dataset\'s classes give it'}
@@ -226,8 +232,13 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(str(err)) from err
     if method.needs_teacher and not cfg.teacher:
         raise TrainingError(f'method {cfg.method} needs a teacher (--teacher)')
-    if cfg.recipe not in RECIPES:
-        raise TrainingError(f'unknown recipe {cfg.recipe!r}: choose one of {RECIPES}')
+    for name, choices in CHOICES.items():  # each choice field checked by its declaration, here only
+        if getattr(cfg, name) not in choices:
+            raise TrainingError(f'unknown {name.replace("_", " ")} {shown_value(getattr(cfg, name))}: '
+                                f'choose one of {", ".join(map(str, choices))}')
+    if method.target == 'relevance' and cfg.head_fusion == 'none':
+        raise TrainingError(f'{cfg.method} compares fused maps (the teacher\'s relevance fuses its heads): '
+                            'choose head fusion mean or max')
     if not timm.is_model(cfg.model.split('.', 1)[0]):
         raise TrainingError(f'unknown model {shown_value(cfg.model)}: not a timm model name')
     for key, instead in _SET_BY_TRAINING.items():
@@ -243,14 +254,6 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise TrainingError(f'{name} must be positive, got {value}')
-    if cfg.lr_decay not in LR_DECAYS:
-        raise TrainingError(f'unknown learning-rate decay {cfg.lr_decay!r}: choose one of {LR_DECAYS}')
-    if cfg.attn_norm not in NORMALIZATIONS:
-        raise TrainingError(f'unknown attention normalization {cfg.attn_norm!r}: choose one of {NORMALIZATIONS}')
-    if cfg.attn_path not in ATTENTION_PATHS:
-        raise TrainingError(f'unknown attention path {cfg.attn_path!r}: choose one of {ATTENTION_PATHS}')
-    if cfg.head_fusion not in HEAD_FUSIONS:
-        raise TrainingError(f'unknown head fusion {cfg.head_fusion!r}: choose one of {HEAD_FUSIONS}')
     if cfg.val_size < 0 or cfg.faithfulness_images < 0:
         raise TrainingError(f'val_size and faithfulness_images must be >= 0, got {cfg.val_size}, '
                             f'{cfg.faithfulness_images}')
@@ -506,8 +509,12 @@ def group_teacher(cfgs: list[TrainConfig], classes: list[str],
                        dtype=compute_dtype(ctx.device, cfg.amp))
     with torch.device('meta'):  # the students' input normalisation (one architecture for all), no weights
         student_norm = model_normalization(create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args))
-    forward = TeacherForward(teacher, student_norm, capture=any(m.attention for m in methods), attn_norm=cfg.attn_norm)
-    if cfg.compile:  # the capture hooks compile with the forward
+    # One teacher backward per batch when a student learns its relevance; the others read the same forward.
+    relevance = cfg.relevance_target if any(m.target == 'relevance' for m in methods) else None
+    forward = TeacherForward(teacher, student_norm, capture=any(m.attention for m in methods), attn_norm=cfg.attn_norm,
+                             relevance=relevance)
+    if cfg.compile and relevance is None:  # the capture hooks compile with the forward; the relevance's
+        # backward switches attention paths and hooks the attention for one call, which a compiled graph would not see
         forward.model = torch.compile(teacher)
     return teacher, forward
 
@@ -552,7 +559,8 @@ def checkpoint_meta(cfg: TrainConfig, s: Student, classes: list[str], step: int,
         val_size=cfg.val_size, val_top1=val_top1, test_top1=None, params=sum(p.numel() for p in s.model.parameters()),
         # How the attention was compared: the app shows the maps and gaps the same way.
         head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm, tau=cfg.tau,
-        attn_weight=cfg.attn_weight, alpha=cfg.alpha)
+        attn_weight=cfg.attn_weight, alpha=cfg.alpha,
+        **({'relevance_target': cfg.relevance_target} if parse_method(s.cfg.method).target == 'relevance' else {}))
 
 
 @dataclass
@@ -676,7 +684,7 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         if run.mixer is not None:
             inputs, labels = run.mixer(inputs, labels)  # (batch, classes) soft targets from here
         with autocast(ctx.device, cfg.amp):
-            teacher = run.teacher(inputs) if run.teacher is not None else None  # once, for every student
+            teacher = run.teacher(inputs, labels) if run.teacher is not None else None  # once, for every student
         for s in run.students:
             s.step(inputs, labels, lr, teacher, step + 1)
         step += 1

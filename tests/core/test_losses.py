@@ -15,7 +15,12 @@ from advit.core.alignment import attention_gap, compare_maps
 from advit.core.capture import ClsAttentionCapture
 from advit.core.losses import METHODS, DistillationLoss, Method, TeacherForward, parse_method, renormalize
 from advit.core.models import model_normalization
-from attention_reference import explicit_cls_attention
+from advit.core.relevance import RELEVANCE_TARGETS
+from attention_reference import (
+    explicit_cls_attention,
+    gradient_weighted_attention_matrices,
+    gradient_weighted_cls_attention,
+)
 from conftest import TINY
 
 STUDENT = torch.tensor([0.5, 0.25, 0.25])
@@ -58,6 +63,9 @@ def test_parse_method():
     assert (parse_method('advit_kl_paper').logit, parse_method('advit_kl_paper').attention) == (None, 'kl_paper')
     both = parse_method('deit_hard+advit_l1')
     assert (both.logit, both.attention) == ('deit_hard', 'l1')
+    relevance = parse_method('deit_hard+advit_relevance')
+    assert (relevance.logit, relevance.attention, relevance.target) == ('deit_hard', 'l1', 'relevance')
+    assert parse_method('advit_l1').target == 'attention'
     with pytest.raises(ValueError, match='unknown method'):
         parse_method('advit_l3')
 
@@ -84,8 +92,9 @@ def step_loss(criterion: DistillationLoss, student, teacher, images, labels, mod
     """(loss, terms, outputs) as a training step takes them: the teacher called once on the batch, the
     student (or ``model``, a wrapper of it) called once, its maps of that forward taken at once."""
     method = criterion.method
-    teacher_output = TeacherForward(teacher, model_normalization(student), method.attention is not None)(images) \
-        if method.needs_teacher else None
+    relevance = 'layers' if method.target == 'relevance' else None
+    teacher_output = TeacherForward(teacher, model_normalization(student), method.attention is not None,
+                                    relevance=relevance)(images, labels) if method.needs_teacher else None
     with ClsAttentionCapture(student) if method.attention else contextlib.nullcontext() as capture:
         outputs = (model or student)(images)
         maps = capture.pop() if capture is not None else None
@@ -107,8 +116,11 @@ def _expected(method: str, student, teacher, images, labels, logits, alpha=0.5, 
         loss = (1 - alpha) * ce + alpha * tau * tau * kl
     if parsed.attention:
         a_s = explicit_cls_attention(student, images).mean(2)
-        with torch.no_grad():
-            a_t = explicit_cls_attention(teacher, images).mean(2)[:, [1, 3]]  # uniform map: 2 of 4 layers
+        if parsed.target == 'relevance':
+            a_t = gradient_weighted_cls_attention(teacher, images, labels)[:, [1, 3]]
+        else:
+            with torch.no_grad():
+                a_t = explicit_cls_attention(teacher, images).mean(2)[:, [1, 3]]  # uniform map: 2 of 4 layers
         if parsed.attention == 'l1':
             gap = (a_s - a_t).abs().sum(-1)
         elif parsed.attention == 'l2':
@@ -173,7 +185,7 @@ def test_missing_inputs_are_refused_in_words(pair):
     teacher_output = TeacherForward(teacher, model_normalization(student), capture=True)(images)
     with pytest.raises(ValueError, match="teacher's output"):
         criterion(student(images), labels)
-    with pytest.raises(ValueError, match="student's and the teacher's maps"):
+    with pytest.raises(ValueError, match="student's maps and the teacher's attention maps"):
         criterion(student(images), labels, teacher_output)
 
 
@@ -260,3 +272,46 @@ def test_deit_hard_with_soft_targets_keeps_the_teachers_hard_label(pair):
     soft_ce = -(targets * torch.log_softmax(logits, -1)).sum(-1).mean()
     torch.testing.assert_close(terms['kd'], F.cross_entropy(logits, hard).detach())
     torch.testing.assert_close(loss, 0.5 * soft_ce + 0.5 * F.cross_entropy(logits, hard))
+
+
+@pytest.mark.parametrize('target', RELEVANCE_TARGETS)
+def test_the_teachers_relevance_is_the_gradient_weighted_attention_written_out_by_hand(target, pair):
+    """``advit_relevance``'s target, from the one teacher forward a group shares, equals Chefer et al.'s
+    gradient-weighted [CLS] attention computed by hand with autograd, each layer's (and, for ``rollout_last``,
+    the rollout of them in the last layer); the raw maps other students read come from that same forward."""
+    _, teacher, images, labels = pair
+    forward = TeacherForward(teacher, model_normalization(teacher), capture=True, relevance=target)
+    output = forward(images, labels)
+    expected = gradient_weighted_cls_attention(teacher, images, labels)
+    if target == 'rollout_last':
+        expected[:, -1] = reference_gradient_rollout(teacher, images, labels)
+    torch.testing.assert_close(output.relevance[:, :, 0], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(output.maps, explicit_cls_attention(teacher, images), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(output.logits, teacher(images))
+    assert all(p.grad is None for p in teacher.parameters()), 'the teacher\'s weights get no gradient'
+    with pytest.raises(ValueError, match='labels'):
+        forward(images)
+
+
+def reference_gradient_rollout(model, images, labels):
+    """Gradient rollout by hand from the same explicit forward: R = I, R <- R + weighted R, [CLS] row."""
+    weighted = gradient_weighted_attention_matrices(model, images, labels)
+    relevance = torch.eye(weighted[0].shape[-1]).expand_as(weighted[0])
+    for layer in weighted:
+        relevance = relevance + layer @ relevance
+    row = relevance[:, 0, model.num_prefix_tokens:]
+    return row / row.sum(dim=-1, keepdim=True)
+
+
+def test_relevance_follows_the_mixed_target_and_students_without_it_pay_nothing(pair):
+    """With mixup's soft targets the score is the target-weighted logits (a one-hot target gives the class's
+    logit); a group with no relevance student runs its teacher without gradients."""
+    _, teacher, images, labels = pair
+    forward = TeacherForward(teacher, model_normalization(teacher), capture=True, relevance='layers')
+    one_hot = F.one_hot(labels, 10).float()
+    torch.testing.assert_close(forward(images, one_hot).relevance, forward(images, labels).relevance)
+    mixed = forward(images, 0.5 * one_hot + 0.5 * F.one_hot(labels.roll(1), 10).float()).relevance
+    assert not torch.allclose(mixed, forward(images, labels).relevance)
+    plain = TeacherForward(teacher, model_normalization(teacher), capture=True)(images)
+    assert plain.relevance is None and plain.logits.grad_fn is None and plain.maps.grad_fn is None

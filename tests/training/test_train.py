@@ -186,12 +186,16 @@ def test_killed_run_resumes_from_last(tmp_path, data_flags, teacher_checkpoint):
     assert first['machine'] == second['machine'] == machine() and second['wall_s'] > 0
 
 
-@pytest.mark.parametrize('attn_path, ema_decay', [('fused', '0'), ('explicit', '0.99')])
-def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(attn_path, ema_decay, tmp_path, data_flags):
+@pytest.mark.parametrize('attn_path, ema_decay, method', [('fused', '0', 'vit'), ('explicit', '0.99', 'vit'),
+                                                           ('fused', '0', 'advit_relevance')])
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(attn_path, ema_decay, method, tmp_path, data_flags,
+                                                             teacher_checkpoint):
     """Killed and resumed, a run with every random stream in use (strong augmentation, mixup and
     CutMix, drop-path) ends with the weights of the same run left alone: bitwise, on either attention path,
-    and so does the weights' moving average, where the run keeps one (its selected checkpoint)."""
-    common = ['train', '--method', 'vit', '--steps', '60', '--save-every', '4', '--eval-every', '1000',
+    and so does the weights' moving average, where the run keeps one (its selected checkpoint); and so does a
+    student taught the teacher's relevance on those mixed targets."""
+    teacher = ['--teacher', str(teacher_checkpoint)] if method != 'vit' else []
+    common = ['train', '--method', method, *teacher, '--steps', '60', '--save-every', '4', '--eval-every', '1000',
               '--recipe', 'cifar32_strong', '--mixup', '0.8', '--cutmix', '1.0', '--drop-path', '0.2',
               '--attn-path', attn_path, '--ema-decay', ema_decay, *data_flags, *tiny_flags()]
     alone, interrupted = tmp_path / 'alone', tmp_path / 'interrupted'
