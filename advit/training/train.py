@@ -234,8 +234,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f'method {cfg.method} needs a teacher (--teacher)')
     for name, choices in CHOICES.items():  # each choice field checked by its declaration, here only
         if getattr(cfg, name) not in choices:
-            raise TrainingError(f'unknown {name.replace("_", " ")} {shown_value(getattr(cfg, name))}: '
-                                f'choose one of {", ".join(map(str, choices))}')
+            raise TrainingError(f'unknown {name} {shown_value(getattr(cfg, name))}: choose one of '
+                                f'{", ".join(map(str, choices))}')
     if method.target == 'relevance' and cfg.head_fusion == 'none':
         raise TrainingError(f'{cfg.method} compares fused maps (the teacher\'s relevance fuses its heads): '
                             'choose head fusion mean or max')
