@@ -30,6 +30,10 @@ bf16 against fp32, compiled against eager, several students in one process, and 
 - **group**: ``--methods`` with N students and one teacher forward per batch, against N separate
   runs of one student each (their per-student images/s combined: N runs of r_i images/s deliver
   1 / sum(1 / r_i) images/s to every student).
+- **relevance**: what ``advit_relevance``'s teacher backward costs. A group step (``--relevance-group`` plus
+  one more student) with ``advit_relevance`` as that student, against the same group with ``advit_l2`` in its
+  place (the same student-side work, no teacher backward), and against the group without a fifth student;
+  and ``advit_relevance`` alone against ``advit_l1`` alone. Step times from each run's images/s.
 
 images/s of ``advit train`` come from its own ``metrics.jsonl`` (training only, evaluation and saving
 excluded), the first log window dropped as warm-up.
@@ -137,6 +141,36 @@ def single_image_ms(model_name: str, amp: bool, repeats: int = 50) -> float:
     return statistics.median(times[5:]) * 1000
 
 
+def random_teacher(model_name: str, folder: Path) -> Path:
+    """A teacher checkpoint of ``model_name`` with random weights (speed only), written into ``folder``."""
+    torch.manual_seed(0)
+    path = folder / 'teacher.safetensors'
+    save_checkpoint(path, create_model(model_name, num_classes=10),
+                    dict(model=model_name, model_args=dict(num_classes=10), classes=list(CIFAR10_CLASSES), image_size=32,
+                         mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD)))
+    return path
+
+
+def group_step_s(group: dict, methods: list[str], out: Path) -> float:
+    """Seconds per step of ``methods`` trained together (one teacher forward per batch), from their images/s."""
+    configs = [TrainConfig.from_dict(dict(group, method=m, out=str(out / m), teacher=group['teacher'] if m != 'vit'
+                                          else None)) for m in methods]
+    return group['batch_size'] / run_speed(train_group(configs)[0])
+
+
+def relevance_cost(group: dict, beside: list[str], out: Path) -> dict:
+    """``advit_relevance``'s step cost (see the module's docstring), as ratios of step times."""
+    times = {name: group_step_s(group, methods, out / name) for name, methods in (
+        ('with_relevance', [*beside, 'advit_relevance']), ('with_l2_instead', [*beside, 'advit_l2']),
+        ('without', beside), ('relevance_alone', ['advit_relevance']), ('l1_alone', ['advit_l1']))}
+    ratios = dict(group_with_over_l2_instead=times['with_relevance'] / times['with_l2_instead'],
+                  group_with_over_without=times['with_relevance'] / times['without'],
+                  relevance_alone_over_l1_alone=times['relevance_alone'] / times['l1_alone'])
+    for name, ratio in ratios.items():
+        print(f'relevance cost, {name.replace("_", " ")}: {ratio:.3f}', flush=True)
+    return dict(relevance_group=[*beside, 'advit_relevance'], relevance_step_s=times, relevance_ratios=ratios)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=default_dataset())
@@ -146,13 +180,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--steps', type=int, default=60, help='steps of each single-student measurement')
     parser.add_argument('--group', default='vit,deit_hard,advit_l1,advit_l2,advit_kl,advit_kl_paper')
     parser.add_argument('--group-steps', type=int, default=20)
-    parser.add_argument('--parts', default='paths,bare,mfu,teacher,profile,dtype,compile,eval,group')
+    parser.add_argument('--relevance-group', default='vit,deit_hard,advit_l1,advit_kl',
+                        help='the students beside advit_relevance (the long bundle\'s)')
+    parser.add_argument('--parts', default='paths,bare,mfu,teacher,profile,dtype,compile,eval,group,relevance')
     parser.add_argument('--json', type=Path)
     args = parser.parse_args(argv)
     parts = args.parts.split(',')
     train_set = load_dataset(args.data)['train']
     base = dict(data=args.data, model=args.model, method='vit', steps=args.steps, batch_size=args.batch_size,
-                log_every=10, eval_every=10 ** 9, val_size=0, test_subset=512, drop_path=0.0, recipe='cifar32')
+                log_every=10, eval_every=10 ** 9, val_size=0, test_subset=512, drop_path=0.0, recipe='cifar32',
+                faithfulness_images=0)  # speed only: no measure of the maps at the end
     results: dict = dict(model=args.model, batch_size=args.batch_size, torch=torch.__version__,
                          timm=timm.__version__, threads=torch.get_num_threads(), native_bf16=native_bf16(CPU))
     amp = native_bf16(CPU)
@@ -252,18 +289,10 @@ def main(argv: list[str] | None = None) -> None:
                 bf16_ms, fp32_ms = single_image_ms(name, True), single_image_ms(name, False)
                 results[f'one_image_{name}_ms'] = dict(bf16=bf16_ms, fp32=fp32_ms)
                 print(f'one image through {name}: bf16 {bf16_ms:.2f} ms, fp32 {fp32_ms:.2f} ms', flush=True)
+        group = dict(base, steps=args.group_steps, log_every=5, teacher=str(random_teacher(args.teacher_model, tmp)))
         if 'group' in parts:
             methods = args.group.split(',')
-            torch.manual_seed(0)
-            teacher = create_model(args.teacher_model, num_classes=10)  # random weights: speed only
-            teacher_path = tmp / 'teacher.safetensors'
-            save_checkpoint(teacher_path, teacher, dict(model=args.teacher_model, model_args=dict(num_classes=10),
-                                                        classes=list(CIFAR10_CLASSES), image_size=32,
-                                                        mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD)))
-            group = dict(base, steps=args.group_steps, log_every=5, teacher=str(teacher_path))
-            configs = [TrainConfig.from_dict(dict(group, method=m, out=str(tmp / 'group' / m),
-                                                  teacher=group['teacher'] if m != 'vit' else None)) for m in methods]
-            together = run_speed(train_group(configs)[0])
+            together = args.batch_size / group_step_s(group, methods, tmp / 'group')
             separate = [ours(group, tmp / 'separate' / m, method=m, teacher=group['teacher'] if m != 'vit' else None)
                         for m in methods]
             combined = 1 / sum(1 / r for r in separate)
@@ -272,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
                            separate_images_per_s_per_student=combined, group_over_separate=together / combined)
             print(f'{len(methods)} students in one process: {together:.1f} img/s each; as separate runs '
                   f'{combined:.1f} img/s each: group / separate {together / combined:.3f}', flush=True)
+        if 'relevance' in parts:
+            results.update(relevance_cost(group, args.relevance_group.split(','), tmp / 'relevance'))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + '\n')
 

@@ -42,7 +42,8 @@ def test_cpu_train_reports_every_ratio(tmp_path, cifar_archive, cifar):
     """benchmarks/cpu_train.py end to end at tiny scale (no --compile: minutes of compiling on 2 cores)."""
     result = subprocess.run(
         [sys.executable, 'benchmarks/cpu_train.py', '--data', str(cifar_archive), '--batch-size', '32', '--steps', '12',
-         '--group', 'vit,advit_l1', '--group-steps', '10', '--parts', 'bare,mfu,teacher,dtype,eval,group',
+         '--group', 'vit,advit_l1', '--group-steps', '10', '--parts', 'bare,mfu,teacher,dtype,eval,group,relevance',
+         '--relevance-group', 'vit',
          '--json', str(tmp_path / 'cpu.json')], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / 'cpu.json').read_text())
@@ -54,6 +55,10 @@ def test_cpu_train_reports_every_ratio(tmp_path, cifar_archive, cifar):
     assert report['mfu'] is None or 0 < report['mfu'] <= 1, 'an MFU above 100% is never a result'
     assert set(report['teacher']['levers_over_plain']) == {'patch_drop_0.25', 'batch_256'}
     assert report['teacher']['bare_channels_last_over_contiguous'] > 0
+    assert report['relevance_group'] == ['vit', 'advit_relevance']
+    assert set(report['relevance_ratios']) == {'group_with_over_l2_instead', 'group_with_over_without',
+                                               'relevance_alone_over_l1_alone'}
+    assert all(ratio > 0 for ratio in report['relevance_ratios'].values())
 
 
 def test_an_mfu_above_one_is_refused_as_a_measurement_error_and_the_ceiling_is_a_real_rate():
