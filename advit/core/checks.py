@@ -46,12 +46,16 @@ def number(value: Any, name: str, low: float, high: float, whole: bool = False) 
             raise RequestError(f'{name} must be a number, got {shown_value(value)}') from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(f'{name} must be a number, got {shown_value(value)}')
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(f'{name} must be a finite number, got {value}')
+    if isinstance(value, int) and abs(value) >= 2**1024:  # JSON's ints are unbounded; no float holds this one
+        raise RequestError(f'{name} is too large a number (over 1e308), got {shown_value(value)}')
     if whole and value != int(value):
         raise RequestError(f'{name} must be a whole number, got {value:g}')
     if not low <= value <= high:
-        raise RequestError(f'{name} must be between {low:g} and {high:g}, got {value:g}')
+        bounds = (f'between {low:g} and {high:g}' if math.isfinite(low) and math.isfinite(high)
+                  else f'at least {low:g}' if math.isfinite(low) else f'at most {high:g}')
+        raise RequestError(f'{name} must be {bounds}, got {value:g}')
     return int(value) if whole else float(value)
 
 

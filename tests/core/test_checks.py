@@ -30,6 +30,17 @@ def test_other_values_are_refused_with_the_rule(value, whole, message):
     assert str(refused.value) == message
 
 
+def test_a_huge_whole_number_and_one_sided_ranges_are_refused_in_words():
+    """JSON's integers are unbounded: one with 400 digits is quoted, not turned into an OverflowError; a range
+    open on one side says the side it has."""
+    with pytest.raises(RequestError, match=r'x is too large a number \(over 1e308\), got 1000.*\(401 characters\)'):
+        number(10**400, 'x', 0, math.inf)
+    with pytest.raises(RequestError, match='x must be at least 0, got -1'):
+        number(-1, 'x', 0, math.inf)
+    with pytest.raises(RequestError, match='x must be at most 3, got 5'):
+        number(5, 'x', -math.inf, 3)
+
+
 def test_a_long_value_is_quoted_not_echoed():
     assert shown_value('a' * 100_000) == "'" + 'a' * 59 + '... (100002 characters)'
     assert shown_value('short') == "'short'"
