@@ -23,6 +23,7 @@ from ..core.checkpoint import (
     load_checkpoint,
     read_metadata,
 )
+from ..core.checks import shown_value
 from ..core.io import REPO
 from ..core.models import create_model, is_vit_name
 from ..core.weights import TRAIN_STATE_PREFIX, CheckpointError
@@ -155,11 +156,15 @@ def _check(path: Path) -> ModelEntry:
                          f'--model ARCHITECTURE --out {path.stem}.safetensors` makes it a checkpoint this app lists')
         return entry
     try:
-        entry.meta = read_metadata(path)
-        if 'model' not in entry.meta:
+        meta = read_metadata(path)
+        if 'model' not in meta:
             raise CheckpointError(f'{path} does not name its architecture in its metadata')
+        if not isinstance(meta['model'], str) or not isinstance(meta.get('model_args', {}), dict):
+            raise CheckpointError(f'its metadata is wrong: model must be a timm name and model_args a mapping, got '
+                                  f'{shown_value(meta["model"])} and {shown_value(meta.get("model_args"))}')
+        entry.meta = meta  # a mapping from here: a listed entry's card and name read it
         with torch.device('meta'):
-            model = create_model(entry.meta['model'], **entry.meta.get('model_args', {}))
+            model = create_model(meta['model'], **meta.get('model_args', {}))
         expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
         with safe_open(str(path), framework='pt') as f:
             found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()

@@ -31,6 +31,7 @@ from .weights import (
 )
 
 FORMAT = 'advit-checkpoint/1'
+MAX_METADATA_CHARS = 1_000_000  # a checkpoint's settings are a few kB; a 100 MB header is not settings
 
 
 @dataclass
@@ -81,10 +82,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if 'advit' not in header:
         raise CheckpointError(f'{path} has no advit metadata: pass the architecture (--model) to load it, or make it '
                               'a checkpoint with `advit import`')
+    text = header['advit']
+    if len(text) > MAX_METADATA_CHARS:
+        raise CheckpointError(f'{path} has {len(text):,} characters of advit metadata: over the '
+                              f'{MAX_METADATA_CHARS:,} a checkpoint\'s settings take')
     try:
-        return json.loads(header['advit'])
+        meta = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f'{path} has corrupt advit metadata: nested too deep') from None
     except json.JSONDecodeError as err:
-        raise CheckpointError(f'{path} has corrupt advit metadata: {err}') from err
+        raise CheckpointError(f'{path} has corrupt advit metadata: {err.msg} at character {err.pos}') from None
+    except ValueError:  # Python reads no integer of over 4300 digits
+        raise CheckpointError(f'{path} has corrupt advit metadata: a number too long to read') from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f'{path} has advit metadata that is a {type(meta).__name__}, not a mapping of fields')
+    return meta
 
 
 def check_metadata(meta: Any, model: nn.Module) -> None:
@@ -198,6 +210,10 @@ def load_checkpoint(
     except (ValueError, TypeError) as err:
         raise CheckpointError(f'{path}: cannot build {name} with {args}: {err}') from err
     load_weights(model, model_weights(tensors), source=str(path))
+    if isinstance(meta.get('mean'), list) and isinstance(meta.get('std'), list):
+        # The file's normalisation is the model's: an imported one's (a transformers processor's) need not be its
+        # architecture's default, and the teacher's forward reads it from the model (model_normalization).
+        model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(meta['mean']), std=tuple(meta['std']))
     meta.setdefault('model', name)
     meta.setdefault('model_args', args)
     return Checkpoint(model=model.to(device).eval(), meta=meta)
@@ -205,35 +221,49 @@ def load_checkpoint(
 
 def import_state_dict(
         weights: str | Path,
-        model_name: str,
+        model_name: str | None,
         out: str | Path,
-        classes: list[str],
+        classes: list[str] | None,
         image_size: int | None = None,
         method: str | None = None,
         teacher: str | None = None,
 ) -> dict[str, Any]:
-    """Make a plain state dict (timm's own ``.pth``, DeiT's ``{'model': ...}``, safetensors without metadata) a
-    self-describing checkpoint the app lists and the CLI evaluates; return its metadata.
+    """Make a plain state dict (timm's own ``.pth``, DeiT's ``{'model': ...}``, safetensors without metadata), or a
+    transformers ViT/DeiT classifier (a folder or a Hub id: ``hf_import``), a self-describing checkpoint the app lists
+    and the CLI evaluates; return its metadata. Nothing is written unless it all checks out.
 
     Args:
-        weights: The state dict's file.
-        model_name: Its architecture, a timm name (``vit_base_patch16_224``).
+        weights: The state dict's file, or the transformers checkpoint's folder or Hub id.
+        model_name: A state dict's architecture, a timm name (``vit_base_patch16_224``); a transformers checkpoint's
+            config says its own (None).
         out: The checkpoint to write (``.safetensors``), atomically.
-        classes: The class names, in the order of the head's outputs.
+        classes: The class names, in the order of the head's outputs (a transformers checkpoint's default: its
+            config's labels).
         image_size: The input size it was trained at (default: the architecture's).
         method: How it was trained (``vit``, ``deit_hard``, ``advit_l1``...), shown by the app.
         teacher: Its teacher, shown by the app.
     """
     if Path(out).suffix != '.safetensors':
         raise CheckpointError(f'the imported checkpoint is a .safetensors file, not {Path(out).name}')
-    args = dict(num_classes=len(classes), **({'img_size': image_size} if image_size else {}))
-    loaded = load_checkpoint(weights, model_name, args)
-    mean, std = model_normalization(loaded.model)
-    meta = dict(model=model_name, model_args=args, classes=list(classes),
-                image_size=image_size or model_image_size(loaded.model),  # a CNN takes any size: the one given
-                mean=list(mean), std=list(std), method=method, teacher=teacher,
-                params=sum(p.numel() for p in loaded.model.parameters()), imported_from=Path(weights).name)
-    save_checkpoint(out, loaded.model, meta)
+    from .hf_import import convert, is_transformers_source  # hf_import builds on this module
+    if is_transformers_source(weights):
+        model, meta = convert(weights, classes, image_size)
+    else:
+        if model_name is None:
+            raise CheckpointError(f'{weights} is a state dict: give its architecture with --model (a timm name); '
+                                  'a transformers checkpoint is a folder (config.json and its weights) or a Hub id')
+        if classes is None:
+            raise CheckpointError('a state dict does not name its classes: give them (--classes)')
+        args = dict(num_classes=len(classes), **({'img_size': image_size} if image_size else {}))
+        model = load_checkpoint(weights, model_name, args).model
+        mean, std = model_normalization(model)
+        meta = dict(model=model_name, model_args=args, classes=list(classes),
+                    image_size=image_size or model_image_size(model),  # a CNN takes any size: the one given
+                    mean=list(mean), std=list(std), params=sum(p.numel() for p in model.parameters()),
+                    imported_from=Path(weights).name)
+    meta.update(method=method, teacher=teacher)
+    check_metadata(meta, model)
+    save_checkpoint(out, model, meta)
     return meta
 
 

@@ -180,6 +180,28 @@ def test_metadata_that_lies_about_the_weights_or_sense_is_listed_unusable_with_t
     assert check_checkpoint(save(tmp_path / 'honest.safetensors', meta=honest)).usable
 
 
+@pytest.mark.parametrize('header, reason', [
+    ('[1, 2, 3]', 'advit metadata that is a list, not a mapping of fields'),
+    ('"vit_tiny_patch4_32"', 'advit metadata that is a str, not a mapping of fields'),
+    ('{"model": "x", "pad": "' + 'x' * 1_100_000 + '"}', 'characters of advit metadata: over the 1,000,000'),
+    ('{"model": "vit_tiny_patch4_32", "step": ' + '9' * 5000 + '}', 'corrupt advit metadata: a number too long'),
+    ('[' * 100_000 + ']' * 100_000, 'corrupt advit metadata: nested too deep'),
+    ('{"model": 5}', 'model must be a timm name and model_args a mapping, got 5'),
+    ('{"model": "vit_tiny_patch4_32", "model_args": [4, 3]}', 'model_args a mapping, got'),
+    ('{"model": "vit_tiny_patch4_32", "model_args": {"depth": "' + 'x' * 10_000 + '"}}', "depth must be a number, got 'xxx"),
+], ids=lambda value: str(value)[:30])
+def test_hostile_metadata_is_listed_unusable_in_words(tmp_path, header, reason):
+    """A safetensors file whose advit header is not settings (another type, huge, deep, unreadable numbers, wrong
+    field types): listed as unusable with a short reason, never Python's message, never loaded."""
+    path = tmp_path / 'hostile.safetensors'
+    save_file({k: v.contiguous() for k, v in tiny().state_dict().items()}, str(path), metadata={'advit': header})
+    entry = check_checkpoint(path)
+    assert not entry.usable and reason in entry.problem and len(entry.problem) < 300, entry.problem[:400]
+    assert entry.meta == {} or isinstance(entry.meta, dict)
+    for python in ('Traceback', 'object has no attribute', 'not subscriptable', 'argument after **', 'Exceeds the'):
+        assert python not in entry.problem
+
+
 def test_discover(tmp_path):
     bundle, extra, runs = tmp_path / 'bundle', tmp_path / 'extra', tmp_path / 'runs'
     good = save(bundle / 'b_good.safetensors')
