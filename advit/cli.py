@@ -140,12 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='for evaluating the exports')
     b.add_argument('--sweep', help='a sweep.jsonl of scripts/cpu_sweep.py to record in the model card')
     s = commands.add_parser('seeds', help='add the evaluations of further seeds of the bundle\'s students (no '
-                            'weights) to the bundle, and its card\'s Tables 1 and 2 over seeds (scripts/train_seeds.sh calls it)',
+                            'weights) to the bundle, and its card\'s Tables 1 and 2 over seeds; students of its own seed '
+                            'that it lacks (a new method) are shipped in it, weights too (scripts/train_seeds.sh calls it)',
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument('runs', nargs='+', help='group run folders of one seed each (one subfolder per method)')
     s.add_argument('--card', default='checkpoints', metavar='BUNDLE', help='the bundle folder')
     return parser
 
+    s.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='for evaluating the weights of '
+                   'students of the bundle\'s own seed (0), which are shipped in it')
 
 def train_configs(args: argparse.Namespace) -> tuple[list[TrainConfig], bool]:
     """The runs' configurations from flags: resumed runs' saved configs, or defaults < preset < flags;
@@ -203,11 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
                   f'model card {Path(args.out) / "README.md"}')
         elif args.command == 'seeds':
-            from .results.bundle import STUDENTS, refresh_seeds
-            from .results.seeds import add_seeds
-            written = add_seeds([Path(run) for run in args.runs], Path(args.card), list(STUDENTS))
+            from .results.bundle import STUDENTS, refresh_seeds, ship_students
+            from .results.seeds import BUNDLE_SEED, add_seeds, run_seed
+            runs = [Path(run) for run in args.runs]
+            own = [run for run in runs if run_seed(run, list(STUDENTS)) == BUNDLE_SEED]
+            shipped = [name for run in own for name in ship_students(run, Path(args.card), device=args.device)]
+            written = add_seeds([run for run in runs if run not in own], Path(args.card), list(STUDENTS))
             refresh_seeds(args.card)
-            print(f'{len(written)} evaluations added; model card {Path(args.card) / "README.md"} brought up to date')
+            print(f'{len(written)} evaluations added' + (f', {", ".join(shipped)} shipped in the bundle' if shipped
+                                                          else '') + f'; model card {Path(args.card) / "README.md"} '
+                  'brought up to date')
         elif args.command == 'import':
             from .core.checkpoint import import_state_dict
             classes = [name.strip() for name in args.classes.split(',') if name.strip()]

@@ -16,7 +16,7 @@
 #   DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz], BUNDLE [bundle: the quick 2-core CPU recipe;
 #   long-bundle: the long one, trained across sessions; gpu-bundle: the lent GPU's], TEACHER_SECONDS [2700;
 #   none for long-bundle, whose presets count their length in steps], STUDENT_SECONDS [3600; none for
-#   long-bundle], STUDENTS [the six of advit.results.bundle.STUDENTS; long-bundle: vit deit_hard advit_l1 advit_kl], MAX_MB [80],
+#   long-bundle], STUDENTS [the seven of advit.results.bundle.STUDENTS; long-bundle: vit deit_hard advit_l1 advit_kl advit_relevance], MAX_MB [80],
 #   SWEEP [benchmarks/results/bundle-sweep-cpu.jsonl: the sweep.jsonl of scripts/cpu_sweep.py behind the recipe, in the card],
 #   PYTHON [python3], EXTRA: flags added to every `advit train`, e.g. a tiny CPU check:
 #   EXTRA="--subset 256 --test-subset 128 --batch-size 64 --steps 2 --device cpu --model-arg depth=2"
@@ -47,7 +47,7 @@ if [[ $BUNDLE == long-bundle ]]; then
   RUNS=${RUNS:-../runs/long-bundle}  # beside the work tree, which a new session may lay anew
   TEACHER_SECONDS=${TEACHER_SECONDS:-}
   STUDENT_SECONDS=${STUDENT_SECONDS:-}
-  STUDENTS=${STUDENTS:-vit deit_hard advit_l1 advit_kl}
+  STUDENTS=${STUDENTS:-vit deit_hard advit_l1 advit_kl advit_relevance}
 else
   RUNS=${RUNS:-runs/bundle}
   TEACHER_SECONDS=${TEACHER_SECONDS:-2700}

@@ -6,8 +6,11 @@
 # their evaluations (never their weights) to the bundle and its card.
 #
 #   bash scripts/train_seeds.sh SEED [SEED ...]     # e.g. 1 2 (seed 0 is the bundle's own)
+#   STUDENTS=advit_relevance bash scripts/train_seeds.sh 0 1 2   # a method the bundle lacks: seed 0 joins the
+#                                                                 # bundle (weights too), seeds 1 2 its tables
 #
-# Environment (defaults in brackets): OUT [checkpoints: the bundle, whose teacher.safetensors teaches],
+# Environment (defaults in brackets): STUDENTS [the bundle's, advit.results.bundle.STUDENTS], OUT [checkpoints: the
+#   bundle, whose teacher.safetensors teaches],
 #   RUNS [runs/seeds: seed<N>/ run folders, logs, commands.tsv], DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz],
 #   RECIPE [OUT/students.recipe.json], PYTHON [python3], EXTRA (flags added to every `advit train`, as in
 #   scripts/train_bundle.sh).
@@ -26,8 +29,14 @@ PYTHON=${PYTHON:-python3}
 [[ -f $RECIPE ]] || { echo "$RECIPE not found: the bundle does not record its students' settings (advit bundle writes them)" >&2; exit 2; }
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 source scripts/run_lib.sh
+read -r -a students <<< "${STUDENTS:-$("$PYTHON" -c 'from advit.results.bundle import STUDENTS; print(*STUDENTS)')}"
 for seed in "$@"; do
-  [[ $seed =~ ^[1-9][0-9]*$ ]] || { echo "a further seed is a whole number other than 0 (the bundle's own), got $seed" >&2; exit 2; }
+  [[ $seed =~ ^[0-9]+$ ]] || { echo "a seed is a whole number, got $seed" >&2; exit 2; }
+  if (( seed == 0 )); then  # the bundle's own: only for students it lacks, which then join it, weights too
+    for student in "${students[@]}"; do
+      [[ ! -f $OUT/$student.eval.json ]] || { echo "seed 0 is the bundle's own and it has $student: give STUDENTS the ones it lacks" >&2; exit 2; }
+    done
+  fi
 done
 mkdir -p "$RUNS"
 

@@ -9,7 +9,7 @@ from ..results.paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .catalog import ModelEntry
 from .names import model_label
 
-METHOD_COLUMNS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl_paper', 'advit_kl')
+METHOD_COLUMNS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl_paper', 'advit_kl', 'advit_relevance')
 
 METHOD = """\
 ## The method
@@ -27,6 +27,7 @@ the teacher's, and the per-layer distances are averaged over layers.
 | `advit_l2` | CE + mean over layers of Σ over patches (A_s − A_t)² |
 | `advit_kl_paper` | CE + KL of softmax(A/τ) of both maps, as the paper prints it: the softmax flattens maps that are already distributions |
 | `advit_kl` | CE + KL(A_t ‖ A_s) on the distributions themselves |
+| `advit_relevance` | CE + mean over layers of Σ over patches \\|A_s − R_t\\|, R_t the teacher's gradient-weighted [CLS] attention: per layer the heads' mean of (∂y/∂A ⊙ A)⁺, y the true class's logit (Chefer et al. 2021). Not in the paper: the student learns what the teacher's decision uses, not only where it looks |
 
 The Attention tab shows the maps exactly as the loss compares them: heads fused, the teacher's layer
 mapped to each student layer and resampled to the student's patch grid.

@@ -13,6 +13,7 @@ from ..core.models import CONVSTEM_SIZES, is_vit_name
 METHOD_NAMES = {
     'vit': 'ViT', 'deit_hard': 'DeiT-hard', 'deit_soft': 'DeiT-soft', 'advit_l1': 'ADViT-L1',
     'advit_l2': 'ADViT-L2', 'advit_kl': 'ADViT-KL', 'advit_kl_paper': "ADViT-KL (paper's)",
+    'advit_relevance': 'ADViT-relevance',
 }
 _VIT_SIZES = {'tiny': 'Ti', 'small': 'S', 'base': 'B', 'large': 'L', 'huge': 'H'}
 TEACHER_STEM = 'teacher'  # the bundle's teacher file, checkpoints/teacher.safetensors

@@ -3,7 +3,8 @@
     advit bundle runs/bundle --out checkpoints
 
 ``scripts/train_bundle.sh`` trains the runs (``teacher``, then the students ``vit``, ``deit_hard``,
-``advit_l1``, ``advit_l2``, ``advit_kl``, ``advit_kl_paper``) and calls this. Within the size limit
+``advit_l1``, ``advit_l2``, ``advit_kl``, ``advit_kl_paper``, ``advit_relevance``) and calls this; students of
+the bundle's seed trained later join it through ``ship_students`` (``advit seeds``). Within the size limit
 (80 MB: the app's Docker image carries the bundle) go the fp16 weights of every run when they fit
 (the CPU bundle's small models), else of the teacher, ``vit``, ``deit_hard`` and the best ADViT
 student, each re-evaluated as shipped (``NAME.eval.json``,
@@ -66,12 +67,13 @@ from .seeds import (
     RECIPE_FILE,
     SEEDS_DIR,
     SeedError,
+    check_same_training,
     seeds_tables,
     write_recipe,
 )
 
 TEACHER = 'teacher'
-STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')  # scripts/train_bundle.sh trains them in this order
+STUDENTS = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper', 'advit_relevance')  # scripts/train_bundle.sh trains them in this order
 ALWAYS_SHIPPED = (TEACHER, 'vit', 'deit_hard')  # and the best ADViT student, when not all fit
 SHIP_ALL_SHARE = 0.9  # every run's weights are shipped if they take at most this share of the size limit
 MAX_MB = 80.0
@@ -450,6 +452,104 @@ def goals_account(results: dict[str, RunResult], best_attention: str | None) -> 
     return f'{GOALS_START}, on the test set:\n\n' + '\n'.join(lines) + '\n'
 
 
+TABLE1_COLUMNS = [
+    ('run', 'run'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'), ('val', 'val top-1 (%)'),
+    ('top1', 'test top-1 (%)'), *FAITHFULNESS_COLUMNS, ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'),
+    ('steps', 'steps'), ('seconds', 'training (s)'), ('weights', 'weights shipped')]
+
+
+def table1_row(name: str, result: RunResult, status: dict[str, Any], shipped: bool) -> dict[str, Any]:
+    """A run's row of the card's Table 1 (``TABLE1_COLUMNS``).
+
+    Args:
+        name: The run's name in the bundle.
+        result: Its figures (``report.load_run``).
+        status: Its ``status.json`` (steps and training time).
+        shipped: Whether its weights are in the bundle.
+    """
+    return dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
+                top1=result.top1, **{headline_key(source): result.faithfulness.get(source, {}).get('quarter_drop')
+                                     for source in HEADLINE_MAPS}, paper=_paper_top1(name, result),
+                params_m=result.params / 1e6, steps=status.get('step'), seconds=status.get('elapsed'),
+                weights='yes' if shipped else 'no (evaluation only)')
+
+
+def ship_students(run: Path, out: Path, device: str = 'auto', max_mb: float = MAX_MB) -> list[str]:
+    """Add students of the bundle's own seed trained after it (a method it did not have) to the bundle: their
+    weights exported and evaluated as the bundle's are, their probes, a Table 1 row each with a note of how they
+    were trained, and the card's sections over seeds, faithfulness and goals brought up to date; return their names.
+
+    Args:
+        run: A group run folder of ``scripts/train_seeds.sh 0`` (one subfolder per method), on the bundle's teacher,
+            with its recipe and steps.
+        out: The bundle folder.
+        device: Where the exported weights are evaluated.
+        max_mb: The bundle's size limit; over it, nothing is added.
+    """
+    students = [run / name for name in STUDENTS if (run / name / 'config.json').is_file()]
+    if not students:
+        raise BundleError(f'{run} holds no student run of {", ".join(STUDENTS)}')
+    present = [s.name for s in students if evaluation_paths(out / f'{s.name}.safetensors')[0].is_file()]
+    if present:
+        raise BundleError(f'the bundle already has {", ".join(present)}: its own seed\'s students are not replaced')
+    unfinished = [s.name for s in students if (read_json(s / 'status.json') or {}).get('state') != 'finished']
+    if unfinished:
+        raise BundleError(f'{run}: not finished: {", ".join(unfinished)}')
+    teacher = out / f'{TEACHER}.safetensors'
+    foreign = [s.name for s in students if not Path((read_json(s / 'config.json') or {}).get('teacher') or '')
+               .resolve() == teacher.resolve()]
+    if foreign:
+        raise BundleError(f'{", ".join(foreign)} in {run} did not learn from the bundle\'s teacher {teacher}')
+    check_same_training(run, students, out)
+    added, test_sets = [], {}
+    try:
+        for student in students:
+            _export_weights(student, out / f'{student.name}.safetensors', device, test_sets, teacher)
+            added += [*evaluation_paths(out / f'{student.name}.safetensors'), out / f'{student.name}.safetensors']
+            if (student / PROBE_FILE).is_file():
+                _copy(student / PROBE_FILE, out / f'{student.name}.probe.npz')
+                added.append(out / f'{student.name}.probe.npz')
+        size = sum(path.stat().st_size for path in out.rglob('*') if path.is_file())
+        if size > max_mb * 1e6:
+            raise BundleError(f'with {", ".join(s.name for s in students)} the bundle would be {size / 1e6:.1f} MB, '
+                              f'over its {max_mb:g} MB limit: nothing added')
+    except BaseException:
+        for path in added:
+            path.unlink(missing_ok=True)
+        raise
+    _add_table1_rows(out, students)
+    refresh_seeds(out)
+    refresh_faithfulness(out)  # Table 1's new rows' faithfulness, the sections, then the goals
+    return [s.name for s in students]
+
+
+def _add_table1_rows(out: Path, students: list[Path]) -> None:
+    """The card's Table 1 with a row for each of ``students`` (exported into ``out``) and a line on how they
+    were trained; their names taken off the card's list of runs not in the bundle."""
+    rows = [table1_row(s.name, checkpoint_result(out / f'{s.name}.safetensors',
+                                                 read_json(evaluation_paths(out / f'{s.name}.safetensors')[0]) or {},
+                                                 path=out / f'{s.name}.safetensors', seed=BUNDLE_SEED),
+                       read_json(s / 'status.json') or {}, True) for s in students]
+    lines = (out / CARD).read_text().split('\n')
+    start = lines.index(next(line for line in lines if line.startswith('## Table 1'))) + 2
+    end = next(index for index in range(start, len(lines)) if not lines[index].startswith('|'))
+    header = [cell.strip() for cell in lines[start].strip('|').split('|')]
+    keys = {title: key for key, title in TABLE1_COLUMNS}  # the card's own order of columns
+    new_rows = markdown_table(rows, [(keys[title], title) for title in header]).rstrip('\n').split('\n')[2:]
+    names = ', '.join(f'`{s.name}`' for s in students)
+    note = (f'{names} joined the bundle later: trained on the shipped teacher with the students\' recipe and number '
+            'of steps and the same seed (`scripts/train_seeds.sh 0`), in a run of its own, so not on the very same '
+            'batches as the others.')
+    missing = [i for i, line in enumerate(lines) if line.startswith('Not finished, so not in the bundle:')]
+    for index in missing:
+        left = [name for name in lines[index].split(':', 1)[1].strip(' .').split(', ')
+                if name.strip('`') not in {s.name for s in students}]
+        lines[index] = f"Not finished, so not in the bundle: {', '.join(left)}." if left else ''
+    lines[end:end] = new_rows + ['', note]
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text('\n'.join(lines))
+
+
 def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best: str | None, files_size: int,
                max_mb: float = MAX_MB, sweep: list[dict[str, Any]] | None = None) -> str:
     """The bundle's README: setting, Tables 1 and 2 beside the paper's, and how every run was made.
@@ -478,17 +578,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
 
     recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings and the number of steps they trained, which "
                    '`scripts/train_seeds.sh` replays for further seeds.\n' if (out / RECIPE_FILE).is_file() else '')
-    rows = [dict(run=name, model=result.model, method=result.method, loss=result.loss, val=result.val_top1,
-                 top1=result.top1, **{headline_key(source): result.faithfulness.get(source, {}).get('quarter_drop')
-                                      for source in HEADLINE_MAPS}, paper=_paper_top1(name, result),
-                 params_m=result.params / 1e6,
-                 steps=status[name].get('step'), seconds=status[name].get('elapsed'),
-                 weights='yes' if name in shipped else 'no (evaluation only)')
-            for name, result in results.items()]
-    table1 = markdown_table(rows, [
-        ('run', 'run'), ('model', 'model'), ('method', 'method'), ('loss', 'loss'), ('val', 'val top-1 (%)'),
-        ('top1', 'test top-1 (%)'), *FAITHFULNESS_COLUMNS, ('paper', 'paper top-1 (%)'), ('params_m', 'params (M)'), ('steps', 'steps'),
-        ('seconds', 'training (s)'), ('weights', 'weights shipped')])
+    table1 = markdown_table([table1_row(name, result, status[name], name in shipped)
+                             for name, result in results.items()], TABLE1_COLUMNS)
     if 'deit_hard' in results and best is not None:
         a, b = results['deit_hard'], results[best]
         table2_text = (f'Per-class test top-1 (%) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '

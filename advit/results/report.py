@@ -31,7 +31,8 @@ from ..training.train import fields_with_role
 from .paper import PAPER_TOP1
 
 LOSS_TYPES = {'vit': 'CE', 'deit_hard': 'CE + hard KD', 'deit_soft': 'CE + soft KD', 'advit_l1': 'CE + L1',
-              'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL'}
+              'advit_l2': 'CE + L2', 'advit_kl_paper': 'CE + KL (softmax of maps)', 'advit_kl': 'CE + KL',
+              'advit_relevance': 'CE + L1 to relevance'}
 
 
 # config.json keys that do not change what a run learns: where it wrote, how it ran, its seed (the repeats of

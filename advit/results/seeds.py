@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,18 @@ from ..core.io import atomic_path, write_json
 from ..measure.evaluate import evaluation_paths
 from ..measure.faithfulness import HEADLINE_MAPS, headline, headline_key
 from ..training.run_folder import RECORD_KEYS, read_json
-from ..training.train import fields_with_role
+from ..training.train import TrainConfig, fields_with_role
 from .report import markdown_table
 
 BUNDLE_SEED = 0  # scripts/train_bundle.sh passes no --seed: the bundle's runs have TrainConfig's default
 SEEDS_DIR = 'seeds'
-SEED_RECORD = 'seed.json'  # in seeds/seed<N>/: the seed's steps, training time and machines
+SEED_RECORD = 'seed.json'  # in seeds/seed<N>/: the seed's steps and, per training of its students, time and machines
 RECIPE_FILE = 'students.recipe.json'  # the students' shared settings, which scripts/train_seeds.sh replays
 TRAINED_STEPS = 'steps'  # the steps the students trained, as TrainConfig's own key: `--config` gives a seed as many
 # What each student or each run sets for itself (the script gives them), what never changes learning, and
 # config.json's bookkeeping.
+# The students a seed record that does not list its methods trained together: the bundle's six of that time.
+STUDENTS_BEFORE = ('vit', 'deit_hard', 'advit_l1', 'advit_l2', 'advit_kl', 'advit_kl_paper')
 NOT_RECIPE = fields_with_role('output', 'student', 'data', 'length', 'seed', 'runtime') | RECORD_KEYS
 _SEED_FOLDER = re.compile(r'seed(\d+)')
 
@@ -156,6 +158,14 @@ def per_class_table(found: dict[str, MethodSeeds], base: str, ours: str) -> str:
                                  ('b_std', '± std'), ('difference', 'difference'), ('exceeds', 'exceeds the spread')])
 
 
+def seed_trainings(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A seed record's trainings, each its ``methods`` (None: the bundle's students, as a record of before
+    students were added to a seed says), ``train_s`` and ``machines``."""
+    if 'trainings' in record:
+        return record['trainings']
+    return [dict(methods=None, train_s=record.get('train_s', 0.0), machines=record.get('machines') or [])]
+
+
 def seed_runs(bundle: Path) -> str:
     """Markdown: one line per further seed in ``bundle``, how it was trained (its ``SEED_RECORD``)."""
     lines = []
@@ -164,9 +174,14 @@ def seed_runs(bundle: Path) -> str:
         if record is None:
             lines.append(f'- seed {seed}: not recorded how it was trained')
             continue
-        where = ', then '.join(record.get('machines') or []) or 'a machine not recorded'
-        lines.append(f"- seed {seed}: {record['steps']} steps in {record['train_s'] / 60:.0f} minutes of training "
-                     f'(the six students together, evaluations included), on {where}')
+        trainings = []
+        for training in seed_trainings(record):
+            methods = training['methods']
+            who = 'the students together' if methods is None else (
+                ', '.join(f'`{m}`' for m in methods) + (' together' if len(methods) > 1 else ' alone'))
+            where = ', then '.join(training['machines']) or 'a machine not recorded'
+            trainings.append(f"{who} in {training['train_s'] / 60:.0f} minutes (evaluations included) on {where}")
+        lines.append(f"- seed {seed}: {record['steps']} steps; " + '; '.join(trainings))
     return '\n'.join(lines) + '\n' if lines else ''
 
 
@@ -194,7 +209,11 @@ def students_recipe(configs: list[dict[str, Any]]) -> dict[str, Any]:
     Args:
         configs: The students' saved configurations.
     """
-    recipes = [{key: value for key, value in config.items() if key not in NOT_RECIPE} for config in configs]
+    # A setting added since a configuration was written reads as its default, as TrainConfig.from_dict reads it.
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(TrainConfig) if f.name not in NOT_RECIPE}
+    recipes = [{key: value for key, value in dict(defaults, **config).items() if key not in NOT_RECIPE}
+               for config in configs]
     if not recipes:
         raise SeedError('no student configuration to take the recipe from')
     differing = sorted({key for recipe in recipes for key in recipe if recipe.get(key) != recipes[0].get(key)})
@@ -226,7 +245,7 @@ def write_recipe(students: list[Path], bundle: Path) -> Path:
     return path
 
 
-def _check_same_training(run: Path, students: list[Path], bundle: Path) -> None:
+def check_same_training(run: Path, students: list[Path], bundle: Path) -> None:
     """Refuse a seed whose students were not trained as the bundle's were: the recipe it records
     (``RECIPE_FILE``) and as many steps as they trained, so that the seed is the only difference."""
     recipe = read_json(bundle / RECIPE_FILE)
@@ -246,6 +265,22 @@ def _check_same_training(run: Path, students: list[Path], bundle: Path) -> None:
                         f'{bundle_steps}: a seed takes as many as they did')
 
 
+def run_seed(run: Path, methods: list[str]) -> int:
+    """The seed the students of a group run folder share.
+
+    Args:
+        run: A group run folder (one subfolder per method).
+        methods: The student methods looked for.
+    """
+    students = [run / method for method in methods if (run / method / 'config.json').is_file()]
+    if not students:
+        raise SeedError(f'{run} holds no student run of {", ".join(methods)}')
+    seeds = {(read_json(student / 'config.json') or {}).get('seed') for student in students}
+    if len(seeds) != 1 or not isinstance(next(iter(seeds)), int):
+        raise SeedError(f'the students in {run} do not share one seed: {sorted(map(str, seeds))}')
+    return seeds.pop()
+
+
 def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
     """Copy the evaluations of finished seed runs into ``bundle/seeds/seed<N>/`` (no weights), with how each
     seed was trained (``SEED_RECORD``: steps, training time, the machines its runs' configs name); return
@@ -258,27 +293,18 @@ def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
     """
     written = []
     for run in runs:
+        seed = run_seed(run, methods)
         students = [run / method for method in methods if (run / method / 'config.json').is_file()]
-        if not students:
-            raise SeedError(f'{run} holds no student run of {", ".join(methods)}')
-        seeds = {(read_json(student / 'config.json') or {}).get('seed') for student in students}
-        if len(seeds) != 1 or not isinstance(next(iter(seeds)), int):
-            raise SeedError(f'the students in {run} do not share one seed: {sorted(map(str, seeds))}')
-        seed = seeds.pop()
         if seed == BUNDLE_SEED:
             raise SeedError(f'{run} has seed {seed}, the bundle\'s own: train further seeds with another --seed')
         unfinished = [student.name for student in students
                       if (read_json(student / 'status.json') or {}).get('state') != 'finished']
         if unfinished:
             raise SeedError(f'{run}: not finished: {", ".join(unfinished)}')
-        _check_same_training(run, students, bundle)
+        check_same_training(run, students, bundle)
         target = bundle / SEEDS_DIR / f'seed{seed}'
         target.mkdir(parents=True, exist_ok=True)
-        statuses = [read_json(student / 'status.json') or {} for student in students]
-        machines = [name for student in students for name in (read_json(student / 'config.json') or {}).get('machines', [])]
-        write_json(target / SEED_RECORD, dict(seed=seed, steps=max(status.get('step', 0) for status in statuses),
-                                              train_s=round(max(status.get('elapsed', 0.0) for status in statuses), 1),
-                                              machines=list(dict.fromkeys(machines))))
+        write_json(target / SEED_RECORD, seed_record(read_json(target / SEED_RECORD), seed, students))
         written.append(target / SEED_RECORD)
         for student in students:
             source = evaluation_paths(student / 'best.safetensors')[0]
@@ -287,3 +313,24 @@ def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
                 shutil.copyfile(source, tmp)
             written.append(copy)
     return written
+
+
+def seed_record(earlier: dict[str, Any] | None, seed: int, students: list[Path]) -> dict[str, Any]:
+    """A seed's ``SEED_RECORD`` with the training of ``students`` (one group run) added to what ``earlier`` says
+    of other students of that seed (trained before, in another run), or in its place where it trained them too.
+
+    Args:
+        earlier: The seed's record so far, or None.
+        seed: The seed.
+        students: The run folders of the students trained together.
+    """
+    statuses = [read_json(student / 'status.json') or {} for student in students]
+    machines = [name for student in students for name in (read_json(student / 'config.json') or {}).get('machines', [])]
+    methods = [student.name for student in students]
+    training = dict(methods=methods, train_s=round(max(status.get('elapsed', 0.0) for status in statuses), 1),
+                    machines=list(dict.fromkeys(machines)))
+    # An earlier training all of whose students are trained again here is replaced; one of the bundle's first
+    # records (methods None: the students together) only by a training of every bundle student.
+    others = [t for t in seed_trainings(earlier) if not set(t['methods'] or STUDENTS_BEFORE) <= set(methods)] \
+        if earlier else []
+    return dict(seed=seed, steps=max(status.get('step', 0) for status in statuses), trainings=[*others, training])

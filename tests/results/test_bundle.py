@@ -310,6 +310,49 @@ def test_the_sweep_records_each_model_at_its_budget(tmp_path, cifar_archive, cif
     assert f"| {records[1]['best_val_top1']:.2f} | {last:.2f} |" in table  # the last layer's drop beside top-1
 
 
+def test_a_method_the_bundle_lacks_joins_it_at_its_own_seed_and_its_tables_at_further_seeds(bundle, tmp_path,
+                                                                                            cifar_archive):
+    """STUDENTS=advit_relevance scripts/train_seeds.sh 0 1 on a bundle without that student (as the shipped one was
+    before the method existed): seed 0 trained with the bundle's recipe and steps on its teacher and shipped in it,
+    weights too, evaluated as shipped, with a Table 1 row saying how it was trained; seed 1 joins the tables over
+    seeds; a seed 0 of a student the bundle has, refused before any training."""
+    _, out, _ = bundle
+    shipped = tmp_path / 'checkpoints'
+    shutil.copytree(out, shipped)
+    for path in shipped.glob('advit_relevance.*'):
+        path.unlink()
+    card = (shipped / 'README.md').read_text()
+    (shipped / 'README.md').write_text('\n'.join(line for line in card.split('\n') if not line.startswith('| advit_relevance |')))
+    runs = tmp_path / 'seeds'
+    extra = ['--subset', '128', '--val-size', '64', '--test-subset', '64', '--batch-size', '64',
+             '--device', 'cpu', '--log-every', '1', *tiny_flags()]
+    env = dict(os.environ, OUT=str(shipped), RUNS=str(runs), DATA=str(cifar_archive), PYTHON=sys.executable,
+               EXTRA=' '.join(extra), STUDENTS='advit_relevance')
+    script = REPO / 'scripts' / 'train_seeds.sh'
+    refused = subprocess.run(['bash', str(script), '0'], env=dict(env, STUDENTS='vit advit_relevance'),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "seed 0 is the bundle's own and it has vit" in refused.stderr
+    result = subprocess.run(['bash', str(script), '0', '1'], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'advit_relevance shipped in the bundle' in result.stdout
+    loaded = load_checkpoint(shipped / 'advit_relevance.safetensors')
+    assert loaded.meta['method'] == 'advit_relevance' and loaded.meta['teacher'] == 'teacher.safetensors'
+    assert loaded.meta['relevance_target'] == 'layers'
+    assert loaded.meta['test_top1'] == top1(shipped / 'advit_relevance.eval.json')  # the fp16 file's own figure
+    assert (shipped / 'advit_relevance.probe.npz').is_file() and (shipped / 'advit_relevance.predictions.npz').is_file()
+    assert sorted(p.name for p in (shipped / 'seeds' / 'seed1').iterdir()) == ['advit_relevance.eval.json', 'seed.json']
+    card = (shipped / 'README.md').read_text()
+    table1 = card.split('## Table 1')[1].split('\n## ')[0]
+    row = next(line for line in table1.splitlines() if line.startswith('| advit_relevance |'))
+    assert f"| {top1(shipped / 'advit_relevance.eval.json'):.2f} |" in row and row.endswith('| yes |')
+    assert '`advit_relevance` joined the bundle later' in table1
+    section = card.split(SEEDS_HEADING)[1].split('\n## ')[0]
+    assert '- seed 1: ' in section and '`advit_relevance` alone in' in section
+    assert next(line for line in section.splitlines() if line.startswith('| advit_relevance |')).split('|')[2].strip() == '0,1'
+    again = subprocess.run(['bash', str(script), '0'], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "it has advit_relevance" in again.stderr
+
+
 def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evaluations(bundle, tmp_path, cifar_archive):
     """scripts/train_seeds.sh 1 2 at tiny scale on the bundle's shipped teacher: each seed's students trained
     together with --seed N, only their evaluations added to the bundle (seeds/seed<N>/NAME.eval.json, no
@@ -326,7 +369,8 @@ def test_further_seeds_replay_the_recipe_and_join_tables_1_and_2_by_their_evalua
                EXTRA=' '.join(extra))
     script = REPO / 'scripts' / 'train_seeds.sh'
     refused = subprocess.run(['bash', str(script), '0'], env=env, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "other than 0 (the bundle's own)" in refused.stderr and not runs.exists()
+    assert refused.returncode == 2 and "seed 0 is the bundle's own and it has vit" in refused.stderr
+    assert not runs.exists()
     # The seeds replay the students' settings the bundle recorded (advit bundle wrote them from their configs),
     # whatever the presets say now: a learning rate set in the record reaches every seed's students.
     recipe_path = shipped / 'students.recipe.json'

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from advit.app.about import about_markdown
+from advit.training.train import TrainConfig, fields_with_role
 from advit.results.bundle import bundle_seeds_tables
 from advit.core.checkpoint import read_metadata
 from advit.core.machine import machine
@@ -104,7 +105,10 @@ def test_a_seed_folder_of_the_bundles_own_seed_is_refused(tmp_path):
 def test_the_recipe_is_what_the_students_share_and_students_that_differ_are_refused():
     students = [dict(out=f'runs/x/{method}', method=method, seed=0, lr=2e-3, batch_size=128, versions={'torch': 'x'})
                 for method in ('vit', 'advit_l1')]
-    assert students_recipe(students) == {'lr': 2e-3, 'batch_size': 128}
+    recipe = students_recipe(students)
+    assert (recipe['lr'], recipe['batch_size']) == (2e-3, 128)
+    # The settings a configuration does not name (older files lack newer ones) are their defaults.
+    assert set(recipe) == fields_with_role('recipe') and recipe['recipe'] == TrainConfig().recipe
     with pytest.raises(SeedError, match='differ in batch_size, lr'):
         students_recipe([students[0], dict(students[1], lr=1e-3, batch_size=64)])
 
@@ -149,12 +153,24 @@ def test_a_seed_joins_with_its_evaluations_and_how_it_was_trained(tmp_path):
     target = bundle / 'seeds' / 'seed1'
     assert sorted(path.name for path in written) == ['advit_l1.eval.json', 'deit_hard.eval.json', SEED_RECORD]
     assert sorted(path.name for path in target.iterdir()) == sorted(path.name for path in written)
-    assert json.loads((target / SEED_RECORD).read_text()) == dict(
-        seed=1, steps=steps, train_s=5890.0, machines=['CPU A, 2 cores', 'CPU B, 2 cores'])
+    assert json.loads((target / SEED_RECORD).read_text()) == dict(seed=1, steps=steps, trainings=[dict(
+        methods=['deit_hard', 'advit_l1'], train_s=5890.0, machines=['CPU A, 2 cores', 'CPU B, 2 cores'])])
     tables = bundle_seeds_tables(bundle, tuple(methods))
-    assert f'- seed 1: {steps} steps in 98 minutes of training (the six students together, evaluations included), ' \
-           'on CPU A, 2 cores, then CPU B, 2 cores' in tables
+    assert f'- seed 1: {steps} steps; `deit_hard`, `advit_l1` together in 98 minutes (evaluations included) on ' \
+           'CPU A, 2 cores, then CPU B, 2 cores' in tables
     assert collect(bundle, methods)['advit_l1'].seeds == [0, 1]
+    # A student added to the seed later, trained alone, keeps the record of the others' training beside its own.
+    later = tmp_path / 'later' / 'seed1'
+    shutil.copytree(run / 'advit_l1', later / 'advit_relevance')
+    (later / 'advit_relevance' / 'status.json').write_text(json.dumps({'state': 'finished', 'step': steps,
+                                                                      'elapsed': 600.0}))
+    add_seeds([later], bundle, [*methods, 'advit_relevance'])
+    record = json.loads((target / SEED_RECORD).read_text())
+    assert [t['methods'] for t in record['trainings']] == [['deit_hard', 'advit_l1'], ['advit_relevance']]
+    assert '; `advit_relevance` alone in 10 minutes' in bundle_seeds_tables(bundle, (*methods, 'advit_relevance'))
+    # A record written before students were added to seeds names no methods, and still reads.
+    (target / SEED_RECORD).write_text(json.dumps(dict(seed=1, steps=steps, train_s=120.0, machines=['CPU A'])))
+    assert f'- seed 1: {steps} steps; the students together in 2 minutes' in bundle_seeds_tables(bundle, tuple(methods))
 
 
 def test_a_runs_config_names_each_machine_that_trained_it_over_resumes(tmp_path):
