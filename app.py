@@ -36,6 +36,7 @@ from advit.core.losses import METHODS  # noqa: E402
 from advit.app.offer import StudioError  # noqa: E402
 from advit.app.served import ServedFiles  # noqa: E402
 from advit.app.studio import Studio  # noqa: E402
+from advit.app.training_view import TO_RELEVANCE  # noqa: E402
 from advit.app.upload import UploadedImage  # noqa: E402
 from advit.app.train_desk import (DEVICES, LENGTHS, LIST_HEADERS, JobForm, TrainDesk, is_public, job_summary,  # noqa: E402
                               jobs_off_reason, server_name, student_architectures)
@@ -493,7 +494,9 @@ with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600,
                                      elem_id='probe-source')
                 probe_student = gr.Dropdown([], label='Student (of its run)', allow_custom_value=True,
                                             elem_id='probe-student')
-                gap_kind = gr.Radio(['l1', 'l2', 'kl'], value=probe_defaults.kind, label='Gap')
+                gap_kind = gr.Radio(['l1', 'l2', 'kl', f'l1{TO_RELEVANCE}'], value=probe_defaults.kind, label='Gap',
+                                    info='to the teacher\'s attention, or (students of advit_relevance) to the '
+                                         'relevance they learnt')
             with gr.Row():
                 # The API takes any index the view checks (-1: the last evaluation); the page narrows both sliders
                 # to the chosen student's evaluations and probe images (training_controls).

@@ -22,6 +22,7 @@ from ..measure.probe import PROBE_FILE, read_probe
 
 PROBE_SUFFIX = '.probe.npz'  # the bundle's: NAME.probe.npz beside NAME.safetensors
 PROBE_KEYS = ('steps', 'gaps', 'student_maps', 'teacher_maps', 'images', 'teacher_layers', 'grid', 'kinds')
+TO_RELEVANCE = ' to relevance'  # a gap kind to the teacher's relevance (advit_relevance's target), e.g. 'l1 to relevance'
 
 
 class ProbeError(ValueError):
@@ -112,10 +113,14 @@ def load_probe(path: str | Path) -> ProbeRecord:
     problem = _inconsistency(arrays)
     if problem:
         raise ProbeError(f'{path} is not a consistent attention probe file: {problem}')
-    return ProbeRecord(steps=arrays['steps'], gaps=arrays['gaps'],
+    kinds, gaps = tuple(arrays['kinds'].tolist()), arrays['gaps']
+    if 'relevance_gaps' in arrays:  # a student of advit_relevance: its gaps to the target it learnt, as more kinds
+        kinds += tuple(f'{kind}{TO_RELEVANCE}' for kind in kinds)
+        gaps = np.concatenate([gaps, arrays['relevance_gaps']], axis=1)
+    return ProbeRecord(steps=arrays['steps'], gaps=gaps,
                        student_maps=arrays['student_maps'], teacher_maps=arrays['teacher_maps'],
                        images=arrays['images'], teacher_layers=[int(t) for t in arrays['teacher_layers']],
-                       grid=(int(arrays['grid'][0]), int(arrays['grid'][1])), kinds=tuple(arrays['kinds'].tolist()),
+                       grid=(int(arrays['grid'][0]), int(arrays['grid'][1])), kinds=kinds,
                        faithfulness=arrays.get('faithfulness'),
                        faithfulness_sources=tuple(arrays.get('faithfulness_sources', np.array([])).tolist()))
 
@@ -131,6 +136,7 @@ def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
         return f'gaps {gaps.shape} and teacher_maps {teacher_maps.shape} should be 3-d float arrays'
     evaluations, (images, layers, patches) = len(steps), teacher_maps.shape
     expected = dict(gaps=(evaluations, len(kinds), layers), student_maps=(evaluations, images, layers, patches),
+                    **({'relevance_gaps': (evaluations, len(kinds), layers)} if 'relevance_gaps' in arrays else {}),
                     teacher_maps=(images, layers, patches), images=(images, 3, None, None), teacher_layers=(layers,),
                     grid=(2,))
     for key, shape in expected.items():

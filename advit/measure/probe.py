@@ -8,6 +8,8 @@ models' maps on the first ``MAP_IMAGES`` of them. One small file per run, ``atte
 rewritten atomically at each evaluation, which the app's training view draws without a second training:
 
 - ``steps`` (E,), ``gaps`` (E, 3, layers) in the order of ``kinds``,
+- for a student taught the teacher's relevance (``advit_relevance``), ``relevance_gaps`` (E, 3, layers): the same
+  gaps to the target it was trained on, and ``teacher_relevance`` (MAP_IMAGES, layers, patches) float16,
 - ``faithfulness`` (E, sources) quarter drops in points, in the order of ``faithfulness_sources``
   (NaN where an evaluation did not measure them),
 - ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
@@ -28,6 +30,7 @@ from ..core.io import atomic_path
 from ..core.losses import renormalize
 from ..core.models import model_normalization, patch_grid
 from ..core.precision import autocast
+from ..core.relevance import attention_gradients, layer_relevance
 from .faithfulness import source_names
 
 PROBE_IMAGES = 256
@@ -46,15 +49,21 @@ class AttentionProbe:
         layer_map: Teacher layer per student layer (the run's); default uniform.
         amp: bf16 autocast where native, as the run evaluates.
         attn_norm: How the maps are normalised (the run's, ``capture.NORMALIZATIONS``).
+        labels: The probe images' labels, whose class scores weigh the teacher's relevance (students of
+            ``advit_relevance``); None: no relevance is measured.
+        relevance_target: The run's ``relevance_target`` (``relevance.RELEVANCE_TARGETS``).
     """
 
     def __init__(self, teacher: nn.Module, images: torch.Tensor, transform: BatchTransform,
                  head_fusion: str = 'mean', layer_map: list[int] | None = None, amp: bool = True,
-                 attn_norm: str = DEFAULT_NORMALIZATION) -> None:
+                 attn_norm: str = DEFAULT_NORMALIZATION, labels: torch.Tensor | None = None,
+                 relevance_target: str = 'layers') -> None:
         self.teacher, self.images, self.transform = teacher, images, transform
         self.head_fusion, self.layer_map, self.amp, self.attn_norm = head_fusion, layer_map, amp, attn_norm
+        self.labels, self.relevance_target = labels, relevance_target
         self.teacher_grid = patch_grid(teacher)
         self._teacher_maps: torch.Tensor | None = None  # the teacher is frozen: its per-head maps once
+        self._teacher_relevance: torch.Tensor | None = None  # and its relevance, where a student learns it
 
     @torch.no_grad()
     def _maps(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -66,24 +75,40 @@ class AttentionProbe:
         model.train(was_training)
         return maps
 
-    def gaps(self, student: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    def _relevance(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's gradient-weighted maps of the probe images, (N, layers, 1, patches), as training takes them."""
+        if self.labels is None:
+            raise ValueError('the teacher\'s relevance needs the probe images\' labels')
+        with autocast(inputs.device, self.amp):
+            gradients = attention_gradients(self.teacher, inputs, self.labels)
+        return layer_relevance(gradients.weighted, int(self.teacher.num_prefix_tokens), self.relevance_target)[:, :, None]
+
+    def gaps(self, student: nn.Module, target: str = 'attention') -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """(gaps (3, layers), student maps, aligned teacher maps (MAP_IMAGES, layers, patches), the teacher
-        layer of each student layer)."""
+        layer of each student layer), to the teacher's attention or (``target='relevance'``) its relevance."""
         inputs = self.transform.eval(self.images)
-        if self._teacher_maps is None:
-            teacher_inputs = renormalize(inputs, model_normalization(student), model_normalization(self.teacher))
-            self._teacher_maps = self._maps(self.teacher, teacher_inputs)
-        compared = compare_maps(self._maps(student, inputs), self._teacher_maps, patch_grid(student),
-                                self.teacher_grid, self.head_fusion, self.layer_map)
+        teacher_inputs = renormalize(inputs, model_normalization(student), model_normalization(self.teacher))
+        if target == 'relevance':
+            if self._teacher_relevance is None:
+                self._teacher_relevance = self._relevance(teacher_inputs)
+            teacher_maps = self._teacher_relevance
+        else:
+            if self._teacher_maps is None:
+                self._teacher_maps = self._maps(self.teacher, teacher_inputs)
+            teacher_maps = self._teacher_maps
+        fusion = 'mean' if target == 'relevance' else self.head_fusion  # the relevance's heads are fused already
+        compared = compare_maps(self._maps(student, inputs), teacher_maps, patch_grid(student),
+                                self.teacher_grid, fusion, self.layer_map)
         # Per layer: averaged over images and (with per-head fusion) heads.
         gaps = np.stack([compared.gap(kind).mean(dim=(0, 2)).cpu().numpy() for kind in GAP_KINDS])
         return (gaps, compared.student[:MAP_IMAGES, :, 0].cpu().numpy(),
                 compared.teacher[:MAP_IMAGES, :, 0].cpu().numpy(), compared.teacher_layers)
 
-    def record(self, student: nn.Module, step: int, run: Path,
-               faithfulness: dict[str, float] | None = None) -> dict[str, list[float]]:
+    def record(self, student: nn.Module, step: int, run: Path, faithfulness: dict[str, float] | None = None,
+               target: str = 'attention') -> dict[str, list[float]]:
         """Add this evaluation's gaps, maps and faithfulness (quarter drops by source, measured by the
-        caller on the same images) to ``run/attention_probe.npz``; return the gaps by kind."""
+        caller on the same images) to ``run/attention_probe.npz``; return the gaps by kind. A student trained
+        towards the teacher's relevance (``target='relevance'``) has its gaps to that target recorded too."""
         gaps, student_maps, teacher_maps, teacher_layers = self.gaps(student)
         sources = source_names(student_maps.shape[1])
         faithful = np.array([(faithfulness or {}).get(source, np.nan) for source in sources], dtype=np.float32)
@@ -104,10 +129,20 @@ class AttentionProbe:
             teacher_layers=np.array(teacher_layers),
             grid=np.array(patch_grid(student)),
             kinds=np.array(GAP_KINDS))
+        if target == 'relevance':
+            relevance_gaps, _, relevance_maps, _ = self.gaps(student, target)
+            earlier_gaps = earlier.get('relevance_gaps') if earlier is not None else None
+            arrays.update(relevance_gaps=np.concatenate([earlier_gaps[keep], relevance_gaps[None]])
+                          if earlier_gaps is not None else relevance_gaps[None],
+                          teacher_relevance=relevance_maps.astype(np.float16))
         with atomic_path(path) as tmp:
             with open(tmp, 'wb') as f:
                 np.savez(f, **arrays)
-        return {kind: [float(v) for v in row] for kind, row in zip(GAP_KINDS, gaps)}
+        recorded = {kind: [float(v) for v in row] for kind, row in zip(GAP_KINDS, gaps)}
+        if target == 'relevance':
+            recorded.update({f'{kind}_to_relevance': [float(v) for v in row]
+                             for kind, row in zip(GAP_KINDS, arrays['relevance_gaps'][-1])})
+        return recorded
 
 
 def read_probe(path: str | Path) -> dict[str, np.ndarray]:

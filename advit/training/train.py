@@ -609,7 +609,8 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     if teacher_attends and splits.val is not None and hasattr(first, 'blocks'):
         same_heads = teacher.blocks[0].attn.num_heads == first.blocks[0].attn.num_heads
         fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
-        probe = AttentionProbe(teacher, splits.probe.images, transform, fusion, cfg.layer_map, cfg.amp, cfg.attn_norm)
+        probe = AttentionProbe(teacher, splits.probe.images, transform, fusion, cfg.layer_map, cfg.amp, cfg.attn_norm,
+                               labels=splits.probe.labels, relevance_target=cfg.relevance_target)
 
     step, elapsed, saved = restore_students(students, teacher) if resume else (0, 0.0, {})
     if ctx.is_main:
@@ -776,7 +777,7 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
         save_checkpoint(s.run / 'best.safetensors', model, dict(meta, val_top1=val_top1,
                                                                      val_faithfulness=faithful))
-    gaps = probe.record(model, step, s.run, faithful) if probe is not None else None
+    gaps = probe.record(model, step, s.run, faithful, target=s.criterion.method.target) if probe is not None else None
     append_metrics(s.run, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
                                best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {}),
                                **({'faithfulness': faithful} if faithful else {})))
