@@ -67,11 +67,15 @@ HEADLINE_MAPS = ('last layer', *WHOLE_MODEL_MAPS)  # the maps tables show (``hea
 HEADLINE_PROTOCOL = 'mean'  # the protocol the tables, verdicts and goals read, until the agreement is measured
 
 
+FIRST_PROTOCOL = 'mean'  # what every file from before protocols were named measured, under ``faithfulness``
+
+
 def evaluation_key(protocol: str = HEADLINE_PROTOCOL) -> str:
-    """Where an evaluation file keeps the curves of a removal protocol: ``faithfulness`` for the headline one
-    (as files from before protocols were named, all of which measured it), ``faithfulness_<protocol>`` else."""
+    """Where an evaluation file keeps the curves of a removal protocol: ``faithfulness`` for the mean fill (as
+    files from before protocols were named, all of which measured it), ``faithfulness_<protocol>`` else. Fixed
+    by the protocol, not by which one is the headline, so that files keep their meaning if the headline changes."""
     check_protocol(None, protocol)
-    return 'faithfulness' if protocol == HEADLINE_PROTOCOL else f'faithfulness_{protocol}'
+    return 'faithfulness' if protocol == FIRST_PROTOCOL else f'faithfulness_{protocol}'
 
 
 def headline_key(name: str) -> str:

@@ -20,7 +20,13 @@ from typing import Any
 
 from ..core.io import atomic_path, write_json
 from ..measure.evaluate import evaluation_paths
-from ..measure.faithfulness import HEADLINE_MAPS, headline, headline_key
+from ..measure.faithfulness import (
+    HEADLINE_MAPS,
+    HEADLINE_PROTOCOL,
+    headline,
+    headline_key,
+)
+from ..measure.removal import PROTOCOLS
 from ..training.run_folder import RECORD_KEYS, read_json
 from ..training.train import TrainConfig, fields_with_role
 from .report import markdown_table
@@ -48,7 +54,8 @@ class MethodSeeds:
     method: str
     seeds: list[int] = field(default_factory=list)
     top1: list[float] = field(default_factory=list)
-    faithfulness: dict[str, list[float]] = field(default_factory=dict)  # headline map -> quarter drops
+    # removal protocol -> headline map -> quarter drops (a seed whose file lacks a protocol has none there)
+    faithfulness: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     per_class: dict[str, list[float]] = field(default_factory=dict)  # class -> its test top-1 per seed
 
     def add(self, seed: int, evaluation: dict) -> None:
@@ -56,9 +63,14 @@ class MethodSeeds:
         self.top1.append(float(evaluation['top1']))
         for name, score in (evaluation.get('per_class') or {}).items():  # None: no test image of the class
             self.per_class.setdefault(name, []).extend([] if score is None else [float(score)])
-        for source, entry in headline(evaluation).items():
-            if entry['quarter_drop'] is not None:
-                self.faithfulness.setdefault(source, []).append(float(entry['quarter_drop']))
+        for protocol in PROTOCOLS:
+            for source, entry in headline(evaluation, protocol).items():
+                if entry['quarter_drop'] is not None:
+                    self.faithfulness.setdefault(protocol, {}).setdefault(source, []).append(float(entry['quarter_drop']))
+
+    def drops(self, source: str, protocol: str = HEADLINE_PROTOCOL) -> list[float]:
+        """The quarter drops of one headline map under one removal protocol, over the seeds that measured it."""
+        return self.faithfulness.get(protocol, {}).get(source, [])
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -105,7 +117,7 @@ def seeds_table(found: dict[str, MethodSeeds]) -> str:
         mean, std = _mean_std(entry.top1)
         row = dict(method=entry.method, seeds=entry.seeds, top1=mean, top1_std=std)
         for source in HEADLINE_MAPS:
-            row[headline_key(source)], row[headline_key(source) + '_std'] = _mean_std(entry.faithfulness.get(source, []))
+            row[headline_key(source)], row[headline_key(source) + '_std'] = _mean_std(entry.drops(source))
         rows.append(row)
     table = markdown_table(rows, [('method', 'method'), ('seeds', 'seeds'), ('top1', 'test top-1 (%)'),
                                   ('top1_std', '± std'), *[column for source in HEADLINE_MAPS for column in (
@@ -114,6 +126,48 @@ def seeds_table(found: dict[str, MethodSeeds]) -> str:
     comparisons = [_difference(found[ours], found[base]) for ours in found if ours.startswith('advit_')
                    for base in ('deit_hard', 'vit') if base in found]
     return table + ('\n' + '\n'.join(comparisons) + '\n' if comparisons else '')
+
+
+def protocols_table(found: dict[str, MethodSeeds]) -> str:
+    """Markdown: each method's last-layer map and gradient rollout under every removal protocol, mean and standard
+    deviation of the quarter drop over its seeds, then the last layer's differences that the goals ask about (each
+    ADViT method against ``deit_hard``, ``advit_relevance`` against ``advit_l1`` too) per protocol.
+
+    Args:
+        found: Each method's results over its seeds (``collect``), in the table's order.
+    """
+    maps = (HEADLINE_MAPS[0], HEADLINE_MAPS[-1])
+    rows, columns = [], [('method', 'method')]
+    for protocol in PROTOCOLS:
+        for source in maps:
+            key = f'{protocol}_{headline_key(source)}'
+            columns += [(key, f'{source}, {protocol} (pts)'), (key + '_std', '± std'), (key + '_n', 'seeds')]
+    for entry in found.values():
+        row = dict(method=entry.method)
+        for protocol in PROTOCOLS:
+            for source in maps:
+                key, values = f'{protocol}_{headline_key(source)}', entry.drops(source, protocol)
+                (row[key], row[key + '_std']), row[key + '_n'] = _mean_std(values), len(values) or None
+        rows.append(row)
+    pairs = [(ours, base) for ours in found if ours.startswith('advit_') for base in ('deit_hard', 'advit_l1')
+             if base in found and ours != base and (base == 'deit_hard' or ours == 'advit_relevance')]
+    lines = [_drop_difference(found[ours], found[base], HEADLINE_MAPS[0]) for ours, base in pairs]
+    return markdown_table(rows, columns) + ('\n' + '\n'.join(lines) + '\n' if lines else '')
+
+
+def _drop_difference(ours: MethodSeeds, base: MethodSeeds, source: str) -> str:
+    """One line: under each protocol, the difference of one map's mean quarter drops and whether it exceeds the
+    two spreads added."""
+    parts = []
+    for protocol in PROTOCOLS:
+        a, b = ours.drops(source, protocol), base.drops(source, protocol)
+        if not a or not b:
+            parts.append(f'{protocol}: not measured for both')
+            continue
+        exceeds = _exceeds(a, b)
+        told = 'spread not known' if exceeds is None else ('exceeds the spread' if exceeds else 'within the spread')
+        parts.append(f'{protocol} {statistics.mean(a) - statistics.mean(b):+.1f} points ({told})')
+    return f'- `{ours.method}` - `{base.method}`, {source} map\'s quarter drop: ' + '; '.join(parts)
 
 
 def _exceeds(ours: list[float], base: list[float]) -> bool | None:
@@ -199,6 +253,9 @@ def seeds_tables(bundle: Path, methods: list[str], best: str | None) -> str:
     table2 = per_class_table(found, 'deit_hard', best) if best is not None else ''
     runs = seed_runs(bundle)
     return (runs + '\n' if runs else '') + seeds_table(found) + (
+        '\nThe maps\' faithfulness under every removal protocol (a patch\'s pixels set to the mean, its token dropped, '
+        'its pixels blurred: `advit/measure/removal.py`), over the seeds that measured each:\n\n'
+        + protocols_table(found)) + (
         f'\nPer-class test top-1 over seeds (Table 2) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
         f'chosen on validation):\n\n{table2}' if table2 else '')
 

@@ -17,7 +17,17 @@ from advit.results.bundle import bundle_seeds_tables
 from advit.core.checkpoint import read_metadata
 from advit.core.machine import machine
 from advit.training.run_folder import write_config
-from advit.results.seeds import SEED_RECORD, SeedError, add_seeds, collect, seeds_table, students_recipe
+from advit.measure.faithfulness import evaluation_key
+from advit.results.seeds import (
+    SEED_RECORD,
+    SeedError,
+    add_seeds,
+    collect,
+    protocols_table,
+    seeds_table,
+    seeds_tables,
+    students_recipe,
+)
 from conftest import REPO
 
 SHIPPED = REPO / 'checkpoints'
@@ -42,7 +52,7 @@ def test_means_spreads_and_which_differences_exceed_them(tmp_path):
     found = collect(bundle, list(top1))
     assert found['advit_l1'].seeds == [0, 1, 2] and found['advit_l1'].top1 == top1['advit_l1']
     drops = json.loads((SHIPPED / 'advit_l1.eval.json').read_text())['faithfulness']['summary']['sources']
-    assert found['advit_l1'].faithfulness['gradient rollout'] == [drops['gradient rollout']['quarter_drop']] * 3
+    assert found['advit_l1'].drops('gradient rollout') == [drops['gradient rollout']['quarter_drop']] * 3
     table = seeds_table(found)
     row = next(line for line in table.splitlines() if line.startswith('| advit_l1 |'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
@@ -52,6 +62,43 @@ def test_means_spreads_and_which_differences_exceed_them(tmp_path):
     assert '- `advit_l2` - `deit_hard`: +0.50 points of test top-1, within the spread' in table
     about = about_markdown([], bundle)
     assert "The bundle's students over seeds" in about and row in about
+
+
+def evaluation(top1: float, last: dict[str, float]) -> dict:
+    """An evaluation file's contents with the last layer's quarter drop under each protocol in ``last``."""
+    def measured(drop: float) -> dict:
+        sources = {'layer 1': dict(quarter_drop=0.0), 'layer 2': dict(quarter_drop=drop),
+                   'rollout': dict(quarter_drop=1.0), 'gradient rollout': dict(quarter_drop=2.0)}
+        return dict(summary=dict(sources=sources))
+    return dict(top1=top1, **{evaluation_key(protocol): measured(drop) for protocol, drop in last.items()})
+
+
+def test_faithfulness_over_seeds_under_every_protocol_and_the_differences_the_goals_ask_about(tmp_path):
+    """Each protocol's last-layer drops as mean and spread over the seeds that measured it; advit_relevance
+    against deit_hard and advit_l1 per protocol, told from noise by the two spreads added."""
+    drops = {'deit_hard': [dict(mean=5.0, drop=2.0, blur=3.0), dict(mean=6.0, drop=2.5, blur=3.5),
+                           dict(mean=5.5, drop=3.0)],  # a seed measured before blur existed
+             'advit_l1': [dict(mean=4.0, drop=1.0, blur=3.0)] * 3,
+             'advit_relevance': [dict(mean=12.0, drop=2.4, blur=9.0), dict(mean=13.0, drop=2.8, blur=10.0),
+                                 dict(mean=12.5, drop=2.6, blur=9.5)]}
+    for method, seeds in drops.items():
+        for seed, last in enumerate(seeds):
+            folder = tmp_path if seed == 0 else tmp_path / 'seeds' / f'seed{seed}'
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f'{method}.eval.json').write_text(json.dumps(evaluation(70.0, last)))
+    found = collect(tmp_path, list(drops))
+    assert found['deit_hard'].drops('last layer', 'blur') == [3.0, 3.5]
+    table = protocols_table(found)
+    row = table_row(table, 'advit_relevance')
+    assert row[1:4] == ['12.50', '0.50', '3'] and row[7:10] == ['2.60', '0.20', '3']
+    assert table_row(table, 'deit_hard')[13:16] == ['3.25', '0.35', '2']
+    line = next(line for line in table.splitlines() if line.startswith('- `advit_relevance` - `deit_hard`'))
+    # mean: 12.5 - 5.5 = 7 > 0.5 + 0.5; drop: 2.6 - 2.5 = 0.1 < 0.2 + 0.5; blur: 9.5 - 3.25 exceeds.
+    assert 'mean +7.0 points (exceeds the spread); drop +0.1 points (within the spread); blur +6.2 points ' \
+           '(exceeds the spread)' in line
+    assert any(line.startswith('- `advit_relevance` - `advit_l1`') for line in table.splitlines())
+    assert not any(line.startswith('- `advit_l1` - `advit_l1`') for line in table.splitlines())
+    assert 'under every removal protocol' in seeds_tables(tmp_path, list(drops), None)
 
 
 def table_row(table: str, first: str) -> list[str]:
@@ -81,7 +128,8 @@ def test_table2_over_seeds_gives_each_class_of_deit_and_the_best_student_on_vali
     # airplane: 61 - 52 = 9 > 1 + 2 exceeds; cat: 45 - 44 = 1 < 0 + 4 within.
     assert table_row(tables, 'airplane') == ['airplane', '52.00', '2.00', '61.00', '1.00', '9.00', 'yes']
     assert table_row(tables, 'cat') == ['cat', '44.00', '4.00', '45.00', '0.00', '1.00', 'no']
-    assert len([line for line in tables.splitlines() if line.startswith('| ')]) == 2 + 3 + 2 + 10
+    # Table 1 over seeds and the protocols table (header, rule, three methods each), then Table 2's ten classes.
+    assert len([line for line in tables.splitlines() if line.startswith('| ')]) == (2 + 3) * 2 + 2 + 10
     assert '| airplane |' in about_markdown([], bundle)
 
 
