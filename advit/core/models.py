@@ -11,12 +11,13 @@ so capture, losses and the app treat them like any other ViT.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch.nn as nn
-from timm.layers import PatchEmbed
+from timm.layers import LayerNorm, PatchEmbed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -172,7 +173,7 @@ ARCHITECTURE_ARGS = frozenset({
     'init_values', 'class_token', 'reg_tokens', 'no_embed_class', 'pos_embed', 'global_pool', 'pre_norm',
     'final_norm', 'fc_norm', 'pool_include_prefix', 'scale_attn_norm', 'scale_mlp_norm', 'dynamic_img_size',
     'dynamic_img_pad', 'drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate', 'attn_drop_rate',
-    'drop_path_rate',
+    'drop_path_rate', 'norm_eps',
 })
 
 
@@ -181,7 +182,7 @@ ARCHITECTURE_ARGS = frozenset({
 # bounds are past the largest ViTs (ViT-22B: 48 blocks of width 6144, 48 heads).
 ARCHITECTURE_BOUNDS: dict[str, tuple[float, float, bool]] = {  # key: (low, high, whole)
     'depth': (1, 64, True), 'embed_dim': (1, 8192, True), 'num_heads': (1, 128, True), 'mlp_ratio': (0.25, 16, False),
-    'patch_size': (1, 64, True), 'in_chans': (1, 16, True), 'reg_tokens': (0, 64, True),
+    'patch_size': (1, 64, True), 'in_chans': (1, 16, True), 'reg_tokens': (0, 64, True), 'norm_eps': (0, 0.1, False),
     **{rate: (0, 1, False) for rate in ('drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate',
                                         'attn_drop_rate', 'drop_path_rate')},
 }
@@ -217,9 +218,12 @@ def create_model(
         pretrained_file: Load pretrained weights from this local file instead (no network). Its head
             is kept when it has ``num_classes`` outputs, otherwise replaced by a fresh one.
         model_args: Architecture arguments passed to the timm entrypoint (``depth``, ``embed_dim``...;
-            ``ARCHITECTURE_ARGS`` only).
+            ``ARCHITECTURE_ARGS`` only). ``norm_eps`` sets a ViT's LayerNorm epsilon (timm's is 1e-6).
     """
     check_architecture_args(model_args)
+    if 'norm_eps' in model_args:
+        # transformers' ViTs normalise with eps 1e-12: a checkpoint's JSON carries the number, never a layer.
+        model_args['norm_layer'] = partial(LayerNorm, eps=model_args.pop('norm_eps'))
     base_name = name.split('.', 1)[0]
     if not timm.is_model(base_name):
         raise ValueError(f'unknown model {shown_value(name)}: not a timm model name (see timm.list_models())')
