@@ -101,13 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     e.add_argument('--cache-dir', help='decoded-dataset cache')
     i = commands.add_parser('import', help='make a plain state dict (timm\'s .pth, DeiT\'s checkpoint, safetensors '
-                            'without metadata) a checkpoint the app lists: architecture, classes and input size '
-                            'written into it')
-    i.add_argument('weights', help='the state dict\'s file')
-    i.add_argument('--model', required=True, help='its architecture, a timm name (e.g. vit_base_patch16_224)')
+                            'without metadata), or a transformers ViT/DeiT classifier (a folder or Hub id, checked '
+                            'against transformers\' own forward), a checkpoint the app lists: architecture, classes '
+                            'and input size written into it')
+    i.add_argument('weights', help='the state dict\'s file, or a transformers checkpoint\'s folder or Hub id')
+    i.add_argument('--model', help='a state dict\'s architecture, a timm name (e.g. vit_base_patch16_224); a '
+                   'transformers checkpoint names its own')
     i.add_argument('--out', required=True, help='the checkpoint to write (.safetensors), e.g. in checkpoints/')
-    i.add_argument('--classes', default=','.join(CIFAR10_CLASSES), help='class names in the head\'s order, '
-                   'comma-separated (default: CIFAR-10\'s)')
+    i.add_argument('--classes', help='class names in the head\'s order, comma-separated (default: a transformers '
+                   'checkpoint\'s labels; for a state dict, CIFAR-10\'s)')
     i.add_argument('--image-size', type=int, help='input size it was trained at (default: the architecture\'s)')
     i.add_argument('--method', choices=METHODS, help='how it was trained, shown by the app')
     i.add_argument('--teacher', help='its teacher, shown by the app')
@@ -218,11 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   'brought up to date')
         elif args.command == 'import':
             from .core.checkpoint import import_state_dict
-            classes = [name.strip() for name in args.classes.split(',') if name.strip()]
+            from .core.hf_import import is_transformers_source
+            classes = [name.strip() for name in args.classes.split(',') if name.strip()] if args.classes else None
+            if classes is None and not is_transformers_source(args.weights):
+                classes = list(CIFAR10_CLASSES)
             meta = import_state_dict(args.weights, args.model, args.out, classes, args.image_size, args.method,
                                      args.teacher)
-            print(f'{args.out}: {meta["model"]} at {meta["image_size"]}px, {len(classes)} classes, '
-                  f'{meta["params"] / 1e6:.1f}M parameters')
+            checked = (f'; same logits and [CLS] attention as transformers\' {meta["imported_architecture"]}'
+                       if 'import_check' in meta else '')
+            print(f'{args.out}: {meta["model"]} at {meta["image_size"]}px, {len(meta["classes"])} classes, '
+                  f'{meta["params"] / 1e6:.1f}M parameters{checked}')
         elif args.command == 'faithfulness':
             from .core.data import load_dataset
             from .measure.evaluate import measure_checkpoint_faithfulness

@@ -245,8 +245,12 @@ def import_state_dict(
     """
     if Path(out).suffix != '.safetensors':
         raise CheckpointError(f'the imported checkpoint is a .safetensors file, not {Path(out).name}')
-    from .hf_import import convert, is_transformers_source  # hf_import builds on this module
+    # Imported here: hf_import builds on this module.
+    from .hf_import import convert, is_transformers_source
     if is_transformers_source(weights):
+        if model_name is not None:
+            raise CheckpointError(f'{weights} is a transformers checkpoint, whose config.json gives its architecture: '
+                                  'leave out --model')
         model, meta = convert(weights, classes, image_size)
     else:
         if model_name is None:
