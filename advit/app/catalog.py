@@ -28,7 +28,8 @@ from ..core.io import REPO
 from ..core.models import create_model, is_vit_name
 from ..core.weights import TRAIN_STATE_PREFIX, CheckpointError
 from ..measure.evaluate import evaluation_paths
-from ..measure.faithfulness import describe_drop, headline
+from ..measure.faithfulness import HEADLINE_PROTOCOL, describe_drop, headline
+from ..measure.removal import PROTOCOLS, REMOVED_AS
 from ..training.run_folder import read_json
 from .names import model_label
 
@@ -66,19 +67,19 @@ class ModelEntry:
         """A readable one-line name for a model list (``names.model_label``)."""
         return model_label(self.key, self.meta)
 
-    def faithfulness(self) -> dict[str, dict[str, float | None]]:
+    def faithfulness(self, protocol: str = HEADLINE_PROTOCOL) -> dict[str, dict[str, float | None]]:
         """The quarter drops (and their standard errors) of its last layer's map and rollout on the test
-        images of its evaluation file (``faithfulness.headline``), or {} where none was measured."""
+        images of its evaluation file under a removal ``protocol`` (``faithfulness.headline``), or {} where none
+        was measured."""
         if self.key.startswith(TIMM_PREFIX):
             return {}
         evaluation = read_json(evaluation_paths(self.key)[0])  # None: missing or unreadable, as if not measured
-        drops = headline(evaluation) if evaluation is not None else {}
+        drops = headline(evaluation, protocol) if evaluation is not None else {}
         return drops if any(entry['quarter_drop'] is not None for entry in drops.values()) else {}
 
     def describe(self) -> str:
         """Markdown: what this model is, from its metadata (and its evaluation file's faithfulness)."""
         meta = self.meta
-        drops = self.faithfulness()
         rows = [('file', f'`{self.name}`'), ('architecture', meta.get('model')), ('method', meta.get('method')),
                 ('teacher', meta.get('teacher')), ('image size', meta.get('image_size')),
                 ('classes', len(meta.get('classes', [])) or None), ('parameters',
@@ -86,9 +87,9 @@ class ModelEntry:
                 ('validation top-1', f"{meta['val_top1']:.2f}% (the checkpoint was chosen on it)"
                  if meta.get('val_top1') is not None else None),
                 ('test top-1', f"{meta['test_top1']:.2f}%" if meta.get('test_top1') is not None else None),
-                ('faithful maps? (quarter drop on test images)', '; '.join(
-                    f'{source}: {describe_drop(entry)}' for source, entry in drops.items()
-                    if entry['quarter_drop'] is not None) or None),
+                *[(f'faithful maps? (quarter drop on test images, removed patches {REMOVED_AS[protocol]})', '; '.join(
+                    f'{source}: {describe_drop(entry)}' for source, entry in self.faithfulness(protocol).items()
+                    if entry['quarter_drop'] is not None) or None) for protocol in PROTOCOLS],
                 ('chosen at step', meta.get('step'))]
         return '\n'.join(f'- **{name}**: {value}' for name, value in rows if value not in (None, ''))
 

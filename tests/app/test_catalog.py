@@ -1,6 +1,7 @@
 """The model catalog: discovering checkpoints, checking them without loading, and the loaded-model cache."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import advit  # noqa: F401  (registers the CIFAR ViTs with timm)
 from advit.app.catalog import TIMM_PREFIX, ModelCache, ModelEntry, cached_timm_models, check_checkpoint, discover
 from advit.core.checkpoint import save_checkpoint
 from advit.core.data import CIFAR10_CLASSES
-from conftest import TINY
+from conftest import REPO, TINY
 from conftest import tiny_vit as tiny
 
 NAME = 'vit_tiny_patch4_32'
@@ -340,3 +341,17 @@ def test_a_state_dict_in_a_checkpoint_folder_is_listed_with_how_to_import_it(tmp
     assert not entry.usable
     assert entry.problem == ('a plain state dict, which does not name its architecture: `advit import timm_weights.pth '
                              '--model ARCHITECTURE --out timm_weights.safetensors` makes it a checkpoint this app lists')
+
+
+def test_a_model_card_says_how_faithful_its_maps_are_under_every_removal_protocol_measured():
+    """The shipped ADViT-L1 student was measured with patches set to the mean, dropped and blurred: its card in the
+    app has a line for each, with the numbers of its evaluation file."""
+    from advit.measure.faithfulness import headline
+    from advit.measure.removal import PROTOCOLS, REMOVED_AS
+    path = REPO / 'checkpoints' / 'advit_l1.safetensors'
+    lines = check_checkpoint(path).describe().splitlines()
+    evaluation = json.loads(path.with_suffix('.eval.json').read_text())
+    for protocol in PROTOCOLS:
+        line = next(line for line in lines if f'removed patches {REMOVED_AS[protocol]})' in line)
+        drop = headline(evaluation, protocol)['last layer']['quarter_drop']
+        assert f'last layer: {drop:+.1f}' in line
