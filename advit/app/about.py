@@ -3,7 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..measure.faithfulness import HEADLINE_MAPS, TEST_IMAGES, describe_drop
+from ..measure.faithfulness import (
+    HEADLINE_MAPS,
+    HEADLINE_PROTOCOL,
+    TEST_IMAGES,
+    describe_drop,
+)
+from ..measure.removal import REMOVED_AS
 from ..results.bundle import bundle_seeds_tables
 from ..results.paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .catalog import ModelEntry
@@ -36,9 +42,10 @@ mapped to each student layer and resampled to the student's patch grid.
 
 FAITHFULNESS = f"""\
 **Are the maps about what the model uses?** Faithfulness, on a fixed random {TEST_IMAGES} test images: the
-patches a map attends to most are masked first (set to the dataset mean) and the accuracy lost is
-compared with masking patches in a random order. The number is the **quarter drop**: points of
-accuracy lost by masking the map's top quarter of patches beyond those lost by masking a random
+patches a map attends to most are removed first ({REMOVED_AS[HEADLINE_PROTOCOL]}, which puts nothing out of
+distribution into a ViT; a model's card also gives the pixels set to the mean and blurred) and the accuracy lost
+is compared with removing patches in a random order. The number is the **quarter drop**: points of
+accuracy lost by removing the map's top quarter of patches beyond those lost by removing a random
 quarter, with its standard error over the images. Positive: the map points at patches the model
 needs; within two standard errors of 0: no better than chance; negative: it points away from them.
 It says what the model uses, which may be background rather than the object a person would point at.

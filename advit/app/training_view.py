@@ -18,7 +18,8 @@ from PIL import Image
 
 from ..measure.faithfulness import WHOLE_MODEL_MAPS, source_names
 from ..measure.inspection import AttentionReport
-from ..measure.probe import PROBE_FILE, read_probe
+from ..measure.probe import PROBE_FILE, probe_protocol, read_probe
+from ..measure.removal import REMOVED_AS
 
 PROBE_SUFFIX = '.probe.npz'  # the bundle's: NAME.probe.npz beside NAME.safetensors
 PROBE_KEYS = ('steps', 'gaps', 'student_maps', 'teacher_maps', 'images', 'teacher_layers', 'grid', 'kinds')
@@ -44,6 +45,7 @@ class ProbeRecord:
     # points; None in probes recorded before the measure (the shipped bundle's), NaN where not measured.
     faithfulness: np.ndarray | None = None
     faithfulness_sources: tuple[str, ...] = ()
+    faithfulness_protocol: str = 'mean'  # how patches were removed (``removal.PROTOCOLS``)
 
     @property
     def layers(self) -> int:
@@ -122,7 +124,8 @@ def load_probe(path: str | Path) -> ProbeRecord:
                        images=arrays['images'], teacher_layers=[int(t) for t in arrays['teacher_layers']],
                        grid=(int(arrays['grid'][0]), int(arrays['grid'][1])), kinds=kinds,
                        faithfulness=arrays.get('faithfulness'),
-                       faithfulness_sources=tuple(arrays.get('faithfulness_sources', np.array([])).tolist()))
+                       faithfulness_sources=tuple(arrays.get('faithfulness_sources', np.array([])).tolist()),
+                       faithfulness_protocol=probe_protocol(arrays))
 
 
 def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
@@ -216,7 +219,10 @@ def students_faithfulness_figure(probes: dict[str, ProbeRecord]) -> go.Figure:
                                         mode='lines+markers', line=dict(dash=dash),
                                         visible=True if index == probe.layers - 1 else 'legendonly',
                                         name=f'{name}: {probe.faithfulness_sources[index]}'))
-    layout = dict(xaxis_title='step', yaxis_title='quarter drop (points): map beyond random', height=320,
+    protocols = sorted({REMOVED_AS[probe.faithfulness_protocol] for probe in probes.values()
+                        if probe.faithfulness is not None})
+    layout = dict(xaxis_title='step', yaxis_title=f'quarter drop (points): map beyond random, patches {" or ".join(protocols)}',
+                  height=320,
                   margin=dict(l=40, r=10, t=30, b=40), legend=dict(orientation='h'))
     if not figure.data:
         layout['annotations'] = [dict(text='not recorded: these runs predate the faithfulness measure', x=0.5,

@@ -28,6 +28,7 @@ from .faithfulness import (
     evaluation_key,
     split_faithfulness,
 )
+from .removal import PROTOCOLS
 
 
 @torch.no_grad()
@@ -157,7 +158,8 @@ def evaluate_split(
         device: ``auto``, ``cpu`` or ``cuda``, or a torch device.
         model_name: Architecture, for a state dict without advit metadata.
         progress: Called with the fraction of test images done.
-        faithfulness_images: Test images the maps' faithfulness is measured on (0: not measured).
+        faithfulness_images: Test images the maps' faithfulness is measured on under every removal protocol
+            (0: not measured).
         amp: bf16 autocast where the device runs it natively.
         extra: More to record in the metrics (how the checkpoint was chosen, the split's name).
     """
@@ -166,10 +168,12 @@ def evaluate_split(
     chosen = {key: loaded.meta[key] for key in ('step', 'val_top1') if key in loaded.meta}
     record = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
               'method': loaded.meta.get('method'), **chosen, **(extra or {})}
-    faithfulness = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, faithfulness_images,
-                                      batch_size, amp)
-    if faithfulness is not None:
-        record['faithfulness'] = faithfulness
+    for protocol in PROTOCOLS:  # every one, so that a verdict can be checked against the others
+        curves = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, faithfulness_images,
+                                    batch_size, amp, protocol=protocol)
+        if curves is None:  # not a model with [CLS] attention, or nothing to measure
+            break
+        record[evaluation_key(protocol)] = curves
     return save_evaluation(checkpoint, probs, test.labels, test.classes, record)
 
 
@@ -185,8 +189,10 @@ def evaluate_and_record(checkpoint: str | Path, test: ImageSet, data_name: str, 
     """
     metrics = evaluate_split(checkpoint, test, data_name, **evaluation)
     loaded = load_checkpoint(checkpoint)
-    save_checkpoint(checkpoint, loaded.model, dict(loaded.meta, test_top1=metrics['top1'], test_faithfulness=(
-        metrics.get('faithfulness') or {}).get('summary')), half=half)
+    headline_summary = (metrics.get(evaluation_key(HEADLINE_PROTOCOL)) or {}).get('summary')
+    save_checkpoint(checkpoint, loaded.model, dict(loaded.meta, test_top1=metrics['top1'], test_faithfulness=headline_summary,
+                                                   test_faithfulness_protocol=HEADLINE_PROTOCOL if headline_summary
+                                                   else None), half=half)
     return metrics
 
 

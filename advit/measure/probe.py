@@ -11,7 +11,8 @@ rewritten atomically at each evaluation, which the app's training view draws wit
 - for a student taught the teacher's relevance (``advit_relevance``), ``relevance_gaps`` (E, 3, layers): the same
   gaps to the target it was trained on, and ``teacher_relevance`` (MAP_IMAGES, layers, patches) float16,
 - ``faithfulness`` (E, sources) quarter drops in points, in the order of ``faithfulness_sources``
-  (NaN where an evaluation did not measure them),
+  (NaN where an evaluation did not measure them), under the removal protocol ``faithfulness_protocol`` (a probe
+  without it: the mean fill),
 - ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
 - ``images`` (MAP_IMAGES, 3, H, W) uint8, ``teacher_layers`` (layers,), ``grid`` (2,).
 """
@@ -31,7 +32,7 @@ from ..core.losses import renormalize
 from ..core.models import model_normalization, patch_grid
 from ..core.precision import autocast
 from ..core.relevance import attention_gradients, layer_relevance
-from .faithfulness import source_names
+from .faithfulness import FIRST_PROTOCOL, HEADLINE_PROTOCOL, source_names
 
 PROBE_IMAGES = 256
 MAP_IMAGES = 8
@@ -116,11 +117,14 @@ class AttentionProbe:
         earlier = read_probe(path) if path.is_file() else None
         keep = earlier['steps'] < step if earlier is not None else None  # a resumed run writes its steps again
         earlier_faithful = _columns(earlier, sources) if earlier is not None else None
+        if earlier is not None and probe_protocol(earlier) != HEADLINE_PROTOCOL:
+            earlier_faithful[:] = np.nan  # measured under another protocol: not on this file's scale
         arrays = dict(
             steps=np.append(earlier['steps'][keep], step) if earlier is not None else np.array([step]),
             faithfulness=np.concatenate([earlier_faithful[keep], faithful[None]]) if earlier is not None
             else faithful[None],
             faithfulness_sources=np.array(sources),
+            faithfulness_protocol=np.array(HEADLINE_PROTOCOL),
             gaps=np.concatenate([earlier['gaps'][keep], gaps[None]]) if earlier is not None else gaps[None],
             student_maps=np.concatenate([earlier['student_maps'][keep], student_maps[None].astype(np.float16)])
             if earlier is not None else student_maps[None].astype(np.float16),
@@ -149,6 +153,11 @@ def read_probe(path: str | Path) -> dict[str, np.ndarray]:
     """A run's ``attention_probe.npz`` as arrays (see the module's docstring)."""
     with np.load(path, allow_pickle=False) as saved:
         return {key: saved[key] for key in saved.files}
+
+
+def probe_protocol(probe: dict[str, np.ndarray]) -> str:
+    """The removal protocol a probe's faithfulness was measured under (``mean`` in probes from before it was named)."""
+    return str(probe['faithfulness_protocol']) if 'faithfulness_protocol' in probe else FIRST_PROTOCOL
 
 
 def _columns(probe: dict[str, np.ndarray], sources: list[str]) -> np.ndarray:

@@ -37,17 +37,20 @@ from ..measure.evaluate import evaluate_and_record, evaluation_paths
 from ..measure.faithfulness import (
     FAITHFUL_BAR,
     HEADLINE_MAPS,
+    HEADLINE_PROTOCOL,
     NOISE_MARGIN,
     ROLLOUT,
     TEST_IMAGES,
     WHOLE_MODEL_MAPS,
     FaithfulnessCurves,
+    evaluation_key,
     headline,
     headline_key,
     last_layer,
     verdict,
 )
 from ..measure.probe import PROBE_FILE
+from ..measure.removal import REMOVED_AS
 from ..training.run_folder import read_json, read_metrics, read_sessions
 from ..training.train import fields_with_role
 from .agreement import agreement_markdown
@@ -194,13 +197,14 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
     evaluation files: every layer's, rollout's and gradient rollout's quarter drop with its verdict, and
     the deletion and insertion areas of the last layer and both rollouts against a random order."""
     evaluations = {name: read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {} for name in names}
-    measured = {name: FaithfulnessCurves.from_dict(e['faithfulness']) for name, e in evaluations.items()
-                if 'faithfulness' in e}
+    key = evaluation_key(HEADLINE_PROTOCOL)
+    measured = {name: FaithfulnessCurves.from_dict(e[key]) for name, e in evaluations.items() if key in e}
     intro = (f'{FAITHFULNESS_HEADING}\n\nDoes a model use the patches its [CLS] map points at? On a fixed random '
-             f'{TEST_IMAGES} test images, patches are masked (set to the dataset mean) in the order of each map, most '
-             'attended first, and accuracy and the true class\'s probability are read as they go; a random order is '
-             'the baseline. **Quarter drop**: points of accuracy lost by masking the map\'s top quarter of patches '
-             'beyond those lost by masking a random quarter, with its standard error over the images (positive: '
+             f'{TEST_IMAGES} test images, patches are removed ({REMOVED_AS[HEADLINE_PROTOCOL]}: the headline '
+             'protocol, argued in the project\'s README; the others in the next section) in the order of each map, '
+             'most attended first, and accuracy and the true class\'s probability are read as they go; a random '
+             'order is the baseline. **Quarter drop**: points of accuracy lost by removing the map\'s top quarter of '
+             'patches beyond those lost by removing a random quarter, with its standard error over the images (positive: '
              f'the map points at what the model uses). Verdicts: within {NOISE_MARGIN:g} standard errors of 0 "no '
              'better than random"; above that "weakly faithful", and "faithful" from '
              f'{FAITHFUL_BAR:g} points; below it "points away from what the model uses". Table 1\'s faithfulness '
@@ -209,7 +213,8 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
              'The measure says whether a map is about what the model uses, not whether it is about the object a '
              'person sees: it can be background.\n\n')
     if not measured:
-        return intro + 'Not measured for these files yet: `advit faithfulness checkpoints/*.safetensors`.\n'
+        return intro + ('Not measured for these files yet: `advit faithfulness checkpoints/*.safetensors --protocol '
+                        f'{HEADLINE_PROTOCOL}`.\n')
     sources = max((curves.sources for curves in measured.values()), key=len)
     rows = [dict(run=name, **{source: (f'{curves.quarter_drop(source):+.1f} ± {curves.quarter_drop_error(source):.1f}'
                                        if source in curves.sources and curves.quarter_drop_se is not None else

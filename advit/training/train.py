@@ -70,6 +70,7 @@ from ..core.weights import CheckpointError
 from ..measure.evaluate import evaluate_and_record, predict, summarize
 from ..measure.faithfulness import (
     GRADIENT_ROLLOUT,
+    HEADLINE_PROTOCOL,
     ROLLOUT,
     TEST_IMAGES,
     has_cls_attention,
@@ -775,15 +776,16 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
                                      s.cfg.attn_norm, s.cfg.head_fusion, s.cfg.eval_batch_size, s.cfg.amp)
     if val_top1 is None or val_top1 > s.best_val_top1:
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
-        save_checkpoint(s.run / 'best.safetensors', model, dict(meta, val_top1=val_top1,
-                                                                     val_faithfulness=faithful))
+        save_checkpoint(s.run / 'best.safetensors', model, dict(meta, val_top1=val_top1, val_faithfulness=faithful,
+                                                                     val_faithfulness_protocol=HEADLINE_PROTOCOL))
     gaps = probe.record(model, step, s.run, faithful, target=s.criterion.method.target) if probe is not None else None
     append_metrics(s.run, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
                                best_val_top1=s.best_val_top1, **({'attention_gap': gaps} if gaps else {}),
-                               **({'faithfulness': faithful} if faithful else {})))
+                               **({'faithfulness': faithful, 'faithfulness_protocol': HEADLINE_PROTOCOL}
+                                  if faithful else {})))
     s.log.info('step %d: validation top-1 %s (best %.2f%%)%s', step,
                f'{val_top1:.2f}%' if val_top1 is not None else 'not held out', s.best_val_top1,
-               f'; the maps\' quarter drop: last layer {faithful[last_layer(list(faithful))]:+.1f} points, '
+               f'; the maps\' quarter drop ({HEADLINE_PROTOCOL}): last layer {faithful[last_layer(list(faithful))]:+.1f} points, '
                f'rollout {faithful[ROLLOUT]:+.1f}, gradient rollout {faithful[GRADIENT_ROLLOUT]:+.1f}' if faithful else '')
 
 

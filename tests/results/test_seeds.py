@@ -17,7 +17,7 @@ from advit.results.bundle import bundle_seeds_tables
 from advit.core.checkpoint import read_metadata
 from advit.core.machine import machine
 from advit.training.run_folder import write_config
-from advit.measure.faithfulness import evaluation_key
+from advit.measure.faithfulness import evaluation_key, headline
 from advit.results.seeds import (
     SEED_RECORD,
     SeedError,
@@ -51,7 +51,7 @@ def test_means_spreads_and_which_differences_exceed_them(tmp_path):
     bundle = bundle_with_seeds(tmp_path, top1)
     found = collect(bundle, list(top1))
     assert found['advit_l1'].seeds == [0, 1, 2] and found['advit_l1'].top1 == top1['advit_l1']
-    drops = json.loads((SHIPPED / 'advit_l1.eval.json').read_text())['faithfulness']['summary']['sources']
+    drops = headline(json.loads((SHIPPED / 'advit_l1.eval.json').read_text()))  # the headline protocol's
     assert found['advit_l1'].drops('gradient rollout') == [drops['gradient rollout']['quarter_drop']] * 3
     table = seeds_table(found)
     row = next(line for line in table.splitlines() if line.startswith('| advit_l1 |'))
