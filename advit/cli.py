@@ -147,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument('runs', nargs='+', help='group run folders of one seed each (one subfolder per method)')
     s.add_argument('--card', default='checkpoints', metavar='BUNDLE', help='the bundle folder')
-    return parser
-
     s.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='for evaluating the weights of '
                    'students of the bundle\'s own seed (0), which are shipped in it')
+    return parser
+
 
 def train_configs(args: argparse.Namespace) -> tuple[list[TrainConfig], bool]:
     """The runs' configurations from flags: resumed runs' saved configs, or defaults < preset < flags;
