@@ -58,7 +58,7 @@ class AttentionProbe:
     def __init__(self, teacher: nn.Module, images: torch.Tensor, transform: BatchTransform,
                  head_fusion: str = 'mean', layer_map: list[int] | None = None, amp: bool = True,
                  attn_norm: str = DEFAULT_NORMALIZATION, labels: torch.Tensor | None = None,
-                 relevance_target: str = 'layers') -> None:
+                 relevance_target: str = 'rollout_last') -> None:
         self.teacher, self.images, self.transform = teacher, images, transform
         self.head_fusion, self.layer_map, self.amp, self.attn_norm = head_fusion, layer_map, amp, attn_norm
         self.labels, self.relevance_target = labels, relevance_target

@@ -337,7 +337,7 @@ def test_a_method_the_bundle_lacks_joins_it_at_its_own_seed_and_its_tables_at_fu
     assert 'advit_relevance shipped in the bundle' in result.stdout
     loaded = load_checkpoint(shipped / 'advit_relevance.safetensors')
     assert loaded.meta['method'] == 'advit_relevance' and loaded.meta['teacher'] == 'teacher.safetensors'
-    assert loaded.meta['relevance_target'] == 'layers'
+    assert loaded.meta['relevance_target'] == TrainConfig().relevance_target == 'rollout_last'
     assert loaded.meta['test_top1'] == top1(shipped / 'advit_relevance.eval.json')  # the fp16 file's own figure
     assert (shipped / 'advit_relevance.probe.npz').is_file() and (shipped / 'advit_relevance.predictions.npz').is_file()
     assert sorted(p.name for p in (shipped / 'seeds' / 'seed1').iterdir()) == ['advit_relevance.eval.json', 'seed.json']
