@@ -441,7 +441,7 @@ def goals_account(results: dict[str, RunResult], best_attention: str | None) -> 
         faithful = [source for source in HEADLINE_MAPS if (teacher.get(source, {}).get('quarter_drop') or -1e9)
                     >= FAITHFUL_BAR]
         lines.append(f'- the teacher\'s maps faithful (a quarter drop of at least {FAITHFUL_BAR:g} points on the test '
-                     'images): ' + ', '.join(f'{source} {drop(TEACHER, source)}' for source in HEADLINE_MAPS)
+                     f'images, patches {REMOVED_AS[HEADLINE_PROTOCOL]}): ' + ', '.join(f'{source} {drop(TEACHER, source)}' for source in HEADLINE_MAPS)
                      + (f"; **reached** by {', '.join(faithful)}" if faithful else '; **not reached** by any map'))
     if best_attention is not None and 'deit_hard' in results:
         def verdict_of(source: str) -> str:
@@ -453,7 +453,7 @@ def goals_account(results: dict[str, RunResult], best_attention: str | None) -> 
         comparisons = [f'{source}: `{best_attention}` {drop(best_attention, source)}, `deit_hard` '
                        f'{drop("deit_hard", source)}{verdict_of(source)}' for source in HEADLINE_MAPS]
         lines.append('- the best ADViT student\'s maps at least as faithful as the DeiT student\'s (quarter drops, '
-                     'points): ' + '; '.join(comparisons))
+                     f'points, patches {REMOVED_AS[HEADLINE_PROTOCOL]}): ' + '; '.join(comparisons))
     return f'{GOALS_START}, on the test set:\n\n' + '\n'.join(lines) + '\n'
 
 
