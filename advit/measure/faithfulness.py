@@ -33,6 +33,7 @@ background or a shortcut rather than the object a person would point at.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -317,66 +318,12 @@ def perturbation_curves(
     unknown = sorted(set(modes) - set(MODES)) + sorted(set(orders) - set(ORDERS))
     if unknown:
         raise ValueError(f'unknown modes or orders: {unknown}')
-    device = inputs.device
-    # Orders as rank tensors, each with its exact reverse: revealing the first k patches of an order
-    # (insertion) masks what deleting the first P - k of the reversed order masks, so both modes share copies.
-    generator = torch.Generator().manual_seed(seed)
-    ranks: dict[tuple, torch.Tensor] = {}
-    for index in range(num_sources):
-        ranks['map', index] = patch_ranks(maps[:, index], 'map')
-        ranks['reversed', index] = patches - 1 - ranks['map', index]
-    for r in range(random_orders if 'random' in orders else 0):
-        ranks['random', r] = patch_ranks(maps[:, 0], 'random', generator)
-        ranks['random reversed', r] = patches - 1 - ranks['random', r]
-    reverse = {'map': 'reversed', 'reversed': 'map', 'random': 'random reversed'}
-
-    variants: dict[tuple, torch.Tensor] = {}  # each distinct masked copy: (N, patches) True where masked
-
-    def deletion_key(mode: str, order: str, index: int, taken: int) -> tuple:
-        """The masked copy as a deletion: (order, its source or random draw, patches deleted first)."""
-        if mode == 'insertion':
-            order, taken = reverse[order], patches - taken
-        if taken in (0, patches):  # nothing or everything masked: the same copy for every order
-            return ('all',) if taken else ('none',)
-        key = (order, index, taken)
-        variants.setdefault(key, ranks[order, index] < taken)
-        return key
-
-    layout: dict[tuple, list[tuple]] = {}  # (mode, source, order, fraction) -> the copies averaged
-    for mode in modes:
-        for fraction in fractions:
-            taken = round(fraction * patches)
-            for source in range(num_sources):
-                for order in orders:
-                    draws = range(random_orders) if order == 'random' else [source]
-                    layout[mode, source, order, fraction] = [deletion_key(mode, order, index, taken)
-                                                             for index in draws]
-    for key in {key for keys in layout.values() for key in keys if len(key) == 1}:
-        variants[key] = torch.full((count, patches), key == ('all',))
-
-    # Forward every (variant, image) pair in full batches.
-    keys = list(variants)
-    pairs = [(k, i) for k in range(len(keys)) for i in range(count)]
-    correct = torch.zeros(len(keys), count)
-    probability = torch.zeros(len(keys), count)
-    labels = labels.to(device)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        key_index = torch.tensor([k for k, _ in chunk])
-        image_index = torch.tensor([i for _, i in chunk])
-        masked = torch.stack([variants[keys[k]][i] for k, i in chunk]).to(device)
-        with autocast(device, amp):
-            logits = removed_logits(model, inputs[image_index.to(device)], masked, grid, protocol)
-        probs = logits.float().softmax(dim=-1)
-        chunk_labels = labels[image_index.to(device)]
-        correct[key_index, image_index] = (probs.argmax(dim=-1) == chunk_labels).float().cpu()
-        probability[key_index, image_index] = probs.gather(1, chunk_labels[:, None])[:, 0].cpu()
-
-    index_of = {key: k for k, key in enumerate(keys)}
+    plan = RemovalPlan.build(maps, modes, orders, fractions, random_orders, seed)
+    correct, probability = _read_copies(model, inputs, labels, plan, grid, protocol, batch_size, amp)
     shape = (len(modes), num_sources, len(orders), len(fractions))
     accuracy, mean_probability = np.zeros(shape), np.zeros(shape)
-    for (mode, source, order, fraction), averaged in layout.items():
-        rows = [index_of[key] for key in averaged]
+    for (mode, source, order, fraction), averaged in plan.layout.items():
+        rows = plan.rows(averaged)
         at = (modes.index(mode), source, orders.index(order), fractions.index(fraction))
         accuracy[at] = float(correct[rows].mean()) * 100
         mean_probability[at] = float(probability[rows].mean())
@@ -385,7 +332,7 @@ def perturbation_curves(
         # Per image: right with a random quarter masked (averaged over the random orders) minus right with
         # the map's top quarter masked; the drop is their mean, its standard error theirs.
         def rows(source: int, order: str) -> list[int]:
-            return [index_of[key] for key in layout['deletion', source, order, QUARTER]]
+            return plan.rows(plan.layout['deletion', source, order, QUARTER])
         differences = torch.stack([correct[rows(source, 'random')].mean(dim=0) - correct[rows(source, 'map')][0]
                                    for source in range(num_sources)]) * 100
         quarter_drop_se = (differences.std(dim=1) / count ** 0.5).numpy() if count > 1 else np.zeros(num_sources)
@@ -393,6 +340,86 @@ def perturbation_curves(
                               fractions=[float(f) for f in fractions], accuracy=accuracy,
                               probability=mean_probability, count=count, quarter_drop_se=quarter_drop_se,
                               protocol=protocol)
+
+
+@dataclass
+class RemovalPlan:
+    """Which copies of the images a set of curves needs: each distinct removal once, however many curves it serves
+    (a random order serves every source, nothing or everything removed every order, and an insertion step the
+    deletion step of the reversed order that removes the same patches)."""
+    variants: dict[tuple, torch.Tensor]  # each distinct copy: (N, patches) True where removed
+    layout: dict[tuple, list[tuple]]  # (mode, source, order, fraction) -> the copies averaged for it
+
+    @functools.cached_property
+    def _index_of(self) -> dict[tuple, int]:
+        return {key: k for k, key in enumerate(self.variants)}
+
+    def rows(self, keys: list[tuple]) -> list[int]:
+        """The copies' indices in ``variants``' order (the order ``_read_copies`` reads them in)."""
+        return [self._index_of[key] for key in keys]
+
+    @classmethod
+    def build(cls, maps: torch.Tensor, modes: Sequence[str], orders: Sequence[str], fractions: Sequence[float],
+              random_orders: int, seed: int) -> 'RemovalPlan':
+        """The plan of ``perturbation_curves``' curves (its arguments of the same names)."""
+        count, num_sources, patches = maps.shape
+        # Orders as rank tensors, each with its exact reverse: revealing the first k patches of an order
+        # (insertion) masks what deleting the first P - k of the reversed order masks, so both modes share copies.
+        generator = torch.Generator().manual_seed(seed)
+        ranks: dict[tuple, torch.Tensor] = {}
+        for index in range(num_sources):
+            ranks['map', index] = patch_ranks(maps[:, index], 'map')
+            ranks['reversed', index] = patches - 1 - ranks['map', index]
+        for r in range(random_orders if 'random' in orders else 0):
+            ranks['random', r] = patch_ranks(maps[:, 0], 'random', generator)
+            ranks['random reversed', r] = patches - 1 - ranks['random', r]
+        reverse = {'map': 'reversed', 'reversed': 'map', 'random': 'random reversed'}
+        variants: dict[tuple, torch.Tensor] = {}
+
+        def deletion_key(mode: str, order: str, index: int, taken: int) -> tuple:
+            """The masked copy as a deletion: (order, its source or random draw, patches deleted first)."""
+            if mode == 'insertion':
+                order, taken = reverse[order], patches - taken
+            if taken in (0, patches):  # nothing or everything masked: the same copy for every order
+                return ('all',) if taken else ('none',)
+            key = (order, index, taken)
+            variants.setdefault(key, ranks[order, index] < taken)
+            return key
+
+        layout: dict[tuple, list[tuple]] = {}
+        for mode in modes:
+            for fraction in fractions:
+                taken = round(fraction * patches)
+                for source in range(num_sources):
+                    for order in orders:
+                        draws = range(random_orders) if order == 'random' else [source]
+                        layout[mode, source, order, fraction] = [deletion_key(mode, order, index, taken)
+                                                                 for index in draws]
+        for key in {key for keys in layout.values() for key in keys if len(key) == 1}:
+            variants[key] = torch.full((count, patches), key == ('all',))
+        return cls(variants=variants, layout=layout)
+
+
+def _read_copies(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, plan: RemovalPlan,
+                 grid: tuple[int, int], protocol: str, batch_size: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run every (copy, image) pair of a plan in full batches: (right or not, the label's probability), each
+    (copies, images) in ``plan.variants``' order."""
+    keys, count, device = list(plan.variants), len(inputs), inputs.device
+    pairs = [(k, i) for k in range(len(keys)) for i in range(count)]
+    correct, probability = torch.zeros(len(keys), count), torch.zeros(len(keys), count)
+    labels = labels.to(device)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        key_index = torch.tensor([k for k, _ in chunk])
+        image_index = torch.tensor([i for _, i in chunk])
+        masked = torch.stack([plan.variants[keys[k]][i] for k, i in chunk]).to(device)
+        with autocast(device, amp):
+            logits = removed_logits(model, inputs[image_index.to(device)], masked, grid, protocol)
+        probs = logits.float().softmax(dim=-1)
+        chunk_labels = labels[image_index.to(device)]
+        correct[key_index, image_index] = (probs.argmax(dim=-1) == chunk_labels).float().cpu()
+        probability[key_index, image_index] = probs.gather(1, chunk_labels[:, None])[:, 0].cpu()
+    return correct, probability
 
 
 @torch.no_grad()
