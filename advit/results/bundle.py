@@ -571,8 +571,24 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     """
     results = {name: load_run(runs / name, evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
     configs = {name: read_json(runs / name / 'config.json') or {} for name in names}
-    status = {name: read_json(runs / name / 'status.json') or {} for name in names}
-    evaluation = read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0]) or {}
+    students = [name for name in names if name != TEACHER]
+    return '\n'.join([
+        _card_intro(configs, read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0]) or {}),
+        _table1_section(runs, out, results, configs, shipped, best, max_mb),
+        seeds_section(out),
+        faithfulness_section(out, names),
+        protocols_section(out, names),
+        _table2_section(results, best),
+        '## Learning curves: validation top-1 (%) at each evaluation\n',
+        _curves(runs, [name for name in names if name == TEACHER]),
+        _curves(runs, students) if students else '',
+        _sweep_section(sweep) if sweep else '',
+        _how_made_section(runs, names, shipped, files_size)])
+
+
+def _card_intro(configs: dict[str, dict[str, Any]], evaluation: dict[str, Any]) -> str:
+    """The card's opening: what the models are, where and with what they were made, which split each number is on,
+    and how far this is from the paper's setting."""
     versions = sorted({f"torch {c['versions']['torch']}, timm {c['versions']['timm']}"
                        for c in configs.values() if 'versions' in c})
     versions = versions or [f'torch {torch.__version__}, timm {timm.__version__}']
@@ -580,49 +596,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     made_on = (f"Trained on **{'**, then **'.join(machines)}**" if machines
                else f'Made on **{machine()}** (the runs do not record where they trained)')
     val_sizes = sorted({c.get('val_size') for c in configs.values()}, key=str)
-
-    recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings and the number of steps they trained, which "
-                   '`scripts/train_seeds.sh` replays for further seeds.\n' if (out / RECIPE_FILE).is_file() else '')
-    table1 = markdown_table([table1_row(name, result, status[name], name in shipped)
-                             for name, result in results.items()], TABLE1_COLUMNS)
-    if 'deit_hard' in results and best is not None:
-        a, b = results['deit_hard'], results[best]
-        table2_text = (f'Per-class test top-1 (%) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
-                       'chosen on validation):\n\n' + markdown_table(table2(a, b), table2_columns(a, b)))
-    else:
-        table2_text = 'Not made: it needs the `deit_hard` run and an ADViT run.\n'
-
-    commands = (runs / COMMANDS).read_text().splitlines() if (runs / COMMANDS).is_file() else []
-    command_rows = [dict(zip(('run', 'wall', 'command'), line.split('\t', 2))) for line in commands if line.strip()]
-    for row in command_rows:
-        row['command'] = f"`{row['command'].strip()}`"
-    runs_text = markdown_table(command_rows, [('run', 'run'), ('wall', 'wall time (s)'), ('command', 'command')]) \
-        if command_rows else f'No `{COMMANDS}` in `{runs}`: the runs were not made by `scripts/train_bundle.sh`.\n'
-    data = configs[names[0]].get('data', '?')
-    students = [name for name in names if name != TEACHER]
-    differing = differing_fields([configs[name] for name in students],
-                                 ignored=fields_with_role('output', 'student'))
-    together = len(students) > 1 and all(configs[name].get('group') == configs[students[0]].get('group')
-                                         and configs[name].get('group') for name in students)
-    same_text = ('The students\' settings (`config.json`) are the same apart from the method and teacher: same '
-                 'length, schedule, augmentation and seed' + (
-                     ', and they were trained together in one process on the very same batches (order, '
-                     'augmentation, mixing), one teacher forward per batch shared by all.' if together else '.')
-                 if not differing else f'The students\' settings differ in {", ".join(differing)}: '
-                 'they are not compared like for like.')
-    missing = [name for name in (TEACHER, *STUDENTS) if name not in names]
-    missing_text = f"Not finished, so not in the bundle: {', '.join(f'`{name}`' for name in missing)}.\n" \
-        if missing else ''
-    goals_text = goals_account(results, best)
-    unshipped_text = '' if len(shipped) == len(names) else (
-        'The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) '
-        f'to keep the bundle under {max_mb:g} MB.\n')
-    sweep_text = ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
-                  'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained, chosen '
-                  'on the validation images (quarter drops on its 256 probe images, about ±3 points of noise); '
-                  'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n') \
-        if sweep else ''
-
+    data = next(iter(configs.values())).get('data', '?')
     return f'''# ADViT Studio checkpoint bundle
 
 CIFAR-10 classifiers for the app: a ViT teacher and ViT students trained from it by each method of
@@ -639,33 +613,77 @@ epochs on GPUs, with a ViT-Base teacher ({PAPER_TEACHER_TOP1}%); here every mode
 weights at 32x32 and trains for minutes, and the models are small conv-stem ViTs sized to that budget.
 The paper's numbers stand beside ours to compare the ranking of the methods, not the accuracies. The
 paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps themselves) is this project's.
+'''
 
-## Table 1: top-1 per method
+
+def _table1_section(runs: Path, out: Path, results: dict[str, RunResult], configs: dict[str, dict[str, Any]],
+                    shipped: list[str], best: str | None, max_mb: float) -> str:
+    """Table 1 with what the rows share, the goals' account, and what the bundle's files are."""
+    status = {name: read_json(runs / name / 'status.json') or {} for name in results}
+    table1 = markdown_table([table1_row(name, result, status[name], name in shipped)
+                             for name, result in results.items()], TABLE1_COLUMNS)
+    students = [name for name in results if name != TEACHER]
+    differing = differing_fields([configs[name] for name in students],
+                                 ignored=fields_with_role('output', 'student'))
+    together = len(students) > 1 and all(configs[name].get('group') == configs[students[0]].get('group')
+                                         and configs[name].get('group') for name in students)
+    same_text = ('The students\' settings (`config.json`) are the same apart from the method and teacher: same '
+                 'length, schedule, augmentation and seed' + (
+                     ', and they were trained together in one process on the very same batches (order, '
+                     'augmentation, mixing), one teacher forward per batch shared by all.' if together else '.')
+                 if not differing else f'The students\' settings differ in {", ".join(differing)}: '
+                 'they are not compared like for like.')
+    missing = [name for name in (TEACHER, *STUDENTS) if name not in results]
+    missing_text = f"Not finished, so not in the bundle: {', '.join(f'`{name}`' for name in missing)}.\n" \
+        if missing else ''
+    unshipped_text = '' if len(shipped) == len(results) else (
+        'The runs without shipped weights keep their evaluation (`NAME.eval.json`, `NAME.predictions.npz`) '
+        f'to keep the bundle under {max_mb:g} MB.\n')
+    recipe_text = (f"`{RECIPE_FILE}` holds the students' shared settings and the number of steps they trained, which "
+                   '`scripts/train_seeds.sh` replays for further seeds.\n' if (out / RECIPE_FILE).is_file() else '')
+    return f'''## Table 1: top-1 per method
 
 {table1}
 {missing_text}{same_text}
 
-{goals_text}
+{goals_account(results, best)}
 
 Weights are fp16 safetensors (`NAME.safetensors`); the top-1 of a shipped model is the fp16 file's.
 {unshipped_text}"paper top-1" is the paper's ViT-Base teacher for ours, and its ViT-Tiny student by the same
 method for each of our students. `NAME.probe.npz` holds each run's attention gap to the teacher,
 per layer, at every evaluation, on 256 held-out training images, and the maps of 8 of them.
-{recipe_text}
-{seeds_section(out)}
-{faithfulness_section(out, names)}
-## Table 2: per class
+{recipe_text}'''
 
-{table2_text}
-The paper's Table 2 makes this comparison at 224x224 with pretrained students; its per-class numbers
-are not repeated here.
 
-## Learning curves: validation top-1 (%) at each evaluation
+def _table2_section(results: dict[str, RunResult], best: str | None) -> str:
+    """Table 2: per-class top-1 of DeiT and the best ADViT student."""
+    if 'deit_hard' in results and best is not None:
+        a, b = results['deit_hard'], results[best]
+        table2_text = (f'Per-class test top-1 (%) of DeiT (`deit_hard`) and the best ADViT student (`{best}`, '
+                       'chosen on validation):\n\n' + markdown_table(table2(a, b), table2_columns(a, b)))
+    else:
+        table2_text = 'Not made: it needs the `deit_hard` run and an ADViT run.\n'
+    return ('## Table 2: per class\n\n' + table2_text + '\nThe paper\'s Table 2 makes this comparison at 224x224 '
+            'with pretrained students; its per-class numbers\nare not repeated here.\n')
 
-{_curves(runs, [name for name in names if name == TEACHER])}
-{_curves(runs, students) if students else ''}
-{sweep_text}
-## How it was made
+
+def _sweep_section(sweep: list[dict[str, Any]]) -> str:
+    """The short runs behind the recipe (``scripts/cpu_sweep.py``)."""
+    return ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
+            'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained, chosen '
+            'on the validation images (quarter drops on its 256 probe images, about ±3 points of noise); '
+            'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n')
+
+
+def _how_made_section(runs: Path, names: list[str], shipped: list[str], files_size: int) -> str:
+    """The commands the script ran, each run's sittings, and the bundle's files."""
+    commands = (runs / COMMANDS).read_text().splitlines() if (runs / COMMANDS).is_file() else []
+    command_rows = [dict(zip(('run', 'wall', 'command'), line.split('\t', 2))) for line in commands if line.strip()]
+    for row in command_rows:
+        row['command'] = f"`{row['command'].strip()}`"
+    runs_text = markdown_table(command_rows, [('run', 'run'), ('wall', 'wall time (s)'), ('command', 'command')]) \
+        if command_rows else f'No `{COMMANDS}` in `{runs}`: the runs were not made by `scripts/train_bundle.sh`.\n'
+    return f'''## How it was made
 
 `scripts/train_bundle.sh` ran these commands (wall time includes start-up and evaluation), then
 `advit bundle`:
