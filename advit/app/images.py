@@ -1,9 +1,11 @@
 """Uploaded images, decoded safely: any common format to RGB, with clear errors and size limits."""
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +27,23 @@ def load_image(path: str | Path) -> Image.Image:
     Raises:
         ImageError: not an image, truncated or corrupt, too large in bytes or pixels.
     """
+    with _opened(path) as image:
+        image.seek(0)  # the first frame of an animated GIF/WebP/PNG
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def check_image(path: str | Path) -> None:
+    """Refuse, with ``load_image``'s words, a file that is not an image this app reads or is over its limits,
+    from the file's size and header alone (nothing is decoded): what the app's gate asks of an upload."""
+    with _opened(path):
+        pass
+
+
+@contextlib.contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """The image file open with its size checked, its header read and nothing decoded; an error in the block
+    (decoding it) becomes the same ``ImageError``s."""
     path = Path(path)
     if not path.is_file():
         raise ImageError('no image was uploaded')
@@ -39,9 +58,7 @@ def load_image(path: str | Path) -> Image.Image:
                 if width * height > MAX_PIXELS:
                     raise ImageError(f'the image is {width} x {height} pixels: the limit is '
                                      f'{MAX_PIXELS / 1e6:.0f} megapixels')
-                image.seek(0)  # the first frame of an animated GIF/WebP/PNG
-                image.load()
-                return to_rgb(ImageOps.exif_transpose(image))
+                yield image
     except ImageError:
         raise
     except UnidentifiedImageError:
