@@ -183,85 +183,111 @@ def train_configs(args: argparse.Namespace) -> tuple[list[TrainConfig], bool]:
     return group_configs(values, args.methods), False
 
 
+def run_train(args: argparse.Namespace) -> None:
+    """``advit train``: train one run or a group of students, or resume them."""
+    from .training.train import train_group
+    configs, resume = train_configs(args)
+    runs = train_group(configs, resume=resume)
+    if os.environ.get('RANK', '0') == '0':
+        print('\n'.join(f'run folder: {run}' for run in runs))
+
+
+def run_report(args: argparse.Namespace) -> None:
+    """``advit report``: tables 1 and 2 of finished runs."""
+    from .results.report import write_report
+    try:
+        from .app.render import per_class_chart
+    except ImportError:  # the app's extra (matplotlib) is not installed: the tables alone
+        per_class_chart = None
+    out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None, args.paper,
+                       chart=per_class_chart)
+    print((out / 'table1.md').read_text(), end='')
+    print(f'written to {out}')
+
+
+def run_bundle(args: argparse.Namespace) -> None:
+    """``advit bundle``: export the bundle's finished runs."""
+    from .results.bundle import export_bundle
+    size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device, sweep=args.sweep)
+    print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
+          f'model card {Path(args.out) / "README.md"}')
+
+
+def run_seeds(args: argparse.Namespace) -> None:
+    """``advit seeds``: add seed runs to the bundle (its own seed's students shipped in it)."""
+    from .results.bundle import STUDENTS, refresh_seeds, ship_students
+    from .results.seeds import BUNDLE_SEED, add_seeds, run_seed
+    runs = [Path(run) for run in args.runs]
+    own = [run for run in runs if run_seed(run, list(STUDENTS)) == BUNDLE_SEED]
+    shipped = [name for run in own for name in ship_students(run, Path(args.card), device=args.device)]
+    written = add_seeds([run for run in runs if run not in own], Path(args.card), list(STUDENTS))
+    refresh_seeds(args.card)
+    print(f'{len(written)} evaluations added' + (f', {", ".join(shipped)} shipped in the bundle' if shipped
+                                                  else '') + f'; model card {Path(args.card) / "README.md"} '
+          'brought up to date')
+
+
+def run_import(args: argparse.Namespace) -> None:
+    """``advit import``: a state dict or a transformers checkpoint made an advit checkpoint."""
+    from .core.checkpoint import import_state_dict
+    from .core.hf_import import is_transformers_source
+    classes = [name.strip() for name in args.classes.split(',') if name.strip()] if args.classes else None
+    if classes is None and not is_transformers_source(args.weights):
+        classes = list(CIFAR10_CLASSES)
+    meta = import_state_dict(args.weights, args.model, args.out, classes, args.image_size, args.method,
+                             args.teacher)
+    checked = (f'; same logits and [CLS] attention as transformers\' {meta["imported_architecture"]}'
+               if 'import_check' in meta else '')
+    print(f'{args.out}: {meta["model"]} at {meta["image_size"]}px, {len(meta["classes"])} classes, '
+          f'{meta["params"] / 1e6:.1f}M parameters{checked}')
+
+
+def run_faithfulness(args: argparse.Namespace) -> None:
+    """``advit faithfulness``: measure checkpoints' maps under a removal protocol."""
+    from .core.data import load_dataset
+    from .measure.evaluate import measure_checkpoint_faithfulness
+    from .measure.faithfulness import (
+        HEADLINE_MAPS,
+        WHOLE_MODEL_MAPS,
+        FaithfulnessCurves,
+        last_layer,
+        verdict,
+    )
+    from .results.bundle import refresh_faithfulness
+    if args.images <= 0:
+        raise ValueError(f'--images must be positive, got {args.images}')
+    test = load_dataset(args.data, args.cache_dir)['test']
+    for checkpoint in args.checkpoints:
+        curves = FaithfulnessCurves.from_dict(measure_checkpoint_faithfulness(
+            checkpoint, test, args.images, args.batch_size, args.device, args.model, args.protocol))
+        drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f} (relevance gain '
+                          f'{curves.relevance_gain(source):+.3f})' for source in curves.sources)
+        verdicts = ', '.join(f'{name} {verdict(curves.quarter_drop(source), curves.quarter_drop_error(source))}'
+                             for name, source in zip(HEADLINE_MAPS, [last_layer(curves.sources),
+                                                                     *WHOLE_MODEL_MAPS]))
+        print(f'{checkpoint}, {args.protocol} removal: quarter drop (points) {drops}; {verdicts}')
+    if args.card:
+        refresh_faithfulness(args.card)
+        print(f'model card {Path(args.card) / "README.md"} brought up to date')
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    """``advit eval``: evaluate a checkpoint on the test split."""
+    from .measure.evaluate import evaluate_checkpoint
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                  device=args.device, subset=args.subset, cache_dir=args.cache_dir,
+                                  model_name=args.model)
+    print(json.dumps({k: metrics[k] for k in ('checkpoint', 'top1', 'count', 'per_class')}, indent=2))
+
+
+COMMANDS = {'train': run_train, 'eval': run_eval, 'import': run_import, 'faithfulness': run_faithfulness,
+            'report': run_report, 'bundle': run_bundle, 'seeds': run_seeds}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == 'train':
-            from .training.train import train_group
-            configs, resume = train_configs(args)
-            runs = train_group(configs, resume=resume)
-            if os.environ.get('RANK', '0') == '0':
-                print('\n'.join(f'run folder: {run}' for run in runs))
-        elif args.command == 'report':
-            from .results.report import write_report
-            try:
-                from .app.render import per_class_chart
-            except ImportError:  # the app's extra (matplotlib) is not installed: the tables alone
-                per_class_chart = None
-            out = write_report(args.runs, args.out, tuple(args.compare) if args.compare else None, args.paper,
-                               chart=per_class_chart)
-            print((out / 'table1.md').read_text(), end='')
-            print(f'written to {out}')
-        elif args.command == 'bundle':
-            from .results.bundle import export_bundle
-            size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device, sweep=args.sweep)
-            print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
-                  f'model card {Path(args.out) / "README.md"}')
-        elif args.command == 'seeds':
-            from .results.bundle import STUDENTS, refresh_seeds, ship_students
-            from .results.seeds import BUNDLE_SEED, add_seeds, run_seed
-            runs = [Path(run) for run in args.runs]
-            own = [run for run in runs if run_seed(run, list(STUDENTS)) == BUNDLE_SEED]
-            shipped = [name for run in own for name in ship_students(run, Path(args.card), device=args.device)]
-            written = add_seeds([run for run in runs if run not in own], Path(args.card), list(STUDENTS))
-            refresh_seeds(args.card)
-            print(f'{len(written)} evaluations added' + (f', {", ".join(shipped)} shipped in the bundle' if shipped
-                                                          else '') + f'; model card {Path(args.card) / "README.md"} '
-                  'brought up to date')
-        elif args.command == 'import':
-            from .core.checkpoint import import_state_dict
-            from .core.hf_import import is_transformers_source
-            classes = [name.strip() for name in args.classes.split(',') if name.strip()] if args.classes else None
-            if classes is None and not is_transformers_source(args.weights):
-                classes = list(CIFAR10_CLASSES)
-            meta = import_state_dict(args.weights, args.model, args.out, classes, args.image_size, args.method,
-                                     args.teacher)
-            checked = (f'; same logits and [CLS] attention as transformers\' {meta["imported_architecture"]}'
-                       if 'import_check' in meta else '')
-            print(f'{args.out}: {meta["model"]} at {meta["image_size"]}px, {len(meta["classes"])} classes, '
-                  f'{meta["params"] / 1e6:.1f}M parameters{checked}')
-        elif args.command == 'faithfulness':
-            from .core.data import load_dataset
-            from .measure.evaluate import measure_checkpoint_faithfulness
-            from .measure.faithfulness import (
-                HEADLINE_MAPS,
-                WHOLE_MODEL_MAPS,
-                FaithfulnessCurves,
-                last_layer,
-                verdict,
-            )
-            from .results.bundle import refresh_faithfulness
-            if args.images <= 0:
-                raise ValueError(f'--images must be positive, got {args.images}')
-            test = load_dataset(args.data, args.cache_dir)['test']
-            for checkpoint in args.checkpoints:
-                curves = FaithfulnessCurves.from_dict(measure_checkpoint_faithfulness(
-                    checkpoint, test, args.images, args.batch_size, args.device, args.model, args.protocol))
-                drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f} (relevance gain '
-                                  f'{curves.relevance_gain(source):+.3f})' for source in curves.sources)
-                verdicts = ', '.join(f'{name} {verdict(curves.quarter_drop(source), curves.quarter_drop_error(source))}'
-                                     for name, source in zip(HEADLINE_MAPS, [last_layer(curves.sources),
-                                                                             *WHOLE_MODEL_MAPS]))
-                print(f'{checkpoint}, {args.protocol} removal: quarter drop (points) {drops}; {verdicts}')
-            if args.card:
-                refresh_faithfulness(args.card)
-                print(f'model card {Path(args.card) / "README.md"} brought up to date')
-        else:
-            from .measure.evaluate import evaluate_checkpoint
-            metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
-                                          device=args.device, subset=args.subset, cache_dir=args.cache_dir,
-                                          model_name=args.model)
-            print(json.dumps({k: metrics[k] for k in ('checkpoint', 'top1', 'count', 'per_class')}, indent=2))
+        COMMANDS[args.command](args)
     except (TrainingError, CheckpointError, DatasetError, ReportError, BundleError, SeedError, ValueError, RuntimeError,
             OSError) as err:
         print(f'advit {args.command}: error: {err}', file=sys.stderr)

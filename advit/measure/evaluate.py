@@ -89,9 +89,20 @@ def evaluation_paths(checkpoint: str | Path) -> tuple[Path, Path]:
 
 def save_evaluation(checkpoint: str | Path, probs: torch.Tensor, labels: torch.Tensor,
                     classes: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """Write a checkpoint's metrics and predictions beside it, atomically; return the metrics."""
+    """Write a checkpoint's metrics and predictions beside it, atomically; return the metrics. An evaluation of the
+    checkpoint on more images or on other data is never replaced by a smaller or foreign one (``ValueError``): the
+    bundle's and a run's test figures, which the app and the card read, are not lost to a quick look at a subset."""
     metrics_path, predictions_path = evaluation_paths(checkpoint)
     metrics = dict(extra, **summarize(probs, labels, classes))
+    try:
+        earlier = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    except (OSError, ValueError):  # unreadable: nothing worth keeping
+        earlier = None
+    if isinstance(earlier, dict) and isinstance(earlier.get('count'), int) and (
+            earlier['count'] > metrics['count'] or earlier.get('data') not in (None, metrics.get('data'))):
+        raise ValueError(f'{metrics_path.name} holds an evaluation on {earlier["count"]} test images of '
+                         f'{earlier.get("data")}; this one, on {metrics["count"]} of {metrics.get("data")}, would '
+                         'replace it: evaluate the whole test split of that data, or a copy of the checkpoint')
     with atomic_path(predictions_path) as tmp:
         with open(tmp, 'wb') as f:
             np.savez(f, labels=labels.cpu().numpy().astype(np.int16),

@@ -14,6 +14,8 @@ from advit.core.weights import read_tensors
 from advit.measure.evaluate import (evaluate_and_record, evaluate_checkpoint, evaluation_paths, load_predictions,
                                     summarize)
 from advit.core.models import CIFAR10_MEAN, CIFAR10_STD
+from advit.measure.faithfulness import HEADLINE_PROTOCOL, evaluation_key
+from advit.measure.removal import PROTOCOLS
 from conftest import TINY
 
 # The tests that evaluate checkpoints on the CIFAR test set are marked slow (`make test`); the rules by hand are not.
@@ -106,6 +108,15 @@ def test_evaluate_checkpoint_writes_consistent_files(tiny_checkpoint, cifar, cif
     np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-3)
     assert (expected[np.arange(200), preds] >= expected.max(axis=1) - 1e-3).all()
 
+    # A quick look at fewer images, or at other data, never replaces that evaluation: refused, files unchanged.
+    before = metrics_path.read_bytes(), predictions_path.read_bytes()
+    with pytest.raises(ValueError, match='holds an evaluation on 200 test images'):
+        evaluate_checkpoint(path, cifar_archive, batch_size=64, device='cpu', subset=50, cache_dir=cache_dir,
+                            faithfulness_images=0)
+    assert (metrics_path.read_bytes(), predictions_path.read_bytes()) == before
+    assert evaluate_checkpoint(path, cifar_archive, batch_size=64, device='cpu', subset=300, cache_dir=cache_dir,
+                               faithfulness_images=0)['count'] == 300, 'more images than before: written'
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize('half', [False, True], ids=['fp32-run-file', 'fp16-shipped-file'])
@@ -122,7 +133,10 @@ def test_a_chosen_checkpoint_is_evaluated_and_its_figures_recorded_in_one_place(
     metrics = evaluate_and_record(path, cifar['test'].subset(64), 'cifar10', batch_size=32, device='cpu',
                                   faithfulness_images=16, extra={'split': 'test'}, half=half)
     meta = read_metadata(path)
-    assert meta['test_top1'] == metrics['top1'] and meta['test_faithfulness'] == metrics['faithfulness']['summary']
+    # Every removal protocol measured; the metadata carries the headline one's summary, named.
+    assert {evaluation_key(protocol) for protocol in PROTOCOLS} <= set(metrics)
+    assert meta['test_top1'] == metrics['top1'] and meta['test_faithfulness_protocol'] == HEADLINE_PROTOCOL
+    assert meta['test_faithfulness'] == metrics[evaluation_key(HEADLINE_PROTOCOL)]['summary']
     assert (metrics['step'], metrics['val_top1'], metrics['split']) == (7, 12.5, 'test'), 'how it was chosen'
     assert json.loads(evaluation_paths(path)[0].read_text()) == json.loads(json.dumps(metrics))
     rewritten = read_tensors(path)
