@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .capture import attention_modules
+from .families import attention_modules, head_dim, set_fused
 
 ATTENTION_PATHS = ('auto', 'fused', 'explicit')
 # 'auto' leaves timm's default (fused) unless explicit math is clearly faster: where the two are even,
@@ -36,7 +36,7 @@ def set_attention_path(model: nn.Module, path: str) -> None:
     if path not in ATTENTION_PATHS[1:]:
         raise ValueError(f'unknown attention path {path!r}: choose fused or explicit')
     for attn in attention_modules(model):
-        attn.fused_attn = path == 'fused'
+        set_fused(attn, path == 'fused')  # a block a capture holds explicit takes it when let go
 
 
 def attention_path_of(model: nn.Module) -> str:
@@ -106,7 +106,7 @@ def use_attention_path(model: nn.Module, path: str, device: torch.device, batch:
         return 'none'
     if path == 'auto':
         tokens = model.patch_embed.num_patches + model.num_prefix_tokens
-        path = fastest_attention_path(torch.device(device), batch, attns[0].num_heads, tokens, attns[0].head_dim,
+        path = fastest_attention_path(torch.device(device), batch, attns[0].num_heads, tokens, head_dim(attns[0]),
                                       dtype, training)
     set_attention_path(model, path)
     return path

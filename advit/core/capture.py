@@ -5,6 +5,10 @@ the keys of all tokens, and computes the one row of logits q_cls K^T / sqrt(d); 
 once over every layer's row when the maps are taken. The block itself keeps calling
 ``scaled_dot_product_attention``, and no N x N map is ever built: the extra cost is
 O(heads x tokens x head_dim) per layer, against the block's O(tokens^2).
+
+That holds for timm's ViT, DeiT and DeiT III. EVA and BEiT put rotary embeddings or a relative
+position bias between the projection and the softmax (``families``): their blocks run the
+explicit path while captured, and the row is read from the softmax the block computes.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+
+from .families import attention_modules, family_of, hold_explicit, release_explicit
 
 # How a head's [CLS] row becomes a map over the patches:
 # - 'renormalized': the row's patch entries renormalised to sum to one in each head, before heads
@@ -28,21 +34,6 @@ DEFAULT_NORMALIZATION = 'renormalized'  # runs, and checkpoints from before the 
 def trained_normalization(meta: dict) -> str:
     """How a checkpoint's maps were normalised in training (its metadata's ``attn_norm``), so shown the same way."""
     return meta.get('attn_norm') or DEFAULT_NORMALIZATION
-
-
-def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The attention modules of a timm ViT's blocks, in depth order.
-
-    Args:
-        model: A timm ``VisionTransformer`` (or subclass, e.g. DeiT distilled).
-    """
-    blocks = getattr(model, 'blocks', None)
-    attns = [getattr(block, 'attn', None) for block in blocks] if blocks is not None else []
-    if not attns or not all(isinstance(getattr(a, 'qkv', None), nn.Linear) for a in attns):
-        raise TypeError(
-            f'{type(model).__name__} is not a ViT with qkv attention blocks: '
-            'attention capture needs a timm VisionTransformer')
-    return attns
 
 
 def cls_attention_logits(qkv: torch.Tensor, attn: nn.Module) -> torch.Tensor:
@@ -84,17 +75,19 @@ class ClsAttentionCapture:
     Gradients flow through the recorded maps when the forward runs with grad enabled (the
     student); run the forward under ``torch.no_grad()`` for a teacher. A capture records only
     the forwards of the thread that created it, so concurrent requests sharing one model (the
-    app's) each get their own maps.
+    app's) each get their own maps. A model of a ``'softmax'`` family (EVA, BEiT: ``families``)
+    runs the explicit attention path until the capture is removed.
 
     Args:
-        model: A timm ViT with a class token. Prefix tokens (CLS, distillation, registers) are
-            dropped from the maps.
+        model: A timm ViT with a class token, of a family in ``families.FAMILIES``. Prefix tokens
+            (CLS, distillation, registers) are dropped from the maps.
         normalization: ``'renormalized'`` (each head's patch part sums to one) or ``'raw'`` (the
             softmax row's patch entries as they are); see ``NORMALIZATIONS``.
     """
 
     def __init__(self, model: nn.Module, normalization: str = DEFAULT_NORMALIZATION) -> None:
         self._attns = attention_modules(model)
+        family = family_of(model)
         if getattr(model, 'cls_token', None) is None:
             raise ValueError(f'{type(model).__name__} has no class token (class_token=False): [CLS] attention '
                             'capture needs a ViT with one (the maps would be some patch\'s attention)')
@@ -104,14 +97,27 @@ class ClsAttentionCapture:
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self._thread = threading.get_ident()
         self._rows: list[torch.Tensor | None] = [None] * len(self._attns)
-        self._handles = [attn.qkv.register_forward_hook(partial(self._record, index, attn))
-                         for index, attn in enumerate(self._attns)]
+        # What a row holds: the logits (the qkv fast path) or the softmax itself (the explicit path's).
+        self._softmaxed = family.capture == 'softmax'
+        if self._softmaxed:
+            hold_explicit(self._attns)
+            # Before attn_drop, not after: the softmax as computed, as the logits path sees it, whatever
+            # dropout a training forward applies to it.
+            self._handles = [attn.attn_drop.register_forward_pre_hook(partial(self._record_softmax, index))
+                             for index, attn in enumerate(self._attns)]
+        else:
+            self._handles = [attn.qkv.register_forward_hook(partial(self._record, index, attn))
+                             for index, attn in enumerate(self._attns)]
 
     def _record(self, index: int, attn: nn.Module, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
         # A compiled forward skips the thread check, which torch.compile cannot trace (a graph break
         # per layer): compiled models are trained, never shared between request threads.
         if torch.compiler.is_compiling() or threading.get_ident() == self._thread:
             self._rows[index] = cls_attention_logits(output, attn)
+
+    def _record_softmax(self, index: int, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if torch.compiler.is_compiling() or threading.get_ident() == self._thread:  # as ``_record``
+            self._rows[index] = inputs[0][:, :, 0]  # (batch, heads, tokens): the [CLS] query's row
 
     def pop(self) -> torch.Tensor:
         """The maps of the last forward, shape (batch, layers, heads, patches); clears them.
@@ -120,16 +126,21 @@ class ClsAttentionCapture:
         """
         if any(row is None for row in self._rows):
             raise RuntimeError('no attention recorded: run a forward pass of the model first')
-        logits = torch.stack(self._rows, dim=1).float()
+        rows = torch.stack(self._rows, dim=1).float()
         self._rows = [None] * len(self._attns)
-        if self.normalization == 'raw':
-            return logits.softmax(dim=-1)[..., self.num_prefix_tokens:]
+        if self._softmaxed:  # probabilities already: the patch part as it is, or renormalised per head
+            patches = rows[..., self.num_prefix_tokens:]
+            return patches if self.normalization == 'raw' else patches / patches.sum(dim=-1, keepdim=True)
+        if self.normalization == 'raw':  # logits: the fast path's rows
+            return rows.softmax(dim=-1)[..., self.num_prefix_tokens:]
         # All layers at once. The softmax over the patches alone is the full row's softmax with the
         # prefix tokens dropped and the rest renormalised.
-        return logits[..., self.num_prefix_tokens:].softmax(dim=-1)
+        return rows[..., self.num_prefix_tokens:].softmax(dim=-1)
 
     def remove(self) -> None:
-        """Detach the hooks from the model."""
+        """Detach the hooks from the model, and give a ``'softmax'`` family's blocks their attention path back."""
+        if self._handles and self._softmaxed:
+            release_explicit(self._attns)
         for handle in self._handles:
             handle.remove()
         self._handles = []

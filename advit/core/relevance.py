@@ -14,12 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .capture import attention_modules
+from .families import attention_modules, explicit_attention
 
 RELEVANCE_TARGETS = ('layers', 'rollout_last')
-# Whether a model's blocks run explicit attention is switched for one forward: other threads running the
-# same model meanwhile (the app's) compute the same outputs on that path, and are not recorded.
-_PATH_LOCK = threading.Lock()
 
 
 @dataclass
@@ -39,7 +36,7 @@ def attention_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.Te
     attention's gradients are computed, never the weights'.
 
     Args:
-        model: A timm ViT, in eval mode.
+        model: A timm ViT of a registered family (``families``), in eval mode.
         inputs: Normalised images.
         target: Per image, the class whose logit is the score (batch,), or weights over the classes
             (batch, classes) whose weighted sum of logits is the score (a mixed training target); None: the
@@ -53,21 +50,18 @@ def attention_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.Te
             attentions.append(output)
 
     modules = attention_modules(model)
-    with _PATH_LOCK:
-        fused = [attn.fused_attn for attn in modules]
-        handles = [attn.attn_drop.register_forward_hook(keep) for attn in modules]
-        try:
-            for attn in modules:
-                attn.fused_attn = False
-            with torch.enable_grad():
-                logits = model(inputs.detach().requires_grad_())
-                score = class_score(logits.float(), target)
-                gradients = torch.autograd.grad(score, attentions)
-        finally:
-            for attn, was_fused in zip(modules, fused):
-                attn.fused_attn = was_fused
-            for handle in handles:
-                handle.remove()
+    # Every registered family's explicit path passes its softmax through attn_drop (timm's convention). The path
+    # is held for one forward and backward: other threads running the same model meanwhile (the app's) compute
+    # the same outputs on it, and are not recorded.
+    handles = [attn.attn_drop.register_forward_hook(keep) for attn in modules]
+    try:
+        with explicit_attention(modules), torch.enable_grad():
+            logits = model(inputs.detach().requires_grad_())
+            score = class_score(logits.float(), target)
+            gradients = torch.autograd.grad(score, attentions)
+    finally:
+        for handle in handles:
+            handle.remove()
     weighted = [(gradient.float() * attention.detach().float()).clamp(min=0).mean(dim=1)
                 for attention, gradient in zip(attentions, gradients)]
     return AttentionGradients(logits=logits.detach(), attention=[a.detach() for a in attentions], weighted=weighted)

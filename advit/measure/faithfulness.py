@@ -48,6 +48,7 @@ from ..core.capture import (
     trained_normalization,
 )
 from ..core.data import ImageSet
+from ..core.families import attention_modules
 from ..core.models import patch_grid
 from ..core.precision import autocast
 from .removal import check_protocol, removed_logits
@@ -132,10 +133,12 @@ def describe_drop(entry: dict[str, float | None]) -> str:
 
 
 def has_cls_attention(model: nn.Module) -> bool:
-    """True for a ViT whose [CLS] attention can be measured (timm attention blocks and a class token)."""
-    blocks = getattr(model, 'blocks', None)
-    return blocks is not None and getattr(model, 'cls_token', None) is not None and \
-        all(isinstance(getattr(getattr(block, 'attn', None), 'qkv', None), nn.Linear) for block in blocks)
+    """True for a ViT whose [CLS] attention can be measured (blocks of a registered family and a class token)."""
+    try:
+        attention_modules(model)
+    except TypeError:
+        return False
+    return getattr(model, 'cls_token', None) is not None
 
 
 def source_names(layers: int) -> list[str]:
