@@ -1,24 +1,80 @@
-"""The explicit attention a capture and the views must match: softmax(Q K^T / sqrt(d)) built in full from a block's input."""
+"""The explicit attention a capture and the views must match: softmax(Q K^T / sqrt(d)) built in full from a
+block's input, by each family's formula (ViT, DeiT III; EVA's rope; BEiT's relative position bias)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import Attention, AttentionRope, apply_rot_embed_cat
+from timm.models.beit import Attention as BeitAttention
+from timm.models.eva import EvaAttention
+
+
+def _vit_logits(attn: nn.Module, x: torch.Tensor, _kwargs: dict) -> torch.Tensor:
+    """timm's Attention (ViT, DeiT, DeiT III): q K^T / sqrt(d) from the qkv projection, q/k norms applied."""
+    batch, tokens, _ = x.shape
+    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    return (q * attn.scale) @ k.transpose(-2, -1)
+
+
+def _biased_qk(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k, (batch, heads, tokens, head_dim), of EVA's and BEiT's projections written out: one fused weight
+    with the q/k biases (k's a zero buffer) added by hand, or EVA's separate q/k projections (no grouped heads)."""
+    batch, tokens, _ = x.shape
+    if attn.qkv is None:
+        q, k = attn.q_proj(x), attn.k_proj(x)
+    else:
+        width = attn.qkv.weight.shape[0] // 3
+        qk = x @ attn.qkv.weight[:2 * width].T
+        if attn.qkv.bias is not None:  # AttentionRope's, in the Linear
+            qk = qk + attn.qkv.bias[:2 * width]
+        if getattr(attn, 'q_bias', None) is not None:  # EvaAttention's and BEiT's, beside it
+            qk = qk + torch.cat([attn.q_bias, attn.k_bias])
+        q, k = qk[..., :width], qk[..., width:]
+    return tuple(t.reshape(batch, tokens, attn.num_heads, -1).transpose(1, 2) for t in (q, k))
+
+
+def _eva_logits(attn: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """EVA's EvaAttention and AttentionRope: q/k norms, then the patch tokens' q and k rotated by the rope
+    the model passed the block (timm's own rotation), then q K^T / sqrt(d)."""
+    q, k = _biased_qk(attn, x)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    rope, prefix = kwargs.get('rope'), attn.num_prefix_tokens
+    if rope is not None:
+        half = getattr(attn, 'rotate_half', False)
+        q, k = (torch.cat([t[:, :, :prefix], apply_rot_embed_cat(t[:, :, prefix:], rope, half=half)], dim=2)
+                for t in (q, k))
+    return (q * attn.scale) @ k.transpose(-2, -1)
+
+
+def _beit_logits(attn: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """BEiT's Attention: q K^T / sqrt(d) plus each head's relative position bias, looked up by hand in its
+    table, plus the model's shared bias where it has one."""
+    q, k = _biased_qk(attn, x)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    if attn.relative_position_bias_table is not None:
+        tokens = logits.shape[-1]
+        index = attn.relative_position_index.view(-1)
+        logits = logits + attn.relative_position_bias_table[index].view(tokens, tokens, -1).permute(2, 0, 1)
+    shared = kwargs.get('shared_rel_pos_bias')
+    return logits if shared is None else logits + shared
+
+
+FAMILY_LOGITS = {Attention: _vit_logits, EvaAttention: _eva_logits, AttentionRope: _eva_logits,
+                 BeitAttention: _beit_logits}
 
 
 @torch.no_grad()
 def full_attention(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Every layer's softmax(Q K^T / sqrt(d)) on ``inputs``, shape (batch, layers, heads, tokens, tokens),
-    built from each attention module's input with its own weights, whichever path its forward runs."""
+    """Every layer's softmax attention on ``inputs``, shape (batch, layers, heads, tokens, tokens), built from
+    each attention module's input (and the rope or shared bias the model passes it) with its own weights, by
+    its family's formula written out (``FAMILY_LOGITS``), whichever path its forward runs."""
     maps: list[torch.Tensor] = []
 
-    def record(attn: nn.Module, args: tuple) -> None:
-        x = args[0]
-        batch, tokens, _ = x.shape
-        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-        maps.append(((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1))
+    def record(attn: nn.Module, args: tuple, kwargs: dict) -> None:
+        maps.append(FAMILY_LOGITS[type(attn)](attn, args[0], kwargs).float().softmax(dim=-1))
 
-    handles = [block.attn.register_forward_pre_hook(record) for block in model.blocks]
+    handles = [block.attn.register_forward_pre_hook(record, with_kwargs=True) for block in model.blocks]
     try:
         model(inputs)
     finally:
