@@ -27,13 +27,14 @@ def loss_and_grads(path: str, method: str, dtype: torch.dtype) -> tuple[torch.Te
     for model in (teacher, student):
         set_attention_path(model, path)
     criterion = DistillationLoss(method, student, teacher)
-    teacher_forward = TeacherForward(teacher, model_normalization(student), capture=True)
+    relevance = 'rollout_last' if criterion.method.target == 'relevance' else None
+    teacher_forward = TeacherForward(teacher, model_normalization(student), capture=True, relevance=relevance)
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     labels = torch.arange(8) % 10
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16), \
             ClsAttentionCapture(student) as capture:
         outputs = student(images)
-        loss, terms = criterion(outputs, labels, teacher_forward(images), capture.pop())
+        loss, terms = criterion(outputs, labels, teacher_forward(images, labels), capture.pop())
     loss.backward()
     with ClsAttentionCapture(student) as capture, torch.no_grad():
         student.eval()(images)
