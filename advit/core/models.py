@@ -156,11 +156,11 @@ def deit_base_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionT
 
 
 # timm modules whose models are ViTs built for one input size (``img_size``); CNNs take any size.
-_VIT_MODULES = ('vision_transformer', 'deit', __name__.rsplit('.', 1)[-1])
+_VIT_MODULES = ('vision_transformer', 'deit', 'eva', 'beit', __name__.rsplit('.', 1)[-1])  # families: core/families.py
 
 
 def is_vit_name(name: str) -> bool:
-    """True for the ViTs of timm's vision_transformer and deit modules and ours."""
+    """True for the ViTs of timm's vision_transformer, deit (DeiT III too), eva and beit modules, and ours."""
     return timm.models.is_model_in_modules(name.split('.', 1)[0], _VIT_MODULES)
 
 

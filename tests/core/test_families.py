@@ -201,3 +201,28 @@ def test_attention_advit_cannot_take_exactly_is_refused_in_words():
     assert not has_cls_attention(model)
     with pytest.raises(ValueError, match='no token sequence to drop patches from that advit knows'):
         removed_logits(model, torch.randn(1, 3, 32, 32), torch.zeros(1, 64, dtype=torch.bool), (8, 8), 'drop')
+
+
+@pytest.mark.parametrize('name, size', [('deit3_small_patch16_224', 32), ('eva02_tiny_patch14_224', 28),
+                                        ('beit_base_patch16_224', 32)])
+def test_a_familys_state_dict_imports_and_is_offered_as_a_vit_whose_maps_the_views_take(name, size, tmp_path):
+    """A timm checkpoint of each family, as people save one (a .pth state dict), made an advit checkpoint by
+    ``advit import``: rebuilt at its image size, listed by the app as a ViT, its [CLS] maps captured."""
+    from advit.app.catalog import check_checkpoint
+    from advit.core.checkpoint import import_state_dict, load_checkpoint
+    from advit.core.data import CIFAR10_CLASSES
+    from advit.core.models import create_model
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, img_size=size).eval()
+    torch.save(model.state_dict(), tmp_path / 'weights.pth')
+    import_state_dict(tmp_path / 'weights.pth', name, tmp_path / 'imported.safetensors', list(CIFAR10_CLASSES), size)
+    loaded = load_checkpoint(tmp_path / 'imported.safetensors').model
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images))
+    entry = check_checkpoint(tmp_path / 'imported.safetensors')
+    assert entry.usable and entry.is_vit, entry.problem
+    with ClsAttentionCapture(loaded) as capture, torch.no_grad():
+        loaded(images)
+        maps = capture.pop()
+    assert maps.shape[:2] == (2, len(loaded.blocks)) and torch.allclose(maps.sum(-1), torch.ones(()))
