@@ -18,6 +18,7 @@ from .results.bundle import MAX_MB, BundleError
 from .results.report import ReportError
 from .results.seeds import SeedError
 from .training.presets import PRESETS, preset
+from .training.run_folder import RunFolder
 from .training.train import TrainConfig, TrainingError, group_configs
 
 
@@ -163,7 +164,7 @@ def train_configs(args: argparse.Namespace) -> tuple[list[TrainConfig], bool]:
             raise TrainingError('--resume continues runs with their saved config.json: give no other flags')
         configs = []
         for run in args.resume:
-            saved = Path(run) / 'config.json'
+            saved = RunFolder(Path(run)).config_file
             if not saved.is_file():
                 raise TrainingError(f'cannot resume: {saved} not found')
             configs.append(TrainConfig.from_dict(dict(json.loads(saved.read_text()), out=str(Path(run)))))

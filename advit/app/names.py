@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.models import CONVSTEM_SIZES, is_vit_name
+from ..training.run_folder import BEST
 
 METHOD_NAMES = {
     'vit': 'ViT', 'deit_hard': 'DeiT-hard', 'deit_soft': 'DeiT-soft', 'advit_l1': 'ADViT-L1',
@@ -60,6 +61,6 @@ def model_label(key: str, meta: dict[str, Any]) -> str:
         parts.append(f"{meta['image_size']}px")
     if meta.get('test_top1') is not None:
         parts.append(f"{meta['test_top1']:.1f}%")
-    if Path(key).name == 'best.safetensors':  # a run of runs/: its folder tells runs of one method apart
+    if Path(key).name == BEST:  # a run of runs/: its folder tells runs of one method apart
         parts.append(Path(key).parent.name)
     return ' · '.join(parts)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..core.checks import shown_value
 from ..measure.probe import PROBE_IMAGES
+from ..training.run_folder import BEST
 from .catalog import TIMM_PREFIX
 from .figure import attention_figure
 from .forms import ProbeRequest
@@ -104,7 +105,7 @@ class ProbeViews:
             return found, next((name for name in found if 'advit' in name), next(iter(found)))
         (own, _), = find_probes(entry.key).items()
         folder = Path(entry.key).parent
-        if Path(entry.key).name == 'best.safetensors' and folder.parent != runs:
+        if Path(entry.key).name == BEST and folder.parent != runs:
             folder = folder.parent  # a student of a several-student run: its fellow students beside it
         return find_probes(folder), own
 

@@ -51,7 +51,7 @@ from ..measure.faithfulness import (
 )
 from ..measure.probe import PROBE_FILE
 from ..measure.removal import REMOVED_AS
-from ..training.run_folder import read_json, read_metrics, read_sessions
+from ..training.run_folder import RunFolder, read_json, read_metrics, read_sessions
 from ..training.train import fields_with_role
 from .agreement import agreement_markdown
 from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
@@ -104,13 +104,13 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     """
     runs, out = Path(runs), Path(out)
     names = [name for name in (TEACHER, *STUDENTS)
-             if (read_json(runs / name / 'status.json') or {}).get('state') == 'finished']
+             if RunFolder(runs / name).finished()]
     if not names:
         raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
     # Chosen on validation; the first in STUDENTS order wins a tie (and where no run held images out).
     best_attention = best_attention_student({name: load_run(runs / name) for name in names if name != TEACHER})
     # Every run's weights where they fit (small CPU models), else the most wanted ones.
-    if sum(_fp16_bytes(runs / name / 'best.safetensors') for name in names) > SHIP_ALL_SHARE * max_mb * 1e6:
+    if sum(_fp16_bytes(RunFolder(runs / name).best) for name in names) > SHIP_ALL_SHARE * max_mb * 1e6:
         shipped = [name for name in names if name in ALWAYS_SHIPPED or name == best_attention]
     else:
         shipped = names
@@ -121,10 +121,10 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     for name in names:
         target = out / f'{name}.safetensors'
         if name in shipped:
-            _export_weights(runs / name, target, device, test_sets, runs / TEACHER / 'best.safetensors')
+            _export_weights(runs / name, target, device, test_sets, RunFolder(runs / TEACHER).best)
         else:
             target.unlink(missing_ok=True)  # an earlier export's weights, no longer shipped
-            for source, copy in zip(evaluation_paths(runs / name / 'best.safetensors'), evaluation_paths(target)):
+            for source, copy in zip(evaluation_paths(RunFolder(runs / name).best), evaluation_paths(target)):
                 _copy(source, copy)
         if (runs / name / PROBE_FILE).is_file():
             _copy(runs / name / PROBE_FILE, out / f'{name}.probe.npz')
@@ -163,8 +163,8 @@ def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple,
                     bundle_teacher: Path) -> None:
     """The run's best checkpoint as fp16 safetensors, evaluated as shipped on the run's own test split; a student
     of the bundle's teacher (``bundle_teacher``, its run's checkpoint) names it as shipped beside it."""
-    loaded = load_checkpoint(run / 'best.safetensors')
-    config = read_json(run / 'config.json') or {}
+    loaded = load_checkpoint(RunFolder(run).best)
+    config = RunFolder(run).config()
     key = (config['data'], config.get('test_subset'), config.get('cache_dir'))
     if key not in test_sets:
         test_sets[key] = load_dataset(config['data'], config.get('cache_dir'))['test'].subset(config.get('test_subset'))
@@ -491,17 +491,17 @@ def ship_students(run: Path, out: Path, device: str = 'auto', max_mb: float = MA
         device: Where the exported weights are evaluated.
         max_mb: The bundle's size limit; over it, nothing is added.
     """
-    students = [run / name for name in STUDENTS if (run / name / 'config.json').is_file()]
+    students = [run / name for name in STUDENTS if RunFolder(run / name).config_file.is_file()]
     if not students:
         raise BundleError(f'{run} holds no student run of {", ".join(STUDENTS)}')
     present = [s.name for s in students if evaluation_paths(out / f'{s.name}.safetensors')[0].is_file()]
     if present:
         raise BundleError(f'the bundle already has {", ".join(present)}: its own seed\'s students are not replaced')
-    unfinished = [s.name for s in students if (read_json(s / 'status.json') or {}).get('state') != 'finished']
+    unfinished = [s.name for s in students if not RunFolder(s).finished()]
     if unfinished:
         raise BundleError(f'{run}: not finished: {", ".join(unfinished)}')
     teacher = out / f'{TEACHER}.safetensors'
-    foreign = [s.name for s in students if not Path((read_json(s / 'config.json') or {}).get('teacher') or '')
+    foreign = [s.name for s in students if not Path(RunFolder(s).config().get('teacher') or '')
                .resolve() == teacher.resolve()]
     if foreign:
         raise BundleError(f'{", ".join(foreign)} in {run} did not learn from the bundle\'s teacher {teacher}')
@@ -534,7 +534,7 @@ def _add_table1_rows(out: Path, students: list[Path]) -> None:
     rows = [table1_row(s.name, checkpoint_result(out / f'{s.name}.safetensors',
                                                  read_json(evaluation_paths(out / f'{s.name}.safetensors')[0]) or {},
                                                  path=out / f'{s.name}.safetensors', seed=BUNDLE_SEED),
-                       read_json(s / 'status.json') or {}, True) for s in students]
+                       RunFolder(s).status(), True) for s in students]
     lines = (out / CARD).read_text().split('\n')
     start = lines.index(next(line for line in lines if line.startswith('## Table 1'))) + 2
     end = next(index for index in range(start, len(lines)) if not lines[index].startswith('|'))
@@ -570,7 +570,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         sweep: Records of ``scripts/cpu_sweep.py`` (the short runs behind the recipe), if any.
     """
     results = {name: load_run(runs / name, evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
-    configs = {name: read_json(runs / name / 'config.json') or {} for name in names}
+    configs = {name: RunFolder(runs / name).config() for name in names}
     students = [name for name in names if name != TEACHER]
     return '\n'.join([
         _card_intro(configs, read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0]) or {}),
@@ -619,7 +619,7 @@ paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps themselves) is 
 def _table1_section(runs: Path, out: Path, results: dict[str, RunResult], configs: dict[str, dict[str, Any]],
                     shipped: list[str], best: str | None, max_mb: float) -> str:
     """Table 1 with what the rows share, the goals' account, and what the bundle's files are."""
-    status = {name: read_json(runs / name / 'status.json') or {} for name in results}
+    status = {name: RunFolder(runs / name).status() for name in results}
     table1 = markdown_table([table1_row(name, result, status[name], name in shipped)
                              for name, result in results.items()], TABLE1_COLUMNS)
     students = [name for name in results if name != TEACHER]

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from ..core.checkpoint import read_metadata
 from ..measure.evaluate import evaluation_paths
 from ..measure.faithfulness import HEADLINE_MAPS, headline, headline_key
-from ..training.run_folder import RECORD_KEYS, read_json
+from ..training.run_folder import RECORD_KEYS, RunFolder, read_json
 from ..training.train import fields_with_role
 from .paper import PAPER_TOP1
 
@@ -75,14 +75,14 @@ def load_run(run: str | Path, evaluation: str | Path | None = None) -> RunResult
             of its fp16 export).
     """
     run = Path(run)
-    checkpoint = run / 'best.safetensors'
+    checkpoint = RunFolder(run).best
     metrics_path = Path(evaluation) if evaluation is not None else evaluation_paths(checkpoint)[0]
     if not checkpoint.is_file() or not metrics_path.is_file():
         raise ReportError(f'{run} has no evaluated best checkpoint (best.safetensors and {metrics_path.name})')
     evaluation = read_json(metrics_path)
     if evaluation is None:
         raise ReportError(f'{run}: {metrics_path.name} is not a readable evaluation')
-    config = read_json(run / 'config.json') or {}
+    config = RunFolder(run).config()
     return checkpoint_result(checkpoint, evaluation, path=run, seed=int(config.get('seed', 0)),
                              setting={k: v for k, v in config.items() if k not in NOT_SETTINGS})
 

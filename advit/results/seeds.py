@@ -27,7 +27,7 @@ from ..measure.faithfulness import (
     headline_key,
 )
 from ..measure.removal import PROTOCOLS
-from ..training.run_folder import RECORD_KEYS, read_json
+from ..training.run_folder import RECORD_KEYS, RunFolder, read_json
 from ..training.train import TrainConfig, fields_with_role
 from .report import markdown_table
 
@@ -281,7 +281,7 @@ def students_recipe(configs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def trained_steps(students: list[Path]) -> set[int | None]:
     """The steps the students' runs trained, as their status says (one value for students trained together)."""
-    return {(read_json(run / 'status.json') or {}).get('step') for run in students}
+    return {RunFolder(run).status().get('step') for run in students}
 
 
 def write_recipe(students: list[Path], bundle: Path) -> Path:
@@ -293,7 +293,7 @@ def write_recipe(students: list[Path], bundle: Path) -> Path:
         students: The students' run folders.
         bundle: The bundle folder.
     """
-    recipe = students_recipe([read_json(run / 'config.json') or {} for run in students])
+    recipe = students_recipe([RunFolder(run).config() for run in students])
     steps = trained_steps(students)
     if len(steps) != 1 or not isinstance(next(iter(steps)), int):
         raise SeedError(f'the students did not train one number of steps: {sorted(map(str, steps))}')
@@ -311,7 +311,7 @@ def check_same_training(run: Path, students: list[Path], bundle: Path) -> None:
                         'bundle): a further seed cannot be shown to differ from its students by the seed alone')
     bundle_steps = recipe.pop(TRAINED_STEPS)
     recipe = students_recipe([recipe])  # read by today's rule: an older file also recorded runtime settings
-    theirs = students_recipe([read_json(student / 'config.json') or {} for student in students])
+    theirs = students_recipe([RunFolder(student).config() for student in students])
     differing = sorted(key for key in recipe.keys() | theirs.keys() if recipe.get(key) != theirs.get(key))
     if differing:
         raise SeedError(f'{run} was not trained with the bundle\'s recipe: ' + ', '.join(
@@ -329,10 +329,10 @@ def run_seed(run: Path, methods: list[str]) -> int:
         run: A group run folder (one subfolder per method).
         methods: The student methods looked for.
     """
-    students = [run / method for method in methods if (run / method / 'config.json').is_file()]
+    students = [run / method for method in methods if RunFolder(run / method).config_file.is_file()]
     if not students:
         raise SeedError(f'{run} holds no student run of {", ".join(methods)}')
-    seeds = {(read_json(student / 'config.json') or {}).get('seed') for student in students}
+    seeds = {RunFolder(student).config().get('seed') for student in students}
     if len(seeds) != 1 or not isinstance(next(iter(seeds)), int):
         raise SeedError(f'the students in {run} do not share one seed: {sorted(map(str, seeds))}')
     return seeds.pop()
@@ -351,11 +351,11 @@ def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
     written = []
     for run in runs:
         seed = run_seed(run, methods)
-        students = [run / method for method in methods if (run / method / 'config.json').is_file()]
+        students = [run / method for method in methods if RunFolder(run / method).config_file.is_file()]
         if seed == BUNDLE_SEED:
             raise SeedError(f'{run} has seed {seed}, the bundle\'s own: train further seeds with another --seed')
         unfinished = [student.name for student in students
-                      if (read_json(student / 'status.json') or {}).get('state') != 'finished']
+                      if not RunFolder(student).finished()]
         if unfinished:
             raise SeedError(f'{run}: not finished: {", ".join(unfinished)}')
         check_same_training(run, students, bundle)
@@ -364,7 +364,7 @@ def add_seeds(runs: list[Path], bundle: Path, methods: list[str]) -> list[Path]:
         write_json(target / SEED_RECORD, seed_record(read_json(target / SEED_RECORD), seed, students))
         written.append(target / SEED_RECORD)
         for student in students:
-            source = evaluation_paths(student / 'best.safetensors')[0]
+            source = evaluation_paths(RunFolder(student).best)[0]
             copy = evaluation_paths(target / f'{student.name}.safetensors')[0]
             with atomic_path(copy) as tmp:
                 shutil.copyfile(source, tmp)
@@ -381,8 +381,8 @@ def seed_record(earlier: dict[str, Any] | None, seed: int, students: list[Path])
         seed: The seed.
         students: The run folders of the students trained together.
     """
-    statuses = [read_json(student / 'status.json') or {} for student in students]
-    machines = [name for student in students for name in (read_json(student / 'config.json') or {}).get('machines', [])]
+    statuses = [RunFolder(student).status() for student in students]
+    machines = [name for student in students for name in RunFolder(student).config().get('machines', [])]
     methods = [student.name for student in students]
     training = dict(methods=methods, train_s=round(max(status.get('elapsed', 0.0) for status in statuses), 1),
                     machines=list(dict.fromkeys(machines)))

@@ -36,7 +36,7 @@ from ..core.checks import shown_value
 from ..core.data import DatasetError, load_dataset, steps_per_epoch
 from ..core.io import REPO, write_json
 from ..core.models import create_model
-from .run_folder import read_json, read_metrics
+from .run_folder import RunFolder, read_json, read_metrics
 from .train import TrainConfig, TrainingError, group_configs, validate, validate_group
 
 ACTIVE = ('queued', 'running')  # the states in which a job can still be cancelled
@@ -133,7 +133,7 @@ def _group_status(folders: list[Path]) -> dict[str, Any]:
     """A group's account from its students' ``status.json``: the first student's progress, the best
     validation top-1 of all, and final (the first of ``FINAL`` any reports) only once every one is; its
     ``updated`` is the oldest, so that it is fresh only when every student wrote it in this launch."""
-    accounts = [read_json(folder / 'status.json') or {} for folder in folders]
+    accounts = [RunFolder(folder).status() for folder in folders]
     states = [account.get('state') for account in accounts]
     best = [account['best_val_top1'] for account in accounts if account.get('best_val_top1') is not None]
     return dict(accounts[0], updated=min(account.get('updated', 0) for account in accounts),
@@ -306,7 +306,7 @@ class JobManager:
         record = read_json(run / 'job.json') or {}
         methods = record.get('methods')
         folders = [run / method for method in methods] if methods else [run]
-        if all((folder / 'config.json').is_file() for folder in folders):
+        if all(RunFolder(folder).config_file.is_file() for folder in folders):
             # A run that got going before: continue from its last checkpoint (a group's students together).
             command = [self.python, '-m', 'advit', 'train', '--resume', *map(str, folders)]
         else:
@@ -359,7 +359,7 @@ class JobManager:
         request = read_json(run / 'request.json') or {}
         methods = record.get('methods')
         reported = _group_status([run / method for method in methods]) if methods else \
-            read_json(run / 'status.json') or {}
+            RunFolder(run).status()
         job = {'name': run.name, 'queued': record.get('queued', 0.0),
                'method': ','.join(methods) if methods else request.get('method'), 'methods': methods,
                'model': request.get('model'), 'cancel_requested': record.get('cancel_requested'),

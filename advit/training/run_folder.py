@@ -11,8 +11,10 @@ Also the cancel the process obeys (``StopSignal``). Rank 0 writes; the others on
 - ``last.safetensors``: weights, optimiser state, every random stream and the progress: a killed
   or cancelled run resumes from it exactly.
 
-Written here, and read here too (``read_json``, ``read_metrics``) by the job list, the report, the
-bundle, the catalog and the training view, which all meet torn files the same way.
+Written here, and read here too (``RunFolder``, ``read_json``, ``read_metrics``) by the job list, the report,
+the bundle, the seeds, the catalog and the training view, which all meet torn files the same way: this module
+alone names the files, and ``config.json`` carries the folder's ``format`` (``FORMAT_VERSION``; a folder from
+before it was stamped reads as version 1, whose files are the same).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,53 @@ from ..core.io import atomic_path, write_json
 from ..core.machine import machine
 from ..core.weights import model_weights, read_tensors, train_state
 
+CONFIG, STATUS, METRICS, LOG, SESSIONS = 'config.json', 'status.json', 'metrics.jsonl', 'train.log', 'sessions.json'
+BEST, LAST = 'best.safetensors', 'last.safetensors'  # the checkpoint chosen on validation; the one to resume
+FORMAT_VERSION = 2  # 2: config.json stamps it; 1: the same files, unstamped
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run's folder: where each of its files is, and each read as ``read_json`` reads (a missing or torn file:
+    empty, as if not written yet).
+
+    Args:
+        path: The run's folder (a student of a group: its own folder in the group's).
+    """
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return Path(self.path) / CONFIG
+
+    @property
+    def status_file(self) -> Path:
+        return Path(self.path) / STATUS
+
+    @property
+    def best(self) -> Path:
+        return Path(self.path) / BEST
+
+    @property
+    def last(self) -> Path:
+        return Path(self.path) / LAST
+
+    def config(self) -> dict[str, Any]:
+        """The run's settings and records (``write_config``), or {}."""
+        return read_json(self.config_file) or {}
+
+    def status(self) -> dict[str, Any]:
+        """The run's account of itself (``RunStatus``), or {}."""
+        return read_json(self.status_file) or {}
+
+    def finished(self) -> bool:
+        return self.status().get('state') == 'finished'
+
+    def format_version(self) -> int:
+        """The folder's format (``FORMAT_VERSION``): 1 for a folder from before it was stamped."""
+        version = self.config().get('format', 1)
+        return version if isinstance(version, int) else 1
+
 
 class ResumeError(ValueError):
     """A checkpoint a run cannot resume from."""
@@ -56,7 +106,7 @@ class RunStatus:
     """
 
     def __init__(self, run: Path, enabled: bool) -> None:
-        self.path, self.enabled = run / 'status.json', enabled
+        self.path, self.enabled = run / STATUS, enabled
         self.fields: dict[str, Any] = {}
         self.session: dict[str, Any] | None = None  # this process's sitting, the last of ``sessions``
         self.sessions: list[dict[str, Any]] = []
@@ -77,8 +127,6 @@ class RunStatus:
         self.session.update(last_step=step, wall_s=round(time.time() - self.session['started'], 1))
         write_json(self.path.parent / SESSIONS, {'sessions': self.sessions})
 
-
-SESSIONS = 'sessions.json'
 
 
 def read_sessions(run: Path) -> list[dict[str, Any]]:
@@ -123,7 +171,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     """The run's ``metrics.jsonl`` records in order; a line torn or corrupted by a kill is skipped."""
-    path = Path(run) / 'metrics.jsonl'
+    path = Path(run) / METRICS
     records = []
     if path.is_file():
         for line in path.read_text(errors='replace').splitlines():
@@ -138,13 +186,13 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
     """Add one line to the run's ``metrics.jsonl``."""
-    with open(run / 'metrics.jsonl', 'a') as f:
+    with open(run / METRICS, 'a') as f:
         f.write(json.dumps(record) + '\n')
 
 
 def truncate_metrics(run: Path, step: int) -> None:
     """Drop the lines a resumed run will write again (those after the resumed step)."""
-    path = run / 'metrics.jsonl'
+    path = run / METRICS
     if not path.is_file():
         return
     kept = []
@@ -159,17 +207,17 @@ def truncate_metrics(run: Path, step: int) -> None:
 
 
 # The keys write_config puts beside a config's fields: bookkeeping, never a setting to read back.
-RECORD_KEYS = frozenset({'world_size', 'group', 'machines', 'versions'})
+RECORD_KEYS = frozenset({'format', 'world_size', 'group', 'machines', 'versions'})
 
 
 def write_config(run: Path, config: dict[str, Any], world_size: int, group: list[str]) -> None:
     """The run's ``config.json``: its settings, and where they ran (world size, the group, versions, and
     ``machines``: each machine that trained it, in order, kept over resumes)."""
     run.mkdir(parents=True, exist_ok=True)
-    machines = list((read_json(run / 'config.json') or {}).get('machines', []))
+    machines = list(RunFolder(run).config().get('machines', []))
     if machine() not in machines[-1:]:
         machines.append(machine())
-    write_json(run / 'config.json', dict(config, world_size=world_size, group=group, machines=machines,
+    write_json(run / CONFIG, dict(config, format=FORMAT_VERSION, world_size=world_size, group=group, machines=machines,
                                          versions={'torch': torch.__version__, 'timm': timm.__version__}))
 
 
@@ -185,7 +233,7 @@ def open_log(run: Path, is_main: bool, tag: str | None = None) -> logging.Logger
     log.setLevel(logging.INFO)
     if is_main:
         run.mkdir(parents=True, exist_ok=True)
-        file_handler, console = logging.FileHandler(run / 'train.log'), _TqdmHandler()
+        file_handler, console = logging.FileHandler(run / LOG), _TqdmHandler()
         file_handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
         console.setFormatter(logging.Formatter(f'%(asctime)s {tag + ": " if tag else ""}%(message)s', '%H:%M:%S'))
         log.addHandler(file_handler)
@@ -219,7 +267,7 @@ def save_last(run: Path, model: nn.Module, meta: dict[str, Any], progress: dict[
     """Write ``last.safetensors``: all a resumed run needs to go on exactly where this one stands (with the
     weights' moving average, ``average``, where the run keeps one)."""
     averaged = {f'{AVERAGE_PREFIX}{name}': value for name, value in average.state_dict().items()} if average else {}
-    save_checkpoint(run / 'last.safetensors', model, dict(meta, progress=progress),
+    save_checkpoint(run / LAST, model, dict(meta, progress=progress),
                     train_state=dict(optimizer_tensors(optimizer), **rng_tensors(transform, mixer), **averaged))
 
 
@@ -228,7 +276,7 @@ def restore_last(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     """Load weights, optimiser state and the weights' moving average (``average``, if the run keeps one) from
     ``last.safetensors``; return (its progress record: step, elapsed, best validation top-1, attention paths;
     its saved random streams, for ``restore_rngs`` once the streams exist): the file is read once."""
-    path = run / 'last.safetensors'
+    path = run / LAST
     tensors = read_tensors(path)
     progress = read_metadata(path).get('progress')
     if progress is None:

@@ -80,6 +80,7 @@ from ..measure.faithfulness import (
 from ..measure.probe import PROBE_IMAGES, AttentionProbe
 from .run_folder import (
     RECORD_KEYS,
+    RunFolder,
     RunStatus,
     StopSignal,
     append_metrics,
@@ -460,7 +461,7 @@ class Student:
         values = distributed.mean_over_ranks({name: (total / steps).item() for name, total in self.sums.items()}, ctx)
         self.sums = {}
         if distributed.any_rank(not all(math.isfinite(v) for v in values.values()), ctx):
-            last = self.run / 'last.safetensors'
+            last = RunFolder(self.run).last
             kept = f'{last} holds the last good state' if last.is_file() else 'no checkpoint was saved'
             raise TrainingError(f'{self.cfg.method}: loss is not finite at step {step} ({values}): the run stopped; '
                                 f'lower --lr or check the data; {kept}')
@@ -527,7 +528,7 @@ def restore_students(students: list[Student], teacher: nn.Module | None) -> tupl
     student's saved random streams, which the run takes up). None saved yet: (0, 0, {}). An ``auto``
     attention path takes up the paths the run measured when it started, so it ends bitwise as the
     uninterrupted run would."""
-    saved = [(s.run / 'last.safetensors').is_file() for s in students]
+    saved = [RunFolder(s.run).last.is_file() for s in students]
     if not any(saved):
         return 0, 0.0, {}
     if not all(saved):
@@ -545,7 +546,7 @@ def restore_students(students: list[Student], teacher: nn.Module | None) -> tupl
             set_attention_path(teacher, chosen['teacher'])
         first = rngs if first is None else first
         steps.append(at)
-        s.log.info('resumed from %s at step %d', s.run / 'last.safetensors', at)
+        s.log.info('resumed from %s at step %d', RunFolder(s.run).last, at)
     if len(set(steps)) > 1:
         raise TrainingError(f'the students stopped at different steps {steps}: resume them one by one')
     return steps[0], elapsed, first
@@ -752,10 +753,10 @@ def finish(run: RunSetup, step: int, cancelled: bool, elapsed: float, ctx: distr
     """The end: the checkpoint selected on validation is evaluated on the test set, once (not when cancelled)."""
     for s in run.students:
         if cancelled:
-            s.log.info('cancelled at step %d; %s holds it', step, s.run / 'last.safetensors')
+            s.log.info('cancelled at step %d; %s holds it', step, RunFolder(s.run).last)
         elif ctx.is_main:
             test_top1 = evaluate_and_record(
-                s.run / 'best.safetensors', run.splits.test, s.cfg.data, batch_size=s.cfg.eval_batch_size,
+                RunFolder(s.run).best, run.splits.test, s.cfg.data, batch_size=s.cfg.eval_batch_size,
                 device=ctx.device, amp=s.cfg.amp, faithfulness_images=s.cfg.faithfulness_images,
                 extra={'split': 'test', 'selected_on': 'validation' if s.cfg.val_size else 'last evaluation'})['top1']
             append_metrics(s.run, dict(event='test', step=step, test_top1=test_top1))
@@ -778,7 +779,7 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
                                      s.cfg.attn_norm, s.cfg.head_fusion, s.cfg.eval_batch_size, s.cfg.amp)
     if val_top1 is None or val_top1 > s.best_val_top1:
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
-        save_checkpoint(s.run / 'best.safetensors', model, dict(meta, val_top1=val_top1, val_faithfulness=faithful,
+        save_checkpoint(RunFolder(s.run).best, model, dict(meta, val_top1=val_top1, val_faithfulness=faithful,
                                                                      val_faithfulness_protocol=HEADLINE_PROTOCOL))
     gaps = probe.record(model, step, s.run, faithful, target=s.criterion.method.target) if probe is not None else None
     append_metrics(s.run, dict(event='eval', step=step, epoch=round(step / epoch_steps, 4), val_top1=val_top1,
