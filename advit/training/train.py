@@ -37,7 +37,7 @@ from ..core.attention_path import (
 )
 from ..core.augment import RECIPES, BatchTransform, Mixup
 from ..core.capture import DEFAULT_NORMALIZATION, NORMALIZATIONS, ClsAttentionCapture
-from ..core.checkpoint import load_checkpoint, save_checkpoint
+from ..core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from ..core.checks import shown_value
 from ..core.data import (
     OFFICIAL_CIFAR10,
@@ -67,17 +67,15 @@ from ..core.models import (
 from ..core.precision import autocast, compute_dtype, native_bf16
 from ..core.relevance import RELEVANCE_TARGETS
 from ..core.weights import CheckpointError
-from ..measure.evaluate import evaluate_and_record, predict, summarize
+from ..measure.evaluate import TEST_IMAGES, evaluate_and_record, predict, summarize
 from ..measure.faithfulness import (
     GRADIENT_ROLLOUT,
-    HEADLINE_PROTOCOL,
     ROLLOUT,
-    TEST_IMAGES,
     has_cls_attention,
-    last_layer,
     quarter_drops,
 )
 from ..measure.probe import PROBE_IMAGES, AttentionProbe
+from ..measure.verdicts import HEADLINE_PROTOCOL, last_layer
 from .run_folder import (
     RECORD_KEYS,
     RunFolder,
@@ -417,6 +415,7 @@ class Student:
     status: RunStatus
     log: logging.Logger
     attention_path: str = 'none'  # 'fused' or 'explicit' ('none': not a ViT), as use_attention_path chose
+    start: str | None = None  # where its weights start, in words, when not from random ones (start_from_file)
     ema: ModelEmaV3 | None = None  # the weights' moving average (--ema-decay), which is evaluated in their stead
     best_val_top1: float = -1.0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # loss terms since the last log line
@@ -478,6 +477,7 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
         cfg.model, num_classes=len(classes), pretrained=cfg.pretrained and cfg.pretrained_file is None,
         pretrained_file=cfg.pretrained_file, img_size=cfg.image_size, drop_path_rate=cfg.drop_path,
         **cfg.model_args).to(ctx.device)
+    start = start_from_file(student, cfg, classes) if cfg.pretrained_file else None
     if method.logit is not None and is_distilled(student):
         student.set_distilled_training(True)
     path = use_attention_path(student, cfg.attn_path, ctx.device, max(1, cfg.batch_size // ctx.world_size),
@@ -497,7 +497,34 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     return Student(member, student, wrapped, capture, criterion, optimizer, status,
-                   open_log(Path(member.out), ctx.is_main, tag), attention_path=path, ema=ema)
+                   open_log(Path(member.out), ctx.is_main, tag), attention_path=path, ema=ema, start=start)
+
+
+def start_from_file(student: nn.Module, cfg: TrainConfig, classes: list[str]) -> str:
+    """The student's start from ``cfg.pretrained_file``, in words for the run's first line. Its head is kept only
+    when it was trained on the run's classes: timm keeps a head of the right size, so one of as many other classes
+    (another dataset's ten) is re-initialised here, from the run's seed.
+
+    Args:
+        student: The student, its weights loaded from the file.
+        cfg: The run's settings.
+        classes: The run's classes, in the head's order.
+    """
+    path = Path(cfg.pretrained_file)
+    trained_on = None
+    if path.suffix == '.safetensors':
+        try:
+            trained_on = read_metadata(path).get('classes')
+        except CheckpointError:
+            trained_on = None
+    head_size = pretrained_classes(cfg.model, path)
+    same = head_size == len(classes) and (trained_on is None or list(trained_on) == list(classes))
+    if same:
+        return f'starts from {path.name}, its head kept (trained on the run\'s {len(classes)} classes)'
+    if head_size == len(classes):  # as many outputs, other classes: timm kept it
+        student.reset_classifier(len(classes))
+    other = f'{len(trained_on)} other classes' if trained_on is not None else f'{head_size or "no"} outputs'
+    return f'starts from {path.name}, its head re-initialised (the file\'s was trained on {other})'
 
 
 def group_teacher(cfgs: list[TrainConfig], classes: list[str],
@@ -647,7 +674,8 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
                    sum(p.numel() for p in s.model.parameters()) / 1e6, device, ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
                    len(splits.test), run.total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
                    ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, teacher_text,
-                   f', with {len(cfgs) - 1} other students on the same batches' if grouped else '')
+                   (f', with {len(cfgs) - 1} other students on the same batches' if grouped else '')
+                   + (f'; it {s.start}' if s.start else ''))
         s.model.train()
     return run
 
@@ -776,7 +804,8 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
         val_top1 = summarize(probs, splits.val.labels, splits.classes)['top1']
         if has_cls_attention(model):
             faithful = quarter_drops(model, transform.eval(splits.probe.images), splits.probe.labels,
-                                     s.cfg.attn_norm, s.cfg.head_fusion, s.cfg.eval_batch_size, s.cfg.amp)
+                                     protocol=HEADLINE_PROTOCOL, attn_norm=s.cfg.attn_norm,
+                                     head_fusion=s.cfg.head_fusion, batch_size=s.cfg.eval_batch_size, amp=s.cfg.amp)
     if val_top1 is None or val_top1 > s.best_val_top1:
         s.best_val_top1 = val_top1 if val_top1 is not None else s.best_val_top1
         save_checkpoint(RunFolder(s.run).best, model, dict(meta, val_top1=val_top1, val_faithfulness=faithful,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from advit.core.checkpoint import load_checkpoint, read_metadata
+from advit.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from advit.cli import main
 from advit.core.losses import METHODS, parse_method
 from advit.core.machine import machine
@@ -596,3 +596,26 @@ def test_groups_that_cannot_share_batches_are_refused(tmp_path, data_flags, teac
                      str(tmp_path / 'g'), *data_flags], '--method or --methods', capsys, tmp_path / 'g')
     _assert_refused(['train', '--methods', 'vit,advit_l1', '--steps', '1', '--out', str(tmp_path / 'g'),
                      *data_flags], 'needs a teacher', capsys, tmp_path / 'g')
+
+
+def test_a_student_fine_tuned_from_a_checkpoint_keeps_its_head_only_for_the_same_classes(tmp_path, data_flags):
+    """From the shipped ViT student (64% on CIFAR-10's test set), a few steps of ADViT-L1 at a small learning rate
+    start where it is, not at chance, and the run's first line says the head was kept; from a copy whose head was
+    trained on ten other classes, the head is re-initialised, and the first line says so."""
+    shipped = REPO / 'checkpoints' / 'vit.safetensors'
+    common = ['train', '--method', 'advit_l1', '--teacher', str(REPO / 'checkpoints' / 'teacher.safetensors'),
+              '--model', read_metadata(shipped)['model'], '--steps', '3', '--lr', '1e-5', '--warmup-fraction', '0',
+              '--eval-every', '3', '--faithfulness-images', '0', *data_flags]
+    kept = tmp_path / 'kept'
+    assert main([*common, '--pretrained-file', str(shipped), '--out', str(kept)]) == 0
+    assert 'it starts from vit.safetensors, its head kept (trained on the run\'s 10 classes)' in \
+        (kept / 'train.log').read_text()
+    first = next(line for line in metrics(kept) if line['event'] == 'eval')
+    assert first['val_top1'] > 40, 'the fine-tuned student starts from the checkpoint, not at chance (10%)'
+    other = tmp_path / 'other.safetensors'
+    loaded = load_checkpoint(shipped)
+    save_checkpoint(other, loaded.model, dict(loaded.meta, classes=[f'class {i}' for i in range(10)]))
+    fresh = tmp_path / 'fresh'
+    assert main([*common, '--pretrained-file', str(other), '--out', str(fresh)]) == 0
+    assert 'its head re-initialised (the file\'s was trained on 10 other classes)' in (fresh / 'train.log').read_text()
+    assert next(line for line in metrics(fresh) if line['event'] == 'eval')['val_top1'] < first['val_top1'] - 15
