@@ -23,21 +23,20 @@ import gradio as gr  # noqa: E402
 
 from advit.app.about import about_markdown  # noqa: E402
 from advit.app.attention_views import BATCH_LIMIT  # noqa: E402
-from advit.core.checks import RequestError  # noqa: E402
 from advit.core.data import CIFAR10_CLASSES  # noqa: E402
 from advit.measure.faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES  # noqa: E402
 from advit.measure.removal import PROTOCOLS, REMOVED_AS  # noqa: E402
 from advit.app.figure import figure_png  # noqa: E402
 from advit.app.forms import (DISCARD, HEADS, KEEP, LAYERS, MAX_INDEX, OPACITY,  # noqa: E402
                              AttentionRequest, ProbeRequest, RolloutRequest)
-from advit.app.images import MAX_FILE_BYTES, ImageError  # noqa: E402
-from advit.training.jobs import JobError  # noqa: E402
+from advit.app.gate import WORDED, GatedBlocks, http_error_handlers  # noqa: E402
+from advit.app.images import MAX_FILE_BYTES  # noqa: E402
 from advit.core.losses import METHODS  # noqa: E402
 from advit.app.offer import StudioError  # noqa: E402
 from advit.app.served import ServedFiles  # noqa: E402
 from advit.app.studio import Studio  # noqa: E402
-from advit.app.training_view import TO_RELEVANCE  # noqa: E402
 from advit.app.upload import UploadedImage  # noqa: E402
+from advit.app.training_view import TO_RELEVANCE  # noqa: E402
 from advit.app.train_desk import (DEVICES, LENGTHS, LIST_HEADERS, JobForm, TrainDesk, is_public, job_summary,  # noqa: E402
                               jobs_off_reason, server_name, student_architectures)
 
@@ -50,24 +49,11 @@ defaults = offer.defaults()
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / 'assets' / 'examples').glob('*.png'))
 
 
-def user_errors(fn):
-    """Show a request's own errors (bad upload, unusable model, bad value) as a message, not a server error;
-    the one place an error's text is scrubbed of server paths."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (StudioError, ImageError, JobError, RequestError) as err:
-            raise gr.Error(studio.scrub(str(err))) from None
-    return wrapper
-
-
 def served_png(figure, stem: str) -> str:
     """A figure (PIL) as a PNG file for the page: to show, and to download under a readable name."""
     return served.save_bytes(figure_png(figure), 'png', stem)
 
 
-@user_errors
 def attention(**form):
     """The Attention tab's answer, by component (the API returns them in ``attention_outputs``' order)."""
     view = studio.attention.view(AttentionRequest(**form))
@@ -85,7 +71,6 @@ def needs_image(image, **others):
             *(gr.validate(True, '') for _ in others)]
 
 
-@user_errors
 def student_layers(student, layer):
     """A layer slider over the student's layers, its value kept within them: a request for a layer the student
     lacks is refused, so the page offers none."""
@@ -99,26 +84,22 @@ def layer_range(student, layer):
     return student_layers(student, layer), None
 
 
-@user_errors
 def attention_layer(**form):
     request = AttentionRequest(**form)
     return served_png(studio.attention.layer(request), f'attention-layer{request.layer}')
 
 
-@user_errors
 def attention_images(files, **form):
     paths = [str(f) for f in files] if files else EXAMPLES[:BATCH_LIMIT]  # none given: the example row
     figure, rows = studio.attention.images(paths, AttentionRequest(**form))
     return served_png(figure, 'attention-images'), rows
 
 
-@user_errors
 def faithfulness(**form):
     view = studio.attention.faithfulness(AttentionRequest(**form))
     return view.figure, view.summary, view.data
 
 
-@user_errors
 def more_views(fusion, discard, keep, **form):
     view = studio.attention.more(AttentionRequest(**form), RolloutRequest(fusion, discard, keep))
     return served.gallery(view.panels), view.figure, view.data
@@ -139,7 +120,7 @@ def opening_views():
                       layer: gr.Slider(maximum=max(layers, 2), value=layers),
                       layer_large: attention_layer(**form, layer=layers),
                       **dict(zip(faithfulness_outputs, faithfulness(**form)))})
-    except gr.Error:
+    except WORDED:
         pass
     try:  # from saved predictions only: a pair of 224 models on 2 cores would take the CPU for many minutes
         view = studio.compare.view(defaults.compare_a, defaults.compare_b, 'all', compute=False)
@@ -155,7 +136,6 @@ def compare_answer(view):
             view.confusion)
 
 
-@user_errors
 def compare(model_a, model_b, class_name, progress=gr.Progress()):
     return compare_answer(studio.compare.view(model_a, model_b, class_name,
                                                   progress=lambda done, line: progress(done, desc=line)))
@@ -163,19 +143,16 @@ def compare(model_a, model_b, class_name, progress=gr.Progress()):
 
 def picked(side):
     """The test index of the image selected in one of the galleries (``side`` 'A' or 'B')."""
-    @user_errors
     def pick(model_a, model_b, class_name, evt: gr.SelectData):
         return studio.compare.disagreement(model_a, model_b, class_name, side, evt.index)
     return pick
 
 
-@user_errors
 def compare_image(model_a, model_b, index):
     view = studio.compare.image(model_a, model_b, index)
     return served.gallery(view.panels), view.top5_a, view.top5_b, view.summary
 
 
-@user_errors
 def start_job(token, **form):
     job = desk.start(JobForm(**form), token)
     rows = desk.rows()
@@ -188,30 +165,25 @@ def follow_teacher(teacher):
     return gr.skip() if size is None else size
 
 
-@user_errors
 def job_status(name):
     view = desk.view(name)
     return view.progress, view.figure, view.log, view.job, view.table_md
 
 
-@user_errors
 def cancel_job(name, token):
     return desk.cancel(name, token)
 
 
-@user_errors
 def resume_job(name, token):
     return desk.resume(name, token)
 
 
-@user_errors
 def training_view(**form):
     view = studio.probes.view(ProbeRequest(**form))
     return (view.summary, view.students, view.heatmap, view.curves,
             served_png(view.frame, 'distillation-step'), view.data, view.faithfulness)
 
 
-@user_errors
 def training_controls(source, student):
     """The student list and the sliders' ranges of a source, the last evaluation selected."""
     outline = studio.probes.outline(source, student or None)
@@ -253,7 +225,8 @@ def refresh():
 # What each form opens on: its request's defaults.
 attention_defaults, rollout_defaults, probe_defaults = AttentionRequest(), RolloutRequest(), ProbeRequest()
 
-with gr.Blocks(title='ADViT Studio', analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+# Every event's values pass one gate before Gradio or a view reads them (advit/app/gate.py).
+with GatedBlocks(studio.scrub, title='ADViT Studio', analytics_enabled=False, delete_cache=(600, 3600)) as demo:
     gr.Markdown('# ADViT Studio\nAttention distillation for Vision Transformers: how a student\'s '
                 '[CLS] attention follows its teacher\'s, layer by layer.')
     problems = gr.Markdown(offer.problems())
@@ -554,4 +527,5 @@ if __name__ == '__main__':
         desk.manager.start_scheduler()  # queued jobs start only in a serving process, never on import
     demo.queue(default_concurrency_limit=2).launch(
         server_name=server_name(), server_port=int(os.environ.get('GRADIO_SERVER_PORT', '7860')),
-        max_file_size=MAX_FILE_BYTES, show_error=not is_public())  # others see our messages, not internal errors
+        max_file_size=MAX_FILE_BYTES, show_error=not is_public(),
+        app_kwargs=dict(exception_handlers=http_error_handlers()))  # an unknown endpoint: a 404 in words, not a 500

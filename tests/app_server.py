@@ -82,7 +82,8 @@ class AppServer:
 def raw_call(url: str, endpoint: str, data: str, image: Path | None = None) -> str:
     """One call to the app's HTTP API with the JSON list of inputs ``data`` as written (``NaN``, ``Infinity``:
     what a browser or a script may send, and gradio_client refuses to); ``IMAGE`` in it stands for ``image``,
-    uploaded first. Returns the server's answer stream, its error message or its output."""
+    uploaded first. Returns the server's answer stream, its error message or its output; a call refused before
+    it is queued (a validator's verdict, an unknown endpoint) as ``HTTP <status>: <body>``."""
     import json
     import httpx
     with httpx.Client(base_url=url, timeout=120) as http:
@@ -90,9 +91,11 @@ def raw_call(url: str, endpoint: str, data: str, image: Path | None = None) -> s
             with open(image, 'rb') as file:
                 [path] = http.post('/gradio_api/upload', files={'files': (image.name, file, 'image/png')}).json()
             data = data.replace('IMAGE', json.dumps({'path': path, 'meta': {'_type': 'gradio.FileData'}}))
-        event = http.post(f'/gradio_api/call/{endpoint}', content='{"data": ' + data + '}',
-                          headers={'Content-Type': 'application/json'}).json()['event_id']
-        return http.get(f'/gradio_api/call/{endpoint}/{event}').text
+        queued = http.post(f'/gradio_api/call/{endpoint}', content='{"data": ' + data + '}',
+                           headers={'Content-Type': 'application/json'})
+        if queued.status_code != 200:
+            return f'HTTP {queued.status_code}: {queued.text}'
+        return http.get(f'/gradio_api/call/{endpoint}/{queued.json()["event_id"]}').text
 
 
 def folder_bytes(folder: Path) -> int:

@@ -243,8 +243,8 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         # NaN and infinity as a raw request carries them (gradio_client will not send them).
         form = ['abuse', ['vit'], 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5,
                 1.0, 0, 256, 64, 'cpu', 32, 's3cret']
-        for index, value, message in ((8, 'NaN', 'learning rate must be a finite number, got nan'),
-                                      (7, 'Infinity', 'the number of steps must be a finite number, got inf')):
+        for index, value, message in ((8, 'NaN', 'lr must be a finite number, got nan'),
+                                      (7, 'Infinity', 'amount must be a finite number, got inf')):
             body = json.dumps(form[:index] + ['VALUE'] + form[index + 1:]).replace('"VALUE"', value)
             answer = raw_call(url, 'start_job', body)
             assert 'event: error' in answer and message in answer, answer[-500:]
@@ -255,7 +255,9 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         refused('epochs of 256 images in batches of 64 are 40,000,000 steps: the limit here is 20,000', length='epochs',
                 amount=1e7)
         refused('depth must be between 1 and 64, got 10000', model_args='depth=10000')  # before building anything
-        refused(r"unknown model .aaaa.*\(100002 characters\): not a timm model name", model='a' * 100_000)
+        refused(r"model is 100,000 characters long: the limit is 1,000 .'aaaa.*\(100002 characters\)",
+                model='a' * 100_000)
+        refused(r"unknown model .aaaa.*\(1000 characters\): not a timm model name", model='a' * 998)
         refused('is not taken: a run name is', name='../x')
         # A job that fails inside its process (16 images do not fill a batch of 64): its error line, no traceback.
         job, _, _ = client.predict('fails', 'vit', 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps',

@@ -189,7 +189,8 @@ def test_metadata_that_lies_about_the_weights_or_sense_is_listed_unusable_with_t
     ('[' * 100_000 + ']' * 100_000, 'corrupt advit metadata: nested too deep'),
     ('{"model": 5}', 'model must be a timm name and model_args a mapping, got 5'),
     ('{"model": "vit_tiny_patch4_32", "model_args": [4, 3]}', 'model_args a mapping, got'),
-    ('{"model": "vit_tiny_patch4_32", "model_args": {"depth": "' + 'x' * 10_000 + '"}}', "depth must be a number, got 'xxx"),
+    ('{"model": "vit_tiny_patch4_32", "model_args": {"depth": "' + 'x' * 10_000 + '"}}',
+     "depth must be a number, got 'xxx"),
 ], ids=lambda value: str(value)[:30])
 def test_hostile_metadata_is_listed_unusable_in_words(tmp_path, header, reason):
     """A safetensors file whose advit header is not settings (another type, huge, deep, unreadable numbers, wrong
@@ -346,7 +347,7 @@ def test_a_state_dict_in_a_checkpoint_folder_is_listed_with_how_to_import_it(tmp
 def test_a_model_card_says_how_faithful_its_maps_are_under_every_removal_protocol_measured():
     """The shipped ADViT-L1 student was measured with patches set to the mean, dropped and blurred: its card in the
     app has a line for each, with the numbers of its evaluation file."""
-    from advit.measure.faithfulness import headline
+    from advit.measure.verdicts import headline
     from advit.measure.removal import PROTOCOLS, REMOVED_AS
     path = REPO / 'checkpoints' / 'advit_l1.safetensors'
     lines = check_checkpoint(path).describe().splitlines()
