@@ -12,8 +12,9 @@ from typing import Any, Sequence
 from .core.data import CIFAR10_CLASSES, DatasetError, default_dataset
 from .core.losses import METHODS
 from .core.weights import CheckpointError
-from .measure.faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES
+from .measure.evaluate import TEST_IMAGES
 from .measure.removal import PROTOCOLS
+from .measure.verdicts import HEADLINE_PROTOCOL
 from .results.bundle import MAX_MB, BundleError
 from .results.report import ReportError
 from .results.seeds import SeedError
@@ -247,13 +248,8 @@ def run_faithfulness(args: argparse.Namespace) -> None:
     """``advit faithfulness``: measure checkpoints' maps under a removal protocol."""
     from .core.data import load_dataset
     from .measure.evaluate import measure_checkpoint_faithfulness
-    from .measure.faithfulness import (
-        HEADLINE_MAPS,
-        WHOLE_MODEL_MAPS,
-        FaithfulnessCurves,
-        last_layer,
-        verdict,
-    )
+    from .measure.faithfulness import WHOLE_MODEL_MAPS, FaithfulnessCurves
+    from .measure.verdicts import HEADLINE_MAPS, last_layer, verdict
     from .results.bundle import refresh_faithfulness
     if args.images <= 0:
         raise ValueError(f'--images must be positive, got {args.images}')

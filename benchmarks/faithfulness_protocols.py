@@ -28,7 +28,7 @@ from advit.app.forms import AttentionRequest  # noqa: E402
 from advit.core.data import default_dataset, load_dataset  # noqa: E402
 from advit.core.machine import machine  # noqa: E402
 from advit.measure.evaluate import load_for_evaluation  # noqa: E402
-from advit.measure.faithfulness import split_faithfulness  # noqa: E402
+from advit.measure.evaluate import split_faithfulness  # noqa: E402
 from advit.measure.removal import PROTOCOLS  # noqa: E402
 
 

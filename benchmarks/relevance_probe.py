@@ -30,7 +30,9 @@ from advit.core.checkpoint import load_checkpoint  # noqa: E402
 from advit.core.data import load_dataset  # noqa: E402
 from advit.core.machine import machine  # noqa: E402
 from advit.measure.evaluate import predict, summarize  # noqa: E402
-from advit.measure.faithfulness import GRADIENT_ROLLOUT, FaithfulnessCurves, last_layer, split_faithfulness  # noqa: E402
+from advit.measure.evaluate import split_faithfulness  # noqa: E402
+from advit.measure.faithfulness import GRADIENT_ROLLOUT, FaithfulnessCurves  # noqa: E402
+from advit.measure.verdicts import last_layer  # noqa: E402
 from advit.measure.removal import PROTOCOLS  # noqa: E402
 from advit.training.run_folder import read_json  # noqa: E402
 

@@ -3,13 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..measure.faithfulness import (
-    HEADLINE_MAPS,
-    HEADLINE_PROTOCOL,
-    TEST_IMAGES,
-    describe_drop,
-)
+from ..measure.evaluate import TEST_IMAGES
 from ..measure.removal import REMOVED_AS
+from ..measure.verdicts import HEADLINE_MAPS, HEADLINE_PROTOCOL, describe_drop
 from ..results.bundle import bundle_seeds_tables
 from ..results.paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .catalog import ModelEntry

@@ -21,13 +21,13 @@ from ..measure.faithfulness import (
     GRADIENT_ROLLOUT,
     QUARTER,
     ROLLOUT,
-    last_layer,
     measure_faithfulness,
     source_names,
 )
 from ..measure.inspection import AttentionReport, inspect_pair, model_input, seen_image
 from ..measure.removal import REMOVED_AS
 from ..measure.rollout import model_views
+from ..measure.verdicts import last_layer
 from .figure import attention_figure, images_figure, layer_figure, maps_npz, report_json
 from .forms import AttentionRequest, RolloutRequest
 from .images import ImageError, load_image

@@ -28,8 +28,8 @@ from ..core.io import REPO
 from ..core.models import create_model, is_vit_name
 from ..core.weights import TRAIN_STATE_PREFIX, CheckpointError
 from ..measure.evaluate import evaluation_paths
-from ..measure.faithfulness import HEADLINE_PROTOCOL, describe_drop, headline
 from ..measure.removal import PROTOCOLS, REMOVED_AS
+from ..measure.verdicts import HEADLINE_PROTOCOL, describe_drop, headline
 from ..training.run_folder import read_json
 from .names import model_label
 
@@ -69,7 +69,7 @@ class ModelEntry:
 
     def faithfulness(self, protocol: str = HEADLINE_PROTOCOL) -> dict[str, dict[str, float | None]]:
         """The quarter drops (and their standard errors) of its last layer's map and rollout on the test
-        images of its evaluation file under a removal ``protocol`` (``faithfulness.headline``), or {} where none
+        images of its evaluation file under a removal ``protocol`` (``verdicts.headline``), or {} where none
         was measured."""
         if self.key.startswith(TIMM_PREFIX):
             return {}

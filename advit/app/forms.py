@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.checks import number
-from ..measure.faithfulness import HEADLINE_PROTOCOL
 from ..measure.removal import check_protocol
+from ..measure.verdicts import HEADLINE_PROTOCOL
 
 # Whole-number boxes have no `precision` on the page: Gradio would round a 1.5 to 2 unseen; `number` refuses it.
 HEADS, LAYERS, OPACITY, DISCARD, KEEP = (0, 15), (1, 12), (0.0, 1.0), (0.0, 0.95), (0.1, 1.0)

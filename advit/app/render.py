@@ -10,14 +10,10 @@ from matplotlib import colormaps
 from PIL import Image
 
 from ..core.io import atomic_path
-from ..measure.faithfulness import (
-    GRADIENT_ROLLOUT,
-    ROLLOUT,
-    FaithfulnessCurves,
-    last_layer,
-)
+from ..measure.faithfulness import GRADIENT_ROLLOUT, ROLLOUT, FaithfulnessCurves
 from ..measure.inspection import AttentionReport
 from ..measure.rollout import ModelViews
+from ..measure.verdicts import last_layer
 
 PANEL_SIZE = 160  # pixels of each heatmap panel
 ATTENTION_COLORMAP = colormaps['inferno']

@@ -1,8 +1,9 @@
-"""Evaluation: top-1, per-class accuracy (paper Table 2), confusion matrix, and every prediction.
+"""Evaluation: top-1, per-class accuracy (paper Table 2), confusion matrix, every prediction, and the maps' faithfulness.
 
-Evaluating checkpoint ``D/NAME.safetensors`` writes ``D/NAME.eval.json`` (metrics) and
-``D/NAME.predictions.npz`` (per test image: label, prediction, class probabilities), which
-the app's comparison gallery (paper Table 3) reads.
+Evaluating checkpoint ``D/NAME.safetensors`` writes ``D/NAME.eval.json`` (metrics, and for a ViT the
+faithfulness curves of its maps on a fixed random ``TEST_IMAGES`` test images under every removal protocol)
+and ``D/NAME.predictions.npz`` (per test image: label, prediction, class probabilities), which the app's
+comparison gallery (paper Table 3) reads.
 """
 from __future__ import annotations
 
@@ -16,19 +17,18 @@ import torch.nn as nn
 
 from ..core.attention_path import use_attention_path
 from ..core.augment import BatchTransform
+from ..core.capture import trained_normalization
 from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..core.data import ImageSet, batches, load_dataset
 from ..core.distributed import resolve_device
 from ..core.io import atomic_path, write_json
 from ..core.models import model_image_size, model_normalization
 from ..core.precision import autocast, compute_dtype
-from .faithfulness import (
-    HEADLINE_PROTOCOL,
-    TEST_IMAGES,
-    evaluation_key,
-    split_faithfulness,
-)
+from .faithfulness import has_cls_attention, measure_faithfulness
 from .removal import PROTOCOLS
+from .verdicts import HEADLINE_PROTOCOL, evaluation_key
+
+TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (a fixed random subset: ImageSet.subset)
 
 
 @torch.no_grad()
@@ -159,7 +159,7 @@ def evaluate_split(
         extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a test split in memory; save metrics and predictions beside it. A ViT's
-    evaluation also holds its maps' faithfulness (``faithfulness.split_faithfulness``).
+    evaluation also holds its maps' faithfulness (``split_faithfulness``).
 
     Args:
         checkpoint: The checkpoint file.
@@ -211,7 +211,7 @@ def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, coun
                                     batch_size: int = 256, device: str = 'auto', model_name: str | None = None,
                                     protocol: str = HEADLINE_PROTOCOL) -> dict[str, Any]:
     """Measure a ViT checkpoint's faithfulness on a test split under a removal protocol and add it to its
-    evaluation file beside it (under ``faithfulness.evaluation_key``; the rest of the file as it was, or a file
+    evaluation file beside it (under ``verdicts.evaluation_key``; the rest of the file as it was, or a file
     of its own if there is none); return the curves.
 
     Args:
@@ -231,6 +231,34 @@ def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, coun
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {'checkpoint': str(checkpoint)}
     write_json(metrics_path, dict(metrics, **{key: faithfulness}))
     return faithfulness
+
+
+def split_faithfulness(model: nn.Module, meta: dict[str, Any], data: ImageSet,
+                       prepare: Callable[[torch.Tensor], torch.Tensor], count: int = TEST_IMAGES,
+                       batch_size: int = 256, amp: bool = False, protocol: str = 'mean') -> dict[str, Any] | None:
+    """Every curve of a checkpoint on a fixed random ``count`` images of a split (``ImageSet.subset``:
+    every class, the same images for every model), JSON-ready; None for a model without [CLS]
+    attention, or ``count`` 0. What an evaluation file carries.
+
+    Args:
+        model: The checkpoint's model.
+        meta: Its metadata (``attn_norm``, ``head_fusion`` as trained).
+        data: The split.
+        prepare: The evaluation transform (a uint8 batch to normalised inputs).
+        count: Images measured.
+        batch_size: Images per forward.
+        amp: bf16 autocast where the device runs it natively.
+        protocol: How patches are removed (``removal.PROTOCOLS``).
+    """
+    if not count or not has_cls_attention(model):
+        return None
+    chosen = data.subset(count)
+    inputs = torch.cat([prepare(chosen.images[start:start + batch_size])
+                        for start in range(0, len(chosen), batch_size)])
+    curves = measure_faithfulness(model, inputs, chosen.labels, attn_norm=trained_normalization(meta),
+                                  head_fusion=meta.get('head_fusion') or 'mean', batch_size=batch_size, amp=amp,
+                                  protocol=protocol)
+    return curves.as_dict()
 
 
 def load_for_evaluation(checkpoint: str | Path, test: ImageSet, batch_size: int = 256, device: str = 'auto',

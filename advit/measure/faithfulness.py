@@ -30,6 +30,10 @@ What it does not say: masked images are unlike training images, so every order c
 only the difference between orders speaks of the map; the measure is about the model's reliance on
 whole patches, not on finer detail; a faithful map shows what the model uses, which may be
 background or a shortcut rather than the object a person would point at.
+
+This module measures and nothing else: which maps and protocol the tables show, where evaluation files keep
+the curves and how a quarter drop is worded are ``verdicts.py``'s; a checkpoint measured on a data split,
+``evaluate.split_faithfulness``.
 """
 from __future__ import annotations
 
@@ -42,19 +46,13 @@ import torch
 import torch.nn as nn
 
 from ..core.alignment import fuse_heads
-from ..core.capture import (
-    DEFAULT_NORMALIZATION,
-    ClsAttentionCapture,
-    trained_normalization,
-)
-from ..core.data import ImageSet
+from ..core.capture import DEFAULT_NORMALIZATION, ClsAttentionCapture
 from ..core.families import attention_modules
 from ..core.models import patch_grid
 from ..core.precision import autocast
 from .removal import check_protocol, removed_logits
 from .rollout import explain, rollout
 
-TEST_IMAGES = 1000  # test images a checkpoint's curves are measured on (a fixed random subset: ImageSet.subset)
 MODES = ('deletion', 'insertion')
 ORDERS = ('map', 'random', 'reversed')
 # 0, 1/4, ..., 1 of the patches: symmetric, so insertion needs only its random orders' copies beyond deletion's.
@@ -63,73 +61,6 @@ QUARTER = 0.25
 ROLLOUT = 'rollout'
 GRADIENT_ROLLOUT = 'gradient rollout'  # attention weighted by the class score's gradient (Chefer et al. 2021)
 WHOLE_MODEL_MAPS = (ROLLOUT, GRADIENT_ROLLOUT)  # measured after the layers' own maps
-HEADLINE_MAPS = ('last layer', *WHOLE_MODEL_MAPS)  # the maps tables show (``headline``)
-
-
-# The protocol the tables, verdicts, goals and the training probe read: dropping a patch's token puts nothing out of
-# distribution into a ViT, where the mean fill costs the shipped teacher 22 points of accuracy by itself (README,
-# "Does that verdict hinge on the grey fill?"); the others are measured beside it.
-HEADLINE_PROTOCOL = 'drop'
-
-
-FIRST_PROTOCOL = 'mean'  # what every file from before protocols were named measured, under ``faithfulness``
-
-
-def evaluation_key(protocol: str = HEADLINE_PROTOCOL) -> str:
-    """Where an evaluation file keeps the curves of a removal protocol: ``faithfulness`` for the mean fill (as
-    files from before protocols were named, all of which measured it), ``faithfulness_<protocol>`` else. Fixed
-    by the protocol, not by which one is the headline, so that files keep their meaning if the headline changes."""
-    check_protocol(None, protocol)
-    return 'faithfulness' if protocol == FIRST_PROTOCOL else f'faithfulness_{protocol}'
-
-
-def headline_key(name: str) -> str:
-    """A table's column key of a headline map: ``faith_last``, ``faith_rollout``, ``faith_gradient``."""
-    return f'faith_{name.split()[0]}'
-
-
-FAITHFUL_BAR = 10.0  # points: the quarter drop this project asks of a teacher's maps
-NOISE_MARGIN = 2.0  # standard errors within which a drop is not told from 0; without one, points
-
-
-def verdict(quarter_drop: float, standard_error: float | None = None) -> str:
-    """A quarter drop in words: within two standard errors of 0 (or 2 points, when the error is not known)
-    ``no better than random``; above, ``weakly faithful``, and ``faithful`` from 10 points (the bar this
-    project sets its teacher); below, ``points away from what the model uses``."""
-    margin = NOISE_MARGIN * standard_error if standard_error is not None else NOISE_MARGIN
-    if quarter_drop >= max(FAITHFUL_BAR, margin):
-        return 'faithful'
-    if quarter_drop >= margin:
-        return 'weakly faithful'
-    return 'no better than random' if quarter_drop > -margin else 'points away from what the model uses'
-
-
-def last_layer(sources: list[str] | tuple[str, ...]) -> str | None:
-    """The last layer's map among a measure's sources (``layer L``), None when there is none."""
-    layers = [name for name in sources if name not in WHOLE_MODEL_MAPS]
-    return layers[-1] if layers else None
-
-
-def headline(evaluation: dict[str, Any], protocol: str = HEADLINE_PROTOCOL,
-             keys: tuple[str, ...] = ('quarter_drop', 'quarter_drop_se')) -> dict[str, dict[str, float | None]]:
-    """The maps tables show, from an evaluation file's contents: the last layer's (the [CLS] attention the
-    classifier reads last), rollout's and gradient rollout's, each with the summary's ``keys`` (None where not
-    measured: files from before gradient rollout have the first two), under a removal ``protocol``."""
-    measured = evaluation.get(evaluation_key(protocol)) or {}
-    # From the curves where the file has them, so that a summary written before a measure was added (the
-    # relevance gain) still has it; else the summary as written.
-    summary = FaithfulnessCurves.from_dict(measured).summary() if 'accuracy' in measured else \
-        measured.get('summary', {})
-    sources = summary.get('sources', {})
-    last = last_layer(list(sources))
-    chosen = {HEADLINE_MAPS[0]: sources[last] if last else {}, **{name: sources.get(name, {}) for name in WHOLE_MODEL_MAPS}}
-    return {name: {key: entry.get(key) for key in keys} for name, entry in chosen.items()}
-
-
-def describe_drop(entry: dict[str, float | None]) -> str:
-    """A summary entry's quarter drop in words: ``+3.1 ± 1.2 points, weakly faithful``."""
-    drop, error = entry['quarter_drop'], entry.get('quarter_drop_se')
-    return f'{drop:+.1f}{f" ± {error:.1f}" if error is not None else ""} points, {verdict(drop, error)}'
 
 
 def has_cls_attention(model: nn.Module) -> bool:
@@ -480,40 +411,22 @@ def measure_faithfulness(
         model.train(was_training)
 
 
-def quarter_drops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, attn_norm: str = DEFAULT_NORMALIZATION,
-                  head_fusion: str | int = 'mean', batch_size: int = 256, amp: bool = False,
-                  protocol: str = HEADLINE_PROTOCOL) -> dict[str, float]:
+def quarter_drops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, protocol: str,
+                  attn_norm: str = DEFAULT_NORMALIZATION, head_fusion: str | int = 'mean', batch_size: int = 256,
+                  amp: bool = False) -> dict[str, float]:
     """The quarter drop of every layer's map and of rollout, and nothing else: what each evaluation of
     a run records (whole images, a quarter removed by each map, a random quarter: (layers + 3) forwards
-    of ``inputs``), under a removal ``protocol``."""
-    curves = measure_faithfulness(model, inputs, labels, attn_norm, head_fusion, batch_size, amp,
-                                  fractions=(0, QUARTER), modes=('deletion',), orders=('map', 'random'),
-                                  protocol=protocol)
-    return {source: round(curves.quarter_drop(source), 3) for source in curves.sources}
-
-
-def split_faithfulness(model: nn.Module, meta: dict[str, Any], data: ImageSet,
-                       prepare: Callable[[torch.Tensor], torch.Tensor], count: int = TEST_IMAGES,
-                       batch_size: int = 256, amp: bool = False, protocol: str = 'mean') -> dict[str, Any] | None:
-    """Every curve of a checkpoint on a fixed random ``count`` images of a split (``ImageSet.subset``:
-    every class, the same images for every model), JSON-ready; None for a model without [CLS]
-    attention, or ``count`` 0. What an evaluation file carries.
+    of ``inputs``).
 
     Args:
-        model: The checkpoint's model.
-        meta: Its metadata (``attn_norm``, ``head_fusion`` as trained).
-        data: The split.
-        prepare: The evaluation transform (a uint8 batch to normalised inputs).
-        count: Images measured.
-        batch_size: Images per forward.
-        amp: bf16 autocast where the device runs it natively.
-        protocol: How patches are removed (``removal.PROTOCOLS``).
+        model: A timm ViT.
+        inputs: Normalised images.
+        labels: True classes.
+        protocol: How patches are removed (``removal.PROTOCOLS``); the caller names it, since which one a
+            run records is a choice of how results are read (``verdicts.HEADLINE_PROTOCOL``), not of the measure.
+        attn_norm, head_fusion, batch_size, amp: as ``measure_faithfulness``'s.
     """
-    if not count or not has_cls_attention(model):
-        return None
-    chosen = data.subset(count)
-    inputs = torch.cat([prepare(chosen.images[start:start + batch_size])
-                        for start in range(0, len(chosen), batch_size)])
-    curves = measure_faithfulness(model, inputs, chosen.labels, trained_normalization(meta),
-                                  meta.get('head_fusion') or 'mean', batch_size, amp, protocol=protocol)
-    return curves.as_dict()
+    curves = measure_faithfulness(model, inputs, labels, attn_norm=attn_norm, head_fusion=head_fusion,
+                                  batch_size=batch_size, amp=amp, fractions=(0, QUARTER), modes=('deletion',),
+                                  orders=('map', 'random'), protocol=protocol)
+    return {source: round(curves.quarter_drop(source), 3) for source in curves.sources}

@@ -32,7 +32,8 @@ from ..core.losses import renormalize
 from ..core.models import model_normalization, patch_grid
 from ..core.precision import autocast
 from ..core.relevance import attention_gradients, layer_relevance
-from .faithfulness import FIRST_PROTOCOL, HEADLINE_PROTOCOL, source_names
+from .faithfulness import source_names
+from .verdicts import FIRST_PROTOCOL, HEADLINE_PROTOCOL
 
 PROBE_IMAGES = 256
 MAP_IMAGES = 8

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..measure.faithfulness import HEADLINE_MAPS, evaluation_key, headline, verdict
 from ..measure.removal import PROTOCOLS
+from ..measure.verdicts import HEADLINE_MAPS, evaluation_key, headline, verdict
 
 MEASURES = ('quarter_drop', 'relevance_gain')
 

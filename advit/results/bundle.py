@@ -33,24 +33,21 @@ from ..core.data import ImageSet, load_dataset
 from ..core.io import atomic_path
 from ..core.machine import machine
 from ..core.weights import TRAIN_STATE_PREFIX
-from ..measure.evaluate import evaluate_and_record, evaluation_paths
-from ..measure.faithfulness import (
+from ..measure.evaluate import TEST_IMAGES, evaluate_and_record, evaluation_paths
+from ..measure.faithfulness import ROLLOUT, WHOLE_MODEL_MAPS, FaithfulnessCurves
+from ..measure.probe import PROBE_FILE
+from ..measure.removal import REMOVED_AS
+from ..measure.verdicts import (
     FAITHFUL_BAR,
     HEADLINE_MAPS,
     HEADLINE_PROTOCOL,
     NOISE_MARGIN,
-    ROLLOUT,
-    TEST_IMAGES,
-    WHOLE_MODEL_MAPS,
-    FaithfulnessCurves,
     evaluation_key,
     headline,
     headline_key,
     last_layer,
     verdict,
 )
-from ..measure.probe import PROBE_FILE
-from ..measure.removal import REMOVED_AS
 from ..training.run_folder import RunFolder, read_json, read_metrics, read_sessions
 from ..training.train import fields_with_role
 from .agreement import agreement_markdown

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..core.checkpoint import read_metadata
 from ..measure.evaluate import evaluation_paths
-from ..measure.faithfulness import HEADLINE_MAPS, headline, headline_key
+from ..measure.verdicts import HEADLINE_MAPS, headline, headline_key
 from ..training.run_folder import RECORD_KEYS, RunFolder, read_json
 from ..training.train import fields_with_role
 from .paper import PAPER_TOP1
@@ -55,7 +55,7 @@ class RunResult:
     params: int
     per_class: dict[str, float | None]
     val_top1: float | None = None  # on the held-out training images the checkpoint was selected on
-    faithfulness: dict[str, dict] = field(default_factory=dict)  # faithfulness.headline of its evaluation
+    faithfulness: dict[str, dict] = field(default_factory=dict)  # verdicts.headline of its evaluation
     setting: dict[str, Any] = field(default_factory=dict)  # its config.json, less NOT_SETTINGS
 
     @property

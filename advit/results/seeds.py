@@ -20,13 +20,8 @@ from typing import Any
 
 from ..core.io import atomic_path, write_json
 from ..measure.evaluate import evaluation_paths
-from ..measure.faithfulness import (
-    HEADLINE_MAPS,
-    HEADLINE_PROTOCOL,
-    headline,
-    headline_key,
-)
 from ..measure.removal import PROTOCOLS
+from ..measure.verdicts import HEADLINE_MAPS, HEADLINE_PROTOCOL, headline, headline_key
 from ..training.run_folder import RECORD_KEYS, RunFolder, read_json
 from ..training.train import TrainConfig, fields_with_role
 from .report import markdown_table

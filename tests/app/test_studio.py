@@ -13,7 +13,8 @@ from PIL import Image
 from advit.app.about import about_markdown
 from advit.measure.compare import Comparison
 from advit.core.augment import mask_patches
-from advit.measure.faithfulness import FaithfulnessCurves, verdict
+from advit.measure.faithfulness import FaithfulnessCurves
+from advit.measure.verdicts import verdict
 from advit.measure.evaluate import load_predictions
 from advit.app.images import ImageError, load_image
 from advit.measure.inspection import inspect_model, model_input

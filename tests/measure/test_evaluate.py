@@ -14,7 +14,7 @@ from advit.core.weights import read_tensors
 from advit.measure.evaluate import (evaluate_and_record, evaluate_checkpoint, evaluation_paths, load_predictions,
                                     summarize)
 from advit.core.models import CIFAR10_MEAN, CIFAR10_STD
-from advit.measure.faithfulness import HEADLINE_PROTOCOL, evaluation_key
+from advit.measure.verdicts import HEADLINE_PROTOCOL, evaluation_key
 from advit.measure.removal import PROTOCOLS
 from conftest import TINY
 

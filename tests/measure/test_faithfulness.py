@@ -10,7 +10,8 @@ from advit.core.alignment import fuse_heads
 from advit.core.capture import ClsAttentionCapture
 from advit.core.augment import mask_patches
 from advit.measure.faithfulness import (FaithfulnessCurves, measure_faithfulness, patch_ranks,
-                                perturbation_curves, source_names, verdict)
+                                        perturbation_curves, source_names)
+from advit.measure.verdicts import verdict
 from advit.measure.rollout import gradient_rollout, rollout
 from attention_reference import full_attention
 from conftest import tiny_vit

@@ -26,7 +26,7 @@ from advit.app.catalog import ModelCache, discover
 from advit.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from advit.core.models import create_model
 from advit.cli import main
-from advit.measure.faithfulness import headline
+from advit.measure.verdicts import headline
 from advit.results.seeds import NOT_RECIPE
 from advit.training.presets import preset
 from advit.training.run_folder import read_sessions

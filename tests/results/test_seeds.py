@@ -17,7 +17,7 @@ from advit.results.bundle import bundle_seeds_tables
 from advit.core.checkpoint import read_metadata
 from advit.core.machine import machine
 from advit.training.run_folder import write_config
-from advit.measure.faithfulness import evaluation_key, headline
+from advit.measure.verdicts import evaluation_key, headline
 from advit.results.seeds import (
     SEED_RECORD,
     SeedError,
