@@ -24,7 +24,8 @@ import gradio as gr  # noqa: E402
 from advit.app.about import about_markdown  # noqa: E402
 from advit.app.attention_views import BATCH_LIMIT  # noqa: E402
 from advit.core.data import CIFAR10_CLASSES  # noqa: E402
-from advit.measure.faithfulness import HEADLINE_PROTOCOL, TEST_IMAGES  # noqa: E402
+from advit.measure.evaluate import TEST_IMAGES  # noqa: E402
+from advit.measure.verdicts import HEADLINE_PROTOCOL  # noqa: E402
 from advit.measure.removal import PROTOCOLS, REMOVED_AS  # noqa: E402
 from advit.app.figure import figure_png  # noqa: E402
 from advit.app.forms import (DISCARD, HEADS, KEEP, LAYERS, MAX_INDEX, OPACITY,  # noqa: E402
