@@ -496,8 +496,9 @@ def build_student(member: TrainConfig, cfg: TrainConfig, classes: list[str], tea
         if ctx.distributed else student
     if cfg.compile:
         wrapped = torch.compile(wrapped)
-    return Student(member, student, wrapped, capture, criterion, optimizer, status,
-                   open_log(Path(member.out), ctx.is_main, tag), attention_path=path, ema=ema, start=start)
+    return Student(cfg=member, model=student, wrapped=wrapped, capture=capture, criterion=criterion,
+                   optimizer=optimizer, status=status, log=open_log(Path(member.out), ctx.is_main, tag),
+                   attention_path=path, ema=ema, start=start)
 
 
 def start_from_file(student: nn.Module, cfg: TrainConfig, classes: list[str]) -> str:
@@ -629,7 +630,8 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
 
     teacher, teacher_forward = group_teacher(cfgs, classes, ctx)
     grouped = len(cfgs) > 1  # then each student's console lines are tagged with its method
-    students = [build_student(member, cfg, classes, teacher, status, ctx, member.method if grouped else None)
+    students = [build_student(member, cfg, classes=classes, teacher=teacher, status=status, ctx=ctx,
+                              tag=member.method if grouped else None)
                 for member, status in zip(cfgs, statuses)]
     first = students[0].model
     mean, std = model_normalization(first)
@@ -640,8 +642,9 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
     if teacher_attends and splits.val is not None and hasattr(first, 'blocks'):
         same_heads = teacher.blocks[0].attn.num_heads == first.blocks[0].attn.num_heads
         fusion = cfg.head_fusion if cfg.head_fusion != 'none' or same_heads else 'mean'
-        probe = AttentionProbe(teacher, splits.probe.images, transform, fusion, cfg.layer_map, cfg.amp, cfg.attn_norm,
-                               labels=splits.probe.labels, relevance_target=cfg.relevance_target)
+        probe = AttentionProbe(teacher, splits.probe.images, transform, head_fusion=fusion, layer_map=cfg.layer_map,
+                               amp=cfg.amp, attn_norm=cfg.attn_norm, labels=splits.probe.labels,
+                               relevance_target=cfg.relevance_target)
 
     step, elapsed, saved = restore_students(students, teacher) if resume else (0, 0.0, {})
     if ctx.is_main:
@@ -658,26 +661,42 @@ def set_up(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         if cfg.mixup or cfg.cutmix else None
     if step and ctx.rank == 0:
         restore_rngs(saved, transform, mixer)
-    run = RunSetup(cfg, splits, batch_size, epoch_steps, min(step_limits, default=None), teacher_forward, students,
-                   transform, mixer, probe, step, elapsed,
-                   attention_path_of(teacher) if teacher_attends else 'none')
+    run = RunSetup(cfg=cfg, splits=splits, batch_size=batch_size, epoch_steps=epoch_steps,
+                   total_steps=min(step_limits, default=None), teacher=teacher_forward, students=students,
+                   transform=transform, mixer=mixer, probe=probe, step=step, elapsed=elapsed,
+                   teacher_path=attention_path_of(teacher) if teacher_attends else 'none')
     if teacher is None:
         teacher_text = 'no teacher'
     elif teacher_attends:
         teacher_text = f'teacher {run.teacher_path}'
     else:
         teacher_text = f'teacher {type(teacher).__name__}, no attention'
-    for s in students:  # the method leads the line where no console tag shows it
-        s.log.info('%s%s (%.1fM params) on %s x%d, %d train / %d validation / %d test images, %s steps of %d%s, '
-                   'attention %s (%s)%s',
-                   '' if grouped else f'{s.cfg.method}: ', cfg.model,
-                   sum(p.numel() for p in s.model.parameters()) / 1e6, device, ctx.world_size, len(splits.train), len(splits.val) if splits.val is not None else 0,
-                   len(splits.test), run.total_steps or f'{cfg.time_budget:.0f}s of', cfg.batch_size,
-                   ', bf16' if cfg.amp and native_bf16(device) else '', s.attention_path, teacher_text,
-                   (f', with {len(cfgs) - 1} other students on the same batches' if grouped else '')
-                   + (f'; it {s.start}' if s.start else ''))
+    for s in students:
+        s.log.info(first_line(s, run, ctx, teacher_text))
         s.model.train()
     return run
+
+
+def first_line(s: Student, run: RunSetup, ctx: distributed.Context, teacher_text: str) -> str:
+    """A student's first log line: what trains, on which images, for how long, with which attention and teacher.
+
+    Args:
+        s: The student.
+        run: Its run, set up.
+        ctx: The processes.
+        teacher_text: The teacher in words (its attention path, or that it has none).
+    """
+    cfg, splits, grouped = run.cfg, run.splits, len(run.students) > 1
+    lead = '' if grouped else f'{s.cfg.method}: '  # the method leads the line where no console tag shows it
+    params = sum(p.numel() for p in s.model.parameters()) / 1e6
+    images = (f'{len(splits.train)} train / {len(splits.val) if splits.val is not None else 0} validation / '
+              f'{len(splits.test)} test images')
+    steps = run.total_steps or f'{cfg.time_budget:.0f}s of'
+    bf16 = ', bf16' if cfg.amp and native_bf16(ctx.device) else ''
+    others = f', with {len(run.students) - 1} other students on the same batches' if grouped else ''
+    start = f'; it {s.start}' if s.start else ''
+    return (f'{lead}{cfg.model} ({params:.1f}M params) on {ctx.device} x{ctx.world_size}, {images}, {steps} steps '
+            f'of {cfg.batch_size}{bf16}, attention {s.attention_path} ({teacher_text}){others}{start}')
 
 
 def run_progress(run: RunSetup, step: int, elapsed: float, ctx: distributed.Context) -> float:
@@ -709,7 +728,8 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
                dynamic_ncols=True, leave=False)
     window_start, window_steps, cancelled = time.time(), 0, False
     # The loop: batch, teacher, steps, log, evaluate, save.
-    for images, labels in _batch_stream(run.splits.train, run.batch_size, cfg.seed, step, run.epoch_steps, ctx):
+    for images, labels in _batch_stream(run.splits.train, run.batch_size, seed=cfg.seed, step=step,
+                                        epoch_steps=run.epoch_steps, ctx=ctx):
         if progress >= 1.0:
             break
         lr = lr_at(progress, cfg)
@@ -733,11 +753,13 @@ def _train(cfgs: list[TrainConfig], ctx: distributed.Context, resume: bool, stat
         save_now = evaluate_now or cancelled or (cfg.save_every and step % cfg.save_every == 0)
         if step % cfg.log_every == 0 or save_now:
             images_per_s = window_steps * cfg.batch_size / max(time.time() - window_start, 1e-9)
-            log_terms(run, step, window_steps, lr, images_per_s, time.time() - start, ctx, bar)
+            log_terms(run, step, steps=window_steps, lr=lr, images_per_s=images_per_s, elapsed=time.time() - start,
+                      ctx=ctx, bar=bar)
             window_start, window_steps = time.time(), 0
             write_status(run, 'running', step, progress, time.time() - start)
         if evaluate_now or save_now:
-            checkpoint_students(run, step, evaluate_now, save_now, time.time() - start, ctx)
+            checkpoint_students(run, step, evaluate_now=evaluate_now, save_now=save_now,
+                                elapsed=time.time() - start, ctx=ctx)
             window_start = time.time()  # images/s counts training, not evaluation and saving
         if cancelled:
             break
@@ -767,13 +789,16 @@ def checkpoint_students(run: RunSetup, step: int, evaluate_now: bool, save_now: 
         classes = run.splits.classes
         for s in run.students:
             if evaluate_now:
-                evaluate_student(s, run.splits, run.transform, run.probe,
-                                 checkpoint_meta(run.cfg, s, classes, step, run.epoch_steps, None), step, run.epoch_steps)
+                meta = checkpoint_meta(run.cfg, s, classes, step=step, epoch_steps=run.epoch_steps, val_top1=None)
+                evaluate_student(s, run.splits, transform=run.transform, probe=run.probe, meta=meta, step=step,
+                                 epoch_steps=run.epoch_steps)
             if save_now:
-                save_last(s.run, s.model, checkpoint_meta(run.cfg, s, classes, step, run.epoch_steps, s.best_val_top1),
-                          dict(step=step, elapsed=elapsed, best_val_top1=s.best_val_top1,
-                               attention_paths=dict(student=s.attention_path, teacher=run.teacher_path)),
-                          s.optimizer, run.transform, run.mixer, s.average)
+                meta = checkpoint_meta(run.cfg, s, classes, step=step, epoch_steps=run.epoch_steps,
+                                       val_top1=s.best_val_top1)
+                save_last(s.run, s.model, meta=meta,
+                          progress=dict(step=step, elapsed=elapsed, best_val_top1=s.best_val_top1,
+                                        attention_paths=dict(student=s.attention_path, teacher=run.teacher_path)),
+                          optimizer=s.optimizer, transform=run.transform, mixer=run.mixer, average=s.average)
     distributed.barrier(ctx)
 
 
@@ -800,7 +825,8 @@ def evaluate_student(s: Student, splits: Splits, transform: BatchTransform, prob
     faithfulness (the quarter drop of each layer and rollout on the probe images), and log it."""
     val_top1, faithful, model = None, None, s.evaluated
     if splits.val is not None:
-        probs = predict(model, splits.val, transform, s.cfg.eval_batch_size, splits.val.images.device, s.cfg.amp)
+        probs = predict(model, splits.val, transform, batch_size=s.cfg.eval_batch_size, device=splits.val.images.device,
+                        amp=s.cfg.amp)
         val_top1 = summarize(probs, splits.val.labels, splits.classes)['top1']
         if has_cls_attention(model):
             faithful = quarter_drops(model, transform.eval(splits.probe.images), splits.probe.labels,
