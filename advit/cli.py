@@ -236,8 +236,8 @@ def run_import(args: argparse.Namespace) -> None:
     classes = [name.strip() for name in args.classes.split(',') if name.strip()] if args.classes else None
     if classes is None and not is_transformers_source(args.weights):
         classes = list(CIFAR10_CLASSES)
-    meta = import_state_dict(args.weights, args.model, args.out, classes, args.image_size, args.method,
-                             args.teacher)
+    meta = import_state_dict(args.weights, args.model, args.out, classes, image_size=args.image_size,
+                             method=args.method, teacher=args.teacher)
     checked = (f'; same logits and [CLS] attention as transformers\' {meta["imported_architecture"]}'
                if 'import_check' in meta else '')
     print(f'{args.out}: {meta["model"]} at {meta["image_size"]}px, {len(meta["classes"])} classes, '
@@ -256,7 +256,8 @@ def run_faithfulness(args: argparse.Namespace) -> None:
     test = load_dataset(args.data, args.cache_dir)['test']
     for checkpoint in args.checkpoints:
         curves = FaithfulnessCurves.from_dict(measure_checkpoint_faithfulness(
-            checkpoint, test, args.images, args.batch_size, args.device, args.model, args.protocol))
+            checkpoint, test, count=args.images, batch_size=args.batch_size, device=args.device, model_name=args.model,
+            protocol=args.protocol))
         drops = ', '.join(f'{source} {curves.quarter_drop(source):+.1f} (relevance gain '
                           f'{curves.relevance_gain(source):+.3f})' for source in curves.sources)
         verdicts = ', '.join(f'{name} {verdict(curves.quarter_drop(source), curves.quarter_drop_error(source))}'

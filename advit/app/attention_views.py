@@ -108,8 +108,8 @@ class AttentionViews:
             raise StudioError(f'unknown head fusion {shown_value(request.fusion)}: choose trained, mean, max or head')
         (teacher, teacher_meta), (student, student_meta) = pair
         try:
-            return inspect_pair(teacher, teacher_meta, student, student_meta, image,
-                                request.head if request.fusion == 'head' else request.fusion)
+            return inspect_pair(teacher, teacher_meta, student, student_meta, image=image,
+                                fusion=request.head if request.fusion == 'head' else request.fusion)
         except ValueError as err:
             raise StudioError(str(err)) from err
 
@@ -214,7 +214,8 @@ class AttentionViews:
         heads, and each layer's share of [CLS] attention on prefix tokens (the request's opacity)."""
         image = self._upload(request.image)
         try:
-            views = [model_views(model, meta, image, rollout.fusion, rollout.discard, rollout.keep)
+            views = [model_views(model, meta, image, rollout_fusion=rollout.fusion, discard_ratio=rollout.discard,
+                                 keep=rollout.keep)
                      for model, meta in self._pair(request)]
         except ValueError as err:
             raise StudioError(str(err)) from err

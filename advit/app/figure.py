@@ -162,11 +162,11 @@ def _draw(rows: list[tuple[AttentionReport, int, Image.Image, str]], opacity: fl
         top = float(max(teacher.max(), student.max()))
         difference = student - teacher
         spread = float(np.abs(difference).max()) or 1e-12  # identical maps: a flat, still symmetric scale
-        figure.paste(overlay(base, teacher, report.grid, top, opacity, panel), (columns['teacher'], y))
-        figure.paste(overlay(base, student, report.grid, top, opacity, panel), (columns['student'], y))
+        for role, maps in (('teacher', teacher), ('student', student)):
+            figure.paste(overlay(base, maps, report.grid, vmax=top, opacity=opacity, size=panel), (columns[role], y))
         # The difference on [-spread, spread], mapped to [0, 1] around the diverging map's white middle.
-        figure.paste(overlay(base, (difference + spread) / 2, report.grid, spread, opacity, panel, DIFFERENCE_COLORMAP),
-                     (columns['difference'], y))
+        figure.paste(overlay(base, (difference + spread) / 2, report.grid, vmax=spread, opacity=opacity, size=panel,
+                             colormap=DIFFERENCE_COLORMAP), (columns['difference'], y))
         for x, colours, low, high in ((columns['bar'], attention_bar, 0.0, top),
                                       (columns['difference_bar'], difference_bar, -spread, spread)):
             figure.paste(colours, (x, y))

@@ -106,7 +106,7 @@ def use_attention_path(model: nn.Module, path: str, device: torch.device, batch:
         return 'none'
     if path == 'auto':
         tokens = model.patch_embed.num_patches + model.num_prefix_tokens
-        path = fastest_attention_path(torch.device(device), batch, attns[0].num_heads, tokens, head_dim(attns[0]),
-                                      dtype, training)
+        path = fastest_attention_path(torch.device(device), batch, heads=attns[0].num_heads, tokens=tokens,
+                                      head_dim=head_dim(attns[0]), dtype=dtype, backward=training)
     set_attention_path(model, path)
     return path

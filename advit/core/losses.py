@@ -237,6 +237,6 @@ class DistillationLoss(nn.Module):
     def attention_term(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
         """The attention distance between both models' per-head maps of one batch, averaged over batch,
         layers and heads, compared by ``alignment.compare_maps``."""
-        compared = compare_maps(student_maps, teacher_maps, self.student_grid, self.teacher_grid, self.head_fusion,
-                                self.layer_map)
+        compared = compare_maps(student_maps, teacher_maps, self.student_grid, self.teacher_grid,
+                                fusion=self.head_fusion, layer_map=self.layer_map)
         return compared.gap(self.method.attention, self.tau).mean()

@@ -143,7 +143,8 @@ def evaluate_checkpoint(
         faithfulness_images: Test images the maps' faithfulness is measured on (0: not measured).
     """
     test = load_dataset(data, cache_dir)['test'].subset(subset)
-    return evaluate_split(checkpoint, test, str(data), batch_size, device, model_name, progress, faithfulness_images)
+    return evaluate_split(checkpoint, test, str(data), batch_size=batch_size, device=device, model_name=model_name,
+                          progress=progress, faithfulness_images=faithfulness_images)
 
 
 def evaluate_split(
@@ -175,13 +176,13 @@ def evaluate_split(
         extra: More to record in the metrics (how the checkpoint was chosen, the split's name).
     """
     loaded, transform, target = load_for_evaluation(checkpoint, test, batch_size, device, model_name)
-    probs = predict(loaded.model, test, transform, batch_size, target, amp, progress=progress)
+    probs = predict(loaded.model, test, transform, batch_size=batch_size, device=target, amp=amp, progress=progress)
     chosen = {key: loaded.meta[key] for key in ('step', 'val_top1') if key in loaded.meta}
     record = {'checkpoint': str(checkpoint), 'data': data_name, 'model': loaded.meta.get('model'),
               'method': loaded.meta.get('method'), **chosen, **(extra or {})}
     for protocol in PROTOCOLS:  # every one, so that a verdict can be checked against the others
-        curves = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, faithfulness_images,
-                                    batch_size, amp, protocol=protocol)
+        curves = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval,
+                                    count=faithfulness_images, batch_size=batch_size, amp=amp, protocol=protocol)
         if curves is None:  # not a model with [CLS] attention, or nothing to measure
             break
         record[evaluation_key(protocol)] = curves
@@ -223,8 +224,8 @@ def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, coun
     """
     key = evaluation_key(protocol)
     loaded, transform, target = load_for_evaluation(checkpoint, test, batch_size, device, model_name)
-    faithfulness = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, count, batch_size,
-                                      amp=True, protocol=protocol)
+    faithfulness = split_faithfulness(loaded.model, loaded.meta, test.to(target), transform.eval, count=count,
+                                      batch_size=batch_size, amp=True, protocol=protocol)
     if faithfulness is None:
         raise ValueError(f'{checkpoint}: {loaded.meta.get("model")} has no [CLS] attention to measure')
     metrics_path = evaluation_paths(checkpoint)[0]

@@ -252,8 +252,10 @@ def perturbation_curves(
     unknown = sorted(set(modes) - set(MODES)) + sorted(set(orders) - set(ORDERS))
     if unknown:
         raise ValueError(f'unknown modes or orders: {unknown}')
-    plan = RemovalPlan.build(maps, modes, orders, fractions, random_orders, seed)
-    correct, probability = _read_copies(model, inputs, labels, plan, grid, protocol, batch_size, amp)
+    plan = RemovalPlan.build(maps, modes=modes, orders=orders, fractions=fractions, random_orders=random_orders,
+                             seed=seed)
+    correct, probability = _read_copies(model, inputs, labels, plan, grid=grid, protocol=protocol,
+                                        batch_size=batch_size, amp=amp)
     shape = (len(modes), num_sources, len(orders), len(fractions))
     accuracy, mean_probability = np.zeros(shape), np.zeros(shape)
     for (mode, source, order, fraction), averaged in plan.layout.items():
@@ -334,7 +336,7 @@ class RemovalPlan:
         return cls(variants=variants, layout=layout)
 
 
-def _read_copies(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, plan: RemovalPlan,
+def _read_copies(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, plan: RemovalPlan, *,
                  grid: tuple[int, int], protocol: str, batch_size: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Run every (copy, image) pair of a plan in full batches: (right or not, the label's probability), each
     (copies, images) in ``plan.variants``' order."""

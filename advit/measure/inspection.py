@@ -148,7 +148,8 @@ def inspect_pair(
         layer_mapping(student_maps.shape[1], teacher_maps.shape[1], layer_map)
     except ValueError:  # another teacher than the one it was trained with: map uniformly
         layer_map = None
-    compared = compare_maps(student_maps, teacher_maps, patch_grid(student), patch_grid(teacher), fusion, layer_map)
+    compared = compare_maps(student_maps, teacher_maps, patch_grid(student), patch_grid(teacher), fusion=fusion,
+                            layer_map=layer_map)
     return AttentionReport(
         student_maps=compared.student[0, :, 0].numpy(), teacher_maps=compared.teacher[0, :, 0].numpy(),
         teacher_layers=compared.teacher_layers, grid=patch_grid(student),

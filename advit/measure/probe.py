@@ -100,7 +100,7 @@ class AttentionProbe:
             teacher_maps = self._teacher_maps
         fusion = 'mean' if target == 'relevance' else self.head_fusion  # the relevance's heads are fused already
         compared = compare_maps(self._maps(student, inputs), teacher_maps, patch_grid(student),
-                                self.teacher_grid, fusion, self.layer_map)
+                                self.teacher_grid, fusion=fusion, layer_map=self.layer_map)
         # Per layer: averaged over images and (with per-head fusion) heads.
         gaps = np.stack([compared.gap(kind).mean(dim=(0, 2)).cpu().numpy() for kind in GAP_KINDS])
         return (gaps, compared.student[:MAP_IMAGES, :, 0].cpu().numpy(),

@@ -131,8 +131,8 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
         (out / RECIPE_FILE).unlink(missing_ok=True)  # an earlier export's, of other students
     files = sorted(path for path in out.rglob('*') if path.is_file() and path.name != CARD)
     sweep_rows = [json.loads(line) for line in Path(sweep).read_text().splitlines() if line.strip()] if sweep else []
-    card = model_card(runs, out, names, shipped, best_attention, sum(path.stat().st_size for path in files), max_mb,
-                      sweep_rows)
+    card = model_card(runs, out, names, shipped=shipped, best=best_attention,
+                      files_size=sum(path.stat().st_size for path in files), max_mb=max_mb, sweep=sweep_rows)
     size = sum(path.stat().st_size for path in files) + len(card.encode())
     if size > max_mb * 1e6:
         (out / CARD).unlink(missing_ok=True)  # an earlier card would describe other files
@@ -571,7 +571,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     students = [name for name in names if name != TEACHER]
     return '\n'.join([
         _card_intro(configs, read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0]) or {}),
-        _table1_section(runs, out, results, configs, shipped, best, max_mb),
+        _table1_section(runs, out, results, configs=configs, shipped=shipped, best=best, max_mb=max_mb),
         seeds_section(out),
         faithfulness_section(out, names),
         protocols_section(out, names),
