@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hmac
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,7 +344,7 @@ class TrainDesk:
 def job_summary(job: dict[str, Any] | None) -> str:
     """A job's status in words and a small table (the Train tab's, beside its JSON): what it is, where it
     stands, its best validation top-1, and its error's last line."""
-    if not job or not isinstance(job, dict) or 'state' not in job:
+    if not _is_job_status(job):  # the page sends back what it shows: a client may send anything
         return 'No job yet: fill in the form and press Launch, or choose one in the job list.'
     step, total = job.get('step'), job.get('total_steps')
     where = {'queued': 'waits for a free slot', 'running': 'is running', 'finished': 'has finished',
@@ -357,6 +358,29 @@ def job_summary(job: dict[str, Any] | None) -> str:
     error = f"\n\nError: {_last_line(job['error'])}" if job.get('error') else ''
     eta = f", about {job['eta_s'] / 60:.0f} min left" if job['state'] == 'running' and job.get('eta_s') else ''
     return f"Job **{job['name']}** {where}{eta}.\n\n{table}{error}"
+
+
+# A job status's fields as JobManager.status writes them: (types, required).
+_STATUS_FIELDS = {'name': (str, True), 'state': (str, True), 'method': ((str, type(None)), False),
+                  'model': ((str, type(None)), False), 'error': ((str, type(None)), False),
+                  'step': ((int, type(None)), False), 'total_steps': ((int, type(None)), False),
+                  **{key: ((int, float, type(None)), False) for key in ('progress', 'best_val_top1', 'eta_s')}}
+
+
+def _is_job_status(job: Any) -> bool:
+    """Whether ``job`` has a job status's fields, each of its type (a number is not a bool, nor infinite)."""
+    if not isinstance(job, dict):
+        return False
+    for key, (kinds, required) in _STATUS_FIELDS.items():
+        if key not in job:
+            if required:
+                return False
+            continue
+        value = job[key]
+        if not isinstance(value, kinds) or isinstance(value, bool) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            return False
+    return True
 
 
 def _last_line(text: str) -> str:

@@ -421,3 +421,7 @@ def test_a_jobs_status_reads_as_a_sentence_and_a_small_table():
     text = job_summary(failed)
     assert text.startswith('Job **tiny-run** has failed.') and '| 41.50% |' in text
     assert text.endswith('Error: TrainingError: no | data')  # its last line, as the public error shows it
+    # The page sends the status back to be worded: whatever a client sends instead reads as no job, not an error.
+    for sent in ([running], {'state': 'running'}, dict(running, name=5), dict(running, step='50'),
+                 dict(running, progress=float('nan')), dict(running, eta_s=True), dict(running, error=['x'])):
+        assert job_summary(sent).startswith('No job yet'), sent
