@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from gradio.block_function import BlockFunction
 from gradio.data_classes import FileData, ImageData
+from gradio.events import EventData
 from gradio.route_utils import FnIndexInferError
 from gradio.state_holder import SessionState
 from pydantic import ValidationError
@@ -80,6 +81,7 @@ class GatedBlocks(gr.Blocks):
         fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
         try:
             check_inputs(fn, inputs, state)
+            check_event(fn, kwargs.get('event_data'))
             return await super().process_api(fn, inputs, state, **kwargs)
         except Exception as err:
             refusal = self.refusal(fn, err)
@@ -141,6 +143,20 @@ def check_inputs(fn: BlockFunction, inputs: list[Any], state: SessionState | dic
             rule(block, value, name)
         except (Refusal, *WORDED) as err:
             raise ValueRefusal(_message(err), index) from None
+
+
+def check_event(fn: BlockFunction, event: EventData | None) -> None:
+    """Refuse, in words, what a client says was selected when the event reads it (``gr.SelectData``: a gallery's
+    image by its number): a number, or a table cell's two, and a value of JSON the gate's size."""
+    if not fn.collects_event_data:
+        return
+    data = getattr(event, '_data', None)
+    index = data.get('index') if isinstance(data, dict) else None
+    places = index if isinstance(index, list) and 1 <= len(index) <= 2 else [index]
+    if not isinstance(data, dict) or 'value' not in data or \
+            not all(isinstance(place, int) and not isinstance(place, bool) for place in places):
+        raise Refusal('this event reads what was selected: its index (a number) and value, as the browser sends them')
+    _json(None, data, 'what was selected')
 
 
 def _number(block: gr.Slider | gr.Number, value: Any, name: str) -> None:
@@ -246,7 +262,7 @@ def _example(block: gr.Dataset, value: Any, name: str) -> None:
         raise Refusal(f'{name} must be the number of an example, 0 to {count - 1}, got {shown_value(value)}')
 
 
-def _json(block: gr.JSON, value: Any, name: str) -> None:
+def _json(block: gr.JSON | None, value: Any, name: str) -> None:
     try:
         size = len(json.dumps(value))
     except (RecursionError, ValueError, TypeError):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import struct
+import uuid
 import zlib
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from app_server import running_app
 from conftest import REPO, png_chunk
 from fastapi.testclient import TestClient
+from gradio.events import EventData
 from gradio.routes import App
 from gradio_client import Client
 from hypothesis import HealthCheck, given, settings
@@ -70,6 +72,7 @@ def demo(cache) -> GatedBlocks:
         gr.Button().click(lambda number, slider, radio, model, methods, text, image, files, data: 'ok', inputs, out,
                           api_name='every')
         gr.Button().click(_raise, inputs[5], out, api_name='raises')
+        gr.Gallery().select(_selected, None, out)
         gr.Examples([str(EXAMPLE)], inputs=inputs[6])
     return blocks
 
@@ -77,6 +80,10 @@ def demo(cache) -> GatedBlocks:
 def _raise(text: str) -> str:
     raise {'studio': StudioError(f'model {text} is not on offer'), 'bug': KeyError('/srv/secret/x.py'),
            'gradio': gr.Error('y' * 1000)}[text]
+
+
+def _selected(evt: gr.SelectData) -> str:
+    return str(evt.index)
 
 
 def _file(cache: Path, name: str) -> dict:
@@ -167,10 +174,21 @@ def test_the_number_of_values_is_the_endpoints(demo, cache):
 
 
 def test_an_example_is_named_by_its_number(demo):
-    [load] = [fn for fn in demo.fns.values() if isinstance(fn.inputs[0], gr.Dataset)]
+    [load] = [fn for fn in demo.fns.values() if fn.inputs and isinstance(fn.inputs[0], gr.Dataset)]
     for value in (-1, 1, '0', None, 10**9):
         with pytest.raises(Refusal, match='must be the number of an example, 0 to 0'):
             asyncio.run(demo.process_api(load, [value]))
+
+
+def test_what_a_client_says_was_selected_is_checked(demo):
+    """A gallery's select event reads the image's number from what the client sends with the event."""
+    [select] = [fn for fn in demo.fns.values() if fn.collects_event_data]
+    for data in (None, {}, [1], {'index': 'a', 'value': 1}, {'index': [1, 2, 3], 'value': 1},
+                 {'index': True, 'value': 1}, {'index': 1}, {'index': 1, 'value': 'x' * 200_000}):
+        with pytest.raises(Refusal, match='this event reads what was selected|is 200,0'):
+            asyncio.run(demo.process_api(select, [], event_data=EventData(None, data)))
+    assert asyncio.run(demo.process_api(select, [], event_data=EventData(None, {'index': 3, 'value': 'x'})))['data'] \
+        == ['3']
 
 
 def test_the_apps_errors_keep_their_words_and_others_become_one_sentence(demo, caplog):
@@ -295,6 +313,24 @@ def _send(url: str, endpoint: str, values: list) -> tuple[str, str]:
     return kind, stream.split('data:', 1)[-1].strip()
 
 
+def _send_by_number(url: str, fn_index: int, values: list, selected: object) -> tuple[str, str]:
+    """An event called by its number, as the page calls its private ones (``selected``: the event's data, what a
+    gallery select sends): ('complete' or 'error', its output), or ('HTTP <status>', the body)."""
+    session = uuid.uuid4().hex
+    with httpx.Client(base_url=url, timeout=120) as http:
+        joined = http.post('/gradio_api/queue/join', content=json.dumps(
+            {'data': values, 'fn_index': fn_index, 'session_hash': session, 'event_data': selected}),
+            headers={'Content-Type': 'application/json'})
+        if joined.status_code != 200:
+            return f'HTTP {joined.status_code}', joined.text
+        with http.stream('GET', '/gradio_api/queue/data', params={'session_hash': session}) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith('data:') else {}
+                if message.get('msg') == 'process_completed':
+                    return 'complete' if message.get('success') else 'error', json.dumps(message.get('output'))
+    return 'no answer', ''
+
+
 def _check_answer(kind: str, answer: str, folders: list[Path]) -> None:
     """A result, or a refusal in words: no 500, a message of at most 300 characters, no trace, no server path."""
     assert kind in ('complete', 'error', 'HTTP 404', 'HTTP 422'), (kind, answer[:300])
@@ -320,9 +356,10 @@ def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
 @pytest.mark.slow
 def test_no_value_a_client_sends_bends_the_app(fuzzed_app, lying_bundle):
     """Every endpoint of the API description, sent hypothesis's values of every type in place of one to three of
-    its parameters: each answer a result or a refusal in words (no HTTP 500, no trace, no server path), the next
-    request served, the model folders and runs untouched, no internal error in the server's log. Also: every input
-    component of every event, private ones included, is of a kind the gate has a rule for."""
+    its parameters, then every private event of the page called by its number with such values only: each answer
+    a result or a refusal in words (no HTTP 500, no trace, no server path), the next request served, the model
+    folders and runs untouched, no internal error in the server's log. Also: every input component of every event
+    is of a kind the gate has a rule for."""
     url, runs, log = fuzzed_app
     client = Client(url, verbose=False, download_files=False)
     endpoints = client.view_api(return_format='dict', print_info=False)['named_endpoints']
@@ -355,6 +392,22 @@ def test_no_value_a_client_sends_bends_the_app(fuzzed_app, lying_bundle):
         kind, answer = _send(url, endpoint, valid)  # a valid request still works (the job desk's need the token)
         _check_answer(kind, answer, server_paths)
         assert kind == ('error' if endpoint in NEED_TOKEN else 'complete'), (endpoint, answer[:300])
+    for dependency in config['dependencies']:  # the page's own events, called by number as any client can
+        if dependency['api_visibility'] == 'public' or not dependency['backend_fn']:
+            continue
+        count, selecting = len(dependency['inputs']), dependency['collects_event_data']
+        selected = st.one_of(hostile, st.fixed_dictionaries({'index': hostile, 'value': hostile})) if selecting \
+            else st.none()
+
+        @settings(max_examples=max(3, FUZZ_EXAMPLES // 4), deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(values=st.lists(hostile, min_size=count, max_size=count) if count else st.lists(hostile, max_size=1),
+               event=selected)
+        def fuzz_private(values, event):
+            _check_answer(*_send_by_number(url, dependency['id'], values, event), server_paths)
+
+        fuzz_private()
+    assert client.predict(api_name='/list_jobs')['headers'][0] == 'name', 'the next request is served'
     assert _snapshot(folders) == before, 'files changed in the model folders, the runs or the app'
     assert not any(runs.iterdir()), 'no job started'
     logged = log.read_text(errors='replace')  # no internal error, and no refusal in Gradio's words, even unseen
