@@ -78,6 +78,7 @@ class GatedBlocks(gr.Blocks):
 
     async def process_api(self, block_fn: BlockFunction | int, inputs: list[Any], state: SessionState | None = None,
                           **kwargs: Any) -> dict[str, Any]:
+        """Gradio's ``process_api`` (preprocess, call, postprocess) behind the gate; every failure a ``Refusal``."""
         fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
         try:
             check_inputs(fn, inputs, state)
