@@ -25,6 +25,7 @@ from advit.measure.compare import Comparison
 from advit.measure.evaluate import load_predictions
 from advit.app.images import MAX_FILE_BYTES, load_image
 from advit.measure.inspection import inspect_pair
+from advit.measure.verdicts import HEADLINE_PROTOCOL
 from app_server import folder_bytes, raw_call, running_app
 from conftest import REPO
 
@@ -336,11 +337,12 @@ def test_faithfulness_endpoint(client, keys):
     assert len(json.loads(figure['plot'])['data']) == 8  # per model: last layer, rollout, gradient rollout, random
     with pytest.raises(Exception, match='not one of the models on offer'):
         client.predict(handle_file(str(EXAMPLE)), keys['teacher'], '/etc/passwd', api_name='/faithfulness')
-    assert all(data[role]['protocol'] == 'mean' for role in data), 'the headline protocol when none is named'
-    _, summary, dropped = client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'drop',
-                                         api_name='/faithfulness')
-    assert all(dropped[role]['protocol'] == 'drop' for role in dropped) and 'dropped from the tokens' in summary
-    assert dropped['teacher']['probability'] != data['teacher']['probability']
+    assert all(data[role]['protocol'] == HEADLINE_PROTOCOL == 'drop' for role in data), \
+        'the headline protocol when none is named'
+    _, summary, filled = client.predict(handle_file(str(EXAMPLE)), keys['teacher'], keys['advit_l1'], 'mean',
+                                        api_name='/faithfulness')
+    assert all(filled[role]['protocol'] == 'mean' for role in filled) and 'set to the mean' in summary
+    assert filled['teacher']['probability'] != data['teacher']['probability']
 
 
 def test_a_few_images_at_once_default_to_the_example_row(client, keys, tmp_path):
