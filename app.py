@@ -160,6 +160,14 @@ def start_job(token, **form):
     return job, gr.Dropdown(choices=[row[0] for row in rows], value=job['name']), rows
 
 
+def propose_start(start):
+    """The form's architecture, image size, learning rate and length for a student that starts from a checkpoint
+    (its own, and a fine-tuning run's); left as they are for random weights."""
+    proposal = desk.start_proposal(start)
+    keys = ('model', 'model_args', 'image_size', 'lr', 'length', 'amount')
+    return tuple(proposal[key] for key in keys) if proposal else tuple(gr.skip() for _ in keys)
+
+
 def follow_teacher(teacher):
     """The form's image size, set to the chosen teacher's (a 224 teacher trains 224 students); else left as it is."""
     size = desk.teacher_size(teacher)
@@ -398,6 +406,11 @@ with GatedBlocks(studio.scrub, title='ADViT Studio', analytics_enabled=False, de
                     student_model = gr.Dropdown(student_architectures(), value=job_defaults.model,
                                                 allow_custom_value=True, label='Student architecture (timm name)')
                     model_args = gr.Textbox(label='Architecture arguments', placeholder='depth=6, embed_dim=192')
+                    job_start = gr.Dropdown(label='Student starts from (a checkpoint: fine-tuning; its architecture '
+                                                  'and image size are the student\'s)',
+                                            choices=[('random weights', '')]
+                                            + offer.choices(vit_only=True, checkpoints_only=True),
+                                            value='', allow_custom_value=True, elem_id='job-start')
                     job_teacher = gr.Dropdown(label='Teacher checkpoint',
                                               choices=offer.choices(vit_only=True, checkpoints_only=True),
                                               value=defaults.teacher, allow_custom_value=True)
@@ -445,8 +458,11 @@ with GatedBlocks(studio.scrub, title='ADViT Studio', analytics_enabled=False, de
                             attn_weight=attn_weight, alpha=alpha, tau=tau, seed=seed, subset=subset,
                             batch_size=batch_size, device=device, image_size=image_size)
             job_teacher.change(follow_teacher, inputs=job_teacher, outputs=image_size, api_visibility='private')
-            launch.click(start_job, inputs_kwargs=dict(**job_form, token=token), outputs=[launched, selected, jobs],
-                         api_name='start_job')
+            job_start.change(propose_start, inputs=job_start, outputs=[student_model, model_args, image_size, lr, length,
+                                                                       amount], api_name='start_proposal')
+            # The start follows the token: clients that name the parameters before it by position keep working.
+            launch.click(start_job, inputs_kwargs=dict(**job_form, token=token, start=job_start),
+                         outputs=[launched, selected, jobs], api_name='start_job')
             gr.on([selected.change, gr.Timer(2.0).tick], job_status, inputs=selected,
                   outputs=[progress, curves, log, job, table1], api_name='job_status', show_progress='hidden')
             cancel.click(cancel_job, inputs=[selected, token], outputs=job, api_name='cancel_job')

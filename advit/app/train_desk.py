@@ -93,6 +93,9 @@ class JobForm:
         length: ``epochs``, ``steps`` or ``seconds``; ``amount`` says how many.
         subset: Train on this many images (0 or None: all).
         image_size: The input size in pixels; a teacher's own (224 for the paper's) when there is one.
+        start: The student's starting weights, a checkpoint on offer by its listed name (then the architecture and
+            image size are its own, and the head is kept when it was trained on the dataset's classes); empty:
+            random weights. ``TrainDesk.start_proposal`` gives the form's values for a start.
     """
     name: str = ''
     method: str | list[str] = field(default_factory=lambda: ['advit_l1'])
@@ -111,6 +114,13 @@ class JobForm:
     batch_size: int = 128
     device: str = 'auto'
     image_size: int = 32
+    start: str | None = None
+
+
+# What the form proposes for a student that starts from a checkpoint: a tenth of the from-scratch learning rate, and
+# a short run (the weights already know the task; ``JobForm`` opens on 200 steps of 1e-3 from random weights).
+FINE_TUNE = dict(lr=1e-4, length='steps', amount=100)
+FROM_THE_RUN = ('num_classes', 'img_size')  # architecture arguments the run sets itself (train._SET_BY_TRAINING)
 
 
 def teacher_image_size(path: str | None) -> int | None:
@@ -187,24 +197,65 @@ class TrainDesk:
             [Path(p) for p in os.environ.get('ADVIT_DATA_ROOTS', '').split(os.pathsep) if p]
         public = is_public()
         shown = str(data) if official else os.path.relpath(REPO / data, REPO)
-        return cls(JobManager(runs_dir, JobLimits.from_env(public)), os.environ.get('ADVIT_JOBS_TOKEN'), teachers,
-                   roots, shown, public, scrub)
+        return cls(JobManager(runs_dir, JobLimits.from_env(public)), token=os.environ.get('ADVIT_JOBS_TOKEN'),
+                   teachers=teachers, data_roots=roots, default_data=shown, public=public, scrub=scrub)
 
-    def _teacher(self, teacher: str | None) -> str | None:
-        """The checkpoint file of a teacher on offer, named as the app lists it; anything else is refused."""
-        if not teacher:
+    def _offered(self, name: str | None, role: str = 'teacher') -> str | None:
+        """The file of a checkpoint on offer (a teacher, or a student's start), named as the app lists it; anything
+        else is refused."""
+        if not name:
             return None
         if self.teachers is None:
-            path = REPO / teacher
+            path = REPO / name
         else:
             offered = self.teachers()
-            if teacher not in offered:
-                raise JobError(f'teacher {shown_value(teacher)} is not one of the checkpoints on offer (the bundle and '
+            if name not in offered:
+                raise JobError(f'{role} {shown_value(name)} is not one of the checkpoints on offer (the bundle and '
                                'finished runs)')
-            path = Path(offered[teacher])
+            path = Path(offered[name])
         if not path.is_file():
-            raise JobError(f'teacher checkpoint not found: {shown_value(teacher)}')
+            raise JobError(f'{role} checkpoint not found: {shown_value(name)}')
         return str(path)
+
+    def _start_meta(self, start: str | None) -> tuple[str, dict[str, Any]] | None:
+        """(file, metadata) of a student's start on offer; None for random weights."""
+        path = self._offered(start, 'start')
+        if path is None:
+            return None
+        try:
+            return path, read_metadata(path)
+        except CheckpointError as err:
+            raise JobError(f'start {shown_value(start)} cannot be read: {err}') from None
+
+    def start_proposal(self, start: str | None) -> dict[str, Any]:
+        """The form's values for a student that starts from a checkpoint on offer: its architecture, arguments and
+        image size, and a fine-tuning learning rate and length (``FINE_TUNE``); {} for random weights."""
+        found = self._start_meta(start)
+        if found is None:
+            return {}
+        meta = found[1]
+        args = {key: value for key, value in (meta.get('model_args') or {}).items() if key not in FROM_THE_RUN}
+        return dict(model=meta.get('model'), model_args=', '.join(f'{key}={json.dumps(value)}'
+                                                                   for key, value in args.items()),
+                    image_size=meta.get('image_size'), **FINE_TUNE)
+
+    def _start(self, form: JobForm, image_size: int) -> str | None:
+        """The checkpoint a student starts from, refused in words unless the form's architecture and image size
+        are its own (the form proposes them when a start is chosen): its weights fit no other."""
+        found = self._start_meta(form.start)
+        if found is None:
+            return None
+        path, meta = found
+        own = dict(model=meta.get('model'), model_args={key: value for key, value in (meta.get('model_args') or {})
+                                                        .items() if key not in FROM_THE_RUN},
+                   image_size=meta.get('image_size'))
+        asked = dict(model=form.model, model_args=parse_model_args(form.model_args), image_size=image_size)
+        differing = [key for key in own if own[key] != asked[key]]
+        if differing:
+            raise JobError(f'the student starts from {shown_value(form.start)}, whose ' + ', '.join(
+                f'{key.replace("_", " ")} is {shown_value(own[key])}' for key in differing) + ': set the form\'s '
+                'to it (choosing the start proposes it)')
+        return path
 
     def _dataset(self, data: str) -> str:
         """The dataset a job may read: the app's own, or an existing, readable path inside the allowed folders
@@ -230,7 +281,7 @@ class TrainDesk:
     def teacher_size(self, teacher: str | None) -> int | None:
         """The input size of a teacher on offer, which the form's image size follows (None: none chosen or unknown)."""
         try:
-            return teacher_image_size(self._teacher(teacher))
+            return teacher_image_size(self._offered(teacher))
         except JobError:
             return None
 
@@ -258,7 +309,7 @@ class TrainDesk:
                 ('image size', form.image_size, *IMAGE_SIZES)))
         except RequestError as err:
             raise JobError(str(err)) from None
-        teacher = self._teacher(form.teacher)
+        teacher = self._offered(form.teacher)
         teacher_size = teacher_image_size(teacher)
         if teacher_size is not None and teacher_size != image_size:  # refused here, not minutes later in the job
             raise JobError(f'the teacher reads {teacher_size}px images and the student would read {image_size}px: '
@@ -269,7 +320,7 @@ class TrainDesk:
                         model=form.model, model_args=parse_model_args(form.model_args), data=self._dataset(form.data),
                         teacher=teacher, lr=lr, attn_weight=attn_weight, alpha=alpha, tau=tau, seed=seed,
                         subset=subset or None, batch_size=batch_size, image_size=image_size, device=form.device,
-                        log_every=10,
+                        log_every=10, pretrained_file=self._start(form, image_size),
                         **{dict(epochs='epochs', steps='steps', seconds='time_budget')[form.length]: amount})
         return self._shown_job(self.manager.status(self.manager.submit(form.name or None, settings)))
 

@@ -281,3 +281,31 @@ def test_token_is_needed_when_set(tmp_path, cifar_archive):
         assert not runs.exists() or not any(runs.iterdir())
         job = start(client, 'yes', cifar_archive, 2, token='s3cret')
         assert wait_for(client, job['name'], ('finished', 'failed'))['state'] == 'finished'
+
+
+def test_the_shipped_vit_student_fine_tuned_from_the_forms_proposal_starts_where_it_is(tmp_path, cifar, cifar_archive):
+    """Choosing the shipped ViT student as the start proposes its architecture, image size and a fine-tuning rate
+    and length; launched with ADViT-L1 for a few steps, its first evaluation is near its own accuracy (64% on the
+    test set), not at chance, and the job's first line says its head was kept. A start of another architecture
+    than the form's is refused in words."""
+    with running_app(tmp_path / 'app.log', ADVIT_RUNS=str(tmp_path / 'runs'), ADVIT_CHECKPOINTS=str(REPO / 'checkpoints'),
+                     ADVIT_DATA=str(cifar_archive), ADVIT_JOBS='on') as url:
+        client = Client(url, verbose=False)
+        model, model_args, image_size, lr, length, amount = client.predict('checkpoints/vit.safetensors',
+                                                                           api_name='/start_proposal')
+        shipped = read_metadata(REPO / 'checkpoints' / 'vit.safetensors')
+        assert (model, image_size, lr, length, amount) == (shipped['model'], 32, 1e-4, 'steps', 100)
+        form = dict(name='finetune', method=['advit_l1'], model=model, model_args=model_args,
+                    teacher='checkpoints/teacher.safetensors', data=str(cifar_archive), length=length, amount=4, lr=lr,
+                    attn_weight=1.0, alpha=0.5, tau=1.0, seed=0, subset=256, batch_size=64, device='cpu',
+                    image_size=image_size, token='', start='checkpoints/vit.safetensors')
+        with pytest.raises(Exception, match='starts from .*whose model is'):
+            client.predict(**dict(form, name='mismatch', model='vit_tiny_patch4_32'), api_name='/start_job')
+        client.predict(**form, api_name='/start_job')
+        done = wait_for(client, 'finetune', ('finished', 'failed'), timeout=400)
+        assert done['state'] == 'finished', done
+    run = tmp_path / 'runs' / 'finetune'
+    assert 'it starts from vit.safetensors, its head kept' in (run / 'train.log').read_text()
+    first = next(json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()
+                 if json.loads(line)['event'] == 'eval')
+    assert first['val_top1'] > 40, 'the fine-tuned student starts from the checkpoint, not at chance (10%)'
