@@ -26,7 +26,7 @@ TINY_ARGS = ', '.join(f'{key}={value}' for key, value in TINY.items())
 def start(client: Client, name: str, data: Path, steps: int, token: str = '', method: str = 'vit',
           teacher: str | None = None) -> dict:
     job, _, _ = client.predict(name, [method], 'vit_tiny_patch4_32', TINY_ARGS, teacher, str(data), 'steps', steps,
-                               1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', 32, token, api_name='/start_job')
+                               1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', 32, token, '', api_name='/start_job')
     return job
 
 
@@ -72,7 +72,7 @@ def test_a_table1_job_of_several_students_ends_with_its_table_and_its_distillati
     the run's attention probe drawn by the training view (the run is a source once it has evaluated)."""
     teacher = f'{tiny_bundle.name}/teacher.safetensors'
     job, _, _ = client.predict('table1', ['vit', 'advit_l1'], 'vit_tiny_patch4_32', TINY_ARGS, teacher,
-                               str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', 32, '',
+                               str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5, 1.0, 0, 256, 64, 'cpu', 32, '', '',
                                api_name='/start_job')
     assert job['methods'] == ['vit', 'advit_l1']
     done = wait_for(client, 'table1', ('finished', 'failed'), timeout=240)
@@ -120,9 +120,11 @@ def test_tiny_job_runs_to_the_end_and_its_checkpoint_is_offered(client, runs, ci
 
 
 def test_queue_cancel_kill_resume_and_names(client, runs, cifar_archive):
-    for name in ('../../long', 'a/b', 'x\x00y', ' long', '.long'):  # refused with the rule, never rewritten
+    for name in ('../../long', 'a/b', ' long', '.long'):  # refused with the rule, never rewritten
         with pytest.raises(Exception, match='is not taken: a run name is 1 to 80 letters'):
             start(client, name, cifar_archive, 100_000)
+    with pytest.raises(Exception, match='name must not hold a NUL character'):  # the gate's, before any rule
+        start(client, 'x\x00y', cifar_archive, 100_000)
     assert not (runs.parent / 'long').exists() and not any(path.name.startswith(('a', 'x')) for path in runs.iterdir())
     long = start(client, 'long', cifar_archive, 100_000)
     assert long['name'] == 'long' and (runs / 'long').is_dir()
@@ -221,7 +223,7 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
             values = dict(name='abuse', method='vit', model='vit_tiny_patch4_32', model_args=TINY_ARGS, teacher=None,
                           data=str(cifar_archive), length='steps', amount=3, lr=1e-3, attn_weight=1.0, alpha=0.5,
                           tau=1.0, seed=0, subset=256, batch_size=64, device='cpu', image_size=32,
-                          token='s3cret')
+                          token='s3cret', start='')
             values.update(form)
             with pytest.raises(Exception, match=message):
                 client.predict(*values.values(), api_name='/start_job')
@@ -242,7 +244,7 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         # Numbers are finite, whole where they count and in range, names clean, or refused in words.
         # NaN and infinity as a raw request carries them (gradio_client will not send them).
         form = ['abuse', ['vit'], 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps', 3, 1e-3, 1.0, 0.5,
-                1.0, 0, 256, 64, 'cpu', 32, 's3cret']
+                1.0, 0, 256, 64, 'cpu', 32, 's3cret', '']
         for index, value, message in ((8, 'NaN', 'lr must be a finite number, got nan'),
                                       (7, 'Infinity', 'amount must be a finite number, got inf')):
             body = json.dumps(form[:index] + ['VALUE'] + form[index + 1:]).replace('"VALUE"', value)
@@ -261,7 +263,7 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         refused('is not taken: a run name is', name='../x')
         # A job that fails inside its process (16 images do not fill a batch of 64): its error line, no traceback.
         job, _, _ = client.predict('fails', 'vit', 'vit_tiny_patch4_32', TINY_ARGS, None, str(cifar_archive), 'steps',
-                                   3, 1e-3, 1.0, 0.5, 1.0, 0, 16, 64, 'cpu', 32, 's3cret', api_name='/start_job')
+                                   3, 1e-3, 1.0, 0.5, 1.0, 0, 16, 64, 'cpu', 32, 's3cret', '', api_name='/start_job')
         failed = wait_for(client, job['name'], ('failed',))
         _, _, log, _, _ = client.predict(job['name'], api_name='/job_status')
     assert 'do not fill one batch' in failed['error'] and '\n' not in failed['error']
