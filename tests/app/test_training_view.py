@@ -25,7 +25,7 @@ from advit.app.training_view import (ProbeError, find_probes, gap_curves, gap_he
 # Tests that train runs first (their fixtures) are marked slow: `make test`; the rest run in `make check`.
 
 BUNDLE = REPO / 'checkpoints'
-BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'deit_hard', 'vit')
+BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'advit_relevance', 'deit_hard', 'vit')
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,8 @@
 """Fused and explicit attention: chosen by measurement, and the same maps, losses and gradients on both."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import timm
 import torch
@@ -78,10 +80,13 @@ def test_paths_are_set_on_every_block_and_auto_measures_the_models_shapes(monkey
         assert [block.attn.fused_attn for block in model.blocks] == [path == 'fused'] * 3
         assert attention_path_of(model) == path
     seen = []
-    monkeypatch.setattr(attention_path, 'fastest_attention_path', lambda *shape: seen.append(shape) or 'explicit')
+    def measured(*args, **kwargs):
+        seen.append(inspect.signature(fastest_attention_path).bind(*args, **kwargs).arguments)
+        return 'explicit'
+    monkeypatch.setattr(attention_path, 'fastest_attention_path', measured)
     assert use_attention_path(model, 'auto', CPU, batch=16, training=True) == 'explicit'
-    # (device, batch, heads, tokens: 64 patches + [CLS], head_dim, dtype, backward)
-    assert seen == [(CPU, 16, 3, 65, 16, torch.float32, True)]
+    # tokens: 64 patches + [CLS]
+    assert seen == [dict(device=CPU, batch=16, heads=3, tokens=65, head_dim=16, dtype=torch.float32, backward=True)]
     assert attention_path_of(model) == 'explicit'
     with pytest.raises(ValueError, match='unknown attention path'):
         use_attention_path(model, 'flash', CPU, batch=1, training=False)
@@ -118,7 +123,7 @@ def test_a_resumed_auto_run_keeps_the_path_it_measured_and_ends_bitwise_as_the_r
         return TrainConfig(data=str(cifar_archive), subset=256, val_size=128, test_subset=128, batch_size=64,
                            steps=8, save_every=4, eval_every=1000, log_every=1, model_args=dict(TINY), out=out)
     measured = {'path': 'explicit'}
-    monkeypatch.setattr(attention_path, 'fastest_attention_path', lambda *shape: measured['path'])
+    monkeypatch.setattr(attention_path, 'fastest_attention_path', lambda *args, **kwargs: measured['path'])
     alone = train(config(str(tmp_path / 'alone')))
     assert read_metadata(alone / 'last.safetensors')['progress']['attention_paths']['student'] == 'explicit'
     assert 'attention explicit' in (alone / 'train.log').read_text()
