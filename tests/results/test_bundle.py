@@ -26,13 +26,14 @@ from advit.app.catalog import ModelCache, discover
 from advit.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from advit.core.models import create_model
 from advit.cli import main
-from advit.measure.verdicts import headline
+from advit.measure.verdicts import HEADLINE_PROTOCOL, evaluation_key, headline
 from advit.results.seeds import NOT_RECIPE
 from advit.training.presets import preset
 from advit.training.run_folder import read_sessions
 from advit.training.train import TrainConfig, validate
 from conftest import REPO, tiny_flags
 
+HEADLINE = evaluation_key(HEADLINE_PROTOCOL)  # where an evaluation file keeps the headline protocol's curves
 pytestmark = pytest.mark.slow  # runs scripts/train_bundle.sh and train_seeds.sh: `make test`, not `make check`
 
 NAMES = (TEACHER, *STUDENTS)
@@ -190,9 +191,9 @@ def test_advit_faithfulness_measures_shipped_files_and_brings_the_card_up_to_dat
     assert printed.count('quarter drop (points)') == len(checkpoints) and 'gradient rollout' in printed
     for name, old in before.items():
         new = json.loads((shipped / name).read_text())
-        assert new['faithfulness']['count'] == 32 and new['faithfulness']['sources'][-1] == 'gradient rollout'
-        assert {key: value for key, value in new.items() if key != 'faithfulness'} == \
-            {key: value for key, value in old.items() if key != 'faithfulness'}
+        assert new[HEADLINE]['count'] == 32 and new[HEADLINE]['sources'][-1] == 'gradient rollout'
+        assert {key: value for key, value in new.items() if key != HEADLINE} == \
+            {key: value for key, value in old.items() if key != HEADLINE}
     refreshed = (shipped / 'README.md').read_text()
     assert refreshed.split('## Table 1')[0] == card.split('## Table 1')[0]
     assert refreshed.split('## Table 2')[1] == card.split('## Table 2')[1]
@@ -202,13 +203,13 @@ def test_advit_faithfulness_measures_shipped_files_and_brings_the_card_up_to_dat
     assert 'gradient rollout (pts)' in refreshed.split('## Faithfulness of the maps')[1]
 
     # Another protocol goes beside the headline one, which it leaves as it was.
-    headline_curves = {name: json.loads((shipped / name).read_text())['faithfulness'] for name in before}
+    headline_curves = {name: json.loads((shipped / name).read_text())[HEADLINE] for name in before}
     assert main(['faithfulness', checkpoints[0], '--data', str(cifar_archive), '--images', '16', '--protocol',
-                 'drop']) == 0
-    assert 'drop removal' in capsys.readouterr().out
+                 'mean']) == 0
+    assert 'mean removal' in capsys.readouterr().out
     measured = json.loads(Path(checkpoints[0]).with_suffix('.eval.json').read_text())
-    assert measured['faithfulness_drop']['protocol'] == 'drop' and measured['faithfulness_drop']['count'] == 16
-    assert measured['faithfulness'] == headline_curves[Path(checkpoints[0]).with_suffix('.eval.json').name]
+    assert measured['faithfulness']['protocol'] == 'mean' and measured['faithfulness']['count'] == 16
+    assert measured[HEADLINE] == headline_curves[Path(checkpoints[0]).with_suffix('.eval.json').name]
     with pytest.raises(SystemExit) as refused:
         main(['faithfulness', checkpoints[0], '--protocol', 'grey'])
     assert refused.value.code == 2 and "invalid choice: 'grey'" in capsys.readouterr().err
@@ -443,12 +444,12 @@ def test_a_second_start_leaves_a_bundle_in_training_to_the_process_that_holds_it
     assert sorted(path.name for path in runs.iterdir()) == ['.lock'], 'nothing trained, nothing written'
 
 
-def test_the_long_bundle_trains_its_four_students_and_records_each_sitting(tmp_path, cifar_archive):
+def test_the_long_bundle_trains_its_five_students_and_records_each_sitting(tmp_path, cifar_archive):
     runs, out = tmp_path / 'runs', tmp_path / 'checkpoints'
     result, _ = run_script(runs, out, cifar_archive, BUNDLE='long-bundle')
     assert '--preset long-bundle-teacher' in result.stdout and '--time-budget' not in result.stdout
     trained = {path.name for path in runs.iterdir() if (path / 'status.json').is_file()}
-    assert trained == {TEACHER, 'vit', 'deit_hard', 'advit_l1', 'advit_kl'}
+    assert trained == {TEACHER, 'vit', 'deit_hard', 'advit_l1', 'advit_kl', 'advit_relevance'}
     for name in trained:
         [sitting] = read_sessions(runs / name)
         assert sitting['machine'] == machine() and (sitting['first_step'], sitting['last_step']) == (0, 2)
