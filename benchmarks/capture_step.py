@@ -56,11 +56,12 @@ import timm
 import torch
 import torch.nn as nn
 
-from advit.core.distributed import resolve_device
-from advit.core.capture import ClsAttentionCapture
-from advit.core.losses import DistillationLoss, TeacherForward
-from advit.core.models import create_model, model_normalization
-from advit.core.precision import autocast
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's advit, as the other benchmarks take it
+from advit.core.distributed import resolve_device  # noqa: E402
+from advit.core.capture import ClsAttentionCapture  # noqa: E402
+from advit.core.losses import DistillationLoss, TeacherForward  # noqa: E402
+from advit.core.models import create_model, model_normalization  # noqa: E402
+from advit.core.precision import autocast  # noqa: E402
 from measure import matmul_ceiling, rss_mib, time_repeats, utilisation, vit_forward_flops  # benchmarks/, this script's folder
 
 # The loss each training-step variant runs; 'full' is advit_l1 on full attention maps.
