@@ -69,9 +69,14 @@ def test_deit_with_distillation_token_and_eval_cli(tmp_path, data_flags, teacher
     checkpoint = out / 'best.safetensors'
     assert 'head_dist.weight' in load_checkpoint(checkpoint).model.state_dict()
     capsys.readouterr()
-    assert main(['eval', str(checkpoint), '--data', str(cifar_archive), '--subset', '100']) == 0
+    # The run's own evaluation (128 test images) is not replaced by a look at fewer: refused, the file kept.
+    kept = (out / 'best.eval.json').read_bytes()
+    assert main(['eval', str(checkpoint), '--data', str(cifar_archive), '--subset', '100']) == 2
+    assert 'holds an evaluation on 128 test images' in capsys.readouterr().err
+    assert (out / 'best.eval.json').read_bytes() == kept
+    assert main(['eval', str(checkpoint), '--data', str(cifar_archive), '--subset', '200']) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed['count'] == 100
+    assert printed['count'] == 200
     saved = json.loads((out / 'best.eval.json').read_text())
     assert saved['top1'] == printed['top1'] and len(saved['confusion']) == 10
 
@@ -441,8 +446,9 @@ def test_a_cnn_trains_by_cross_entropy_and_teaches_deit(model, kind, tmp_path, d
     loaded = load_checkpoint(cnn / 'best.safetensors')
     assert type(loaded.model).__name__ == kind and loaded.meta['image_size'] == 32
     capsys.readouterr()
-    assert main(['eval', str(cnn / 'best.safetensors'), '--data', str(cifar_archive), '--subset', '64']) == 0
-    assert json.loads(capsys.readouterr().out)['count'] == 64  # evaluated at 32x32, the size it trained at
+    # (at least the run's own 128 test images, which a smaller look would replace: advit eval refuses that)
+    assert main(['eval', str(cnn / 'best.safetensors'), '--data', str(cifar_archive), '--subset', '160']) == 0
+    assert json.loads(capsys.readouterr().out)['count'] == 160  # evaluated at 32x32, the size it trained at
 
     student = tmp_path / 'deit'
     assert main(['train', '--method', 'deit_hard', '--teacher', str(cnn / 'best.safetensors'), '--steps', '2',
@@ -483,11 +489,11 @@ sys.exit(main(sys.argv[1:]))
     out = tmp_path / 'run'
     for args in (['train', '--method', 'advit_l1', '--teacher', str(teacher_checkpoint), '--steps', '1',
                   '--out', str(out), *data_flags, *tiny_flags()],
-                 ['eval', str(out / 'best.safetensors'), '--data', data_flags[1], '--subset', '64']):
+                 ['eval', str(out / 'best.safetensors'), '--data', data_flags[1], '--subset', '160']):
         result = subprocess.run([sys.executable, '-c', blocked, *args], cwd=REPO, capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
-    assert '"count": 64' in result.stdout and (out / 'best.safetensors').is_file()
+    assert '"count": 160' in result.stdout and (out / 'best.safetensors').is_file()
 
 
 def test_students_trained_together_share_batches_and_one_teacher_forward(tmp_path, data_flags, teacher_checkpoint,
