@@ -84,3 +84,16 @@ sys.exit(main(['train', '--help']))
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '--methods' in result.stdout
+
+
+def test_no_function_over_80_lines_and_no_class_over_300_in_the_package():
+    """Issue #38's size rule, held: a reader takes in any function on a screen or two."""
+    import ast
+    found = []
+    for path in sorted((REPO / 'advit').rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, 'lineno') else 0
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and lines > 80 or \
+                    isinstance(node, ast.ClassDef) and lines > 300:
+                found.append(f'{path.relative_to(REPO)}: {node.name} ({lines} lines)')
+    assert found == []

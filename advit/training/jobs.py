@@ -142,6 +142,93 @@ def _group_status(folders: list[Path]) -> dict[str, Any]:
                 error=next((account['error'] for account in accounts if account.get('error')), None))
 
 
+class Admission:
+    """Whether a job may be queued: its settings as ``advit train`` checks them, its model built on the meta device,
+    and this server's limits, each refused in words (``JobError``) before any folder or process exists.
+
+    Args:
+        limits: The server's per-job limits.
+    """
+
+    def __init__(self, limits: JobLimits) -> None:
+        self.limits = limits
+        self._train_counts: dict[str, int] = {}  # training images per dataset path, for the epochs limit
+
+    def admit(self, settings: dict[str, Any], methods: list[str] | None) -> TrainConfig:
+        """Check a job's settings as asked, hold them to the limits (in place: a run length is set where the server
+        caps it), check them again and build the model; return the (first student's) configuration."""
+        self.validate(settings, methods)
+        self.apply_limits(settings)
+        cfg = self.validate(settings, methods)
+        self.check_model(cfg, len(methods or [cfg.method]))
+        return cfg
+
+    @staticmethod
+    def validate(settings: dict[str, Any], methods: list[str] | None) -> TrainConfig:
+        """The run's configuration, refused as ``advit train`` would refuse it; a group's is checked for
+        each student (its method with the shared settings), and the first student's is returned."""
+        try:
+            # A group's students as the process will build them (`advit train --methods`: the same expansion).
+            cfgs = group_configs(settings, methods) if methods else [TrainConfig.from_dict(settings)]
+            for cfg in cfgs:
+                validate(cfg)
+            validate_group(cfgs)
+        except (TrainingError, TypeError) as err:
+            raise JobError(str(err)) from err
+        return cfgs[0]
+
+    def check_model(self, cfg: TrainConfig, students: int) -> None:
+        """Build the student on the meta device (no memory, no weights): arguments that do not fit
+        the architecture, or models over the size limit, are refused before any process starts. The
+        students of a group count together: one process holds them all, with their optimiser states."""
+        try:
+            with torch.device('meta'):
+                model = create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args)
+        except (ValueError, TypeError, RuntimeError, AssertionError) as err:
+            raise JobError(f'cannot build {cfg.model} with {shown_value(cfg.model_args)}: {err}') from err
+        params = sum(p.numel() for p in model.parameters())
+        if params * students > self.limits.max_params:
+            group = f', {params * students / 1e6:.1f}M for its {students} students' if students > 1 else ''
+            raise JobError(f'{cfg.model} with {shown_value(cfg.model_args)} has {params / 1e6:.1f}M parameters{group}: '
+                           f'the limit here is {self.limits.max_params / 1e6:.1f}M')
+
+    def apply_limits(self, settings: dict[str, Any]) -> None:
+        limits = self.limits
+        batch = settings.get('batch_size', TrainConfig.batch_size)
+        if not isinstance(batch, int) or not 1 <= batch <= limits.max_batch_size:
+            raise JobError(f'batch size {batch}: the limit here is 1 to {limits.max_batch_size}')
+        if limits.max_steps is not None:
+            epochs = settings.get('epochs')
+            if epochs is not None:  # refused here as steps are, not cut short by the steps set below
+                count = self.training_images(settings)
+                needed = math.ceil(epochs * steps_per_epoch(count, batch))
+                if needed > limits.max_steps:
+                    raise JobError(f'{epochs:g} epochs of {count} images in batches of {batch} are {needed:,} steps: '
+                                   f'the limit here is {limits.max_steps:,}')
+            steps = settings.get('steps')
+            if steps is not None and steps > limits.max_steps:
+                raise JobError(f'{steps} steps asked for: the limit here is {limits.max_steps}')
+            settings['steps'] = steps or limits.max_steps  # epochs or a time budget may end it sooner
+        if limits.max_seconds is not None:
+            budget = settings.get('time_budget')
+            if budget is not None and budget > limits.max_seconds:
+                raise JobError(f'a {budget:.0f}s time budget asked for: the limit here is {limits.max_seconds:.0f}s')
+            settings['time_budget'] = limits.max_seconds if budget is None else budget  # it ends itself in time
+
+    def training_images(self, settings: dict[str, Any]) -> int:
+        """How many images a run trains on: its subset, else its dataset's training split less the
+        held-out images (the dataset read once per path; a run reads the same decoded cache)."""
+        if settings.get('subset'):
+            return int(settings['subset'])
+        data = settings['data']
+        if data not in self._train_counts:
+            try:
+                self._train_counts[data] = len(load_dataset(data, settings.get('cache_dir'))['train'])
+            except (DatasetError, OSError, ValueError) as err:
+                raise JobError(f'cannot read the dataset: {err}') from None
+        return max(self._train_counts[data] - settings.get('val_size', TrainConfig.val_size), 1)
+
+
 class JobManager:
     """Submits, starts (in queue order, up to ``limits.max_concurrent``), reconciles and cancels jobs.
 
@@ -161,7 +248,7 @@ class JobManager:
         self.cancel_grace_s = cancel_grace_s if cancel_grace_s is not None else \
             float(os.environ.get('ADVIT_CANCEL_GRACE_S') or CANCEL_GRACE_S)
         self._children: dict[str, subprocess.Popen] = {}
-        self._train_counts: dict[str, int] = {}  # training images per dataset path, for the epochs limit
+        self.admission = Admission(self.limits)
         self._lock = threading.RLock()
         self._stop = threading.Event()
 
@@ -181,10 +268,7 @@ class JobManager:
         methods = _group_methods(settings)
         if name is not None:
             check_name(name)
-        self._validate(settings, methods)  # as asked, then within the limits
-        self._apply_limits(settings)
-        cfg = self._validate(settings, methods)
-        self._check_model(cfg, len(methods or [cfg.method]))
+        cfg = self.admission.admit(settings, methods)
         with self._lock:
             waiting = sum(job['state'] in ACTIVE for job in self.list())
             if waiting >= self.limits.max_queued:
@@ -200,71 +284,6 @@ class JobManager:
                                           **({'methods': methods} if methods else {})})
         self.poll()
         return run.name
-
-    @staticmethod
-    def _validate(settings: dict[str, Any], methods: list[str] | None) -> TrainConfig:
-        """The run's configuration, refused as ``advit train`` would refuse it; a group's is checked for
-        each student (its method with the shared settings), and the first student's is returned."""
-        try:
-            # A group's students as the process will build them (`advit train --methods`: the same expansion).
-            cfgs = group_configs(settings, methods) if methods else [TrainConfig.from_dict(settings)]
-            for cfg in cfgs:
-                validate(cfg)
-            validate_group(cfgs)
-        except (TrainingError, TypeError) as err:
-            raise JobError(str(err)) from err
-        return cfgs[0]
-
-    def _check_model(self, cfg: TrainConfig, students: int) -> None:
-        """Build the student on the meta device (no memory, no weights): arguments that do not fit
-        the architecture, or models over the size limit, are refused before any process starts. The
-        students of a group count together: one process holds them all, with their optimiser states."""
-        try:
-            with torch.device('meta'):
-                model = create_model(cfg.model, img_size=cfg.image_size, **cfg.model_args)
-        except (ValueError, TypeError, RuntimeError, AssertionError) as err:
-            raise JobError(f'cannot build {cfg.model} with {shown_value(cfg.model_args)}: {err}') from err
-        params = sum(p.numel() for p in model.parameters())
-        if params * students > self.limits.max_params:
-            group = f', {params * students / 1e6:.1f}M for its {students} students' if students > 1 else ''
-            raise JobError(f'{cfg.model} with {shown_value(cfg.model_args)} has {params / 1e6:.1f}M parameters{group}: '
-                           f'the limit here is {self.limits.max_params / 1e6:.1f}M')
-
-    def _apply_limits(self, settings: dict[str, Any]) -> None:
-        limits = self.limits
-        batch = settings.get('batch_size', TrainConfig.batch_size)
-        if not isinstance(batch, int) or not 1 <= batch <= limits.max_batch_size:
-            raise JobError(f'batch size {batch}: the limit here is 1 to {limits.max_batch_size}')
-        if limits.max_steps is not None:
-            epochs = settings.get('epochs')
-            if epochs is not None:  # refused here as steps are, not cut short by the steps set below
-                count = self._training_images(settings)
-                needed = math.ceil(epochs * steps_per_epoch(count, batch))
-                if needed > limits.max_steps:
-                    raise JobError(f'{epochs:g} epochs of {count} images in batches of {batch} are {needed:,} steps: '
-                                   f'the limit here is {limits.max_steps:,}')
-            steps = settings.get('steps')
-            if steps is not None and steps > limits.max_steps:
-                raise JobError(f'{steps} steps asked for: the limit here is {limits.max_steps}')
-            settings['steps'] = steps or limits.max_steps  # epochs or a time budget may end it sooner
-        if limits.max_seconds is not None:
-            budget = settings.get('time_budget')
-            if budget is not None and budget > limits.max_seconds:
-                raise JobError(f'a {budget:.0f}s time budget asked for: the limit here is {limits.max_seconds:.0f}s')
-            settings['time_budget'] = limits.max_seconds if budget is None else budget  # it ends itself in time
-
-    def _training_images(self, settings: dict[str, Any]) -> int:
-        """How many images a run trains on: its subset, else its dataset's training split less the
-        held-out images (the dataset read once per path; a run reads the same decoded cache)."""
-        if settings.get('subset'):
-            return int(settings['subset'])
-        data = settings['data']
-        if data not in self._train_counts:
-            try:
-                self._train_counts[data] = len(load_dataset(data, settings.get('cache_dir'))['train'])
-            except (DatasetError, OSError, ValueError) as err:
-                raise JobError(f'cannot read the dataset: {err}') from None
-        return max(self._train_counts[data] - settings.get('val_size', TrainConfig.val_size), 1)
 
     def _new_run_folder(self, name: str | None, what: TrainConfig | list[str]) -> Path:
         """The folder of a new run: ``name``'s, refused when taken; without a name, the method(s)'
