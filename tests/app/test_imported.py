@@ -84,3 +84,25 @@ def test_a_transformers_vit_base_teaches_a_vit_tiny_at_224_for_one_step(tmp_path
         lines = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
         train = next(line for line in lines if line['event'] == 'train')
         assert train['step'] == 1 and train['attn'] > 0
+
+
+def test_a_fine_tuning_job_starts_from_an_imported_checkpoint(imported, tmp_path, cifar_archive, cifar):
+    """The Train form's start set to an imported transformers ViT: the proposal carries its architecture (LayerNorm
+    epsilon included), the queued request starts from its file, and the run it describes trains from it, its head
+    kept (the import's classes are CIFAR-10's)."""
+    from advit.app.train_desk import JobForm, TrainDesk
+    from advit.training.jobs import JobLimits, JobManager
+    desk = TrainDesk(JobManager(tmp_path / 'runs', JobLimits(max_concurrent=0)),  # queued, run below by hand
+                     teachers=lambda: {'hf_vit': str(imported / 'hf_vit.safetensors')})
+    proposal = desk.start_proposal('hf_vit')
+    assert 'norm_eps=1e-12' in proposal['model_args'] and proposal['image_size'] == 32
+    form = JobForm(name='ft', method=['vit'], model=proposal['model'], model_args=proposal['model_args'],
+                   data=str(cifar_archive), length='steps', amount=2, lr=proposal['lr'], subset=256, batch_size=64,
+                   device='cpu', image_size=proposal['image_size'], start='hf_vit')
+    desk.start(form)
+    request = tmp_path / 'runs' / 'ft' / 'request.json'
+    assert json.loads(request.read_text())['pretrained_file'] == str(imported / 'hf_vit.safetensors')
+    assert main(['train', '--config', str(request), '--val-size', '128', '--test-subset', '64',
+                 '--faithfulness-images', '0']) == 0
+    log = (tmp_path / 'runs' / 'ft' / 'train.log').read_text()
+    assert 'it starts from hf_vit.safetensors, its head kept (trained on the run\'s 10 classes)' in log
