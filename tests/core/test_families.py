@@ -226,3 +226,23 @@ def test_a_familys_state_dict_imports_and_is_offered_as_a_vit_whose_maps_the_vie
         loaded(images)
         maps = capture.pop()
     assert maps.shape[:2] == (2, len(loaded.blocks)) and torch.allclose(maps.sum(-1), torch.ones(()))
+
+
+@pytest.mark.slow  # trains through the CLI
+@pytest.mark.parametrize('name, size', [('eva02_tiny_patch14_224', 28), ('beit_base_patch16_224', 32)])
+def test_a_fine_tuning_run_starts_from_a_familys_imported_checkpoint(name, size, tmp_path, data_flags):
+    """An imported EVA-02 or BEiT checkpoint as a student's start: the run builds the family at its size, loads the
+    file, keeps its head (trained on the run's classes) and says so in its first line."""
+    from advit.cli import main
+    from advit.core.checkpoint import import_state_dict
+    from advit.core.data import CIFAR10_CLASSES
+    from advit.core.models import create_model
+    torch.manual_seed(0)
+    torch.save(create_model(name, num_classes=10, img_size=size).state_dict(), tmp_path / 'weights.pth')
+    start = tmp_path / 'start.safetensors'
+    import_state_dict(tmp_path / 'weights.pth', name, start, list(CIFAR10_CLASSES), size)
+    out = tmp_path / 'run'
+    assert main(['train', '--method', 'vit', '--model', name, '--image-size', str(size), '--pretrained-file',
+                 str(start), '--steps', '1', '--drop-path', '0', '--faithfulness-images', '0', '--out', str(out),
+                 *data_flags]) == 0
+    assert 'it starts from start.safetensors, its head kept' in (out / 'train.log').read_text()
