@@ -106,3 +106,24 @@ def test_a_fine_tuning_job_starts_from_an_imported_checkpoint(imported, tmp_path
                  '--faithfulness-images', '0']) == 0
     log = (tmp_path / 'runs' / 'ft' / 'train.log').read_text()
     assert 'it starts from hf_vit.safetensors, its head kept (trained on the run\'s 10 classes)' in log
+
+
+def test_timm_family_checkpoints_answer_the_attention_views(tmp_path, cifar_archive):
+    """State dicts of EVA-02 and DeiT III, imported, are offered and answer Attention, More views, the deletion
+    curves and Compare as a teacher-student pair (each at its own input size)."""
+    from advit.core.models import create_model
+    checkpoints = tmp_path / 'checkpoints'
+    for name, size in (('eva02_tiny_patch14_224', 28), ('deit3_small_patch16_224', 32)):
+        torch.manual_seed(0)
+        torch.save(create_model(name, num_classes=10, img_size=size).state_dict(), tmp_path / f'{name}.pth')
+        import_state_dict(tmp_path / f'{name}.pth', name, checkpoints / f'{name}.safetensors', list(CIFAR10_CLASSES),
+                          size)
+    studio = Studio([checkpoints], tmp_path / 'runs', cifar_archive)
+    keys = {key.split('/')[-1].split('_')[0]: key for _, key in studio.offer.choices(vit_only=True, checkpoints_only=True)}
+    request = AttentionRequest(EXAMPLE, keys['deit3'], keys['eva02'])
+    view = studio.attention.view(request)
+    assert len(view.table) == 12 and set(view.student_top5) <= set(CIFAR10_CLASSES)
+    assert len(studio.attention.more(request, RolloutRequest()).panels) >= 2
+    assert set(studio.attention.faithfulness(request).data) >= {'teacher', 'student'}
+    compared = studio.compare.view(keys['deit3'], keys['eva02'], 'all')
+    assert [row[0] for row in compared.table[:10]] == list(CIFAR10_CLASSES)
