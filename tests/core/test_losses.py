@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import advit  # noqa: F401
-from advit.core.alignment import attention_gap, compare_maps
+from advit.core.alignment import compare_maps
 from advit.core.capture import ClsAttentionCapture
 from advit.core.losses import METHODS, DistillationLoss, Method, TeacherForward, parse_method, renormalize
 from advit.core.models import model_normalization
@@ -22,39 +22,6 @@ from attention_reference import (
     gradient_weighted_cls_attention,
 )
 from conftest import TINY
-
-STUDENT = torch.tensor([0.5, 0.25, 0.25])
-TEACHER = torch.tensor([0.25, 0.25, 0.5])
-
-
-def test_attention_gap_by_hand():
-    assert attention_gap(STUDENT, TEACHER, 'l1').item() == pytest.approx(0.25 + 0 + 0.25)
-    assert attention_gap(STUDENT, TEACHER, 'l2').item() == pytest.approx(0.0625 + 0 + 0.0625)
-    kl = 0.25 * math.log(0.25 / 0.5) + 0.25 * math.log(0.25 / 0.25) + 0.5 * math.log(0.5 / 0.25)
-    assert attention_gap(STUDENT, TEACHER, 'kl').item() == pytest.approx(kl)
-
-
-@pytest.mark.parametrize('tau', [1.0, 2.0])
-def test_kl_paper_by_hand_and_it_flattens(tau):
-    def softmax(values):
-        exps = [math.exp(v / tau) for v in values]
-        return [e / sum(exps) for e in exps]
-    p_t, p_s = softmax(TEACHER.tolist()), softmax(STUDENT.tolist())
-    expected = tau * tau * sum(t * math.log(t / s) for t, s in zip(p_t, p_s))
-    assert attention_gap(STUDENT, TEACHER, 'kl_paper', tau).item() == pytest.approx(expected, rel=1e-5)
-    # The softmax of a distribution is nearly uniform: the paper's KL is far smaller than the true one.
-    assert attention_gap(STUDENT, TEACHER, 'kl_paper', 1.0) < attention_gap(STUDENT, TEACHER, 'kl') / 5
-
-
-def test_attention_gap_is_zero_for_equal_maps_and_keeps_leading_dims():
-    maps = torch.softmax(torch.randn(4, 3, 2, 10), dim=-1)
-    for kind in ('l1', 'l2', 'kl', 'kl_paper'):
-        gap = attention_gap(maps, maps.clone(), kind)
-        assert gap.shape == (4, 3, 2)
-        torch.testing.assert_close(gap, torch.zeros(4, 3, 2), atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match='unknown attention distance'):
-        attention_gap(maps, maps, 'cosine')
-
 
 def test_parse_method():
     assert parse_method('vit').needs_teacher is False
