@@ -176,7 +176,7 @@ class TrainConfig:
     attn_norm: str = setting(DEFAULT_NORMALIZATION, 'how each head\'s [CLS] row becomes a map: renormalized (its patch '
                              'part sums to one) or raw (the softmax row\'s patch entries, heads fused, then '
                              'normalised once)', choices=NORMALIZATIONS)
-    # rollout_last was chosen on validation (benchmarks/results/relevance-probe-cpu.json, README).
+    # rollout_last was chosen on validation (benchmarks/results/relevance-target-cpu.json, README).
     relevance_target: str = setting('rollout_last', 'advit_relevance\'s target: each mapped teacher layer\'s '
                                     'gradient-weighted [CLS] attention (layers), or the same with the gradient '
                                     'rollout through every layer as the last layer\'s (rollout_last)',

@@ -6,10 +6,10 @@ Each arm is one ``advit train`` of ``advit_relevance`` on the shipped teacher wi
     for target in layers rollout_last; do
       python -m advit train --config checkpoints/students.recipe.json --method advit_relevance \\
         --teacher checkpoints/teacher.safetensors --steps 600 --eval-every 200 --faithfulness-images 0 \\
-        --relevance-target $target --out ../runs/relevance-probe/$target
+        --relevance-target $target --out ../runs/relevance-target/$target
     done
-    python benchmarks/relevance_probe.py ../runs/relevance-probe/layers ../runs/relevance-probe/rollout_last \\
-        --json benchmarks/results/relevance-probe-cpu.json
+    python benchmarks/relevance_target.py ../runs/relevance-target/layers ../runs/relevance-target/rollout_last \\
+        --json benchmarks/results/relevance-target-cpu.json
 
 This script measures each arm's selected checkpoint (``best``, chosen on validation) on ``--images`` validation
 images (the run's own held-out split, never the test set): top-1, and the quarter drop of its last layer's
