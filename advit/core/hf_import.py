@@ -124,12 +124,7 @@ def read_architecture(folder: Path) -> tuple[str, dict[str, Any]]:
     if not config_file.is_file():
         raise CheckpointError(f'{folder} has no config.json: not a transformers checkpoint (a timm state dict is a '
                               'file, imported with --model)')
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f'{config_file} is not readable JSON: {err}') from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f'{config_file} holds {type(config).__name__}, not a config')
+    config = _json_object(config_file, 'a config')
     names = config.get('architectures') if isinstance(config.get('architectures'), list) else []
     found = next((name for name in names if isinstance(name, str) and name in SUPPORTED), None)
     if found is None or SUPPORTED[found][0] != config.get('model_type'):
@@ -247,12 +242,7 @@ def normalization(folder: Path, model_type: str) -> tuple[list[float], list[floa
                  else (constants.IMAGENET_DEFAULT_MEAN, constants.IMAGENET_DEFAULT_STD))
     processor_file = folder / 'preprocessor_config.json'
     if processor_file.is_file():
-        try:
-            processor = json.loads(processor_file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f'{processor_file} is not readable JSON: {err}') from None
-        if not isinstance(processor, dict):
-            raise CheckpointError(f'{processor_file} holds {type(processor).__name__}, not a processor config')
+        processor = _json_object(processor_file, 'a processor config')
         if processor.get('do_normalize') is False:
             return [0.0] * 3, [1.0] * 3
         mean, std = processor.get('image_mean', mean), processor.get('image_std', std)
@@ -420,3 +410,19 @@ def convert(source: str | Path, classes: list[str] | None = None,
                 imported_from=Path(source).name if Path(source).is_dir() else str(source),
                 imported_architecture=architecture, import_check=gaps)
     return model, meta
+
+
+def _json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object file of the folder, refused in words when unreadable or not an object.
+
+    Args:
+        path: The file.
+        what: What it should hold, for the message (``'a config'``).
+    """
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f'{path} is not readable JSON: {err}') from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f'{path} holds {type(value).__name__}, not {what}')
+    return value
