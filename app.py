@@ -37,7 +37,7 @@ from advit.app.offer import StudioError  # noqa: E402
 from advit.app.served import ServedFiles  # noqa: E402
 from advit.app.studio import Studio  # noqa: E402
 from advit.app.upload import UploadedImage  # noqa: E402
-from advit.app.training_view import TO_RELEVANCE  # noqa: E402
+from advit.measure.probe_file import TO_RELEVANCE  # noqa: E402
 from advit.app.train_desk import (DEVICES, LENGTHS, LIST_HEADERS, JobForm, TrainDesk, is_public, job_summary,  # noqa: E402
                               jobs_off_reason, server_name, student_architectures)
 
@@ -187,25 +187,26 @@ def resume_job(name, token):
     return desk.resume(name, token)
 
 
-def training_view(**form):
-    view = studio.probes.view(ProbeRequest(**form))
+def probe_view(source, **form):
+    # `source` is the API's published name of the probed model or run (the `training_view` endpoint's parameter).
+    view = studio.probes.view(ProbeRequest(probed=source, **form))
     return (view.summary, view.students, view.heatmap, view.curves,
             served_png(view.frame, 'distillation-step'), view.data, view.faithfulness)
 
 
-def training_controls(source, student):
-    """The student list and the sliders' ranges of a source, the last evaluation selected."""
-    outline = studio.probes.outline(source, student or None)
+def probe_controls(probed, student):
+    """The student list and the sliders' ranges of a probed model or run, the last evaluation selected."""
+    outline = studio.probes.outline(probed, student or None)
     return (gr.Dropdown(choices=outline.students, value=outline.student),  # a slider needs two ends:
             gr.Slider(maximum=max(outline.evaluations - 1, 1), value=outline.evaluations - 1),
             gr.Slider(maximum=max(outline.images - 1, 1)))
 
 
-def training_sources(preferred, current):
-    """The sources on offer now (a run appears once it has evaluated), ``preferred`` (a source, or a job by
-    its name) selected when on offer, else the current one."""
-    sources, value = studio.probes.choice(preferred, current)
-    return gr.Dropdown(choices=sources, value=value)
+def probed_choices(preferred, current):
+    """The probed models and runs on offer now (a run appears once it has evaluated), ``preferred`` (one of them, or
+    a job by its name) selected when on offer, else the current one."""
+    probed, value = studio.probes.choice(preferred, current)
+    return gr.Dropdown(choices=probed, value=value)
 
 
 def list_jobs():
@@ -478,9 +479,9 @@ with GatedBlocks(studio.scrub, title='ADViT Studio', analytics_enabled=False, de
                           open=True):
             gr.Markdown('At every evaluation a run records, on held-out training images, each layer\'s gap to the '
                         'teacher and the student\'s maps: the bundle\'s students, finished runs and live jobs alike.')
-            probe_choices, default_source = studio.probes.choice(defaults.student)  # the best ADViT student's
+            probe_choices, default_probed = studio.probes.choice(defaults.student)  # the best ADViT student's
             with gr.Row():
-                source = gr.Dropdown(probe_choices, value=default_source, label='Model or run', allow_custom_value=True,
+                probed = gr.Dropdown(probe_choices, value=default_probed, label='Model or run', allow_custom_value=True,
                                      elem_id='probe-source')
                 probe_student = gr.Dropdown([], label='Student (of its run)', allow_custom_value=True,
                                             elem_id='probe-student')
@@ -489,7 +490,7 @@ with GatedBlocks(studio.scrub, title='ADViT Studio', analytics_enabled=False, de
                                          'relevance they learnt')
             with gr.Row():
                 # The API takes any index the view checks (-1: the last evaluation); the page narrows both sliders
-                # to the chosen student's evaluations and probe images (training_controls).
+                # to the chosen student's evaluations and probe images (probe_controls).
                 evaluation = gr.Slider(-1, MAX_INDEX, value=-1, step=1, label='Evaluation (step; -1: the last)',
                                        elem_id='probe-step')
                 probe_image = gr.Slider(0, MAX_INDEX, value=probe_defaults.image, step=1, label='Probe image',
@@ -509,18 +510,18 @@ with GatedBlocks(studio.scrub, title='ADViT Studio', analytics_enabled=False, de
             frame = gr.Image(type='filepath', show_label=False, interactive=False, elem_id='probe-frame')
             with gr.Accordion('The records as data', open=False):
                 probe_data = gr.JSON(label='steps and per-layer gaps by kind')
-        training_form = dict(source=source, student=probe_student, kind=gap_kind, evaluation=evaluation,
+        probe_form = dict(source=probed, student=probe_student, kind=gap_kind, evaluation=evaluation,
                              image=probe_image, opacity=probe_opacity)
-        training_outputs = [probe_summary, students_plot, heatmap_plot, curves_plot, frame, probe_data,
+        probe_outputs = [probe_summary, students_plot, heatmap_plot, curves_plot, frame, probe_data,
                             faithfulness_plot]
         gr.on([show_training.click, gap_kind.change, evaluation.release, probe_image.release, probe_opacity.release],
-              training_view, inputs_kwargs=training_form, outputs=training_outputs, api_name='training_view')
+              probe_view, inputs_kwargs=probe_form, outputs=probe_outputs, api_name='training_view')
         if desk is not None:
-            selected.change(training_sources, inputs=[selected, source], outputs=source, api_visibility='private')
-        source.focus(training_sources, inputs=[source, source], outputs=source, api_visibility='private')
-        gr.on([source.change, probe_student.input], training_controls, inputs=[source, probe_student],
+            selected.change(probed_choices, inputs=[selected, probed], outputs=probed, api_visibility='private')
+        probed.focus(probed_choices, inputs=[probed, probed], outputs=probed, api_visibility='private')
+        gr.on([probed.change, probe_student.input], probe_controls, inputs=[probed, probe_student],
               outputs=[probe_student, evaluation, probe_image], api_visibility='private').success(
-            training_view, inputs_kwargs=training_form, outputs=training_outputs, api_visibility='private')
+            probe_view, inputs_kwargs=probe_form, outputs=probe_outputs, api_visibility='private')
 
     with gr.Tab('About'):
         gr.Markdown(studio.scrub(about_markdown(offer.entries(), offer.bundle)))
@@ -529,10 +530,10 @@ with GatedBlocks(studio.scrub, title='ADViT Studio', analytics_enabled=False, de
     demo.load(refresh, outputs=[teacher, student, model_a, model_b, problems], api_visibility='private')
     demo.load(opening_views, outputs=[image, *attention_outputs, layer, layer_large, *faithfulness_outputs,
                                       *compare_outputs], api_visibility='private')
-    if default_source is not None:  # the view opens drawn, on the bundle's best ADViT student
-        demo.load(training_controls, inputs=[source, probe_student], outputs=[probe_student, evaluation, probe_image],
-                  api_visibility='private').success(training_view, inputs_kwargs=training_form,
-                                                    outputs=training_outputs, api_visibility='private')
+    if default_probed is not None:  # the view opens drawn, on the bundle's best ADViT student
+        demo.load(probe_controls, inputs=[probed, probe_student], outputs=[probe_student, evaluation, probe_image],
+                  api_visibility='private').success(probe_view, inputs_kwargs=probe_form,
+                                                    outputs=probe_outputs, api_visibility='private')
 
 
 if __name__ == '__main__':

@@ -21,9 +21,13 @@ def tiny_vit(seed: int = 0, name: str = 'vit_tiny_patch4_32', **overrides):
     return timm.create_model(name, **dict(TINY, **overrides)).eval()
 
 
+# The shipped bundle's students, each with its probe (checkpoints/NAME.probe.npz), in the order a folder lists them.
+BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'advit_relevance', 'deit_hard', 'vit')
+
+
 def load_probes(target):
     """Each student's checked attention probe in a run or bundle folder, by name (``find_probes`` then ``load_probe``)."""
-    from advit.app.training_view import find_probes, load_probe
+    from advit.measure.probe_file import find_probes, load_probe
     return {name: load_probe(path) for name, path in find_probes(target).items()}
 
 
@@ -198,3 +202,13 @@ def kill_jobs(runs: Path, managers=(), launches=()) -> None:
         for child in manager._children.values():
             child.kill()
             child.wait(timeout=30)
+
+
+@pytest.fixture(scope='session')
+def group_run(tmp_path_factory, data_flags, teacher_checkpoint):
+    """A plain ViT and an ADViT-L1 student trained together for 6 steps, evaluated (and probed) every 2."""
+    from advit.cli import main
+    out = tmp_path_factory.mktemp('view') / 'group'
+    assert main(['train', '--methods', 'vit,advit_l1', '--teacher', str(teacher_checkpoint), '--steps', '6',
+                 '--eval-every', '2', '--out', str(out), *data_flags, *tiny_flags()]) == 0
+    return out

@@ -69,14 +69,14 @@ class ProbeRequest:
     """The Distillation over time form.
 
     Args:
-        source: A checkpoint or run with an attention probe, as the list names it.
-        student: Which student of the source's run (empty or None: the source's own, or a run's ADViT one).
+        probed: A checkpoint or run with an attention probe, as the list names it (the API calls it ``source``).
+        student: Which student of its run (empty or None: its own, or a run's ADViT one).
         kind: The gap drawn: ``l1``, ``l2`` or ``kl``.
         evaluation: Which evaluation the frame shows, an index into the steps (-1: the last).
         image: Which probe image the frame shows.
         opacity: Heatmap opacity over the probe image.
     """
-    source: str | None = None
+    probed: str | None = None
     student: str | None = None
     kind: str = 'l1'
     evaluation: int = -1

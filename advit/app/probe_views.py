@@ -1,6 +1,7 @@
-"""Distillation over time, without the app: the models and runs with an attention probe, and a student's record.
+"""Distillation over time, chosen: the probed models and runs on offer, and a student's record as the Train tab shows it.
 
-A student's gaps and maps over its training, as the Train tab shows them (drawn by ``training_view``).
+A model or run with an attention probe is called "probed" here; its student's gaps and maps over training are read by
+``measure.probe_file`` and drawn by ``probe_figures``.
 """
 from __future__ import annotations
 
@@ -14,28 +15,19 @@ from PIL import Image
 
 from ..core.checks import shown_value
 from ..measure.probe import PROBE_IMAGES
+from ..measure.probe_file import PROBE_FILE, ProbeError, find_probes, load_probe, step_report
 from ..training.run_folder import BEST
 from .catalog import TIMM_PREFIX
 from .figure import attention_figure
 from .forms import ProbeRequest
 from .offer import Offer, StudioError
-from .training_view import (
-    PROBE_FILE,
-    ProbeError,
-    find_probes,
-    gap_curves,
-    gap_heatmap,
-    load_probe,
-    step_report,
-    students_faithfulness_figure,
-    students_gap_figure,
-)
+from .probe_figures import gap_curves, gap_heatmap, students_faithfulness_figure, students_gap_figure
 
 
 @dataclass
-class TrainingView:
-    students: go.Figure  # every student of the source: its gap, mean over layers, against step
-    faithfulness: go.Figure  # every student of the source: its maps' quarter drop against step
+class ProbeView:
+    students: go.Figure  # every student of the probed model or run: its gap, mean over layers, against step
+    faithfulness: go.Figure  # every student of the probed model or run: its maps' quarter drop against step
     heatmap: go.Figure  # the chosen student's gap, layer x step
     curves: go.Figure  # the same, one curve per layer
     frame: Image.Image  # at the chosen evaluation, teacher | student | difference on one probe image (Fig. 2 style)
@@ -47,7 +39,7 @@ class TrainingView:
 
 @dataclass
 class ProbeOutline:
-    """What the view's controls range over: the source's students, the one shown, its number of
+    """What the view's controls range over: the probed model's or run's students, the one shown, its number of
     evaluations and of probe images with maps."""
     students: list[str]
     student: str
@@ -65,43 +57,43 @@ class ProbeViews:
     def __init__(self, offer: Offer) -> None:
         self.offer = offer
 
-    def run_source(self, run: str) -> str:
-        """A run's name among the sources (``runs/<run>``)."""
+    def run_name(self, run: str) -> str:
+        """A run's name among the probed (``runs/<run>``)."""
         return f'{Path(self.offer.runs_dir).name}/{run}'
 
-    def sources(self) -> list[str]:
+    def probed(self) -> list[str]:
         """What has an attention probe, by the names the app shows: the checkpoints on offer with one
         (the bundle's students), and the runs folder's runs with one (a live job's as soon as it has evaluated)."""
-        sources = []
+        probed = []
         for entry in self.offer.entries():
             if entry.usable and not entry.key.startswith(TIMM_PREFIX):
                 try:
                     find_probes(entry.key)
-                    sources.append(entry.name)
+                    probed.append(entry.name)
                 except ProbeError:
                     pass
         runs = self.offer.runs_dir
         if runs is not None and Path(runs).is_dir():
-            sources += [self.run_source(run.name) for run in sorted(Path(runs).iterdir())
+            probed += [self.run_name(run.name) for run in sorted(Path(runs).iterdir())
                         if run.is_dir() and ((run / PROBE_FILE).is_file() or any(run.glob(f'*/{PROBE_FILE}')))]
-        return sources
+        return probed
 
     def choice(self, preferred: str | None, current: str | None = None) -> tuple[list[str], str | None]:
-        """The sources on offer now and the one to select: ``preferred`` (a source, or a job by its name)
-        when on offer, else ``current``, else the first."""
-        sources = self.sources()
-        wanted = [preferred, self.run_source(preferred), current] if preferred else [current]
-        return sources, next((s for s in wanted if s in sources), sources[0] if sources else None)
+        """The probed models and runs on offer now and the one to select: ``preferred`` (one of them, or a job by its
+        name) when on offer, else ``current``, else the first."""
+        probed = self.probed()
+        wanted = [preferred, self.run_name(preferred), current] if preferred else [current]
+        return probed, next((name for name in wanted if name in probed), probed[0] if probed else None)
 
-    def _probes(self, source: Any) -> tuple[dict[str, Path], str]:
-        """(every student's probe file beside the source, by name; the source's own student)."""
-        if source not in self.sources():
-            raise StudioError(f'{shown_value(source)} is not a model or run with an attention probe on offer')
-        # A source is listed by an entry's own name or as a run: no lookup by other spellings, no rescan.
-        entry = next((e for e in self.offer.entries() if e.name == source), None)
+    def _probes(self, probed: Any) -> tuple[dict[str, Path], str]:
+        """(every student's probe file beside the probed model or run, by name; its own student)."""
+        if probed not in self.probed():
+            raise StudioError(f'{shown_value(probed)} is not a model or run with an attention probe on offer')
+        # Listed by an entry's own name or as a run: no lookup by other spellings, no rescan.
+        entry = next((e for e in self.offer.entries() if e.name == probed), None)
         runs = Path(self.offer.runs_dir) if self.offer.runs_dir is not None else None
         if entry is None:  # a run folder: all its students, an ADViT one first
-            found = find_probes(runs / Path(source).name)
+            found = find_probes(runs / Path(probed).name)
             return found, next((name for name in found if 'advit' in name), next(iter(found)))
         (own, _), = find_probes(entry.key).items()
         folder = Path(entry.key).parent
@@ -109,9 +101,10 @@ class ProbeViews:
             folder = folder.parent  # a student of a several-student run: its fellow students beside it
         return find_probes(folder), own
 
-    def outline(self, source: Any, student: str | None = None) -> ProbeOutline:
-        """What the view's controls range over for ``source`` (``student``: one of its students, else its own)."""
-        paths, own = self._probes(source)
+    def outline(self, probed: Any, student: str | None = None) -> ProbeOutline:
+        """What the view's controls range over for a ``probed`` model or run (``student``: one of its students, else
+        its own)."""
+        paths, own = self._probes(probed)
         student = student if student in paths else own
         try:
             probe = load_probe(paths[student])
@@ -120,14 +113,14 @@ class ProbeViews:
         return ProbeOutline(students=list(paths), student=student, evaluations=len(probe.steps),
                             images=len(probe.images))
 
-    def view(self, request: ProbeRequest) -> TrainingView:
+    def view(self, request: ProbeRequest) -> ProbeView:
         """How a student's attention moved toward its teacher's over training, from its run's probe records."""
-        paths, own = self._probes(request.source)
+        paths, own = self._probes(request.probed)
         student, kind, image = request.student or own, request.kind, request.image
         try:
             probes = {name: load_probe(path) for name, path in paths.items()}
             if student not in probes:
-                raise StudioError(f'{request.source} has no student {shown_value(student)}: it has '
+                raise StudioError(f'{request.probed} has no student {shown_value(student)}: it has '
                                   f'{", ".join(probes)}')
             probe = probes[student]
             evaluation = len(probe.steps) - 1 if request.evaluation == -1 else request.evaluation
@@ -147,5 +140,5 @@ class ProbeViews:
             summary += (f' Quarter drop of its last layer\'s map on the probe images: {drops[0]:+.1f} points at the '
                         f'first, {drops[-1]:+.1f} at the last (on {PROBE_IMAGES} images, a few points either way '
                         'are noise; the card\'s test figure has its standard error).')
-        return TrainingView(students=students, faithfulness=faithful, heatmap=heatmap, curves=curves, frame=frame,
+        return ProbeView(students=students, faithfulness=faithful, heatmap=heatmap, curves=curves, frame=frame,
                             student=student, students_names=list(probes), summary=summary, data=probe.as_dict())

@@ -1,20 +1,11 @@
 """The attention probe: at every evaluation, how far each student's attention is from the teacher's.
 
-On a fixed probe set of held-out training images (a fixed random ``PROBE_IMAGES`` of the validation
+On a fixed set of probe images (held-out training images: a fixed random ``PROBE_IMAGES`` of the validation
 split, never test images), each evaluation records the student's per-layer gap to the teacher
-(L1, L2 and KL, compared by ``alignment.compare_maps`` as the loss compares them, averaged over the probe images), the faithfulness of its
-maps (the quarter drop of each layer's map, of rollout and of gradient rollout, ``faithfulness.quarter_drops``) and both
-models' maps on the first ``MAP_IMAGES`` of them. One small file per run, ``attention_probe.npz``,
-rewritten atomically at each evaluation, which the app's training view draws without a second training:
-
-- ``steps`` (E,), ``gaps`` (E, 3, layers) in the order of ``kinds``,
-- for a student taught the teacher's relevance (``advit_relevance``), ``relevance_gaps`` (E, 3, layers): the same
-  gaps to the target it was trained on, and ``teacher_relevance`` (MAP_IMAGES, layers, patches) float16,
-- ``faithfulness`` (E, sources) quarter drops in points, in the order of ``faithfulness_sources``
-  (NaN where an evaluation did not measure them), under the removal protocol ``faithfulness_protocol`` (a probe
-  without it: the mean fill),
-- ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
-- ``images`` (MAP_IMAGES, 3, H, W) uint8, ``teacher_layers`` (layers,), ``grid`` (2,).
+(L1, L2 and KL, compared by ``alignment.compare_maps`` as the loss compares them, averaged over the probe images), the
+faithfulness of its maps (the quarter drop of each layer's map, of rollout and of gradient rollout,
+``faithfulness.quarter_drops``) and both models' maps on the first ``MAP_IMAGES`` of them, in one small file per run
+(``probe_file``: its format, writer and reader), which the app draws without a second training.
 """
 from __future__ import annotations
 
@@ -27,17 +18,16 @@ import torch.nn as nn
 from ..core.alignment import GAP_KINDS, compare_maps
 from ..core.augment import BatchTransform
 from ..core.capture import DEFAULT_NORMALIZATION, ClsAttentionCapture
-from ..core.io import atomic_path
 from ..core.losses import renormalize
 from ..core.models import model_normalization, patch_grid
 from ..core.precision import autocast
 from ..core.relevance import attention_gradients, layer_relevance
 from .faithfulness import source_names
-from .verdicts import FIRST_PROTOCOL, HEADLINE_PROTOCOL
+from .probe_file import PROBE_FILE, faithfulness_columns, probe_protocol, read_probe, write_probe
+from .verdicts import HEADLINE_PROTOCOL
 
 PROBE_IMAGES = 256
 MAP_IMAGES = 8
-PROBE_FILE = 'attention_probe.npz'
 
 
 class AttentionProbe:
@@ -85,9 +75,17 @@ class AttentionProbe:
             gradients = attention_gradients(self.teacher, inputs, self.labels)
         return layer_relevance(gradients.weighted, int(self.teacher.num_prefix_tokens), self.relevance_target)[:, :, None]
 
-    def gaps(self, student: nn.Module, target: str = 'attention') -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    def gaps(self, student: nn.Module, target: str = 'attention',
+             student_maps: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """(gaps (3, layers), student maps, aligned teacher maps (MAP_IMAGES, layers, patches), the teacher
-        layer of each student layer), to the teacher's attention or (``target='relevance'``) its relevance."""
+        layer of each student layer), to the teacher's attention or (``target='relevance'``) its relevance.
+
+        Args:
+            student: The student, in any mode (it is evaluated in eval mode and put back).
+            target: What the student is compared with: ``attention`` or ``relevance``.
+            student_maps: The student's per-head maps of the probe images (``student_maps``), where the caller
+                has them already; else computed.
+        """
         inputs = self.transform.eval(self.images)
         teacher_inputs = renormalize(inputs, model_normalization(student), model_normalization(self.teacher))
         if target == 'relevance':
@@ -99,25 +97,32 @@ class AttentionProbe:
                 self._teacher_maps = self._maps(self.teacher, teacher_inputs)
             teacher_maps = self._teacher_maps
         fusion = 'mean' if target == 'relevance' else self.head_fusion  # the relevance's heads are fused already
-        compared = compare_maps(self._maps(student, inputs), teacher_maps, patch_grid(student),
+        if student_maps is None:
+            student_maps = self.student_maps(student)
+        compared = compare_maps(student_maps, teacher_maps, patch_grid(student),
                                 self.teacher_grid, fusion=fusion, layer_map=self.layer_map)
         # Per layer: averaged over images and (with per-head fusion) heads.
         gaps = np.stack([compared.gap(kind).mean(dim=(0, 2)).cpu().numpy() for kind in GAP_KINDS])
         return (gaps, compared.student[:MAP_IMAGES, :, 0].cpu().numpy(),
                 compared.teacher[:MAP_IMAGES, :, 0].cpu().numpy(), compared.teacher_layers)
 
+    def student_maps(self, student: nn.Module) -> torch.Tensor:
+        """The student's per-head [CLS] maps of the probe images, (N, layers, heads, patches)."""
+        return self._maps(student, self.transform.eval(self.images))
+
     def record(self, student: nn.Module, step: int, run: Path, faithfulness: dict[str, float] | None = None,
                target: str = 'attention') -> dict[str, list[float]]:
         """Add this evaluation's gaps, maps and faithfulness (quarter drops by source, measured by the
         caller on the same images) to ``run/attention_probe.npz``; return the gaps by kind. A student trained
         towards the teacher's relevance (``target='relevance'``) has its gaps to that target recorded too."""
-        gaps, student_maps, teacher_maps, teacher_layers = self.gaps(student)
+        maps = self.student_maps(student)  # once, for the gaps to attention and (a relevance student's) to relevance
+        gaps, student_maps, teacher_maps, teacher_layers = self.gaps(student, student_maps=maps)
         sources = source_names(student_maps.shape[1])
         faithful = np.array([(faithfulness or {}).get(source, np.nan) for source in sources], dtype=np.float32)
         path = Path(run) / PROBE_FILE
         earlier = read_probe(path) if path.is_file() else None
         keep = earlier['steps'] < step if earlier is not None else None  # a resumed run writes its steps again
-        earlier_faithful = _columns(earlier, sources) if earlier is not None else None
+        earlier_faithful = faithfulness_columns(earlier, sources) if earlier is not None else None
         if earlier is not None and probe_protocol(earlier) != HEADLINE_PROTOCOL:
             earlier_faithful[:] = np.nan  # measured under another protocol: not on this file's scale
         arrays = dict(
@@ -135,38 +140,14 @@ class AttentionProbe:
             grid=np.array(patch_grid(student)),
             kinds=np.array(GAP_KINDS))
         if target == 'relevance':
-            relevance_gaps, _, relevance_maps, _ = self.gaps(student, target)
+            relevance_gaps, _, relevance_maps, _ = self.gaps(student, target, student_maps=maps)
             earlier_gaps = earlier.get('relevance_gaps') if earlier is not None else None
             arrays.update(relevance_gaps=np.concatenate([earlier_gaps[keep], relevance_gaps[None]])
                           if earlier_gaps is not None else relevance_gaps[None],
                           teacher_relevance=relevance_maps.astype(np.float16))
-        with atomic_path(path) as tmp:
-            with open(tmp, 'wb') as f:
-                np.savez(f, **arrays)
+        write_probe(path, arrays)
         recorded = {kind: [float(v) for v in row] for kind, row in zip(GAP_KINDS, gaps)}
         if target == 'relevance':
             recorded.update({f'{kind}_to_relevance': [float(v) for v in row]
                              for kind, row in zip(GAP_KINDS, arrays['relevance_gaps'][-1])})
         return recorded
-
-
-def read_probe(path: str | Path) -> dict[str, np.ndarray]:
-    """A run's ``attention_probe.npz`` as arrays (see the module's docstring)."""
-    with np.load(path, allow_pickle=False) as saved:
-        return {key: saved[key] for key in saved.files}
-
-
-def probe_protocol(probe: dict[str, np.ndarray]) -> str:
-    """The removal protocol a probe's faithfulness was measured under (``mean`` in probes from before it was named)."""
-    return str(probe['faithfulness_protocol']) if 'faithfulness_protocol' in probe else FIRST_PROTOCOL
-
-
-def _columns(probe: dict[str, np.ndarray], sources: list[str]) -> np.ndarray:
-    """An earlier probe's quarter drops in the columns of ``sources`` (NaN where it did not measure one:
-    a probe from before a map was measured, resumed by a later version)."""
-    earlier = list(probe.get('faithfulness_sources', np.array([])).tolist())
-    values = np.full((len(probe['steps']), len(sources)), np.nan, dtype=np.float32)
-    for column, source in enumerate(sources):
-        if source in earlier:
-            values[:, column] = probe['faithfulness'][:, earlier.index(source)]
-    return values

@@ -35,7 +35,7 @@ from ..core.machine import machine
 from ..core.weights import TRAIN_STATE_PREFIX
 from ..measure.evaluate import TEST_IMAGES, evaluate_and_record, evaluation_paths
 from ..measure.faithfulness import ROLLOUT, WHOLE_MODEL_MAPS, FaithfulnessCurves
-from ..measure.probe import PROBE_FILE
+from ..measure.probe_file import PROBE_FILE, shipped_probe
 from ..measure.removal import REMOVED_AS
 from ..measure.verdicts import (
     FAITHFUL_BAR,
@@ -124,7 +124,7 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
             for source, copy in zip(evaluation_paths(RunFolder(runs / name).best), evaluation_paths(target)):
                 _copy(source, copy)
         if (runs / name / PROBE_FILE).is_file():
-            _copy(runs / name / PROBE_FILE, out / f'{name}.probe.npz')
+            _copy(runs / name / PROBE_FILE, shipped_probe(out / f'{name}.safetensors'))
     try:  # the card says so where the students' settings differ: then no seed can replay them
         write_recipe([runs / name for name in names if name != TEACHER], out)
     except SeedError:
@@ -509,8 +509,8 @@ def ship_students(run: Path, out: Path, device: str = 'auto', max_mb: float = MA
             _export_weights(student, out / f'{student.name}.safetensors', device, test_sets, teacher)
             added += [*evaluation_paths(out / f'{student.name}.safetensors'), out / f'{student.name}.safetensors']
             if (student / PROBE_FILE).is_file():
-                _copy(student / PROBE_FILE, out / f'{student.name}.probe.npz')
-                added.append(out / f'{student.name}.probe.npz')
+                _copy(student / PROBE_FILE, shipped_probe(out / f'{student.name}.safetensors'))
+                added.append(shipped_probe(out / f'{student.name}.safetensors'))
         size = sum(path.stat().st_size for path in out.rglob('*') if path.is_file())
         if size > max_mb * 1e6:
             raise BundleError(f'with {", ".join(s.name for s in students)} the bundle would be {size / 1e6:.1f} MB, '

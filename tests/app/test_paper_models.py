@@ -157,7 +157,7 @@ def test_the_distillation_view_of_a_paper_run(app, studio):
     from advit.app.figure import Layout
     from advit.app.render import PANEL_SIZE
     _, client = app
-    source = next(source for source in studio.probes.sources() if source.endswith('paper-tiny'))
+    source = next(source for source in studio.probes.probed() if source.endswith('paper-tiny'))
     summary, _, _, _, frame, data, _ = client.predict(source=source, student='', kind='l1', evaluation=0, image=0,
                                                       opacity=0.6, api_name='/training_view')
     assert summary.startswith('`advit_l1`')

@@ -305,10 +305,10 @@ def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar
     import shutil
     from advit.app.figure import Layout
     from advit.app.render import PANEL_SIZE
-    from advit.app.training_view import load_probe
+    from advit.measure.probe_file import load_probe
     runs = tmp_path / 'runs'
     bundle = Studio([REPO / 'checkpoints'], runs, cifar_archive)
-    sources = bundle.probes.sources()
+    sources = bundle.probes.probed()
     assert 'checkpoints/advit_l1.safetensors' in sources and 'checkpoints/teacher.safetensors' not in sources
     view = bundle.probes.view(ProbeRequest('checkpoints/advit_l1.safetensors', kind='l2', evaluation=2, image=1))
     probe = load_probe(REPO / 'checkpoints' / 'advit_l1.probe.npz')
@@ -325,7 +325,7 @@ def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar
     # A live job's run folder is offered once it has evaluated, by its runs name, never by a path.
     (runs / 'live' / 'advit_l2').mkdir(parents=True)
     shutil.copy(REPO / 'checkpoints' / 'advit_l2.probe.npz', runs / 'live' / 'advit_l2' / 'attention_probe.npz')
-    assert 'runs/live' in bundle.probes.sources()
+    assert 'runs/live' in bundle.probes.probed()
     assert bundle.probes.view(ProbeRequest('runs/live')).student == 'advit_l2'
     for source, message in (('checkpoints/teacher.safetensors', 'not a model or run with an attention probe'),
                             (str(REPO / 'checkpoints' / 'advit_l1.safetensors'), 'not a model or run'),

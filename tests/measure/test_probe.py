@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from advit.app.training_view import TO_RELEVANCE, load_probe
 from advit.core.alignment import GAP_KINDS, compare_maps
 from advit.core.augment import BatchTransform
 from advit.core.capture import ClsAttentionCapture
 from advit.core.losses import TeacherForward
 from advit.core.models import model_normalization, patch_grid
-from advit.measure.probe import PROBE_FILE, AttentionProbe, read_probe
+from advit.measure.probe import AttentionProbe
+from advit.measure.probe_file import PROBE_FILE, TO_RELEVANCE, load_probe, read_probe
 from conftest import tiny_vit
 
 

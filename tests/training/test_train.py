@@ -551,7 +551,8 @@ def test_selection_uses_held_out_training_images_and_the_test_set_once(tmp_path,
     assert evaluation['split'] == 'test' and evaluation['selected_on'] == 'validation'
 
     # The probe: per-layer gaps to the teacher and maps on held-out images, at every evaluation.
-    from advit.measure.probe import GAP_KINDS, MAP_IMAGES, read_probe
+    from advit.measure.probe import GAP_KINDS, MAP_IMAGES
+    from advit.measure.probe_file import read_probe
     probe = read_probe(out / 'attention_probe.npz')
     assert list(probe['steps']) == [2, 4, 6] and probe['gaps'].shape == (3, len(GAP_KINDS), 2)
     assert probe['student_maps'].shape == (3, MAP_IMAGES, 2, 64) and probe['teacher_maps'].shape == (MAP_IMAGES, 2, 64)

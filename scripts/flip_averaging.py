@@ -4,7 +4,7 @@ For each checkpoint, validation top-1 of its class probabilities alone and avera
 horizontally flipped images (the training augmentation flips, so a model has seen both), on the validation
 split every run holds out; one JSON line per checkpoint, with the machine.
 
-    python scripts/flip_probe.py checkpoints/*.safetensors [--out benchmarks/results/flip-probe-cpu.jsonl]
+    python scripts/flip_averaging.py checkpoints/*.safetensors [--out benchmarks/results/flip-averaging-cpu.jsonl]
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/flip_probe.py: test-time flips measured on held-out training images."""
+"""scripts/flip_averaging.py: test-time flips measured on held-out training images."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,7 @@ from advit.measure.evaluate import checkpoint_probs
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / 'scripts'))
-from flip_probe import flip_record  # noqa: E402  (a script, not part of the package)
+from flip_averaging import flip_record  # noqa: E402  (a script, not part of the package)
 
 SHIPPED_VIT = REPO / 'checkpoints' / 'vit.safetensors'
 

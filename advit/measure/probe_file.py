@@ -1,9 +1,20 @@
-"""Distillation over time: a run's attention probe as gap heatmaps and curves, and the student's maps at any evaluation.
+"""The attention probe's file: its format, one writer and one reader (checked), wherever a probe lies.
 
-A run's probe (``probe.py``) is ``runs/<run>/attention_probe.npz``; a group run has one per student
+A run's probe (``probe.AttentionProbe``) is ``runs/<run>/attention_probe.npz``; a group run has one per student
 (``runs/<group>/<method>/attention_probe.npz``) and the bundle one beside each shipped student
-(``checkpoints/<name>.probe.npz``). Every file is checked before it is drawn: a missing, unreadable
-or inconsistent one is a ``ProbeError`` whose message is for the user.
+(``checkpoints/<name>.probe.npz``). Its arrays:
+
+- ``steps`` (E,), ``gaps`` (E, 3, layers) in the order of ``kinds``,
+- for a student taught the teacher's relevance (``advit_relevance``), ``relevance_gaps`` (E, 3, layers): the same
+  gaps to the target it was trained on, and ``teacher_relevance`` (MAP_IMAGES, layers, patches) float16,
+- ``faithfulness`` (E, sources) quarter drops in points, in the order of ``faithfulness_sources``
+  (NaN where an evaluation did not measure them), under the removal protocol ``faithfulness_protocol`` (a probe
+  without it: the mean fill),
+- ``student_maps`` (E, MAP_IMAGES, layers, patches) float16, ``teacher_maps`` (MAP_IMAGES, layers, patches),
+- ``images`` (MAP_IMAGES, 3, H, W) uint8, ``teacher_layers`` (layers,), ``grid`` (2,).
+
+Every file is checked before it is used: a missing, unreadable or inconsistent one is a ``ProbeError`` whose
+message is for the user.
 """
 from __future__ import annotations
 
@@ -13,17 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 from PIL import Image
 
-from ..measure.faithfulness import WHOLE_MODEL_MAPS, source_names
-from ..measure.inspection import AttentionReport
-from ..measure.probe import PROBE_FILE, probe_protocol, read_probe
-from ..measure.removal import REMOVED_AS
+from ..core.io import atomic_path
+from .faithfulness import WHOLE_MODEL_MAPS, source_names
+from .inspection import AttentionReport
+from .verdicts import FIRST_PROTOCOL
 
+PROBE_FILE = 'attention_probe.npz'  # a run's
 PROBE_SUFFIX = '.probe.npz'  # the bundle's: NAME.probe.npz beside NAME.safetensors
 PROBE_KEYS = ('steps', 'gaps', 'student_maps', 'teacher_maps', 'images', 'teacher_layers', 'grid', 'kinds')
 TO_RELEVANCE = ' to relevance'  # a gap kind to the teacher's relevance (advit_relevance's target), e.g. 'l1 to relevance'
+
+
+def shipped_probe(checkpoint: str | Path) -> Path:
+    """Where a shipped checkpoint's probe lies: ``NAME.probe.npz`` beside ``NAME.safetensors``."""
+    return Path(checkpoint).with_suffix(PROBE_SUFFIX)
 
 
 class ProbeError(ValueError):
@@ -32,7 +48,7 @@ class ProbeError(ValueError):
 
 @dataclass
 class ProbeRecord:
-    """One student's attention probe, checked for consistency (shapes as in ``probe.py``)."""
+    """One student's attention probe, checked for consistency (shapes as in this module's docstring)."""
     steps: np.ndarray  # (E,) the step of each evaluation
     gaps: np.ndarray  # (E, kinds, layers), averaged over the probe images
     student_maps: np.ndarray  # (E, images, layers, patches)
@@ -80,11 +96,11 @@ def find_probes(target: str | Path) -> dict[str, Path]:
     """
     path = Path(target)
     if path.is_file():
-        beside = ((path.with_suffix(PROBE_SUFFIX), path.stem), (path.parent / PROBE_FILE, path.parent.name))
+        beside = ((shipped_probe(path), path.stem), (path.parent / PROBE_FILE, path.parent.name))
         for candidate, name in beside:
             if candidate.is_file():
                 return {name: candidate}
-        raise ProbeError(f'{target} has no attention probe (no {path.with_suffix(PROBE_SUFFIX).name} or {PROBE_FILE} '
+        raise ProbeError(f'{target} has no attention probe (no {shipped_probe(path).name} or {PROBE_FILE} '
                          'beside it): only students of a ViT teacher trained with held-out images record one')
     if path.is_dir():
         if (path / PROBE_FILE).is_file():
@@ -129,7 +145,7 @@ def load_probe(path: str | Path) -> ProbeRecord:
 
 
 def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
-    """What in a probe's arrays disagrees with the format (``probe.py``), or None."""
+    """What in a probe's arrays disagrees with the format (this module's docstring), or None."""
     steps, gaps, kinds, teacher_maps = arrays['steps'], arrays['gaps'], arrays['kinds'], arrays['teacher_maps']
     if steps.ndim != 1 or not len(steps) or steps.dtype.kind not in 'iu':
         return f'steps should be one or more step numbers, not an array {steps.dtype} {steps.shape}'
@@ -162,73 +178,33 @@ def _inconsistency(arrays: dict[str, np.ndarray]) -> str | None:
     return None
 
 
-def _layer_labels(probe: ProbeRecord) -> list[str]:
-    return [f'layer {layer + 1} (teacher {teacher + 1})' for layer, teacher in enumerate(probe.teacher_layers)]
+def read_probe(path: str | Path) -> dict[str, np.ndarray]:
+    """A run's ``attention_probe.npz`` as arrays (see the module's docstring)."""
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
 
 
-def gap_heatmap(probe: ProbeRecord, kind: str, zmax: float | None = None) -> go.Figure:
-    """Student layer (rows) by evaluation step (columns), coloured by the gap of one kind.
-
-    Args:
-        probe: One student's probe.
-        kind: A gap kind of the probe (``l1``, ``l2``, ``kl``).
-        zmax: Top of the colour scale (bottom: 0), to draw several students on one scale; default this one's largest.
-    """
-    values = probe.gap(kind).T  # (layers, steps): a row per layer
-    labels = np.repeat(np.array(_layer_labels(probe))[:, None], values.shape[1], axis=1)  # each cell's hover
-    figure = go.Figure(go.Heatmap(
-        z=values, x=probe.steps.tolist(), y=list(range(1, probe.layers + 1)), zmin=0.0,
-        zmax=float(np.nanmax(values)) if zmax is None else zmax,
-        colorscale='Inferno', colorbar=dict(title=dict(text=f'{kind.upper()} gap')), customdata=labels,
-        hovertemplate=f'step %{{x}}<br>%{{customdata}}<br>{kind.upper()} gap %{{z:.4f}}<extra></extra>'))
-    figure.update_layout(xaxis_title='step', yaxis_title='student layer', yaxis_dtick=1, height=320,
-                         margin=dict(l=40, r=10, t=30, b=40))
-    return figure
+def probe_protocol(probe: dict[str, np.ndarray]) -> str:
+    """The removal protocol a probe's faithfulness was measured under (``mean`` in probes from before it was named)."""
+    return str(probe['faithfulness_protocol']) if 'faithfulness_protocol' in probe else FIRST_PROTOCOL
 
 
-def gap_curves(probe: ProbeRecord, kind: str) -> go.Figure:
-    """The gap of one kind against step, one curve per student layer."""
-    values = probe.gap(kind)
-    figure = go.Figure([go.Scatter(x=probe.steps.tolist(), y=values[:, layer], mode='lines+markers', name=label)
-                        for layer, label in enumerate(_layer_labels(probe))])
-    figure.update_layout(xaxis_title='step', yaxis_title=f'{kind.upper()} gap', yaxis_rangemode='tozero', height=320,
-                         margin=dict(l=40, r=10, t=30, b=40), legend=dict(orientation='h'))
-    return figure
+def faithfulness_columns(probe: dict[str, np.ndarray], sources: list[str]) -> np.ndarray:
+    """An earlier probe's quarter drops in the columns of ``sources`` (NaN where it did not measure one:
+    a probe from before a map was measured, resumed by a later version)."""
+    earlier = list(probe.get('faithfulness_sources', np.array([])).tolist())
+    values = np.full((len(probe['steps']), len(sources)), np.nan, dtype=np.float32)
+    for column, source in enumerate(sources):
+        if source in earlier:
+            values[:, column] = probe['faithfulness'][:, earlier.index(source)]
+    return values
 
 
-def students_gap_figure(probes: dict[str, ProbeRecord], kind: str) -> go.Figure:
-    """Each student's gap of one kind, averaged over its layers, against step: a group's students on one chart."""
-    figure = go.Figure([go.Scatter(x=probe.steps.tolist(), y=probe.gap(kind).mean(axis=1), mode='lines+markers',
-                                   name=name) for name, probe in probes.items()])
-    figure.update_layout(xaxis_title='step', yaxis_title=f'{kind.upper()} gap, mean over layers',
-                         yaxis_rangemode='tozero', height=320, margin=dict(l=40, r=10, t=30, b=40),
-                         legend=dict(orientation='h'))
-    return figure
-
-
-def students_faithfulness_figure(probes: dict[str, ProbeRecord]) -> go.Figure:
-    """Each student's quarter drop against step (``faithfulness.py``), so that a map becoming faithful as its gap
-    falls shows: its last layer's map (solid, the map the paper distils) drawn, one line a student; its rollout
-    (dotted) and, where recorded, its gradient rollout (dash-dot) a click on the legend away."""
-    figure = go.Figure()
-    for name, probe in probes.items():
-        if probe.faithfulness is None:
-            continue
-        for index, dash in zip(range(probe.layers - 1, len(probe.faithfulness_sources)), ('solid', 'dot', 'dashdot')):
-            figure.add_trace(go.Scatter(x=probe.steps.tolist(), y=probe.faithfulness[:, index].tolist(),
-                                        mode='lines+markers', line=dict(dash=dash),
-                                        visible=True if index == probe.layers - 1 else 'legendonly',
-                                        name=f'{name}: {probe.faithfulness_sources[index]}'))
-    protocols = sorted({REMOVED_AS[probe.faithfulness_protocol] for probe in probes.values()
-                        if probe.faithfulness is not None})
-    layout = dict(xaxis_title='step', yaxis_title=f'quarter drop (points): map beyond random, patches {" or ".join(protocols)}',
-                  height=320,
-                  margin=dict(l=40, r=10, t=30, b=40), legend=dict(orientation='h'))
-    if not figure.data:
-        layout['annotations'] = [dict(text='not recorded: these runs predate the faithfulness measure', x=0.5,
-                                      y=0.5, xref='paper', yref='paper', showarrow=False)]
-    figure.update_layout(**layout)
-    return figure
+def write_probe(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a probe's arrays atomically (a reader sees the last evaluation's file or this one)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            np.savez(f, **arrays)
 
 
 def step_report(probe: ProbeRecord, evaluation: int, image: int) -> AttentionReport:
