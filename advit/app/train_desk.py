@@ -22,7 +22,7 @@ import timm
 
 from ..core import models
 from ..core.checkpoint import read_metadata
-from ..core.checks import RequestError, number, shown_value
+from ..core.checks import shown_value
 from ..core.data import OFFICIAL_CIFAR10
 from ..core.io import REPO
 from ..core.weights import CheckpointError
@@ -34,6 +34,7 @@ from ..results.report import (
     table1,
 )
 from ..training.jobs import JobError, JobLimits, JobManager
+from ..training.train import SET_BY_TRAINING, TrainingError, check_setting
 from .render import progress_html, students_curves, training_curves
 from .scrubber import Scrubber
 
@@ -41,7 +42,6 @@ LIST_HEADERS = ['name', 'method', 'model', 'status', 'progress', 'best val top-1
 PAPER_STUDENTS = ('vit_tiny_patch16_224', 'vit_small_patch16_224')  # timm's own: the paper's students
 LENGTHS = ('epochs', 'steps', 'seconds')
 DEVICES = ('auto', 'cpu', 'cuda')
-IMAGE_SIZES = (8, 1024)  # the input sizes the form takes, in pixels: CIFAR's 32, the paper's 224, and room around
 
 
 LOOPBACK = ('localhost', '::1')  # and 127.0.0.0/8
@@ -120,7 +120,6 @@ class JobForm:
 # What the form proposes for a student that starts from a checkpoint: a tenth of the from-scratch learning rate, and
 # a short run (the weights already know the task; ``JobForm`` opens on 200 steps of 1e-3 from random weights).
 FINE_TUNE = dict(lr=1e-4, length='steps', amount=100)
-FROM_THE_RUN = ('num_classes', 'img_size')  # architecture arguments the run sets itself (train._SET_BY_TRAINING)
 
 
 def teacher_image_size(path: str | None) -> int | None:
@@ -217,38 +216,36 @@ class TrainDesk:
             raise JobError(f'{role} checkpoint not found: {shown_value(name)}')
         return str(path)
 
-    def _start_meta(self, start: str | None) -> tuple[str, dict[str, Any]] | None:
-        """(file, metadata) of a student's start on offer; None for random weights."""
+    def _start_architecture(self, start: str | None) -> tuple[str, dict[str, Any]] | None:
+        """(file, its architecture: model, model arguments and image size) of a student's start on offer, the
+        arguments a run sets itself left out (``train.SET_BY_TRAINING``); None for random weights."""
         path = self._offered(start, 'start')
         if path is None:
             return None
         try:
-            return path, read_metadata(path)
+            meta = read_metadata(path)
         except CheckpointError as err:
             raise JobError(f'start {shown_value(start)} cannot be read: {err}') from None
+        args = {key: value for key, value in (meta.get('model_args') or {}).items() if key not in SET_BY_TRAINING}
+        return path, dict(model=meta.get('model'), model_args=args, image_size=meta.get('image_size'))
 
     def start_proposal(self, start: str | None) -> dict[str, Any]:
         """The form's values for a student that starts from a checkpoint on offer: its architecture, arguments and
         image size, and a fine-tuning learning rate and length (``FINE_TUNE``); {} for random weights."""
-        found = self._start_meta(start)
+        found = self._start_architecture(start)
         if found is None:
             return {}
-        meta = found[1]
-        args = {key: value for key, value in (meta.get('model_args') or {}).items() if key not in FROM_THE_RUN}
-        return dict(model=meta.get('model'), model_args=', '.join(f'{key}={json.dumps(value)}'
-                                                                   for key, value in args.items()),
-                    image_size=meta.get('image_size'), **FINE_TUNE)
+        own = found[1]
+        return dict(own, model_args=', '.join(f'{key}={json.dumps(value)}' for key, value in own['model_args'].items()),
+                    **FINE_TUNE)
 
     def _start(self, form: JobForm, image_size: int) -> str | None:
         """The checkpoint a student starts from, refused in words unless the form's architecture and image size
         are its own (the form proposes them when a start is chosen): its weights fit no other."""
-        found = self._start_meta(form.start)
+        found = self._start_architecture(form.start)
         if found is None:
             return None
-        path, meta = found
-        own = dict(model=meta.get('model'), model_args={key: value for key, value in (meta.get('model_args') or {})
-                                                        .items() if key not in FROM_THE_RUN},
-                   image_size=meta.get('image_size'))
+        path, own = found
         asked = dict(model=form.model, model_args=parse_model_args(form.model_args), image_size=image_size)
         differing = [key for key in own if own[key] != asked[key]]
         if differing:
@@ -296,32 +293,28 @@ class TrainDesk:
             raise JobError(f'run length is epochs, steps or seconds, not {shown_value(form.length)}')
         if form.device not in DEVICES:
             raise JobError(f'device is auto, cpu or cuda, not {shown_value(form.device)}')
-        try:  # every number checked as it enters: finite, whole where it counts, in range, or refused
-            amount = number(form.amount, f'the number of {form.length}', 1 if form.length == 'steps' else 1e-6, 1e12,
-                            whole=form.length == 'steps')  # then held to this server's limits when queued
-            lr, attn_weight, alpha, tau = (number(value, label, low, high) for label, value, low, high in (
-                ('learning rate', form.lr, 1e-8, 1.0), ('attention weight', form.attn_weight, 0, 1e4),
-                ('alpha', form.alpha, 0, 1), ('tau', form.tau, 1e-3, 100)))
-            seed, subset, batch_size, image_size = (number(value, label, low, high, whole=True)
-                                                    for label, value, low, high in (
-                ('seed', form.seed, 0, 2**31 - 1), ('subset', form.subset or 0, 0, 10**7),
-                ('batch size', form.batch_size, 1, self.manager.limits.max_batch_size),
-                ('image size', form.image_size, *IMAGE_SIZES)))
-        except RequestError as err:
+        length = dict(epochs='epochs', steps='steps', seconds='time_budget')[form.length]
+        try:  # every number checked as it enters, against the run's declaration of it (train.BOUNDS)
+            numbers = {name: check_setting(name, value, label) for name, value, label in (
+                (length, form.amount, f'the number of {form.length}'), ('lr', form.lr, 'learning rate'),
+                ('attn_weight', form.attn_weight, 'attention weight'), ('alpha', form.alpha, 'alpha'),
+                ('tau', form.tau, 'tau'), ('seed', form.seed, 'seed'), ('batch_size', form.batch_size, 'batch size'),
+                ('image_size', form.image_size, 'image size'))}  # the batch size is then held to this server's limit
+            if form.subset not in (None, 0, ''):  # 0 or empty: every image
+                numbers['subset'] = check_setting('subset', form.subset, 'subset')
+        except TrainingError as err:
             raise JobError(str(err)) from None
         teacher = self._offered(form.teacher)
         teacher_size = teacher_image_size(teacher)
-        if teacher_size is not None and teacher_size != image_size:  # refused here, not minutes later in the job
-            raise JobError(f'the teacher reads {teacher_size}px images and the student would read {image_size}px: '
+        if teacher_size is not None and teacher_size != numbers['image_size']:  # refused here, not minutes later in the job
+            raise JobError(f'the teacher reads {teacher_size}px images and the student would read {numbers["image_size"]}px: '
                            f'set the image size to {teacher_size}')
         methods = [form.method] if isinstance(form.method, str) else list(form.method or [])
         # Architecture keys are checked with the rest of the run's settings (train.validate, in submit).
         settings = dict(**({'method': methods[0]} if len(methods) == 1 else {'methods': methods}),
                         model=form.model, model_args=parse_model_args(form.model_args), data=self._dataset(form.data),
-                        teacher=teacher, lr=lr, attn_weight=attn_weight, alpha=alpha, tau=tau, seed=seed,
-                        subset=subset or None, batch_size=batch_size, image_size=image_size, device=form.device,
-                        log_every=10, pretrained_file=self._start(form, image_size),
-                        **{dict(epochs='epochs', steps='steps', seconds='time_budget')[form.length]: amount})
+                        teacher=teacher, device=form.device, log_every=10,
+                        pretrained_file=self._start(form, numbers['image_size']), **numbers)
         return self._shown_job(self.manager.status(self.manager.submit(form.name or None, settings)))
 
     def cancel(self, name: str, token: str | None = None) -> dict[str, Any]:

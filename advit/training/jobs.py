@@ -193,9 +193,11 @@ class Admission:
                            f'the limit here is {self.limits.max_params / 1e6:.1f}M')
 
     def apply_limits(self, settings: dict[str, Any]) -> None:
+        """Hold valid settings to this server's limits: batch size, run length (set to the step limit where none
+        is asked), time budget."""
         limits = self.limits
-        batch = settings.get('batch_size', TrainConfig.batch_size)
-        if not isinstance(batch, int) or not 1 <= batch <= limits.max_batch_size:
+        batch = settings.get('batch_size', TrainConfig.batch_size)  # a whole number >= 1: validated before
+        if batch > limits.max_batch_size:
             raise JobError(f'batch size {batch}: the limit here is 1 to {limits.max_batch_size}')
         if limits.max_steps is not None:
             epochs = settings.get('epochs')

@@ -38,7 +38,7 @@ from ..core.attention_path import (
 from ..core.augment import RECIPES, BatchTransform, Mixup
 from ..core.capture import DEFAULT_NORMALIZATION, NORMALIZATIONS, ClsAttentionCapture
 from ..core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from ..core.checks import shown_value
+from ..core.checks import RequestError, number, shown_value
 from ..core.data import (
     OFFICIAL_CIFAR10,
     ImageSet,
@@ -111,12 +111,15 @@ ROLES = (
 )
 
 
-def setting(default: Any = None, help: str = '', *, factory: Any = None, role: str = 'recipe', **cli: Any) -> Any:
-    """A ``TrainConfig`` field with its help and its ``role`` (``ROLES``): the command line builds its flag from
-    these (``cli``: argparse's ``choices``, ``metavar``, or ``flag`` for another flag name)."""
+def setting(default: Any = None, help: str = '', *, factory: Any = None, role: str = 'recipe',
+            bounds: tuple[float, float] | None = None, **cli: Any) -> Any:
+    """A ``TrainConfig`` field with its help, its ``role`` (``ROLES``) and, for a number, its ``bounds`` (the
+    smallest and largest value taken, both included; ``check_setting`` holds every caller to them): the command
+    line builds its flag from these (``cli``: argparse's ``choices``, ``metavar``, or ``flag`` for another flag
+    name)."""
     if role not in ROLES:
         raise ValueError(f'unknown role {role!r}: one of {ROLES}')
-    metadata = dict(help=help, cli=cli, role=role)
+    metadata = dict(help=help, cli=cli, role=role, bounds=bounds)
     return field(default_factory=factory, metadata=metadata) if factory else field(default=default, metadata=metadata)
 
 
@@ -139,37 +142,42 @@ class TrainConfig:
                                   'weights\' head was trained on the run\'s classes', role='student')
     teacher_model: str | None = setting(None, 'architecture of a teacher state dict that lacks advit metadata')
     teacher_pretrained_file: str | None = setting(None, 'local weights for a teacher given by timm name')
-    image_size: int = setting(32, 'input size')
+    image_size: int = setting(32, 'input size', bounds=(8, 1024))
     recipe: str = setting('cifar32', 'augmentation', choices=RECIPES)
-    subset: int | None = setting(None, 'train on a fixed subset of N images (after the validation holdout)')
+    subset: int | None = setting(None, 'train on a fixed subset of N images (after the validation holdout)',
+                                 bounds=(1, 10**7))
     val_size: int = setting(5000, 'training images held out to select the best checkpoint on; 0: none, the last '
-                            'evaluation is kept')
-    test_subset: int | None = setting(None, 'evaluate on a fixed subset of N test images')
+                            'evaluation is kept', bounds=(0, 10**7))
+    test_subset: int | None = setting(None, 'evaluate on a fixed subset of N test images', bounds=(1, 10**7))
     epochs: float | None = setting(None, 'run length in epochs (with steps and a time budget: the first reached '
-                                   'ends the run)')
-    steps: int | None = setting(None, 'run length in optimiser steps', role='length')
+                                   'ends the run)', bounds=(1e-6, 1e6))
+    steps: int | None = setting(None, 'run length in optimiser steps', role='length', bounds=(1, 10**12))
     time_budget: float | None = setting(None, 'run length in seconds of training', metavar='SECONDS',
-                                        role='length')
-    batch_size: int = setting(128, 'global batch size, split over processes')
-    lr: float = setting(1e-3, 'peak learning rate')
-    min_lr: float = setting(1e-5, 'final learning rate of the decay')
+                                        role='length', bounds=(1e-3, 1e9))
+    batch_size: int = setting(128, 'global batch size, split over processes', bounds=(1, 10**6))
+    lr: float = setting(1e-3, 'peak learning rate', bounds=(1e-8, 1.0))
+    min_lr: float = setting(1e-5, 'final learning rate of the decay', bounds=(0, 1.0))
     lr_decay: str = setting('cosine', 'shape of the decay from lr to min_lr after the warmup: cosine, or linear '
                             '(straight down, as linear-to-zero schedules with min_lr 0)', choices=LR_DECAYS)
-    weight_decay: float = setting(0.05, 'AdamW weight decay')
-    warmup_fraction: float = setting(0.05, 'share of the run spent warming up')
-    grad_clip: float = setting(1.0, 'gradient norm clip, 0 for none')
+    weight_decay: float = setting(0.05, 'AdamW weight decay', bounds=(0, 10))
+    warmup_fraction: float = setting(0.05, 'share of the run spent warming up', bounds=(0, 0.99))
+    grad_clip: float = setting(1.0, 'gradient norm clip, 0 for none', bounds=(0, 1e6))
     ema_decay: float = setting(0.0, 'weight EMA: evaluate, select and save an exponential moving average of the '
-                               'weights, whose decay grows with the step (timm ModelEmaV3 warmup) up to this; 0: off')
-    drop_path: float = setting(0.1, 'stochastic depth rate')
-    label_smoothing: float = setting(0.0, 'label smoothing (with mixup / CutMix, folded into their soft targets)')
-    mixup: float = setting(0.0, 'Beta alpha of mixup, e.g. 0.8; 0: off')
-    cutmix: float = setting(0.0, 'Beta alpha of CutMix, e.g. 1.0; 0: off; with mixup on too, each mixes half')
-    mix_prob: float = setting(1.0, 'share of batches mixed by mixup or CutMix')
+                               'weights, whose decay grows with the step (timm ModelEmaV3 warmup) up to this; 0: off',
+                               bounds=(0, 0.99999))
+    drop_path: float = setting(0.1, 'stochastic depth rate', bounds=(0, 0.99))
+    label_smoothing: float = setting(0.0, 'label smoothing (with mixup / CutMix, folded into their soft targets)',
+                                     bounds=(0, 0.99))
+    mixup: float = setting(0.0, 'Beta alpha of mixup, e.g. 0.8; 0: off', bounds=(0, 100))
+    cutmix: float = setting(0.0, 'Beta alpha of CutMix, e.g. 1.0; 0: off; with mixup on too, each mixes half',
+                            bounds=(0, 100))
+    mix_prob: float = setting(1.0, 'share of batches mixed by mixup or CutMix', bounds=(0, 1))
     hide_patches: float = setting(0.0, 'Hide-and-Seek: each training image hides up to this share of its '
-                                  'patches (set to the mean, as the faithfulness measure masks them); 0: off')
-    attn_weight: float = setting(1.0, 'weight of the attention loss')
-    alpha: float = setting(0.5, 'weight of the DeiT term; lambda for deit_soft')
-    tau: float = setting(1.0, 'temperature of deit_soft and advit_kl_paper')
+                                  'patches (set to the mean, as the faithfulness measure masks them); 0: off',
+                                  bounds=(0, 1))
+    attn_weight: float = setting(1.0, 'weight of the attention loss', bounds=(0, 1e4))
+    alpha: float = setting(0.5, 'weight of the DeiT term; lambda for deit_soft', bounds=(0, 1))
+    tau: float = setting(1.0, 'temperature of deit_soft and advit_kl_paper', bounds=(1e-3, 100))
     head_fusion: str = setting('mean', 'fusion of attention heads before they are compared', choices=HEAD_FUSIONS)
     layer_map: list[int] | None = setting(None, 'teacher layer per student layer, counted from 0, e.g. '
                                           '1,3,5,7,9,11 (default uniform)', metavar='L1,L2,...')
@@ -181,7 +189,7 @@ class TrainConfig:
                                     'gradient-weighted [CLS] attention (layers), or the same with the gradient '
                                     'rollout through every layer as the last layer\'s (rollout_last)',
                                     choices=RELEVANCE_TARGETS)
-    seed: int = setting(0, 'random seed', role='seed')
+    seed: int = setting(0, 'random seed', role='seed', bounds=(0, 2**31 - 1))
     device: str = setting('auto', 'where to train', choices=('auto', 'cpu', 'cuda'), role='runtime')
     amp: bool = setting(True, 'bf16 autocast where the device runs it natively (CUDA, CPUs with AVX512-BF16 / '
                         'AMX); --no-amp turns it off', flag='--no-amp')
@@ -191,12 +199,14 @@ class TrainConfig:
                              choices=ATTENTION_PATHS, role='runtime')
     compile: bool = setting(False, 'torch.compile the forwards (minutes of compiling first; pays on long GPU runs)',
                             role='runtime')
-    log_every: int = setting(50, 'steps between metrics lines', role='runtime')
-    eval_every: int = setting(0, 'steps between evaluations; 0: at each epoch\'s end')
-    save_every: int = setting(0, 'steps between last checkpoints; 0: at each evaluation', role='runtime')
-    eval_batch_size: int = setting(512, 'images per evaluation forward', role='runtime')
+    log_every: int = setting(50, 'steps between metrics lines', role='runtime', bounds=(1, 10**9))
+    eval_every: int = setting(0, 'steps between evaluations; 0: at each epoch\'s end', bounds=(0, 10**9))
+    save_every: int = setting(0, 'steps between last checkpoints; 0: at each evaluation', role='runtime',
+                              bounds=(0, 10**9))
+    eval_batch_size: int = setting(512, 'images per evaluation forward', role='runtime', bounds=(1, 10**6))
     faithfulness_images: int = setting(TEST_IMAGES, 'test images the selected checkpoint\'s maps are measured on at '
-                                       'the end (deletion and insertion curves of every layer and rollout); 0: none')
+                                       'the end (deletion and insertion curves of every layer and rollout); 0: none',
+                                       bounds=(0, 10**7))
     cache_dir: str | None = setting(None, 'decoded-dataset cache (default $ADVIT_CACHE or ~/.cache/advit)',
                                     role='runtime')
 
@@ -220,9 +230,27 @@ def fields_with_role(*roles: str) -> frozenset[str]:
 
 
 CHOICES = {f.name: f.metadata['cli']['choices'] for f in fields(TrainConfig) if 'choices' in f.metadata['cli']}
+BOUNDS = {f.name: f.metadata['bounds'] for f in fields(TrainConfig) if f.metadata['bounds'] is not None}
+_WHOLE = frozenset(f.name for f in fields(TrainConfig) if str(f.type).startswith('int'))  # int and int | None
+_OPTIONAL = frozenset(f.name for f in fields(TrainConfig) if f.default is None)  # None: left out
+
+
+def check_setting(name: str, value: Any, label: str | None = None) -> int | float:
+    """A number for the setting ``name`` checked against its declaration (``BOUNDS``; whole for an int field), as
+    a client sent it (a numeric string is read as a number); the number, or ``TrainingError`` in words.
+
+    Args:
+        name: A ``TrainConfig`` field with bounds.
+        value: The value sent.
+        label: How the asker names the setting in the message (default: the field's name).
+    """
+    try:
+        return number(value, label or name, *BOUNDS[name], whole=name in _WHOLE)
+    except RequestError as err:
+        raise TrainingError(str(err)) from None
 
 # Model arguments the run passes itself, and the setting that gives each.
-_SET_BY_TRAINING = {'img_size': '--image-size (image_size)', 'drop_path_rate': '--drop-path (drop_path)',
+SET_BY_TRAINING = {'img_size': '--image-size (image_size)', 'drop_path_rate': '--drop-path (drop_path)',
                     'num_classes': 'nothing: the dataset\'s classes give it'}
 
 
@@ -243,7 +271,7 @@ def validate(cfg: TrainConfig) -> None:
                             'choose head fusion mean or max')
     if not timm.is_model(cfg.model.split('.', 1)[0]):
         raise TrainingError(f'unknown model {shown_value(cfg.model)}: not a timm model name')
-    for key, instead in _SET_BY_TRAINING.items():
+    for key, instead in SET_BY_TRAINING.items():
         if key in cfg.model_args:
             raise TrainingError(f'model argument {key} is set by the run itself: use {instead}')
     try:
@@ -252,20 +280,13 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f'model arguments: {err}') from err
     if cfg.epochs is None and cfg.steps is None and cfg.time_budget is None:
         raise TrainingError('give a run length: epochs, steps or a time budget')
-    for name in ('epochs', 'steps', 'time_budget', 'batch_size', 'lr', 'log_every', 'image_size'):
+    for name in BOUNDS:  # each number held to its declaration, here only (the Train tab's form asks check_setting)
         value = getattr(cfg, name)
-        if value is not None and value <= 0:
-            raise TrainingError(f'{name} must be positive, got {value}')
-    if cfg.val_size < 0 or cfg.faithfulness_images < 0:
-        raise TrainingError(f'val_size and faithfulness_images must be >= 0, got {cfg.val_size}, '
-                            f'{cfg.faithfulness_images}')
-    if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mix_prob <= 1:
-        raise TrainingError(f'mixup and cutmix must be >= 0 and mix_prob in [0, 1], got {cfg.mixup}, '
-                            f'{cfg.cutmix}, {cfg.mix_prob}')
-    if not 0 <= cfg.ema_decay < 1:
-        raise TrainingError(f'ema_decay is a decay in [0, 1), got {cfg.ema_decay}')
-    if not 0 <= cfg.hide_patches <= 1:
-        raise TrainingError(f'hide_patches is a share of patches in [0, 1], got {cfg.hide_patches}')
+        if value is None and name in _OPTIONAL:
+            continue
+        if isinstance(value, str) or (name in _WHOLE and isinstance(value, float)):  # a file's number is typed
+            raise TrainingError(f'{name} must be a {"whole " if name in _WHOLE else ""}number, got {shown_value(value)}')
+        check_setting(name, value)
     if cfg.hide_patches and not is_vit_name(cfg.model):
         raise TrainingError(f'hide_patches hides patches of a ViT\'s grid; {cfg.model} has none')
     if not Path(cfg.data).exists() and cfg.data != OFFICIAL_CIFAR10:

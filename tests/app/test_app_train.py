@@ -232,7 +232,7 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         refused('valid token', token='')
         refused('the limit here is 20000', amount=10**9)
         refused('the limit here is 3600s', length='seconds', amount=3.5e8)
-        refused('batch size must be between 1 and 256', batch_size=65536)
+        refused('batch size 65536: the limit here is 1 to 256', batch_size=65536)
         refused('not an architecture argument: checkpoint_path', model_args='checkpoint_path=/etc/passwd')
         refused('not an architecture argument: pretrained_cfg', model_args='pretrained_cfg={"file": "/etc/passwd"}')
         refused('cannot build', model_args='depth=2, embed_dim=50, num_heads=3')

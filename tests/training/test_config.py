@@ -1,7 +1,7 @@
 """The run configuration's fields each declare their role once; every reader of config.json asks that."""
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -9,7 +9,7 @@ from advit.results.bundle import export_bundle  # noqa: F401  (the bundle reads 
 from advit.results.report import NOT_SETTINGS
 from advit.training.run_folder import RECORD_KEYS
 from advit.results.seeds import NOT_RECIPE
-from advit.training.train import ROLES, TrainConfig, fields_with_role, setting
+from advit.training.train import BOUNDS, ROLES, TrainConfig, TrainingError, check_setting, fields_with_role, setting, validate
 
 
 def test_every_field_declares_one_known_role():
@@ -32,3 +32,27 @@ def test_the_report_and_the_seeds_recipe_read_the_same_declarations():
     assert NOT_SETTINGS < NOT_RECIPE
     assert {'method', 'teacher', 'data', 'steps', 'time_budget'} <= NOT_RECIPE - NOT_SETTINGS
     assert not NOT_RECIPE & fields_with_role('recipe'), 'a field that shapes learning is in every recipe'
+
+
+def test_every_number_of_a_run_declares_its_bounds_and_every_checker_holds_them():
+    """One declaration per number (``setting(bounds=...)``): the command line's and the job server's ``validate``
+    and the Train form's ``check_setting`` refuse the same values in the same words."""
+    numbers = {f.name for f in fields(TrainConfig) if str(f.type).split(' |')[0] in ('int', 'float')}
+    assert numbers == set(BOUNDS)
+    base = TrainConfig(data='cifar10', steps=10)
+    validate(base)  # every default is within its bounds
+    for name, (low, high) in BOUNDS.items():
+        whole = str(next(f.type for f in fields(TrainConfig) if f.name == name)).startswith('int')
+        for outside in (low - 1, high * 2 + 1):
+            outside = int(outside) if whole else float(outside)
+            with pytest.raises(TrainingError, match=f'^{name} must be between') as refused:
+                validate(replace(base, **{name: outside}))
+            with pytest.raises(TrainingError) as asked:
+                check_setting(name, str(outside))  # a client's numeric string: read, then held to the same bounds
+            assert str(asked.value) == str(refused.value)
+        assert check_setting(name, low) == low and check_setting(name, high) == high
+        with pytest.raises(TrainingError, match=f"^{name} must be a (whole )?number, got '"):
+            validate(replace(base, **{name: str(high)}))  # a file's number is a number, not text
+        if whole:
+            with pytest.raises(TrainingError, match=f'^{name} must be a whole number'):
+                validate(replace(base, **{name: float(low)}))

@@ -112,9 +112,9 @@ def test_strong_recipe_with_mixup_and_cutmix_trains(tmp_path, data_flags, teache
                  *tiny_flags()]) == 0
     assert abs(metrics(plain)[0]['ce'] - train_lines[0]['ce']) > 1e-5
     _assert_refused(['train', '--mix-prob', '1.5', '--mixup', '0.8', '--steps', '1', '--out', str(tmp_path / 'bad'),
-                     *data_flags, *tiny_flags()], 'mix_prob in [0, 1]', capsys, tmp_path / 'bad')
+                     *data_flags, *tiny_flags()], 'mix_prob must be between 0 and 1, got 1.5', capsys, tmp_path / 'bad')
     _assert_refused(['train', '--cutmix', '-1', '--steps', '1', '--out', str(tmp_path / 'bad'), *data_flags,
-                     *tiny_flags()], 'mixup and cutmix must be >= 0', capsys, tmp_path / 'bad')
+                     *tiny_flags()], 'cutmix must be between 0 and 100, got -1', capsys, tmp_path / 'bad')
 
 
 def test_runs_of_one_seed_start_from_the_same_weights(tmp_path, data_flags):
@@ -378,12 +378,13 @@ def test_bad_inputs_are_refused_clearly(tmp_path, data_flags, cifar_archive, tea
     _assert_refused(['train', '--model', 'vit_nonexistent_patch4_32', *data_flags, *common], 'unknown model', capsys, out)
     _assert_refused(['train', *data_flags, '--out', str(out)], 'give a run length', capsys, out)
     for share in ('1.5', 'nan', '-0.1'):
-        _assert_refused(['train', '--hide-patches', share, *data_flags, *common], 'hide_patches is a share', capsys, out)
+        _assert_refused(['train', '--hide-patches', share, *data_flags, *common], 'hide_patches must be', capsys, out)
     with pytest.raises(SystemExit):
         main(['train', '--lr-decay', 'step', *data_flags, *common])
     assert "invalid choice: 'step'" in capsys.readouterr().err
     for decay in ('1', 'nan', '-0.1'):
-        _assert_refused(['train', '--ema-decay', decay, *data_flags, *common], 'ema_decay is a decay in [0, 1)',
+        _assert_refused(['train', '--ema-decay', decay, *data_flags, *common], 'ema_decay must be a finite number'
+                        if decay == 'nan' else 'ema_decay must be between 0 and 0.99999',
                         capsys, out)
     _assert_refused(['train', '--hide-patches', '0.5', '--model', 'resnet10t', *data_flags, *common],
                     "hides patches of a ViT's grid; resnet10t has none", capsys, out)
