@@ -160,6 +160,13 @@ def tiny_bundle(tmp_path_factory, cifar_archive, cifar) -> Path:
     return folder
 
 
+@pytest.fixture(scope='module')
+def studio(tiny_bundle, cifar_archive, tmp_path_factory):
+    """The app's views over the tiny bundle, with an empty runs folder (one per test module)."""
+    from advit.app.studio import Studio
+    return Studio([tiny_bundle], tmp_path_factory.mktemp('runs'), cifar_archive)
+
+
 @pytest.fixture(scope='session')
 def paper_models(tmp_path_factory, cifar):
     """The paper's model sizes trained one step each by the CLI (``tests/paper_models.py``), on a small real
