@@ -1,11 +1,11 @@
-"""The app's views, computed by Studio without a browser."""
+"""The app's parts as a Studio wires them, computed without a browser: a Studio over empty folders, and the
+distillation over time from the shipped bundle's records. Each part's own views are tested beside it: test_offer.py,
+test_attention_views.py, test_compare_views.py, test_about.py, test_scrubber.py."""
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
 
-from advit.app.about import about_markdown
 from advit.app.forms import AttentionRequest, ProbeRequest
 from advit.app.probe_views import ProbeOutline
 from advit.app.offer import Defaults, StudioError
@@ -22,21 +22,6 @@ def test_empty_studio_says_how_to_get_models(tmp_path, cifar_archive):
     assert empty.offer.defaults() == Defaults(teacher=None, student=None, compare_a=None, compare_b=None)
     with pytest.raises(StudioError, match='choose a teacher'):
         empty.attention.view(AttentionRequest(EXAMPLE, None, None))
-
-
-def test_no_server_path_in_a_models_card(tiny_bundle, cifar_archive, tmp_path):
-    """A student trained with --teacher as an absolute path: its card and the About tab name no folder."""
-    from advit.core.checkpoint import load_checkpoint, save_checkpoint
-    folder = tmp_path / 'checkpoints'
-    folder.mkdir()
-    loaded = load_checkpoint(tiny_bundle / 'advit_l1.safetensors')
-    teacher = '/srv/private/models/teacher.safetensors'
-    save_checkpoint(folder / 'student.safetensors', loaded.model, dict(loaded.meta, teacher=teacher))
-    studio = Studio([folder], tmp_path / 'runs', cifar_archive)
-    card = studio.offer.describe(studio.offer.choices()[0][1])
-    assert '**teacher**: .../teacher.safetensors' in card and '/srv' not in card
-    about = studio.scrub(about_markdown(studio.offer.entries()))
-    assert '/srv' not in about and str(tmp_path) not in about
 
 
 def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar_archive):
