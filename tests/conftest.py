@@ -89,6 +89,13 @@ def tiny_flags(**overrides) -> list[str]:
     return [flag for key, value in args.items() for flag in ('--model-arg', f'{key}={value}')]
 
 
+@pytest.fixture(scope='module')
+def x():
+    """A seeded batch of two random 32x32 RGB inputs (a torch tensor) for the CIFAR models."""
+    import torch
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
 @pytest.fixture(scope='session')
 def cifar_archive() -> Path:
     if not CIFAR_ARCHIVE.is_file():

@@ -17,11 +17,6 @@ SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 HEAD_KEYS = ('head.weight', 'head.bias', 'head_dist.weight', 'head_dist.bias')
 
 
-@pytest.fixture(scope='module')
-def x() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
 @pytest.mark.parametrize('size', list(SIZES))
 @pytest.mark.parametrize('distilled', [False, True])
 def test_registered_cifar_models(size, distilled, x):
@@ -140,18 +135,3 @@ def test_image_size_goes_to_vits_only_and_bad_arguments_are_value_errors():
     assert cnn.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     with pytest.raises(ValueError, match='cannot build resnet10t'):
         create_model('resnet10t', depth=3)
-
-
-def test_the_cifar_cnn_is_a_cnn_that_keeps_its_spatial_maps_to_the_end(tmp_path, x):
-    model = create_model('cnn_airbench_32', num_classes=10, img_size=32, drop_path_rate=0.0).eval()
-    assert not is_vit_name('cnn_airbench_32') and model.pretrained_cfg['mean'] == CIFAR10_MEAN
-    assert model(x).shape == (2, 10)
-    assert model.forward_features(x).shape == (2, 256, 4, 4)  # three halvings of 32, not timm's stride 32
-    with pytest.raises(ValueError, match=r"drop: its drop_path_rate \(advit train's --drop-path\) must be 0"):
-        create_model('cnn_airbench_32', drop_path_rate=0.1)
-    with pytest.raises(ValueError, match='cannot build cnn_airbench_32'):
-        create_model('cnn_airbench_32', depth=3)
-    path = tmp_path / 'cnn.safetensors'
-    save_file(model.state_dict(), str(path))
-    five = create_model('cnn_airbench_32', pretrained_file=path, num_classes=5).eval()
-    assert five.head.out_features == 5 and torch.equal(five.stem[0].weight, model.stem[0].weight)
