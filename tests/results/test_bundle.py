@@ -24,13 +24,11 @@ from advit.results.bundle import SEEDS_HEADING, STUDENTS, TEACHER
 from advit.core.machine import machine
 from advit.app.catalog import ModelCache, discover
 from advit.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from advit.core.models import create_model
 from advit.cli import main
 from advit.measure.verdicts import HEADLINE_PROTOCOL, evaluation_key, headline
 from advit.results.seeds import NOT_RECIPE
-from advit.training.presets import preset
 from advit.training.run_folder import read_sessions
-from advit.training.train import TrainConfig, validate
+from advit.training.train import TrainConfig
 from conftest import REPO, tiny_flags
 
 HEADLINE = evaluation_key(HEADLINE_PROTOCOL)  # where an evaluation file keeps the headline protocol's curves
@@ -247,21 +245,6 @@ def test_weights_that_do_not_all_fit_ship_the_most_wanted_and_drop_the_rest(bund
     for name in set(NAMES) - shipped:  # the run's own evaluation instead of the stale weights
         evaluation = tmp_path / 'checkpoints' / f'{name}.eval.json'
         assert json.loads(evaluation.read_text()) == json.loads((runs / name / 'best.eval.json').read_text())
-
-
-def test_the_bundle_presets_share_one_recipe_and_are_valid(cifar_archive):
-    teacher, student = preset('bundle-teacher'), preset('bundle-student')
-    validate(TrainConfig.from_dict(dict(teacher, data=str(cifar_archive))))
-    validate(TrainConfig.from_dict(dict(student, method='advit_l1', teacher='t.safetensors', data=str(cifar_archive))))
-    assert (teacher['model'], student['model']) == ('vit_mini6_convstem_32', 'vit_mini4_convstem_32')
-    shared = ('recipe', 'mixup', 'cutmix', 'mix_prob', 'label_smoothing', 'batch_size', 'lr', 'weight_decay')
-    assert all(teacher.get(key) == student.get(key) for key in shared)
-    assert 'method' not in student  # the script gives each student its method
-    big, small = create_model(teacher['model']), create_model(student['model'])
-    assert sum(p.numel() for p in big.parameters()) > 1.3 * sum(p.numel() for p in small.parameters())
-    assert len(big.blocks) > len(small.blocks), 'the teacher is the bigger model, as in the paper'
-    gpu_teacher, gpu_student = preset('gpu-bundle-teacher'), preset('gpu-bundle-student')
-    assert gpu_student['recipe'] == 'cifar32_strong' and gpu_student['mixup'] > 0 and gpu_teacher['cutmix'] > 0
 
 
 def test_unfinished_runs_are_left_out_the_best_advit_is_shipped_unequal_settings_are_said(bundle, tmp_path):

@@ -467,13 +467,6 @@ def test_attention_distillation_with_a_cnn_teacher_is_refused_before_anything_ru
                      '--out', str(out), *data_flags, *tiny_flags()], 'needs a ViT teacher, not ResNet', capsys, out)
 
 
-def test_cnn_presets_train_the_papers_baselines_by_cross_entropy():
-    from advit.training.presets import CNN_BASELINES, preset
-    for cnn in CNN_BASELINES:
-        assert preset(f'cifar32-{cnn}')['model'] == cnn and preset(f'cifar32-{cnn}')['image_size'] == 32
-        assert preset(f'paper-{cnn}')['pretrained'] and preset(f'paper-{cnn}')['method'] == 'vit'
-
-
 def test_the_training_core_needs_none_of_the_apps_packages(tmp_path, data_flags, teacher_checkpoint):
     """The GPU machine has torch and timm but no gradio, matplotlib or plotly: `advit train` (here an
     ADViT run) and `advit eval` must run without them (the report's chart imports matplotlib when drawn)."""
