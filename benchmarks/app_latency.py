@@ -127,7 +127,7 @@ def save_pair(pair: Pair, folder: Path, seed: int) -> dict[str, str]:
         meta = dict(model=name, model_args=dict(num_classes=len(CIFAR10_CLASSES), img_size=pair.image_size),
                     classes=list(CIFAR10_CLASSES), image_size=pair.image_size,
                     mean=list(model.pretrained_cfg['mean']), std=list(model.pretrained_cfg['std']),
-                    method='vit' if role == 'teacher' else 'advit_l1', test_top1=None,
+                    method='vit' if role == 'teacher' else 'advit_l1',
                     params=sum(p.numel() for p in model.parameters()))
         path = folder / f'{pair.name}-{role}.safetensors'
         save_checkpoint(path, model, meta)

@@ -34,7 +34,7 @@ from advit.measure.evaluate import split_faithfulness  # noqa: E402
 from advit.measure.faithfulness import GRADIENT_ROLLOUT, FaithfulnessCurves  # noqa: E402
 from advit.measure.verdicts import last_layer  # noqa: E402
 from advit.measure.removal import PROTOCOLS  # noqa: E402
-from advit.training.run_folder import read_json  # noqa: E402
+from advit.core.io import read_json  # noqa: E402
 
 
 def measure(run: Path, images: int) -> dict:

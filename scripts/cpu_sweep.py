@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advit.training.presets import preset  # noqa: E402
 from advit.core.data import default_dataset  # noqa: E402
 from advit.core.checkpoint import read_metadata  # noqa: E402
+from advit.measure.evaluate import read_evaluation  # noqa: E402
 from advit.training.train import TrainConfig, train  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
         lines = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
         speeds = [line['images_per_s'] for line in lines if line['event'] == 'train']
         evals = [line for line in lines if line['event'] == 'eval']
-        test = next(line['test_top1'] for line in lines if line['event'] == 'test')
+        test = read_evaluation(run / 'best.safetensors')['top1']
         record = dict(model=model, settings=settings, seconds=args.seconds, wall_s=round(wall, 1),
                       images_per_s=round(statistics.median(speeds), 1),
                       best_val_top1=max(line['val_top1'] for line in evals),

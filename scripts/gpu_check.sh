@@ -31,9 +31,9 @@ run = Path(sys.argv[1])
 lines = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
 train = [l for l in lines if l['event'] == 'train']
 rates = sorted(l['images_per_s'] for l in train[1:]) or [0]
-best = max((l['test_top1'] for l in lines if l['event'] == 'eval'), default=float('nan'))
+best = json.loads((run / 'best.eval.json').read_text())['top1']  # the checkpoint selected on validation
 print(f"{run.name}: {train[-1]['step']} steps, {train[-1]['epoch']:.1f} epochs in {train[-1]['elapsed']:.0f}s, "
-      f"median {rates[len(rates) // 2]:.0f} images/s, best test top-1 {best:.2f}%")
+      f"median {rates[len(rates) // 2]:.0f} images/s, test top-1 {best:.2f}% (selected on validation)")
 PY
 }
 train teacher --preset cifar32-small --method vit --time-budget "$SECONDS_TEACHER" --batch-size 512

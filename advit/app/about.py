@@ -65,12 +65,12 @@ def bundle_table(entries: list[ModelEntry]) -> str:
         return f'{value:.2f}' if value is not None else '–'
     rows = []
     for e in entries:
-        if e.usable and e.meta.get('test_top1') is not None:
+        if e.usable and e.test_top1 is not None:
             drops = e.faithfulness()
             faithful = ' | '.join(describe_drop(drops[source]) if drops.get(source, {}).get('quarter_drop')
                                   is not None else '–' for source in HEADLINE_MAPS)
-            rows.append(f"| {model_label(e.key, dict(e.meta, test_top1=None))} | `{e.name}` | "
-                        f"{number(e.meta.get('val_top1'))} | {number(e.meta['test_top1'])} | {faithful} | "
+            rows.append(f"| {model_label(e.key, e.meta)} | `{e.name}` | "
+                        f"{number(e.meta.get('val_top1'))} | {number(e.test_top1)} | {faithful} | "
                         f"{e.meta.get('params', 0) / 1e6:.1f}M |")
     if not rows:
         return 'No evaluated checkpoints yet: the bundle goes in `checkpoints/`, runs in `runs/`.'

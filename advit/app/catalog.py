@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,9 @@ from ..core.checks import shown_value
 from ..core.io import REPO
 from ..core.models import create_model, is_vit_name
 from ..core.weights import TRAIN_STATE_PREFIX, CheckpointError
-from ..measure.evaluate import evaluation_paths
+from ..measure.evaluate import read_evaluation, recorded_test_top1
 from ..measure.removal import PROTOCOLS, REMOVED_AS
 from ..measure.verdicts import HEADLINE_PROTOCOL, describe_drop, headline
-from ..training.run_folder import read_json
 from .names import model_label
 
 # Paper models offered when their ImageNet weights are in the local Hugging Face cache.
@@ -63,18 +63,26 @@ class ModelEntry:
     def is_vit(self) -> bool:
         return is_vit_name(self.meta.get('model') or '')
 
+    @cached_property
+    def evaluation(self) -> dict[str, Any] | None:
+        """Its evaluation file (``evaluate.read_evaluation``: test top-1, per class, faithfulness), read once per
+        catalog scan; None for a timm model or a checkpoint not evaluated."""
+        return None if self.key.startswith(TIMM_PREFIX) else read_evaluation(self.key)
+
+    @property
+    def test_top1(self) -> float | None:
+        """Its test top-1, from its evaluation (``evaluate.recorded_test_top1``); None where not evaluated."""
+        return None if self.key.startswith(TIMM_PREFIX) else recorded_test_top1(self.key, self.meta)
+
     def label(self) -> str:
         """A readable one-line name for a model list (``names.model_label``)."""
-        return model_label(self.key, self.meta)
+        return model_label(self.key, self.meta, self.test_top1)
 
     def faithfulness(self, protocol: str = HEADLINE_PROTOCOL) -> dict[str, dict[str, float | None]]:
         """The quarter drops (and their standard errors) of its last layer's map and rollout on the test
         images of its evaluation file under a removal ``protocol`` (``verdicts.headline``), or {} where none
         was measured."""
-        if self.key.startswith(TIMM_PREFIX):
-            return {}
-        evaluation = read_json(evaluation_paths(self.key)[0])  # None: missing or unreadable, as if not measured
-        drops = headline(evaluation, protocol) if evaluation is not None else {}
+        drops = headline(self.evaluation, protocol) if self.evaluation is not None else {}
         return drops if any(entry['quarter_drop'] is not None for entry in drops.values()) else {}
 
     def describe(self) -> str:
@@ -86,7 +94,7 @@ class ModelEntry:
                 f"{meta['params'] / 1e6:.1f}M" if meta.get('params') else None),
                 ('validation top-1', f"{meta['val_top1']:.2f}% (the checkpoint was chosen on it)"
                  if meta.get('val_top1') is not None else None),
-                ('test top-1', f"{meta['test_top1']:.2f}%" if meta.get('test_top1') is not None else None),
+                ('test top-1', f"{self.test_top1:.2f}%" if self.test_top1 is not None else None),
                 *[(f'faithful maps? (quarter drop on test images, removed patches {REMOVED_AS[protocol]})', '; '.join(
                     f'{source}: {describe_drop(entry)}' for source, entry in self.faithfulness(protocol).items()
                     if entry['quarter_drop'] is not None) or None) for protocol in PROTOCOLS],

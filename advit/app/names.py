@@ -44,8 +44,14 @@ def architecture_name(model: str, model_args: dict[str, Any] | None = None) -> s
     return base
 
 
-def model_label(key: str, meta: dict[str, Any]) -> str:
-    """A model list's line: role and method, architecture, test top-1; a run's folder when not the bundle's."""
+def model_label(key: str, meta: dict[str, Any], test_top1: float | None = None) -> str:
+    """A model list's line: role and method, architecture, test top-1; a run's folder when not the bundle's.
+
+    Args:
+        key: The checkpoint's path (or ``timm:<name>``).
+        meta: Its metadata.
+        test_top1: Its test top-1 as its evaluation records it (``evaluate.recorded_test_top1``); None: not shown.
+    """
     method = meta.get('method')
     if Path(key).stem == TEACHER_STEM:
         role = 'Teacher'
@@ -59,8 +65,8 @@ def model_label(key: str, meta: dict[str, Any]) -> str:
     parts = [role, architecture_name(meta.get('model', '?'), args)]
     if meta.get('image_size') not in (None, 32):  # the paper's 224: a 32x32 bundle is the rule, not worth a word
         parts.append(f"{meta['image_size']}px")
-    if meta.get('test_top1') is not None:
-        parts.append(f"{meta['test_top1']:.1f}%")
+    if test_top1 is not None:
+        parts.append(f'{test_top1:.1f}%')
     if Path(key).name == BEST:  # a run of runs/: its folder tells runs of one method apart
         parts.append(Path(key).parent.name)
     return ' · '.join(parts)

@@ -190,10 +190,13 @@ def confusion_figure(classes: Sequence[str], confusion_a: np.ndarray, confusion_
     return figure
 
 
-def training_curves(metrics: list[dict]) -> go.Figure:
+def training_curves(metrics: list[dict], test: tuple[int, float] | None = None) -> go.Figure:
     """Loss terms (left) and validation top-1 (right) against steps, from a run's metrics lines.
 
-    The test top-1 of the selected checkpoint, evaluated once at the end, is the right panel's last point.
+    Args:
+        metrics: The run's metrics lines.
+        test: (step, top-1) of the checkpoint selected on validation, evaluated once at the end (its evaluation
+            file's, ``JobManager.test_result``): the right panel's star.
     """
     from plotly.subplots import make_subplots
     figure = make_subplots(rows=1, cols=2, subplot_titles=['loss terms', 'top-1 (%)'])
@@ -203,11 +206,13 @@ def training_curves(metrics: list[dict]) -> go.Figure:
         if points:
             steps, values = zip(*points)
             figure.add_trace(go.Scatter(x=steps, y=values, mode='lines', name=term), row=1, col=1)
-    for event, key, name in (('eval', 'val_top1', 'validation top-1'), ('test', 'test_top1', 'test top-1 (selected)')):
-        points = [(m['step'], m[key]) for m in metrics if m.get('event') == event and m.get(key) is not None]
-        if points:
-            steps, values = zip(*points)
-            figure.add_trace(go.Scatter(x=steps, y=values, mode='lines+markers', name=name), row=1, col=2)
+    points = [(m['step'], m['val_top1']) for m in metrics if m.get('event') == 'eval' and m.get('val_top1') is not None]
+    if points:
+        steps, values = zip(*points)
+        figure.add_trace(go.Scatter(x=steps, y=values, mode='lines+markers', name='validation top-1'), row=1, col=2)
+    if test is not None:
+        figure.add_trace(go.Scatter(x=[test[0]], y=[test[1]], mode='markers', name='test top-1 (selected)',
+                                    marker=dict(symbol='star', size=12)), row=1, col=2)
     figure.update_xaxes(title_text='step')
     figure.update_layout(height=320, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation='h'))
     return figure
@@ -228,17 +233,19 @@ def progress_html(step: int | None, total: int | None, fraction: float | None, e
             f'<div>{" · ".join(parts)}</div>')
 
 
-def students_curves(metrics: dict[str, list[dict]]) -> go.Figure:
+def students_curves(metrics: dict[str, list[dict]], tests: dict[str, tuple[int, float]] | None = None) -> go.Figure:
     """Several students trained together (a ``--methods`` run), one colour each: total loss (left) and
     validation top-1 (right) against steps, from each student's metrics lines by method.
 
-    A student's test top-1 (its selected checkpoint, evaluated once at the end) is its last marker on the right.
+    Args:
+        metrics: Each student's metrics lines, by method.
+        tests: (step, top-1) of each student's checkpoint selected on validation, evaluated once at the end, by
+            method: its star on the right.
     """
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
     figure = make_subplots(rows=1, cols=2, subplot_titles=['loss', 'top-1 (%)'])
-    series = (('train', 'loss', 'loss', 1, 'lines'), ('eval', 'val_top1', 'validation top-1', 2, 'lines+markers'),
-              ('test', 'test_top1', 'test top-1 (selected)', 2, 'markers'))
+    series = (('train', 'loss', 'loss', 1, 'lines'), ('eval', 'val_top1', 'validation top-1', 2, 'lines+markers'))
     for index, (method, lines) in enumerate(metrics.items()):
         colour = qualitative.Plotly[index % len(qualitative.Plotly)]
         for event, key, label, column, mode in series:
@@ -246,9 +253,14 @@ def students_curves(metrics: dict[str, list[dict]]) -> go.Figure:
             if points:
                 steps, values = zip(*points)
                 figure.add_trace(go.Scatter(x=steps, y=values, mode=mode, name=f'{method} · {label}',
-                                            legendgroup=method, line=dict(color=colour),
-                                            marker=dict(color=colour, symbol='star' if event == 'test' else 'circle')),
+                                            legendgroup=method, line=dict(color=colour), marker=dict(color=colour)),
                                  row=1, col=column)
+        if (tests or {}).get(method) is not None:
+            step, top1 = tests[method]
+            figure.add_trace(go.Scatter(x=[step], y=[top1], mode='markers', name=f'{method} · test top-1 (selected)',
+                                        legendgroup=method, line=dict(color=colour),
+                                        marker=dict(color=colour, symbol='star', size=12)),
+                             row=1, col=2)
     figure.update_xaxes(title_text='step')
     figure.update_layout(height=360, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation='h'))
     return figure

@@ -361,8 +361,9 @@ class TrainDesk:
             log = log[:log.index('Traceback (most recent call last)')] + '(traceback not shown on a public server)'
         if job['state'] == 'failed' and job['error']:
             log = f'FAILED: {job["error"]}\n\n--- output ---\n{log}'
-        figure = students_curves({method: self.manager.metrics(name, method) for method in job['methods']}) \
-            if job['methods'] else training_curves(self.manager.metrics(name))
+        figure = students_curves({method: self.manager.metrics(name, method) for method in job['methods']},
+                                 {method: self.manager.test_result(name, method) for method in job['methods']}) \
+            if job['methods'] else training_curves(self.manager.metrics(name), self.manager.test_result(name))
         table, table_md = [], ''
         if job['state'] == 'finished':
             key = (job['name'], job.get('started'))

@@ -140,7 +140,7 @@ def _check_fields(meta: dict[str, Any], model: nn.Module) -> None:
             _number(value, f'each {field} value', low, 1e3)
     if meta.get('step') is not None:
         _number(meta['step'], 'step', 0, 10**12, whole=True)
-    for field in ('val_top1', 'test_top1'):
+    for field in ('val_top1', 'test_top1'):  # test_top1: checkpoints of before evaluation files held it here
         if meta.get(field) is not None:
             _number(meta[field], field, 0, 100)
 

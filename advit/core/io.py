@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a torn one; and where the project lies."""
+"""Atomic file writes (a reader sees the old file or the new one, never a torn one), JSON read back, and where the project lies."""
 from __future__ import annotations
 
 import contextlib
@@ -49,6 +49,16 @@ def write_json(target: str | Path, payload: Any) -> None:
     """Write JSON atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + '\n')
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file (a run folder's ``status.json`` or ``config.json``, an evaluation, a job's record), or
+    None where it is missing, unreadable, torn by a kill or not an object: readers go on as if not written yet."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _umask() -> int:

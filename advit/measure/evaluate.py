@@ -7,7 +7,6 @@ comparison gallery (paper Table 3) reads.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,10 +17,10 @@ import torch.nn as nn
 from ..core.attention_path import use_attention_path
 from ..core.augment import BatchTransform
 from ..core.capture import trained_normalization
-from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..core.checkpoint import Checkpoint, load_checkpoint
 from ..core.data import ImageSet, batches, load_dataset
 from ..core.distributed import resolve_device
-from ..core.io import atomic_path, write_json
+from ..core.io import atomic_path, read_json, write_json
 from ..core.models import model_image_size, model_normalization
 from ..core.precision import autocast, compute_dtype
 from .faithfulness import has_cls_attention, measure_faithfulness
@@ -94,11 +93,8 @@ def save_evaluation(checkpoint: str | Path, probs: torch.Tensor, labels: torch.T
     bundle's and a run's test figures, which the app and the card read, are not lost to a quick look at a subset."""
     metrics_path, predictions_path = evaluation_paths(checkpoint)
     metrics = dict(extra, **summarize(probs, labels, classes))
-    try:
-        earlier = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-    except (OSError, ValueError):  # unreadable: nothing worth keeping
-        earlier = None
-    if isinstance(earlier, dict) and isinstance(earlier.get('count'), int) and (
+    earlier = read_json(metrics_path)  # None: missing or unreadable, nothing worth keeping
+    if earlier is not None and isinstance(earlier.get('count'), int) and (
             earlier['count'] > metrics['count'] or earlier.get('data') not in (None, metrics.get('data'))):
         raise ValueError(f'{metrics_path.name} holds an evaluation on {earlier["count"]} test images of '
                          f'{earlier.get("data")}; this one, on {metrics["count"]} of {metrics.get("data")}, would '
@@ -110,6 +106,25 @@ def save_evaluation(checkpoint: str | Path, probs: torch.Tensor, labels: torch.T
                      probs=probs.numpy().astype(np.float16))
     write_json(metrics_path, metrics)
     return metrics
+
+
+def read_evaluation(checkpoint: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's evaluation (``evaluation_paths``), the one record of its test figures: top-1, per class, the
+    confusion matrix and its maps' faithfulness under each protocol; None where it has none or it cannot be read."""
+    return read_json(evaluation_paths(checkpoint)[0])
+
+
+def recorded_test_top1(checkpoint: str | Path, meta: dict[str, Any]) -> float | None:
+    """A checkpoint's test top-1 as its evaluation records it (None: not evaluated). A checkpoint of before
+    evaluation files, whose metadata alone held it (``meta``'s ``test_top1``), is read here and nowhere else.
+
+    Args:
+        checkpoint: The checkpoint file.
+        meta: Its metadata.
+    """
+    evaluation = read_evaluation(checkpoint)
+    top1 = evaluation.get('top1') if evaluation is not None else meta.get('test_top1')
+    return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
 
 
 def load_predictions(checkpoint: str | Path) -> dict[str, np.ndarray]:
@@ -189,25 +204,6 @@ def evaluate_split(
     return save_evaluation(checkpoint, probs, test.labels, test.classes, record)
 
 
-def evaluate_and_record(checkpoint: str | Path, test: ImageSet, data_name: str, *, half: bool = False,
-                        **evaluation: Any) -> dict[str, Any]:
-    """Evaluate a chosen checkpoint (``evaluate_split``: its evaluation files beside it) and record its test
-    figures in its own metadata (``test_top1``, ``test_faithfulness``): the one place they are made, at the end
-    of a run and for each file the bundle ships. Returns the metrics.
-
-    Args:
-        half: The file holds fp16 weights (a shipped one) and is rewritten so.
-        evaluation: ``evaluate_split``'s other arguments.
-    """
-    metrics = evaluate_split(checkpoint, test, data_name, **evaluation)
-    loaded = load_checkpoint(checkpoint)
-    headline_summary = (metrics.get(evaluation_key(HEADLINE_PROTOCOL)) or {}).get('summary')
-    save_checkpoint(checkpoint, loaded.model, dict(loaded.meta, test_top1=metrics['top1'], test_faithfulness=headline_summary,
-                                                   test_faithfulness_protocol=HEADLINE_PROTOCOL if headline_summary
-                                                   else None), half=half)
-    return metrics
-
-
 def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, count: int = TEST_IMAGES,
                                     batch_size: int = 256, device: str = 'auto', model_name: str | None = None,
                                     protocol: str = HEADLINE_PROTOCOL) -> dict[str, Any]:
@@ -228,9 +224,8 @@ def measure_checkpoint_faithfulness(checkpoint: str | Path, test: ImageSet, coun
                                       batch_size=batch_size, amp=True, protocol=protocol)
     if faithfulness is None:
         raise ValueError(f'{checkpoint}: {loaded.meta.get("model")} has no [CLS] attention to measure')
-    metrics_path = evaluation_paths(checkpoint)[0]
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {'checkpoint': str(checkpoint)}
-    write_json(metrics_path, dict(metrics, **{key: faithfulness}))
+    metrics = read_evaluation(checkpoint) or {'checkpoint': str(checkpoint)}
+    write_json(evaluation_paths(checkpoint)[0], dict(metrics, **{key: faithfulness}))
     return faithfulness
 
 

@@ -33,7 +33,7 @@ from ..core.data import ImageSet, load_dataset
 from ..core.io import atomic_path
 from ..core.machine import machine
 from ..core.weights import TRAIN_STATE_PREFIX
-from ..measure.evaluate import TEST_IMAGES, evaluate_and_record, evaluation_paths
+from ..measure.evaluate import TEST_IMAGES, evaluate_split, evaluation_paths, read_evaluation
 from ..measure.faithfulness import ROLLOUT, WHOLE_MODEL_MAPS, FaithfulnessCurves
 from ..measure.probe_file import PROBE_FILE, shipped_probe
 from ..measure.removal import REMOVED_AS
@@ -48,7 +48,7 @@ from ..measure.verdicts import (
     last_layer,
     verdict,
 )
-from ..training.run_folder import RunFolder, read_json, read_metrics, read_sessions
+from ..training.run_folder import RunFolder, read_metrics, read_sessions
 from ..training.train import fields_with_role
 from .agreement import agreement_markdown
 from .paper import PAPER_TEACHER_TOP1, PAPER_TOP1
@@ -169,8 +169,8 @@ def _export_weights(run: Path, target: Path, device: str, test_sets: dict[tuple,
     if meta.get('teacher') and Path(meta['teacher']).resolve() == bundle_teacher.resolve():
         meta['teacher'] = f'{TEACHER}.safetensors'  # the app shows it beside the shipped files, not a runs/ path
     save_checkpoint(target, loaded.model, meta, half=True)
-    # The metadata carries the shipped file's own figures (fp16 weights can flip a few predictions).
-    evaluate_and_record(target, test_sets[key], config['data'], device=device, half=True)
+    # The shipped file's own figures (fp16 weights can flip a few predictions), in its evaluation file.
+    evaluate_split(target, test_sets[key], config['data'], device=device)
 
 
 def _paper_top1(name: str, result: RunResult) -> float | None:
@@ -193,7 +193,7 @@ def faithfulness_section(out: Path, names: list[str]) -> str:
     """The card's account of how faithful each model's maps are (``faithfulness.py``), from the bundle's
     evaluation files: every layer's, rollout's and gradient rollout's quarter drop with its verdict, and
     the deletion and insertion areas of the last layer and both rollouts against a random order."""
-    evaluations = {name: read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {} for name in names}
+    evaluations = {name: read_evaluation(out / f'{name}.safetensors') or {} for name in names}
     key = evaluation_key(HEADLINE_PROTOCOL)
     measured = {name: FaithfulnessCurves.from_dict(e[key]) for name, e in evaluations.items() if key in e}
     intro = (f'{FAITHFULNESS_HEADING}\n\nDoes a model use the patches its [CLS] map points at? On a fixed random '
@@ -240,7 +240,7 @@ PROTOCOLS_HEADING = '## Faithfulness under every removal protocol'
 def protocols_section(out: Path, names: list[str]) -> str:
     """The card's section on whether the maps' verdicts hold when a removed patch is filled with the mean, its
     token dropped or its pixels blurred (``agreement``), from the bundle's evaluation files."""
-    evaluations = {name: read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {} for name in names}
+    evaluations = {name: read_evaluation(out / f'{name}.safetensors') or {} for name in names}
     return (f'{PROTOCOLS_HEADING}\n\nEach headline map under each removal protocol (`advit/measure/removal.py`) on '
             'the same test images, and how far the protocols agree: Kendall\'s tau over the (model, map) pairs and '
             'the share of verdicts that are the same. A claim the card makes about a map holds where its verdict '
@@ -261,7 +261,7 @@ def refresh_faithfulness(out: str | Path) -> None:
     kept = [index for index, title in enumerate(header) if title not in titles]
     at = next(position for position, index in enumerate(kept) if header[index] == 'test top-1 (%)') + 1
     names = [line.strip('|').split('|')[0].strip() for line in lines[start + 2:end]]
-    results = {name: headline(read_json(evaluation_paths(out / f'{name}.safetensors')[0]) or {}) for name in names}
+    results = {name: headline(read_evaluation(out / f'{name}.safetensors') or {}) for name in names}
 
     def row(cells: list[str], extra: list[str]) -> str:
         chosen = [cells[index] for index in kept]
@@ -314,7 +314,7 @@ def bundle_results(out: Path) -> dict[str, RunResult]:
     results = {}
     for name in (TEACHER, *STUDENTS):
         path = out / f'{name}.safetensors'
-        evaluation = read_json(evaluation_paths(path)[0])
+        evaluation = read_evaluation(path)
         if path.is_file() and evaluation is not None:
             results[name] = checkpoint_result(path, evaluation, path=path, seed=BUNDLE_SEED)
     return results
@@ -529,7 +529,7 @@ def _add_table1_rows(out: Path, students: list[Path]) -> None:
     """The card's Table 1 with a row for each of ``students`` (exported into ``out``) and a line on how they
     were trained; their names taken off the card's list of runs not in the bundle."""
     rows = [table1_row(s.name, checkpoint_result(out / f'{s.name}.safetensors',
-                                                 read_json(evaluation_paths(out / f'{s.name}.safetensors')[0]) or {},
+                                                 read_evaluation(out / f'{s.name}.safetensors') or {},
                                                  path=out / f'{s.name}.safetensors', seed=BUNDLE_SEED),
                        RunFolder(s).status(), True) for s in students]
     lines = (out / CARD).read_text().split('\n')
@@ -570,7 +570,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
     configs = {name: RunFolder(runs / name).config() for name in names}
     students = [name for name in names if name != TEACHER]
     return '\n'.join([
-        _card_intro(configs, read_json(evaluation_paths(out / f'{names[0]}.safetensors')[0]) or {}),
+        _card_intro(configs, read_evaluation(out / f'{names[0]}.safetensors') or {}),
         _table1_section(runs, out, results, configs=configs, shipped=shipped, best=best, max_mb=max_mb),
         seeds_section(out),
         faithfulness_section(out, names),

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.checkpoint import read_metadata
+from ..core.io import read_json
 from ..measure.evaluate import evaluation_paths
 from ..measure.verdicts import HEADLINE_MAPS, headline, headline_key
-from ..training.run_folder import RECORD_KEYS, RunFolder, read_json
+from ..training.run_folder import RECORD_KEYS, RunFolder
 from ..training.train import fields_with_role
 from .paper import PAPER_TOP1
 

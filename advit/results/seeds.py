@@ -18,11 +18,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..core.io import atomic_path, write_json
-from ..measure.evaluate import evaluation_paths
+from ..core.io import atomic_path, read_json, write_json
+from ..measure.evaluate import evaluation_paths, read_evaluation
 from ..measure.removal import PROTOCOLS
 from ..measure.verdicts import HEADLINE_MAPS, HEADLINE_PROTOCOL, headline, headline_key
-from ..training.run_folder import RECORD_KEYS, RunFolder, read_json
+from ..training.run_folder import RECORD_KEYS, RunFolder
 from ..training.train import TrainConfig, fields_with_role
 from .report import markdown_table
 
@@ -91,7 +91,7 @@ def collect(bundle: Path, methods: list[str]) -> dict[str, MethodSeeds]:
     found = {method: MethodSeeds(method) for method in methods}
     for seed, folder in [(BUNDLE_SEED, bundle)] + _seed_folders(bundle):
         for method in methods:
-            evaluation = read_json(evaluation_paths(folder / f'{method}.safetensors')[0])
+            evaluation = read_evaluation(folder / f'{method}.safetensors')
             if evaluation is not None and 'top1' in evaluation:
                 found[method].add(seed, evaluation)
     return {method: entry for method, entry in found.items() if entry.seeds}

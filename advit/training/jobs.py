@@ -34,9 +34,10 @@ import torch
 
 from ..core.checks import shown_value
 from ..core.data import DatasetError, load_dataset, steps_per_epoch
-from ..core.io import REPO, write_json
+from ..core.io import REPO, read_json, write_json
 from ..core.models import create_model
-from .run_folder import RunFolder, read_json, read_metrics
+from ..measure.evaluate import read_evaluation
+from .run_folder import RunFolder, read_metrics
 from .train import TrainConfig, TrainingError, group_configs, validate, validate_group
 
 ACTIVE = ('queued', 'running')  # the states in which a job can still be cancelled
@@ -431,6 +432,16 @@ class JobManager:
                 raise JobError(f'{name} has no {shown_value(method)} student: it has {", ".join(folders)}')
             folder = folders[method]
         return read_metrics(folder)
+
+    def test_result(self, name: str, method: str | None = None) -> tuple[int, float] | None:
+        """(step, test top-1) of the run's (of a group job, its ``method`` student's) checkpoint selected on
+        validation, from its evaluation file once the run has finished; None before."""
+        folder = self.students(name).get(method) if method is not None else self._run(name)
+        evaluation = read_evaluation(RunFolder(folder).best) if folder is not None else None
+        if evaluation is None or not isinstance(evaluation.get('step'), int) or \
+                not isinstance(evaluation.get('top1'), (int, float)):
+            return None
+        return evaluation['step'], float(evaluation['top1'])
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         """The last lines of the job's output."""

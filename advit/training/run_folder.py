@@ -11,7 +11,7 @@ Also the cancel the process obeys (``StopSignal``). Rank 0 writes; the others on
 - ``last.safetensors``: weights, optimiser state, every random stream and the progress: a killed
   or cancelled run resumes from it exactly.
 
-Written here, and read here too (``RunFolder``, ``read_json``, ``read_metrics``) by the job list, the report,
+Written here, and read here too (``RunFolder``, ``read_metrics``; JSON files through ``io.read_json``) by the job list, the report,
 the bundle, the seeds, the catalog and the training view, which all meet torn files the same way: this module
 alone names the files, and ``config.json`` carries the folder's ``format`` (``FORMAT_VERSION``; a folder from
 before it was stamped reads as version 1, whose files are the same).
@@ -41,7 +41,7 @@ from ..core.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from ..core.io import atomic_path, write_json
+from ..core.io import atomic_path, read_json, write_json
 from ..core.machine import machine
 from ..core.weights import model_weights, read_tensors, train_state
 
@@ -157,16 +157,6 @@ class StopSignal:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file of a run folder (``status.json``, ``config.json``, an evaluation, a job's record), or
-    None where it is missing, unreadable, torn by a kill or not an object: readers go on as if not written yet."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:

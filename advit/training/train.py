@@ -67,7 +67,7 @@ from ..core.models import (
 from ..core.precision import autocast, compute_dtype, native_bf16
 from ..core.relevance import RELEVANCE_TARGETS
 from ..core.weights import CheckpointError
-from ..measure.evaluate import TEST_IMAGES, evaluate_and_record, predict, summarize
+from ..measure.evaluate import TEST_IMAGES, evaluate_split, predict, summarize
 from ..measure.faithfulness import (
     GRADIENT_ROLLOUT,
     ROLLOUT,
@@ -609,7 +609,7 @@ def checkpoint_meta(cfg: TrainConfig, s: Student, classes: list[str], step: int,
         model=cfg.model, model_args=dict(cfg.model_args, num_classes=len(classes), img_size=cfg.image_size),
         classes=classes, image_size=cfg.image_size, mean=list(mean), std=list(std), method=s.cfg.method,
         teacher=s.cfg.teacher, recipe=cfg.recipe, data=cfg.data, step=step, epoch=step / epoch_steps,
-        val_size=cfg.val_size, val_top1=val_top1, test_top1=None, params=sum(p.numel() for p in s.model.parameters()),
+        val_size=cfg.val_size, val_top1=val_top1, params=sum(p.numel() for p in s.model.parameters()),
         # How the attention was compared: the app shows the maps and gaps the same way.
         head_fusion=cfg.head_fusion, layer_map=cfg.layer_map, attn_norm=cfg.attn_norm, tau=cfg.tau,
         attn_weight=cfg.attn_weight, alpha=cfg.alpha,
@@ -829,11 +829,11 @@ def finish(run: RunSetup, step: int, cancelled: bool, elapsed: float, ctx: distr
         if cancelled:
             s.log.info('cancelled at step %d; %s holds it', step, RunFolder(s.run).last)
         elif ctx.is_main:
-            test_top1 = evaluate_and_record(
+            # Its evaluation file is the one record of its test figures (evaluate.read_evaluation).
+            test_top1 = evaluate_split(
                 RunFolder(s.run).best, run.splits.test, s.cfg.data, batch_size=s.cfg.eval_batch_size,
                 device=ctx.device, amp=s.cfg.amp, faithfulness_images=s.cfg.faithfulness_images,
                 extra={'split': 'test', 'selected_on': 'validation' if s.cfg.val_size else 'last evaluation'})['top1']
-            append_metrics(s.run, dict(event='test', step=step, test_top1=test_top1))
             s.log.info('done at step %d in %.0fs: the checkpoint selected on validation has test top-1 %.2f%%',
                        step, elapsed, test_top1)
     distributed.barrier(ctx)

@@ -395,6 +395,8 @@ def test_view_of_a_group_job_has_every_students_curves_and_once_finished_its_tab
         assert [trace.name for trace in student] == [f'{method} · loss', f'{method} · validation top-1',
                                                       f'{method} · test top-1 (selected)']
         assert list(student[0].x) == [1, 2, 3] and list(student[1].y) == [best[method]]
+        evaluation = json.loads((run / method / 'best.eval.json').read_text())  # the star: the one record's figure
+        assert (list(student[2].x), list(student[2].y)) == ([evaluation['step']], [evaluation['top1']])
         assert len({trace.line.color for trace in student}) == 1
     assert len({student[0].line.color for student in traces.values()}) == len(GROUP)
 

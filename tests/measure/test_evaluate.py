@@ -10,11 +10,10 @@ import torch
 
 from advit.core.checkpoint import save_checkpoint
 from advit.core.checkpoint import read_metadata
-from advit.core.weights import read_tensors
-from advit.measure.evaluate import (evaluate_and_record, evaluate_checkpoint, evaluation_paths, load_predictions,
-                                    summarize)
+from advit.measure.evaluate import (evaluate_checkpoint, evaluate_split, evaluation_paths, load_predictions,
+                                    read_evaluation, recorded_test_top1, summarize)
 from advit.core.models import CIFAR10_MEAN, CIFAR10_STD
-from advit.measure.verdicts import HEADLINE_PROTOCOL, evaluation_key
+from advit.measure.verdicts import evaluation_key
 from advit.measure.removal import PROTOCOLS
 from conftest import TINY
 
@@ -121,26 +120,37 @@ def test_evaluate_checkpoint_writes_consistent_files(tiny_checkpoint, cifar, cif
 @pytest.mark.slow
 @pytest.mark.parametrize('half', [False, True], ids=['fp32-run-file', 'fp16-shipped-file'])
 def test_a_chosen_checkpoint_is_evaluated_and_its_figures_recorded_in_one_place(tmp_path, cifar, half):
-    """The end of a run and the bundle's export both call evaluate_and_record: the evaluation files beside the
-    checkpoint, and its test top-1 and faithfulness summary in its own metadata, the weights' precision kept."""
+    """The end of a run and the bundle's export both call evaluate_split: the evaluation file beside the checkpoint
+    is the one record of its test figures (every protocol's faithfulness, how it was chosen); the checkpoint itself
+    is not rewritten, and its test top-1 is read from the evaluation (recorded_test_top1)."""
     torch.manual_seed(0)
     model = timm.create_model(NAME, **TINY).eval()
     path = tmp_path / 'best.safetensors'
     save_checkpoint(path, model, dict(model=NAME, model_args=dict(TINY, num_classes=10, img_size=32), step=7,
                                       val_top1=12.5, classes=cifar['test'].classes, mean=list(CIFAR10_MEAN),
                                       std=list(CIFAR10_STD), method='vit'), half=half)
-    weights = {k: v for k, v in read_tensors(path).items()}
-    metrics = evaluate_and_record(path, cifar['test'].subset(64), 'cifar10', batch_size=32, device='cpu',
-                                  faithfulness_images=16, extra={'split': 'test'}, half=half)
+    written = path.read_bytes()
+    metrics = evaluate_split(path, cifar['test'].subset(64), 'cifar10', batch_size=32, device='cpu',
+                             faithfulness_images=16, extra={'split': 'test'})
+    assert path.read_bytes() == written, 'the checkpoint is left as it was'
     meta = read_metadata(path)
-    # Every removal protocol measured; the metadata carries the headline one's summary, named.
+    assert not {'test_top1', 'test_faithfulness'} & set(meta), 'test figures are kept in the evaluation only'
     assert {evaluation_key(protocol) for protocol in PROTOCOLS} <= set(metrics)
-    assert meta['test_top1'] == metrics['top1'] and meta['test_faithfulness_protocol'] == HEADLINE_PROTOCOL
-    assert meta['test_faithfulness'] == metrics[evaluation_key(HEADLINE_PROTOCOL)]['summary']
     assert (metrics['step'], metrics['val_top1'], metrics['split']) == (7, 12.5, 'test'), 'how it was chosen'
-    assert json.loads(evaluation_paths(path)[0].read_text()) == json.loads(json.dumps(metrics))
-    rewritten = read_tensors(path)
-    assert all(torch.equal(rewritten[k], v) and rewritten[k].dtype == v.dtype for k, v in weights.items())
+    assert read_evaluation(path) == json.loads(json.dumps(metrics))
+    assert recorded_test_top1(path, meta) == metrics['top1']
+
+
+def test_a_checkpoint_of_before_evaluation_files_has_its_test_top1_read_from_its_metadata(tmp_path):
+    """The older format, recognised in one place: a checkpoint whose metadata alone held its test top-1."""
+    path = tmp_path / 'old.safetensors'
+    assert recorded_test_top1(path, {'test_top1': 71.25}) == 71.25
+    assert recorded_test_top1(path, {}) is None
+    assert recorded_test_top1(path, {'test_top1': 'high'}) is None  # a lying header is no figure
+    evaluation_paths(path)[0].write_text(json.dumps({'top1': 70.5}))
+    assert recorded_test_top1(path, {'test_top1': 71.25}) == 70.5, 'an evaluation file wins over old metadata'
+    evaluation_paths(path)[0].write_text('{"top1": 70')  # torn by a kill: as if not evaluated
+    assert read_evaluation(path) is None and recorded_test_top1(path, {}) is None
 
 
 @pytest.mark.slow
