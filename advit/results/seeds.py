@@ -223,15 +223,28 @@ def seed_runs(bundle: Path) -> str:
         if record is None:
             lines.append(f'- seed {seed}: not recorded how it was trained')
             continue
-        trainings = []
-        for training in seed_trainings(record):
-            methods = training['methods']
-            who = 'the students together' if methods is None else (
-                ', '.join(f'`{m}`' for m in methods) + (' together' if len(methods) > 1 else ' alone'))
+        trainings, recorded = [], seed_trainings(record)
+        for index, training in enumerate(recorded):
             where = ', then '.join(training['machines']) or 'a machine not recorded'
-            trainings.append(f"{who} in {training['train_s'] / 60:.0f} minutes (evaluations included) on {where}")
+            trainings.append(f"{_trained(training, recorded[index + 1:])} in {training['train_s'] / 60:.0f} minutes "
+                             f"(evaluations included) on {where}")
         lines.append(f"- seed {seed}: {record['steps']} steps; " + '; '.join(trainings))
     return '\n'.join(lines) + '\n' if lines else ''
+
+
+def _trained(training: dict[str, Any], later: list[dict[str, Any]]) -> str:
+    """Who a seed's training trained, in words: the students whose evaluations it still gives, and those of its
+    students trained again by a ``later`` training (their evaluations are that one's)."""
+    methods = training['methods'] or list(STUDENTS_BEFORE)
+    again = {method for other in later for method in (other['methods'] or STUDENTS_BEFORE)}
+    kept, replaced = [m for m in methods if m not in again], [m for m in methods if m in again]
+    if not replaced:
+        return 'the students together' if training['methods'] is None else (
+            ', '.join(f'`{m}`' for m in methods) + (' together' if len(methods) > 1 else ' alone'))
+    if not kept:
+        return ', '.join(f'`{m}`' for m in methods) + ', every one trained again later'
+    return (', '.join(f'`{m}`' for m in kept) + ' (trained together with ' + ', '.join(f'`{m}`' for m in replaced) +
+            ', whose evaluations are of their later training)')
 
 
 def seeds_tables(bundle: Path, methods: list[str], best: str | None) -> str:

@@ -219,6 +219,14 @@ def test_a_seed_joins_with_its_evaluations_and_how_it_was_trained(tmp_path):
     # A record written before students were added to seeds names no methods, and still reads.
     (target / SEED_RECORD).write_text(json.dumps(dict(seed=1, steps=steps, train_s=120.0, machines=['CPU A'])))
     assert f'- seed 1: {steps} steps; the students together in 2 minutes' in bundle_seeds_tables(bundle, tuple(methods))
+    # Of such a record, students trained again later are said to be: their evaluations are the later training's.
+    (target / SEED_RECORD).write_text(json.dumps(dict(seed=1, steps=steps, trainings=[
+        dict(methods=None, train_s=120.0, machines=['CPU A']),
+        dict(methods=['deit_hard', 'advit_l1', 'advit_relevance'], train_s=600.0, machines=['CPU B'])])))
+    assert (f'- seed 1: {steps} steps; `vit`, `advit_l2`, `advit_kl`, `advit_kl_paper` (trained together with '
+            '`deit_hard`, `advit_l1`, whose evaluations are of their later training) in 2 minutes (evaluations '
+            'included) on CPU A; `deit_hard`, `advit_l1`, `advit_relevance` together in 10 minutes') \
+        in bundle_seeds_tables(bundle, tuple(methods))
 
 
 def test_a_runs_config_names_each_machine_that_trained_it_over_resumes(tmp_path):
