@@ -124,7 +124,9 @@ def recorded_test_top1(checkpoint: str | Path, meta: dict[str, Any]) -> float | 
     """
     evaluation = read_evaluation(checkpoint)
     top1 = evaluation.get('top1') if evaluation is not None else meta.get('test_top1')
-    return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
+    if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:  # NaN fails too
+        return None  # a file that lies about it shows no figure rather than a wrong one
+    return float(top1)
 
 
 def load_predictions(checkpoint: str | Path) -> dict[str, np.ndarray]:

@@ -254,8 +254,9 @@ def test_a_public_bind_with_a_token_refuses_abuse_before_any_process(tmp_path, c
         refused('the number of steps must be a whole number, got 2.5', amount=2.5)
         refused('seed must be a whole number, got 1.5', seed=1.5)
         refused('tau must be a number', tau='warm')
-        refused('epochs of 256 images in batches of 64 are 40,000,000 steps: the limit here is 20,000', length='epochs',
-                amount=1e7)
+        refused('epochs of 256 images in batches of 64 are 400,000 steps: the limit here is 20,000', length='epochs',
+                amount=1e5)
+        refused(r'the number of epochs must be between 1e-06 and 1e\+06, got 1e\+07', length='epochs', amount=1e7)
         refused('depth must be between 1 and 64, got 10000', model_args='depth=10000')  # before building anything
         refused(r"model is 100,000 characters long: the limit is 1,000 .'aaaa.*\(100002 characters\)",
                 model='a' * 100_000)

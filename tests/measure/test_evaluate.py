@@ -146,7 +146,8 @@ def test_a_checkpoint_of_before_evaluation_files_has_its_test_top1_read_from_its
     path = tmp_path / 'old.safetensors'
     assert recorded_test_top1(path, {'test_top1': 71.25}) == 71.25
     assert recorded_test_top1(path, {}) is None
-    assert recorded_test_top1(path, {'test_top1': 'high'}) is None  # a lying header is no figure
+    for lie in ('high', True, float('nan'), 250.0, -1):  # a lying header is no figure
+        assert recorded_test_top1(path, {'test_top1': lie}) is None
     evaluation_paths(path)[0].write_text(json.dumps({'top1': 70.5}))
     assert recorded_test_top1(path, {'test_top1': 71.25}) == 70.5, 'an evaluation file wins over old metadata'
     evaluation_paths(path)[0].write_text('{"top1": 70')  # torn by a kill: as if not evaluated
