@@ -18,6 +18,7 @@
 #   none for long-bundle, whose presets count their length in steps], STUDENT_SECONDS [3600; none for
 #   long-bundle], STUDENTS [the seven of advit.results.bundle.STUDENTS; long-bundle: vit deit_hard advit_l1 advit_kl advit_relevance], MAX_MB [80],
 #   SWEEP [benchmarks/results/bundle-sweep-cpu.jsonl: the sweep.jsonl of scripts/cpu_sweep.py behind the recipe, in the card],
+#   EARLIER [none; checkpoints for long-bundle: the bundle it replaces, kept whole in OUT/quick, its seeds and card kept],
 #   PYTHON [python3], EXTRA: flags added to every `advit train`, e.g. a tiny CPU check:
 #   EXTRA="--subset 256 --test-subset 128 --batch-size 64 --steps 2 --device cpu --model-arg depth=2"
 #
@@ -48,6 +49,7 @@ if [[ $BUNDLE == long-bundle ]]; then
   TEACHER_SECONDS=${TEACHER_SECONDS:-}
   STUDENT_SECONDS=${STUDENT_SECONDS:-}
   STUDENTS=${STUDENTS:-vit deit_hard advit_l1 advit_kl advit_relevance}
+  EARLIER=${EARLIER-checkpoints}  # the quick bundle it replaces, kept whole in OUT/quick (advit bundle --earlier)
 else
   RUNS=${RUNS:-runs/bundle}
   TEACHER_SECONDS=${TEACHER_SECONDS:-2700}
@@ -81,7 +83,8 @@ finished "$RUNS/teacher" || { echo "== teacher not finished: run this script aga
 train_students students "$RUNS" --teacher "$RUNS/teacher/best.safetensors" --data "$DATA" \
   --preset "$BUNDLE-student" "${student_budget[@]}" "${EXTRA_FLAGS[@]}"
 
-sweep=()
+sweep=() earlier=()
 [[ -f $SWEEP ]] && sweep=(--sweep "$SWEEP")
-"$PYTHON" -m advit bundle "$RUNS" --out "$OUT" --max-mb "$MAX_MB" "${sweep[@]}"
+[[ -n ${EARLIER:-} ]] && earlier=(--earlier "$EARLIER")
+"$PYTHON" -m advit bundle "$RUNS" --out "$OUT" --max-mb "$MAX_MB" "${sweep[@]}" "${earlier[@]}"
 echo "== all done in $(seconds_since "$STARTED")s wall; the bundle is in $OUT"

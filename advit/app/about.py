@@ -6,7 +6,7 @@ from pathlib import Path
 from ..measure.evaluate import TEST_IMAGES
 from ..measure.removal import REMOVED_AS
 from ..measure.verdicts import HEADLINE_MAPS, HEADLINE_PROTOCOL, describe_drop
-from ..results.bundle import bundle_seeds_tables
+from ..results.bundle import EARLIER, bundle_seeds_tables, seeds_evidence
 from ..results.paper import PAPER_TEACHER_TOP1, PAPER_TOP1
 from .catalog import ModelEntry
 from .names import model_label
@@ -82,7 +82,11 @@ def bundle_table(entries: list[ModelEntry]) -> str:
 def about_markdown(entries: list[ModelEntry], bundle: Path | None = None) -> str:
     """The About page: the method, our models (and, from the ``bundle`` folder, its students over seeds), the
     paper's results."""
-    over_seeds = bundle_seeds_tables(bundle, METHOD_COLUMNS) if bundle is not None and bundle.is_dir() else None
+    evidence = (seeds_evidence(bundle) or bundle) if bundle is not None and bundle.is_dir() else None
+    over_seeds = bundle_seeds_tables(evidence, METHOD_COLUMNS) if evidence is not None else None
+    whose = ('The bundle\'s students' if evidence == bundle else
+             f'The earlier bundle\'s students (the quick recipe, kept in `{EARLIER}/` of the bundle; the bundle itself is '
+             'one seed of a longer recipe)')
     return '\n\n'.join([
         METHOD,
         '## Our models\n\nTop-1 on the test split of the data each was evaluated on (for CIFAR-10 here: '
@@ -90,7 +94,7 @@ def about_markdown(entries: list[ModelEntry], bundle: Path | None = None) -> str
         'was chosen on (validation). The bundle\'s model card, `checkpoints/README.md`, says how each was made.',
         FAITHFULNESS,
         bundle_table(entries),
-        *(['### The bundle\'s students over seeds\n\nThe same recipe, the seed the only difference (the card\'s '
+        *([f'### {whose} over seeds\n\nThe same recipe, the seed the only difference (the card\'s '
            'Tables 1 and 2 over seeds): mean and standard deviation of each method over its seeds.', over_seeds]
           if over_seeds else []),
         '## The paper\'s results\n\nTop-1 (%) on CIFAR-10 at 224x224, students fine-tuned from ImageNet-pretrained '

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..core.data import default_dataset
 from ..core.io import REPO
+from ..results.bundle import EARLIER
 from .attention_views import AttentionViews
 from .compare_views import CompareViews
 from .offer import Offer
@@ -37,8 +38,16 @@ class Studio:
 
     @classmethod
     def from_env(cls) -> 'Studio':
-        """Paths from ``ADVIT_CHECKPOINTS``, ``ADVIT_RUNS`` and ``ADVIT_DATA``, defaulting to the repository's."""
-        checkpoints = os.environ.get('ADVIT_CHECKPOINTS', str(REPO / 'checkpoints'))
+        """Paths from ``ADVIT_CHECKPOINTS``, ``ADVIT_RUNS`` and ``ADVIT_DATA``, defaulting to the repository's
+        (``bundle_folders`` of its ``checkpoints``)."""
+        default = os.pathsep.join(map(str, bundle_folders(REPO / 'checkpoints')))
+        checkpoints = os.environ.get('ADVIT_CHECKPOINTS', default)
         return cls(checkpoint_dirs=[Path(p) for p in checkpoints.split(os.pathsep) if p],
                    runs_dir=Path(os.environ.get('ADVIT_RUNS', REPO / 'runs')),
                    data=Path(default_dataset()))
+
+
+def bundle_folders(bundle: Path) -> list[Path]:
+    """The folders whose models a bundle offers: the bundle, then the earlier bundle it keeps (``bundle.EARLIER``)
+    where it has one."""
+    return [bundle, *([bundle / EARLIER] if (bundle / EARLIER).is_dir() else [])]

@@ -80,6 +80,9 @@ MAX_MB = 80.0
 GOALS = {TEACHER: 85.0, 'best student': 80.0}  # test top-1 (%) asked of the CPU bundle
 GOALS_START = 'Goals set for this bundle'  # the card's account of them begins so (``refresh_goals``)
 CARD = 'README.md'
+# A bundle trained by a longer recipe keeps the one it replaces whole in this folder of its own (weights, evaluations,
+# probes, seeds, recipe, card): its seeds stay the evidence over seeds, its card the history, its models on offer.
+EARLIER = 'quick'
 COMMANDS = 'commands.tsv'  # written by the script: run name, wall seconds, command; one line per command
 
 
@@ -88,7 +91,7 @@ class BundleError(Exception):
 
 
 def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, device: str = 'auto',
-                  sweep: str | Path | None = None) -> int:
+                  sweep: str | Path | None = None, earlier: str | Path | None = None) -> int:
     """Export the finished bundle runs into ``out``; return the folder's size in bytes.
 
     Args:
@@ -98,8 +101,11 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
             and ``BundleError`` says what is there.
         device: Where the exported weights are evaluated.
         sweep: A ``sweep.jsonl`` of ``scripts/cpu_sweep.py`` to record in the card.
+        earlier: A bundle this one replaces, kept whole in ``out/EARLIER`` (``keep_earlier``).
     """
     runs, out = Path(runs), Path(out)
+    if earlier is not None:
+        keep_earlier(Path(earlier), out)
     names = [name for name in (TEACHER, *STUDENTS)
              if RunFolder(runs / name).finished()]
     if not names:
@@ -142,6 +148,49 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
     with atomic_path(out / CARD) as tmp:
         tmp.write_text(card)
     return size
+
+
+def keep_earlier(earlier: Path, out: Path) -> Path:
+    """Copy the bundle in ``earlier`` whole into ``out/EARLIER`` (its own earlier bundle stays where it was, inside
+    it); return that folder. An earlier copy there is replaced.
+
+    Args:
+        earlier: A bundle folder with its card.
+        out: The new bundle's folder (not ``earlier`` itself, nor inside it).
+    """
+    earlier, target = Path(earlier), Path(out) / EARLIER
+    if not (earlier / CARD).is_file():
+        raise BundleError(f'{earlier} is not a bundle (it has no {CARD}) to keep as the earlier one')
+    if Path(out).resolve() == earlier.resolve() or Path(out).resolve().is_relative_to(earlier.resolve()):
+        raise BundleError(f'the new bundle {out} must be written apart from the earlier one {earlier}, which it keeps')
+    shutil.rmtree(target, ignore_errors=True)
+    for path in sorted(earlier.rglob('*')):
+        if path.is_file():
+            _copy(path, target / path.relative_to(earlier))
+    return target
+
+
+def seeds_evidence(out: Path) -> Path | None:
+    """The folder whose students have further seeds, which the card and the About page show over seeds: the bundle
+    ``out`` itself, or the earlier bundle it keeps (``EARLIER``); None where neither has."""
+    for folder in (out, out / EARLIER):
+        if (folder / SEEDS_DIR).is_dir() and any((folder / SEEDS_DIR).iterdir()):
+            return folder
+    return None
+
+
+def history_section(out: Path) -> str:
+    """The card's account of the earlier bundle it keeps (``EARLIER``): its models' test top-1 as it shipped them,
+    and where its own card is; '' for a bundle that replaced none."""
+    earlier = out / EARLIER
+    if not (earlier / CARD).is_file():
+        return ''
+    results = bundle_results(earlier)
+    rows = [dict(model=name, top1=result.top1, val=result.val_top1) for name, result in results.items()]
+    return (f'## History: the bundle before this one\n\nThe bundle this one replaced, trained by the quick CPU recipe, is '
+            f'kept whole in `{EARLIER}/` (weights, evaluations, probes, seeds; its card `{EARLIER}/{CARD}` says how it '
+            'was made), and the app offers its models beside these. Its test top-1 as shipped:\n\n'
+            + markdown_table(rows, [('model', 'model'), ('top1', 'test top-1 (%)'), ('val', 'validation top-1 (%)')]))
 
 
 def _fp16_bytes(checkpoint: Path) -> int:
@@ -289,15 +338,21 @@ def _with_section(card: str, heading: str, section: str, before: str) -> str:
 
 
 def seeds_section(out: Path) -> str:
-    """The card's Tables 1 and 2 over seeds (``seeds.seeds_tables``), from the bundle's evaluation files."""
-    return (f'{SEEDS_HEADING}\n\nThe students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
+    """The card's Tables 1 and 2 over seeds (``seeds.seeds_tables``), from the evaluation files of the bundle or of
+    the earlier bundle it keeps (``seeds_evidence``), said which."""
+    evidence = seeds_evidence(out) or out
+    where = '' if evidence == out else (
+        f'This bundle is one seed of its recipe. The evidence over seeds is the earlier bundle\'s, of the quick recipe, '
+        f'kept in `{EARLIER}/`: ')
+    folder = f'{EARLIER}/' if evidence != out else ''
+    return (f'{SEEDS_HEADING}\n\n{where}The students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
             f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
-            f'`{SEEDS_DIR}/seed<N>/` with how each was trained, no weights), each method as mean and standard '
+            f'`{folder}{SEEDS_DIR}/seed<N>/` with how each was trained, no weights), each method as mean and standard '
             'deviation over its seeds. A difference is said to exceed the spread when it is larger than the two '
             f'standard deviations added. Seed {BUNDLE_SEED}\'s numbers are of the shipped (fp16) weights, as '
             'evaluated for the bundle; a further seed\'s of its checkpoint selected on validation as trained, evaluated '
             'at the end of its run: the same test images and faithfulness measure.\n\n'
-            + bundle_seeds_tables(out))
+            + bundle_seeds_tables(evidence))
 
 
 def refresh_seeds(out: str | Path) -> None:
@@ -580,7 +635,8 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         _curves(runs, [name for name in names if name == TEACHER]),
         _curves(runs, students) if students else '',
         _sweep_section(sweep) if sweep else '',
-        _how_made_section(runs, names, shipped, files_size)])
+        _how_made_section(runs, names, shipped, files_size),
+        history_section(out)])
 
 
 def _card_intro(configs: dict[str, dict[str, Any]], evaluation: dict[str, Any]) -> str:

@@ -247,6 +247,25 @@ def test_weights_that_do_not_all_fit_ship_the_most_wanted_and_drop_the_rest(bund
         assert json.loads(evaluation.read_text()) == json.loads((runs / name / 'best.eval.json').read_text())
 
 
+def test_a_bundle_that_replaces_another_keeps_it_whole_and_says_so_on_its_card(bundle, tmp_path):
+    """`advit bundle --earlier`: the shipped (quick) bundle kept whole in the new one's EARLIER/, its seeds the card's
+    evidence over seeds and its figures the card's history, all within the size limit."""
+    from advit.results.bundle import CARD, EARLIER
+    runs, _, _ = bundle
+    out = tmp_path / 'long'
+    assert main(['bundle', str(runs), '--out', str(out), '--device', 'cpu', '--earlier', str(REPO / 'checkpoints')]) == 0
+    assert (out / EARLIER / CARD).read_bytes() == (REPO / 'checkpoints' / CARD).read_bytes()
+    card = (out / CARD).read_text()
+    assert '## History: the bundle before this one' in card and f'kept in `{EARLIER}/`' in card
+    assert card.index(SEEDS_HEADING) < card.index('## History')
+    size = sum(path.stat().st_size for path in out.rglob('*') if path.is_file())
+    assert size > sum(path.stat().st_size for path in (REPO / 'checkpoints').rglob('*') if path.is_file())
+    same = tmp_path / 'same'
+    shutil.copytree(out / EARLIER, same)
+    assert main(['bundle', str(runs), '--out', str(same), '--device', 'cpu', '--earlier', str(same)]) == 2
+    assert sorted(same.rglob('*')) == [same / path.relative_to(out / EARLIER) for path in sorted((out / EARLIER).rglob('*'))]
+
+
 def test_unfinished_runs_are_left_out_the_best_advit_is_shipped_unequal_settings_are_said(bundle, tmp_path):
     from advit.results.bundle import export_bundle
     runs, _, _ = bundle
@@ -440,6 +459,9 @@ def test_the_long_bundle_trains_its_five_students_and_records_each_sitting(tmp_p
     card = (out / 'README.md').read_text()
     assert (out / f'{TEACHER}.safetensors').is_file() and "Each run's sittings" in card
     assert f'| {TEACHER} | 1 | {machine()} |' in card and '| 0-2 |' in card, 'the card names each sitting'
+    # The quick bundle it replaces (the shipped one, EARLIER's default) is kept whole beside it, said in its card.
+    assert (out / 'quick' / 'README.md').read_bytes() == (REPO / 'checkpoints' / 'README.md').read_bytes()
+    assert '## History: the bundle before this one' in card
 
 
 def test_the_students_wait_for_a_teacher_stopped_short(tmp_path, cifar_archive):

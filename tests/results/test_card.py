@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from advit.results.bundle import GOALS, GOALS_START, refresh_goals
 from conftest import REPO
 
@@ -54,3 +56,41 @@ def test_the_card_adds_up_a_run_trained_across_sittings(tmp_path):
     assert '| teacher | 1 | AMD EPYC, 2 cores, bf16 natively | 2027-01-15 08:00 UTC | 0-1200 | 3600.00 |' in text
     assert '| teacher | all | 2 machine(s) | – | 3200 trained | 6000.50 |' in text
     assert '| vit |' not in text and sessions_text(tmp_path, ['vit']) == ''
+
+
+def test_a_longer_bundle_keeps_the_one_it_replaces_whole_its_seeds_and_its_history(tmp_path):
+    """The long bundle is one seed: the evidence over seeds stays the quick bundle's, kept whole in EARLIER/ with
+    its card (the history), and said to be so on the card and the About page."""
+    from advit.app.about import about_markdown
+    from advit.app.about import METHOD_COLUMNS
+    from advit.app.studio import bundle_folders
+    from advit.results.bundle import (CARD, EARLIER, BundleError, bundle_results, bundle_seeds_tables,
+                                      history_section, keep_earlier, seeds_evidence, seeds_section)
+    shipped, out = REPO / 'checkpoints', tmp_path / 'long'
+    out.mkdir()
+    assert seeds_evidence(out) is None and history_section(out) == '' and bundle_folders(out) == [out]
+    kept = keep_earlier(shipped, out)
+    assert kept == out / EARLIER and bundle_folders(out) == [out, kept]
+    copied = sorted(p.relative_to(kept) for p in kept.rglob('*') if p.is_file())
+    assert copied == sorted(p.relative_to(shipped) for p in shipped.rglob('*') if p.is_file())
+    assert all((kept / p).read_bytes() == (shipped / p).read_bytes() for p in copied)
+
+    assert seeds_evidence(out) == kept and seeds_evidence(shipped) == shipped
+    section = seeds_section(out)
+    assert f'kept in `{EARLIER}/`' in section and f'`{EARLIER}/seeds/seed<N>/`' in section
+    assert section.endswith(bundle_seeds_tables(shipped))  # the same tables the quick bundle's own card has
+    history = history_section(out)
+    assert f'`{EARLIER}/{CARD}`' in history
+    for name, result in bundle_results(shipped).items():
+        assert f'| {name} | {result.top1:.2f} |' in history
+    about = about_markdown([], out)
+    assert "The earlier bundle's students (the quick recipe" in about
+    assert bundle_seeds_tables(shipped, METHOD_COLUMNS) in about
+    assert "### The bundle's students over seeds" in about_markdown([], shipped)
+
+    with pytest.raises(BundleError, match='must be written apart from the earlier one'):
+        keep_earlier(shipped, shipped)
+    with pytest.raises(BundleError, match='must be written apart from the earlier one'):
+        keep_earlier(kept, kept / 'inside')
+    with pytest.raises(BundleError, match='is not a bundle'):
+        keep_earlier(tmp_path / 'nothing', tmp_path / 'new')
