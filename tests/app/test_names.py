@@ -23,5 +23,6 @@ import pytest
 ], ids=['teacher', 'paper-kl', 'narrowed', 'run-folder', 'cnn', 'paper-teacher', 'paper-distilled', 'imported'])
 def test_models_have_readable_names(key, meta, label):
     from advit.app.names import model_label
+    meta = dict(meta)
     test_top1 = meta.pop('test_top1', None)  # read from the model's evaluation (evaluate.recorded_test_top1)
     assert model_label(key, meta, test_top1) == label
