@@ -72,7 +72,7 @@ class ModelEntry:
     @property
     def test_top1(self) -> float | None:
         """Its test top-1, from its evaluation (``evaluate.recorded_test_top1``); None where not evaluated."""
-        return None if self.key.startswith(TIMM_PREFIX) else recorded_test_top1(self.key, self.meta)
+        return recorded_test_top1(self.evaluation, self.meta)
 
     def label(self) -> str:
         """A readable one-line name for a model list (``names.model_label``)."""

@@ -183,8 +183,9 @@ class TrainDesk:
         self.manager, self.token = manager, token or None
         self.teachers, self.data_roots, self.default_data, self.public = teachers, data_roots, default_data, public
         self.scrub = scrub or Scrubber([manager.runs_dir])
-        # A finished job's Table 1 by (name, launch time): the page asks for the job every 2 s, its files are final.
-        self._tables: dict[tuple[str, float | None], tuple[list[dict[str, Any]], str]] = {}
+        # A finished job's test figures and Table 1 by (name, launch time): the page asks for the job every 2 s, and
+        # its files are final, so they are read once.
+        self._finished: dict[tuple[str, float | None], FinishedJob] = {}
 
     @classmethod
     def from_env(cls, runs_dir: Path, teachers: Callable[[], dict[str, str]], data: Path,
@@ -361,18 +362,22 @@ class TrainDesk:
             log = log[:log.index('Traceback (most recent call last)')] + '(traceback not shown on a public server)'
         if job['state'] == 'failed' and job['error']:
             log = f'FAILED: {job["error"]}\n\n--- output ---\n{log}'
+        done = self._finished_job(name, job) if job['state'] == 'finished' else FinishedJob({}, [], '')
         figure = students_curves({method: self.manager.metrics(name, method) for method in job['methods']},
-                                 {method: self.manager.test_result(name, method) for method in job['methods']}) \
-            if job['methods'] else training_curves(self.manager.metrics(name), self.manager.test_result(name))
-        table, table_md = [], ''
-        if job['state'] == 'finished':
-            key = (job['name'], job.get('started'))
-            if key not in self._tables:
-                self._tables[key] = self._table1(name)
-            table, table_md = self._tables[key]
+                                 done.tests) if job['methods'] else \
+            training_curves(self.manager.metrics(name), done.tests.get(None))
         return JobView(progress=progress_html(job['step'], job['total_steps'], job['progress'], job['eta_s'],
                                               job['state']),
-                       figure=figure, log=log, job=job, table=table, table_md=table_md)
+                       figure=figure, log=log, job=job, table=done.table, table_md=done.table_md)
+
+    def _finished_job(self, name: str, job: dict[str, Any]) -> 'FinishedJob':
+        """A finished job's test figures (each student's, by method; a one-student job's under None) and Table 1,
+        read once per launch."""
+        key = (job['name'], job.get('started'))
+        if key not in self._finished:
+            tests = {method: self.manager.test_result(name, method) for method in job['methods'] or [None]}
+            self._finished[key] = FinishedJob(tests, *self._table1(name))
+        return self._finished[key]
 
     def _table1(self, name: str) -> tuple[list[dict[str, Any]], str]:
         """A finished job's Table 1 as ``advit report`` makes it from the job's students' folders: rows
@@ -384,6 +389,14 @@ class TrainDesk:
         rows = [{key: self.scrub(value) if isinstance(value, str) else value for key, value in row.items()}
                 for row in rows]
         return rows, markdown_table(rows, TABLE1_COLUMNS)
+
+
+@dataclass
+class FinishedJob:
+    """What a finished job adds to its view, read once: each student's (step, test top-1) and Table 1."""
+    tests: dict[str | None, tuple[int, float] | None]
+    table: list[dict[str, Any]]
+    table_md: str
 
 
 def job_summary(job: dict[str, Any] | None) -> str:

@@ -114,15 +114,14 @@ def read_evaluation(checkpoint: str | Path) -> dict[str, Any] | None:
     return read_json(evaluation_paths(checkpoint)[0])
 
 
-def recorded_test_top1(checkpoint: str | Path, meta: dict[str, Any]) -> float | None:
+def recorded_test_top1(evaluation: dict[str, Any] | None, meta: dict[str, Any]) -> float | None:
     """A checkpoint's test top-1 as its evaluation records it (None: not evaluated). A checkpoint of before
     evaluation files, whose metadata alone held it (``meta``'s ``test_top1``), is read here and nowhere else.
 
     Args:
-        checkpoint: The checkpoint file.
+        evaluation: Its evaluation (``read_evaluation``), or None.
         meta: Its metadata.
     """
-    evaluation = read_evaluation(checkpoint)
     top1 = evaluation.get('top1') if evaluation is not None else meta.get('test_top1')
     if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:  # NaN fails too
         return None  # a file that lies about it shows no figure rather than a wrong one

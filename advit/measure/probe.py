@@ -75,16 +75,15 @@ class AttentionProbe:
             gradients = attention_gradients(self.teacher, inputs, self.labels)
         return layer_relevance(gradients.weighted, int(self.teacher.num_prefix_tokens), self.relevance_target)[:, :, None]
 
-    def gaps(self, student: nn.Module, target: str = 'attention',
-             student_maps: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    def gaps(self, student: nn.Module, student_maps: torch.Tensor,
+             target: str = 'attention') -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """(gaps (3, layers), student maps, aligned teacher maps (MAP_IMAGES, layers, patches), the teacher
         layer of each student layer), to the teacher's attention or (``target='relevance'``) its relevance.
 
         Args:
-            student: The student, in any mode (it is evaluated in eval mode and put back).
+            student: The student (its grid and normalisation).
+            student_maps: Its per-head maps of the probe images (``student_maps``).
             target: What the student is compared with: ``attention`` or ``relevance``.
-            student_maps: The student's per-head maps of the probe images (``student_maps``), where the caller
-                has them already; else computed.
         """
         inputs = self.transform.eval(self.images)
         teacher_inputs = renormalize(inputs, model_normalization(student), model_normalization(self.teacher))
@@ -97,8 +96,6 @@ class AttentionProbe:
                 self._teacher_maps = self._maps(self.teacher, teacher_inputs)
             teacher_maps = self._teacher_maps
         fusion = 'mean' if target == 'relevance' else self.head_fusion  # the relevance's heads are fused already
-        if student_maps is None:
-            student_maps = self.student_maps(student)
         compared = compare_maps(student_maps, teacher_maps, patch_grid(student),
                                 self.teacher_grid, fusion=fusion, layer_map=self.layer_map)
         # Per layer: averaged over images and (with per-head fusion) heads.
@@ -116,7 +113,7 @@ class AttentionProbe:
         caller on the same images) to ``run/attention_probe.npz``; return the gaps by kind. A student trained
         towards the teacher's relevance (``target='relevance'``) has its gaps to that target recorded too."""
         maps = self.student_maps(student)  # once, for the gaps to attention and (a relevance student's) to relevance
-        gaps, student_maps, teacher_maps, teacher_layers = self.gaps(student, student_maps=maps)
+        gaps, student_maps, teacher_maps, teacher_layers = self.gaps(student, maps)
         sources = source_names(student_maps.shape[1])
         faithful = np.array([(faithfulness or {}).get(source, np.nan) for source in sources], dtype=np.float32)
         path = Path(run) / PROBE_FILE
@@ -140,7 +137,7 @@ class AttentionProbe:
             grid=np.array(patch_grid(student)),
             kinds=np.array(GAP_KINDS))
         if target == 'relevance':
-            relevance_gaps, _, relevance_maps, _ = self.gaps(student, target, student_maps=maps)
+            relevance_gaps, _, relevance_maps, _ = self.gaps(student, maps, target)
             earlier_gaps = earlier.get('relevance_gaps') if earlier is not None else None
             arrays.update(relevance_gaps=np.concatenate([earlier_gaps[keep], relevance_gaps[None]])
                           if earlier_gaps is not None else relevance_gaps[None],

@@ -104,12 +104,12 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
         earlier: A bundle this one replaces, kept whole in ``out/EARLIER`` (``keep_earlier``).
     """
     runs, out = Path(runs), Path(out)
-    if earlier is not None:
-        keep_earlier(Path(earlier), out)
     names = [name for name in (TEACHER, *STUDENTS)
              if RunFolder(runs / name).finished()]
     if not names:
         raise BundleError(f'no finished bundle run in {runs} (looked for {", ".join((TEACHER, *STUDENTS))})')
+    if earlier is not None:
+        keep_earlier(Path(earlier), out)
     # Chosen on validation; the first in STUDENTS order wins a tie (and where no run held images out).
     best_attention = best_attention_student({name: load_run(runs / name) for name in names if name != TEACHER})
     # Every run's weights where they fit (small CPU models), else the most wanted ones.
@@ -341,10 +341,9 @@ def seeds_section(out: Path) -> str:
     """The card's Tables 1 and 2 over seeds (``seeds.seeds_tables``), from the evaluation files of the bundle or of
     the earlier bundle it keeps (``seeds_evidence``), said which."""
     evidence = seeds_evidence(out) or out
-    where = '' if evidence == out else (
+    where, folder = ('', '') if evidence == out else (
         f'This bundle is one seed of its recipe. The evidence over seeds is the earlier bundle\'s, of the quick recipe, '
-        f'kept in `{EARLIER}/`: ')
-    folder = f'{EARLIER}/' if evidence != out else ''
+        f'kept in `{EARLIER}/`: ', f'{EARLIER}/')
     return (f'{SEEDS_HEADING}\n\n{where}The students of the bundle (seed {BUNDLE_SEED}) and of further seeds of the same '
             f'recipe and number of steps on the shipped teacher (`scripts/train_seeds.sh`, evaluations in '
             f'`{folder}{SEEDS_DIR}/seed<N>/` with how each was trained, no weights), each method as mean and standard '

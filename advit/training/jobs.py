@@ -36,7 +36,7 @@ from ..core.checks import shown_value
 from ..core.data import DatasetError, load_dataset, steps_per_epoch
 from ..core.io import REPO, read_json, write_json
 from ..core.models import create_model
-from ..measure.evaluate import read_evaluation
+from ..measure.evaluate import read_evaluation, recorded_test_top1
 from .run_folder import RunFolder, read_metrics
 from .train import TrainConfig, TrainingError, group_configs, validate, validate_group
 
@@ -438,10 +438,9 @@ class JobManager:
         validation, from its evaluation file once the run has finished; None before."""
         folder = self.students(name).get(method) if method is not None else self._run(name)
         evaluation = read_evaluation(RunFolder(folder).best) if folder is not None else None
-        if evaluation is None or not isinstance(evaluation.get('step'), int) or \
-                not isinstance(evaluation.get('top1'), (int, float)):
-            return None
-        return evaluation['step'], float(evaluation['top1'])
+        top1 = recorded_test_top1(evaluation, {})
+        step = evaluation.get('step') if evaluation is not None else None
+        return (step, top1) if isinstance(step, int) and top1 is not None else None
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         """The last lines of the job's output."""

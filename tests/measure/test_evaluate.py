@@ -138,20 +138,21 @@ def test_a_chosen_checkpoint_is_evaluated_and_its_figures_recorded_in_one_place(
     assert {evaluation_key(protocol) for protocol in PROTOCOLS} <= set(metrics)
     assert (metrics['step'], metrics['val_top1'], metrics['split']) == (7, 12.5, 'test'), 'how it was chosen'
     assert read_evaluation(path) == json.loads(json.dumps(metrics))
-    assert recorded_test_top1(path, meta) == metrics['top1']
+    assert recorded_test_top1(read_evaluation(path), meta) == metrics['top1']
 
 
 def test_a_checkpoint_of_before_evaluation_files_has_its_test_top1_read_from_its_metadata(tmp_path):
     """The older format, recognised in one place: a checkpoint whose metadata alone held its test top-1."""
     path = tmp_path / 'old.safetensors'
-    assert recorded_test_top1(path, {'test_top1': 71.25}) == 71.25
-    assert recorded_test_top1(path, {}) is None
+    assert recorded_test_top1(read_evaluation(path), {'test_top1': 71.25}) == 71.25
+    assert recorded_test_top1(read_evaluation(path), {}) is None
     for lie in ('high', True, float('nan'), 250.0, -1):  # a lying header is no figure
-        assert recorded_test_top1(path, {'test_top1': lie}) is None
+        assert recorded_test_top1(read_evaluation(path), {'test_top1': lie}) is None
     evaluation_paths(path)[0].write_text(json.dumps({'top1': 70.5}))
-    assert recorded_test_top1(path, {'test_top1': 71.25}) == 70.5, 'an evaluation file wins over old metadata'
+    assert recorded_test_top1(read_evaluation(path), {'test_top1': 71.25}) == 70.5, \
+        'an evaluation file wins over old metadata'
     evaluation_paths(path)[0].write_text('{"top1": 70')  # torn by a kill: as if not evaluated
-    assert read_evaluation(path) is None and recorded_test_top1(path, {}) is None
+    assert read_evaluation(path) is None and recorded_test_top1(read_evaluation(path), {}) is None
 
 
 @pytest.mark.slow
