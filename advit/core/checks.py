@@ -29,7 +29,8 @@ def shown_value(value: Any, quoted: bool = True) -> str:
     return text if len(text) <= NAME_SHOWN else f'{text[:NAME_SHOWN]}... ({len(text)} characters)'
 
 
-def number(value: Any, name: str, low: float, high: float, whole: bool = False) -> int | float:
+def number(value: Any, name: str, low: float, high: float, whole: bool = False,
+           typed: bool = False) -> int | float:
     """``value`` as a finite number in [``low``, ``high``] (an int when ``whole``), or ``RequestError``.
 
     Args:
@@ -38,7 +39,13 @@ def number(value: Any, name: str, low: float, high: float, whole: bool = False) 
         low: Smallest value taken.
         high: Largest value taken.
         whole: Take whole numbers only (a 2.0 is taken as 2; a 2.5 is refused, not rounded).
+        typed: The value comes from a file its writer typed (JSON, a checkpoint's metadata): a number written
+            as text, or a whole number written as a float, is a wrong type there, not a client's habit.
     """
+    if typed and isinstance(value, str):
+        raise RequestError(f'{name} must be a number, got the text {shown_value(value)}')
+    if typed and whole and isinstance(value, float):
+        raise RequestError(f'{name} must be a whole number, got {value!r}')
     if isinstance(value, str):
         try:
             value = float(value)

@@ -235,17 +235,18 @@ _WHOLE = frozenset(f.name for f in fields(TrainConfig) if str(f.type).startswith
 _OPTIONAL = frozenset(f.name for f in fields(TrainConfig) if f.default is None)  # None: left out
 
 
-def check_setting(name: str, value: Any, label: str | None = None) -> int | float:
-    """A number for the setting ``name`` checked against its declaration (``BOUNDS``; whole for an int field), as
-    a client sent it (a numeric string is read as a number); the number, or ``TrainingError`` in words.
+def check_setting(name: str, value: Any, label: str | None = None, typed: bool = False) -> int | float:
+    """A number for the setting ``name`` checked against its declaration (``BOUNDS``; whole for an int field);
+    the number, or ``TrainingError`` in words.
 
     Args:
         name: A ``TrainConfig`` field with bounds.
         value: The value sent.
         label: How the asker names the setting in the message (default: the field's name).
+        typed: As ``checks.number``: the value comes from a file (a config), not a client's form.
     """
     try:
-        return number(value, label or name, *BOUNDS[name], whole=name in _WHOLE)
+        return number(value, label or name, *BOUNDS[name], whole=name in _WHOLE, typed=typed)
     except RequestError as err:
         raise TrainingError(str(err)) from None
 
@@ -284,9 +285,7 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is None and name in _OPTIONAL:
             continue
-        if isinstance(value, str) or (name in _WHOLE and isinstance(value, float)):  # a file's number is typed
-            raise TrainingError(f'{name} must be a {"whole " if name in _WHOLE else ""}number, got {shown_value(value)}')
-        check_setting(name, value)
+        check_setting(name, value, typed=True)
     if cfg.hide_patches and not is_vit_name(cfg.model):
         raise TrainingError(f'hide_patches hides patches of a ViT\'s grid; {cfg.model} has none')
     if not Path(cfg.data).exists() and cfg.data != OFFICIAL_CIFAR10:

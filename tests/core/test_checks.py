@@ -41,6 +41,18 @@ def test_a_huge_whole_number_and_one_sided_ranges_are_refused_in_words():
         number(5, 'x', -math.inf, 3)
 
 
+def test_a_typed_value_from_a_file_is_held_to_its_type_a_clients_is_read():
+    """A client may send '3' or 3.0 for 3; a file its writer typed (a checkpoint's metadata, a config) may not."""
+    assert number('3', 'x', 0, 10, whole=True) == 3 and number(3.0, 'x', 0, 10, whole=True) == 3
+    with pytest.raises(RequestError, match="^x must be a number, got the text '3'$"):
+        number('3', 'x', 0, 10, typed=True)
+    with pytest.raises(RequestError, match='^x must be a whole number, got 3.0$'):
+        number(3.0, 'x', 0, 10, whole=True, typed=True)
+    assert number(3, 'x', 0, 10, whole=True, typed=True) == 3 and number(2.5, 'x', 0, 10, typed=True) == 2.5
+    with pytest.raises(RequestError, match='^x must be between 0 and 10, got 11$'):
+        number(11, 'x', 0, 10, whole=True, typed=True)
+
+
 def test_a_long_value_is_quoted_not_echoed():
     assert shown_value('a' * 100_000) == "'" + 'a' * 59 + '... (100002 characters)'
     assert shown_value('short') == "'short'"

@@ -133,7 +133,7 @@ def test_submitted_folders_stay_inside_the_runs_folder_and_get_unique_names(tmp_
     (dict(steps=0), r'steps must be between 1 and 1e\+12, got 0'),
     (dict(steps=-5), r'steps must be between 1 and 1e\+12, got -5'),
     (dict(steps=2.0), 'steps must be a whole number, got 2.0'),
-    (dict(lr='0.001'), "lr must be a number, got '0.001'"),
+    (dict(lr='0.001'), "lr must be a number, got the text '0.001'"),
     (dict(steps=None), 'give a run length'),
     (dict(model='vit_nonexistent_patch4_32'), 'unknown model'),
     (dict(bogus=1), 'unknown config fields: bogus'),
