@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..core.checkpoint import architecture_args
 from ..core.models import CONVSTEM_SIZES, is_vit_name
 from ..training.run_folder import BEST
 
@@ -61,8 +62,7 @@ def model_label(key: str, meta: dict[str, Any], test_top1: float | None = None) 
         role = 'ViT (no distillation)' if is_vit_name(meta.get('model') or '') else 'CNN (cross-entropy)'
     else:
         role = f'{method_name(method)} student'
-    args = {k: v for k, v in (meta.get('model_args') or {}).items() if k not in ('num_classes', 'img_size')}
-    parts = [role, architecture_name(meta.get('model', '?'), args)]
+    parts = [role, architecture_name(meta.get('model', '?'), architecture_args(meta))]
     if meta.get('image_size') not in (None, 32):  # the paper's 224: a 32x32 bundle is the rule, not worth a word
         parts.append(f"{meta['image_size']}px")
     if test_top1 is not None:

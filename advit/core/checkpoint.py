@@ -71,6 +71,16 @@ def save_checkpoint(
         tmp.write_bytes(payload)
 
 
+# Model arguments a checkpoint's metadata holds as its own fields too (its classes, its image_size).
+DERIVED_ARGS = ('num_classes', 'img_size')
+
+
+def architecture_args(meta: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments that tell one architecture from another: the metadata's ``model_args`` less
+    ``DERIVED_ARGS``."""
+    return {k: v for k, v in (meta.get('model_args') or {}).items() if k not in DERIVED_ARGS}
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of an advit safetensors checkpoint, without reading its tensors."""
     path = existing_file(path)

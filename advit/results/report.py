@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.checkpoint import read_metadata
+from ..core.checkpoint import architecture_args, read_metadata
 from ..core.io import read_json
 from ..measure.evaluate import evaluation_paths
 from ..measure.verdicts import HEADLINE_MAPS, headline, headline_key
@@ -101,7 +101,7 @@ def checkpoint_result(checkpoint: Path, evaluation: dict[str, Any], path: Path, 
         setting: Its configuration less ``NOT_SETTINGS``, where known.
     """
     meta = read_metadata(checkpoint)
-    arch = {k: v for k, v in meta.get('model_args', {}).items() if k not in ('num_classes', 'img_size')}
+    arch = architecture_args(meta)
     model = meta['model'] + (f' ({", ".join(f"{k}={v}" for k, v in sorted(arch.items()))})' if arch else '')
     return RunResult(path=path, model=model, method=meta.get('method') or 'vit', seed=seed,
                      top1=float(evaluation['top1']), params=int(meta.get('params') or 0),

@@ -11,7 +11,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from advit.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from advit.core.checkpoint import architecture_args, load_checkpoint, read_metadata, save_checkpoint
 from advit.core.weights import CheckpointError, read_tensors, train_state
 from advit.core.models import CIFAR10_MEAN, CIFAR10_STD
 from advit.core.data import CIFAR10_CLASSES
@@ -52,6 +52,9 @@ def test_round_trip_rebuilds_from_metadata_alone(tmp_path, inputs):
     assert loaded.meta['model'] == NAME and loaded.meta['model_args'] == dict(TINY, num_classes=7)
     assert loaded.meta['format'].startswith('advit-checkpoint/')
     assert read_metadata(path) == loaded.meta
+    # What tells its architecture apart: the arguments less those its classes and image size give.
+    assert architecture_args(read_metadata(path)) == TINY and 'num_classes' not in TINY
+    assert architecture_args(dict(model=NAME)) == {}
 
 
 def test_train_state_is_kept_apart_from_the_weights(tmp_path, inputs):
