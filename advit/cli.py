@@ -15,7 +15,7 @@ from .core.weights import CheckpointError
 from .measure.evaluate import TEST_IMAGES
 from .measure.removal import PROTOCOLS
 from .measure.verdicts import HEADLINE_PROTOCOL
-from .results.bundle import EARLIER, MAX_MB, BundleError
+from .results.bundle import EARLIER, MAX_MB, RECIPE, BundleError, bundle_recipes
 from .results.report import ReportError
 from .results.seeds import SeedError
 from .training.presets import PRESETS, preset
@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--sweep', help='a sweep.jsonl of scripts/cpu_sweep.py to record in the model card')
     b.add_argument('--earlier', metavar='BUNDLE', help=f'a bundle this one replaces, kept whole in OUT/{EARLIER}/ '
                    '(its seeds the evidence over seeds, its card the history, its models on offer)')
+    b.add_argument('--recipe', default=RECIPE, choices=bundle_recipes(),
+                   help='the presets\' family the runs were trained by (NAME-teacher, NAME-student): the card states '
+                   'its goals')
     s = commands.add_parser('seeds', help='add the evaluations of further seeds of the bundle\'s students (no '
                             'weights) to the bundle, and its card\'s Tables 1 and 2 over seeds; students of its own seed '
                             'that it lacks (a new method) are shipped in it, weights too (scripts/train_seeds.sh calls it)',
@@ -213,7 +216,7 @@ def run_bundle(args: argparse.Namespace) -> None:
     """``advit bundle``: export the bundle's finished runs."""
     from .results.bundle import export_bundle
     size = export_bundle(args.runs, args.out, max_mb=args.max_mb, device=args.device, sweep=args.sweep,
-                         earlier=args.earlier)
+                         earlier=args.earlier, recipe=args.recipe)
     print(f'bundle {args.out}: {size / 1e6:.1f} MB, within its {args.max_mb:g} MB limit; '
           f'model card {Path(args.out) / "README.md"}')
 

@@ -5,7 +5,7 @@
 #   2. the students (preset ${BUNDLE}-student) by STUDENTS, all in ONE process (`advit train --methods`):
 #      the same batches, augmentation and mixing for every student, and one teacher forward per batch
 #      shared by all of them, for STUDENT_SECONDS at most;
-#   3. `advit bundle`: fp16 weights of the teacher, vit, deit_hard and the best ADViT student (chosen
+#   3. `advit bundle` (--recipe BUNDLE: the card states that recipe's goals): fp16 weights of the teacher, vit, deit_hard and the best ADViT student (chosen
 #      on held-out training images, never the test set), every run's evaluation and attention probe,
 #      the model card (README.md), and the size check.
 #
@@ -86,5 +86,5 @@ train_students students "$RUNS" --teacher "$RUNS/teacher/best.safetensors" --dat
 sweep=() earlier=()
 [[ -f $SWEEP ]] && sweep=(--sweep "$SWEEP")
 [[ -n ${EARLIER:-} ]] && earlier=(--earlier "$EARLIER")
-"$PYTHON" -m advit bundle "$RUNS" --out "$OUT" --max-mb "$MAX_MB" "${sweep[@]}" "${earlier[@]}"
+"$PYTHON" -m advit bundle "$RUNS" --out "$OUT" --max-mb "$MAX_MB" --recipe "$BUNDLE" "${sweep[@]}" "${earlier[@]}"
 echo "== all done in $(seconds_since "$STARTED")s wall; the bundle is in $OUT"

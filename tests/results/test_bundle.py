@@ -155,7 +155,7 @@ def test_the_model_card_has_both_tables_beside_the_papers(bundle):
     # Where the runs trained, from their config.json (every run here: this machine, once).
     assert f'Trained on **{machine()}** with torch {torch.__version__}' in card and 'cores' in machine()
     assert '64 training images are held out' in card
-    goals = card.split('Goals set for this bundle, on the test set:')[1].split('\n\n')[1]
+    goals = card.split('Goals set for this bundle (recipe `bundle`), on the test set:')[1].split('\n\n')[1]
     teacher_top1 = top1(out / 'teacher.eval.json')
     assert f"- teacher test top-1 at least 85%: {teacher_top1:.2f}%, " \
            f"**{'reached' if teacher_top1 >= 85 else 'not reached'}**" in goals

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 
-from advit.results.bundle import GOALS, GOALS_START, refresh_goals
+from advit.results.bundle import GOALS, GOALS_START, RECIPE, refresh_goals
 from conftest import REPO
 
 SHIPPED = REPO / 'checkpoints'
@@ -20,26 +21,48 @@ def split_at_account(card: str) -> tuple[list[str], list[str], list[str]]:
     return lines[:begin], lines[begin:end], lines[end:]
 
 
-def test_the_goals_account_is_rewritten_from_the_bundles_files_in_place(tmp_path):
+@pytest.mark.parametrize('shipped', [SHIPPED], ids=['shipped'])
+def test_the_goals_account_is_rewritten_from_the_bundles_files_in_place(tmp_path, shipped):
+    """The account of the shipped bundle (its recipe named on the card) and of the quick one it keeps (a card of
+    before recipes were named: the quick recipe's goals)."""
     bundle = tmp_path / 'checkpoints'
-    shutil.copytree(SHIPPED, bundle)
+    shutil.copytree(shipped, bundle)
     card = (bundle / 'README.md').read_text()
-    old_before, _, old_after = split_at_account(card)
-    # A stale account, as an earlier version wrote it (one line), is replaced by the whole one.
-    (bundle / 'README.md').write_text('\n'.join(old_before + [f'{GOALS_START}: 99% reached'] + old_after))
+    old_before, old_account, old_after = split_at_account(card)
+    named = re.match(GOALS_START + r' \(recipe `([\w-]+)`\)', old_account[0])
+    recipe = named.group(1) if named else RECIPE
+    # A stale account (its list cut to one wrong line) is replaced by the whole one, under the recipe it names.
+    (bundle / 'README.md').write_text('\n'.join(old_before + old_account[:2] + ['- 99% reached'] + old_after))
     refresh_goals(bundle)
     refreshed = (bundle / 'README.md').read_text()
     before, account, after = split_at_account(refreshed)
     teacher = json.loads((bundle / 'teacher.eval.json').read_text())['top1']
-    assert account[2] == f"- teacher test top-1 at least {GOALS['teacher']:g}%: {teacher:.2f}%, **" + \
-        ('reached**' if teacher >= GOALS['teacher'] else 'not reached**')
-    assert account[3].startswith(f"- best student test top-1 at least {GOALS['best student']:g}%")
-    assert account[4].startswith("- the teacher's maps faithful") and 'gradient rollout' in account[4]
-    assert account[5].startswith("- the best ADViT student's maps at least as faithful as the DeiT student's")
+    goals = GOALS[recipe]
+    assert account[0] == (old_account[0] if named else  # a heading of before: now naming the recipe it was read as
+                          old_account[0].replace(', on the test set:', f' (recipe `{recipe}`), on the test set:'))
+    assert account[2] == f"- teacher test top-1 at least {goals['teacher']:g}%: {teacher:.2f}%, **" + \
+        ('reached**' if teacher >= goals['teacher'] else 'not reached**')
+    assert account[3].startswith(f"- best student test top-1 at least {goals['best student']:g}%")
+    ours, deit = (json.loads((bundle / f'{name}.eval.json').read_text())['top1'] for name in ('advit_l1', 'deit_hard'))
+    assert account[4].startswith(f"- `advit_l1` ahead of `deit_hard` in test top-1 (the paper's claim): {ours:.2f}% "
+                                 f"against {deit:.2f}%, **" + (f'ahead by {ours - deit:.2f}' if ours > deit
+                                                               else f'not ahead: behind by {deit - ours:.2f}'))
+    assert account[5].startswith("- the teacher's maps faithful") and 'gradient rollout' in account[5]
+    assert account[6].startswith("- the best ADViT student's maps at least as faithful as the DeiT student's")
     # Everything else is kept as it was, and a second refresh changes nothing.
     assert (before, after) == (old_before, old_after) and '99%' not in refreshed
     refresh_goals(bundle)
     assert (bundle / 'README.md').read_text() == refreshed
+
+
+def test_each_recipe_states_its_own_goals_and_an_unknown_recipe_is_refused(tmp_path):
+    from advit.results.bundle import BundleError, bundle_recipes, export_bundle, goals_account
+    assert set(GOALS) <= set(bundle_recipes()) and {'bundle', 'long-bundle'} <= set(GOALS)
+    assert GOALS['long-bundle'] == {'teacher': 88.0, 'best student': 82.0}  # issue #42's bars
+    assert 'sets no test top-1 goals' in goals_account({}, None, 'gpu-bundle')
+    with pytest.raises(BundleError, match="unknown bundle recipe 'long'"):
+        export_bundle(tmp_path / 'runs', tmp_path / 'out', recipe='long')
+    assert not (tmp_path / 'out').exists()
 
 
 def test_the_card_adds_up_a_run_trained_across_sittings(tmp_path):
