@@ -10,6 +10,7 @@ from typing import Any
 
 from ..core.checkpoint import architecture_args
 from ..core.models import CONVSTEM_SIZES, is_vit_name
+from ..results.bundle import EARLIER
 from ..training.run_folder import BEST
 
 METHOD_NAMES = {
@@ -46,7 +47,8 @@ def architecture_name(model: str, model_args: dict[str, Any] | None = None) -> s
 
 
 def model_label(key: str, meta: dict[str, Any], test_top1: float | None = None) -> str:
-    """A model list's line: role and method, architecture, test top-1; a run's folder when not the bundle's.
+    """A model list's line: role and method, architecture, test top-1; a run's folder, or the earlier bundle's
+    name (``bundle.EARLIER``), when not the bundle's.
 
     Args:
         key: The checkpoint's path (or ``timm:<name>``).
@@ -69,4 +71,6 @@ def model_label(key: str, meta: dict[str, Any], test_top1: float | None = None) 
         parts.append(f'{test_top1:.1f}%')
     if Path(key).name == BEST:  # a run of runs/: its folder tells runs of one method apart
         parts.append(Path(key).parent.name)
+    elif Path(key).parent.name == EARLIER:  # the bundle the shipped one replaced: same names, same architectures
+        parts.append(f'{EARLIER} bundle')
     return ' · '.join(parts)

@@ -131,14 +131,19 @@ class Offer:
     def defaults(self) -> Defaults:
         """Sensible defaults: the bundle's teacher (else the largest model) as teacher; the best ADViT
         student and the DeiT-hard student (else another DeiT), best chosen on validation top-1 (the
-        held-out training images), never on the test set."""
+        held-out training images), never on the test set, among the teacher's folder first (the earlier
+        bundle kept beside it has students of another teacher)."""
         usable = [e for e in self.entries() if e.usable and e.is_vit]
-
-        def best(predicate: Callable[[ModelEntry], bool]) -> ModelEntry | None:
-            found = {e.key: e for e in usable if predicate(e)}
-            return found.get(best_on_validation({key: e.meta.get('val_top1') for key, e in found.items()}))
         teacher = next((e for e in usable if Path(e.key).stem == TEACHER_STEM), None) or \
             max(usable, key=lambda e: e.meta.get('params') or 0, default=None)
+        home = [e for e in usable if teacher is not None and Path(e.key).parent == Path(teacher.key).parent]
+
+        def best(predicate: Callable[[ModelEntry], bool]) -> ModelEntry | None:
+            for pool in (home, usable):
+                found = {e.key: e for e in pool if predicate(e)}
+                if found:
+                    return found.get(best_on_validation({key: e.meta.get('val_top1') for key, e in found.items()}))
+            return None
         advit = best(lambda e: 'advit' in (e.meta.get('method') or ''))
         deit = best(lambda e: e.meta.get('method') == 'deit_hard') or \
             best(lambda e: (e.meta.get('method') or '').startswith('deit'))

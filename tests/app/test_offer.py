@@ -76,3 +76,18 @@ def test_defaults_are_chosen_on_validation_and_names_are_readable(tmp_path, cifa
     twins = [label for label, key in both if Path(key).stem == 'advit_l1']
     assert len(twins) == 2 and len(set(twins)) == 2 and all(label.startswith(labels['advit_l1']) for label in twins)
     assert len({label for label, _ in both}) == len(both)
+    # The earlier bundle kept inside it (its students better on validation, another teacher's): the defaults stay
+    # the bundle's own, and its models are on offer, named as the earlier bundle's.
+    from advit.app.studio import bundle_folders
+    from advit.results.bundle import EARLIER
+    (folder / EARLIER).mkdir()
+    for name, method in (('teacher', 'vit'), ('advit_l2', 'advit_l2'), ('deit_hard', 'deit_hard')):
+        path = save_tiny_checkpoint(folder / EARLIER / f'{name}.safetensors', method, 1)
+        loaded = load_checkpoint(path)
+        save_checkpoint(path, loaded.model, dict(loaded.meta, val_top1=99.0))
+    with_earlier = Studio(bundle_folders(folder), None, cifar_archive).offer
+    assert asdict(with_earlier.defaults()) == dict(
+        teacher='checkpoints/teacher.safetensors', student='checkpoints/advit_l1.safetensors',
+        compare_a='checkpoints/advit_l1.safetensors', compare_b='checkpoints/deit_hard.safetensors')
+    earlier = [label for label, key in with_earlier.choices() if Path(key).parent.name == EARLIER]
+    assert len(earlier) == 3 and all(label.endswith(f'· {EARLIER} bundle') for label in earlier)
