@@ -1,6 +1,8 @@
 """Precision (precision.py): bf16 autocast where the device runs bf16 natively, float32 elsewhere or when not asked."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,10 +16,28 @@ def test_bf16_is_native_on_cuda_and_on_no_device_advit_does_not_know():
     assert not native_bf16(META)
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel lists them (/proc/cpuinfo), or an empty set where it cannot say."""
+    cpuinfo = Path('/proc/cpuinfo')
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((set(line.split(':', 1)[1].split()) for line in lines if line.startswith('flags')), set())
+
+
+def test_a_cpu_runs_bf16_natively_where_its_flags_say_so():
+    """Checked against the kernel's flags, not torch's probe that the code asks: AVX512-BF16 says yes; neither it
+    nor AMX says no (AMX alone depends on the kernel letting a process use it, so it is not judged here)."""
+    flags = cpu_flags()
+    if not flags:
+        pytest.skip('no /proc/cpuinfo flags to check against')
+    if 'avx512_bf16' in flags:
+        assert native_bf16(CPU) and compute_dtype(CPU) == torch.bfloat16
+    elif not flags & {'amx_tile', 'amx_bf16'}:
+        assert not native_bf16(CPU) and compute_dtype(CPU) == torch.float32
+
+
 def test_matmuls_run_in_bf16_only_where_native_and_asked_for():
     assert compute_dtype(CUDA) == torch.bfloat16 and compute_dtype(CUDA, amp=False) == torch.float32
     assert compute_dtype(META) == torch.float32 and compute_dtype(CPU, amp=False) == torch.float32
-    assert compute_dtype(CPU) == (torch.bfloat16 if native_bf16(CPU) else torch.float32)
 
 
 @pytest.mark.parametrize('device', [CPU, pytest.param(
