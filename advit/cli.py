@@ -145,9 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--sweep', help='a sweep.jsonl of scripts/cpu_sweep.py to record in the model card')
     b.add_argument('--earlier', metavar='BUNDLE', help=f'a bundle this one replaces, kept whole in OUT/{EARLIER}/ '
                    '(its seeds the evidence over seeds, its card the history, its models on offer)')
-    b.add_argument('--recipe', default=RECIPE, choices=bundle_recipes(),
-                   help='the presets\' family the runs were trained by (NAME-teacher, NAME-student): the card states '
-                   'its goals')
+    b.add_argument('--recipe', default=RECIPE, choices=bundle_recipes(), help='the presets\' family that trained '
+                   'the runs (NAME-teacher, NAME-student): the card states its goals')
     s = commands.add_parser('seeds', help='add the evaluations of further seeds of the bundle\'s students (no '
                             'weights) to the bundle, and its card\'s Tables 1 and 2 over seeds; students of its own seed '
                             'that it lacks (a new method) are shipped in it, weights too (scripts/train_seeds.sh calls it)',
