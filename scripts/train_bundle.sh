@@ -9,7 +9,8 @@
 #      on held-out training images, never the test set), every run's evaluation and attention probe,
 #      the model card (README.md), and the size check.
 #
-#   bash scripts/train_bundle.sh [OUT]       # OUT: the bundle folder (default checkpoints)
+#   bash scripts/train_bundle.sh [OUT]       # OUT: the bundle folder (default checkpoints; checkpoints/quick for the
+#                                            # quick recipe, whose bundle the shipped long one keeps there)
 #
 # Environment (defaults in brackets; relative paths are from the repository root):
 #   OUT, RUNS [runs/bundle; ../runs/long-bundle for long-bundle: run folders, NAME.log of each command, commands.tsv],
@@ -17,8 +18,9 @@
 #   long-bundle: the long one, trained across sessions; gpu-bundle: the lent GPU's], TEACHER_SECONDS [2700;
 #   none for long-bundle, whose presets count their length in steps], STUDENT_SECONDS [3600; none for
 #   long-bundle], STUDENTS [the seven of advit.results.bundle.STUDENTS; long-bundle: vit deit_hard advit_l1 advit_kl advit_relevance], MAX_MB [80],
-#   SWEEP [benchmarks/results/bundle-sweep-cpu.jsonl: the sweep.jsonl of scripts/cpu_sweep.py behind the recipe, in the card],
-#   EARLIER [none; checkpoints for long-bundle: the bundle it replaces, kept whole in OUT/quick, its seeds and card kept],
+#   SWEEP [benchmarks/results/bundle-sweep-cpu.jsonl; long-bundle-probes-cpu.jsonl for long-bundle: the sweep.jsonl of
+#   scripts/cpu_sweep.py behind the recipe, in the card, which cites the reasoning beside it (the same name, .md)],
+#   EARLIER [none; checkpoints/quick for long-bundle: the quick bundle it replaces, kept whole in OUT/quick, its seeds and card kept],
 #   PYTHON [python3], EXTRA: flags added to every `advit train`, e.g. a tiny CPU check:
 #   EXTRA="--subset 256 --test-subset 128 --batch-size 64 --steps 2 --device cpu --model-arg depth=2"
 #
@@ -41,7 +43,6 @@
 # resume; the teacher's last.safetensors with its optimiser state is too big to carry back and forth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-${OUT:-checkpoints}}
 BUNDLE=${BUNDLE:-bundle}
 DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.xz}
 if [[ $BUNDLE == long-bundle ]]; then
@@ -49,8 +50,15 @@ if [[ $BUNDLE == long-bundle ]]; then
   TEACHER_SECONDS=${TEACHER_SECONDS:-}
   STUDENT_SECONDS=${STUDENT_SECONDS:-}
   STUDENTS=${STUDENTS:-vit deit_hard advit_l1 advit_kl advit_relevance}
-  EARLIER=${EARLIER-checkpoints}  # the quick bundle it replaces, kept whole in OUT/quick (advit bundle --earlier)
+  OUT=${1:-${OUT:-checkpoints}}
+  EARLIER=${EARLIER-checkpoints/quick}  # the quick bundle it replaces, kept whole in OUT/quick (advit bundle --earlier)
+  SWEEP=${SWEEP:-benchmarks/results/long-bundle-probes-cpu.jsonl}  # the short runs that chose its teacher
 else
+  if [[ $BUNDLE == bundle ]]; then
+    OUT=${1:-${OUT:-checkpoints/quick}}  # the quick bundle lives inside the shipped (long) one
+  else
+    OUT=${1:-${OUT:-checkpoints}}
+  fi
   RUNS=${RUNS:-runs/bundle}
   TEACHER_SECONDS=${TEACHER_SECONDS:-2700}
   STUDENT_SECONDS=${STUDENT_SECONDS:-3600}

@@ -22,7 +22,9 @@ def tiny_vit(seed: int = 0, name: str = 'vit_tiny_patch4_32', **overrides):
 
 
 # The shipped bundle's students, each with its probe (checkpoints/NAME.probe.npz), in the order a folder lists them.
-BUNDLE_STUDENTS = ('advit_kl', 'advit_kl_paper', 'advit_l1', 'advit_l2', 'advit_relevance', 'deit_hard', 'vit')
+BUNDLE_STUDENTS = ('advit_kl', 'advit_l1', 'advit_relevance', 'deit_hard', 'vit')
+# The quick bundle the shipped one replaced, kept whole inside it: its seven students and the evidence over seeds.
+QUICK_BUNDLE = REPO / 'checkpoints' / 'quick'
 
 
 def load_probes(target):

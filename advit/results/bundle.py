@@ -118,7 +118,8 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
         max_mb: Size limit of the whole folder, in MB of 10^6 bytes; over it, the card is not written
             and ``BundleError`` says what is there.
         device: Where the exported weights are evaluated.
-        sweep: A ``sweep.jsonl`` of ``scripts/cpu_sweep.py`` to record in the card.
+        sweep: A ``sweep.jsonl`` of ``scripts/cpu_sweep.py`` to record in the card (and the reasoning written
+            beside it, the same name ending ``.md``, cited there where it exists).
         earlier: A bundle this one replaces, kept whole in ``out/EARLIER`` (``keep_earlier``).
         recipe: The presets' family the runs were trained by (``bundle``, ``long-bundle``...): the card states its
             goals (``GOALS``).
@@ -158,9 +159,10 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
         (out / RECIPE_FILE).unlink(missing_ok=True)  # an earlier export's, of other students
     files = sorted(path for path in out.rglob('*') if path.is_file() and path.name != CARD)
     sweep_rows = [json.loads(line) for line in Path(sweep).read_text().splitlines() if line.strip()] if sweep else []
+    sweep_notes = Path(sweep).with_suffix('.md') if sweep else None
     card = model_card(runs, out, names, shipped=shipped, best=best_attention,
                       files_size=sum(path.stat().st_size for path in files), max_mb=max_mb, sweep=sweep_rows,
-                      recipe=recipe)
+                      sweep_notes=str(sweep_notes) if sweep_notes and sweep_notes.is_file() else None, recipe=recipe)
     size = sum(path.stat().st_size for path in files) + len(card.encode())
     if size > max_mb * 1e6:
         (out / CARD).unlink(missing_ok=True)  # an earlier card would describe other files
@@ -174,7 +176,8 @@ def export_bundle(runs: str | Path, out: str | Path, max_mb: float = MAX_MB, dev
 
 def keep_earlier(earlier: Path, out: Path) -> Path:
     """Copy the bundle in ``earlier`` whole into ``out/EARLIER`` (its own earlier bundle stays where it was, inside
-    it); return that folder. An earlier copy there is replaced.
+    it); return that folder. An earlier copy there is replaced; the earlier bundle already there is kept as it is
+    (a new bundle written where the shipped one is, ``checkpoints`` keeping ``checkpoints/quick``).
 
     Args:
         earlier: A bundle folder with its card.
@@ -185,6 +188,8 @@ def keep_earlier(earlier: Path, out: Path) -> Path:
         raise BundleError(f'{earlier} is not a bundle (it has no {CARD}) to keep as the earlier one')
     if Path(out).resolve() == earlier.resolve() or Path(out).resolve().is_relative_to(earlier.resolve()):
         raise BundleError(f'the new bundle {out} must be written apart from the earlier one {earlier}, which it keeps')
+    if target.resolve() == earlier.resolve():
+        return target
     shutil.rmtree(target, ignore_errors=True)
     for path in sorted(earlier.rglob('*')):
         if path.is_file():
@@ -479,12 +484,18 @@ def _sweep_table(sweep: list[dict[str, Any]]) -> str:
         """A record's validation quarter drop of its last layer or rollout (older records lack it)."""
         drops = record.get('val_faithfulness') or {}
         return drops.get(last_layer(list(drops)) if last else ROLLOUT) if drops else None
-    rows = [dict(model=r['model'], settings=', '.join(f'{k}={v}' for k, v in r['settings'].items()) or 'preset',
-                 seconds=r['seconds'], images_per_s=r['images_per_s'], val=r['best_val_top1'],
-                 faith_last=drop(r, last=True), faith_rollout=drop(r, last=False), test=r['test_top1'])
+    def budget(record: dict[str, Any]) -> str:
+        """A run's length: its steps where it counted them (its time budget then unused), else its seconds."""
+        steps = record['settings'].get('steps')
+        return f'{steps} steps' if steps else f"{record['seconds']:g} s"
+    budget_keys = ('steps', 'time_budget')
+    rows = [dict(model=r['model'], budget=budget(r), wall=r.get('wall_s'), images_per_s=r['images_per_s'],
+                 settings=', '.join(f'{k}={v}' for k, v in r['settings'].items() if k not in budget_keys) or 'preset',
+                 val=r['best_val_top1'], faith_last=drop(r, last=True), faith_rollout=drop(r, last=False),
+                 test=r['test_top1'])
             for r in sweep]
-    return markdown_table(rows, [('model', 'model'), ('settings', 'settings'), ('seconds', 'budget (s)'),
-                                 ('images_per_s', 'images/s'), ('val', 'val top-1 (%)'),
+    return markdown_table(rows, [('model', 'model'), ('settings', 'settings'), ('budget', 'budget'),
+                                 ('wall', 'wall (s)'), ('images_per_s', 'images/s'), ('val', 'val top-1 (%)'),
                                  ('faith_last', 'val quarter drop, last layer (pts)'),
                                  ('faith_rollout', 'val quarter drop, rollout (pts)'), ('test', 'test top-1 (%)')])
 
@@ -639,7 +650,8 @@ def _add_table1_rows(out: Path, students: list[Path]) -> None:
 
 
 def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best: str | None, files_size: int,
-               max_mb: float = MAX_MB, sweep: list[dict[str, Any]] | None = None, recipe: str = RECIPE) -> str:
+               max_mb: float = MAX_MB, sweep: list[dict[str, Any]] | None = None, sweep_notes: str | None = None,
+               recipe: str = RECIPE) -> str:
     """The bundle's README: setting, Tables 1 and 2 beside the paper's, and how every run was made.
 
     Args:
@@ -651,6 +663,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         files_size: Bytes of the bundle's files other than the card.
         max_mb: The bundle's size limit.
         sweep: Records of ``scripts/cpu_sweep.py`` (the short runs behind the recipe), if any.
+        sweep_notes: The file that reasons from them to the recipe, if any.
         recipe: The presets' family the runs were trained by (its ``GOALS``).
     """
     results = {name: load_run(runs / name, evaluation_paths(out / f'{name}.safetensors')[0]) for name in names}
@@ -667,7 +680,7 @@ def model_card(runs: Path, out: Path, names: list[str], shipped: list[str], best
         '## Learning curves: validation top-1 (%) at each evaluation\n',
         _curves(runs, [name for name in names if name == TEACHER]),
         _curves(runs, students) if students else '',
-        _sweep_section(sweep) if sweep else '',
+        _sweep_section(sweep, sweep_notes) if sweep else '',
         _how_made_section(runs, names, shipped, files_size),
         history_section(out)])
 
@@ -696,7 +709,8 @@ and the best ADViT student shipped) is made on it ("val top-1"). The test set
 
 **Not the paper's setting.** The paper fine-tunes ImageNet-pretrained timm ViTs at 224x224 for 300
 epochs on GPUs, with a ViT-Base teacher ({PAPER_TEACHER_TOP1}%); here every model starts from random
-weights at 32x32 and trains for minutes, and the models are small conv-stem ViTs sized to that budget.
+weights at 32x32 and trains for minutes to hours on a CPU, and the models are small conv-stem ViTs
+sized to that budget.
 The paper's numbers stand beside ours to compare the ranking of the methods, not the accuracies. The
 paper's ADViT-KL is `advit_kl_paper`; `advit_kl` (KL on the maps themselves) is this project's.
 '''
@@ -719,7 +733,7 @@ def _table1_section(runs: Path, out: Path, results: dict[str, RunResult], config
                      'augmentation, mixing), one teacher forward per batch shared by all.' if together else '.')
                  if not differing else f'The students\' settings differ in {", ".join(differing)}: '
                  'they are not compared like for like.')
-    missing = [name for name in (TEACHER, *STUDENTS) if name not in results]
+    missing = [name for name in (TEACHER, *STUDENTS) if name not in results and (runs / name).is_dir()]  # begun only
     missing_text = f"Not finished, so not in the bundle: {', '.join(f'`{name}`' for name in missing)}.\n" \
         if missing else ''
     unshipped_text = '' if len(shipped) == len(results) else (
@@ -753,12 +767,14 @@ def _table2_section(results: dict[str, RunResult], best: str | None) -> str:
             'with pretrained students; its per-class numbers\nare not repeated here.\n')
 
 
-def _sweep_section(sweep: list[dict[str, Any]]) -> str:
-    """The short runs behind the recipe (``scripts/cpu_sweep.py``)."""
-    return ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on the same machine, '
-            'each model alone (method `vit`) at an equal wall-time budget, before the bundle was trained, chosen '
-            'on the validation images (quarter drops on its 256 probe images, about ±3 points of noise); '
-            'one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep) + '\n')
+def _sweep_section(sweep: list[dict[str, Any]], notes: str | None) -> str:
+    """The short runs behind the recipe (``scripts/cpu_sweep.py``), and where the choice is reasoned."""
+    reasoned = f'The choice made from them, and why: `{notes}` in the project.\n' if notes else ''
+    return ('## The sweep behind the recipe\n\nShort runs of `scripts/cpu_sweep.py` on one machine before the '
+            'bundle was trained, each model alone (method `vit`) for the budget in its row (a wall time, or a '
+            'number of steps), compared on the validation images (quarter drops on its 256 probe images, about '
+            '±3 points of noise); one seed each, so differences of a point are noise:\n\n' + _sweep_table(sweep)
+            + '\n' + reasoned)
 
 
 def _how_made_section(runs: Path, names: list[str], shipped: list[str], files_size: int) -> str:

@@ -383,8 +383,8 @@ def test_every_tab_in_a_real_browser(browser, tiny_bundle, cifar_archive, tmp_pa
 def test_the_shipped_bundle_opens_on_its_defaults_in_a_real_browser(browser, cifar_archive, tmp_path):
     """`python app.py` on the committed checkpoints/: Attention opens on the bundle's teacher and best
     ADViT student (chosen on validation), Compare on that student against DeiT-hard, by readable names."""
-    from advit.app.studio import Studio
-    studio = Studio([REPO / 'checkpoints'], None, cifar_archive)
+    from advit.app.studio import Studio, bundle_folders
+    studio = Studio(bundle_folders(REPO / 'checkpoints'), None, cifar_archive)  # as app.py opens it
     defaults, labels = studio.offer.defaults(), dict((key, label) for label, key in studio.offer.choices())
     assert Path(defaults.teacher).name == 'teacher.safetensors'
     assert Path(defaults.compare_b).name == 'deit_hard.safetensors'

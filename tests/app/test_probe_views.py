@@ -9,7 +9,7 @@ from advit.app.forms import ProbeRequest
 from advit.app.offer import StudioError
 from advit.app.probe_views import ProbeOutline
 from advit.app.studio import Studio
-from conftest import REPO
+from conftest import QUICK_BUNDLE, REPO
 
 
 def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar_archive):
@@ -35,7 +35,7 @@ def test_distillation_over_time_from_the_shipped_bundles_records(tmp_path, cifar
         students=view.students_names, student='advit_l1', evaluations=len(probe.steps), images=len(probe.images))
     # A live job's run folder is offered once it has evaluated, by its runs name, never by a path.
     (runs / 'live' / 'advit_l2').mkdir(parents=True)
-    shutil.copy(REPO / 'checkpoints' / 'advit_l2.probe.npz', runs / 'live' / 'advit_l2' / 'attention_probe.npz')
+    shutil.copy(QUICK_BUNDLE / 'advit_l2.probe.npz', runs / 'live' / 'advit_l2' / 'attention_probe.npz')
     assert 'runs/live' in bundle.probes.probed()
     assert bundle.probes.view(ProbeRequest('runs/live')).student == 'advit_l2'
     for source, message in (('checkpoints/teacher.safetensors', 'not a model or run with an attention probe'),

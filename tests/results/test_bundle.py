@@ -29,7 +29,7 @@ from advit.measure.verdicts import HEADLINE_PROTOCOL, evaluation_key, headline
 from advit.results.seeds import NOT_RECIPE
 from advit.training.run_folder import read_sessions
 from advit.training.train import TrainConfig
-from conftest import REPO, tiny_flags
+from conftest import QUICK_BUNDLE, REPO, tiny_flags
 
 HEADLINE = evaluation_key(HEADLINE_PROTOCOL)  # where an evaluation file keeps the headline protocol's curves
 pytestmark = pytest.mark.slow  # runs scripts/train_bundle.sh and train_seeds.sh: `make test`, not `make check`
@@ -253,13 +253,13 @@ def test_a_bundle_that_replaces_another_keeps_it_whole_and_says_so_on_its_card(b
     from advit.results.bundle import CARD, EARLIER
     runs, _, _ = bundle
     out = tmp_path / 'long'
-    assert main(['bundle', str(runs), '--out', str(out), '--device', 'cpu', '--earlier', str(REPO / 'checkpoints')]) == 0
-    assert (out / EARLIER / CARD).read_bytes() == (REPO / 'checkpoints' / CARD).read_bytes()
+    assert main(['bundle', str(runs), '--out', str(out), '--device', 'cpu', '--earlier', str(QUICK_BUNDLE)]) == 0
+    assert (out / EARLIER / CARD).read_bytes() == (QUICK_BUNDLE / CARD).read_bytes()
     card = (out / CARD).read_text()
     assert '## History: the bundle before this one' in card and f'kept in `{EARLIER}/`' in card
     assert card.index(SEEDS_HEADING) < card.index('## History')
     size = sum(path.stat().st_size for path in out.rglob('*') if path.is_file())
-    assert size > sum(path.stat().st_size for path in (REPO / 'checkpoints').rglob('*') if path.is_file())
+    assert size > sum(path.stat().st_size for path in QUICK_BUNDLE.rglob('*') if path.is_file())
     same = tmp_path / 'same'
     shutil.copytree(out / EARLIER, same)
     assert main(['bundle', str(runs), '--out', str(same), '--device', 'cpu', '--earlier', str(same)]) == 2
@@ -311,6 +311,28 @@ def test_the_sweep_records_each_model_at_its_budget(tmp_path, cifar_archive, cif
     assert table.count('| vit_mini4_convstem_32 |') == 2 and 'val quarter drop, last layer (pts)' in table
     last = records[1]['val_faithfulness']['layer 2']
     assert f"| {records[1]['best_val_top1']:.2f} | {last:.2f} |" in table  # the last layer's drop beside top-1
+    # Each run's length as it was counted: these two in steps, their unused 60-second budget not shown as one.
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in table.splitlines()[2:]]
+    titles = [cell.strip() for cell in table.splitlines()[0].strip('|').split('|')]
+    assert [row[titles.index('budget')] for row in rows] == ['2 steps', '2 steps']
+    assert [row[titles.index('wall (s)')] for row in rows] == [f"{r['wall_s']:.2f}" for r in records]
+    assert all('steps=' not in row[titles.index('settings')] for row in rows)
+
+
+def test_the_sweep_section_counts_each_run_as_it_ran_and_cites_the_reasoning_beside_it():
+    """The long bundle's probes ran by steps, the quick bundle's sweep mostly by wall time: each row says which."""
+    from advit.results.bundle import _sweep_section
+    for name, notes in (('long-bundle-probes-cpu', 'benchmarks/results/long-bundle-probes-cpu.md'),
+                        ('bundle-sweep-cpu', None)):
+        records = [json.loads(line) for line in (REPO / 'benchmarks' / 'results' / f'{name}.jsonl').read_text().splitlines()]
+        section = _sweep_section(records, notes)
+        lines = [line for line in section.splitlines() if line.startswith('|')]
+        titles = [cell.strip() for cell in lines[0].strip('|').split('|')]
+        budgets = [[cell.strip() for cell in line.strip('|').split('|')][titles.index('budget')] for line in lines[2:]]
+        assert budgets == [f"{r['settings']['steps']} steps" if r['settings'].get('steps') else f"{r['seconds']:g} s"
+                           for r in records]
+        assert (f'`{notes}`' in section) if notes else 'and why' not in section
+    assert (REPO / 'benchmarks' / 'results' / 'long-bundle-probes-cpu.md').is_file()
 
 
 def test_a_method_the_bundle_lacks_joins_it_at_its_own_seed_and_its_tables_at_further_seeds(bundle, tmp_path,
@@ -459,9 +481,12 @@ def test_the_long_bundle_trains_its_five_students_and_records_each_sitting(tmp_p
     card = (out / 'README.md').read_text()
     assert (out / f'{TEACHER}.safetensors').is_file() and "Each run's sittings" in card
     assert f'| {TEACHER} | 1 | {machine()} |' in card and '| 0-2 |' in card, 'the card names each sitting'
-    # The quick bundle it replaces (the shipped one, EARLIER's default) is kept whole beside it, said in its card.
-    assert (out / 'quick' / 'README.md').read_bytes() == (REPO / 'checkpoints' / 'README.md').read_bytes()
+    # The quick bundle it replaces (kept inside the shipped one, EARLIER's default) is kept whole beside it, said in its card.
+    assert (out / 'quick' / 'README.md').read_bytes() == (QUICK_BUNDLE / 'README.md').read_bytes()
     assert '## History: the bundle before this one' in card
+    # Its recipe's goals, and the short runs that chose its teacher with the reasoning beside them.
+    assert 'Goals set for this bundle (recipe `long-bundle`)' in card and 'at least 88%' in card
+    assert '`benchmarks/results/long-bundle-probes-cpu.md`' in card and '| 1800 steps |' in card
 
 
 def test_the_students_wait_for_a_teacher_stopped_short(tmp_path, cifar_archive):

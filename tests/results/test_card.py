@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from advit.results.bundle import GOALS, GOALS_START, RECIPE, refresh_goals
-from conftest import REPO
+from conftest import QUICK_BUNDLE, REPO
 
 SHIPPED = REPO / 'checkpoints'
 
@@ -21,7 +21,7 @@ def split_at_account(card: str) -> tuple[list[str], list[str], list[str]]:
     return lines[:begin], lines[begin:end], lines[end:]
 
 
-@pytest.mark.parametrize('shipped', [SHIPPED], ids=['shipped'])
+@pytest.mark.parametrize('shipped', [SHIPPED, QUICK_BUNDLE], ids=['shipped', 'quick'])
 def test_the_goals_account_is_rewritten_from_the_bundles_files_in_place(tmp_path, shipped):
     """The account of the shipped bundle (its recipe named on the card) and of the quick one it keeps (a card of
     before recipes were named: the quick recipe's goals)."""
@@ -89,7 +89,7 @@ def test_a_longer_bundle_keeps_the_one_it_replaces_whole_its_seeds_and_its_histo
     from advit.app.studio import bundle_folders
     from advit.results.bundle import (CARD, EARLIER, BundleError, bundle_results, bundle_seeds_tables,
                                       history_section, keep_earlier, seeds_evidence, seeds_section)
-    shipped, out = REPO / 'checkpoints', tmp_path / 'long'
+    shipped, out = QUICK_BUNDLE, tmp_path / 'long'
     out.mkdir()
     assert seeds_evidence(out) is None and history_section(out) == '' and bundle_folders(out) == [out]
     kept = keep_earlier(shipped, out)
@@ -117,3 +117,6 @@ def test_a_longer_bundle_keeps_the_one_it_replaces_whole_its_seeds_and_its_histo
         keep_earlier(kept, kept / 'inside')
     with pytest.raises(BundleError, match='is not a bundle'):
         keep_earlier(tmp_path / 'nothing', tmp_path / 'new')
+    # Written where the shipped bundle is (checkpoints, keeping checkpoints/quick): the earlier one stays as it is.
+    files = {p: p.read_bytes() for p in kept.rglob('*') if p.is_file()}
+    assert keep_earlier(kept, out) == kept and {p: p.read_bytes() for p in kept.rglob('*') if p.is_file()} == files

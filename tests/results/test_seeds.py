@@ -28,9 +28,7 @@ from advit.results.seeds import (
     seeds_tables,
     students_recipe,
 )
-from conftest import REPO
-
-SHIPPED = REPO / 'checkpoints'
+from conftest import QUICK_BUNDLE as SHIPPED  # the bundle whose students were trained over seeds
 
 
 def bundle_with_seeds(folder: Path, top1: dict[str, list[float]]) -> Path:
