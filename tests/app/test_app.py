@@ -394,9 +394,11 @@ def test_importing_the_app_exits_cleanly(tmp_path):
 
 
 def test_the_distillation_view_answers_any_evaluation_and_image_it_has_through_the_api(cifar_archive, tmp_path):
-    """On the shipped bundle (8 evaluations a student): its sliders' API range is what they index, so evaluation 5
+    """On the shipped bundle (11 evaluations a student): its sliders' API range is what they index, so evaluation 5
     and -1 (the last) are answered, not refused by a slider declared 0-1 that only the browser widened; one past
     the last is refused by the view, in words."""
+    from advit.measure.probe_file import load_probe
+    evaluations = len(load_probe(REPO / 'checkpoints' / 'advit_l1.probe.npz').steps)
     with running_app(tmp_path / 'app.log', ADVIT_CHECKPOINTS=str(REPO / 'checkpoints'), ADVIT_RUNS=str(tmp_path),
                      ADVIT_DATA=str(cifar_archive)) as url:
         client = Client(url, verbose=False, download_files=False)
@@ -404,7 +406,7 @@ def test_the_distillation_view_answers_any_evaluation_and_image_it_has_through_t
         fifth = client.predict(source, 'advit_l1', 'l1', 5, 7, 0.6, api_name='/training_view')
         last = client.predict(source, 'advit_l1', 'l1', -1, 0, 0.6, api_name='/training_view')
         steps = last[5]['steps']
-        assert len(steps) == 8 and f'step {steps[5]}, probe image 7' in fifth[0] and f'step {steps[-1]}' in last[0]
+        assert len(steps) == evaluations and f'step {steps[5]}, probe image 7' in fifth[0] and f'step {steps[-1]}' in last[0]
         with pytest.raises(Exception) as refused:
-            client.predict(source, 'advit_l1', 'l1', 8, 0, 0.6, api_name='/training_view')
+            client.predict(source, 'advit_l1', 'l1', evaluations, 0, 0.6, api_name='/training_view')
         assert 'evaluation' in str(refused.value) and 'Traceback' not in str(refused.value)
