@@ -11,7 +11,7 @@
 #
 # Environment (defaults in brackets): STUDENTS [those of advit.results.bundle.STUDENTS the bundle has evaluated],
 #   OUT [checkpoints/quick: the bundle, whose teacher.safetensors teaches; checkpoints for the long bundle's five,
-#   whose 10,547 steps take about three hours a seed on 2 cores],
+#   whose 10,530 steps take about three hours a seed on 2 cores],
 #   RUNS [runs/seeds: seed<N>/ run folders, logs, commands.tsv], DATA [../shared/data/cifar10/cifar10-jpeg.tar.xz],
 #   RECIPE [OUT/students.recipe.json], PYTHON [python3], EXTRA (flags added to every `advit train`, as in
 #   scripts/train_bundle.sh).
@@ -38,6 +38,7 @@ else
     [[ -f $OUT/$student.eval.json ]] && students+=("$student")
   done
   (( ${#students[@]} )) || { echo "$OUT has no evaluated student: give STUDENTS" >&2; exit 2; }
+  STUDENTS="${students[*]}"  # what train_students (scripts/run_lib.sh) trains
 fi
 for seed in "$@"; do
   [[ $seed =~ ^[0-9]+$ ]] || { echo "a seed is a whole number, got $seed" >&2; exit 2; }

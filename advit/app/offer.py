@@ -136,7 +136,7 @@ class Offer:
         usable = [e for e in self.entries() if e.usable and e.is_vit]
         teacher = next((e for e in usable if Path(e.key).stem == TEACHER_STEM), None) or \
             max(usable, key=lambda e: e.meta.get('params') or 0, default=None)
-        home = [e for e in usable if teacher is not None and Path(e.key).parent == Path(teacher.key).parent]
+        home = [e for e in usable if Path(e.key).parent == Path(teacher.key).parent] if teacher else []
 
         def best(predicate: Callable[[ModelEntry], bool]) -> ModelEntry | None:
             for pool in (home, usable):

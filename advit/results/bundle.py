@@ -98,8 +98,8 @@ class BundleError(Exception):
 
 def bundle_recipes() -> list[str]:
     """The presets' bundle families: each NAME with a ``NAME-teacher`` and a ``NAME-student`` preset."""
-    return sorted(name[:-len('-teacher')] for name in PRESETS
-                  if name.endswith('-teacher') and f"{name[:-len('-teacher')]}-student" in PRESETS)
+    families = {name.removesuffix('-teacher') for name in PRESETS if name.endswith('-teacher')}
+    return sorted(family for family in families if f'{family}-student' in PRESETS)
 
 
 def check_recipe(recipe: str) -> None:

@@ -335,6 +335,29 @@ def test_the_sweep_section_counts_each_run_as_it_ran_and_cites_the_reasoning_bes
     assert (REPO / 'benchmarks' / 'results' / 'long-bundle-probes-cpu.md').is_file()
 
 
+def test_further_seeds_train_the_students_the_bundle_has_and_no_others(bundle, tmp_path, cifar_archive):
+    """STUDENTS unset: a seed trains the students the bundle has evaluated (the long bundle has five of the seven
+    methods), not every method the project knows."""
+    _, out, _ = bundle
+    shipped = tmp_path / 'checkpoints'
+    shutil.copytree(out, shipped)
+    kept = ['vit', 'advit_l1']
+    for name in set(STUDENTS) - set(kept):
+        for path in shipped.glob(f'{name}.*'):
+            path.unlink()
+    runs = tmp_path / 'seeds'
+    extra = ['--subset', '128', '--val-size', '64', '--test-subset', '64', '--batch-size', '64',
+             '--device', 'cpu', '--log-every', '1', *tiny_flags()]
+    env = {key: value for key, value in os.environ.items() if key != 'STUDENTS'}
+    env.update(OUT=str(shipped), RUNS=str(runs), DATA=str(cifar_archive), PYTHON=sys.executable, EXTRA=' '.join(extra))
+    result = subprocess.run(['bash', str(REPO / 'scripts' / 'train_seeds.sh'), '1'], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(path.name for path in (runs / 'seed1').iterdir() if path.is_dir()) == sorted(kept)
+    assert sorted(p.name for p in (shipped / 'seeds' / 'seed1').iterdir()) == sorted(
+        [f'{name}.eval.json' for name in kept] + ['seed.json'])
+
+
 def test_a_method_the_bundle_lacks_joins_it_at_its_own_seed_and_its_tables_at_further_seeds(bundle, tmp_path,
                                                                                             cifar_archive):
     """STUDENTS=advit_relevance scripts/train_seeds.sh 0 1 on a bundle without that student (as the shipped one was
